@@ -1,0 +1,114 @@
+"""A hardened, streaming XML scan: the root element and a few values picked by path.
+
+Invoices may be 30 MB; recognising one must not build a 30 MB tree. The scan reads the document
+with lxml's ``iterparse`` and keeps only the stack of element names, the text of the elements it
+was asked for, and nothing else (every element is cleared when it ends).
+
+Hostile input: a document type declaration (DTD) is refused outright — Chorus Pro formats never
+use one, and refusing it closes the door on external entities (XXE) and entity expansion bombs
+("billion laughs") whatever the parser's defaults. Entities are never resolved and the network is
+never reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+from lxml import etree
+
+
+#: Given a root (namespace, local name), the paths to pick and the key each value is stored under.
+PathsForRoot = Callable[[tuple[str, str]], Mapping[tuple[str, ...], str]]
+
+
+class XmlError(ValueError):
+    """The bytes are not an acceptable XML document; the message says why."""
+
+
+@dataclass(frozen=True)
+class XmlScan:
+    """What a scan found: the root's namespace and local name, and the values asked for."""
+
+    namespace: str
+    local_name: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return namespace, local
+    return "", tag
+
+
+def scan(
+    source: IO[bytes],
+    wanted: PathsForRoot | None = None,
+) -> XmlScan:
+    """Scan ``source`` and return its root and the values at the paths ``wanted`` names.
+
+    ``wanted`` maps the root (namespace, local name) to ``{path: key}``, where a path is the tuple
+    of local names below the root (prefixes and namespaces of descendants are ignored, so any
+    prefix works). The first value met for a key wins. With ``wanted`` None, or no entry for the
+    root found, the scan stops right after the root's start tag.
+
+    Raises:
+        XmlError: not well-formed, empty, or carries a DTD.
+    """
+    parser_events = etree.iterparse(
+        source,
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    stack: list[str] = []
+    values: dict[str, str] = {}
+    paths: Mapping[tuple[str, ...], str] = {}
+    root: tuple[str, str] | None = None
+    attributes: dict[str, str] = {}
+    try:
+        for event, element in parser_events:
+            if event == "start":
+                if root is None:
+                    if element.getroottree().docinfo.doctype:
+                        raise XmlError("document type declarations (DTD) are refused")
+                    root = _split(element.tag)
+                    attributes = {str(k): str(v) for k, v in element.attrib.items()}
+                    paths = wanted(root) if wanted is not None else {}
+                    if not paths:
+                        break
+                    continue
+                stack.append(_split(element.tag)[1])
+            else:
+                if stack:
+                    key = paths.get(tuple(stack))
+                    if key is not None and key not in values and element.text:
+                        text = element.text.strip()
+                        if text:
+                            values[key] = text
+                    stack.pop()
+                # Only the ancestors' open tags are kept: finished subtrees are dropped.
+                element.clear(keep_tail=False)
+                parent = element.getparent()
+                if parent is not None:
+                    while element.getprevious() is not None:
+                        del parent[0]
+                if len(values) == len(set(paths.values())):
+                    break
+    except etree.XMLSyntaxError as exc:
+        raise XmlError(_syntax_message(exc)) from None
+    if root is None:
+        raise XmlError("no root element (empty document)")
+    return XmlScan(root[0], root[1], attributes, values)
+
+
+def _syntax_message(exc: etree.XMLSyntaxError) -> str:
+    # lxml's message already names the line and column.
+    return str(exc.msg or exc).strip()

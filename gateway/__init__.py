@@ -1,0 +1,1 @@
+"""When and where: configuration, intake, journal, dispatcher, CLI, logging, simulator."""

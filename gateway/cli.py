@@ -1,0 +1,272 @@
+"""The ``raccord`` command (CONTRACT.md, "Commands").
+
+Exit status: 0 success; 1 the thing checked is not right (invalid file, failed connection);
+2 usage or configuration error. Operator mistakes are one sentence on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flows.analysis import Analysis, analyze
+from gateway import config as config_module
+from gateway import logs, output
+from gateway.config import Config, ConfigError, Connection, Mode
+from gateway.dispatcher import route
+from gateway.folders import Layout
+from gateway.journal import STATES, JournalDB
+from protocols import registry
+from protocols.errors import TransferError
+
+OK, NOT_RIGHT, USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in how raccord was called; exit 2."""
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = Path(args.config) if args.config else config_module.default_path()
+    return config_module.load(path)
+
+
+def _fmt(args: argparse.Namespace) -> str:
+    return str(args.format or output.default_format())
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import Gateway
+
+    config = _load(args)
+    logs.configure()
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await Gateway(config).run(stopping)
+
+    asyncio.run(main())
+    return OK
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    today = datetime.now(UTC).date()
+    print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
+    status = OK
+    for conn in config.connections:
+        unusable = conn.unusable_reason(today)
+        connected = ", ".join(
+            f"{code}={mode.value}" for code, mode in conn.interfaces.items() if mode is not Mode.NONE
+        )
+        state = "usable" if unusable is None else f"not usable: {unusable[1]}"
+        print(f"  {conn.name}: {conn.protocol} {conn.environment}, {state}; "
+              f"interfaces: {connected or 'none connected'}")
+        if args.connect and unusable is None:
+            ok, message = asyncio.run(_connect(conn))
+            print(f"    connect: {'ok' if ok else 'FAILED'} — {message}")
+            if not ok:
+                status = NOT_RIGHT
+    return status
+
+
+async def _connect(conn: Connection) -> tuple[bool, str]:
+    sender = registry.get(conn.protocol).create_sender(conn.settings)
+    try:
+        async with sender:
+            return True, await sender.check()
+    except TransferError as exc:
+        return False, str(exc)
+
+
+# -- analyze ------------------------------------------------------------------------------------
+
+
+def _routing(result: Analysis, config: Config) -> dict[str, Any]:
+    today = datetime.now(UTC).date()
+    verdicts: dict[str, str] = {}
+    carrier = None
+    for conn in config.connections:
+        if not result.ok:
+            verdicts[conn.name] = result.message or "not sendable"
+            continue
+        refusal = route(conn, result, today)
+        verdicts[conn.name] = "would carry it" if refusal is None else refusal.message
+        if refusal is None and carrier is None:
+            carrier = conn.name
+    return {"connection": carrier, "connections": verdicts}
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    config = _load(args) if args.config else None
+    records = []
+    status = OK
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"{name}: no such file")
+        result = analyze(path)
+        record: dict[str, Any] = {"file": str(path), **result.to_dict()}
+        if config is not None:
+            record.update(_routing(result, config))
+        if not result.ok:
+            status = NOT_RIGHT
+        records.append(record)
+    fmt = _fmt(args)
+    if fmt == "table":
+        for record in records:
+            print(record["file"])
+            for key, value in record.items():
+                if key != "file" and value not in (None, {}):
+                    if isinstance(value, dict):
+                        for sub, text in value.items():
+                            print(f"  {key}.{sub}: {text}")
+                    else:
+                        print(f"  {key}: {value}")
+    else:
+        columns = ["file", "format", "interface_code", "invoice_number", "issue_date",
+                   "supplier_id", "buyer_id", "size", "problem", "connection"]
+        output.render(records, columns, fmt)
+    return status
+
+
+# -- flows --------------------------------------------------------------------------------------
+
+FLOW_COLUMNS = ["flow_id", "state", "connection", "original_name", "interface_code",
+                "invoice_number", "remote_name", "attempts", "reason", "message", "updated_at"]
+
+
+def _journal(config: Config) -> JournalDB:
+    layout = Layout(config.gateway.data_dir)
+    if not layout.journal.exists():
+        raise UsageError(f"no journal at {layout.journal}: has raccord run with this data_dir?")
+    return JournalDB(layout.journal)
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    config = _load(args)
+    db = _journal(config)
+    try:
+        rows = db.search(
+            connection=args.connection, state=args.state, since=args.since, until=args.until,
+            invoice=args.invoice, flow=args.flow,
+        )
+    finally:
+        db.close()
+    output.render([row.to_dict() for row in rows], FLOW_COLUMNS, _fmt(args))
+    return OK
+
+
+# -- retry --------------------------------------------------------------------------------------
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from gateway.dispatcher import requeue
+
+    config = _load(args)
+    if not args.flows and not args.failed:
+        raise UsageError("name the flows to retry, or use --failed for every flow in error")
+    db = _journal(config)
+    status = OK
+    try:
+        flow_ids = list(args.flows) or [row.flow_id for row in db.in_states(("error",))]
+        for flow_id in flow_ids:
+            try:
+                print(requeue(db, Layout(config.gateway.data_dir), flow_id, force=args.force))
+            except LookupError as exc:
+                print(f"raccord: {exc.args[0]}", file=sys.stderr)
+                status = NOT_RIGHT
+    finally:
+        db.close()
+    return status
+
+
+# -- simulate / demo ----------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.demo import simulate
+
+    return asyncio.run(simulate(Path(args.dir) if args.dir else None))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    return asyncio.run(demo(Path(args.dir) if args.dir else None, timeout=args.timeout))
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raccord", description="Gateway between your systems and Chorus Pro."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="configuration file (default: $RACCORD_CONFIG, else /etc/raccord/raccord.toml)"
+    )
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--format", choices=output.FORMATS, help="default: table on a terminal, else json")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("check", parents=[common], help="validate the configuration")
+    p.add_argument("--connect", action="store_true", help="also log in to every usable connection")
+    p.set_defaults(handler=cmd_check)
+    p = sub.add_parser("analyze", parents=[common, listing], help="analyse files; nothing is sent")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(handler=cmd_analyze)
+    p = sub.add_parser("flows", parents=[common, listing], help="list flows from the journal")
+    p.add_argument("--connection")
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--since", help="ISO date or time (UTC), inclusive")
+    p.add_argument("--until", help="ISO date or time (UTC), exclusive")
+    p.add_argument("--invoice", help="invoice number")
+    p.add_argument("--flow", help="flow id")
+    p.set_defaults(handler=cmd_flows)
+    p = sub.add_parser("retry", parents=[common], help="put failed flows back in the queue")
+    p.add_argument("flows", nargs="*", metavar="FLOW")
+    p.add_argument("--failed", action="store_true", help="every flow in error")
+    p.add_argument("--force", action="store_true", help="send even if it is a duplicate")
+    p.set_defaults(handler=cmd_retry)
+    p = sub.add_parser("simulate", parents=[common], help="run the partner simulator alone")
+    p.add_argument("--dir", help="folder for its files (default: a temporary folder)")
+    p.set_defaults(handler=cmd_simulate)
+    p = sub.add_parser("demo", parents=[common], help="simulator + gateway + sample invoices")
+    p.add_argument("--dir", help="folder for the demo (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, UsageError) as exc:
+        print(f"raccord: {exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

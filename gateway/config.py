@@ -1,0 +1,267 @@
+"""raccord's configuration: a TOML file (CONTRACT.md) validated into typed, frozen objects.
+
+Every error names the file and the dotted key at fault (``connection[qualif-sftp].sftp.hots``)
+and, for a typo, the nearest valid key. Protocol sections are read by the protocol itself
+(:mod:`protocols.registry`), so a plugin's keys are validated exactly like the built-ins'.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from flows import codes, naming
+from protocols import registry
+from protocols.settings import Section, SettingsError, nearest
+
+DEFAULT_PATH = Path("/etc/raccord/raccord.toml")
+_NAME = re.compile(r"^[a-z0-9-]+$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message is one sentence for the operator."""
+
+
+class Mode(enum.StrEnum):
+    """How Chorus Pro treats an inbound flow with errors (*mode de raccordement*)."""
+
+    COMPLETE = "complete"  # Complète: one bad invoice rejects the whole flow
+    PARTIAL = "partial"  # Partielle: only the bad invoices are rejected
+    NONE = "none"  # Pas de raccordement
+
+
+class State(enum.StrEnum):
+    """The connection sheet's state; only ``active`` connections carry flows."""
+
+    DRAFT = "draft"
+    SENT = "sent"
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True)
+class Lot:
+    max_invoices: int = 1
+    max_wait: float = 0.0
+    max_bytes: int = 30_000_000
+    packaging: str = "none"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One *fiche de raccordement*."""
+
+    name: str
+    environment: str
+    protocol: str
+    partner_code: str
+    structure: str
+    state: State
+    valid_from: date
+    valid_to: date
+    return_syntax: str
+    remote_name: str
+    interfaces: dict[str, Mode]
+    settings: Any  # the protocol's own settings object
+    lot: Lot = field(default_factory=Lot)
+    resubmit_collateral: bool = False
+
+    def unusable_reason(self, today: date) -> tuple[str, str] | None:
+        """``(reason, message)`` if this connection may not carry flows ``today``."""
+        if self.state is not State.ACTIVE:
+            return (
+                "connection_inactive",
+                f"connection {self.name} is {self.state.value}, not active",
+            )
+        if not self.valid_from <= today <= self.valid_to:
+            return (
+                "outside_validity",
+                f"connection {self.name} is valid from {self.valid_from} to {self.valid_to}; "
+                f"today is {today}",
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Retry:
+    max_attempts: int = 8
+    initial: float = 5.0
+    maximum: float = 600.0
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    data_dir: Path
+    max_file_size: int = 30_000_000
+    metrics: str | None = None
+    rescan_interval: float = 30.0
+    settle_time: float = 2.0
+    retry: Retry = field(default_factory=Retry)
+    shutdown_grace: float = 20.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    connections: tuple[Connection, ...]
+    as2_receiver: dict[str, Any] | None = None
+
+    def connection(self, name: str) -> Connection:
+        for conn in self.connections:
+            if conn.name == name:
+                return conn
+        raise KeyError(name)
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("RACCORD_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path) -> Config:
+    """Read and validate the configuration at ``path``.
+
+    Raises:
+        ConfigError: unreadable, not TOML, or any key invalid (message names file and key).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse(raw, path)
+    except SettingsError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document (``path`` resolves relative paths)."""
+    top = Section(raw, "", path.parent)
+    gateway_section = top.table("gateway") or Section({}, "gateway", path.parent)
+    gateway = _gateway(gateway_section)
+    raw_connections = top.raw("connection") or []
+    if not isinstance(raw_connections, list):
+        raise SettingsError("connection", "use [[connection]] tables, one per connection")
+    connections = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw_connections):
+        label = item.get("name") if isinstance(item, dict) else None
+        where = f"connection[{label if isinstance(label, str) else index}]"
+        conn = _connection(Section(item, where, path.parent))
+        if conn.name in seen:
+            raise SettingsError(f"{where}.name", f"connection name {conn.name!r} is used twice")
+        seen.add(conn.name)
+        connections.append(conn)
+    as2_receiver = top.raw("as2_receiver")
+    top.finish()
+    return Config(path, gateway, tuple(connections), as2_receiver)
+
+
+def _gateway(section: Section) -> GatewaySettings:
+    data_dir = section.path("data_dir", required=False) or Path("/var/lib/raccord")
+    retry_section = section.table("retry") or Section({}, section.key("retry"))
+    retry = Retry(
+        max_attempts=retry_section.int("max_attempts", 8, minimum=1, maximum=1000),
+        initial=retry_section.duration("initial", "5s"),
+        maximum=retry_section.duration("max", "10m"),
+    )
+    retry_section.finish()
+    settings = GatewaySettings(
+        data_dir=data_dir,
+        max_file_size=section.size("max_file_size", "30000KB"),
+        metrics=section.optional_str("metrics"),
+        rescan_interval=section.duration("rescan_interval", "30s"),
+        settle_time=section.duration("settle_time", "2s"),
+        retry=retry,
+        shutdown_grace=section.duration("shutdown_grace", "20s"),
+    )
+    section.finish()
+    return settings
+
+
+def _connection(section: Section) -> Connection:
+    name = section.str("name", required=True)
+    if not _NAME.match(name):
+        raise SettingsError(
+            section.key("name"), f"{name!r} must be lower-case letters, digits and '-' only"
+        )
+    protocol_name = section.str("protocol", required=True)
+    try:
+        plugin = registry.get(protocol_name)
+    except registry.UnknownProtocol as exc:
+        raise SettingsError(section.key("protocol"), str(exc)) from None
+    template = section.str("remote_name", "{interface}_{partner_code}_{flow_id}{ext}")
+    try:
+        naming.check_template(template)
+    except naming.TemplateError as exc:
+        raise SettingsError(section.key("remote_name"), str(exc)) from None
+    valid_from = section.date("valid_from")
+    valid_to = section.date("valid_to")
+    if valid_to < valid_from:
+        raise SettingsError(section.key("valid_to"), f"{valid_to} is before valid_from {valid_from}")
+    protocol_section = section.table(protocol_name)
+    if protocol_section is None:
+        raise SettingsError(
+            section.key(protocol_name), f"protocol {protocol_name} needs a [connection.{protocol_name}] table"
+        )
+    connection = Connection(
+        name=name,
+        environment=section.choice("environment", ["qualification", "production"]),
+        protocol=protocol_name,
+        partner_code=section.str("partner_code", required=True),
+        structure=section.str("structure", ""),
+        state=State(section.choice("state", [s.value for s in State], "active")),
+        valid_from=valid_from,
+        valid_to=valid_to,
+        return_syntax=section.choice("return_syntax", ["CPPStatut", "AIFEStatut"], "CPPStatut"),
+        remote_name=template,
+        interfaces=_interfaces(section.table("interfaces")),
+        settings=plugin.parse_settings(protocol_section),
+        lot=_lot(section.table("lot")),
+        resubmit_collateral=section.bool("resubmit_collateral", False),
+    )
+    # Other protocols' tables would be silently ignored; say so instead.
+    section.finish()
+    return connection
+
+
+def _interfaces(section: Section | None) -> dict[str, Mode]:
+    if section is None:
+        return {}
+    result: dict[str, Mode] = {}
+    for code in section.keys():
+        if code not in codes.BY_CODE:
+            hint = nearest(code, codes.BY_CODE)
+            did_you_mean = f"did you mean {hint!r}? " if hint else ""
+            raise SettingsError(section.key(code), f"unknown interface code; {did_you_mean}".rstrip())
+        result[code] = Mode(section.choice(code, [m.value for m in Mode]))
+    section.finish()
+    return result
+
+
+def _lot(section: Section | None) -> Lot:
+    if section is None:
+        return Lot()
+    lot = Lot(
+        max_invoices=section.int("max_invoices", 1, minimum=1, maximum=500),
+        max_wait=section.duration("max_wait", "0s"),
+        max_bytes=section.size("max_bytes", "30000KB"),
+        packaging=section.choice("packaging", ["none", "tar.gz", "zip"], "none"),
+    )
+    section.finish()
+    if lot.max_invoices > 1:
+        raise SettingsError(
+            section.key("max_invoices"),
+            "lots of several invoices are not supported yet; use max_invoices = 1",
+        )
+    return lot

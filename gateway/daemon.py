@@ -1,0 +1,102 @@
+"""The running gateway: journal + senders + dispatcher + watcher, owned by one task group.
+
+Start order: folders, journal, senders, reconciliation (unfinished flows resume), watcher,
+then READY for systemd. Stop (``stopping`` set, e.g. by SIGTERM): the watcher stops taking
+files, in-flight flows get ``shutdown_grace`` seconds to finish and are then cancelled (their
+outcome is unknown and they resend under the same remote name at the next start), senders and
+journal close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+from gateway import logs
+from gateway.config import Config
+from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
+from gateway.folders import Layout
+from gateway.intake import Watcher
+from gateway.journal import Journal
+from protocols import registry
+from protocols.base import Sender
+
+log = logs.get()
+
+#: How often the journal is polled for flows put back by ``raccord retry``.
+REQUEUE_POLL = 2.0
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd ``message`` (``READY=1``, ``STATUS=…``) if it is listening."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)
+
+
+class Gateway:
+    def __init__(self, config: Config, *, now: Now = utc_now, sleep: Sleep = asyncio.sleep) -> None:
+        self.config = config
+        self.layout = Layout(config.gateway.data_dir)
+        self._now = now
+        self._sleep = sleep
+        self.dispatcher: Dispatcher | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        config = self.config
+        names = [conn.name for conn in config.connections]
+        self.layout.create(names)
+        journal = Journal(self.layout.journal)
+        await journal.open()
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(journal.close)
+            senders: dict[str, Sender] = {}
+            for conn in config.connections:
+                sender = registry.get(conn.protocol).create_sender(conn.settings)
+                senders[conn.name] = await stack.enter_async_context(sender)
+            dispatcher = Dispatcher(config, journal, senders, now=self._now, sleep=self._sleep)
+            self.dispatcher = dispatcher
+            resumed = await dispatcher.reconcile()
+            watcher = Watcher(
+                {name: self.layout.outbox(name) for name in names},
+                dispatcher.claim,
+                rescan_interval=config.gateway.rescan_interval,
+                settle_time=config.gateway.settle_time,
+            )
+            watcher.start()
+            try:
+                log.info(
+                    "gateway.ready", connections=names, resumed=resumed,
+                    data_dir=str(config.gateway.data_dir),
+                )
+                sd_notify("READY=1")
+                self.ready.set()
+                if on_ready is not None:
+                    on_ready()
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(watcher.run(stopping))
+                    group.create_task(self._requeue_loop(dispatcher, stopping))
+                    await stopping.wait()
+            finally:
+                sd_notify("STOPPING=1")
+                watcher.stop()
+                log.info("gateway.stopping", in_flight=dispatcher.busy)
+                await dispatcher.drain(config.gateway.shutdown_grace)
+        log.info("gateway.stopped")
+
+    async def _requeue_loop(self, dispatcher: Dispatcher, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), REQUEUE_POLL)
+            if not stopping.is_set():
+                await dispatcher.pick_up_requeued()
+                sd_notify(f"STATUS=in flight: {dispatcher.busy}")

@@ -1,0 +1,495 @@
+"""The dispatcher: takes each claimed flow through analysis, routing, sending and filing.
+
+For one flow (see the state diagram in :mod:`gateway.journal`)::
+
+    claim ─▶ analyse (flows/) ─▶ route (connection + mode) ─▶ duplicate check ─▶ queued
+          ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
+    any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
+
+Every decision is journaled *before* the file moves, so a crash between the two is finished by
+:meth:`Dispatcher.reconcile` at the next start. A flow's task never lets an exception escape:
+an unexpected error files the flow in ``error/`` with reason ``internal_error`` and the daemon
+goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from flows import naming
+from flows.analysis import Analysis, analyze
+from gateway import logs
+from gateway.config import Config, Connection, Mode
+from gateway.folders import (
+    Layout,
+    display_name,
+    free_name,
+    move,
+    parse_spool_name,
+    spool_name,
+    write_json,
+)
+from gateway.journal import FlowRow, Journal, JournalDB, StateConflict
+from protocols.base import Outbound, Receipt, Sender
+from protocols.errors import TransferError
+
+log = logs.get()
+
+Now = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+def backoff(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [d/2, d], d = initial·2^(attempt-1)."""
+    delay = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    return rng.uniform(delay / 2, delay)
+
+
+def route(conn: Connection, analysis: Analysis, today: date) -> Refusal | None:
+    """Why ``conn`` may not carry this document today, or None if it may."""
+    code = analysis.interface_code
+    assert code is not None
+    mode = conn.interfaces.get(code, Mode.NONE)
+    if mode is Mode.NONE:
+        return Refusal(
+            "not_connected",
+            f"interface code {code} ({analysis.format.label}) is not connected on "
+            f"{conn.name}; add {code} = \"complete\" or \"partial\" to its [connection.interfaces]",
+        )
+    unusable = conn.unusable_reason(today)
+    if unusable is not None:
+        return Refusal(*unusable)
+    return None
+
+
+class Dispatcher:
+    """Owns the flows of one running gateway."""
+
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        senders: dict[str, Sender],
+        *,
+        now: Now = utc_now,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        max_in_flight: int = 256,
+    ) -> None:
+        self.config = config
+        self.layout = Layout(config.gateway.data_dir)
+        self.journal = journal
+        self.senders = senders
+        self._now = now
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._active: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def claim(self, connection: str, path: Path, ready: bool = True) -> str | None:
+        """Claim ``path`` (in ``outbox/<connection>/``) into the spool; start its flow."""
+        if self.stopping.is_set():
+            return None
+        flow_id = naming.new_flow_id(self._now())
+        name = display_name(path.name)
+        target = self.layout.spool(connection) / spool_name(flow_id, name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None  # claimed by an earlier event or scan, or removed by ops
+        await self.journal.call(lambda db: db.insert(flow_id, connection, name, str(target)))
+        log.info("flow.claimed", connection=connection, flow_id=flow_id, file=name)
+        self.start(flow_id)
+        return flow_id
+
+    def start(self, flow_id: str) -> None:
+        """Run the flow in the background, once (a no-op if it is already running)."""
+        if flow_id in self._active:
+            return
+        self._active.add(flow_id)
+        task = asyncio.create_task(self._run_flow(flow_id), name=f"flow-{flow_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Stop starting work; wait up to ``grace`` seconds, then cancel what still runs.
+
+        A cancelled send may have delivered all, some or none of its file: its row stays in
+        ``sending`` and the next start resends it under the same remote name.
+        """
+        self.stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    # -- one flow -------------------------------------------------------------------------
+
+    async def _run_flow(self, flow_id: str) -> None:
+        try:
+            async with self._in_flight:
+                row = await self.journal.call(lambda db: db.get(flow_id))
+                if row is None:
+                    return
+                with structlog.contextvars.bound_contextvars(
+                    connection=row.connection, flow_id=flow_id, file=row.original_name
+                ):
+                    await self._advance(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("flow.internal_error", flow_id=flow_id)
+            await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
+        finally:
+            self._active.discard(flow_id)
+
+    async def _advance(self, row: FlowRow) -> None:
+        if row.state == "claimed":
+            row = await self._prepare(row)
+        if row.state in ("queued", "sending"):
+            row = await self._deliver(row)
+        if row.state == "delivered":
+            await self._file_sent(row)
+        elif row.state == "failing":
+            await self._file_error(row)
+
+    async def _prepare(self, row: FlowRow) -> FlowRow:
+        """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason."""
+        spool = Path(row.spool_path)
+        size = spool.stat().st_size
+        limit = self.config.gateway.max_file_size
+        if size > limit:
+            return await self._refuse(
+                row, "too_large", f"{size} bytes is over max_file_size ({limit} bytes)", size=size
+            )
+        try:
+            conn = self.config.connection(row.connection)
+        except KeyError:
+            return await self._refuse(
+                row, "unknown_connection", f"connection {row.connection} is no longer configured"
+            )
+        analysis = await asyncio.to_thread(analyze, spool)
+        facts: dict[str, Any] = {
+            "size": analysis.size, "sha256": analysis.sha256, "format": analysis.format.value,
+            "interface_code": analysis.interface_code, "invoice_number": analysis.invoice_number,
+            "issue_date": analysis.issue_date, "supplier_id": analysis.supplier_id,
+            "buyer_id": analysis.buyer_id,
+        }
+        if not analysis.ok:
+            assert analysis.problem is not None
+            return await self._refuse(
+                row, analysis.problem.value, analysis.message or analysis.problem.value, **facts
+            )
+        refusal = route(conn, analysis, self._now().date())
+        if refusal is not None:
+            return await self._refuse(row, refusal.reason, refusal.message, **facts)
+        remote = row.remote_name or naming.remote_name(
+            conn.remote_name,
+            naming.NameParts(
+                interface=analysis.interface_code or "",
+                partner_code=conn.partner_code,
+                flow_id=row.flow_id,
+                original_name=row.original_name,
+                created=datetime.fromisoformat(row.created_at),
+                structure=conn.structure,
+            ),
+        )
+        earlier = await self.journal.call(
+            lambda db: db.queue_unless_duplicate(
+                row.flow_id,
+                (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
+                check=not row.forced, remote_name=remote, **facts,
+            )
+        )
+        if earlier is not None:
+            return await self._refuse(
+                row, "duplicate", _duplicate_message(row, earlier, analysis), **facts
+            )
+        log.info(
+            "flow.routed", interface_code=analysis.interface_code, remote_name=remote,
+            invoice_number=analysis.invoice_number, format=analysis.format.value,
+        )
+        return await self._reload(row)
+
+    async def _deliver(self, row: FlowRow) -> FlowRow:
+        conn = self.config.connection(row.connection)
+        sender = self.senders[row.connection]
+        retry = self.config.gateway.retry
+        while True:
+            if self.stopping.is_set():
+                return row
+            unusable = conn.unusable_reason(self._now().date())
+            if unusable is not None:
+                return await self._refuse(row, *unusable)
+            resend = bool(row.unknown_outcome) or row.attempts > 0
+            await self._transition(
+                row, "sending", expect=("queued", "sending"),
+                attempts=row.attempts + 1, unknown_outcome=1,
+            )
+            row = await self._reload(row)
+            outbound = Outbound(
+                flow_id=row.flow_id,
+                path=Path(row.spool_path),
+                remote_name=row.remote_name or "",
+                interface_code=row.interface_code or "",
+                size=row.size or 0,
+                sha256=row.sha256 or "",
+                resend=resend,
+            )
+            log.info("flow.sending", attempt=row.attempts, resend=resend, protocol=conn.protocol)
+            try:
+                receipt = await sender.send(outbound)
+            except TransferError as exc:
+                if exc.retryable and row.attempts < retry.max_attempts:
+                    delay = backoff(row.attempts, retry.initial, retry.maximum, self._rng)
+                    await self._transition(
+                        row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
+                    )
+                    log.warning(
+                        "flow.retry", reason=exc.reason, error=str(exc),
+                        attempt=row.attempts, retry_in=round(delay, 3),
+                    )
+                    await self._wait(delay)
+                    row = await self._reload(row)
+                    continue
+                message = str(exc)
+                if exc.retryable:
+                    message += f" (gave up after {row.attempts} attempts)"
+                return await self._refuse(row, exc.reason, message, expect=("sending",))
+            return await self._delivered(row, conn, receipt)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the gateway is stopping."""
+        waiter = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({waiter, asyncio.ensure_future(self._sleep(delay))},
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _delivered(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
+        now = self._now()
+        target = free_name(self.layout.sent(conn.name, now.date()), row.original_name, row.flow_id)
+        document = {
+            "flow_id": row.flow_id,
+            "connection": conn.name,
+            "file": row.original_name,
+            "remote_name": receipt.remote_name,
+            "protocol": receipt.protocol,
+            "partner_answer": dict(receipt.details),
+            "already_delivered": receipt.already_delivered,
+            "interface_code": row.interface_code,
+            "invoice_number": row.invoice_number,
+            "sha256": row.sha256,
+            "size": row.size,
+            "attempts": row.attempts,
+            "claimed_at": row.created_at,
+            "sent_at": now.isoformat(timespec="milliseconds"),
+        }
+        await self._transition(
+            row, "delivered", expect=("sending",), final_path=str(target),
+            receipt=json.dumps(document, default=str), reason=None, message=None,
+        )
+        return await self._reload(row)
+
+    async def _file_sent(self, row: FlowRow) -> None:
+        assert row.final_path and row.receipt
+        target = Path(row.final_path)
+        receipt = json.loads(row.receipt)
+        await asyncio.to_thread(self._place, Path(row.spool_path), target, ".receipt.json", receipt)
+        await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
+        log.info(
+            "flow.sent", remote_name=row.remote_name, path=str(target),
+            attempts=row.attempts, already_delivered=receipt.get("already_delivered", False),
+        )
+
+    async def _refuse(
+        self, row: FlowRow, reason: str, message: str, *, expect: tuple[str, ...] | None = None,
+        **facts: Any,
+    ) -> FlowRow:
+        target = free_name(self.layout.error(row.connection), row.original_name, row.flow_id)
+        await self._transition(
+            row, "failing", expect=expect, reason=reason, message=message,
+            final_path=str(target), **facts,
+        )
+        return await self._reload(row)
+
+    async def _file_error(self, row: FlowRow) -> None:
+        assert row.final_path
+        target = Path(row.final_path)
+        document = {
+            "flow_id": row.flow_id,
+            "connection": row.connection,
+            "file": row.original_name,
+            "reason": row.reason,
+            "message": row.message,
+            "attempts": row.attempts,
+            "remote_name": row.remote_name,
+            "unknown_outcome": bool(row.unknown_outcome),
+            "claimed_at": row.created_at,
+            "failed_at": self._now().isoformat(timespec="milliseconds"),
+            "retry": f"raccord retry {row.flow_id}",
+        }
+        await asyncio.to_thread(self._place, Path(row.spool_path), target, ".error.json", document)
+        await self._transition(row, "error", expect=("failing",))
+        log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
+
+    @staticmethod
+    def _place(spool: Path, target: Path, suffix: str, document: dict[str, Any]) -> None:
+        """Write the metadata file, then move the data file; idempotent after a crash."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target.with_name(target.name + suffix), document)
+        if spool.exists():
+            move(spool, target)
+        elif not target.exists():
+            raise FileNotFoundError(f"{spool} vanished before it was filed to {target}")
+
+    async def _fail_safely(self, flow_id: str, message: str) -> None:
+        try:
+            row = await self.journal.call(lambda db: db.get(flow_id))
+            if row is None or row.state in ("sent", "error"):
+                return
+            if row.state != "failing":
+                row = await self._refuse(row, "internal_error", message)
+            await self._file_error(row)
+        except Exception:
+            log.exception("flow.unfiled", flow_id=flow_id)
+
+    async def _transition(
+        self, row: FlowRow, state: str, *, expect: tuple[str, ...] | None = None, **values: Any
+    ) -> None:
+        await self.journal.call(
+            lambda db: db.transition(row.flow_id, state, expect=expect, **values)
+        )
+
+    async def _reload(self, row: FlowRow) -> FlowRow:
+        fresh = await self.journal.call(lambda db: db.get(row.flow_id))
+        if fresh is None:
+            raise StateConflict(f"flow {row.flow_id} disappeared from the journal")
+        return fresh
+
+    # -- restart --------------------------------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Make journal and spool agree after a stop or a crash; restart unfinished flows.
+
+        Spool files unknown to the journal (claimed just before a crash) are journaled; rows
+        still open are resumed. Returns the number of flows resumed.
+        """
+        known = {
+            row.spool_path: row
+            for row in await self.journal.call(
+                lambda db: db.in_states(("claimed", "queued", "sending", "delivered", "failing"))
+            )
+        }
+        for conn in self.config.connections:
+            folder = self.layout.spool(conn.name)
+            if not folder.is_dir():
+                continue
+            for entry in sorted(os.listdir(folder)):
+                path = folder / entry
+                parsed = parse_spool_name(entry)
+                if parsed is None or str(path) in known:
+                    continue
+                flow_id, original = parsed
+                inserted = await self.journal.call(
+                    lambda db, f=flow_id, n=original, p=str(path), c=conn.name: db.insert(f, c, n, p)
+                )
+                if inserted:
+                    log.warning("flow.recovered", connection=conn.name, flow_id=flow_id, file=original)
+                    self.start(flow_id)
+        for row in known.values():
+            if not Path(row.spool_path).exists() and row.state not in ("delivered", "failing"):
+                await self._transition(
+                    row, "failing", reason="lost",
+                    message=f"spool file {row.spool_path} is missing; it was removed by hand",
+                    final_path=str(self.layout.error(row.connection) / row.original_name),
+                )
+                log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
+                await self._transition(row, "error", expect=("failing",))
+                continue
+            if row.state == "sending":
+                log.warning("flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name)
+            self.start(row.flow_id)
+        return len(known)
+
+    async def pick_up_requeued(self) -> int:
+        """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
+        rows = await self.journal.call(lambda db: db.in_states(("claimed",)))
+        started = 0
+        for row in rows:
+            if row.flow_id not in self._active and Path(row.spool_path).exists():
+                self.start(row.flow_id)
+                started += 1
+        return started
+
+
+def _duplicate_message(row: FlowRow, earlier: FlowRow, analysis: Analysis) -> str:
+    what = (
+        "the same bytes"
+        if earlier.sha256 == analysis.sha256
+        else f"invoice {analysis.invoice_number} of supplier {analysis.supplier_id}"
+    )
+    return (
+        f"{what} already in flow {earlier.flow_id} ({earlier.original_name}, {earlier.state}); "
+        f"not sent twice. If it must be sent again: raccord retry --force {row.flow_id}"
+    )
+
+
+def requeue(db: JournalDB, layout: Layout, flow_id: str, *, force: bool) -> str:
+    """Put a flow in ``error`` back into the queue (``raccord retry``); return what was done.
+
+    The file returns from ``error/`` to its spool path; the flow is analysed and routed again
+    (so a fixed configuration applies), keeps its remote name (so a resend after an unknown
+    outcome is recognised), and with ``force`` skips the duplicate check.
+
+    Raises:
+        LookupError: unknown flow, or not in ``error``, or its file is no longer in error/.
+    """
+    row = db.get(flow_id)
+    if row is None:
+        raise LookupError(f"no flow {flow_id} in the journal")
+    if row.state != "error":
+        raise LookupError(f"flow {flow_id} is {row.state}; only flows in error can be retried")
+    if not row.final_path or not Path(row.final_path).exists():
+        raise LookupError(f"flow {flow_id}: its file {row.final_path} is no longer in error/")
+    del layout  # the spool path is recorded in the row
+    source, spool = Path(row.final_path), Path(row.spool_path)
+    move(source, spool)
+    source.with_name(source.name + ".error.json").unlink(missing_ok=True)
+    db.transition(
+        flow_id, "claimed", expect=("error",), detail="raccord retry" + (" --force" if force else ""),
+        forced=int(force or bool(row.forced)), reason=None, message=None, final_path=None,
+        attempts=0, unknown_outcome=1 if row.attempts else 0,
+    )
+    return f"{flow_id} ({row.original_name}) queued again" + (" (forced)" if force else "")

@@ -1,0 +1,127 @@
+"""The folder layout under ``data_dir`` and the durable file operations on it.
+
+::
+
+    data_dir/journal.sqlite
+    data_dir/spool/<connection>/<flow_id>--<name>     claimed, being processed
+    data_dir/outbox/<connection>/                     ops drop files here
+    data_dir/sent/<connection>/YYYY-MM-DD/            + <name>.receipt.json
+    data_dir/error/<connection>/                      + <name>.error.json
+    data_dir/rejected/<connection>/  data_dir/inbox/<connection>/
+
+The spool is on the same file system as the outbox, so claiming is one atomic rename. Nothing is
+removed before it is durably written where it goes: metadata files are written to a temporary
+name, fsynced, renamed, and the directory fsynced; data files move by rename (then the
+directories are fsynced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from flows import naming
+
+IGNORED_SUFFIXES = (".tmp", ".part", ".filepart")
+SPOOL_SEPARATOR = "--"
+
+
+def is_candidate(name: str) -> bool:
+    """A name ops may still be writing: hidden, or ending in .tmp/.part/.filepart."""
+    return not (name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES))
+
+
+def display_name(name: str) -> str:
+    """``name`` as valid text: bytes that are not UTF-8 (kept by os.fsdecode) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def spool_name(flow_id: str, original_name: str) -> str:
+    return f"{flow_id}{SPOOL_SEPARATOR}{original_name}"
+
+
+def parse_spool_name(name: str) -> tuple[str, str] | None:
+    """``(flow_id, original_name)`` of a spool file, or None for a foreign file."""
+    flow_id, sep, original = name.partition(SPOOL_SEPARATOR)
+    if not sep or not original or not naming.is_flow_id(flow_id):
+        return None
+    return flow_id, original
+
+
+@dataclass(frozen=True)
+class Layout:
+    data_dir: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.data_dir / "journal.sqlite"
+
+    def outbox(self, connection: str) -> Path:
+        return self.data_dir / "outbox" / connection
+
+    def spool(self, connection: str) -> Path:
+        return self.data_dir / "spool" / connection
+
+    def sent(self, connection: str, day: date) -> Path:
+        return self.data_dir / "sent" / connection / day.isoformat()
+
+    def error(self, connection: str) -> Path:
+        return self.data_dir / "error" / connection
+
+    def rejected(self, connection: str) -> Path:
+        return self.data_dir / "rejected" / connection
+
+    def inbox(self, connection: str) -> Path:
+        return self.data_dir / "inbox" / connection
+
+    def create(self, connections: list[str]) -> None:
+        for name in connections:
+            for folder in (
+                self.outbox(name), self.spool(name), self.error(name),
+                self.rejected(name), self.inbox(name), self.data_dir / "sent" / name,
+            ):
+                folder.mkdir(parents=True, exist_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` durably and atomically (temp file, fsync, rename, fsync dir)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode() + b"\n"
+    with temp.open("wb") as out:
+        out.write(payload)
+        out.flush()
+        os.fsync(out.fileno())
+    temp.replace(path)
+    fsync_dir(path.parent)
+
+
+def free_name(folder: Path, name: str, flow_id: str) -> Path:
+    """``folder/name``, or ``folder/<stem>.<flow_id><suffix>`` if that name is taken."""
+    target = folder / name
+    if not target.exists() and not target.with_name(target.name + ".receipt.json").exists():
+        return target
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        return folder / f"{name}.{flow_id}"
+    return folder / f"{stem}.{flow_id}.{suffix}"
+
+
+def move(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` (same file system) and make both directories durable."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(source, target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)

@@ -1,0 +1,186 @@
+"""Intake: notice files dropped in ``outbox/<connection>/`` and claim them into the spool.
+
+Two sources of candidates, because either alone loses files:
+
+* watchdog's inotify observer, subscribed with an event filter to close-write, move and create
+  events only (with the full event mask a burst of thousands of files overflows the inotify
+  queue, and watchdog merely logs that events were lost);
+* a scan of every outbox at start and every ``rescan_interval``.
+
+A file is *ready* when it arrived by rename (moved-to), was closed after writing, or — seen by a
+scan or a bare create event — nobody has it open for writing. That last test takes a read
+lease (``F_SETLEASE``), which Linux refuses while a writer holds the file; where leases are not
+permitted (another owner, another file system) the file must instead be unchanged for
+``settle_time``.
+
+Claiming is one atomic rename into ``spool/<connection>/<flow_id>--<name>``; a file that vanished
+meanwhile (claimed by another scan, removed by ops) is simply skipped. The claim is then
+journaled; should the daemon die between the two, reconciliation finds the spool file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.inotify import InotifyObserver
+
+from gateway import logs
+from gateway.folders import is_candidate
+
+log = logs.get()
+
+#: Called with (connection, path in the outbox, trusted_ready) for every candidate.
+OnCandidate = Callable[[str, Path, bool], Awaitable[None]]
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """True if some process has ``path`` open for writing, False if not, None if unknowable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+def is_ready(path: Path, settle_time: float, now: float | None = None) -> bool:
+    """Whether a file found by a scan (or a bare create) may be claimed now."""
+    writing = open_for_writing(path)
+    if writing is not None:
+        return not writing
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return False
+    return ((now if now is not None else time.time()) - mtime) >= settle_time
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, push: Callable[[str, Path, bool], None], outboxes: dict[Path, str]) -> None:
+        self._push = push
+        self._outboxes = outboxes
+
+    def _offer(self, raw: bytes | str, trusted: bool) -> None:
+        path = Path(os.fsdecode(raw))
+        connection = self._outboxes.get(path.parent)
+        if connection is not None and is_candidate(path.name):
+            self._push(connection, path, trusted)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            self._offer(event.dest_path, True)
+        elif isinstance(event, FileClosedEvent):
+            self._offer(event.src_path, True)
+        elif isinstance(event, FileCreatedEvent):
+            # Either moved in from an unwatched folder, or created and maybe still being written.
+            self._offer(event.src_path, False)
+
+
+class Watcher:
+    """Feeds candidates from inotify and periodic scans to ``on_candidate``, in the loop."""
+
+    def __init__(
+        self,
+        outboxes: dict[str, Path],
+        on_candidate: OnCandidate,
+        *,
+        rescan_interval: float,
+        settle_time: float,
+    ) -> None:
+        self._outboxes = {path: name for name, path in outboxes.items()}
+        self._on_candidate = on_candidate
+        self._rescan_interval = rescan_interval
+        self._settle_time = settle_time
+        self._queue: asyncio.Queue[tuple[str, Path, bool]] = asyncio.Queue()
+        self._observer: InotifyObserver | None = None
+        self.alive = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def push(connection: str, path: Path, trusted: bool) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, (connection, path, trusted))
+
+        observer = InotifyObserver()
+        handler = _Handler(push, self._outboxes)
+        for path in self._outboxes:
+            observer.schedule(
+                handler,
+                str(path),
+                recursive=False,
+                event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent],
+            )
+        observer.start()
+        self._observer = observer
+        self.alive = True
+
+    def stop(self) -> None:
+        self.alive = False
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def scan(self) -> int:
+        """Queue every candidate now in the outboxes; return how many were queued."""
+        count = 0
+        for path, connection in self._outboxes.items():
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(path):
+                    if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
+                        self._queue.put_nowait((connection, Path(entry.path), False))
+                        count += 1
+        return count
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver candidates until ``stopping`` is set; rescans on a timer."""
+        self.scan()
+        next_scan = time.monotonic() + self._rescan_interval
+        deferred: dict[Path, str] = {}
+        while not stopping.is_set():
+            timeout = max(0.0, min(next_scan - time.monotonic(), 0.5 if deferred else 5.0))
+            try:
+                connection, path, trusted = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                pass
+            else:
+                if trusted or await asyncio.to_thread(is_ready, path, self._settle_time):
+                    deferred.pop(path, None)
+                    await self._on_candidate(connection, path, True)
+                elif path.exists():
+                    deferred[path] = connection
+            if deferred and self._queue.empty():
+                for path, connection in list(deferred.items()):
+                    if not path.exists():
+                        deferred.pop(path)
+                    elif await asyncio.to_thread(is_ready, path, self._settle_time):
+                        deferred.pop(path)
+                        await self._on_candidate(connection, path, True)
+            if time.monotonic() >= next_scan:
+                found = self.scan()
+                if found:
+                    log.debug("intake.rescan", found=found)
+                next_scan = time.monotonic() + self._rescan_interval

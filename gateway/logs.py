@@ -1,0 +1,49 @@
+"""structlog set-up: one JSON object per line on stdout (CONTRACT.md, "Logs").
+
+Keys: ``timestamp`` (ISO 8601 UTC), ``level``, ``event`` (``<subsystem>.<step>``), then the
+context bound for the flow at hand (``connection``, ``flow_id``, ``file``) and the event's fields.
+Secrets never reach the log: they are :class:`protocols.settings.Secret` objects, whose ``repr``
+hides the value, and :func:`redact` blanks any field named like a secret as a second guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key_data")
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "***"
+    return event
+
+
+def configure(stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """Send JSON lines to ``stream`` (stdout by default)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries log through stdlib logging; keep their noise out of our JSON stream.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+
+def get(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

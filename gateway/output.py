@@ -1,0 +1,56 @@
+"""Rendering lists of records as a table (terminals), JSON or CSV (CONTRACT.md: --format)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+FORMATS = ("table", "json", "csv")
+
+
+def default_format(stream: TextIO = sys.stdout) -> str:
+    return "table" if stream.isatty() else "json"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render(
+    records: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    fmt: str,
+    stream: TextIO = sys.stdout,
+) -> None:
+    """Write ``records``: JSON gets every key, table and CSV the given ``columns``."""
+    if fmt == "json":
+        json.dump(list(records), stream, indent=2, ensure_ascii=False, default=str)
+        stream.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow([_cell(record.get(column)) for column in columns])
+    else:
+        rows = [[_cell(record.get(column)) for column in columns] for record in records]
+        widths = [
+            min(60, max([len(column)] + [len(row[i]) for row in rows]))
+            for i, column in enumerate(columns)
+        ]
+        stream.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+        stream.write("\n")
+        for row in rows:
+            cells = [
+                (cell if len(cell) <= w else cell[: w - 1] + "…").ljust(w)
+                for cell, w in zip(row, widths, strict=True)
+            ]
+            stream.write("  ".join(cells).rstrip() + "\n")
+        if not rows:
+            stream.write("(none)\n")

@@ -1,0 +1,1 @@
+"""How: the sender interface, its errors, and one implementation per transfer protocol."""

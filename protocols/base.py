@@ -1,0 +1,103 @@
+"""The sender interface every protocol implements, and what a protocol plugin declares.
+
+A sender is an async context manager (it owns its connections) with two operations:
+
+* :meth:`Sender.send` delivers one flow and returns a :class:`Receipt`, or raises a
+  :class:`~protocols.errors.TransferError` whose ``retryable`` flag drives the dispatcher.
+  Cancelling a send may leave the partner with all, some or none of the flow: that is why a
+  resend after an unknown outcome carries ``resend=True`` and the *same* remote name, so that
+  the sender (or the partner) can recognise it.
+* :meth:`Sender.check` logs in and out, for ``raccord check --connect``.
+
+Optional features are flags in :class:`Capabilities`, not extra methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from protocols.settings import Section
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One flow to deliver: a local file and the name the partner must see."""
+
+    flow_id: str
+    path: Path
+    remote_name: str
+    interface_code: str
+    size: int
+    sha256: str
+    resend: bool = False  # an earlier attempt's outcome is unknown
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the partner acknowledged; stored in ``<name>.receipt.json``."""
+
+    protocol: str
+    remote_name: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    already_delivered: bool = False  # a resend found the flow already at the partner
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a protocol can do beyond sending."""
+
+    atomic_rename: bool = False  # uploads under a temporary name, then renames
+    detects_resend: bool = False  # can tell that a resent flow is already delivered
+    receives_returns: bool = False  # has a receiver/poller for return flows
+
+
+class Sender(Protocol):
+    """A protocol's sender for one connection."""
+
+    protocol: str
+    capabilities: Capabilities
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def send(self, flow: Outbound) -> Receipt:
+        """Deliver ``flow``.
+
+        Raises:
+            protocols.errors.TransferError: the flow was not (or not surely) delivered.
+        """
+        ...
+
+    async def check(self) -> str:
+        """Log in and out; return a one-line description of what was reached.
+
+        Raises:
+            protocols.errors.TransferError: the partner cannot be reached or refuses us.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class ProtocolPlugin:
+    """What a protocol brings: its settings parser and its sender factory.
+
+    ``parse_settings`` reads the connection's ``[connection.<name>]`` table (calling
+    ``section.finish()`` to reject unknown keys) and returns the protocol's own settings object;
+    ``secret_fields`` names the keys that must never be logged.
+    """
+
+    name: str
+    parse_settings: Callable[[Section], Any]
+    create_sender: Callable[[Any], Sender]
+    secret_fields: frozenset[str] = frozenset()
+    capabilities: Capabilities = Capabilities()

@@ -1,0 +1,67 @@
+"""The errors a sender may raise — the only ones the gateway ever sees from a protocol.
+
+Each implementation translates its library's exceptions (asyncssh, pyas2lib, httpx, …) at its
+boundary, so the dispatcher decides on ``retryable`` alone and never sniffs third-party types::
+
+    TransferError                 reason          retryable
+    ├── ConnectError              unreachable     yes   network down, refused, DNS, TLS/SSH setup
+    ├── TransferTimeout           timeout         yes   no answer in time (outcome may be unknown)
+    ├── RemoteBusy                remote_busy     yes   the partner asked us to come back later
+    ├── AuthenticationError       auth_failed     no    credentials refused
+    ├── HostKeyError              host_key        no    unknown or changed SSH host key / bad cert
+    ├── RemotePermissionDenied    permission      no    the partner refuses the operation
+    ├── RemoteNameConflict        remote_exists   no    a different file already has that name
+    └── ProtocolError             protocol_error  no    the partner answered something unusable
+
+``reason`` becomes the ``reason`` of ``error.json``; ``str(error)`` is the one-sentence message
+an operator reads, saying what to do where the sender knows.
+"""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """A transfer failed. ``retryable`` tells whether trying again later may help."""
+
+    reason = "transfer_failed"
+    retryable = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConnectError(TransferError):
+    reason = "unreachable"
+    retryable = True
+
+
+class TransferTimeout(TransferError):
+    reason = "timeout"
+    retryable = True
+
+
+class RemoteBusy(TransferError):
+    reason = "remote_busy"
+    retryable = True
+
+
+class AuthenticationError(TransferError):
+    reason = "auth_failed"
+
+
+class HostKeyError(TransferError):
+    reason = "host_key"
+
+
+class RemotePermissionDenied(TransferError):
+    reason = "permission"
+
+
+class RemoteNameConflict(TransferError):
+    reason = "remote_exists"
+
+
+class ProtocolError(TransferError):
+    reason = "protocol_error"

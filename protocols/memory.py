@@ -1,0 +1,98 @@
+"""A sender that delivers into memory — shipped for the gateway's own tests and for dry runs.
+
+``protocol = "memory"`` with ``[connection.memory] bucket = "name"``. Deliveries land in
+:data:`BUCKETS`; a test may queue failures with :func:`fail_next`. It mirrors the SFTP sender's
+contract: a remote name is never overwritten, and a resend of an already delivered flow is
+recognised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
+from protocols.errors import RemoteNameConflict, TransferError
+from protocols.settings import Section
+
+
+@dataclass
+class Bucket:
+    files: dict[str, bytes] = field(default_factory=dict)
+    failures: deque[TransferError] = field(default_factory=deque)
+    sends: int = 0
+
+
+BUCKETS: dict[str, Bucket] = {}
+
+
+def bucket(name: str) -> Bucket:
+    return BUCKETS.setdefault(name, Bucket())
+
+
+def fail_next(name: str, *errors: TransferError) -> None:
+    """Make the next ``len(errors)`` sends to bucket ``name`` raise these errors, in order."""
+    bucket(name).failures.extend(errors)
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    bucket: str
+    delay: float
+
+
+def parse_settings(section: Section) -> MemorySettings:
+    settings = MemorySettings(
+        bucket=section.str("bucket", "default"), delay=section.duration("delay", "0s")
+    )
+    section.finish()
+    return settings
+
+
+class MemorySender:
+    protocol = "memory"
+    capabilities = Capabilities(atomic_rename=True, detects_resend=True)
+
+    def __init__(self, settings: MemorySettings) -> None:
+        self._settings = settings
+        self._bucket = bucket(settings.bucket)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def send(self, flow: Outbound) -> Receipt:
+        self._bucket.sends += 1
+        if self._settings.delay:
+            await asyncio.sleep(self._settings.delay)
+        if self._bucket.failures:
+            raise self._bucket.failures.popleft()
+        data = flow.path.read_bytes()
+        existing = self._bucket.files.get(flow.remote_name)
+        if existing is not None:
+            if existing == data:
+                return Receipt(self.protocol, flow.remote_name, already_delivered=True)
+            raise RemoteNameConflict(f"remote file {flow.remote_name} exists with other content")
+        self._bucket.files[flow.remote_name] = data
+        return Receipt(self.protocol, flow.remote_name, {"bucket": self._settings.bucket})
+
+    async def check(self) -> str:
+        return f"memory bucket {self._settings.bucket!r}"
+
+
+PLUGIN = ProtocolPlugin(
+    name="memory",
+    parse_settings=parse_settings,
+    create_sender=MemorySender,
+    capabilities=MemorySender.capabilities,
+)

@@ -1,0 +1,1 @@
+"""SFTP: the sender (asyncssh client)."""

@@ -1,0 +1,255 @@
+"""SFTP sender (asyncssh): key authentication, strict host keys, upload-then-rename.
+
+One SSH connection and one SFTP session per connection, opened on first use and reused; up to
+``max_parallel`` uploads share the session (SFTP multiplexes requests on one channel). Each file
+is written under a temporary name (``temp_prefix`` + remote name + ``temp_suffix``) and renamed
+to its final name with the plain SFTP rename, which never overwrites: a final name that already
+exists is either our own earlier delivery (same size: the resend is recognised and nothing is
+sent twice) or a conflict that needs a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Self
+
+import asyncssh
+
+from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
+from protocols.errors import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    ProtocolError,
+    RemoteBusy,
+    RemoteNameConflict,
+    RemotePermissionDenied,
+    TransferError,
+    TransferTimeout,
+)
+from protocols.settings import Secret, Section, SettingsError
+
+
+@dataclass(frozen=True)
+class SftpSettings:
+    host: str
+    port: int
+    username: str
+    private_key: Path
+    known_hosts: Path
+    upload_dir: str
+    download_dir: str | None
+    poll_interval: float
+    passphrase: Secret | None = None
+    connect_timeout: float = 15.0
+    timeout: float = 120.0
+    max_parallel: int = 8
+    temp_prefix: str = "."
+    temp_suffix: str = ".part"
+
+
+def parse_settings(section: Section) -> SftpSettings:
+    private_key = section.path("private_key")
+    known_hosts = section.path("known_hosts")
+    assert private_key is not None and known_hosts is not None
+    settings = SftpSettings(
+        host=section.str("host", required=True),
+        port=section.int("port", 22, minimum=1, maximum=65535),
+        username=section.str("username", required=True),
+        private_key=private_key,
+        known_hosts=known_hosts,
+        upload_dir=section.str("upload_dir", "."),
+        download_dir=section.optional_str("download_dir"),
+        poll_interval=section.duration("poll_interval", "60s"),
+        passphrase=section.secret("passphrase", required=False),
+        connect_timeout=section.duration("connect_timeout", "15s"),
+        timeout=section.duration("timeout", "120s"),
+        max_parallel=section.int("max_parallel", 8, minimum=1, maximum=64),
+        temp_prefix=section.str("temp_prefix", "."),
+        temp_suffix=section.str("temp_suffix", ".part"),
+    )
+    if not settings.temp_prefix and not settings.temp_suffix:
+        raise SettingsError(
+            section.key("temp_suffix"),
+            "temp_prefix and temp_suffix cannot both be empty: the partner would see half files",
+        )
+    section.finish()
+    return settings
+
+
+@contextlib.contextmanager
+def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
+    """Translate asyncssh and socket errors into :mod:`protocols.errors`."""
+    where = f"{settings.username}@{settings.host}:{settings.port}"
+    try:
+        yield
+    except TransferError:
+        raise
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(
+            f"host key of {where} not accepted ({exc.reason}); if the partner changed its key, "
+            f"check it with the partner and update {settings.known_hosts}"
+        ) from None
+    except asyncssh.PermissionDenied as exc:
+        raise AuthenticationError(
+            f"{where} refused our key {settings.private_key} ({exc.reason}); "
+            "check the username and that the partner registered our public key"
+        ) from None
+    except asyncssh.SFTPPermissionDenied as exc:
+        raise RemotePermissionDenied(f"{what} on {where}: permission denied ({exc.reason})") from None
+    except asyncssh.SFTPNoSuchFile as exc:
+        raise RemotePermissionDenied(
+            f"{what} on {where}: no such file or folder ({exc.reason}); check upload_dir"
+        ) from None
+    except (asyncssh.SFTPQuotaExceeded, asyncssh.SFTPNoSpaceOnFilesystem) as exc:
+        raise RemoteBusy(f"{what} on {where}: partner out of space ({exc.reason})") from None
+    except asyncssh.SFTPError as exc:
+        raise RemoteBusy(f"{what} on {where} failed: {exc.reason}") from None
+    except (TimeoutError, asyncssh.ConnectionLost) as exc:
+        raise TransferTimeout(f"{what} on {where}: {exc or 'timed out'}") from None
+    except asyncssh.DisconnectError as exc:
+        raise ConnectError(f"{what} on {where}: disconnected ({exc.reason})") from None
+    except asyncssh.KeyImportError as exc:
+        raise AuthenticationError(
+            f"cannot load private key {settings.private_key}: {exc}"
+        ) from None
+    except OSError as exc:
+        raise ConnectError(f"{what} on {where}: {exc.strerror or exc}") from None
+    except asyncssh.Error as exc:
+        raise ProtocolError(f"{what} on {where}: {exc}") from None
+
+
+class SftpSender:
+    protocol = "sftp"
+    capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=False)
+
+    def __init__(self, settings: SftpSettings) -> None:
+        self._settings = settings
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(settings.max_parallel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        sftp, conn = self._sftp, self._conn
+        self._sftp = self._conn = None
+        if sftp is not None:
+            sftp.exit()
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+
+    async def _session(self) -> asyncssh.SFTPClient:
+        async with self._lock:
+            if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
+                return self._sftp
+            await self._close()
+            s = self._settings
+            with _translated("connect", s):
+                self._conn = await asyncssh.connect(
+                    s.host,
+                    s.port,
+                    username=s.username,
+                    client_keys=[str(s.private_key)],
+                    passphrase=s.passphrase.value if s.passphrase else None,
+                    known_hosts=str(s.known_hosts),
+                    connect_timeout=s.connect_timeout,
+                    agent_path=None,
+                    config=None,
+                    preferred_auth="publickey",
+                    keepalive_interval=30,
+                )
+                self._sftp = await asyncio.wait_for(self._conn.start_sftp_client(), s.timeout)
+            return self._sftp
+
+    def _remote(self, name: str) -> str:
+        return str(PurePosixPath(self._settings.upload_dir) / name)
+
+    async def send(self, flow: Outbound) -> Receipt:
+        s = self._settings
+        final = self._remote(flow.remote_name)
+        temp = self._remote(f"{s.temp_prefix}{flow.remote_name}{s.temp_suffix}")
+        async with self._slots:
+            try:
+                sftp = await self._session()
+                with _translated(f"upload of {flow.remote_name}", s):
+                    if flow.resend:
+                        receipt = await self._already_there(sftp, flow, final)
+                        if receipt is not None:
+                            return receipt
+                    await asyncio.wait_for(sftp.put(str(flow.path), temp), s.timeout)
+                    try:
+                        await asyncio.wait_for(sftp.rename(temp, final), s.timeout)
+                    except asyncssh.SFTPFailure:
+                        receipt = await self._already_there(sftp, flow, final)
+                        if receipt is None:
+                            await _quietly_remove(sftp, temp)
+                            raise RemoteNameConflict(
+                                f"{final} already exists on {s.host} with other content; "
+                                "it was not overwritten"
+                            ) from None
+                        await _quietly_remove(sftp, temp)
+                        return receipt
+            except (TransferTimeout, ConnectError):
+                await self._close()  # the session may be wedged; start afresh next time
+                raise
+        return Receipt(
+            self.protocol,
+            flow.remote_name,
+            {"host": s.host, "port": s.port, "path": final, "temp_path": temp},
+        )
+
+    async def _already_there(
+        self, sftp: asyncssh.SFTPClient, flow: Outbound, final: str
+    ) -> Receipt | None:
+        try:
+            attrs = await asyncio.wait_for(sftp.stat(final), self._settings.timeout)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+        if attrs.size != flow.size:
+            return None
+        return Receipt(
+            self.protocol,
+            flow.remote_name,
+            {"host": self._settings.host, "path": final, "found_on_resend": True},
+            already_delivered=True,
+        )
+
+    async def check(self) -> str:
+        s = self._settings
+        sftp = await self._session()
+        with _translated("listing upload_dir", s):
+            await asyncio.wait_for(sftp.stat(s.upload_dir), s.timeout)
+        await self._close()
+        return f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
+
+
+async def _quietly_remove(sftp: asyncssh.SFTPClient, path: str) -> None:
+    with contextlib.suppress(asyncssh.Error, OSError):
+        await sftp.remove(path)
+
+
+PLUGIN = ProtocolPlugin(
+    name="sftp",
+    parse_settings=parse_settings,
+    create_sender=SftpSender,
+    secret_fields=frozenset({"passphrase"}),
+    capabilities=SftpSender.capabilities,
+)
