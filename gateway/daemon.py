@@ -86,6 +86,7 @@ class Gateway:
                     group.create_task(watcher.run(stopping))
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     await stopping.wait()
+                    watcher.wake()
             finally:
                 sd_notify("STOPPING=1")
                 watcher.stop()

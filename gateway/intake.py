@@ -114,7 +114,7 @@ class Watcher:
         self._on_candidate = on_candidate
         self._rescan_interval = rescan_interval
         self._settle_time = settle_time
-        self._queue: asyncio.Queue[tuple[str, Path, bool]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Path, bool] | None] = asyncio.Queue()
         self._observer: InotifyObserver | None = None
         self.alive = False
 
@@ -136,6 +136,10 @@ class Watcher:
         observer.start()
         self._observer = observer
         self.alive = True
+
+    def wake(self) -> None:
+        """Make :meth:`run` look at its ``stopping`` event now rather than at its next timeout."""
+        self._queue.put_nowait(None)
 
     def stop(self) -> None:
         self.alive = False
@@ -163,10 +167,11 @@ class Watcher:
         while not stopping.is_set():
             timeout = max(0.0, min(next_scan - time.monotonic(), 0.5 if deferred else 5.0))
             try:
-                connection, path, trusted = await asyncio.wait_for(self._queue.get(), timeout)
+                item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
-                pass
-            else:
+                item = None
+            if item is not None:
+                connection, path, trusted = item
                 if trusted or await asyncio.to_thread(is_ready, path, self._settle_time):
                     deferred.pop(path, None)
                     await self._on_candidate(connection, path, True)

@@ -109,7 +109,9 @@ class Section:
         self._seen.add(name)
         if name not in self._raw:
             if required:
-                raise SettingsError(self.key(name), "is required")
+                typo = nearest(name, [str(k) for k in self._raw if k not in self._seen])
+                found = f" (found {typo!r}: a typo?)" if typo else ""
+                raise SettingsError(self.key(name), f"is required{found}")
             return None
         return self._raw[name]
 

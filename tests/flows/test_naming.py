@@ -1,0 +1,64 @@
+"""flows.naming: flow ids and remote-name templates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from flows import naming
+
+WHEN = datetime(2026, 11, 23, 17, 5, 9, tzinfo=UTC)
+
+
+def parts(name: str) -> naming.NameParts:
+    return naming.NameParts("FSO1100A", "VFE056", "20261123T170509Z-abcdef", name, WHEN, "123")
+
+
+def test_flow_ids_sort_by_time_and_are_recognised() -> None:
+    first = naming.new_flow_id(WHEN, "000000")
+    later = naming.new_flow_id(WHEN.replace(second=10), "000000")
+    assert first == "20261123T170509Z-000000" and first < later
+    assert naming.is_flow_id(naming.new_flow_id(WHEN))
+    assert not naming.is_flow_id("../../etc")
+
+
+def test_default_template_renders_every_part() -> None:
+    rendered = naming.remote_name("{interface}_{partner_code}_{flow_id}{ext}", parts("f.xml"))
+    assert rendered == "FSO1100A_VFE056_20261123T170509Z-abcdef.xml"
+
+
+def test_all_placeholders_render() -> None:
+    template = "{date}-{time}-{structure}-{stem}-{name}-{flow_id}"
+    assert naming.remote_name(template, parts("inv.1.xml")) == (
+        "20261123-170509-123-inv.1-inv.1.xml-20261123T170509Z-abcdef"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("facture été 2026.xml", "facture__t__2026.xml"),
+        ("../../etc/passwd", "passwd"),
+        ("noext", "noext"),
+        (".hidden.xml", "hidden.xml"),
+    ],
+)
+def test_odd_names_become_safe(name: str, expected: str) -> None:
+    rendered = naming.remote_name("{name}_{flow_id}", parts(name))
+    assert rendered == f"{expected}_20261123T170509Z-abcdef"
+    assert "/" not in rendered
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{interface}{ext}", "flow_id"),
+        ("{flow_id}{nope}", "unknown placeholder"),
+        ("{flow_id", "malformed"),
+        ("dir/{flow_id}", "'/'"),
+    ],
+)
+def test_bad_templates_are_refused(template: str, message: str) -> None:
+    with pytest.raises(naming.TemplateError, match=message):
+        naming.check_template(template)

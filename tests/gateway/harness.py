@@ -1,0 +1,110 @@
+"""A gateway running in the test's event loop, on the memory sender or any given config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway import config as config_module
+from gateway.config import Config
+from gateway.daemon import Gateway
+from gateway.folders import Layout
+from gateway.journal import FlowRow, JournalDB
+
+MEMORY_CONFIG = """\
+[gateway]
+data_dir = "{data_dir}"
+rescan_interval = "{rescan}"
+settle_time = "200ms"
+shutdown_grace = "2s"
+retry = {{ max_attempts = {attempts}, initial = "10ms", max = "50ms" }}
+{gateway_extra}
+
+[[connection]]
+name = "qualif-mem"
+environment = "qualification"
+protocol = "memory"
+partner_code = "VFE056"
+state = "{state}"
+valid_from = 2017-06-21
+valid_to = {valid_to}
+
+[connection.interfaces]
+FSO1100A = "complete"
+
+[connection.memory]
+bucket = "{bucket}"
+"""
+
+
+def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
+    values = {
+        "data_dir": tmp_path / "data", "rescan": "1s", "attempts": 4, "state": "active",
+        "valid_to": "2099-06-30", "bucket": bucket, "gateway_extra": "",
+    }
+    values.update(overrides)
+    path = tmp_path / "raccord.toml"
+    path.write_text(MEMORY_CONFIG.format(**values))
+    return config_module.load(path)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+def rows(config: Config) -> list[FlowRow]:
+    layout = Layout(config.gateway.data_dir)
+    if not layout.journal.exists():
+        return []
+    db = JournalDB(layout.journal)
+    try:
+        return db.search()
+    finally:
+        db.close()
+
+
+def filed(config: Config, count: int) -> Callable[[], bool]:
+    return lambda: len([r for r in rows(config) if r.state in ("sent", "error")]) >= count
+
+
+@asynccontextmanager
+async def running(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
+    gateway = Gateway(config, **kwargs)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stopping))
+    ready = asyncio.create_task(gateway.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield gateway
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+def drop(config: Config, name: str, data: bytes, connection: str | None = None) -> Path:
+    """Drop as ops should: write a .part file, rename it into the outbox."""
+    conn = connection or config.connections[0].name
+    outbox = Layout(config.gateway.data_dir).outbox(conn)
+    outbox.mkdir(parents=True, exist_ok=True)
+    temp = outbox / f".{name}.part"
+    temp.write_bytes(data)
+    temp.rename(outbox / name)
+    return outbox / name
+
+
+def sidecar(row: FlowRow, suffix: str) -> dict[str, Any]:
+    assert row.final_path is not None
+    data: dict[str, Any] = json.loads(Path(row.final_path + suffix).read_text())
+    return data

@@ -1,0 +1,416 @@
+"""The gateway on the memory sender: every dropped file ends in sent/ or error/, once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from gateway.dispatcher import requeue
+from gateway.folders import Layout, spool_name
+from gateway.journal import JournalDB
+from protocols import memory
+from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
+from tests.conftest import sample
+from tests.gateway.harness import drop, filed, memory_config, rows, running, sidecar, until
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def bucket() -> str:
+    name = f"test-{next(_buckets)}"
+    memory.BUCKETS.pop(name, None)
+    return name
+
+
+def invoice(number: str) -> bytes:
+    return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
+
+
+def test_dropped_invoice_is_sent_with_receipt(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "facture 1.xml", invoice("F-1"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and row.attempts == 1
+    assert row.remote_name == f"FSO1100A_VFE056_{row.flow_id}.xml"
+    assert memory.bucket(bucket).files == {row.remote_name: invoice("F-1")}
+    assert row.final_path is not None
+    final = Path(row.final_path)
+    assert final.name == "facture 1.xml" and final.read_bytes() == invoice("F-1")
+    today = datetime.now(UTC).date().isoformat()
+    assert final.parent == tmp_path / "data" / "sent" / "qualif-mem" / today
+    receipt = sidecar(row, ".receipt.json")
+    assert receipt["remote_name"] == row.remote_name
+    assert receipt["flow_id"] == row.flow_id
+    assert receipt["invoice_number"] == "F-1"
+    assert receipt["protocol"] == "memory"
+    assert len(receipt["sha256"]) == 64
+    assert not list((tmp_path / "data" / "outbox" / "qualif-mem").iterdir())
+    assert not list((tmp_path / "data" / "spool" / "qualif-mem").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"<Invoice xmlns='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'><a></b>",
+         "malformed_xml"),
+        (b"<Order xmlns='urn:x'/>", "unknown_format"),
+        (b"", "empty"),
+        (sample("cii-invoice.xml"), "not_connected"),
+        (b"<CPPStatut/>", "no_interface_code"),
+    ],
+)
+def test_refused_files_go_to_error_with_reason(
+    tmp_path: Path, bucket: str, data: bytes, reason: str
+) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "doc.xml", data)
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", reason)
+    error = sidecar(row, ".error.json")
+    assert error["reason"] == reason and error["message"]
+    assert error["retry"] == f"raccord retry {row.flow_id}"
+    assert Path(row.final_path or "").read_bytes() == data
+    assert memory.bucket(bucket).sends == 0
+
+
+def test_not_connected_message_says_what_to_add(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "cii.xml", sample("cii-invoice.xml"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert 'add FSO1106A = "complete" or "partial"' in (row.message or "")
+
+
+def test_too_large_file_is_refused_unread(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, gateway_extra='max_file_size = "1KB"')
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "big.xml", invoice("F-big") + b" " * 2000)
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", "too_large")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"state": "disabled"}, "connection_inactive"), ({"valid_to": "2020-01-01"}, "outside_validity")],
+)
+def test_unusable_connection_refuses(tmp_path: Path, bucket: str, overrides: dict[str, str],
+                                     reason: str) -> None:
+    config = memory_config(tmp_path, bucket, **overrides)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("F-2"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", reason)
+
+
+def test_same_bytes_or_same_invoice_are_never_sent_twice(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "a.xml", invoice("F-3"))
+            await until(filed(config, 1))
+            drop(config, "a-again.xml", invoice("F-3"))
+            drop(config, "a-reformatted.xml", invoice("F-3").replace(b"\n", b"\r\n"))
+            await until(filed(config, 3))
+
+    asyncio.run(main())
+    by_name = {row.original_name: row for row in rows(config)}
+    first = by_name["a.xml"]
+    assert first.state == "sent"
+    for name in ("a-again.xml", "a-reformatted.xml"):
+        assert (by_name[name].state, by_name[name].reason) == ("error", "duplicate")
+        assert first.flow_id in (by_name[name].message or "")
+    assert "the same bytes" in (by_name["a-again.xml"].message or "")
+    assert "invoice F-3 of supplier" in (by_name["a-reformatted.xml"].message or "")
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_simultaneous_copies_are_sent_once(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            for i in range(5):
+                drop(config, f"copy{i}.xml", invoice("F-4"))
+            await until(filed(config, 5))
+
+    asyncio.run(main())
+    states = sorted(row.state for row in rows(config))
+    assert states == ["error"] * 4 + ["sent"]
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_retryable_errors_are_retried_then_sent(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    memory.fail_next(bucket, ConnectError("down"), TransferTimeout("slow"))
+
+    async def main() -> None:
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            async with running(config):
+                drop(config, "f.xml", invoice("F-5"))
+                await until(filed(config, 1))
+        retries = [e for e in logs if e["event"] == "flow.retry"]
+        assert [e["reason"] for e in retries] == ["unreachable", "timeout"]
+        assert all(e["flow_id"] and e["connection"] == "qualif-mem" for e in retries)
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.attempts) == ("sent", 3)
+    assert sidecar(row, ".receipt.json")["attempts"] == 3
+
+
+def test_permanent_error_goes_to_error_at_once(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    memory.fail_next(bucket, AuthenticationError("key refused"))
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("F-6"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason, row.attempts) == ("error", "auth_failed", 1)
+    assert sidecar(row, ".error.json")["message"] == "key refused"
+
+
+def test_retries_stop_at_the_limit(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, attempts=3)
+    memory.fail_next(bucket, *(ConnectError("down") for _ in range(5)))
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("F-7"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason, row.attempts) == ("error", "unreachable", 3)
+    assert "gave up after 3 attempts" in (row.message or "")
+
+
+def test_retry_command_sends_a_failed_flow_again(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, attempts=1)
+    memory.fail_next(bucket, ConnectError("down"))
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("F-8"))
+            await until(filed(config, 1))
+            (row,) = rows(config)
+            assert row.state == "error"
+            db = JournalDB(layout.journal)
+            try:
+                requeue(db, layout, row.flow_id, force=False)
+            finally:
+                db.close()
+            await until(lambda: rows(config)[0].state == "sent", what="retried flow sent")
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    # The retried flow keeps its remote name: a resend after an unknown outcome is recognisable.
+    assert list(memory.bucket(bucket).files) == [row.remote_name]
+    assert not list(layout.error("qualif-mem").iterdir())
+
+
+def test_forced_retry_sends_a_duplicate(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "a.xml", invoice("F-9"))
+            await until(filed(config, 1))
+            drop(config, "b.xml", invoice("F-9"))
+            await until(filed(config, 2))
+            dup = next(r for r in rows(config) if r.reason == "duplicate")
+            db = JournalDB(layout.journal)
+            try:
+                with pytest.raises(LookupError, match="only flows in error"):
+                    requeue(db, layout, next(r.flow_id for r in rows(config) if r.state == "sent"),
+                            force=True)
+                requeue(db, layout, dup.flow_id, force=True)
+            finally:
+                db.close()
+            await until(lambda: all(r.state == "sent" for r in rows(config)), what="both sent")
+
+    asyncio.run(main())
+    assert len(memory.bucket(bucket).files) == 2
+
+
+def test_partial_and_hidden_names_are_never_picked_up(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    outbox = Layout(config.gateway.data_dir).outbox("qualif-mem")
+    outbox.mkdir(parents=True)
+    ignored = [".hidden.xml", "f.xml.tmp", "f.xml.part", "f.xml.filepart", "F.XML.PART"]
+
+    async def main() -> None:
+        for name in ignored:
+            (outbox / name).write_bytes(invoice(f"I-{name}"))
+        async with running(config):
+            (outbox / "f.xml.part").rename(outbox / "f.xml")
+            await until(filed(config, 1))
+            await asyncio.sleep(1.5)  # let one rescan pass over the ignored names
+            assert len(rows(config)) == 1
+
+    asyncio.run(main())
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(set(ignored) - {"f.xml.part"})
+
+
+def test_file_written_in_place_is_claimed_only_once_complete(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    outbox = Layout(config.gateway.data_dir).outbox("qualif-mem")
+    outbox.mkdir(parents=True)
+    data = invoice("F-10")
+
+    async def main() -> None:
+        async with running(config):
+            with (outbox / "slow.xml").open("wb") as out:
+                for i in range(0, len(data), 200):
+                    out.write(data[i:i + 200])
+                    out.flush()
+                    await asyncio.sleep(0.05)
+                assert rows(config) == []
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent"
+    assert memory.bucket(bucket).files[row.remote_name or ""] == data
+
+
+def test_files_dropped_while_stopped_are_sent_at_start(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    for i in range(3):
+        drop(config, f"f{i}.xml", invoice(f"F-1{i}"))
+
+    async def main() -> None:
+        async with running(config):
+            await until(filed(config, 3))
+
+    asyncio.run(main())
+    assert [r.state for r in rows(config)] == ["sent"] * 3
+
+
+def test_unexpected_sender_crash_files_the_flow_and_keeps_running(
+    tmp_path: Path, bucket: str
+) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    class Boom(ConnectError):
+        pass
+
+    memory.fail_next(bucket, RuntimeError("bug in a plugin"))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "a.xml", invoice("F-20"))
+            await until(filed(config, 1))
+            drop(config, "b.xml", invoice("F-21"))
+            await until(filed(config, 2))
+
+    asyncio.run(main())
+    by_name = {row.original_name: row for row in rows(config)}
+    assert (by_name["a.xml"].state, by_name["a.xml"].reason) == ("error", "internal_error")
+    assert by_name["b.xml"].state == "sent"
+
+
+def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: str) -> None:
+    """A crash can leave a spool file without a row, or a row in "sending" or "delivered"."""
+    config = memory_config(tmp_path, bucket)
+    layout = Layout(config.gateway.data_dir)
+    layout.create(["qualif-mem"])
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+    # 1. claimed by rename, crash before the journal row.
+    orphan = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000001", "orphan.xml")
+    orphan.write_bytes(invoice("F-30"))
+    db = JournalDB(layout.journal)
+    # 2. in "sending" when the daemon died, and the partner had in fact received it.
+    sending = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000002", "sending.xml")
+    sending.write_bytes(invoice("F-31"))
+    db.insert("20261123T120000Z-000002", "qualif-mem", "sending.xml", str(sending))
+    db.transition("20261123T120000Z-000002", "queued", remote_name="R-31.xml", size=len(invoice("F-31")))
+    db.transition("20261123T120000Z-000002", "sending", attempts=1, unknown_outcome=1)
+    memory.bucket(bucket).files["R-31.xml"] = invoice("F-31")
+    # 3. delivered and journaled, crash before the file moved to sent/.
+    delivered = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000003", "done.xml")
+    delivered.write_bytes(invoice("F-32"))
+    db.insert("20261123T120000Z-000003", "qualif-mem", "done.xml", str(delivered))
+    target = layout.sent("qualif-mem", now.date()) / "done.xml"
+    db.transition("20261123T120000Z-000003", "delivered", final_path=str(target),
+                  receipt='{"remote_name": "R-32.xml"}', remote_name="R-32.xml")
+    db.close()
+
+    async def main() -> None:
+        async with running(config):
+            await until(filed(config, 3))
+
+    asyncio.run(main())
+    by_name = {row.original_name: row for row in rows(config)}
+    assert all(row.state == "sent" for row in by_name.values())
+    assert sidecar(by_name["sending.xml"], ".receipt.json")["already_delivered"] is True
+    assert target.read_bytes() == invoice("F-32")
+    assert memory.bucket(bucket).sends == 2  # orphan + the resend check; not the delivered one
+    assert set(memory.bucket(bucket).files) == {"R-31.xml", by_name["orphan.xml"].remote_name}
+    assert not os.listdir(layout.spool("qualif-mem"))
+
+
+def test_flow_context_is_bound_in_logs(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            async with running(config):
+                drop(config, "ctx.xml", invoice("F-40"))
+                await until(filed(config, 1))
+        sent = [e for e in logs if e["event"] == "flow.sent"]
+        assert len(sent) == 1
+        assert sent[0]["file"] == "ctx.xml" and sent[0]["connection"] == "qualif-mem"
+        assert sent[0]["flow_id"] == rows(config)[0].flow_id
+
+    asyncio.run(main())
+
+
+def test_replace_keeps_config_frozen(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket)
+    with pytest.raises(AttributeError):
+        config.gateway.max_file_size = 1  # type: ignore[misc]
+    assert replace(config.gateway, max_file_size=1).max_file_size == 1
