@@ -1,0 +1,180 @@
+"""End to end against a real OpenSSH sshd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_module
+from gateway.cli import main as cli
+from gateway.demo import facturx_pdf
+from gateway.folders import Layout
+from tests.conftest import sample
+from tests.e2e.conftest import write_sftp_config
+from tests.e2e.sshd import Sshd, keygen
+from tests.gateway.harness import drop, filed, rows, running, until
+
+pytestmark = pytest.mark.e2e
+
+
+def invoice(number: str) -> bytes:
+    return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
+
+
+def test_invoices_arrive_under_their_remote_names(tmp_path: Path, sshd: Sshd) -> None:
+    config = config_module.load(write_sftp_config(tmp_path, sshd))
+    documents = {
+        "ubl.xml": invoice("E2E-1"),
+        "cii.xml": sample("cii-invoice.xml"),
+        "fx.pdf": facturx_pdf(sample("cii-invoice.xml").replace(b"CII-0001", b"FX-0001")),
+    }
+
+    async def main() -> None:
+        async with running(config):
+            for name, data in documents.items():
+                drop(config, name, data)
+            await until(filed(config, 3))
+
+    asyncio.run(main())
+    by_name = {row.original_name: row for row in rows(config)}
+    assert all(row.state == "sent" for row in by_name.values()), by_name
+    expected = {by_name[name].remote_name: data for name, data in documents.items()}
+    assert sshd.uploaded() == expected  # exact names and bytes, no temporary files left
+    assert by_name["cii.xml"].remote_name.startswith("FSO1106A_VFE056_")  # type: ignore[union-attr]
+    assert by_name["fx.pdf"].remote_name.endswith(".pdf")  # type: ignore[union-attr]
+
+
+def test_unknown_host_key_is_refused(tmp_path: Path, sshd: Sshd,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other_key"
+    keygen(other)
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(sshd.known_hosts_line(other))
+    path = write_sftp_config(tmp_path, sshd, known_hosts=wrong)
+    config = config_module.load(path)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("E2E-2"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason, row.attempts) == ("error", "host_key", 1)
+    assert str(wrong) in (row.message or "")
+    assert sshd.uploaded() == {}
+
+    assert cli(["check", "--connect", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "connect: FAILED" in out and "host key" in out
+
+
+def test_check_connect_logs_in(tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sftp_config(tmp_path, sshd)
+    assert cli(["check", "--connect", "--config", str(path)]) == 0
+    assert "connect: ok" in capsys.readouterr().out
+
+
+def test_refused_key_is_a_permanent_auth_error(tmp_path: Path, sshd: Sshd) -> None:
+    (sshd.folder / "authorized_keys").write_text("")
+    config = config_module.load(write_sftp_config(tmp_path, sshd))
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "f.xml", invoice("E2E-3"))
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason, row.attempts) == ("error", "auth_failed", 1)
+
+
+def test_server_down_then_back_delivers_each_file_once(tmp_path: Path, sshd: Sshd) -> None:
+    config = config_module.load(write_sftp_config(tmp_path, sshd, attempts=30))
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "first.xml", invoice("E2E-10"))
+            await until(filed(config, 1))  # the SSH connection is now open and reused
+            sshd.stop()
+            for i in range(5):
+                drop(config, f"f{i}.xml", invoice(f"E2E-1{i + 1}"))
+            await until(lambda: sum(r.attempts for r in rows(config)) >= 8, what="retries")
+            assert not any(r.state == "error" for r in rows(config))
+            sshd.start()
+            await until(filed(config, 6), timeout=30)
+
+    asyncio.run(main())
+    assert [r.state for r in rows(config)] == ["sent"] * 6
+    uploaded = sshd.uploaded()
+    assert sorted(uploaded) == sorted(r.remote_name for r in rows(config))
+    assert sorted(uploaded.values()) == sorted(
+        [invoice("E2E-10")] + [invoice(f"E2E-1{i + 1}") for i in range(5)]
+    )
+
+
+def _start_daemon(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    path = write_sftp_config(tmp_path, sshd)
+    config = config_module.load(path)
+    layout = Layout(config.gateway.data_dir)
+    log = tmp_path / "daemon.log"
+    daemon = _start_daemon(path, log)
+    try:
+        deadline = time.monotonic() + 20
+        while not layout.journal.exists() or not log.read_text().count("gateway.ready"):
+            assert time.monotonic() < deadline, log.read_text()
+            assert daemon.poll() is None, log.read_text()
+            time.sleep(0.05)
+        documents = {f"batch-{i:03}.xml": invoice(f"K9-{i:03}") for i in range(200)}
+        for name, data in documents.items():
+            drop(config, name, data)
+        deadline = time.monotonic() + 60
+        while len([r for r in rows(config) if r.state == "sent"]) < 30:
+            assert time.monotonic() < deadline, "fewer than 30 sent within 60 s"
+            time.sleep(0.01)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+        states = [r.state for r in rows(config)]
+        assert states.count("sent") < 200, "the kill came too late to test anything"
+
+        daemon = _start_daemon(path, log)
+        deadline = time.monotonic() + 120
+        while len([r for r in rows(config) if r.state in ("sent", "error")]) < 200:
+            assert time.monotonic() < deadline, f"not all filed: {log.read_text()[-2000:]}"
+            assert daemon.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+
+    all_rows = rows(config)
+    assert len(all_rows) == 200
+    assert {r.state for r in all_rows} == {"sent"}
+    uploaded = sshd.uploaded()
+    assert len(uploaded) == 200, sorted(n for n in uploaded if n.startswith("."))
+    assert sorted(uploaded.values()) == sorted(documents.values())
+    sent_files = [
+        p for p in (tmp_path / "data" / "sent").rglob("*")
+        if p.is_file() and not p.name.endswith(".receipt.json")
+    ]
+    assert sorted(p.name for p in sent_files) == sorted(documents)
+    assert not os.listdir(layout.outbox("qualif-sftp"))
+    assert not os.listdir(layout.spool("qualif-sftp"))
+    assert not os.listdir(layout.error("qualif-sftp"))
