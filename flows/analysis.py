@@ -169,20 +169,31 @@ def _analyze_xml(
     except XmlError as exc:
         where = "embedded XML: " if container else ""
         return Analysis(
-            container or Format.UNKNOWN, size, digest,
-            problem=Problem.MALFORMED_XML, message=f"{where}{exc}",
+            container or Format.UNKNOWN,
+            size,
+            digest,
+            problem=Problem.MALFORMED_XML,
+            message=f"{where}{exc}",
         )
     fmt = format_of_root(found.namespace, found.local_name)
     root = f"{{{found.namespace}}}{found.local_name}" if found.namespace else found.local_name
     if container is Format.FACTURX and fmt is not Format.CII_D16B:
         return Analysis(
-            Format.UNKNOWN, size, digest, root=root, problem=Problem.UNKNOWN_FORMAT,
+            Format.UNKNOWN,
+            size,
+            digest,
+            root=root,
+            problem=Problem.UNKNOWN_FORMAT,
             message=f"PDF attachment is not a CII CrossIndustryInvoice (root {root})",
         )
     fmt = container or fmt
     if fmt is Format.UNKNOWN:
         return Analysis(
-            fmt, size, digest, root=root, problem=Problem.UNKNOWN_FORMAT,
+            fmt,
+            size,
+            digest,
+            root=root,
+            problem=Problem.UNKNOWN_FORMAT,
             message=f"unrecognised root element {root}",
         )
     code = codes.DEFAULT_CODE_FOR_FORMAT.get(fmt)
@@ -191,7 +202,13 @@ def _analyze_xml(
         problem = Problem.NO_INTERFACE_CODE
         message = f"{fmt.label} documents have no outbound interface code"
     return Analysis(
-        fmt, size, digest, interface_code=code, root=root, problem=problem, message=message,
+        fmt,
+        size,
+        digest,
+        interface_code=code,
+        root=root,
+        problem=problem,
+        message=message,
         **_facts(found.values),
     )
 
@@ -211,14 +228,20 @@ def analyze(path: Path) -> Analysis:
                 name, xml = facturx.embedded_xml(pdf)
             except facturx.FacturXError as exc:
                 return Analysis(
-                    Format.UNKNOWN, size, digest,
-                    problem=Problem.UNKNOWN_FORMAT, message=str(exc),
+                    Format.UNKNOWN,
+                    size,
+                    digest,
+                    problem=Problem.UNKNOWN_FORMAT,
+                    message=str(exc),
                 )
         found = _analyze_xml(io.BytesIO(xml), size, digest, container=Format.FACTURX)
         return _with_embedded(found, name)
     if not _looks_like_xml(head):
         return Analysis(
-            Format.UNKNOWN, size, digest, problem=Problem.UNKNOWN_FORMAT,
+            Format.UNKNOWN,
+            size,
+            digest,
+            problem=Problem.UNKNOWN_FORMAT,
             message="neither XML nor PDF (a UBL, CII or Factur-X invoice was expected)",
         )
     with path.open("rb") as stream:

@@ -18,7 +18,6 @@ from typing import IO
 
 from lxml import etree
 
-
 #: Given a root (namespace, local name), the paths to pick and the key each value is stored under.
 PathsForRoot = Callable[[tuple[str, str]], Mapping[tuple[str, ...], str]]
 

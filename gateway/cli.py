@@ -72,11 +72,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     for conn in config.connections:
         unusable = conn.unusable_reason(today)
         connected = ", ".join(
-            f"{code}={mode.value}" for code, mode in conn.interfaces.items() if mode is not Mode.NONE
+            f"{code}={mode.value}"
+            for code, mode in conn.interfaces.items()
+            if mode is not Mode.NONE
         )
         state = "usable" if unusable is None else f"not usable: {unusable[1]}"
-        print(f"  {conn.name}: {conn.protocol} {conn.environment}, {state}; "
-              f"interfaces: {connected or 'none connected'}")
+        print(
+            f"  {conn.name}: {conn.protocol} {conn.environment}, {state}; "
+            f"interfaces: {connected or 'none connected'}"
+        )
         if args.connect and unusable is None:
             ok, message = asyncio.run(_connect(conn))
             print(f"    connect: {'ok' if ok else 'FAILED'} — {message}")
@@ -139,16 +143,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     else:
                         print(f"  {key}: {value}")
     else:
-        columns = ["file", "format", "interface_code", "invoice_number", "issue_date",
-                   "supplier_id", "buyer_id", "size", "problem", "connection"]
+        columns = [
+            "file",
+            "format",
+            "interface_code",
+            "invoice_number",
+            "issue_date",
+            "supplier_id",
+            "buyer_id",
+            "size",
+            "problem",
+            "connection",
+        ]
         output.render(records, columns, fmt)
     return status
 
 
 # -- flows --------------------------------------------------------------------------------------
 
-FLOW_COLUMNS = ["flow_id", "state", "connection", "original_name", "interface_code",
-                "invoice_number", "remote_name", "attempts", "reason", "message", "updated_at"]
+FLOW_COLUMNS = [
+    "flow_id",
+    "state",
+    "connection",
+    "original_name",
+    "interface_code",
+    "invoice_number",
+    "remote_name",
+    "attempts",
+    "reason",
+    "message",
+    "updated_at",
+]
 
 
 def _journal(config: Config) -> JournalDB:
@@ -163,8 +188,12 @@ def cmd_flows(args: argparse.Namespace) -> int:
     db = _journal(config)
     try:
         rows = db.search(
-            connection=args.connection, state=args.state, since=args.since, until=args.until,
-            invoice=args.invoice, flow=args.flow,
+            connection=args.connection,
+            state=args.state,
+            since=args.since,
+            until=args.until,
+            invoice=args.invoice,
+            flow=args.flow,
         )
     finally:
         db.close()
@@ -208,7 +237,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo
 
-    return asyncio.run(demo(Path(args.dir) if args.dir else None, timeout=args.timeout))
+    return asyncio.run(demo(Path(args.dir) if args.dir else None, wait=args.timeout))
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -220,10 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", help="configuration file (default: $RACCORD_CONFIG, else /etc/raccord/raccord.toml)"
+        "--config",
+        help="configuration file (default: $RACCORD_CONFIG, else /etc/raccord/raccord.toml)",
     )
     listing = argparse.ArgumentParser(add_help=False)
-    listing.add_argument("--format", choices=output.FORMATS, help="default: table on a terminal, else json")
+    listing.add_argument(
+        "--format", choices=output.FORMATS, help="default: table on a terminal, else json"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")

@@ -171,7 +171,7 @@ def _gateway(section: Section) -> GatewaySettings:
     data_dir = section.path("data_dir", required=False) or Path("/var/lib/raccord")
     retry_section = section.table("retry") or Section({}, section.key("retry"))
     retry = Retry(
-        max_attempts=retry_section.int("max_attempts", 8, minimum=1, maximum=1000),
+        max_attempts=retry_section.integer("max_attempts", 8, minimum=1, maximum=1000),
         initial=retry_section.duration("initial", "5s"),
         maximum=retry_section.duration("max", "10m"),
     )
@@ -190,17 +190,17 @@ def _gateway(section: Section) -> GatewaySettings:
 
 
 def _connection(section: Section) -> Connection:
-    name = section.str("name", required=True)
+    name = section.string("name", required=True)
     if not _NAME.match(name):
         raise SettingsError(
             section.key("name"), f"{name!r} must be lower-case letters, digits and '-' only"
         )
-    protocol_name = section.str("protocol", required=True)
+    protocol_name = section.string("protocol", required=True)
     try:
         plugin = registry.get(protocol_name)
     except registry.UnknownProtocol as exc:
         raise SettingsError(section.key("protocol"), str(exc)) from None
-    template = section.str("remote_name", "{interface}_{partner_code}_{flow_id}{ext}")
+    template = section.string("remote_name", "{interface}_{partner_code}_{flow_id}{ext}")
     try:
         naming.check_template(template)
     except naming.TemplateError as exc:
@@ -208,18 +208,21 @@ def _connection(section: Section) -> Connection:
     valid_from = section.date("valid_from")
     valid_to = section.date("valid_to")
     if valid_to < valid_from:
-        raise SettingsError(section.key("valid_to"), f"{valid_to} is before valid_from {valid_from}")
+        raise SettingsError(
+            section.key("valid_to"), f"{valid_to} is before valid_from {valid_from}"
+        )
     protocol_section = section.table(protocol_name)
     if protocol_section is None:
         raise SettingsError(
-            section.key(protocol_name), f"protocol {protocol_name} needs a [connection.{protocol_name}] table"
+            section.key(protocol_name),
+            f"protocol {protocol_name} needs a [connection.{protocol_name}] table",
         )
     connection = Connection(
         name=name,
         environment=section.choice("environment", ["qualification", "production"]),
         protocol=protocol_name,
-        partner_code=section.str("partner_code", required=True),
-        structure=section.str("structure", ""),
+        partner_code=section.string("partner_code", required=True),
+        structure=section.string("structure", ""),
         state=State(section.choice("state", [s.value for s in State], "active")),
         valid_from=valid_from,
         valid_to=valid_to,
@@ -228,7 +231,7 @@ def _connection(section: Section) -> Connection:
         interfaces=_interfaces(section.table("interfaces")),
         settings=plugin.parse_settings(protocol_section),
         lot=_lot(section.table("lot")),
-        resubmit_collateral=section.bool("resubmit_collateral", False),
+        resubmit_collateral=section.boolean("resubmit_collateral", False),
     )
     # Other protocols' tables would be silently ignored; say so instead.
     section.finish()
@@ -239,11 +242,13 @@ def _interfaces(section: Section | None) -> dict[str, Mode]:
     if section is None:
         return {}
     result: dict[str, Mode] = {}
-    for code in section.keys():
+    for code in section.keys():  # noqa: SIM118 - a Section is not a dict
         if code not in codes.BY_CODE:
             hint = nearest(code, codes.BY_CODE)
             did_you_mean = f"did you mean {hint!r}? " if hint else ""
-            raise SettingsError(section.key(code), f"unknown interface code; {did_you_mean}".rstrip())
+            raise SettingsError(
+                section.key(code), f"unknown interface code; {did_you_mean}".rstrip()
+            )
         result[code] = Mode(section.choice(code, [m.value for m in Mode]))
     section.finish()
     return result
@@ -253,7 +258,7 @@ def _lot(section: Section | None) -> Lot:
     if section is None:
         return Lot()
     lot = Lot(
-        max_invoices=section.int("max_invoices", 1, minimum=1, maximum=500),
+        max_invoices=section.integer("max_invoices", 1, minimum=1, maximum=500),
         max_wait=section.duration("max_wait", "0s"),
         max_bytes=section.size("max_bytes", "30000KB"),
         packaging=section.choice("packaging", ["none", "tar.gz", "zip"], "none"),

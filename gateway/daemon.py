@@ -51,7 +51,9 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.ready = asyncio.Event()
 
-    async def run(self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+    async def run(
+        self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
+    ) -> None:
         config = self.config
         names = [conn.name for conn in config.connections]
         self.layout.create(names)
@@ -75,7 +77,9 @@ class Gateway:
             watcher.start()
             try:
                 log.info(
-                    "gateway.ready", connections=names, resumed=resumed,
+                    "gateway.ready",
+                    connections=names,
+                    resumed=resumed,
                     data_dir=str(config.gateway.data_dir),
                 )
                 sd_notify("READY=1")

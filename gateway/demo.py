@@ -128,15 +128,19 @@ async def _prepare(folder: Path) -> tuple[SftpSimulator, Path]:
     config_path = folder / "raccord.toml"
     config_path.write_text(
         CONFIG_TEMPLATE.format(
-            data_dir=folder / "data", connection=CONNECTION, port=simulator.port,
-            private_key=folder / "keys" / "id_ed25519", known_hosts=known_hosts,
-            upload_dir=UPLOAD_DIR, download_dir=DOWNLOAD_DIR,
+            data_dir=folder / "data",
+            connection=CONNECTION,
+            port=simulator.port,
+            private_key=folder / "keys" / "id_ed25519",
+            known_hosts=known_hosts,
+            upload_dir=UPLOAD_DIR,
+            download_dir=DOWNLOAD_DIR,
         )
     )
     return simulator, config_path
 
 
-async def demo(folder: Path | None, *, timeout: float = 60.0) -> int:
+async def demo(folder: Path | None, *, wait: float = 60.0) -> int:
     folder = folder or Path(tempfile.mkdtemp(prefix="raccord-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "raccord.log"
@@ -163,9 +167,7 @@ async def demo(folder: Path | None, *, timeout: float = 60.0) -> int:
             for name, data in documents.items():
                 drop(layout.outbox(CONNECTION), name, data)
             print(f"  dropped {len(documents)} files in {layout.outbox(CONNECTION)}")
-            rows = await asyncio.to_thread(
-                wait_for_flows, layout.journal, len(documents), timeout
-            )
+            rows = await asyncio.to_thread(wait_for_flows, layout.journal, len(documents), wait)
             stopping.set()
             await runner
     finally:
@@ -189,11 +191,16 @@ def _summary(rows: list[FlowRow], folder: Path, expected: int) -> int:
     ok = len(filed) == expected and len(sent) == len(uploaded) == expected - 1
     print()
     if ok:
-        print(f"Demo complete: {len(sent)} invoices delivered, 1 bad file set aside in error/ "
-              "(as expected). Try: raccord flows --config " + str(folder / "raccord.toml"))
+        print(
+            f"Demo complete: {len(sent)} invoices delivered, 1 bad file set aside in error/ "
+            "(as expected). Try: raccord flows --config " + str(folder / "raccord.toml")
+        )
         return 0
-    print(f"Demo FAILED: {len(filed)}/{expected} files filed, {len(sent)} sent, "
-          f"{len(uploaded)} on the partner side; see {folder / 'raccord.log'}", file=sys.stderr)
+    print(
+        f"Demo FAILED: {len(filed)}/{expected} files filed, {len(sent)} sent, "
+        f"{len(uploaded)} on the partner side; see {folder / 'raccord.log'}",
+        file=sys.stderr,
+    )
     return 1
 
 

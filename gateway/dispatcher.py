@@ -15,6 +15,7 @@ goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -74,7 +75,7 @@ def route(conn: Connection, analysis: Analysis, today: date) -> Refusal | None:
         return Refusal(
             "not_connected",
             f"interface code {code} ({analysis.format.label}) is not connected on "
-            f"{conn.name}; add {code} = \"complete\" or \"partial\" to its [connection.interfaces]",
+            f'{conn.name}; add {code} = "complete" or "partial" to its [connection.interfaces]',
         )
     unusable = conn.unusable_reason(today)
     if unusable is not None:
@@ -186,7 +187,7 @@ class Dispatcher:
     async def _prepare(self, row: FlowRow) -> FlowRow:
         """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason."""
         spool = Path(row.spool_path)
-        size = spool.stat().st_size
+        size = (await asyncio.to_thread(spool.stat)).st_size
         limit = self.config.gateway.max_file_size
         if size > limit:
             return await self._refuse(
@@ -200,9 +201,13 @@ class Dispatcher:
             )
         analysis = await asyncio.to_thread(analyze, spool)
         facts: dict[str, Any] = {
-            "size": analysis.size, "sha256": analysis.sha256, "format": analysis.format.value,
-            "interface_code": analysis.interface_code, "invoice_number": analysis.invoice_number,
-            "issue_date": analysis.issue_date, "supplier_id": analysis.supplier_id,
+            "size": analysis.size,
+            "sha256": analysis.sha256,
+            "format": analysis.format.value,
+            "interface_code": analysis.interface_code,
+            "invoice_number": analysis.invoice_number,
+            "issue_date": analysis.issue_date,
+            "supplier_id": analysis.supplier_id,
             "buyer_id": analysis.buyer_id,
         }
         if not analysis.ok:
@@ -228,7 +233,9 @@ class Dispatcher:
             lambda db: db.queue_unless_duplicate(
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
-                check=not row.forced, remote_name=remote, **facts,
+                check=not row.forced,
+                remote_name=remote,
+                **facts,
             )
         )
         if earlier is not None:
@@ -236,8 +243,11 @@ class Dispatcher:
                 row, "duplicate", _duplicate_message(row, earlier, analysis), **facts
             )
         log.info(
-            "flow.routed", interface_code=analysis.interface_code, remote_name=remote,
-            invoice_number=analysis.invoice_number, format=analysis.format.value,
+            "flow.routed",
+            interface_code=analysis.interface_code,
+            remote_name=remote,
+            invoice_number=analysis.invoice_number,
+            format=analysis.format.value,
         )
         return await self._reload(row)
 
@@ -253,8 +263,11 @@ class Dispatcher:
                 return await self._refuse(row, *unusable)
             resend = bool(row.unknown_outcome) or row.attempts > 0
             await self._transition(
-                row, "sending", expect=("queued", "sending"),
-                attempts=row.attempts + 1, unknown_outcome=1,
+                row,
+                "sending",
+                expect=("queued", "sending"),
+                attempts=row.attempts + 1,
+                unknown_outcome=1,
             )
             row = await self._reload(row)
             outbound = Outbound(
@@ -276,8 +289,11 @@ class Dispatcher:
                         row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
                     )
                     log.warning(
-                        "flow.retry", reason=exc.reason, error=str(exc),
-                        attempt=row.attempts, retry_in=round(delay, 3),
+                        "flow.retry",
+                        reason=exc.reason,
+                        error=str(exc),
+                        attempt=row.attempts,
+                        retry_in=round(delay, 3),
                     )
                     await self._wait(delay)
                     row = await self._reload(row)
@@ -292,8 +308,10 @@ class Dispatcher:
         """Sleep ``delay`` seconds, or less if the gateway is stopping."""
         waiter = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({waiter, asyncio.ensure_future(self._sleep(delay))},
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, asyncio.ensure_future(self._sleep(delay))},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             waiter.cancel()
 
@@ -317,8 +335,13 @@ class Dispatcher:
             "sent_at": now.isoformat(timespec="milliseconds"),
         }
         await self._transition(
-            row, "delivered", expect=("sending",), final_path=str(target),
-            receipt=json.dumps(document, default=str), reason=None, message=None,
+            row,
+            "delivered",
+            expect=("sending",),
+            final_path=str(target),
+            receipt=json.dumps(document, default=str),
+            reason=None,
+            message=None,
         )
         return await self._reload(row)
 
@@ -329,18 +352,31 @@ class Dispatcher:
         await asyncio.to_thread(self._place, Path(row.spool_path), target, ".receipt.json", receipt)
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
         log.info(
-            "flow.sent", remote_name=row.remote_name, path=str(target),
-            attempts=row.attempts, already_delivered=receipt.get("already_delivered", False),
+            "flow.sent",
+            remote_name=row.remote_name,
+            path=str(target),
+            attempts=row.attempts,
+            already_delivered=receipt.get("already_delivered", False),
         )
 
     async def _refuse(
-        self, row: FlowRow, reason: str, message: str, *, expect: tuple[str, ...] | None = None,
+        self,
+        row: FlowRow,
+        reason: str,
+        message: str,
+        *,
+        expect: tuple[str, ...] | None = None,
         **facts: Any,
     ) -> FlowRow:
         target = free_name(self.layout.error(row.connection), row.original_name, row.flow_id)
         await self._transition(
-            row, "failing", expect=expect, reason=reason, message=message,
-            final_path=str(target), **facts,
+            row,
+            "failing",
+            expect=expect,
+            reason=reason,
+            message=message,
+            final_path=str(target),
+            **facts,
         )
         return await self._reload(row)
 
@@ -423,15 +459,26 @@ class Dispatcher:
                     continue
                 flow_id, original = parsed
                 inserted = await self.journal.call(
-                    lambda db, f=flow_id, n=original, p=str(path), c=conn.name: db.insert(f, c, n, p)
+                    functools.partial(
+                        _insert,
+                        flow_id=flow_id,
+                        connection=conn.name,
+                        name=original,
+                        spool=str(path),
+                    )
                 )
                 if inserted:
-                    log.warning("flow.recovered", connection=conn.name, flow_id=flow_id, file=original)
+                    log.warning(
+                        "flow.recovered", connection=conn.name, flow_id=flow_id, file=original
+                    )
                     self.start(flow_id)
         for row in known.values():
-            if not Path(row.spool_path).exists() and row.state not in ("delivered", "failing"):
+            missing = not await asyncio.to_thread(Path(row.spool_path).exists)
+            if missing and row.state not in ("delivered", "failing"):
                 await self._transition(
-                    row, "failing", reason="lost",
+                    row,
+                    "failing",
+                    reason="lost",
                     message=f"spool file {row.spool_path} is missing; it was removed by hand",
                     final_path=str(self.layout.error(row.connection) / row.original_name),
                 )
@@ -439,7 +486,9 @@ class Dispatcher:
                 await self._transition(row, "error", expect=("failing",))
                 continue
             if row.state == "sending":
-                log.warning("flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name)
+                log.warning(
+                    "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
+                )
             self.start(row.flow_id)
         return len(known)
 
@@ -448,10 +497,16 @@ class Dispatcher:
         rows = await self.journal.call(lambda db: db.in_states(("claimed",)))
         started = 0
         for row in rows:
-            if row.flow_id not in self._active and Path(row.spool_path).exists():
+            if row.flow_id in self._active:
+                continue
+            if await asyncio.to_thread(Path(row.spool_path).exists):
                 self.start(row.flow_id)
                 started += 1
         return started
+
+
+def _insert(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: str) -> bool:
+    return db.insert(flow_id, connection, name, spool)
 
 
 def _duplicate_message(row: FlowRow, earlier: FlowRow, analysis: Analysis) -> str:
@@ -488,8 +543,15 @@ def requeue(db: JournalDB, layout: Layout, flow_id: str, *, force: bool) -> str:
     move(source, spool)
     source.with_name(source.name + ".error.json").unlink(missing_ok=True)
     db.transition(
-        flow_id, "claimed", expect=("error",), detail="raccord retry" + (" --force" if force else ""),
-        forced=int(force or bool(row.forced)), reason=None, message=None, final_path=None,
-        attempts=0, unknown_outcome=1 if row.attempts else 0,
+        flow_id,
+        "claimed",
+        expect=("error",),
+        detail="raccord retry" + (" --force" if force else ""),
+        forced=int(force or bool(row.forced)),
+        reason=None,
+        message=None,
+        final_path=None,
+        attempts=0,
+        unknown_outcome=1 if row.attempts else 0,
     )
     return f"{flow_id} ({row.original_name}) queued again" + (" (forced)" if force else "")

@@ -81,8 +81,12 @@ class Layout:
     def create(self, connections: list[str]) -> None:
         for name in connections:
             for folder in (
-                self.outbox(name), self.spool(name), self.error(name),
-                self.rejected(name), self.inbox(name), self.data_dir / "sent" / name,
+                self.outbox(name),
+                self.spool(name),
+                self.error(name),
+                self.rejected(name),
+                self.inbox(name),
+                self.data_dir / "sent" / name,
             ):
                 folder.mkdir(parents=True, exist_ok=True)
 

@@ -44,7 +44,7 @@ from gateway.folders import is_candidate
 log = logs.get()
 
 #: Called with (connection, path in the outbox, trusted_ready) for every candidate.
-OnCandidate = Callable[[str, Path, bool], Awaitable[None]]
+OnCandidate = Callable[[str, Path, bool], Awaitable[object]]
 
 
 def open_for_writing(path: Path) -> bool | None:

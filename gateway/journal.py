@@ -180,10 +180,9 @@ class JournalDB:
             if expect is not None and row["state"] not in set(expect):
                 raise StateConflict(f"flow {flow_id} is {row['state']}, expected {sorted(expect)}")
             assignments = ", ".join(f"{name}=?" for name in values)
-            sql = "UPDATE flows SET state=?, updated_at=?" + (f", {assignments}" if values else "")
-            self._db.execute(
-                sql + " WHERE flow_id=?", (to_state, now, *values.values(), flow_id)
-            )
+            # Column names come from FlowRow's fields (asserted above), values are parameters.
+            sql = "UPDATE flows SET state=?, updated_at=?" + (f", {assignments}" if values else "")  # noqa: S608
+            self._db.execute(sql + " WHERE flow_id=?", (to_state, now, *values.values(), flow_id))
             self._record(flow_id, row["state"], to_state, now, detail)
 
     def _record(
@@ -208,8 +207,15 @@ class JournalDB:
             f"SELECT * FROM flows WHERE flow_id<>? AND state IN ({states}) AND (sha256=?"  # noqa: S608 - placeholders only
             " OR (? IS NOT NULL AND ? IS NOT NULL AND supplier_id=? AND invoice_number=?))"
             " ORDER BY created_at LIMIT 1",
-            (flow_id, *ACTIVE_FOR_DUPLICATES, sha256, supplier_id, invoice_number,
-             supplier_id, invoice_number),
+            (
+                flow_id,
+                *ACTIVE_FOR_DUPLICATES,
+                sha256,
+                supplier_id,
+                invoice_number,
+                supplier_id,
+                invoice_number,
+            ),
         ).fetchone()
         return FlowRow(**dict(row)) if row else None
 
@@ -308,7 +314,10 @@ class Journal:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def call(self, method: Callable[[JournalDB], T]) -> T:
-        """Run ``method(db)`` on the journal thread: ``await journal.call(lambda db: db.get(x))``."""
+        """Run ``method(db)`` on the journal thread.
+
+        Example: ``row = await journal.call(lambda db: db.get(flow_id))``.
+        """
         db = self._db
         if db is None:
             raise RuntimeError("journal is not open")

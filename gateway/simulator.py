@@ -70,9 +70,9 @@ class SftpSimulator:
     async def __aenter__(self) -> Self:
         (self.root / UPLOAD_DIR).mkdir(parents=True, exist_ok=True)
         (self.root / DOWNLOAD_DIR).mkdir(parents=True, exist_ok=True)
-        root = str(self.root)
+        root = str(self.root).encode()
 
-        def sftp_factory(chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
+        def sftp_factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
             return asyncssh.SFTPServer(chan, chroot=root)
 
         self._server = await asyncssh.listen(

@@ -46,7 +46,7 @@ class MemorySettings:
 
 def parse_settings(section: Section) -> MemorySettings:
     settings = MemorySettings(
-        bucket=section.str("bucket", "default"), delay=section.duration("delay", "0s")
+        bucket=section.string("bucket", "default"), delay=section.duration("delay", "0s")
     )
     section.finish()
     return settings

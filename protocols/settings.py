@@ -7,6 +7,7 @@ what is wrong, and the nearest valid key.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -20,8 +21,13 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
 }
 
 
@@ -36,14 +42,14 @@ class SettingsError(ValueError):
 def parse_duration(value: str | int | float, key: str) -> float:
     """``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"`` → seconds. Bare numbers are seconds."""
     if isinstance(value, bool):
-        raise SettingsError(key, f"expected a duration like \"30s\", got {value!r}")
+        raise SettingsError(key, f'expected a duration like "30s", got {value!r}')
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         match = _DURATION.match(value)
         if not match:
             raise SettingsError(
-                key, f"expected a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", got {value!r}"
+                key, f'expected a duration like "250ms", "30s", "5m" or "1h", got {value!r}'
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds < 0:
@@ -54,13 +60,13 @@ def parse_duration(value: str | int | float, key: str) -> float:
 def parse_size(value: str | int, key: str) -> int:
     """``"30000KB"``, ``"30MB"``, ``"1GiB"``, ``1024`` → bytes (KB = 1000 bytes, KiB = 1024)."""
     if isinstance(value, bool):
-        raise SettingsError(key, f"expected a size like \"30MB\", got {value!r}")
+        raise SettingsError(key, f'expected a size like "30MB", got {value!r}')
     if isinstance(value, int):
         size = value
     else:
         match = _SIZE.match(value)
         if not match:
-            raise SettingsError(key, f"expected a size like \"30000KB\" or \"30MB\", got {value!r}")
+            raise SettingsError(key, f'expected a size like "30000KB" or "30MB", got {value!r}')
         size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
     if size <= 0:
         raise SettingsError(key, "a size must be positive")
@@ -115,7 +121,7 @@ class Section:
             return None
         return self._raw[name]
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
         value = self._get(name, required and default is None)
         if value is None:
             if default is None:
@@ -123,7 +129,7 @@ class Section:
             return default
         if not isinstance(value, str):
             raise SettingsError(self.key(name), f"expected a string, got {value!r}")
-        return value
+        return str(value)
 
     def optional_str(self, name: str) -> str | None:
         value = self._get(name, False)
@@ -133,7 +139,7 @@ class Section:
 
     def choice(self, name: str, choices: Iterable[str], default: str | None = None) -> str:
         options = list(choices)
-        value = self.str(name, default)
+        value = self.string(name, default)
         if value not in options:
             hint = nearest(value, options)
             did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
@@ -142,7 +148,9 @@ class Section:
             )
         return value
 
-    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         value = self._get(name, False)
         if value is None:
             return default
@@ -153,7 +161,7 @@ class Section:
             raise SettingsError(self.key(name), f"must be between {minimum}{upper}, got {value}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str, default: bool) -> bool:
         value = self._get(name, False)
         if value is None:
             return default
@@ -175,16 +183,14 @@ class Section:
             assert default is not None
             return default
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = date.fromisoformat(value)
-            except ValueError:
-                pass
         if not isinstance(value, date):
             raise SettingsError(self.key(name), f"expected a date like 2026-06-30, got {value!r}")
         return value
 
     def path(self, name: str, *, required: bool = True) -> Path | None:
-        value = self.optional_str(name) if not required else self.str(name, required=True)
+        value = self.optional_str(name) if not required else self.string(name, required=True)
         if value is None:
             return None
         path = Path(value).expanduser()
@@ -215,7 +221,9 @@ class Section:
                 try:
                     return Secret(path.read_text().rstrip("\r\n"), f"file {ref}")
                 except OSError as exc:
-                    raise SettingsError(key, f"cannot read secret file {ref}: {exc.strerror}") from None
+                    raise SettingsError(
+                        key, f"cannot read secret file {ref}: {exc.strerror}"
+                    ) from None
         raise SettingsError(key, 'expected a string, { env = "NAME" } or { file = "/path" }')
 
     def raw(self, name: str) -> Any:

@@ -58,20 +58,20 @@ def parse_settings(section: Section) -> SftpSettings:
     known_hosts = section.path("known_hosts")
     assert private_key is not None and known_hosts is not None
     settings = SftpSettings(
-        host=section.str("host", required=True),
-        port=section.int("port", 22, minimum=1, maximum=65535),
-        username=section.str("username", required=True),
+        host=section.string("host", required=True),
+        port=section.integer("port", 22, minimum=1, maximum=65535),
+        username=section.string("username", required=True),
         private_key=private_key,
         known_hosts=known_hosts,
-        upload_dir=section.str("upload_dir", "."),
+        upload_dir=section.string("upload_dir", "."),
         download_dir=section.optional_str("download_dir"),
         poll_interval=section.duration("poll_interval", "60s"),
         passphrase=section.secret("passphrase", required=False),
         connect_timeout=section.duration("connect_timeout", "15s"),
         timeout=section.duration("timeout", "120s"),
-        max_parallel=section.int("max_parallel", 8, minimum=1, maximum=64),
-        temp_prefix=section.str("temp_prefix", "."),
-        temp_suffix=section.str("temp_suffix", ".part"),
+        max_parallel=section.integer("max_parallel", 8, minimum=1, maximum=64),
+        temp_prefix=section.string("temp_prefix", "."),
+        temp_suffix=section.string("temp_suffix", ".part"),
     )
     if not settings.temp_prefix and not settings.temp_suffix:
         raise SettingsError(
@@ -101,7 +101,9 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
             "check the username and that the partner registered our public key"
         ) from None
     except asyncssh.SFTPPermissionDenied as exc:
-        raise RemotePermissionDenied(f"{what} on {where}: permission denied ({exc.reason})") from None
+        raise RemotePermissionDenied(
+            f"{what} on {where}: permission denied ({exc.reason})"
+        ) from None
     except asyncssh.SFTPNoSuchFile as exc:
         raise RemotePermissionDenied(
             f"{what} on {where}: no such file or folder ({exc.reason}); check upload_dir"
@@ -238,7 +240,9 @@ class SftpSender:
         with _translated("listing upload_dir", s):
             await asyncio.wait_for(sftp.stat(s.upload_dir), s.timeout)
         await self._close()
-        return f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
+        return (
+            f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
+        )
 
 
 async def _quietly_remove(sftp: asyncssh.SFTPClient, path: str) -> None:

@@ -12,7 +12,10 @@ from tests.e2e.sshd import SSHD, Sshd
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     if not SSHD.exists():
-        message = "OpenSSH sshd is not installed (Debian package openssh-server); scripts/install-and-test installs it"
+        message = (
+            "OpenSSH sshd is not installed (Debian package openssh-server); "
+            "scripts/install-and-test installs it"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -57,12 +60,19 @@ timeout = "10s"
 """
 
 
-def write_sftp_config(tmp_path: Path, server: Sshd, attempts: int = 8,
-                      known_hosts: Path | None = None) -> Path:
+def write_sftp_config(
+    tmp_path: Path, server: Sshd, attempts: int = 8, known_hosts: Path | None = None
+) -> Path:
     path = tmp_path / "raccord.toml"
-    path.write_text(SFTP_CONFIG.format(
-        data_dir=tmp_path / "data", port=server.port, username=server.username,
-        key=server.client_key, known_hosts=known_hosts or server.known_hosts,
-        upload_dir=server.upload_dir, attempts=attempts,
-    ))
+    path.write_text(
+        SFTP_CONFIG.format(
+            data_dir=tmp_path / "data",
+            port=server.port,
+            username=server.username,
+            key=server.client_key,
+            known_hosts=known_hosts or server.known_hosts,
+            upload_dir=server.upload_dir,
+            attempts=attempts,
+        )
+    )
     return path

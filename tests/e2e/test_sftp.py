@@ -51,8 +51,9 @@ def test_invoices_arrive_under_their_remote_names(tmp_path: Path, sshd: Sshd) ->
     assert by_name["fx.pdf"].remote_name.endswith(".pdf")  # type: ignore[union-attr]
 
 
-def test_unknown_host_key_is_refused(tmp_path: Path, sshd: Sshd,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_host_key_is_refused(
+    tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other_key"
     keygen(other)
     wrong = tmp_path / "wrong_known_hosts"
@@ -76,7 +77,9 @@ def test_unknown_host_key_is_refused(tmp_path: Path, sshd: Sshd,
     assert "connect: FAILED" in out and "host key" in out
 
 
-def test_check_connect_logs_in(tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_connect_logs_in(
+    tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_sftp_config(tmp_path, sshd)
     assert cli(["check", "--connect", "--config", str(path)]) == 0
     assert "connect: ok" in capsys.readouterr().out
@@ -124,7 +127,8 @@ def _start_daemon(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -171,7 +175,8 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
     assert len(uploaded) == 200, sorted(n for n in uploaded if n.startswith("."))
     assert sorted(uploaded.values()) == sorted(documents.values())
     sent_files = [
-        p for p in (tmp_path / "data" / "sent").rglob("*")
+        p
+        for p in (tmp_path / "data" / "sent").rglob("*")
         if p.is_file() and not p.name.endswith(".receipt.json")
     ]
     assert sorted(p.name for p in sent_files) == sorted(documents)

@@ -110,8 +110,10 @@ def test_latin1_declared_document_is_decoded(write) -> None:  # type: ignore[no-
         ("<CPPStatut Version='1'/>", Format.CPP_STATUT),
         ("<CPPFacturePivot/>", Format.CPP_FACTURE_PIVOT),
         ("<PES_Aller/>", Format.PES),
-        ("<x:Order xmlns:x='rrn:org.xcbl:schemas/xcbl/v4_0/financial/v1_0/financial.xsd'/>",
-         Format.XCBL),
+        (
+            "<x:Order xmlns:x='rrn:org.xcbl:schemas/xcbl/v4_0/financial/v1_0/financial.xsd'/>",
+            Format.XCBL,
+        ),
     ],
 )
 def test_other_chorus_formats_are_named(write, root: str, fmt: Format) -> None:  # type: ignore[no-untyped-def]
@@ -140,8 +142,11 @@ def test_invoice_local_name_in_wrong_namespace_is_not_ubl(write) -> None:  # typ
         (b"", Problem.EMPTY),
         (b"   \n", Problem.UNKNOWN_FORMAT),
         (b"PK\x03\x04zipfile", Problem.UNKNOWN_FORMAT),
-        (b"<Invoice xmlns='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'>"
-         b"<unclosed></Invoice>", Problem.MALFORMED_XML),
+        (
+            b"<Invoice xmlns='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'>"
+            b"<unclosed></Invoice>",
+            Problem.MALFORMED_XML,
+        ),
         (b"<?xml version='1.0'?>", Problem.MALFORMED_XML),
     ],
 )
@@ -174,12 +179,8 @@ def test_external_entity_is_refused_and_not_read(write, tmp_path: Path) -> None:
 
 
 def test_billion_laughs_is_refused_without_expanding(write) -> None:  # type: ignore[no-untyped-def]
-    entities = "".join(
-        f'<!ENTITY l{i} "{"&l%d;" % (i - 1) * 10}">' for i in range(1, 10)
-    )
-    data = (
-        f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY l0 "lol">{entities}]><r>&l9;</r>'
-    ).encode()
+    entities = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    data = (f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY l0 "lol">{entities}]><r>&l9;</r>').encode()
     tracemalloc.start()
     result = analyze(write("bomb.xml", data))
     _, peak = tracemalloc.get_traced_memory()

@@ -44,8 +44,13 @@ bucket = "{bucket}"
 
 def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
     values = {
-        "data_dir": tmp_path / "data", "rescan": "1s", "attempts": 4, "state": "active",
-        "valid_to": "2099-06-30", "bucket": bucket, "gateway_extra": "",
+        "data_dir": tmp_path / "data",
+        "rescan": "1s",
+        "attempts": 4,
+        "state": "active",
+        "valid_to": "2099-06-30",
+        "bucket": bucket,
+        "gateway_extra": "",
     }
     values.update(overrides)
     path = tmp_path / "raccord.toml"

@@ -17,7 +17,9 @@ def test_example_configuration_loads() -> None:
     loaded = config.load(EXAMPLE)
     conn = loaded.connection("qualif-sftp")
     assert conn.interfaces == {
-        "FSO1100A": Mode.COMPLETE, "FSO1106A": Mode.PARTIAL, "FSO1117A": Mode.PARTIAL,
+        "FSO1100A": Mode.COMPLETE,
+        "FSO1106A": Mode.PARTIAL,
+        "FSO1117A": Mode.PARTIAL,
     }
     assert conn.settings.port == 6321
     assert conn.settings.known_hosts == Path("/etc/raccord/known_hosts")
@@ -40,23 +42,47 @@ def with_change(old: str, new: str) -> str:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ('host = "127.0.0.1"', 'hots = "127.0.0.1"',
-         r"connection\[qualif-sftp\]\.sftp\.host: is required \(found 'hots': a typo\?\)"),
-        ('FSO1106A = "partial"', 'FSO1160A = "partial"',
-         r"interfaces\.FSO1160A: unknown interface code; did you mean 'FSO11"),
-        ('FSO1106A = "partial"', 'FSO1106A = "partielle"',
-         r"FSO1106A: 'partielle' is not one of complete, partial, none"),
-        ('protocol = "sftp"', 'protocol = "sftpp"',
-         r"protocol: unknown protocol 'sftpp'; did you mean 'sftp'\?"),
-        ('rescan_interval = "30s"', 'rescan_interval = "30 secs"',
-         r"gateway\.rescan_interval: expected a duration"),
-        ('max_file_size = "30000KB"', 'max_file_size = "lots"',
-         r"gateway\.max_file_size: expected a size"),
-        ('name = "qualif-sftp"', 'name = "Qualif SFTP"',
-         r"must be lower-case letters, digits and '-' only"),
-        ('valid_to = 2099-06-30', 'valid_to = 2001-01-01', r"valid_to: 2001-01-01 is before"),
-        ('remote_name = "{interface}_{partner_code}_{flow_id}{ext}"',
-         'remote_name = "{interface}{ext}"', r"must contain \{flow_id\}"),
+        (
+            'host = "127.0.0.1"',
+            'hots = "127.0.0.1"',
+            r"connection\[qualif-sftp\]\.sftp\.host: is required \(found 'hots': a typo\?\)",
+        ),
+        (
+            'FSO1106A = "partial"',
+            'FSO1160A = "partial"',
+            r"interfaces\.FSO1160A: unknown interface code; did you mean 'FSO11",
+        ),
+        (
+            'FSO1106A = "partial"',
+            'FSO1106A = "partielle"',
+            r"FSO1106A: 'partielle' is not one of complete, partial, none",
+        ),
+        (
+            'protocol = "sftp"',
+            'protocol = "sftpp"',
+            r"protocol: unknown protocol 'sftpp'; did you mean 'sftp'\?",
+        ),
+        (
+            'rescan_interval = "30s"',
+            'rescan_interval = "30 secs"',
+            r"gateway\.rescan_interval: expected a duration",
+        ),
+        (
+            'max_file_size = "30000KB"',
+            'max_file_size = "lots"',
+            r"gateway\.max_file_size: expected a size",
+        ),
+        (
+            'name = "qualif-sftp"',
+            'name = "Qualif SFTP"',
+            r"must be lower-case letters, digits and '-' only",
+        ),
+        ("valid_to = 2099-06-30", "valid_to = 2001-01-01", r"valid_to: 2001-01-01 is before"),
+        (
+            'remote_name = "{interface}_{partner_code}_{flow_id}{ext}"',
+            'remote_name = "{interface}{ext}"',
+            r"must contain \{flow_id\}",
+        ),
         ('known_hosts = "/etc/raccord/known_hosts"', "", r"sftp\.known_hosts: is required"),
         ("[gateway]", "[gateway]\nmax_fil_size = 3", r"did you mean 'max_file_size'"),
         ('state = "active"', 'state = "actif"', r"'actif' is not one of"),
@@ -80,7 +106,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_duplicate_connection_names_are_refused(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
-    second = text[text.index("\n[[connection]]"):]
+    second = text[text.index("\n[[connection]]") :]
     with pytest.raises(ConfigError, match="used twice"):
         load_text(tmp_path, text + "\n" + second)
 
@@ -89,8 +115,10 @@ def test_secret_from_env_never_shows(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RACCORD_TEST_PASS", "hunter2")
     loaded = load_text(
         tmp_path,
-        with_change('upload_dir = "/depot"',
-                    'upload_dir = "/depot"\npassphrase = { env = "RACCORD_TEST_PASS" }'),
+        with_change(
+            'upload_dir = "/depot"',
+            'upload_dir = "/depot"\npassphrase = { env = "RACCORD_TEST_PASS" }',
+        ),
     )
     secret = loaded.connections[0].settings.passphrase
     assert secret.value == "hunter2"
@@ -99,8 +127,13 @@ def test_secret_from_env_never_shows(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_secret_from_unset_env_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RACCORD_UNSET_VAR is not set"):
-        load_text(tmp_path, with_change('upload_dir = "/depot"',
-                                        'upload_dir = "/depot"\npassphrase = { env = "RACCORD_UNSET_VAR" }'))
+        load_text(
+            tmp_path,
+            with_change(
+                'upload_dir = "/depot"',
+                'upload_dir = "/depot"\npassphrase = { env = "RACCORD_UNSET_VAR" }',
+            ),
+        )
 
 
 def test_usability_follows_state_and_validity() -> None:
@@ -117,4 +150,6 @@ def test_usability_follows_state_and_validity() -> None:
 
 def test_lots_larger_than_one_are_refused_until_supported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not supported yet"):
-        load_text(tmp_path, with_change("lot = { max_invoices = 1 }", "lot = { max_invoices = 50 }"))
+        load_text(
+            tmp_path, with_change("lot = { max_invoices = 1 }", "lot = { max_invoices = 50 }")
+        )

@@ -66,8 +66,10 @@ def test_dropped_invoice_is_sent_with_receipt(tmp_path: Path, bucket: str) -> No
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"<Invoice xmlns='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'><a></b>",
-         "malformed_xml"),
+        (
+            b"<Invoice xmlns='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'><a></b>",
+            "malformed_xml",
+        ),
         (b"<Order xmlns='urn:x'/>", "unknown_format"),
         (b"", "empty"),
         (sample("cii-invoice.xml"), "not_connected"),
@@ -122,10 +124,14 @@ def test_too_large_file_is_refused_unread(tmp_path: Path, bucket: str) -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "reason"),
-    [({"state": "disabled"}, "connection_inactive"), ({"valid_to": "2020-01-01"}, "outside_validity")],
+    [
+        ({"state": "disabled"}, "connection_inactive"),
+        ({"valid_to": "2020-01-01"}, "outside_validity"),
+    ],
 )
-def test_unusable_connection_refuses(tmp_path: Path, bucket: str, overrides: dict[str, str],
-                                     reason: str) -> None:
+def test_unusable_connection_refuses(
+    tmp_path: Path, bucket: str, overrides: dict[str, str], reason: str
+) -> None:
     config = memory_config(tmp_path, bucket, **overrides)
 
     async def main() -> None:
@@ -264,8 +270,12 @@ def test_forced_retry_sends_a_duplicate(tmp_path: Path, bucket: str) -> None:
             db = JournalDB(layout.journal)
             try:
                 with pytest.raises(LookupError, match="only flows in error"):
-                    requeue(db, layout, next(r.flow_id for r in rows(config) if r.state == "sent"),
-                            force=True)
+                    requeue(
+                        db,
+                        layout,
+                        next(r.flow_id for r in rows(config) if r.state == "sent"),
+                        force=True,
+                    )
                 requeue(db, layout, dup.flow_id, force=True)
             finally:
                 db.close()
@@ -304,7 +314,7 @@ def test_file_written_in_place_is_claimed_only_once_complete(tmp_path: Path, buc
         async with running(config):
             with (outbox / "slow.xml").open("wb") as out:
                 for i in range(0, len(data), 200):
-                    out.write(data[i:i + 200])
+                    out.write(data[i : i + 200])
                     out.flush()
                     await asyncio.sleep(0.05)
                 assert rows(config) == []
@@ -367,7 +377,9 @@ def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: st
     sending = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000002", "sending.xml")
     sending.write_bytes(invoice("F-31"))
     db.insert("20261123T120000Z-000002", "qualif-mem", "sending.xml", str(sending))
-    db.transition("20261123T120000Z-000002", "queued", remote_name="R-31.xml", size=len(invoice("F-31")))
+    db.transition(
+        "20261123T120000Z-000002", "queued", remote_name="R-31.xml", size=len(invoice("F-31"))
+    )
     db.transition("20261123T120000Z-000002", "sending", attempts=1, unknown_outcome=1)
     memory.bucket(bucket).files["R-31.xml"] = invoice("F-31")
     # 3. delivered and journaled, crash before the file moved to sent/.
@@ -375,8 +387,13 @@ def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: st
     delivered.write_bytes(invoice("F-32"))
     db.insert("20261123T120000Z-000003", "qualif-mem", "done.xml", str(delivered))
     target = layout.sent("qualif-mem", now.date()) / "done.xml"
-    db.transition("20261123T120000Z-000003", "delivered", final_path=str(target),
-                  receipt='{"remote_name": "R-32.xml"}', remote_name="R-32.xml")
+    db.transition(
+        "20261123T120000Z-000003",
+        "delivered",
+        final_path=str(target),
+        receipt='{"remote_name": "R-32.xml"}',
+        remote_name="R-32.xml",
+    )
     db.close()
 
     async def main() -> None:
