@@ -43,6 +43,9 @@ def configure(stream: TextIO | None = None, level: int = logging.INFO) -> None:
     # Libraries log through stdlib logging; keep their noise out of our JSON stream.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
+    # watchdog logs an ERROR when its reader thread wakes after stop() (a benign race on every
+    # shutdown); that module has nothing else to say to an operator.
+    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
 
 
 def get(name: str | None = None) -> Any:

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 FORMATS = ("table", "json", "csv")
 
 
-def default_format(stream: TextIO = sys.stdout) -> str:
-    return "table" if stream.isatty() else "json"
+def default_format() -> str:
+    return "table" if sys.stdout.isatty() else "json"
 
 
 def _cell(value: Any) -> str:
@@ -27,9 +27,10 @@ def render(
     records: Sequence[Mapping[str, Any]],
     columns: Sequence[str],
     fmt: str,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> None:
-    """Write ``records``: JSON gets every key, table and CSV the given ``columns``."""
+    """Write ``records`` (to stdout by default): JSON gets every key, table and CSV ``columns``."""
+    stream = stream or sys.stdout
     if fmt == "json":
         json.dump(list(records), stream, indent=2, ensure_ascii=False, default=str)
         stream.write("\n")

@@ -1,0 +1,149 @@
+"""The raccord command: outputs and exit statuses as CONTRACT.md fixes them."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from protocols import memory
+from tests.conftest import sample
+from tests.gateway.harness import drop, filed, memory_config, running, until
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "raccord.example.toml"
+
+
+def test_analyze_json_gives_a_stable_object_per_file(
+    write, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    ubl = write("ubl.xml", sample("ubl-invoice.xml"))
+    cii = write("cii.xml", sample("cii-invoice.xml"))
+    assert main(["analyze", "--format", "json", str(ubl), str(cii)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in records] == ["ubl-invoice", "cii-d16b"]
+    assert [r["interface_code"] for r in records] == ["FSO1100A", "FSO1106A"]
+    assert records[0]["invoice_number"] == "DEMO-UBL-0001"
+    assert records[0]["size"] == len(sample("ubl-invoice.xml"))
+    assert set(records[0]) == set(records[1])
+
+
+def test_analyze_with_config_names_the_carrier_or_why_not(
+    write, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    pdf_like = write("pes.xml", b"<PES_Aller/>")
+    ubl = write("ubl.xml", sample("ubl-invoice.xml"))
+    status = main(
+        ["analyze", "--config", str(EXAMPLE), "--format", "json", str(ubl), str(pdf_like)]
+    )
+    assert status == 1  # one of the files cannot be sent
+    good, bad = json.loads(capsys.readouterr().out)
+    assert good["connection"] == "qualif-sftp"
+    assert good["connections"]["qualif-sftp"] == "would carry it"
+    assert bad["connection"] is None
+    assert bad["problem"] == "no_interface_code"
+
+
+def test_analyze_table_is_readable(write, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    path = write("ubl.xml", sample("ubl-invoice.xml"))
+    assert main(["analyze", "--format", "table", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "format_label: UBL 2.1 Invoice" in out
+    assert "interface_code: FSO1100A" in out
+
+
+def test_missing_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "/nonexistent/f.xml"]) == 2
+    assert capsys.readouterr().err == "raccord: /nonexistent/f.xml: no such file\n"
+
+
+def test_bad_configuration_is_exit_2_with_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "raccord.toml"
+    path.write_text(EXAMPLE.read_text().replace("port = 6321", "prot = 6321"))
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "sftp.prot: unknown key; did you mean 'port'?" in err
+    assert "Traceback" not in err
+
+
+def test_check_of_valid_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "configuration is valid (1 connection(s))" in out
+    assert "FSO1100A=complete" in out
+
+
+def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RACCORD_CONFIG", str(EXAMPLE))
+    assert main(["check"]) == 0
+
+
+def test_flows_lists_the_journal_in_every_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    memory.BUCKETS.pop("cli", None)
+    config = memory_config(tmp_path, "cli")
+
+    async def run() -> None:
+        async with running(config):
+            drop(config, "good.xml", sample("ubl-invoice.xml"))
+            drop(config, "bad.xml", b"<nope/>")
+            await until(filed(config, 2))
+
+    asyncio.run(run())
+    capsys.readouterr()  # drop the gateway's own log lines
+    cfg = str(config.path)
+    assert main(["flows", "--config", cfg, "--format", "json"]) == 0
+    flows = json.loads(capsys.readouterr().out)
+    assert sorted(f["state"] for f in flows) == ["error", "sent"]
+    assert main(["flows", "--config", cfg, "--format", "csv", "--state", "error"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["original_name"], r["reason"]) for r in table] == [("bad.xml", "unknown_format")]
+    assert main(["flows", "--config", cfg, "--format", "table", "--invoice", "DEMO-UBL-0001"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FLOW_ID") and len(lines) == 2 and "good.xml" in lines[1]
+
+
+def test_retry_needs_flows_or_failed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = memory_config(tmp_path, "cli-retry")
+    assert main(["retry", "--config", str(config.path)]) == 2
+    assert "name the flows to retry" in capsys.readouterr().err
+
+
+def test_unknown_flow_retry_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    memory.BUCKETS.pop("cli-r2", None)
+    config = memory_config(tmp_path, "cli-r2")
+
+    async def run() -> None:
+        async with running(config):
+            pass
+
+    asyncio.run(run())
+    assert main(["retry", "--config", str(config.path), "20260101T000000Z-000000"]) == 1
+    assert "no flow 20260101T000000Z-000000" in capsys.readouterr().err
+
+
+def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Demo complete: 4 invoices delivered" in done.stdout
+    uploaded = list((tmp_path / "demo" / "partner" / "depot").iterdir())
+    assert len(uploaded) == 4
+    for line in (tmp_path / "demo" / "raccord.log").read_text().splitlines():
+        event = json.loads(line)
+        assert {"timestamp", "level", "event"} <= set(event)
