@@ -216,7 +216,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         flow_ids = list(args.flows) or [row.flow_id for row in db.in_states(("error",))]
         for flow_id in flow_ids:
             try:
-                print(requeue(db, Layout(config.gateway.data_dir), flow_id, force=args.force))
+                print(requeue(db, flow_id, force=args.force))
             except LookupError as exc:
                 print(f"raccord: {exc.args[0]}", file=sys.stderr)
                 status = NOT_RIGHT

@@ -49,6 +49,7 @@ class Gateway:
         self._now = now
         self._sleep = sleep
         self.dispatcher: Dispatcher | None = None
+        self.watcher: Watcher | None = None
         self.ready = asyncio.Event()
 
     async def run(
@@ -74,6 +75,7 @@ class Gateway:
                 rescan_interval=config.gateway.rescan_interval,
                 settle_time=config.gateway.settle_time,
             )
+            self.watcher = watcher
             watcher.start()
             try:
                 log.info(

@@ -34,13 +34,12 @@ from gateway.config import Config, Connection, Mode
 from gateway.folders import (
     Layout,
     display_name,
-    free_name,
     move,
     parse_spool_name,
     spool_name,
     write_json,
 )
-from gateway.journal import FlowRow, Journal, JournalDB, StateConflict
+from gateway.journal import FlowRow, Journal, JournalDB
 from protocols.base import Outbound, Receipt, Sender
 from protocols.errors import TransferError
 
@@ -111,7 +110,7 @@ class Dispatcher:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def claim(self, connection: str, path: Path, ready: bool = True) -> str | None:
+    async def claim(self, connection: str, path: Path) -> str | None:
         """Claim ``path`` (in ``outbox/<connection>/``) into the spool; start its flow."""
         if self.stopping.is_set():
             return None
@@ -229,7 +228,7 @@ class Dispatcher:
                 structure=conn.structure,
             ),
         )
-        earlier = await self.journal.call(
+        queued, earlier = await self.journal.call(
             lambda db: db.queue_unless_duplicate(
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
@@ -238,7 +237,8 @@ class Dispatcher:
                 **facts,
             )
         )
-        if earlier is not None:
+        if earlier is not None or queued is None:
+            assert earlier is not None
             return await self._refuse(
                 row, "duplicate", _duplicate_message(row, earlier, analysis), **facts
             )
@@ -249,7 +249,7 @@ class Dispatcher:
             invoice_number=analysis.invoice_number,
             format=analysis.format.value,
         )
-        return await self._reload(row)
+        return queued
 
     async def _deliver(self, row: FlowRow) -> FlowRow:
         conn = self.config.connection(row.connection)
@@ -262,14 +262,13 @@ class Dispatcher:
             if unusable is not None:
                 return await self._refuse(row, *unusable)
             resend = bool(row.unknown_outcome) or row.attempts > 0
-            await self._transition(
+            row = await self._transition(
                 row,
                 "sending",
                 expect=("queued", "sending"),
                 attempts=row.attempts + 1,
                 unknown_outcome=1,
             )
-            row = await self._reload(row)
             outbound = Outbound(
                 flow_id=row.flow_id,
                 path=Path(row.spool_path),
@@ -285,7 +284,7 @@ class Dispatcher:
             except TransferError as exc:
                 if exc.retryable and row.attempts < retry.max_attempts:
                     delay = backoff(row.attempts, retry.initial, retry.maximum, self._rng)
-                    await self._transition(
+                    row = await self._transition(
                         row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
                     )
                     log.warning(
@@ -296,7 +295,6 @@ class Dispatcher:
                         retry_in=round(delay, 3),
                     )
                     await self._wait(delay)
-                    row = await self._reload(row)
                     continue
                 message = str(exc)
                 if exc.retryable:
@@ -306,18 +304,18 @@ class Dispatcher:
 
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if the gateway is stopping."""
-        waiter = asyncio.ensure_future(self.stopping.wait())
+        waiters = {
+            asyncio.ensure_future(self.stopping.wait()),
+            asyncio.ensure_future(self._sleep(delay)),
+        }
         try:
-            await asyncio.wait(
-                {waiter, asyncio.ensure_future(self._sleep(delay))},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _delivered(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
         now = self._now()
-        target = free_name(self.layout.sent(conn.name, now.date()), row.original_name, row.flow_id)
         document = {
             "flow_id": row.flow_id,
             "connection": conn.name,
@@ -334,16 +332,19 @@ class Dispatcher:
             "claimed_at": row.created_at,
             "sent_at": now.isoformat(timespec="milliseconds"),
         }
-        await self._transition(
-            row,
-            "delivered",
-            expect=("sending",),
-            final_path=str(target),
-            receipt=json.dumps(document, default=str),
-            reason=None,
-            message=None,
+        folder = self.layout.sent(conn.name, now.date())
+        return await self.journal.call(
+            lambda db: db.file_to(
+                row.flow_id,
+                "delivered",
+                folder,
+                row.original_name,
+                expect=("sending",),
+                receipt=json.dumps(document, default=str),
+                reason=None,
+                message=None,
+            )
         )
-        return await self._reload(row)
 
     async def _file_sent(self, row: FlowRow) -> None:
         assert row.final_path and row.receipt
@@ -368,17 +369,19 @@ class Dispatcher:
         expect: tuple[str, ...] | None = None,
         **facts: Any,
     ) -> FlowRow:
-        target = free_name(self.layout.error(row.connection), row.original_name, row.flow_id)
-        await self._transition(
-            row,
-            "failing",
-            expect=expect,
-            reason=reason,
-            message=message,
-            final_path=str(target),
-            **facts,
+        folder = self.layout.error(row.connection)
+        return await self.journal.call(
+            lambda db: db.file_to(
+                row.flow_id,
+                "failing",
+                folder,
+                row.original_name,
+                expect=expect,
+                reason=reason,
+                message=message,
+                **facts,
+            )
         )
-        return await self._reload(row)
 
     async def _file_error(self, row: FlowRow) -> None:
         assert row.final_path
@@ -415,6 +418,16 @@ class Dispatcher:
             row = await self.journal.call(lambda db: db.get(flow_id))
             if row is None or row.state in ("sent", "error"):
                 return
+            if row.state == "delivered":
+                # The partner has it: filing it in error/ would invite a second send. It stays
+                # in the spool, journaled as delivered, and is filed in sent/ at the next start.
+                log.error(
+                    "flow.unfiled",
+                    flow_id=flow_id,
+                    error=message,
+                    action="delivered but not filed; fix the cause and restart raccord",
+                )
+                return
             if row.state != "failing":
                 row = await self._refuse(row, "internal_error", message)
             await self._file_error(row)
@@ -423,16 +436,10 @@ class Dispatcher:
 
     async def _transition(
         self, row: FlowRow, state: str, *, expect: tuple[str, ...] | None = None, **values: Any
-    ) -> None:
-        await self.journal.call(
+    ) -> FlowRow:
+        return await self.journal.call(
             lambda db: db.transition(row.flow_id, state, expect=expect, **values)
         )
-
-    async def _reload(self, row: FlowRow) -> FlowRow:
-        fresh = await self.journal.call(lambda db: db.get(row.flow_id))
-        if fresh is None:
-            raise StateConflict(f"flow {row.flow_id} disappeared from the journal")
-        return fresh
 
     # -- restart --------------------------------------------------------------------------
 
@@ -448,42 +455,31 @@ class Dispatcher:
                 lambda db: db.in_states(("claimed", "queued", "sending", "delivered", "failing"))
             )
         }
-        for conn in self.config.connections:
-            folder = self.layout.spool(conn.name)
-            if not folder.is_dir():
+        spooled = await asyncio.to_thread(self._spooled)
+        for connection, path in spooled:
+            parsed = parse_spool_name(path.name)
+            if parsed is None or str(path) in known:
                 continue
-            for entry in sorted(os.listdir(folder)):
-                path = folder / entry
-                parsed = parse_spool_name(entry)
-                if parsed is None or str(path) in known:
-                    continue
-                flow_id, original = parsed
-                inserted = await self.journal.call(
-                    functools.partial(
-                        _insert,
-                        flow_id=flow_id,
-                        connection=conn.name,
-                        name=original,
-                        spool=str(path),
-                    )
+            flow_id, original = parsed
+            recovered = await self.journal.call(
+                functools.partial(
+                    _recover, flow_id=flow_id, connection=connection, name=original, spool=path
                 )
-                if inserted:
-                    log.warning(
-                        "flow.recovered", connection=conn.name, flow_id=flow_id, file=original
-                    )
-                    self.start(flow_id)
+            )
+            if recovered:
+                log.warning(recovered, connection=connection, flow_id=flow_id, file=original)
+                self.start(flow_id)
+        present = {str(path) for _, path in spooled}
         for row in known.values():
-            missing = not await asyncio.to_thread(Path(row.spool_path).exists)
-            if missing and row.state not in ("delivered", "failing"):
+            if row.spool_path not in present and row.state not in ("delivered", "failing"):
                 await self._transition(
                     row,
-                    "failing",
+                    "error",
                     reason="lost",
                     message=f"spool file {row.spool_path} is missing; it was removed by hand",
-                    final_path=str(self.layout.error(row.connection) / row.original_name),
+                    final_path=None,
                 )
                 log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
-                await self._transition(row, "error", expect=("failing",))
                 continue
             if row.state == "sending":
                 log.warning(
@@ -491,6 +487,15 @@ class Dispatcher:
                 )
             self.start(row.flow_id)
         return len(known)
+
+    def _spooled(self) -> list[tuple[str, Path]]:
+        """(connection, path) of every file in the spool folders."""
+        found = []
+        for conn in self.config.connections:
+            folder = self.layout.spool(conn.name)
+            if folder.is_dir():
+                found += [(conn.name, folder / entry) for entry in sorted(os.listdir(folder))]
+        return found
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
@@ -505,8 +510,41 @@ class Dispatcher:
         return started
 
 
-def _insert(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: str) -> bool:
-    return db.insert(flow_id, connection, name, spool)
+def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:
+    """Journal a spool file the journal does not account for; return the log event, or "".
+
+    Either it was claimed just before a crash (no row yet), or ``raccord retry`` moved it back
+    from error/ and was stopped before recording that (row still in ``error``, its file in
+    error/ gone): both resume as ``claimed``.
+    """
+    if db.insert(flow_id, connection, name, str(spool)):
+        return "flow.recovered"
+    row = db.get(flow_id)
+    if row is not None and row.state == "error" and not _in_error_folder(row):
+        _back_to_claimed(db, row, "retry finished after restart", forced=bool(row.forced))
+        return "flow.retry_recovered"
+    return ""
+
+
+def _in_error_folder(row: FlowRow) -> bool:
+    return row.final_path is not None and Path(row.final_path).exists()
+
+
+def _back_to_claimed(db: JournalDB, row: FlowRow, detail: str, *, forced: bool) -> None:
+    """Queue a flow in error again: analysed and routed afresh, same remote name."""
+    db.transition(
+        row.flow_id,
+        "claimed",
+        expect=("error",),
+        detail=detail,
+        forced=int(forced),
+        reason=None,
+        message=None,
+        final_path=None,
+        attempts=0,
+        # An earlier attempt may have reached the partner: the resend must check first.
+        unknown_outcome=1 if row.attempts else 0,
+    )
 
 
 def _duplicate_message(row: FlowRow, earlier: FlowRow, analysis: Analysis) -> str:
@@ -521,7 +559,7 @@ def _duplicate_message(row: FlowRow, earlier: FlowRow, analysis: Analysis) -> st
     )
 
 
-def requeue(db: JournalDB, layout: Layout, flow_id: str, *, force: bool) -> str:
+def requeue(db: JournalDB, flow_id: str, *, force: bool) -> str:
     """Put a flow in ``error`` back into the queue (``raccord retry``); return what was done.
 
     The file returns from ``error/`` to its spool path; the flow is analysed and routed again
@@ -536,22 +574,13 @@ def requeue(db: JournalDB, layout: Layout, flow_id: str, *, force: bool) -> str:
         raise LookupError(f"no flow {flow_id} in the journal")
     if row.state != "error":
         raise LookupError(f"flow {flow_id} is {row.state}; only flows in error can be retried")
-    if not row.final_path or not Path(row.final_path).exists():
+    if not _in_error_folder(row):
         raise LookupError(f"flow {flow_id}: its file {row.final_path} is no longer in error/")
-    del layout  # the spool path is recorded in the row
-    source, spool = Path(row.final_path), Path(row.spool_path)
+    source, spool = Path(row.final_path or ""), Path(row.spool_path)
+    # Move first: a crash before the journal write leaves the file in the spool with its row
+    # in error, which reconcile finishes (_recover); the other order could report it lost.
     move(source, spool)
     source.with_name(source.name + ".error.json").unlink(missing_ok=True)
-    db.transition(
-        flow_id,
-        "claimed",
-        expect=("error",),
-        detail="raccord retry" + (" --force" if force else ""),
-        forced=int(force or bool(row.forced)),
-        reason=None,
-        message=None,
-        final_path=None,
-        attempts=0,
-        unknown_outcome=1 if row.attempts else 0,
-    )
+    detail = "raccord retry" + (" --force" if force else "")
+    _back_to_claimed(db, row, detail, forced=force or bool(row.forced))
     return f"{flow_id} ({row.original_name}) queued again" + (" (forced)" if force else "")

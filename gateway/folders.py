@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -111,10 +112,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     fsync_dir(path.parent)
 
 
-def free_name(folder: Path, name: str, flow_id: str) -> Path:
-    """``folder/name``, or ``folder/<stem>.<flow_id><suffix>`` if that name is taken."""
+def free_name(
+    folder: Path, name: str, flow_id: str, taken: Callable[[Path], bool] = Path.exists
+) -> Path:
+    """``folder/name``, or ``folder/<stem>.<flow_id>.<suffix>`` if ``taken`` says it is."""
     target = folder / name
-    if not target.exists() and not target.with_name(target.name + ".receipt.json").exists():
+    if not taken(target):
         return target
     stem, dot, suffix = name.rpartition(".")
     if not dot or not stem:

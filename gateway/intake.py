@@ -43,8 +43,8 @@ from gateway.folders import is_candidate
 
 log = logs.get()
 
-#: Called with (connection, path in the outbox, trusted_ready) for every candidate.
-OnCandidate = Callable[[str, Path, bool], Awaitable[object]]
+#: Called with (connection, path in the outbox) for every file ready to be claimed.
+OnCandidate = Callable[[str, Path], Awaitable[object]]
 
 
 def open_for_writing(path: Path) -> bool | None:
@@ -64,16 +64,17 @@ def open_for_writing(path: Path) -> bool | None:
         os.close(fd)
 
 
-def is_ready(path: Path, settle_time: float, now: float | None = None) -> bool:
-    """Whether a file found by a scan (or a bare create) may be claimed now."""
-    writing = open_for_writing(path)
-    if writing is not None:
-        return not writing
+def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
+    """``"ready"``, ``"wait"`` (still being written) or ``"gone"`` for a file seen by a scan or
+    a bare create event. Blocking: call it off the event loop."""
     try:
         mtime = path.stat().st_mtime
     except OSError:
-        return False
-    return ((now if now is not None else time.time()) - mtime) >= settle_time
+        return "gone"
+    writing = open_for_writing(path)
+    if writing is None:  # not knowable here: fall back on the file being left alone a while
+        writing = ((now if now is not None else time.time()) - mtime) < settle_time
+    return "wait" if writing else "ready"
 
 
 class _Handler(FileSystemEventHandler):
@@ -117,6 +118,7 @@ class Watcher:
         self._queue: asyncio.Queue[tuple[str, Path, bool] | None] = asyncio.Queue()
         self._observer: InotifyObserver | None = None
         self.alive = False
+        self.scans = 0  # completed scans of the outboxes, for health checks and tests
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,6 +139,9 @@ class Watcher:
         self._observer = observer
         self.alive = True
 
+    async def _readiness(self, path: Path) -> str:
+        return await asyncio.to_thread(readiness, path, self._settle_time)
+
     def wake(self) -> None:
         """Make :meth:`run` look at its ``stopping`` event now rather than at its next timeout."""
         self._queue.put_nowait(None)
@@ -148,20 +153,35 @@ class Watcher:
             self._observer.join(timeout=5)
             self._observer = None
 
-    def scan(self) -> int:
-        """Queue every candidate now in the outboxes; return how many were queued."""
-        count = 0
+    def _list(self) -> list[tuple[str, Path]]:
+        """Every candidate now in the outboxes (blocking: runs on a worker thread)."""
+        found = []
         for path, connection in self._outboxes.items():
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(path):
                     if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
-                        self._queue.put_nowait((connection, Path(entry.path), False))
-                        count += 1
-        return count
+                        found.append((connection, Path(entry.path)))
+        return found
+
+    async def scan(self) -> int:
+        """Queue every candidate now in the outboxes; return how many were queued."""
+        found = await asyncio.to_thread(self._list)
+        for connection, path in found:
+            self._queue.put_nowait((connection, path, False))
+        self.scans += 1
+        return len(found)
+
+    async def _offer(self, connection: str, path: Path) -> None:
+        """Hand one ready file to the claimer; a failure is logged, never fatal to intake
+        (the file stays in the outbox and the next scan offers it again)."""
+        try:
+            await self._on_candidate(connection, path)
+        except Exception:
+            log.exception("intake.claim_failed", connection=connection, file=path.name)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver candidates until ``stopping`` is set; rescans on a timer."""
-        self.scan()
+        await self.scan()
         next_scan = time.monotonic() + self._rescan_interval
         deferred: dict[Path, str] = {}
         while not stopping.is_set():
@@ -172,20 +192,21 @@ class Watcher:
                 item = None
             if item is not None:
                 connection, path, trusted = item
-                if trusted or await asyncio.to_thread(is_ready, path, self._settle_time):
+                state = "ready" if trusted else await self._readiness(path)
+                if state == "ready":
                     deferred.pop(path, None)
-                    await self._on_candidate(connection, path, True)
-                elif path.exists():
+                    await self._offer(connection, path)
+                elif state == "wait":
                     deferred[path] = connection
             if deferred and self._queue.empty():
                 for path, connection in list(deferred.items()):
-                    if not path.exists():
+                    state = await self._readiness(path)
+                    if state != "wait":
                         deferred.pop(path)
-                    elif await asyncio.to_thread(is_ready, path, self._settle_time):
-                        deferred.pop(path)
-                        await self._on_candidate(connection, path, True)
+                    if state == "ready":
+                        await self._offer(connection, path)
             if time.monotonic() >= next_scan:
-                found = self.scan()
+                found = await self.scan()
                 if found:
                     log.debug("intake.rescan", found=found)
                 next_scan = time.monotonic() + self._rescan_interval

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.folders import free_name
+
 SCHEMA_VERSION = 1
 STATES = ("claimed", "queued", "sending", "delivered", "failing", "sent", "error")
 TERMINAL = frozenset({"sent", "error"})
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS flows (
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
 CREATE INDEX IF NOT EXISTS flows_invoice ON flows(supplier_id, invoice_number);
+CREATE INDEX IF NOT EXISTS flows_final_path ON flows(final_path);
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY,
     flow_id     TEXT NOT NULL,
@@ -162,8 +165,8 @@ class JournalDB:
         expect: Iterable[str] | None = None,
         detail: str | None = None,
         **values: Any,
-    ) -> None:
-        """Move a flow to ``to_state``, setting ``values`` in the same transaction.
+    ) -> FlowRow:
+        """Move a flow to ``to_state``, setting ``values`` in the same transaction; return it.
 
         Raises:
             StateConflict: ``expect`` is given and the flow is in none of those states.
@@ -184,6 +187,39 @@ class JournalDB:
             sql = "UPDATE flows SET state=?, updated_at=?" + (f", {assignments}" if values else "")  # noqa: S608
             self._db.execute(sql + " WHERE flow_id=?", (to_state, now, *values.values(), flow_id))
             self._record(flow_id, row["state"], to_state, now, detail)
+        fresh = self.get(flow_id)
+        assert fresh is not None
+        return fresh
+
+    def file_to(
+        self,
+        flow_id: str,
+        to_state: str,
+        folder: Path,
+        name: str,
+        *,
+        expect: Iterable[str] | None = None,
+        **values: Any,
+    ) -> FlowRow:
+        """Decide where a flow's file goes (``final_path``) and move it to ``to_state``.
+
+        The name is ``folder/name`` unless a file is there or another flow already holds that
+        path (then the flow id is inserted before the extension). Choosing and recording run
+        back to back on the journal's single thread, so two flows filed at the same instant
+        under one name can never be given the same path (a rename would overwrite one).
+        """
+
+        def taken(path: Path) -> bool:
+            if path.exists():
+                return True
+            held = self._db.execute(
+                "SELECT 1 FROM flows WHERE final_path=? AND flow_id<>? LIMIT 1",
+                (str(path), flow_id),
+            ).fetchone()
+            return held is not None
+
+        target = free_name(folder, name, flow_id, taken)
+        return self.transition(flow_id, to_state, expect=expect, final_path=str(target), **values)
 
     def _record(
         self, flow_id: str, from_state: str | None, to_state: str, at: str, detail: str | None
@@ -226,8 +262,10 @@ class JournalDB:
         *,
         check: bool,
         **values: Any,
-    ) -> FlowRow | None:
-        """Queue a claimed flow unless an earlier flow makes it a duplicate (then return that).
+    ) -> tuple[FlowRow | None, FlowRow | None]:
+        """Queue a claimed flow unless an earlier flow makes it a duplicate.
+
+        Returns ``(queued row, None)``, or ``(None, earlier flow)`` for a duplicate.
 
         Check and transition run back to back on the journal's single thread, so two copies
         dropped at the same instant cannot both pass the check.
@@ -236,9 +274,8 @@ class JournalDB:
         if check:
             earlier = self.find_duplicate(flow_id, *identity)
             if earlier is not None:
-                return earlier
-        self.transition(flow_id, "queued", expect=("claimed",), **values)
-        return None
+                return None, earlier
+        return self.transition(flow_id, "queued", expect=("claimed",), **values), None
 
     def in_states(self, states: Sequence[str]) -> list[FlowRow]:
         marks = ",".join("?" * len(states))

@@ -24,6 +24,7 @@ class Bucket:
     files: dict[str, bytes] = field(default_factory=dict)
     failures: deque[TransferError] = field(default_factory=deque)
     sends: int = 0
+    gate: asyncio.Event | None = None  # when set by a test, sends wait for it to open
 
 
 BUCKETS: dict[str, Bucket] = {}
@@ -31,6 +32,12 @@ BUCKETS: dict[str, Bucket] = {}
 
 def bucket(name: str) -> Bucket:
     return BUCKETS.setdefault(name, Bucket())
+
+
+def hold(name: str) -> asyncio.Event:
+    """Make sends to bucket ``name`` wait until the returned event is set (call in the loop)."""
+    gate = bucket(name).gate = asyncio.Event()
+    return gate
 
 
 def fail_next(name: str, *errors: TransferError) -> None:
@@ -75,6 +82,8 @@ class MemorySender:
         self._bucket.sends += 1
         if self._settings.delay:
             await asyncio.sleep(self._settings.delay)
+        if self._bucket.gate is not None:
+            await self._bucket.gate.wait()
         if self._bucket.failures:
             raise self._bucket.failures.popleft()
         data = flow.path.read_bytes()

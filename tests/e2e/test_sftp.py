@@ -19,7 +19,7 @@ from gateway.folders import Layout
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.sshd import Sshd, keygen
-from tests.gateway.harness import drop, filed, rows, running, until
+from tests.gateway.harness import deliver, drop, filed, rows, running, until
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +36,7 @@ def test_invoices_arrive_under_their_remote_names(tmp_path: Path, sshd: Sshd) ->
         "fx.pdf": facturx_pdf(sample("cii-invoice.xml").replace(b"CII-0001", b"FX-0001")),
     }
 
-    async def main() -> None:
-        async with running(config):
-            for name, data in documents.items():
-                drop(config, name, data)
-            await until(filed(config, 3))
-
-    asyncio.run(main())
+    deliver(config, documents)
     by_name = {row.original_name: row for row in rows(config)}
     assert all(row.state == "sent" for row in by_name.values()), by_name
     expected = {by_name[name].remote_name: data for name, data in documents.items()}
@@ -61,12 +55,7 @@ def test_unknown_host_key_is_refused(
     path = write_sftp_config(tmp_path, sshd, known_hosts=wrong)
     config = config_module.load(path)
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("E2E-2"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"f.xml": invoice("E2E-2")})
     (row,) = rows(config)
     assert (row.state, row.reason, row.attempts) == ("error", "host_key", 1)
     assert str(wrong) in (row.message or "")
@@ -89,12 +78,7 @@ def test_refused_key_is_a_permanent_auth_error(tmp_path: Path, sshd: Sshd) -> No
     (sshd.folder / "authorized_keys").write_text("")
     config = config_module.load(write_sftp_config(tmp_path, sshd))
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("E2E-3"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"f.xml": invoice("E2E-3")})
     (row,) = rows(config)
     assert (row.state, row.reason, row.attempts) == ("error", "auth_failed", 1)
 

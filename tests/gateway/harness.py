@@ -39,6 +39,7 @@ FSO1100A = "complete"
 
 [connection.memory]
 bucket = "{bucket}"
+delay = "{delay}"
 """
 
 
@@ -51,6 +52,7 @@ def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
         "valid_to": "2099-06-30",
         "bucket": bucket,
         "gateway_extra": "",
+        "delay": "0s",
     }
     values.update(overrides)
     path = tmp_path / "raccord.toml"
@@ -96,6 +98,25 @@ async def running(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
     finally:
         stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+def deliver(config: Config, documents: dict[str, bytes]) -> list[FlowRow]:
+    """Run a gateway, drop ``documents`` (name -> bytes), wait until every flow in the journal
+    (new and resumed) is filed in sent/ or error/; return all rows."""
+    expected = len(rows(config)) + len(documents)
+
+    def all_filed() -> bool:
+        current = rows(config)
+        return len(current) >= expected and all(r.state in ("sent", "error") for r in current)
+
+    async def main() -> None:
+        async with running(config):
+            for name, data in documents.items():
+                drop(config, name, data)
+            await until(all_filed, what="every flow filed")
+
+    asyncio.run(main())
+    return rows(config)
 
 
 def drop(config: Config, name: str, data: bytes, connection: str | None = None) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +18,16 @@ from gateway.journal import JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
 from tests.conftest import sample
-from tests.gateway.harness import drop, filed, memory_config, rows, running, sidecar, until
+from tests.gateway.harness import (
+    deliver,
+    drop,
+    filed,
+    memory_config,
+    rows,
+    running,
+    sidecar,
+    until,
+)
 
 _buckets = itertools.count()
 
@@ -38,12 +46,7 @@ def invoice(number: str) -> bytes:
 def test_dropped_invoice_is_sent_with_receipt(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket)
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "facture 1.xml", invoice("F-1"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"facture 1.xml": invoice("F-1")})
     (row,) = rows(config)
     assert row.state == "sent" and row.attempts == 1
     assert row.remote_name == f"FSO1100A_VFE056_{row.flow_id}.xml"
@@ -81,12 +84,7 @@ def test_refused_files_go_to_error_with_reason(
 ) -> None:
     config = memory_config(tmp_path, bucket)
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "doc.xml", data)
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"doc.xml": data})
     (row,) = rows(config)
     assert (row.state, row.reason) == ("error", reason)
     error = sidecar(row, ".error.json")
@@ -99,12 +97,7 @@ def test_refused_files_go_to_error_with_reason(
 def test_not_connected_message_says_what_to_add(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket)
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "cii.xml", sample("cii-invoice.xml"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"cii.xml": sample("cii-invoice.xml")})
     (row,) = rows(config)
     assert 'add FSO1106A = "complete" or "partial"' in (row.message or "")
 
@@ -112,12 +105,7 @@ def test_not_connected_message_says_what_to_add(tmp_path: Path, bucket: str) -> 
 def test_too_large_file_is_refused_unread(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket, gateway_extra='max_file_size = "1KB"')
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "big.xml", invoice("F-big") + b" " * 2000)
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"big.xml": invoice("F-big") + b" " * 2000})
     (row,) = rows(config)
     assert (row.state, row.reason) == ("error", "too_large")
 
@@ -134,12 +122,7 @@ def test_unusable_connection_refuses(
 ) -> None:
     config = memory_config(tmp_path, bucket, **overrides)
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("F-2"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"f.xml": invoice("F-2")})
     (row,) = rows(config)
     assert (row.state, row.reason) == ("error", reason)
 
@@ -205,12 +188,7 @@ def test_permanent_error_goes_to_error_at_once(tmp_path: Path, bucket: str) -> N
     config = memory_config(tmp_path, bucket)
     memory.fail_next(bucket, AuthenticationError("key refused"))
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("F-6"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"f.xml": invoice("F-6")})
     (row,) = rows(config)
     assert (row.state, row.reason, row.attempts) == ("error", "auth_failed", 1)
     assert sidecar(row, ".error.json")["message"] == "key refused"
@@ -220,12 +198,7 @@ def test_retries_stop_at_the_limit(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket, attempts=3)
     memory.fail_next(bucket, *(ConnectError("down") for _ in range(5)))
 
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("F-7"))
-            await until(filed(config, 1))
-
-    asyncio.run(main())
+    deliver(config, {"f.xml": invoice("F-7")})
     (row,) = rows(config)
     assert (row.state, row.reason, row.attempts) == ("error", "unreachable", 3)
     assert "gave up after 3 attempts" in (row.message or "")
@@ -244,7 +217,7 @@ def test_retry_command_sends_a_failed_flow_again(tmp_path: Path, bucket: str) ->
             assert row.state == "error"
             db = JournalDB(layout.journal)
             try:
-                requeue(db, layout, row.flow_id, force=False)
+                requeue(db, row.flow_id, force=False)
             finally:
                 db.close()
             await until(lambda: rows(config)[0].state == "sent", what="retried flow sent")
@@ -272,11 +245,10 @@ def test_forced_retry_sends_a_duplicate(tmp_path: Path, bucket: str) -> None:
                 with pytest.raises(LookupError, match="only flows in error"):
                     requeue(
                         db,
-                        layout,
                         next(r.flow_id for r in rows(config) if r.state == "sent"),
                         force=True,
                     )
-                requeue(db, layout, dup.flow_id, force=True)
+                requeue(db, dup.flow_id, force=True)
             finally:
                 db.close()
             await until(lambda: all(r.state == "sent" for r in rows(config)), what="both sent")
@@ -294,10 +266,12 @@ def test_partial_and_hidden_names_are_never_picked_up(tmp_path: Path, bucket: st
     async def main() -> None:
         for name in ignored:
             (outbox / name).write_bytes(invoice(f"I-{name}"))
-        async with running(config):
+        async with running(config) as gateway:
             (outbox / "f.xml.part").rename(outbox / "f.xml")
             await until(filed(config, 1))
-            await asyncio.sleep(1.5)  # let one rescan pass over the ignored names
+            assert gateway.watcher is not None
+            scans = gateway.watcher.scans
+            await until(lambda: gateway.watcher.scans > scans, what="a rescan of the outbox")
             assert len(rows(config)) == 1
 
     asyncio.run(main())
@@ -343,9 +317,6 @@ def test_unexpected_sender_crash_files_the_flow_and_keeps_running(
     tmp_path: Path, bucket: str
 ) -> None:
     config = memory_config(tmp_path, bucket)
-
-    class Boom(ConnectError):
-        pass
 
     memory.fail_next(bucket, RuntimeError("bug in a plugin"))  # type: ignore[arg-type]
 
@@ -426,8 +397,74 @@ def test_flow_context_is_bound_in_logs(tmp_path: Path, bucket: str) -> None:
     asyncio.run(main())
 
 
-def test_replace_keeps_config_frozen(tmp_path: Path, bucket: str) -> None:
+def test_same_name_in_flight_twice_never_overwrites_in_sent(tmp_path: Path, bucket: str) -> None:
+    """Two different files dropped under one name, both in flight: both kept in sent/."""
     config = memory_config(tmp_path, bucket)
-    with pytest.raises(AttributeError):
-        config.gateway.max_file_size = 1  # type: ignore[misc]
-    assert replace(config.gateway, max_file_size=1).max_file_size == 1
+
+    def sending() -> int:
+        return len([r for r in rows(config) if r.state == "sending"])
+
+    async def main() -> None:
+        gate = memory.hold(bucket)
+        async with running(config):
+            drop(config, "same.xml", invoice("F-50"))
+            await until(lambda: sending() == 1, what="first in flight")
+            drop(config, "same.xml", invoice("F-51"))
+            await until(lambda: sending() == 2, what="both in flight")
+            gate.set()  # both deliveries complete together and are filed at the same time
+            await until(filed(config, 2))
+
+    asyncio.run(main())
+    assert [r.state for r in rows(config)] == ["sent", "sent"]
+    filed_bytes = sorted(Path(r.final_path or "").read_bytes() for r in rows(config))
+    assert filed_bytes == sorted([invoice("F-50"), invoice("F-51")])
+
+
+def test_flow_delivered_but_not_filed_is_never_put_in_error(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filing in sent/ fails (say, disk full): the flow stays delivered, then files at restart."""
+    config = memory_config(tmp_path, bucket)
+    layout = Layout(config.gateway.data_dir)
+    from gateway import dispatcher
+
+    real_move = dispatcher.move
+
+    def full_disk(source: Path, target: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dispatcher, "move", full_disk)
+
+    async def first() -> None:
+        async with running(config) as gateway:
+            drop(config, "f.xml", invoice("F-60"))
+            await until(lambda: [r.state for r in rows(config)] == ["delivered"])
+            assert gateway.dispatcher is not None
+            await until(lambda: gateway.dispatcher.busy == 0, what="flow task finished")
+
+    asyncio.run(first())
+    (row,) = rows(config)
+    assert row.state == "delivered"
+    assert not list(layout.error("qualif-mem").iterdir())
+    assert Path(row.spool_path).exists()
+
+    monkeypatch.setattr(dispatcher, "move", real_move)
+    deliver(config, {})  # a restart with nothing new: reconciliation files it
+    (row,) = rows(config)
+    assert row.state == "sent"
+    assert Path(row.final_path or "").read_bytes() == invoice("F-60")
+    assert memory.bucket(bucket).sends == 1
+
+
+def test_retry_interrupted_by_a_crash_is_finished_at_start(tmp_path: Path, bucket: str) -> None:
+    """raccord retry moved the file back to the spool, then died before journaling it."""
+    config = memory_config(tmp_path, bucket, attempts=1)
+    memory.fail_next(bucket, ConnectError("down"))
+    (row,) = deliver(config, {"f.xml": invoice("F-70")})
+    assert row.state == "error"
+    from gateway.folders import move
+
+    move(Path(row.final_path or ""), Path(row.spool_path))  # the first half of requeue
+    (row,) = deliver(config, {})
+    assert row.state == "sent"
+    assert list(memory.bucket(bucket).files) == [row.remote_name]
