@@ -37,6 +37,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
 from gateway import logs
 from gateway.folders import is_candidate
@@ -126,6 +127,12 @@ class Watcher:
         def push(connection: str, path: Path, trusted: bool) -> None:
             loop.call_soon_threadsafe(self._queue.put_nowait, (connection, path, trusted))
 
+        # watchdog holds each IN_MOVED_FROM for `delay` (0.5 s) hoping to pair it with an
+        # IN_MOVED_TO, at the head of a FIFO that every later event waits behind. Every claim
+        # (a rename out of the outbox) leaves such an unpaired event, so each file dropped
+        # after a claim waited up to 0.5 s (measured: claims arrived in 0.5 s waves). Unpaired,
+        # a rename into the outbox arrives as a created event and passes the readiness test.
+        InotifyMoveEventGrouper.delay = 0.0
         observer = InotifyObserver()
         handler = _Handler(push, self._outboxes)
         for path in self._outboxes:
