@@ -30,14 +30,16 @@ import structlog
 from flows import naming
 from flows.analysis import Analysis, analyze
 from gateway import logs
+from gateway.batching import Batcher
 from gateway.config import Config, Connection, Mode
 from gateway.folders import (
     Layout,
+    Placement,
     display_name,
     move,
     parse_spool_name,
+    place_all,
     spool_name,
-    write_json,
 )
 from gateway.journal import FlowRow, Journal, JournalDB
 from protocols.base import Outbound, Receipt, Sender
@@ -106,32 +108,42 @@ class Dispatcher:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._filer: Batcher[Placement, None] = Batcher(place_all)
+        self._flow_ids = naming.FlowIds()
         self.stopping = asyncio.Event()
 
     # -- intake ---------------------------------------------------------------------------
 
     async def claim(self, connection: str, path: Path) -> str | None:
-        """Claim ``path`` (in ``outbox/<connection>/``) into the spool; start its flow."""
+        """Claim ``path`` (in ``outbox/<connection>/``) into the spool; start its flow.
+
+        The rename is the claim; the flow's task journals it. Should the daemon die in
+        between, reconciliation finds the spool file and journals it then.
+        """
         if self.stopping.is_set():
             return None
-        flow_id = naming.new_flow_id(self._now())
-        name = display_name(path.name)
+        return self._claim_as(connection, path, display_name(path.name))
+
+    def _claim_as(self, connection: str, path: Path, name: str) -> str | None:
+        flow_id = self._flow_ids.new(self._now())
         target = self.layout.spool(connection) / spool_name(flow_id, name)
         try:
             os.rename(path, target)
         except FileNotFoundError:
             return None  # claimed by an earlier event or scan, or removed by ops
-        await self.journal.call(lambda db: db.insert(flow_id, connection, name, str(target)))
         log.info("flow.claimed", connection=connection, flow_id=flow_id, file=name)
-        self.start(flow_id)
+        self.start(flow_id, claimed=(connection, name, str(target)))
         return flow_id
 
-    def start(self, flow_id: str) -> None:
-        """Run the flow in the background, once (a no-op if it is already running)."""
+    def start(self, flow_id: str, *, claimed: tuple[str, str, str] | None = None) -> None:
+        """Run the flow in the background, once (a no-op if it is already running).
+
+        ``claimed`` is (connection, original name, spool path) of a flow not journaled yet.
+        """
         if flow_id in self._active:
             return
         self._active.add(flow_id)
-        task = asyncio.create_task(self._run_flow(flow_id), name=f"flow-{flow_id}")
+        task = asyncio.create_task(self._run_flow(flow_id, claimed), name=f"flow-{flow_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -155,10 +167,20 @@ class Dispatcher:
 
     # -- one flow -------------------------------------------------------------------------
 
-    async def _run_flow(self, flow_id: str) -> None:
+    async def _run_flow(self, flow_id: str, claimed: tuple[str, str, str] | None) -> None:
         try:
-            async with self._in_flight:
+            if claimed is not None:
+                row = await self.journal.call(lambda db: db.insert(flow_id, *claimed))
+                if row is None:
+                    # The identifier is already in the journal: only possible if the clock was
+                    # set back across a restart. The file takes a new identity.
+                    connection, name, spool = claimed
+                    log.error("flow.id_taken", flow_id=flow_id, file=name)
+                    self._claim_as(connection, Path(spool), name)
+                    return
+            else:
                 row = await self.journal.call(lambda db: db.get(flow_id))
+            async with self._in_flight:
                 if row is None:
                     return
                 with structlog.contextvars.bound_contextvars(
@@ -185,20 +207,18 @@ class Dispatcher:
 
     async def _prepare(self, row: FlowRow) -> FlowRow:
         """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason."""
-        spool = Path(row.spool_path)
-        size = (await asyncio.to_thread(spool.stat)).st_size
-        limit = self.config.gateway.max_file_size
-        if size > limit:
-            return await self._refuse(
-                row, "too_large", f"{size} bytes is over max_file_size ({limit} bytes)", size=size
-            )
         try:
             conn = self.config.connection(row.connection)
         except KeyError:
             return await self._refuse(
                 row, "unknown_connection", f"connection {row.connection} is no longer configured"
             )
-        analysis = await asyncio.to_thread(analyze, spool)
+        limit = self.config.gateway.max_file_size
+        size, analysis = await asyncio.to_thread(_size_and_analysis, Path(row.spool_path), limit)
+        if analysis is None:
+            return await self._refuse(
+                row, "too_large", f"{size} bytes is over max_file_size ({limit} bytes)", size=size
+            )
         facts: dict[str, Any] = {
             "size": analysis.size,
             "sha256": analysis.sha256,
@@ -350,7 +370,7 @@ class Dispatcher:
         assert row.final_path and row.receipt
         target = Path(row.final_path)
         receipt = json.loads(row.receipt)
-        await asyncio.to_thread(self._place, Path(row.spool_path), target, ".receipt.json", receipt)
+        await self._filer.submit(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
         log.info(
             "flow.sent",
@@ -399,19 +419,9 @@ class Dispatcher:
             "failed_at": self._now().isoformat(timespec="milliseconds"),
             "retry": f"raccord retry {row.flow_id}",
         }
-        await asyncio.to_thread(self._place, Path(row.spool_path), target, ".error.json", document)
+        await self._filer.submit(Placement(Path(row.spool_path), target, ".error.json", document))
         await self._transition(row, "error", expect=("failing",))
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
-
-    @staticmethod
-    def _place(spool: Path, target: Path, suffix: str, document: dict[str, Any]) -> None:
-        """Write the metadata file, then move the data file; idempotent after a crash."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(target.with_name(target.name + suffix), document)
-        if spool.exists():
-            move(spool, target)
-        elif not target.exists():
-            raise FileNotFoundError(f"{spool} vanished before it was filed to {target}")
 
     async def _fail_safely(self, flow_id: str, message: str) -> None:
         try:
@@ -508,6 +518,12 @@ class Dispatcher:
                 self.start(row.flow_id)
                 started += 1
         return started
+
+
+def _size_and_analysis(path: Path, limit: int) -> tuple[int, Analysis | None]:
+    """The file's size, and its analysis unless it is over ``limit`` bytes (not read then)."""
+    size = path.stat().st_size
+    return size, (analyze(path) if size <= limit else None)
 
 
 def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:

@@ -12,7 +12,8 @@
 The spool is on the same file system as the outbox, so claiming is one atomic rename. Nothing is
 removed before it is durably written where it goes: metadata files are written to a temporary
 name, fsynced, renamed, and the directory fsynced; data files move by rename (then the
-directories are fsynced).
+directories are fsynced). :func:`place_all` files many flows at once and fsyncs each folder
+once for all of them.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``path`` durably and atomically (temp file, fsync, rename, fsync dir)."""
+def write_json(path: Path, data: dict[str, Any], *, sync_dir: bool = True) -> None:
+    """Write ``path`` atomically and durably (temp file, fsync, rename, fsync of the folder
+    unless the caller does it)."""
     temp = path.with_name(f".{path.name}.tmp")
     payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode() + b"\n"
     with temp.open("wb") as out:
@@ -109,7 +111,53 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         out.flush()
         os.fsync(out.fileno())
     temp.replace(path)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Put the data file ``spool`` at ``target``, with ``document`` beside it as
+    ``<target name><suffix>`` (a receipt or an error report)."""
+
+    spool: Path
+    target: Path
+    suffix: str
+    document: dict[str, Any]
+
+
+def place_all(placements: list[Placement]) -> list[Exception | None]:
+    """File each placement (metadata first, then the data file), then make every touched
+    folder durable once. Idempotent: a placement whose data file is already at its target
+    (a crash after the move) only rewrites its metadata. Returns None or the error per item.
+    """
+    outcomes: list[Exception | None] = []
+    touched: dict[Path, list[int]] = {}  # folder -> placements that need it durable
+    for index, item in enumerate(placements):
+        try:
+            folder = item.target.parent
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                touched.setdefault(folder.parent, []).append(index)
+            write_json(folder / (item.target.name + item.suffix), item.document, sync_dir=False)
+            touched.setdefault(folder, []).append(index)
+            if item.spool.exists():
+                os.rename(item.spool, item.target)
+                touched.setdefault(item.spool.parent, []).append(index)
+            elif not item.target.exists():
+                raise FileNotFoundError(
+                    f"{item.spool} vanished before it was filed to {item.target}"
+                )
+            outcomes.append(None)
+        except OSError as exc:
+            outcomes.append(exc)
+    for folder, indexes in touched.items():
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            for index in indexes:
+                outcomes[index] = outcomes[index] or exc
+    return outcomes
 
 
 def free_name(

@@ -14,25 +14,32 @@ filed where the decision says. ``sending`` after a crash means the outcome is un
 is queued again with ``unknown_outcome`` set, and resent under the same remote name.
 
 All calls run on one dedicated thread (SQLite connections are not shared between threads), so
-``await journal.x(...)`` never blocks the event loop. The synchronous :class:`JournalDB` is also
-used directly by short-lived CLI commands.
+``await journal.call(...)`` never blocks the event loop. Calls made while the thread is busy are
+*group-committed*: the thread runs every pending call in one transaction and commits once. A
+call that fails without writing (a state conflict) fails alone; one that fails after writing
+makes the batch roll back and run again one call per transaction, so each call applies entirely
+or not at all. Every SQLite step releases and re-takes the GIL, which a busy event loop makes
+slow, so the common calls are single statements (``UPDATE … RETURNING``) and the history is
+written by triggers. The synchronous :class:`JournalDB` is also used directly by CLI commands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("claimed", "queued", "sending", "delivered", "failing", "sent", "error")
 TERMINAL = frozenset({"sent", "error"})
 ACTIVE_FOR_DUPLICATES = ("queued", "sending", "delivered", "sent")
@@ -62,7 +69,8 @@ CREATE TABLE IF NOT EXISTS flows (
     final_path      TEXT,
     receipt         TEXT,
     created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL
+    updated_at      TEXT NOT NULL,
+    detail          TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
@@ -77,6 +85,14 @@ CREATE TABLE IF NOT EXISTS transitions (
     detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_flow ON transitions(flow_id);
+CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
+    INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
+    VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail);
+END;
+CREATE TRIGGER IF NOT EXISTS flows_transition AFTER UPDATE OF state ON flows BEGIN
+    INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
+    VALUES (NEW.flow_id, OLD.state, NEW.state, NEW.updated_at, NEW.detail);
+END;
 """
 
 
@@ -106,6 +122,7 @@ class FlowRow:
     receipt: str | None
     created_at: str
     updated_at: str
+    detail: str | None  # what the last transition said (e.g. "raccord retry --force")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -137,25 +154,57 @@ class JournalDB:
         # "sending" is resent under the same remote name and recognised as already delivered.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older journal up to date (idempotent)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"journal schema {version} is newer than this raccord knows ({SCHEMA_VERSION}); "
+                "run the newer raccord, or restore the journal from before the upgrade"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(flows)")}
+        if columns and "detail" not in columns:  # schema 1
+            self._db.execute("ALTER TABLE flows ADD COLUMN detail TEXT")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
 
-    def insert(self, flow_id: str, connection: str, original_name: str, spool_path: str) -> bool:
-        """Record a newly claimed flow; False if it was already recorded."""
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction; inside one already open, part of it (the outer one decides)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @property
+    def changes(self) -> int:
+        """Rows written by this connection so far (to tell whether a failed call wrote)."""
+        return self._db.total_changes
+
+    def insert(
+        self, flow_id: str, connection: str, original_name: str, spool_path: str
+    ) -> FlowRow | None:
+        """Record a newly claimed flow; return it, or None if it was already recorded."""
         now = _now()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"
-                " state, created_at, updated_at) VALUES (?, ?, ?, ?, 'claimed', ?, ?)",
-                (flow_id, connection, original_name, spool_path, now, now),
-            )
-            if cursor.rowcount:
-                self._record(flow_id, None, "claimed", now, None)
-        return bool(cursor.rowcount)
+        row = self._db.execute(
+            "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"
+            " state, created_at, updated_at) VALUES (?, ?, ?, ?, 'claimed', ?, ?) RETURNING *",
+            (flow_id, connection, original_name, spool_path, now, now),
+        ).fetchone()
+        return FlowRow(**dict(row)) if row else None
 
     def transition(
         self,
@@ -166,30 +215,34 @@ class JournalDB:
         detail: str | None = None,
         **values: Any,
     ) -> FlowRow:
-        """Move a flow to ``to_state``, setting ``values`` in the same transaction; return it.
+        """Move a flow to ``to_state``, setting ``values`` in the same statement; return it.
 
         Raises:
-            StateConflict: ``expect`` is given and the flow is in none of those states.
+            StateConflict: the flow is unknown, or ``expect`` is given and the flow is in none
+                of those states (nothing is written then).
         """
         assert to_state in STATES, to_state
         unknown = set(values) - set(_COLUMNS)
         assert not unknown, unknown
-        now = _now()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT state FROM flows WHERE flow_id=?", (flow_id,)).fetchone()
-            if row is None:
+        expected = tuple(expect) if expect is not None else None
+        where = "flow_id=?"
+        if expected is not None:
+            where += f" AND state IN ({','.join('?' * len(expected))})"
+        # Column names come from FlowRow's fields (asserted above), values are parameters.
+        assignments = "".join(f", {name}=?" for name in values)
+        sql = f"UPDATE flows SET state=?, updated_at=?, detail=?{assignments} WHERE {where}"  # noqa: S608
+        params = (to_state, _now(), detail, *values.values(), flow_id, *(expected or ()))
+        row = self._db.execute(sql + " RETURNING *", params).fetchone()
+        if row is None:
+            current = self._db.execute(
+                "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
+            ).fetchone()
+            if current is None:
                 raise StateConflict(f"flow {flow_id} is not in the journal")
-            if expect is not None and row["state"] not in set(expect):
-                raise StateConflict(f"flow {flow_id} is {row['state']}, expected {sorted(expect)}")
-            assignments = ", ".join(f"{name}=?" for name in values)
-            # Column names come from FlowRow's fields (asserted above), values are parameters.
-            sql = "UPDATE flows SET state=?, updated_at=?" + (f", {assignments}" if values else "")  # noqa: S608
-            self._db.execute(sql + " WHERE flow_id=?", (to_state, now, *values.values(), flow_id))
-            self._record(flow_id, row["state"], to_state, now, detail)
-        fresh = self.get(flow_id)
-        assert fresh is not None
-        return fresh
+            raise StateConflict(
+                f"flow {flow_id} is {current['state']}, expected {sorted(expected or ())}"
+            )
+        return FlowRow(**dict(row))
 
     def file_to(
         self,
@@ -218,17 +271,11 @@ class JournalDB:
             ).fetchone()
             return held is not None
 
-        target = free_name(folder, name, flow_id, taken)
-        return self.transition(flow_id, to_state, expect=expect, final_path=str(target), **values)
-
-    def _record(
-        self, flow_id: str, from_state: str | None, to_state: str, at: str, detail: str | None
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO transitions (flow_id, from_state, to_state, at, detail)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (flow_id, from_state, to_state, at, detail),
-        )
+        with self.transaction():
+            target = free_name(folder, name, flow_id, taken)
+            return self.transition(
+                flow_id, to_state, expect=expect, final_path=str(target), **values
+            )
 
     def get(self, flow_id: str) -> FlowRow | None:
         row = self._db.execute("SELECT * FROM flows WHERE flow_id=?", (flow_id,)).fetchone()
@@ -271,11 +318,12 @@ class JournalDB:
         dropped at the same instant cannot both pass the check.
         ``identity`` is (sha256, supplier identifier, invoice number).
         """
-        if check:
-            earlier = self.find_duplicate(flow_id, *identity)
-            if earlier is not None:
-                return None, earlier
-        return self.transition(flow_id, "queued", expect=("claimed",), **values), None
+        with self.transaction():
+            if check:
+                earlier = self.find_duplicate(flow_id, *identity)
+                if earlier is not None:
+                    return None, earlier
+            return self.transition(flow_id, "queued", expect=("claimed",), **values), None
 
     def in_states(self, states: Sequence[str]) -> list[FlowRow]:
         marks = ",".join("?" * len(states))
@@ -329,33 +377,68 @@ class JournalDB:
 
 T = TypeVar("T")
 
+JournalCall = Callable[[JournalDB], Any]
+
 
 class Journal:
-    """Async façade: every call runs on the journal's own thread."""
+    """Async façade: every call runs on the journal's own thread, group-committed."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._db: JournalDB | None = None
+        self._batcher: Batcher[JournalCall, Any] = Batcher(self._run_batch, executor=self._executor)
 
     async def open(self) -> None:
-        self._db = await self._run(lambda: JournalDB(self._path))
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, JournalDB, self._path)
 
     async def close(self) -> None:
         if self._db is not None:
+            await self._batcher.idle()
             db, self._db = self._db, None
-            await self._run(db.close)
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         self._executor.shutdown(wait=True)
 
-    async def _run(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
     async def call(self, method: Callable[[JournalDB], T]) -> T:
-        """Run ``method(db)`` on the journal thread.
+        """Run ``method(db)`` on the journal thread, atomically (in its own savepoint).
 
         Example: ``row = await journal.call(lambda db: db.get(flow_id))``.
         """
-        db = self._db
-        if db is None:
+        if self._db is None:
             raise RuntimeError("journal is not open")
-        return await self._run(lambda: method(db))
+        result: T = await self._batcher.submit(method)
+        return result
+
+    def _run_batch(self, calls: list[JournalCall]) -> list[Any]:
+        """Run a batch in one transaction (on the journal thread); see the module docstring."""
+        db = self._db
+        assert db is not None
+        outcomes: list[Any] = []
+        try:
+            with db.transaction():
+                for method in calls:
+                    before = db.changes
+                    try:
+                        outcomes.append(method(db))
+                    except Exception as exc:
+                        if db.changes != before:
+                            raise _Dirty from exc
+                        outcomes.append(exc)
+        except _Dirty:
+            return [self._run_alone(db, method) for method in calls]
+        except sqlite3.Error as exc:  # the commit itself failed (disk full, I/O): none applied
+            return [exc] * len(calls)
+        return outcomes
+
+    @staticmethod
+    def _run_alone(db: JournalDB, method: JournalCall) -> Any:
+        try:
+            with db.transaction():
+                return method(db)
+        except Exception as exc:
+            return exc
+
+
+class _Dirty(Exception):
+    """A call failed after writing: its batch must be undone and run again call by call."""

@@ -23,6 +23,19 @@ def test_flow_ids_sort_by_time_and_are_recognised() -> None:
     assert not naming.is_flow_id("../../etc")
 
 
+def test_flow_ids_never_repeat_within_a_second_even_across_the_wrap() -> None:
+    ids = naming.FlowIds(start=naming.FlowIds.SPACE - 500)
+    issued = [ids.new(WHEN) for _ in range(5000)]
+    assert len(set(issued)) == 5000
+    assert "20261123T170509Z-000000" in issued  # counted past ffffff back to 000000
+    assert all(naming.is_flow_id(flow_id) for flow_id in issued)
+
+
+def test_flow_ids_of_two_processes_start_apart() -> None:
+    starts = {naming.FlowIds().new(WHEN) for _ in range(20)}
+    assert len(starts) > 1  # random starting points (20 equal draws: 1 in 16**114)
+
+
 def test_default_template_renders_every_part() -> None:
     rendered = naming.remote_name("{interface}_{partner_code}_{flow_id}{ext}", parts("f.xml"))
     assert rendered == "FSO1100A_VFE056_20261123T170509Z-abcdef.xml"

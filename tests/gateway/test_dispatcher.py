@@ -12,8 +12,9 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from flows import naming
 from gateway.dispatcher import requeue
-from gateway.folders import Layout, spool_name
+from gateway.folders import Layout, Placement, spool_name
 from gateway.journal import JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
@@ -428,12 +429,12 @@ def test_flow_delivered_but_not_filed_is_never_put_in_error(
     layout = Layout(config.gateway.data_dir)
     from gateway import dispatcher
 
-    real_move = dispatcher.move
+    real_place_all = dispatcher.place_all
 
-    def full_disk(source: Path, target: Path) -> None:
-        raise OSError(28, "No space left on device")
+    def full_disk(placements: list[Placement]) -> list[Exception | None]:
+        return [OSError(28, "No space left on device") for _ in placements]
 
-    monkeypatch.setattr(dispatcher, "move", full_disk)
+    monkeypatch.setattr(dispatcher, "place_all", full_disk)
 
     async def first() -> None:
         async with running(config) as gateway:
@@ -448,7 +449,7 @@ def test_flow_delivered_but_not_filed_is_never_put_in_error(
     assert not list(layout.error("qualif-mem").iterdir())
     assert Path(row.spool_path).exists()
 
-    monkeypatch.setattr(dispatcher, "move", real_move)
+    monkeypatch.setattr(dispatcher, "place_all", real_place_all)
     deliver(config, {})  # a restart with nothing new: reconciliation files it
     (row,) = rows(config)
     assert row.state == "sent"
@@ -468,3 +469,56 @@ def test_retry_interrupted_by_a_crash_is_finished_at_start(tmp_path: Path, bucke
     (row,) = deliver(config, {})
     assert row.state == "sent"
     assert list(memory.bucket(bucket).files) == [row.remote_name]
+
+
+def test_identifier_already_in_the_journal_gives_the_file_a_new_one(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A clock set back across a restart could reissue a flow id: the file is not lost."""
+    config = memory_config(tmp_path, bucket)
+    when = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    taken = naming.FlowIds(start=7).new(when)
+    layout = Layout(config.gateway.data_dir)
+    layout.journal.parent.mkdir(parents=True)
+    db = JournalDB(layout.journal)
+    db.insert(taken, "qualif-mem", "earlier.xml", "/nowhere/earlier.xml")
+    db.transition(taken, "error", reason="lost", message="for the test")
+    db.close()
+
+    async def main() -> None:
+        async with running(config, now=lambda: when) as gateway:
+            assert gateway.dispatcher is not None
+            gateway.dispatcher._flow_ids = naming.FlowIds(start=7)
+            drop(config, "f.xml", invoice("F-80"))
+            await until(filed(config, 2), what="the dropped file filed")
+
+    with capture_logs() as logs:
+        asyncio.run(main())
+    earlier, new = sorted(rows(config), key=lambda r: r.original_name)
+    assert (earlier.flow_id, earlier.state, earlier.original_name) == (
+        taken,
+        "error",
+        "earlier.xml",
+    )
+    assert new.flow_id != taken and new.state == "sent" and new.original_name == "f.xml"
+    assert Path(new.final_path or "").read_bytes() == invoice("F-80")
+    assert [e["flow_id"] for e in logs if e["event"] == "flow.id_taken"] == [taken]
+
+
+def test_a_burst_in_one_second_gets_distinct_flows(tmp_path: Path, bucket: str) -> None:
+    """300 files claimed within the same (frozen) second: 300 flows, 300 sends."""
+    config = memory_config(tmp_path, bucket)
+    when = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+    async def main() -> None:
+        async with running(config, now=lambda: when):
+            for i in range(300):
+                drop(config, f"f{i:03}.xml", invoice(f"B-{i}"))
+            await until(filed(config, 300), timeout=60, what="300 flows filed")
+
+    asyncio.run(main())
+    filed_rows = rows(config)
+    assert len({r.flow_id for r in filed_rows}) == 300
+    assert {r.state for r in filed_rows} == {"sent"}
+    assert memory.bucket(bucket).sends == 300
+    assert not list(Layout(config.gateway.data_dir).spool("qualif-mem").iterdir())

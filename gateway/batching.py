@@ -1,0 +1,76 @@
+"""Group work that arrives in bursts, so costly steps (a commit, an fsync) are paid per batch.
+
+A :class:`Batcher` runs a blocking function over a *list* of items on a worker thread. While one
+batch runs, new items wait; when it returns, all waiting items go together in the next call.
+A lone item therefore goes through at once (no timer, no added latency), and under a burst of
+thousands the fixed cost is shared by hundreds. Each caller gets its own item's result or
+exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Feeds items to ``work`` (blocking, called off the event loop) in batches."""
+
+    def __init__(
+        self,
+        work: Callable[[list[T]], Sequence[R | Exception]],
+        *,
+        executor: Executor | None = None,
+        max_batch: int = 512,
+    ) -> None:
+        self._work = work
+        self._executor = executor
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        """Run ``item`` in the next batch; return its result or raise its exception."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain(), name="batcher")
+        return await future
+
+    async def idle(self) -> None:
+        """Wait until every submitted item has been run."""
+        while self._drainer is not None:
+            await asyncio.shield(self._drainer)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                items = [item for item, _ in batch]
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._work, items)
+                    if len(outcomes) != len(batch):
+                        raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} items")
+                except Exception as exc:
+                    outcomes = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():  # its caller was cancelled meanwhile
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._drainer = None
+            for _, future in batch + self._pending:  # unresolved only if this task was cancelled
+                if not future.done():
+                    future.cancel()
+            self._pending.clear()

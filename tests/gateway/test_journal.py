@@ -1,0 +1,142 @@
+"""gateway.journal: group commit, per-call atomicity, history by trigger, schema upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.journal import SCHEMA_VERSION, Journal, JournalDB, StateConflict
+
+
+def flow_id(i: int) -> str:
+    return f"20261123T120000Z-{i:06x}"
+
+
+def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_path: Path) -> None:
+    async def main() -> list[object]:
+        journal = Journal(tmp_path / "j.sqlite")
+        await journal.open()
+        try:
+            inserted = await asyncio.gather(
+                *(
+                    journal.call(lambda db, i=i: db.insert(flow_id(i), "c", f"f{i}.xml", f"/s/{i}"))
+                    for i in range(300)
+                )
+            )
+            assert all(row is not None for row in inserted)
+            return await asyncio.gather(
+                *(
+                    journal.call(
+                        lambda db, i=i: db.transition(flow_id(i), "queued", expect=("claimed",))
+                    )
+                    for i in range(299)
+                ),
+                # A conflict fails alone: the flows around it still move.
+                journal.call(lambda db: db.transition(flow_id(299), "sent", expect=("queued",))),
+                return_exceptions=True,
+            )
+        finally:
+            await journal.close()
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[-1], StateConflict)
+    assert "is claimed, expected ['queued']" in str(outcomes[-1])
+    db = JournalDB(tmp_path / "j.sqlite")
+    assert db.counts() == {"queued": 299, "claimed": 1}
+    assert [t["to_state"] for t in db.transitions(flow_id(3))] == ["claimed", "queued"]
+    db.close()
+
+
+def test_a_call_that_fails_after_writing_is_undone_and_the_others_kept(tmp_path: Path) -> None:
+    def half_done(db: JournalDB) -> None:
+        db.transition(flow_id(1), "queued")
+        raise RuntimeError("failed midway")
+
+    async def main() -> list[object]:
+        journal = Journal(tmp_path / "j.sqlite")
+        await journal.open()
+        try:
+            await journal.call(lambda db: db.insert(flow_id(1), "c", "a.xml", "/s/a"))
+            return await asyncio.gather(
+                journal.call(lambda db: db.insert(flow_id(2), "c", "b.xml", "/s/b")),
+                journal.call(half_done),
+                journal.call(lambda db: db.insert(flow_id(3), "c", "c.xml", "/s/c")),
+                return_exceptions=True,
+            )
+        finally:
+            await journal.close()
+
+    second, failed, third = asyncio.run(main())
+    assert isinstance(failed, RuntimeError)
+    assert second is not None and third is not None
+    db = JournalDB(tmp_path / "j.sqlite")
+    first = db.get(flow_id(1))
+    assert first is not None and first.state == "claimed"  # the half-done write was undone
+    assert db.get(flow_id(2)) is not None and db.get(flow_id(3)) is not None
+    assert [t["to_state"] for t in db.transitions(flow_id(1))] == ["claimed"]
+    db.close()
+
+
+def test_every_state_change_is_recorded_with_its_detail(tmp_path: Path) -> None:
+    db = JournalDB(tmp_path / "j.sqlite")
+    db.insert(flow_id(1), "c", "a.xml", "/s/a")
+    db.transition(flow_id(1), "error", reason="lost")
+    db.transition(flow_id(1), "claimed", expect=("error",), detail="raccord retry --force")
+    history = db.transitions(flow_id(1))
+    assert [(t["from_state"], t["to_state"], t["detail"]) for t in history] == [
+        (None, "claimed", None),
+        ("claimed", "error", None),
+        ("error", "claimed", "raccord retry --force"),
+    ]
+    with pytest.raises(StateConflict, match="not in the journal"):
+        db.transition(flow_id(9), "queued")
+    db.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE flows (
+    flow_id TEXT PRIMARY KEY, connection TEXT NOT NULL, original_name TEXT NOT NULL,
+    spool_path TEXT NOT NULL, state TEXT NOT NULL, size INTEGER, sha256 TEXT, format TEXT,
+    interface_code TEXT, invoice_number TEXT, issue_date TEXT, supplier_id TEXT, buyer_id TEXT,
+    remote_name TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    unknown_outcome INTEGER NOT NULL DEFAULT 0, forced INTEGER NOT NULL DEFAULT 0,
+    reason TEXT, message TEXT, duplicate_of TEXT, final_path TEXT, receipt TEXT,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY, flow_id TEXT NOT NULL, from_state TEXT, to_state TEXT NOT NULL,
+    at TEXT NOT NULL, detail TEXT
+);
+INSERT INTO flows (flow_id, connection, original_name, spool_path, state, created_at, updated_at)
+VALUES ('20261101T080000Z-00000a', 'c', 'old.xml', '/s/old', 'sending', '2026-11-01', '2026-11-01');
+INSERT INTO transitions (flow_id, from_state, to_state, at)
+VALUES ('20261101T080000Z-00000a', NULL, 'claimed', '2026-11-01');
+PRAGMA user_version=1;
+"""
+
+
+def test_a_journal_of_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(V1_SCHEMA)
+    old.close()
+
+    db = JournalDB(path)
+    row = db.transition("20261101T080000Z-00000a", "queued", expect=("sending",), detail="resume")
+    assert row.detail == "resume" and row.original_name == "old.xml"
+    assert [t["to_state"] for t in db.transitions(row.flow_id)] == ["claimed", "queued"]
+    assert db._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+    JournalDB(path).close()  # opening again is a no-op
+
+
+def test_a_journal_from_a_newer_raccord_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    with pytest.raises(RuntimeError, match="newer than this raccord knows"):
+        JournalDB(path)
