@@ -12,9 +12,9 @@ never reached.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from lxml import etree
 
@@ -43,6 +43,99 @@ def _split(tag: str) -> tuple[str, str]:
     return "", tag
 
 
+def _iterparse(source: IO[bytes]) -> Any:
+    """lxml's iterparse with every door shut: no entities, no network, no DTD loading."""
+    return etree.iterparse(
+        source,
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+def records(source: IO[bytes], names: frozenset[str]) -> Iterator[tuple[str, Any]]:
+    """Stream a document as ``("root", element)`` for the root's start, then
+    ``("record", element)`` for each complete element whose local name is in ``names``.
+
+    A record's subtree is whole when it is yielded and cleared right after, as is everything
+    outside records: memory stays bounded by the largest record, not the document.
+
+    Raises:
+        XmlError: not well-formed, empty, or carries a DTD.
+    """
+    depth_in_record = 0
+    seen_root = False
+    try:
+        for event, element in _iterparse(source):
+            local = _split(element.tag)[1] if isinstance(element.tag, str) else ""
+            if event == "start":
+                if not seen_root:
+                    if element.getroottree().docinfo.doctype:
+                        raise XmlError("document type declarations (DTD) are refused")
+                    seen_root = True
+                    yield "root", element
+                elif local in names:
+                    depth_in_record += 1
+                continue
+            if local in names and depth_in_record:
+                depth_in_record -= 1
+                if depth_in_record == 0:
+                    yield "record", element
+            if depth_in_record == 0:
+                element.clear(keep_tail=False)
+                parent = element.getparent()
+                if parent is not None:
+                    while element.getprevious() is not None:
+                        del parent[0]
+    except etree.XMLSyntaxError as exc:
+        raise XmlError(_syntax_message(exc)) from None
+    if not seen_root:
+        raise XmlError("no root element (empty document)")
+
+
+def texts(source: IO[bytes]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """Stream ``(local name, stripped text, attributes)`` of every element, root first, each
+    element cleared once read: for documents whose schema is not known.
+
+    Raises:
+        XmlError: not well-formed, empty, or carries a DTD.
+    """
+    seen_root = False
+    try:
+        for event, element in _iterparse(source):
+            if event == "start":
+                if not seen_root:
+                    if element.getroottree().docinfo.doctype:
+                        raise XmlError("document type declarations (DTD) are refused")
+                    seen_root = True
+                    yield (
+                        local_name(element),
+                        "",
+                        {str(k): str(v) for k, v in element.attrib.items()},
+                    )
+                continue
+            text = (element.text or "").strip()
+            attributes = {str(k): str(v) for k, v in element.attrib.items()}
+            yield local_name(element), text, attributes
+            element.clear(keep_tail=False)
+            parent = element.getparent()
+            if parent is not None:
+                while element.getprevious() is not None:
+                    del parent[0]
+    except etree.XMLSyntaxError as exc:
+        raise XmlError(_syntax_message(exc)) from None
+    if not seen_root:
+        raise XmlError("no root element (empty document)")
+
+
+def local_name(element: Any) -> str:
+    return _split(element.tag)[1] if isinstance(element.tag, str) else ""
+
+
 def scan(
     source: IO[bytes],
     wanted: PathsForRoot | None = None,
@@ -57,16 +150,7 @@ def scan(
     Raises:
         XmlError: not well-formed, empty, or carries a DTD.
     """
-    parser_events = etree.iterparse(
-        source,
-        events=("start", "end"),
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    parser_events = _iterparse(source)
     stack: list[str] = []
     values: dict[str, str] = {}
     paths: Mapping[tuple[str, ...], str] = {}

@@ -1,0 +1,318 @@
+"""Return flows: what the partner says about the flows we sent.
+
+* **CPP Statut** (FEN1200A; root ``CPPStatut``, no namespace) is parsed fully: envelope
+  parameters (``DtPrd``, ``IdFlx``…), sender and recipient, flow-level statuses 90–96 with their
+  error details, invoice-level statuses 01–41 with supplier, debtor, invoice number, time and
+  comment. Codes outside the tables below are kept as they are and reported.
+* **AIFE Statut** (FEN1201A), integration reports (CSO…) and anything else: their schemas are
+  not public here, so the document is read tolerantly — raccord flow ids found in any text or
+  attribute, invoice numbers and status words under element names that say so — and what could
+  not be understood is reported in ``unrecognised``. Never an exception for an unknown shape.
+
+Parsing is streaming and hardened like every XML read in raccord (see :mod:`flows.xmlscan`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from flows import xmlscan
+
+#: Flow-level statuses (CPPFluxStatutUnitaire/DonneesStatut/IdStatut).
+FLOW_STATUS_LABELS = {
+    "90": "reçu",
+    "91": "en cours de transmission",
+    "92": "reçu destinataire final",
+    "93": "erreur réception",
+    "94": "erreur réception destinataire final",
+    "95": "erreur de transmission",
+    "96": "reçu – intégration partielle",
+}
+FLOW_FAILED = frozenset({"93", "94", "95"})
+FLOW_PARTIAL = "96"
+
+#: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
+#: without a published label.
+INVOICE_STATUS_LABELS = {
+    "01": "déposée",
+    "02": "en cours d'acheminement",
+    "03": "mise à disposition",
+    "04": "rejetée (erreur dans les données d'acheminement, à recycler)",
+    "05": "rejetée (autre motif)",
+    "06": "suspendue",
+    "07": "service fait",
+    "08": "mandatée",
+    "09": "mise à disposition du comptable",
+    "10": "comptabilisée",
+    "11": "mise en paiement",
+    "12": "complétée",
+}
+INVOICE_REJECTED = frozenset({"04", "05"})
+#: After these, no further life-cycle status is expected (raccord's choice: rejection or
+#: payment ends the story; kept as data so that it is easy to change).
+INVOICE_FINAL = INVOICE_REJECTED | {"11"}
+
+_FLOW_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+_RECORDS = frozenset(
+    {"ParametreIndiv", "Emetteur", "Recepteur", "CPPFluxStatutUnitaire", "CPPFactureStatutUnitaire"}
+)
+# For documents of unknown schema: element names that carry these facts in the AIFE flows we
+# know of. A guess, and reported as such: matches are listed, nothing is decided on a word.
+_FLOW_REF_NAMES = frozenset({"idflx", "idflux", "numeroflux", "identifiantflux", "nomfichier"})
+_INVOICE_NAMES = frozenset({"idfacture", "numerofacture", "numfacture"})
+_STATUS_NAMES = frozenset({"idstatut", "statut", "codestatut", "etat", "etatcourant"})
+
+
+class Kind(enum.StrEnum):
+    CPP_STATUT = "cpp_statut"
+    AIFE_STATUT = "aife_statut"
+    INTEGRATION_REPORT = "integration_report"
+    UNKNOWN = "unknown"
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    nature: str | None
+    code: str | None
+    label: str | None
+    description: str | None
+
+    def text(self) -> str:
+        parts = [p for p in (self.code, self.label, self.description) if p]
+        return " — ".join(parts) or "(no detail)"
+
+
+@dataclass(frozen=True)
+class FlowStatus:
+    code: str
+    label: str | None  # None: a code raccord does not know
+    timestamp: str | None
+    flow_ref: str | None  # IdFlux
+    errors: tuple[ErrorDetail, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.code in FLOW_FAILED
+
+
+@dataclass(frozen=True)
+class InvoiceStatus:
+    code: str
+    label: str | None
+    timestamp: str | None
+    invoice_number: str | None
+    supplier_id: str | None
+    supplier_id_type: str | None
+    supplier_name: str | None
+    debtor_id: str | None
+    debtor_service: str | None
+    comment: str | None
+
+    @property
+    def rejected(self) -> bool:
+        return self.code in INVOICE_REJECTED
+
+
+@dataclass(frozen=True)
+class ReturnFlow:
+    kind: Kind
+    root: str
+    version: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    sender: str | None = None
+    recipient: str | None = None
+    flow_statuses: tuple[FlowStatus, ...] = ()
+    invoice_statuses: tuple[InvoiceStatus, ...] = ()
+    #: raccord flow ids found in the document (from IdFlx/IdFlux or any text): for correlation.
+    flow_ids: tuple[str, ...] = ()
+    #: Unknown schemas only: invoice numbers and status words found under telling names.
+    invoice_numbers: tuple[str, ...] = ()
+    status_words: tuple[str, ...] = ()
+    #: What was not understood (unknown codes, unknown schema, unreadable document).
+    unrecognised: tuple[str, ...] = ()
+
+    @property
+    def production_date(self) -> str | None:
+        return self.parameters.get("DtPrd")
+
+    @property
+    def flow_ref(self) -> str | None:
+        return self.parameters.get("IdFlx")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _child_text(element: Any, *path: str) -> str | None:
+    """Text of the first descendant reached by local names ``path`` (prefixes ignored)."""
+    current = [element]
+    for name in path:
+        current = [c for e in current for c in e if xmlscan.local_name(c) == name]
+        if not current:
+            return None
+    text = (current[0].text or "").strip()
+    return text or None
+
+
+def _descendants(element: Any, name: str) -> list[Any]:
+    return [e for e in element.iter() if xmlscan.local_name(e) == name]
+
+
+def _flow_status(record: Any, notes: list[str]) -> FlowStatus | None:
+    data = next(iter(_descendants(record, "DonneesStatut")), record)
+    code = _child_text(data, "IdStatut")
+    if code is None:
+        notes.append("CPPFluxStatutUnitaire without IdStatut (ignored)")
+        return None
+    label = FLOW_STATUS_LABELS.get(code)
+    if label is None:
+        notes.append(f"unknown flow status code {code}")
+    errors = tuple(
+        ErrorDetail(
+            _child_text(line, "NatureErreur"),
+            _child_text(line, "CodeErreur"),
+            _child_text(line, "LibelleErreur"),
+            _child_text(line, "DescriptionErreur"),
+        )
+        for line in _descendants(record, "LigneErreurDetail")
+    )
+    return FlowStatus(
+        code,
+        label,
+        _child_text(data, "Horodatage"),
+        _child_text(data, "IdFlux") or _child_text(record, "IdFlux"),
+        errors,
+    )
+
+
+def _invoice_status(record: Any, notes: list[str]) -> InvoiceStatus | None:
+    data = next(iter(_descendants(record, "DonneesStatut")), record)
+    code = _child_text(data, "IdStatut")
+    if code is None:
+        notes.append("CPPFactureStatutUnitaire without IdStatut (ignored)")
+        return None
+    label = INVOICE_STATUS_LABELS.get(code)
+    if label is None:
+        known_range = code.isdigit() and 13 <= int(code) <= 41
+        notes.append(
+            f"invoice status code {code} has no published label"
+            if known_range
+            else f"unknown invoice status code {code}"
+        )
+    number = _child_text(data, "IdFacture") or _child_text(record, "IdFacture")
+    if number is None:
+        notes.append(f"invoice status {code} without IdFacture")
+    return InvoiceStatus(
+        code=code,
+        label=label,
+        timestamp=_child_text(data, "Horodatage"),
+        invoice_number=number,
+        supplier_id=_child_text(record, "Fournisseur", "Identifiant"),
+        supplier_id_type=_child_text(record, "Fournisseur", "TypeIdentifiant"),
+        supplier_name=_child_text(record, "Fournisseur", "RaisonSociale"),
+        debtor_id=_child_text(record, "Debiteur", "Identifiant"),
+        debtor_service=_child_text(record, "Debiteur", "CodeService"),
+        comment=_child_text(data, "Commentaire"),
+    )
+
+
+def _parse_cpp_statut(source: IO[bytes]) -> ReturnFlow:
+    version = None
+    parameters: dict[str, str] = {}
+    parties: dict[str, str] = {}
+    flow_statuses: list[FlowStatus] = []
+    invoice_statuses: list[InvoiceStatus] = []
+    notes: list[str] = []
+    for event, element in xmlscan.records(source, _RECORDS):
+        if event == "root":
+            version = element.get("Version")
+            continue
+        name = xmlscan.local_name(element)
+        if name == "ParametreIndiv":
+            code = _child_text(element, "Code")
+            if code:
+                parameters[code] = _child_text(element, "Valeurparametre") or ""
+        elif name in ("Emetteur", "Recepteur"):
+            parties[name] = _child_text(element, "Id") or ""
+        elif name == "CPPFluxStatutUnitaire":
+            flow = _flow_status(element, notes)
+            if flow is not None:
+                flow_statuses.append(flow)
+        else:
+            invoice = _invoice_status(element, notes)
+            if invoice is not None:
+                invoice_statuses.append(invoice)
+    if not flow_statuses and not invoice_statuses:
+        notes.append("no CPPFluxStatutUnitaire nor CPPFactureStatutUnitaire: nothing to apply")
+    references = [parameters.get("IdFlx", "")] + [s.flow_ref or "" for s in flow_statuses]
+    return ReturnFlow(
+        kind=Kind.CPP_STATUT,
+        root="CPPStatut",
+        version=version,
+        parameters=parameters,
+        sender=parties.get("Emetteur"),
+        recipient=parties.get("Recepteur"),
+        flow_statuses=tuple(flow_statuses),
+        invoice_statuses=tuple(invoice_statuses),
+        flow_ids=_unique(m for ref in references for m in _FLOW_ID.findall(ref)),
+        unrecognised=tuple(notes),
+    )
+
+
+def _parse_tolerantly(source: IO[bytes], root: str) -> ReturnFlow:
+    lowered = root.lower()
+    if "aife" in lowered and "statut" in lowered:
+        kind = Kind.AIFE_STATUT
+    elif lowered.startswith(("cso", "cr")) or "rapport" in lowered or "integration" in lowered:
+        kind = Kind.INTEGRATION_REPORT
+    else:
+        kind = Kind.UNKNOWN
+    flow_ids: list[str] = []
+    invoices: list[str] = []
+    words: list[str] = []
+    for name, text, attributes in xmlscan.texts(source):
+        for value in (text, *attributes.values()):
+            flow_ids += _FLOW_ID.findall(value)
+        key = name.lower()
+        if text and key in _INVOICE_NAMES:
+            invoices.append(text)
+        elif text and key in _STATUS_NAMES:
+            words.append(text)
+        elif text and key in _FLOW_REF_NAMES:
+            flow_ids += _FLOW_ID.findall(text)
+    return ReturnFlow(
+        kind=kind,
+        root=root,
+        flow_ids=_unique(flow_ids),
+        invoice_numbers=_unique(invoices),
+        status_words=_unique(words),
+        unrecognised=(
+            f"schema of {root} is not known to raccord: stored as received; found "
+            f"{len(set(flow_ids))} flow id(s), {len(set(invoices))} invoice number(s), "
+            f"{len(set(words))} status word(s)",
+        ),
+    )
+
+
+def parse(path: Path) -> ReturnFlow:
+    """Read a return flow; never raises for bad content (see ``Kind.UNREADABLE``)."""
+    try:
+        with path.open("rb") as source:
+            root = xmlscan.scan(source).local_name
+        with path.open("rb") as source:
+            if root == "CPPStatut":
+                return _parse_cpp_statut(source)
+            return _parse_tolerantly(source, root)
+    except xmlscan.XmlError as exc:
+        return ReturnFlow(Kind.UNREADABLE, "", unrecognised=(f"not readable as XML: {exc}",))
+    except OSError as exc:
+        return ReturnFlow(Kind.UNREADABLE, "", unrecognised=(f"cannot read: {exc.strerror}",))
+
+
+def _unique(values: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if v))

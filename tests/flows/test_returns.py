@@ -1,0 +1,172 @@
+"""flows.returns: CPP Statut parsed fully; other return flows read tolerantly, never fatally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.returns import Kind, parse
+
+FLOW_ID = "20261123T101500Z-00a1b2"
+
+FLOW_LEVEL = f"""<?xml version="1.0" encoding="UTF-8"?>
+<CPPStatut Version="1.19">
+  <Enveloppe>
+    <EnveloppeUnitaire>
+      <Parametres>
+        <ParametreIndiv><Code>DtPrd</Code><Valeurparametre>2026-11-23</Valeurparametre></ParametreIndiv>
+        <ParametreIndiv><Code>IdFlx</Code><Valeurparametre>FSO1100A_VFE056_{FLOW_ID}.xml</Valeurparametre></ParametreIndiv>
+      </Parametres>
+      <Partenaires>
+        <Emetteur><Id>AIFE</Id></Emetteur>
+        <Recepteur><Id>VFE056</Id></Recepteur>
+      </Partenaires>
+    </EnveloppeUnitaire>
+  </Enveloppe>
+  <CPPFluxStatuts>
+    <CPPFluxStatutUnitaire>
+      <DonneesStatut>
+        <IdStatut>93</IdStatut>
+        <Horodatage>2026-11-23T10:20:00</Horodatage>
+        <IdFlux>{FLOW_ID}</IdFlux>
+        <Details>
+          <LigneErreurDetail>
+            <NatureErreur>REJET</NatureErreur>
+            <CodeErreur>E123</CodeErreur>
+            <LibelleErreur>Montant incohérent</LibelleErreur>
+            <DescriptionErreur>Facture F-007 : total TTC faux</DescriptionErreur>
+          </LigneErreurDetail>
+          <LigneErreurDetail><CodeErreur>E999</CodeErreur></LigneErreurDetail>
+        </Details>
+      </DonneesStatut>
+    </CPPFluxStatutUnitaire>
+  </CPPFluxStatuts>
+</CPPStatut>
+"""
+
+INVOICE_LEVEL = """<CPPStatut Version="1.19">
+  <Enveloppe><EnveloppeUnitaire><Parametres>
+    <ParametreIndiv><Code>DtPrd</Code><Valeurparametre>2026-11-24</Valeurparametre></ParametreIndiv>
+  </Parametres></EnveloppeUnitaire></Enveloppe>
+  <CPPFactureStatuts>
+    <CPPFactureStatutUnitaire>
+      <Fournisseur>
+        <TypeIdentifiant>1</TypeIdentifiant><Identifiant>12345678200010</Identifiant>
+        <RaisonSociale>Fournitures Durand</RaisonSociale>
+      </Fournisseur>
+      <Debiteur><Identifiant>11000201100044</Identifiant><CodeService>SERV1</CodeService></Debiteur>
+      <DonneesStatut>
+        <IdStatut>05</IdStatut><Horodatage>2026-11-24T09:00:00</Horodatage>
+        <IdFacture>F-007</IdFacture><Commentaire>Bon de commande inconnu</Commentaire>
+      </DonneesStatut>
+    </CPPFactureStatutUnitaire>
+    <CPPFactureStatutUnitaire>
+      <Fournisseur><Identifiant>12345678200010</Identifiant></Fournisseur>
+      <DonneesStatut><IdStatut>03</IdStatut><IdFacture>F-008</IdFacture></DonneesStatut>
+    </CPPFactureStatutUnitaire>
+    <CPPFactureStatutUnitaire>
+      <DonneesStatut><IdStatut>27</IdStatut><IdFacture>F-009</IdFacture></DonneesStatut>
+    </CPPFactureStatutUnitaire>
+    <CPPFactureStatutUnitaire>
+      <DonneesStatut><IdStatut>77</IdStatut><IdFacture>F-010</IdFacture></DonneesStatut>
+    </CPPFactureStatutUnitaire>
+    <CPPFactureStatutUnitaire><DonneesStatut><Horodatage>x</Horodatage></DonneesStatut></CPPFactureStatutUnitaire>
+  </CPPFactureStatuts>
+</CPPStatut>
+"""
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "ret.xml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_flow_level_cpp_statut(tmp_path: Path) -> None:
+    ret = parse(write(tmp_path, FLOW_LEVEL))
+    assert ret.kind is Kind.CPP_STATUT and ret.version == "1.19"
+    assert ret.production_date == "2026-11-23"
+    assert ret.flow_ref == f"FSO1100A_VFE056_{FLOW_ID}.xml"
+    assert (ret.sender, ret.recipient) == ("AIFE", "VFE056")
+    assert ret.flow_ids == (FLOW_ID,)
+    (status,) = ret.flow_statuses
+    assert (status.code, status.label, status.failed) == ("93", "erreur réception", True)
+    assert status.timestamp == "2026-11-23T10:20:00" and status.flow_ref == FLOW_ID
+    first, second = status.errors
+    assert (first.nature, first.code, first.label) == ("REJET", "E123", "Montant incohérent")
+    assert "F-007" in (first.description or "")
+    assert (second.code, second.label, second.description) == ("E999", None, None)
+    assert ret.unrecognised == ()
+
+
+def test_invoice_level_cpp_statut_keeps_unknown_codes_and_reports_them(tmp_path: Path) -> None:
+    ret = parse(write(tmp_path, INVOICE_LEVEL))
+    assert ret.flow_statuses == () and ret.flow_ids == ()
+    rejected, available, unlabelled, unknown = ret.invoice_statuses
+    assert (rejected.code, rejected.rejected, rejected.invoice_number) == ("05", True, "F-007")
+    assert rejected.label == "rejetée (autre motif)"
+    assert (rejected.supplier_id, rejected.supplier_id_type) == ("12345678200010", "1")
+    assert rejected.supplier_name == "Fournitures Durand"
+    assert (rejected.debtor_id, rejected.debtor_service) == ("11000201100044", "SERV1")
+    assert rejected.comment == "Bon de commande inconnu"
+    assert (available.code, available.label, available.rejected) == (
+        "03",
+        "mise à disposition",
+        False,
+    )
+    assert available.timestamp is None and available.debtor_id is None
+    assert (unlabelled.code, unlabelled.label) == ("27", None)
+    assert (unknown.code, unknown.label) == ("77", None)
+    assert ret.unrecognised == (
+        "invoice status code 27 has no published label",
+        "unknown invoice status code 77",
+        "CPPFactureStatutUnitaire without IdStatut (ignored)",
+    )
+
+
+def test_prefixes_bom_and_other_encodings_are_accepted(tmp_path: Path) -> None:
+    text = FLOW_LEVEL.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"')
+    ret = parse(write(tmp_path, b"\xef\xbb\xbf" + FLOW_LEVEL.encode()))
+    assert ret.flow_statuses[0].code == "93"
+    latin = parse(write(tmp_path, text.encode("iso-8859-1"), "latin.xml"))
+    assert latin.flow_statuses[0].errors[0].label == "Montant incohérent"
+
+
+def test_aife_statut_and_reports_are_read_tolerantly(tmp_path: Path) -> None:
+    document = f"""<ns:AIFEStatut xmlns:ns="urn:example:aife">
+      <ns:Flux nom="FSO1100A_VFE056_{FLOW_ID}.xml"><ns:Etat>INTEGRE</ns:Etat></ns:Flux>
+      <ns:Facture><ns:NumeroFacture>F-1</ns:NumeroFacture><ns:Statut>REJETEE</ns:Statut></ns:Facture>
+      <ns:Autre>rien</ns:Autre>
+    </ns:AIFEStatut>"""
+    ret = parse(write(tmp_path, document))
+    assert ret.kind is Kind.AIFE_STATUT and ret.root == "AIFEStatut"
+    assert ret.flow_ids == (FLOW_ID,)
+    assert ret.invoice_numbers == ("F-1",)
+    assert ret.status_words == ("INTEGRE", "REJETEE")
+    assert "not known to raccord" in ret.unrecognised[0]
+
+    report = parse(write(tmp_path, "<CSO1100A><Ligne>ok</Ligne></CSO1100A>", "cso.xml"))
+    assert report.kind is Kind.INTEGRATION_REPORT and report.flow_ids == ()
+
+
+def test_malformed_empty_and_hostile_documents_are_unreadable_not_fatal(tmp_path: Path) -> None:
+    cases = {
+        "malformed.xml": b"<CPPStatut><Enveloppe></CPPStatut>",
+        "empty.xml": b"",
+        "xxe.xml": b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><CPPStatut>&e;</CPPStatut>',
+        "binary.xml": bytes(range(256)),
+    }
+    for name, data in cases.items():
+        ret = parse(write(tmp_path, data, name))
+        assert ret.kind is Kind.UNREADABLE, name
+        assert ret.unrecognised and ret.unrecognised[0].startswith("not readable as XML"), name
+    assert "DTD" in parse(tmp_path / "xxe.xml").unrecognised[0]
+    missing = parse(tmp_path / "nowhere.xml")
+    assert missing.kind is Kind.UNREADABLE and "cannot read" in missing.unrecognised[0]
+
+
+def test_statut_without_any_status_says_there_is_nothing_to_apply(tmp_path: Path) -> None:
+    ret = parse(write(tmp_path, "<CPPStatut><Enveloppe/></CPPStatut>"))
+    assert ret.kind is Kind.CPP_STATUT
+    assert ret.unrecognised == (
+        "no CPPFluxStatutUnitaire nor CPPFactureStatutUnitaire: nothing to apply",
+    )
