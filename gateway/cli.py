@@ -172,8 +172,35 @@ FLOW_COLUMNS = [
     "attempts",
     "reason",
     "message",
+    "return_status",
     "updated_at",
 ]
+RETURN_COLUMNS = [
+    "return_id",
+    "state",
+    "connection",
+    "file",
+    "kind",
+    "flow_ids",
+    "message",
+    "received_at",
+]
+
+
+def _return_status(invoices: list[dict[str, Any]]) -> str | None:
+    """One line for the flow's invoices, as the return flows left them."""
+    if not invoices:
+        return None
+    if len(invoices) == 1:
+        invoice = invoices[0]
+        if invoice["rejected"]:
+            return "rejected (collateral)" if invoice["collateral"] else "rejected"
+        if invoice["status_code"]:
+            return f"{invoice['status_code']} {invoice['status_label'] or ''}".strip()
+        return None
+    rejected = sum(1 for i in invoices if i["rejected"])
+    collateral = sum(1 for i in invoices if i["collateral"])
+    return f"{rejected}/{len(invoices)} rejected ({collateral} collateral)" if rejected else None
 
 
 def _journal(config: Config) -> JournalDB:
@@ -187,6 +214,10 @@ def cmd_flows(args: argparse.Namespace) -> int:
     config = _load(args)
     db = _journal(config)
     try:
+        if args.returns:
+            found = db.returns(state=args.return_state, connection=args.connection)
+            output.render(found, RETURN_COLUMNS, _fmt(args))
+            return OK
         rows = db.search(
             connection=args.connection,
             state=args.state,
@@ -195,10 +226,56 @@ def cmd_flows(args: argparse.Namespace) -> int:
             invoice=args.invoice,
             flow=args.flow,
         )
+        listed = []
+        for row in rows:
+            invoices = db.invoices(row.flow_id)
+            data = row.to_dict()
+            data["return_status"] = _return_status(invoices)
+            if args.flow:  # one flow asked for: its invoices and status history too
+                data["invoices"] = invoices
+                data["statuses"] = db.statuses(row.flow_id)
+            listed.append(data)
     finally:
         db.close()
-    output.render([row.to_dict() for row in rows], FLOW_COLUMNS, _fmt(args))
+    output.render(listed, FLOW_COLUMNS, _fmt(args))
     return OK
+
+
+# -- import -------------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from gateway import returns
+
+    config = _load(args)
+    names = [c.name for c in config.connections]
+    connection = args.connection or (names[0] if len(names) == 1 else None)
+    if connection is None:
+        raise UsageError(f"several connections: say which with --connection ({', '.join(names)})")
+    if connection not in names:
+        raise UsageError(f"no connection named {connection} in the configuration")
+    layout = Layout(config.gateway.data_dir)
+    layout.create([connection])
+    logs.configure("stderr")
+    db = JournalDB(layout.journal)
+    status = OK
+    try:
+        for name in args.files:
+            path = Path(name)
+            if not path.is_file():
+                print(f"raccord: {path}: no such file", file=sys.stderr)
+                status = NOT_RIGHT
+                continue
+            outcome = returns.receive(db, layout, connection, path)
+            detail = f" — {outcome.message}" if outcome.message else ""
+            flows = ", ".join(outcome.flows) or "no flow"
+            print(
+                f"{path.name}: {outcome.state} ({flows}; {outcome.rejected} rejected, "
+                f"{outcome.collateral} collateral){detail}"
+            )
+    finally:
+        db.close()
+    return status
 
 
 # -- retry --------------------------------------------------------------------------------------
@@ -272,8 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="ISO date or time (UTC), inclusive")
     p.add_argument("--until", help="ISO date or time (UTC), exclusive")
     p.add_argument("--invoice", help="invoice number")
-    p.add_argument("--flow", help="flow id")
+    p.add_argument("--flow", help="flow id (also shows its invoices and status history)")
+    p.add_argument("--returns", action="store_true", help="list return flows instead")
+    p.add_argument(
+        "--return-state",
+        choices=["applied", "unmatched", "unreadable", "received", "applying"],
+        help="with --returns: only those (e.g. unmatched)",
+    )
     p.set_defaults(handler=cmd_flows)
+    p = sub.add_parser("import", parents=[common], help="feed return flows received by other means")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--connection", help="the connection they came on (needed if several)")
+    p.set_defaults(handler=cmd_import)
     p = sub.add_parser("retry", parents=[common], help="put failed flows back in the queue")
     p.add_argument("flows", nargs="*", metavar="FLOW")
     p.add_argument("--failed", action="store_true", help="every flow in error")

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
 from gateway.intake import Watcher
-from gateway.journal import Journal
+from gateway.journal import Journal, JournalDB
 from protocols import registry
 from protocols.base import Sender
 
@@ -69,6 +69,7 @@ class Gateway:
             dispatcher = Dispatcher(config, journal, senders, now=self._now, sleep=self._sleep)
             self.dispatcher = dispatcher
             resumed = await dispatcher.reconcile()
+            await asyncio.to_thread(self._finish_returns)
             watcher = Watcher(
                 {name: self.layout.outbox(name) for name in names},
                 dispatcher.claim,
@@ -99,6 +100,20 @@ class Gateway:
                 log.info("gateway.stopping", in_flight=dispatcher.busy)
                 await dispatcher.drain(config.gateway.shutdown_grace)
         log.info("gateway.stopped")
+
+    def _finish_returns(self) -> None:
+        """Apply return flows a stop or crash interrupted (worker thread, own connection)."""
+        from gateway import returns
+
+        db = JournalDB(self.layout.journal)
+        try:
+            for return_id in returns.pending(db):
+                try:
+                    returns.apply(db, self.layout, return_id)
+                except Exception:  # one bad return must not keep the gateway from starting
+                    log.exception("return.apply_failed", return_id=return_id)
+        finally:
+            db.close()
 
     async def _requeue_loop(self, dispatcher: Dispatcher, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

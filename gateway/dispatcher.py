@@ -248,15 +248,23 @@ class Dispatcher:
                 structure=conn.structure,
             ),
         )
-        queued, earlier = await self.journal.call(
-            lambda db: db.queue_unless_duplicate(
+        mode = conn.interfaces[analysis.interface_code or ""].value
+
+        def queue(db: JournalDB) -> tuple[FlowRow | None, FlowRow | None]:
+            queued, earlier = db.queue_unless_duplicate(
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
                 check=not row.forced,
                 remote_name=remote,
+                mode=mode,
                 **facts,
             )
-        )
+            if queued is not None:
+                invoice = (row.original_name, analysis.invoice_number, analysis.supplier_id)
+                db.add_invoices(row.flow_id, [invoice])
+            return queued, earlier
+
+        queued, earlier = await self.journal.call(queue)
         if earlier is not None or queued is None:
             assert earlier is not None
             return await self._refuse(

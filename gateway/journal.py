@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("claimed", "queued", "sending", "delivered", "failing", "sent", "error")
 TERMINAL = frozenset({"sent", "error"})
 ACTIVE_FOR_DUPLICATES = ("queued", "sending", "delivered", "sent")
@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS flows (
     receipt         TEXT,
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
-    detail          TEXT
+    detail          TEXT,
+    mode            TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
@@ -85,6 +86,52 @@ CREATE TABLE IF NOT EXISTS transitions (
     detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_flow ON transitions(flow_id);
+-- The invoices a flow carries (one, or the members of a lot), with their latest return status.
+CREATE TABLE IF NOT EXISTS invoices (
+    flow_id         TEXT NOT NULL,
+    position        INTEGER NOT NULL,
+    file            TEXT NOT NULL,
+    invoice_number  TEXT,
+    supplier_id     TEXT,
+    status_code     TEXT,
+    status_label    TEXT,
+    status_at       TEXT,
+    rejected        INTEGER NOT NULL DEFAULT 0,
+    collateral      INTEGER NOT NULL DEFAULT 0,
+    final           INTEGER NOT NULL DEFAULT 0,
+    reasons         TEXT,
+    rejected_path   TEXT,
+    PRIMARY KEY (flow_id, position)
+);
+CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
+-- Return flows received (integration reports, FEN1200A/FEN1201A, others).
+CREATE TABLE IF NOT EXISTS returns (
+    return_id       TEXT PRIMARY KEY,
+    connection      TEXT NOT NULL,
+    file            TEXT NOT NULL,
+    inbox_path      TEXT NOT NULL,
+    sha256          TEXT NOT NULL,
+    kind            TEXT,
+    state           TEXT NOT NULL,
+    flow_ids        TEXT,
+    message         TEXT,
+    received_at     TEXT NOT NULL,
+    applied_at      TEXT,
+    UNIQUE (connection, sha256)
+);
+CREATE INDEX IF NOT EXISTS returns_state ON returns(state);
+-- Every status a return gave a flow or one of its invoices (position NULL: the flow itself).
+CREATE TABLE IF NOT EXISTS statuses (
+    return_id       TEXT NOT NULL,
+    flow_id         TEXT NOT NULL,
+    position        INTEGER NOT NULL DEFAULT -1,
+    code            TEXT NOT NULL,
+    label           TEXT,
+    at              TEXT,
+    detail          TEXT,
+    UNIQUE (return_id, flow_id, position, code)
+);
+CREATE INDEX IF NOT EXISTS statuses_flow ON statuses(flow_id);
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
     VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail);
@@ -123,6 +170,7 @@ class FlowRow:
     created_at: str
     updated_at: str
     detail: str | None  # what the last transition said (e.g. "raccord retry --force")
+    mode: str | None  # complete | partial, for the flow's interface code when it was queued
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -167,8 +215,10 @@ class JournalDB:
         if version == SCHEMA_VERSION:
             return
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(flows)")}
-        if columns and "detail" not in columns:  # schema 1
-            self._db.execute("ALTER TABLE flows ADD COLUMN detail TEXT")
+        if columns:  # an existing journal: add the (nullable) columns later schemas brought
+            for name in _COLUMNS:
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE flows ADD COLUMN {name} TEXT")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -324,6 +374,131 @@ class JournalDB:
                 if earlier is not None:
                     return None, earlier
             return self.transition(flow_id, "queued", expect=("claimed",), **values), None
+
+    # -- invoices and returns ------------------------------------------------------------------
+
+    def add_invoices(
+        self, flow_id: str, invoices: Iterable[tuple[str, str | None, str | None]]
+    ) -> None:
+        """Record the invoices a flow carries: (file, invoice number, supplier id) in order."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO invoices (flow_id, position, file, invoice_number, supplier_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(flow_id, i, *invoice) for i, invoice in enumerate(invoices)],
+        )
+
+    def invoices(self, flow_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM invoices WHERE flow_id=? ORDER BY position", (flow_id,)
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def flows_of_invoice(
+        self, connection: str, invoice_number: str, supplier_id: str | None
+    ) -> list[str]:
+        """Sent flows of ``connection`` carrying that invoice, latest first."""
+        rows = self._db.execute(
+            "SELECT i.flow_id FROM invoices i JOIN flows f USING (flow_id)"
+            " WHERE f.connection=? AND f.state='sent' AND i.invoice_number=?"
+            " AND (? IS NULL OR i.supplier_id IS NULL OR i.supplier_id=?)"
+            " ORDER BY f.created_at DESC",
+            (connection, invoice_number, supplier_id, supplier_id),
+        ).fetchall()
+        return [row["flow_id"] for row in rows]
+
+    def record_return(
+        self,
+        return_id: str,
+        connection: str,
+        file: str,
+        inbox_path: str,
+        sha256: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Journal a received return flow; ``(row, True)`` if new, ``(earlier row, False)`` if
+        the same bytes already came on this connection."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO returns (return_id, connection, file, inbox_path, sha256,"
+            " state, received_at) VALUES (?, ?, ?, ?, ?, 'received', ?)",
+            (return_id, connection, file, inbox_path, sha256, _now()),
+        )
+        row = self._db.execute(
+            "SELECT * FROM returns WHERE connection=? AND sha256=?", (connection, sha256)
+        ).fetchone()
+        return dict(row), bool(cursor.rowcount)
+
+    def get_return(self, return_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM returns WHERE return_id=?", (return_id,)).fetchone()
+        return dict(row) if row else None
+
+    def return_by_sha256(self, connection: str, sha256: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT * FROM returns WHERE connection=? AND sha256=?", (connection, sha256)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def update_return(self, return_id: str, **values: Any) -> None:
+        allowed = {"kind", "state", "flow_ids", "message", "applied_at"}
+        assert set(values) <= allowed, set(values) - allowed
+        assignments = ", ".join(f"{name}=?" for name in values)
+        self._db.execute(
+            f"UPDATE returns SET {assignments} WHERE return_id=?",  # noqa: S608 - fixed names
+            (*values.values(), return_id),
+        )
+
+    def returns(
+        self, *, state: str | None = None, connection: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM returns WHERE (? IS NULL OR state=?) AND (? IS NULL OR connection=?)"
+            " ORDER BY received_at",
+            (state, state, connection, connection),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def record_status(
+        self,
+        return_id: str,
+        flow_id: str,
+        position: int | None,
+        code: str,
+        label: str | None,
+        at: str | None,
+        detail: str | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO statuses (return_id, flow_id, position, code, label, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (return_id, flow_id, -1 if position is None else position, code, label, at, detail),
+        )
+
+    def set_invoice_status(self, flow_id: str, position: int, **values: Any) -> None:
+        allowed = {
+            "status_code",
+            "status_label",
+            "status_at",
+            "rejected",
+            "collateral",
+            "final",
+            "reasons",
+            "rejected_path",
+        }
+        assert set(values) <= allowed, set(values) - allowed
+        assignments = ", ".join(f"{name}=?" for name in values)
+        self._db.execute(
+            f"UPDATE invoices SET {assignments} WHERE flow_id=? AND position=?",  # noqa: S608
+            (*values.values(), flow_id, position),
+        )
+
+    def statuses(self, flow_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT s.*, r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"
+            " WHERE s.flow_id=? ORDER BY r.received_at, s.position",
+            (flow_id,),
+        ).fetchall()
+        return [
+            {**dict(row), "position": None if row["position"] < 0 else row["position"]}
+            for row in rows
+        ]
 
     def in_states(self, states: Sequence[str]) -> list[FlowRow]:
         marks = ",".join("?" * len(states))

@@ -25,8 +25,23 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-def configure(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """Send JSON lines to ``stream`` (stdout by default)."""
+class _Current:
+    """``sys.stdout`` or ``sys.stderr`` as it is when a line is written (tests swap them)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def write(self, text: str) -> int:
+        return int(getattr(sys, self._name).write(text))
+
+    def flush(self) -> None:
+        getattr(sys, self._name).flush()
+
+
+def configure(stream: TextIO | str | None = None, level: int = logging.INFO) -> None:
+    """Send JSON lines to ``stream``: a file, or "stdout" (the default) or "stderr"."""
+    if stream is None or isinstance(stream, str):
+        stream = _Current(stream or "stdout")  # type: ignore[assignment]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -37,7 +52,7 @@ def configure(stream: TextIO | None = None, level: int = logging.INFO) -> None:
             structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging; keep their noise out of our JSON stream.

@@ -1,0 +1,376 @@
+"""The return-flow pipeline: store durably, parse, correlate, decide, file.
+
+One entry point, :func:`receive`, for every way a return arrives (the SFTP poller, the AS2
+receiver, ``raccord import``)::
+
+    file ─▶ inbox/<connection>/<return_id>--<name> (written, fsynced) ─▶ journal (returns)
+         ─▶ parse (flows.returns) ─▶ correlate ─▶ decide (flows.decision, the flow's mode)
+         ─▶ journal (statuses, invoices) ─▶ sent/…/<name>.status.json, rejected/<connection>/
+
+* Correlation: by the raccord flow ids the return names (IdFlx, IdFlux, any text), else each
+  invoice status by (supplier, invoice number) among the connection's sent flows.
+* The same bytes received twice on a connection are journaled once and applied once.
+* A return that matches no flow is kept in the inbox and journaled ``unmatched`` (listed by
+  ``raccord flows --returns``); one that cannot be read is ``unreadable``. Nothing is dropped.
+* Applying is idempotent: the journal is written first (state ``applying``), then the files,
+  then ``applied``; a return found ``received`` or ``applying`` at start is applied again.
+
+Synchronous on purpose (its own journal connection): the daemon runs it in a worker thread,
+the CLI directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flows import naming
+from flows.decision import InvoiceRef, Verdict, decide
+from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
+from gateway import logs
+from gateway.folders import Layout, free_name, fsync_dir, spool_name, write_json
+from gateway.journal import JournalDB
+
+log = logs.get()
+
+_ids = naming.FlowIds()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    return_id: str
+    state: str  # applied | unmatched | unreadable | duplicate
+    flows: tuple[str, ...]
+    rejected: int
+    collateral: int
+    message: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _store(source: Path, target: Path, *, move: bool) -> None:
+    """Put ``source`` at ``target`` durably (rename when asked and possible, else copy)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        try:
+            os.rename(source, target)
+        except OSError:
+            pass
+        else:
+            fsync_dir(target.parent)
+            fsync_dir(source.parent)
+            return
+    temp = target.with_name(f".{target.name}.tmp")
+    with source.open("rb") as src, temp.open("wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(temp, target)
+    fsync_dir(target.parent)
+    if move:
+        source.unlink()
+        fsync_dir(source.parent)
+
+
+def receive(
+    db: JournalDB,
+    layout: Layout,
+    connection: str,
+    source: Path,
+    *,
+    move: bool = False,
+    now: datetime | None = None,
+) -> Outcome:
+    """Store a return flow for ``connection`` in its inbox, journal it and apply it.
+
+    ``move`` takes the file away from ``source`` (a download); otherwise it is copied (an
+    import by hand leaves the operator's file alone).
+    """
+    when = now or datetime.now(UTC)
+    sha256 = _sha256(source)
+    return_id = _ids.new(when)
+    name = naming.safe(source.name) or "return"
+    target = layout.inbox(connection) / spool_name(return_id, name)
+    earlier = db.return_by_sha256(connection, sha256)
+    if earlier is not None:
+        if move:
+            source.unlink(missing_ok=True)
+        message = f"same bytes as return {earlier['return_id']} ({earlier['file']}): applied once"
+        log.warning(
+            "return.duplicate",
+            connection=connection,
+            file=source.name,
+            earlier=earlier["return_id"],
+        )
+        return Outcome(earlier["return_id"], "duplicate", (), 0, 0, message)
+    _store(source, target, move=move)
+    with db.transaction():
+        row, new = db.record_return(return_id, connection, source.name, str(target), sha256)
+    if not new:  # received meanwhile by another path (poller and import racing): keep one
+        target.unlink(missing_ok=True)
+        message = f"same bytes as return {row['return_id']}: applied once"
+        return Outcome(row["return_id"], "duplicate", (), 0, 0, message)
+    log.info("return.received", connection=connection, file=source.name, return_id=return_id)
+    return apply(db, layout, return_id)
+
+
+def apply(db: JournalDB, layout: Layout, return_id: str) -> Outcome:
+    """Parse, correlate, decide and file one journaled return (idempotent)."""
+    row = db.get_return(return_id)
+    if row is None:
+        raise LookupError(f"no return {return_id} in the journal")
+    connection = row["connection"]
+    ret = parse(Path(row["inbox_path"]))
+    notes = list(ret.unrecognised)
+    if ret.kind is Kind.UNREADABLE:
+        return _finish(db, row, ret, "unreadable", {}, notes, 0, 0)
+    targets = _correlate(db, connection, ret, notes)
+    if not targets:
+        return _finish(db, row, ret, "unmatched", {}, notes, 0, 0)
+    verdicts: dict[str, list[Verdict]] = {}
+    with db.transaction():
+        db.update_return(return_id, kind=ret.kind.value, state="applying")
+        for flow_id, part in targets.items():
+            flow = db.get(flow_id)
+            assert flow is not None
+            invoices = db.invoices(flow_id)
+            refs = [
+                InvoiceRef(i["position"], i["invoice_number"], i["supplier_id"]) for i in invoices
+            ]
+            verdicts[flow_id] = decide(flow.mode or "complete", refs, part)
+            _journal_statuses(db, return_id, flow_id, part, verdicts[flow_id], invoices)
+    rejected = collateral = 0
+    for flow_id, flow_verdicts in verdicts.items():
+        newly = _file_outputs(db, layout, flow_id, flow_verdicts)
+        rejected += newly[0]
+        collateral += newly[1]
+    return _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
+
+
+def _correlate(
+    db: JournalDB, connection: str, ret: ReturnFlow, notes: list[str]
+) -> dict[str, ReturnFlow]:
+    """The flows this return speaks of, each with the part of the return about it."""
+    named = [
+        fid
+        for fid in ret.flow_ids
+        if (flow := db.get(fid)) is not None and flow.connection == connection
+    ]
+    for fid in ret.flow_ids:
+        if fid not in named:
+            notes.append(f"flow id {fid} is not a flow of {connection}")
+    by_flow: dict[str, list[InvoiceStatus]] = defaultdict(list)
+    for status in ret.invoice_statuses:
+        flow_id = _flow_of_invoice(db, connection, status, named)
+        if flow_id is None:
+            notes.append(
+                f"invoice {status.invoice_number} (supplier {status.supplier_id}) matches no "
+                f"flow of {connection}"
+            )
+            continue
+        by_flow[flow_id].append(status)
+    targets: dict[str, ReturnFlow] = {}
+    for flow_id in dict.fromkeys([*named, *by_flow]):
+        targets[flow_id] = replace(
+            ret,
+            flow_statuses=ret.flow_statuses if flow_id in named else (),
+            invoice_statuses=tuple(by_flow.get(flow_id, ())),
+        )
+    return targets
+
+
+def _flow_of_invoice(
+    db: JournalDB, connection: str, status: InvoiceStatus, named: list[str]
+) -> str | None:
+    if status.invoice_number is None:
+        return None
+    for flow_id in named:
+        for invoice in db.invoices(flow_id):
+            if invoice["invoice_number"] == status.invoice_number:
+                return flow_id
+    found = db.flows_of_invoice(connection, status.invoice_number, status.supplier_id)
+    return found[0] if found else None
+
+
+def _journal_statuses(
+    db: JournalDB,
+    return_id: str,
+    flow_id: str,
+    part: ReturnFlow,
+    verdicts: list[Verdict],
+    invoices: list[dict[str, Any]],
+) -> None:
+    for flow_status in part.flow_statuses:
+        detail = "; ".join(e.text() for e in flow_status.errors) or None
+        db.record_status(
+            return_id,
+            flow_id,
+            None,
+            flow_status.code,
+            flow_status.label,
+            flow_status.timestamp,
+            detail,
+        )
+    numbers = {i["invoice_number"]: i["position"] for i in invoices}
+    for status in part.invoice_statuses:
+        position = numbers.get(status.invoice_number)
+        if position is not None:
+            db.record_status(
+                return_id,
+                flow_id,
+                position,
+                status.code,
+                status.label,
+                status.timestamp,
+                status.comment,
+            )
+    current = {i["position"]: i for i in invoices}
+    for verdict in verdicts:
+        before = current[verdict.position]
+        values: dict[str, Any] = {}
+        if verdict.status_code is not None:
+            values.update(status_code=verdict.status_code, status_label=verdict.status_label)
+        if verdict.rejected and not before["rejected"]:
+            values.update(
+                rejected=1,
+                collateral=int(verdict.collateral),
+                reasons=json.dumps(verdict.reasons, ensure_ascii=False),
+            )
+        if verdict.final:
+            values["final"] = 1
+        if values:
+            values["status_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            db.set_invoice_status(flow_id, verdict.position, **values)
+
+
+def _file_outputs(
+    db: JournalDB, layout: Layout, flow_id: str, verdicts: list[Verdict]
+) -> tuple[int, int]:
+    """``status.json`` beside the sent file; rejected invoices copied to ``rejected/``.
+    Returns (invoices rejected now, of which collateral)."""
+    flow = db.get(flow_id)
+    assert flow is not None
+    invoices = db.invoices(flow_id)
+    history = db.statuses(flow_id)
+    if flow.final_path:
+        write_json(
+            Path(flow.final_path + ".status.json"),
+            {
+                "flow_id": flow_id,
+                "connection": flow.connection,
+                "file": flow.original_name,
+                "remote_name": flow.remote_name,
+                "mode": flow.mode,
+                "invoices": [_invoice_view(i) for i in invoices],
+                "history": history,
+            },
+        )
+    rejected = collateral = 0
+    sent_file = Path(flow.final_path) if flow.final_path else None
+    for invoice in invoices:
+        if not invoice["rejected"] or invoice["rejected_path"]:
+            continue
+        folder = layout.rejected(flow.connection)
+        target = free_name(folder, invoice["file"], flow_id)
+        document = {
+            "flow_id": flow_id,
+            "connection": flow.connection,
+            "file": invoice["file"],
+            "invoice_number": invoice["invoice_number"],
+            "supplier_id": invoice["supplier_id"],
+            "status_code": invoice["status_code"],
+            "status_label": invoice["status_label"],
+            "collateral": bool(invoice["collateral"]),
+            "reasons": json.loads(invoice["reasons"] or "[]"),
+            "statuses": [s for s in history if s["position"] in (None, invoice["position"])],
+            "remote_name": flow.remote_name,
+        }
+        if sent_file is not None and sent_file.exists():
+            _store(sent_file, target, move=False)
+        write_json(target.with_name(target.name + ".rejection.json"), document)
+        with db.transaction():
+            db.set_invoice_status(flow_id, invoice["position"], rejected_path=str(target))
+        rejected += 1
+        collateral += int(bool(invoice["collateral"]))
+        log.warning(
+            "invoice.rejected",
+            connection=flow.connection,
+            flow_id=flow_id,
+            file=invoice["file"],
+            invoice_number=invoice["invoice_number"],
+            collateral=bool(invoice["collateral"]),
+            reasons=document["reasons"],
+            path=str(target),
+        )
+    return rejected, collateral
+
+
+def _invoice_view(invoice: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "position": invoice["position"],
+        "file": invoice["file"],
+        "invoice_number": invoice["invoice_number"],
+        "supplier_id": invoice["supplier_id"],
+        "status_code": invoice["status_code"],
+        "status_label": invoice["status_label"],
+        "rejected": bool(invoice["rejected"]),
+        "collateral": bool(invoice["collateral"]),
+        "final": bool(invoice["final"]),
+        "reasons": json.loads(invoice["reasons"] or "[]"),
+    }
+
+
+def _finish(
+    db: JournalDB,
+    row: dict[str, Any],
+    ret: ReturnFlow,
+    state: str,
+    verdicts: dict[str, list[Verdict]],
+    notes: list[str],
+    rejected: int,
+    collateral: int,
+) -> Outcome:
+    message = "; ".join(notes) or None
+    flows = tuple(verdicts)
+    with db.transaction():
+        db.update_return(
+            row["return_id"],
+            kind=ret.kind.value,
+            state=state,
+            flow_ids=",".join(flows) or None,
+            message=message,
+            applied_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
+    fields = {
+        "connection": row["connection"],
+        "file": row["file"],
+        "return_id": row["return_id"],
+        "kind": ret.kind.value,
+        "flows": list(flows),
+        "rejected": rejected,
+        "collateral": collateral,
+        "unrecognised": notes,
+    }
+    if state == "applied":
+        log.info("return.applied", **fields)
+    else:
+        log.warning(f"return.{state}", **fields, path=row["inbox_path"])
+    return Outcome(row["return_id"], state, flows, rejected, collateral, message or "")
+
+
+def pending(db: JournalDB) -> list[str]:
+    """Returns journaled but not finished (a stop or crash while applying)."""
+    return [r["return_id"] for r in db.returns() if r["state"] in ("received", "applying")]

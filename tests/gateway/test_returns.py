@@ -1,0 +1,233 @@
+"""Return flows through the gateway: stored, correlated, decided, filed — via `raccord import`
+and the pipeline's entry point."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway import returns
+from gateway.cli import main
+from gateway.folders import Layout
+from gateway.journal import JournalDB
+from protocols import memory
+from tests.conftest import sample
+from tests.gateway.harness import deliver, memory_config, rows, sidecar
+
+_buckets = itertools.count()
+
+
+def invoice(number: str) -> bytes:
+    return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
+
+
+def cpp_statut(
+    *,
+    flow_ref: str = "",
+    flow_code: str | None = None,
+    errors: tuple[str, ...] = (),
+    invoices: tuple[tuple[str, str], ...] = (),
+    supplier: str = "12345678200010",
+) -> bytes:
+    """A CPP Statut return as the schema facts describe it (DESIGN.md, Return flows)."""
+    flow = ""
+    if flow_code:
+        lines = "".join(
+            f"<LigneErreurDetail><CodeErreur>E{i}</CodeErreur><LibelleErreur>{e}</LibelleErreur>"
+            "</LigneErreurDetail>"
+            for i, e in enumerate(errors)
+        )
+        flow = (
+            "<CPPFluxStatuts><CPPFluxStatutUnitaire><DonneesStatut>"
+            f"<IdStatut>{flow_code}</IdStatut><Horodatage>2026-11-23T10:00:00</Horodatage>"
+            f"<Details>{lines}</Details></DonneesStatut></CPPFluxStatutUnitaire></CPPFluxStatuts>"
+        )
+    units = "".join(
+        "<CPPFactureStatutUnitaire>"
+        f"<Fournisseur><TypeIdentifiant>1</TypeIdentifiant><Identifiant>{supplier}</Identifiant>"
+        "</Fournisseur><DonneesStatut>"
+        f"<IdStatut>{code}</IdStatut><IdFacture>{number}</IdFacture>"
+        "<Commentaire>motif</Commentaire></DonneesStatut></CPPFactureStatutUnitaire>"
+        for number, code in invoices
+    )
+    facture = f"<CPPFactureStatuts>{units}</CPPFactureStatuts>" if units else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><CPPStatut Version="1.19"><Enveloppe>'
+        "<EnveloppeUnitaire><Parametres><ParametreIndiv><Code>IdFlx</Code>"
+        f"<Valeurparametre>{flow_ref}</Valeurparametre></ParametreIndiv></Parametres>"
+        f"</EnveloppeUnitaire></Enveloppe>{flow}{facture}</CPPStatut>"
+    ).encode()
+
+
+@pytest.fixture
+def sent_flow(tmp_path: Path):  # type: ignore[no-untyped-def]
+    bucket = f"returns-{next(_buckets)}"
+    memory.BUCKETS.pop(bucket, None)
+    config = memory_config(tmp_path, bucket)
+    (row,) = deliver(config, {"facture.xml": invoice("F-100")})
+    assert row.state == "sent" and row.mode == "complete"
+    return config, row
+
+
+def test_rejected_invoice_is_copied_to_rejected_with_its_reasons(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    ret = tmp_path / "FEN1200A_1.xml"
+    ret.write_bytes(cpp_statut(invoices=(("F-100", "05"),)))
+    assert main(["import", "--config", str(config.path), str(ret)]) == 0
+    out = capsys.readouterr().out
+    assert f"FEN1200A_1.xml: applied ({row.flow_id}; 1 rejected, 0 collateral)" in out
+    assert ret.exists()  # an import copies: the operator's file is left alone
+
+    layout = Layout(config.gateway.data_dir)
+    (copy,) = [p for p in layout.rejected("qualif-mem").iterdir() if p.suffix == ".xml"]
+    assert copy.name == "facture.xml" and copy.read_bytes() == invoice("F-100")
+    rejection = json.loads((copy.parent / "facture.xml.rejection.json").read_text())
+    assert rejection["collateral"] is False and rejection["status_code"] == "05"
+    assert rejection["reasons"] == ["invoice status 05 (rejetée (autre motif)): motif"]
+    assert rejection["flow_id"] == row.flow_id
+    status = sidecar(row, ".status.json")
+    assert status["invoices"][0]["rejected"] is True
+    assert [h["code"] for h in status["history"]] == ["05"]
+    (stored,) = list(layout.inbox("qualif-mem").iterdir())
+    assert stored.read_bytes() == ret.read_bytes()
+
+    assert main(["flows", "--config", str(config.path), "--format", "json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["return_status"] == "rejected" and listed["state"] == "sent"
+
+
+def test_the_same_return_twice_is_applied_once(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    ret = tmp_path / "status.xml"
+    ret.write_bytes(cpp_statut(flow_ref=row.remote_name, flow_code="90"))
+    again = tmp_path / "status-again.xml"
+    again.write_bytes(ret.read_bytes())
+    assert main(["import", "--config", str(config.path), str(ret), str(again)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("status.xml: applied") and "0 rejected" in out[0]
+    assert out[1].startswith("status-again.xml: duplicate")
+    layout = Layout(config.gateway.data_dir)
+    db = JournalDB(layout.journal)
+    assert [s["code"] for s in db.statuses(row.flow_id)] == ["90"]
+    assert len(db.returns()) == 1
+    db.close()
+    assert len(list(layout.inbox("qualif-mem").iterdir())) == 1
+    assert sidecar(row, ".status.json")["history"][0]["code"] == "90"
+    assert not list(layout.rejected("qualif-mem").iterdir())
+
+
+def test_a_return_for_no_known_flow_is_kept_and_listed(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, _ = sent_flow
+    ret = tmp_path / "stray.xml"
+    ret.write_bytes(cpp_statut(flow_ref="FSO1100A_X_20250101T000000Z-abcdef.xml", flow_code="93"))
+    assert main(["import", "--config", str(config.path), str(ret)]) == 0
+    assert "stray.xml: unmatched (no flow" in capsys.readouterr().out
+    cfg = ["--config", str(config.path), "--format", "json"]
+    assert main(["flows", *cfg, "--returns", "--return-state", "unmatched"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["file"] == "stray.xml" and Path(listed["inbox_path"]).exists()
+    assert "20250101T000000Z-abcdef is not a flow of qualif-mem" in listed["message"]
+
+
+def test_unreadable_return_is_kept_and_reported(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, _ = sent_flow
+    bad = tmp_path / "garbage.xml"
+    bad.write_bytes(b"\x00\x01 not xml")
+    missing = tmp_path / "missing.xml"
+    assert main(["import", "--config", str(config.path), str(bad), str(missing)]) == 1
+    captured = capsys.readouterr()
+    assert "garbage.xml: unreadable" in captured.out and "not readable as XML" in captured.out
+    assert "missing.xml: no such file" in captured.err
+
+
+def lot_flow(config, count: int, mode: str) -> str:  # type: ignore[no-untyped-def]
+    """A sent flow carrying ``count`` invoices (what a lot will be), journaled directly."""
+    layout = Layout(config.gateway.data_dir)
+    layout.create(["qualif-mem"])
+    sent = layout.data_dir / "sent" / "qualif-mem" / "2026-11-23" / "lot.tar.gz"
+    sent.parent.mkdir(parents=True, exist_ok=True)
+    sent.write_bytes(b"lot")
+    db = JournalDB(layout.journal)
+    flow_id = "20261123T090000Z-0000aa"
+    db.insert(flow_id, "qualif-mem", "lot.tar.gz", "/spool/lot.tar.gz")
+    db.add_invoices(
+        flow_id, [(f"f{i:02}.xml", f"F-{i:03}", "12345678200010") for i in range(count)]
+    )
+    db.transition(flow_id, "sent", mode=mode, final_path=str(sent), remote_name=f"L_{flow_id}.tgz")
+    db.close()
+    return flow_id
+
+
+@pytest.mark.parametrize(
+    ("mode", "rejected", "collateral"), [("complete", 20, 19), ("partial", 1, 0)]
+)
+def test_one_bad_invoice_in_a_lot_of_twenty(
+    tmp_path: Path, mode: str, rejected: int, collateral: int
+) -> None:
+    config = memory_config(tmp_path, "lot")
+    flow_id = lot_flow(config, 20, mode)
+    layout = Layout(config.gateway.data_dir)
+    ret = tmp_path / "ret.xml"
+    statuses = tuple((f"F-{i:03}", "05" if i == 7 else "01") for i in range(20))
+    ret.write_bytes(cpp_statut(flow_ref=f"L_{flow_id}.tgz", flow_code="96", invoices=statuses))
+    db = JournalDB(layout.journal)
+    outcome = returns.receive(db, layout, "qualif-mem", ret)
+    invoices = db.invoices(flow_id)
+    db.close()
+    assert (outcome.state, outcome.rejected, outcome.collateral) == (
+        "applied",
+        rejected,
+        collateral,
+    )
+    assert sum(i["rejected"] for i in invoices) == rejected
+    assert [i["invoice_number"] for i in invoices if i["rejected"] and not i["collateral"]] == [
+        "F-007"
+    ]
+    reports = sorted(layout.rejected("qualif-mem").glob("*.rejection.json"))
+    assert len(reports) == rejected
+    flags = [json.loads(p.read_text())["collateral"] for p in reports]
+    assert flags.count(True) == collateral
+
+
+def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+    config, _ = sent_flow
+    layout = Layout(config.gateway.data_dir)
+    db = JournalDB(layout.journal)
+    stored = layout.inbox("qualif-mem") / "20261123T100000Z-000001--late.xml"
+    stored.write_bytes(cpp_statut(invoices=(("F-100", "04"),)))
+    db.record_return("20261123T100000Z-000001", "qualif-mem", "late.xml", str(stored), "x" * 64)
+    assert returns.pending(db) == ["20261123T100000Z-000001"]
+    outcome = returns.apply(db, layout, "20261123T100000Z-000001")
+    assert outcome.state == "applied" and outcome.rejected == 1
+    assert returns.pending(db) == []
+    assert returns.apply(db, layout, "20261123T100000Z-000001").rejected == 0  # idempotent
+    db.close()
+    assert len(list(layout.rejected("qualif-mem").glob("*.rejection.json"))) == 1
+    assert rows(config)[0].state == "sent"
+
+
+def test_the_daemon_finishes_returns_interrupted_by_a_stop(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    layout = Layout(config.gateway.data_dir)
+    stored = layout.inbox("qualif-mem") / "20261123T100000Z-000002--late.xml"
+    stored.write_bytes(cpp_statut(invoices=(("F-100", "11"),)))
+    db = JournalDB(layout.journal)
+    db.record_return("20261123T100000Z-000002", "qualif-mem", "late.xml", str(stored), "y" * 64)
+    db.close()
+    deliver(config, {})  # a start with nothing new to send
+    db = JournalDB(layout.journal)
+    assert db.get_return("20261123T100000Z-000002")["state"] == "applied"  # type: ignore[index]
+    (paid,) = db.invoices(row.flow_id)
+    db.close()
+    assert (paid["status_code"], paid["final"], paid["rejected"]) == ("11", 1, 0)
