@@ -526,12 +526,17 @@ class JournalDB:
             ("state", "=", state),
             ("created_at", ">=", since),
             ("created_at", "<", until),
-            ("invoice_number", "=", invoice),
             ("flow_id", "=", flow),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
                 params.append(value)
+        if invoice is not None:  # the flow's own invoice, or one of the invoices it carries
+            clauses.append(
+                "(invoice_number = ? OR flow_id IN"
+                " (SELECT flow_id FROM invoices WHERE invoice_number = ?))"
+            )
+            params += [invoice, invoice]
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         sql = f"SELECT * FROM flows{where} ORDER BY created_at"  # noqa: S608 - fixed columns
         if limit:

@@ -198,6 +198,10 @@ def test_one_bad_invoice_in_a_lot_of_twenty(
     assert len(reports) == rejected
     flags = [json.loads(p.read_text())["collateral"] for p in reports]
     assert flags.count(True) == collateral
+    db = JournalDB(layout.journal)
+    assert [r.flow_id for r in db.search(invoice="F-007")] == [flow_id]  # a member of the lot
+    assert db.search(invoice="F-999") == []
+    db.close()
 
 
 def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
