@@ -219,9 +219,9 @@ def analyze(path: Path) -> Analysis:
     Raises:
         OSError: the file cannot be read (a missing file is the caller's affair, not a format).
     """
-    digest, size, head = _digest(path)
+    sha256, size, head = digest(path)
     if size == 0:
-        return Analysis(Format.UNKNOWN, 0, digest, problem=Problem.EMPTY, message="empty file")
+        return Analysis(Format.UNKNOWN, 0, sha256, problem=Problem.EMPTY, message="empty file")
     if head.startswith(_PDF_MAGIC):
         with path.open("rb") as pdf:
             try:
@@ -230,22 +230,22 @@ def analyze(path: Path) -> Analysis:
                 return Analysis(
                     Format.UNKNOWN,
                     size,
-                    digest,
+                    sha256,
                     problem=Problem.UNKNOWN_FORMAT,
                     message=str(exc),
                 )
-        found = _analyze_xml(io.BytesIO(xml), size, digest, container=Format.FACTURX)
+        found = _analyze_xml(io.BytesIO(xml), size, sha256, container=Format.FACTURX)
         return _with_embedded(found, name)
     if not _looks_like_xml(head):
         return Analysis(
             Format.UNKNOWN,
             size,
-            digest,
+            sha256,
             problem=Problem.UNKNOWN_FORMAT,
             message="neither XML nor PDF (a UBL, CII or Factur-X invoice was expected)",
         )
     with path.open("rb") as stream:
-        return _analyze_xml(stream, size, digest)
+        return _analyze_xml(stream, size, sha256)
 
 
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
@@ -263,7 +263,8 @@ def _with_embedded(found: Analysis, name: str) -> Analysis:
     return Analysis(**data)
 
 
-def _digest(path: Path) -> tuple[str, int, bytes]:
+def digest(path: Path) -> tuple[str, int, bytes]:
+    """(sha256 hex, size, first 64 bytes) of a file, read once in 1 MiB chunks."""
     sha = hashlib.sha256()
     size = 0
     head = b""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -180,3 +181,16 @@ def move(source: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)
+
+
+def copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` durably and atomically (temp file, fsync, rename, fsync
+    dir); ``source`` is left as it is."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp")
+    with source.open("rb") as src, temp.open("wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(temp, target)
+    fsync_dir(target.parent)

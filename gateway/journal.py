@@ -489,6 +489,11 @@ class JournalDB:
             (*values.values(), flow_id, position),
         )
 
+    def rejected_path_held(self, path: str) -> bool:
+        """Whether a rejected invoice is already filed (or being filed) at ``path``."""
+        row = self._db.execute("SELECT 1 FROM invoices WHERE rejected_path=? LIMIT 1", (path,))
+        return row.fetchone() is not None
+
     def statuses(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT s.*, r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"

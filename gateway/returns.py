@@ -21,10 +21,8 @@ the CLI directly.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
-import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,15 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from flows import naming
+from flows.analysis import digest
 from flows.decision import InvoiceRef, Verdict, decide
 from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
 from gateway import logs
-from gateway.folders import Layout, free_name, fsync_dir, spool_name, write_json
+from gateway.folders import Layout, copy, free_name, fsync_dir, move, spool_name, write_json
 from gateway.journal import JournalDB
 
 log = logs.get()
 
 _ids = naming.FlowIds()
+REJECTION = ".rejection.json"
 
 
 @dataclass(frozen=True)
@@ -53,36 +53,26 @@ class Outcome:
     message: str
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _store(source: Path, target: Path, *, move: bool) -> None:
-    """Put ``source`` at ``target`` durably (rename when asked and possible, else copy)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if move:
-        try:
-            os.rename(source, target)
-        except OSError:
-            pass
-        else:
-            fsync_dir(target.parent)
-            fsync_dir(source.parent)
-            return
-    temp = target.with_name(f".{target.name}.tmp")
-    with source.open("rb") as src, temp.open("wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-        out.flush()
-        os.fsync(out.fileno())
-    os.rename(temp, target)
-    fsync_dir(target.parent)
-    if move:
+def _take(source: Path, target: Path) -> None:
+    """Move a downloaded file into the inbox (copy then remove across file systems)."""
+    try:
+        move(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy(source, target)
         source.unlink()
         fsync_dir(source.parent)
+
+
+def _new_return_id(db: JournalDB, layout: Layout, connection: str, name: str) -> str:
+    """A return id no journaled return and no inbox file has (never overwrite a stored one:
+    the CLI and the daemon each count from their own random start)."""
+    while True:
+        return_id = _ids.new(datetime.now(UTC))
+        target = layout.inbox(connection) / spool_name(return_id, name)
+        if db.get_return(return_id) is None and not target.exists():
+            return return_id
 
 
 def receive(
@@ -92,18 +82,14 @@ def receive(
     source: Path,
     *,
     move: bool = False,
-    now: datetime | None = None,
 ) -> Outcome:
     """Store a return flow for ``connection`` in its inbox, journal it and apply it.
 
     ``move`` takes the file away from ``source`` (a download); otherwise it is copied (an
     import by hand leaves the operator's file alone).
     """
-    when = now or datetime.now(UTC)
-    sha256 = _sha256(source)
-    return_id = _ids.new(when)
+    sha256 = digest(source)[0]
     name = naming.safe(source.name) or "return"
-    target = layout.inbox(connection) / spool_name(return_id, name)
     earlier = db.return_by_sha256(connection, sha256)
     if earlier is not None:
         if move:
@@ -116,7 +102,12 @@ def receive(
             earlier=earlier["return_id"],
         )
         return Outcome(earlier["return_id"], "duplicate", (), 0, 0, message)
-    _store(source, target, move=move)
+    return_id = _new_return_id(db, layout, connection, name)
+    target = layout.inbox(connection) / spool_name(return_id, name)
+    if move:
+        _take(source, target)
+    else:
+        copy(source, target)
     with db.transaction():
         row, new = db.record_return(return_id, connection, source.name, str(target), sha256)
     if not new:  # received meanwhile by another path (poller and import racing): keep one
@@ -281,10 +272,21 @@ def _file_outputs(
     rejected = collateral = 0
     sent_file = Path(flow.final_path) if flow.final_path else None
     for invoice in invoices:
-        if not invoice["rejected"] or invoice["rejected_path"]:
+        done = invoice["rejected_path"] and Path(invoice["rejected_path"] + REJECTION).exists()
+        if not invoice["rejected"] or done:
             continue
-        folder = layout.rejected(flow.connection)
-        target = free_name(folder, invoice["file"], flow_id)
+        # The path is journaled before anything is written: a crash in between makes the next
+        # attempt write the same path again, never a second copy under another name.
+        target = Path(invoice["rejected_path"] or "")
+        if not invoice["rejected_path"]:
+            with db.transaction():
+                target = free_name(
+                    layout.rejected(flow.connection),
+                    invoice["file"],
+                    flow_id,
+                    lambda path: path.exists() or db.rejected_path_held(str(path)),
+                )
+                db.set_invoice_status(flow_id, invoice["position"], rejected_path=str(target))
         document = {
             "flow_id": flow_id,
             "connection": flow.connection,
@@ -299,10 +301,8 @@ def _file_outputs(
             "remote_name": flow.remote_name,
         }
         if sent_file is not None and sent_file.exists():
-            _store(sent_file, target, move=False)
-        write_json(target.with_name(target.name + ".rejection.json"), document)
-        with db.transaction():
-            db.set_invoice_status(flow_id, invoice["position"], rejected_path=str(target))
+            copy(sent_file, target)
+        write_json(target.with_name(target.name + REJECTION), document)
         rejected += 1
         collateral += int(bool(invoice["collateral"]))
         log.warning(

@@ -235,3 +235,49 @@ def test_the_daemon_finishes_returns_interrupted_by_a_stop(tmp_path: Path, sent_
     (paid,) = db.invoices(row.flow_id)
     db.close()
     assert (paid["status_code"], paid["final"], paid["rejected"]) == ("11", 1, 0)
+
+
+def test_a_rejection_interrupted_after_its_path_was_chosen_is_written_once(
+    tmp_path: Path, sent_flow
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    layout = Layout(config.gateway.data_dir)
+    db = JournalDB(layout.journal)
+    chosen = layout.rejected("qualif-mem") / "facture.xml"
+    # As a crash would leave it: verdict and path journaled, nothing written yet.
+    db.set_invoice_status(row.flow_id, 0, rejected=1, rejected_path=str(chosen), reasons="[]")
+    stored = layout.inbox("qualif-mem") / "20261123T100000Z-000003--r.xml"
+    stored.write_bytes(cpp_statut(invoices=(("F-100", "05"),)))
+    db.record_return("20261123T100000Z-000003", "qualif-mem", "r.xml", str(stored), "z" * 64)
+    assert returns.apply(db, layout, "20261123T100000Z-000003").rejected == 1
+    db.close()
+    assert sorted(p.name for p in layout.rejected("qualif-mem").iterdir()) == [
+        "facture.xml",
+        "facture.xml.rejection.json",
+    ]
+    assert chosen.read_bytes() == invoice("F-100")
+
+
+def test_a_return_id_already_used_is_never_reused(
+    tmp_path: Path, sent_flow, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    config, _ = sent_flow
+    layout = Layout(config.gateway.data_dir)
+    taken, fresh = "20261123T100000Z-00000a", "20261123T100000Z-00000b"
+    earlier = layout.inbox("qualif-mem") / f"{taken}--a.xml"
+    earlier.write_bytes(b"<CPPStatut/>")
+
+    class Ids:
+        issued = iter([taken, fresh])
+
+        def new(self, now: object) -> str:
+            return next(self.issued)
+
+    monkeypatch.setattr(returns, "_ids", Ids())
+    ret = tmp_path / "a.xml"
+    ret.write_bytes(cpp_statut(flow_code="90"))
+    db = JournalDB(layout.journal)
+    outcome = returns.receive(db, layout, "qualif-mem", ret)
+    db.close()
+    assert outcome.return_id == fresh
+    assert earlier.read_bytes() == b"<CPPStatut/>"  # the stored file was not overwritten
