@@ -57,79 +57,81 @@ def _iterparse(source: IO[bytes]) -> Any:
     )
 
 
+def _events(source: IO[bytes]) -> Iterator[tuple[str, Any]]:
+    """``("root", element)`` once, then ``("start"|"end", element)`` for the others.
+
+    Raises:
+        XmlError: not well-formed, empty, or carries a DTD.
+    """
+    seen_root = False
+    try:
+        for event, element in _iterparse(source):
+            if seen_root:
+                yield event, element
+                continue
+            if element.getroottree().docinfo.doctype:
+                raise XmlError("document type declarations (DTD) are refused")
+            seen_root = True
+            yield "root", element
+    except etree.XMLSyntaxError as exc:
+        raise XmlError(_syntax_message(exc)) from None
+    if not seen_root:
+        raise XmlError("no root element (empty document)")
+
+
+def _attributes(element: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in element.attrib.items()}
+
+
+def _release(element: Any) -> None:
+    """Free a finished element and its earlier siblings (only open ancestors stay)."""
+    element.clear(keep_tail=False)
+    parent = element.getparent()
+    if parent is not None:
+        while element.getprevious() is not None:
+            del parent[0]
+
+
 def records(source: IO[bytes], names: frozenset[str]) -> Iterator[tuple[str, Any]]:
     """Stream a document as ``("root", element)`` for the root's start, then
     ``("record", element)`` for each complete element whose local name is in ``names``.
 
-    A record's subtree is whole when it is yielded and cleared right after, as is everything
+    A record's subtree is whole when it is yielded and released right after, as is everything
     outside records: memory stays bounded by the largest record, not the document.
 
     Raises:
         XmlError: not well-formed, empty, or carries a DTD.
     """
     depth_in_record = 0
-    seen_root = False
-    try:
-        for event, element in _iterparse(source):
-            local = _split(element.tag)[1] if isinstance(element.tag, str) else ""
-            if event == "start":
-                if not seen_root:
-                    if element.getroottree().docinfo.doctype:
-                        raise XmlError("document type declarations (DTD) are refused")
-                    seen_root = True
-                    yield "root", element
-                elif local in names:
-                    depth_in_record += 1
-                continue
-            if local in names and depth_in_record:
-                depth_in_record -= 1
-                if depth_in_record == 0:
-                    yield "record", element
+    for event, element in _events(source):
+        if event == "root":
+            yield "root", element
+            continue
+        in_names = local_name(element) in names
+        if event == "start":
+            depth_in_record += in_names
+            continue
+        if in_names and depth_in_record:
+            depth_in_record -= 1
             if depth_in_record == 0:
-                element.clear(keep_tail=False)
-                parent = element.getparent()
-                if parent is not None:
-                    while element.getprevious() is not None:
-                        del parent[0]
-    except etree.XMLSyntaxError as exc:
-        raise XmlError(_syntax_message(exc)) from None
-    if not seen_root:
-        raise XmlError("no root element (empty document)")
+                yield "record", element
+        if depth_in_record == 0:
+            _release(element)
 
 
 def texts(source: IO[bytes]) -> Iterator[tuple[str, str, dict[str, str]]]:
     """Stream ``(local name, stripped text, attributes)`` of every element, root first, each
-    element cleared once read: for documents whose schema is not known.
+    element released once read: for documents whose schema is not known.
 
     Raises:
         XmlError: not well-formed, empty, or carries a DTD.
     """
-    seen_root = False
-    try:
-        for event, element in _iterparse(source):
-            if event == "start":
-                if not seen_root:
-                    if element.getroottree().docinfo.doctype:
-                        raise XmlError("document type declarations (DTD) are refused")
-                    seen_root = True
-                    yield (
-                        local_name(element),
-                        "",
-                        {str(k): str(v) for k, v in element.attrib.items()},
-                    )
-                continue
-            text = (element.text or "").strip()
-            attributes = {str(k): str(v) for k, v in element.attrib.items()}
-            yield local_name(element), text, attributes
-            element.clear(keep_tail=False)
-            parent = element.getparent()
-            if parent is not None:
-                while element.getprevious() is not None:
-                    del parent[0]
-    except etree.XMLSyntaxError as exc:
-        raise XmlError(_syntax_message(exc)) from None
-    if not seen_root:
-        raise XmlError("no root element (empty document)")
+    for event, element in _events(source):
+        if event == "root":
+            yield local_name(element), "", _attributes(element)
+        elif event == "end":
+            yield local_name(element), (element.text or "").strip(), _attributes(element)
+            _release(element)
 
 
 def local_name(element: Any) -> str:
@@ -150,45 +152,32 @@ def scan(
     Raises:
         XmlError: not well-formed, empty, or carries a DTD.
     """
-    parser_events = _iterparse(source)
     stack: list[str] = []
     values: dict[str, str] = {}
     paths: Mapping[tuple[str, ...], str] = {}
     root: tuple[str, str] | None = None
     attributes: dict[str, str] = {}
-    try:
-        for event, element in parser_events:
-            if event == "start":
-                if root is None:
-                    if element.getroottree().docinfo.doctype:
-                        raise XmlError("document type declarations (DTD) are refused")
-                    root = _split(element.tag)
-                    attributes = {str(k): str(v) for k, v in element.attrib.items()}
-                    paths = wanted(root) if wanted is not None else {}
-                    if not paths:
-                        break
-                    continue
-                stack.append(_split(element.tag)[1])
-            else:
-                if stack:
-                    key = paths.get(tuple(stack))
-                    if key is not None and key not in values and element.text:
-                        text = element.text.strip()
-                        if text:
-                            values[key] = text
-                    stack.pop()
-                # Only the ancestors' open tags are kept: finished subtrees are dropped.
-                element.clear(keep_tail=False)
-                parent = element.getparent()
-                if parent is not None:
-                    while element.getprevious() is not None:
-                        del parent[0]
-                if len(values) == len(set(paths.values())):
-                    break
-    except etree.XMLSyntaxError as exc:
-        raise XmlError(_syntax_message(exc)) from None
-    if root is None:
-        raise XmlError("no root element (empty document)")
+    for event, element in _events(source):
+        if event == "root":
+            root = _split(element.tag)
+            attributes = _attributes(element)
+            paths = wanted(root) if wanted is not None else {}
+            if not paths:
+                break
+        elif event == "start":
+            stack.append(local_name(element))
+        else:
+            if stack:
+                key = paths.get(tuple(stack))
+                if key is not None and key not in values and element.text:
+                    text = element.text.strip()
+                    if text:
+                        values[key] = text
+                stack.pop()
+            _release(element)
+            if len(values) == len(set(paths.values())):
+                break
+    assert root is not None  # _events raises on a document without one
     return XmlScan(root[0], root[1], attributes, values)
 
 
