@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +33,6 @@ FLOW_STATUS_LABELS = {
     "96": "reçu – intégration partielle",
 }
 FLOW_FAILED = frozenset({"93", "94", "95"})
-FLOW_PARTIAL = "96"
 
 #: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
 #: without a published label.
@@ -143,9 +142,6 @@ class ReturnFlow:
     @property
     def flow_ref(self) -> str | None:
         return self.parameters.get("IdFlx")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _child_text(element: Any, *path: str) -> str | None:

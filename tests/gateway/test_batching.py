@@ -11,21 +11,22 @@ from gateway.batching import Batcher
 
 
 def test_items_arriving_during_a_batch_are_run_together_in_the_next() -> None:
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     sizes: list[int] = []
 
     def work(items: list[int]) -> list[int | Exception]:
         sizes.append(len(items))
         if len(sizes) == 1:
+            started.set()
             release.wait(10)  # the first batch is slow: the others queue up meanwhile
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
     async def main() -> list[object]:
         batcher: Batcher[int, int] = Batcher(work)
         first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(started.wait, 10), "the first batch never started"
         rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 100)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: each task queues its item
         release.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
