@@ -7,8 +7,8 @@ template (``remote_name``). Placeholders:
 ``{interface}`` interface code, e.g. ``FSO1100A``
 ``{partner_code}`` the connection's Code Appli Partenaire, e.g. ``VFE056``
 ``{flow_id}``   raccord's flow identifier (unique, stable across resends)
-``{stem}``      the dropped file's name without its last extension, made safe
-``{ext}``       the dropped file's last extension with its dot (``.xml``), or empty
+``{stem}``      the dropped file's name without its extension, made safe
+``{ext}``       the dropped file's extension with its dot (``.xml``, ``.tar.gz``), or empty
 ``{name}``      ``{stem}{ext}``
 ``{date}``      the flow's creation date, ``YYYYMMDD`` (UTC)
 ``{time}``      the flow's creation time, ``HHMMSS`` (UTC)
@@ -108,6 +108,21 @@ class NameParts:
     structure: str = ""
 
 
+#: Extensions made of two suffixes, kept whole in ``{ext}``.
+DOUBLE_EXTENSIONS = (".tar.gz",)
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """``("facture", ".xml")``; ``("lot-…", ".tar.gz")``; ``("README", "")`` (of the last
+    component of ``name``)."""
+    name = PurePath(name).name
+    for double in DOUBLE_EXTENSIONS:
+        if name.lower().endswith(double) and len(name) > len(double):
+            return name[: -len(double)], name[-len(double) :]
+    path = PurePath(name)
+    return (path.stem, path.suffix) if path.suffix else (path.name, "")
+
+
 def remote_name(template: str, parts: NameParts) -> str:
     """Render ``template`` for one flow (see the module docstring for placeholders).
 
@@ -115,11 +130,11 @@ def remote_name(template: str, parts: NameParts) -> str:
         TemplateError: the template is invalid, or the result is empty or too long.
     """
     check_template(template)
-    original = PurePath(parts.original_name)
-    ext = safe(original.suffix) if original.suffix else ""
+    stem, ext = split_extension(parts.original_name)
+    ext = safe(ext) if ext else ""
     if ext and not ext.startswith("."):
         ext = "." + ext.lstrip("_")
-    stem = safe(original.stem if original.suffix else original.name)
+    stem = safe(stem)
     rendered = template.format(
         interface=safe(parts.interface),
         partner_code=safe(parts.partner_code),

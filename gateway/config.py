@@ -264,9 +264,9 @@ def _lot(section: Section | None) -> Lot:
         packaging=section.choice("packaging", ["none", "tar.gz", "zip"], "none"),
     )
     section.finish()
-    if lot.max_invoices > 1:
+    if lot.max_invoices > 1 and lot.packaging == "none":
         raise SettingsError(
-            section.key("max_invoices"),
-            "lots of several invoices are not supported yet; use max_invoices = 1",
+            section.key("packaging"),
+            f'lots of up to {lot.max_invoices} invoices need packaging = "tar.gz" or "zip"',
         )
     return lot

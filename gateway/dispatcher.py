@@ -6,6 +6,11 @@ For one flow (see the state diagram in :mod:`gateway.journal`)::
           ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
     any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
 
+On a connection that packs lots (``lot.max_invoices`` > 1) a routed invoice is validated (under
+Complète it must carry what Chorus Pro checks first, so that it cannot sink its lot), then waits
+``batched`` in the :class:`~gateway.lots.Assembler`; a full lot is packed into one archive in the
+spool and becomes a flow of its own, which takes the path above.
+
 Every decision is journaled *before* the file moves, so a crash between the two is finished by
 :meth:`Dispatcher.reconcile` at the next start. A flow's task never lets an exception escape:
 an unexpected error files the flow in ``error/`` with reason ``internal_error`` and the daemon
@@ -27,11 +32,11 @@ from typing import Any
 
 import structlog
 
-from flows import naming
-from flows.analysis import Analysis, analyze
+from flows import lots, naming
+from flows.analysis import Analysis, analyze, digest
 from gateway import logs
 from gateway.batching import Batcher
-from gateway.config import Config, Connection, Mode
+from gateway.config import Config, Connection, Lot, Mode
 from gateway.folders import (
     Layout,
     Placement,
@@ -41,7 +46,8 @@ from gateway.folders import (
     place_all,
     spool_name,
 )
-from gateway.journal import FlowRow, Journal, JournalDB
+from gateway.journal import OPEN, FlowRow, Journal, JournalDB
+from gateway.lots import Assembler, journal_lot, remove_members, write_lot
 from protocols.base import Outbound, Receipt, Sender
 from protocols.errors import TransferError
 
@@ -71,11 +77,16 @@ def route(conn: Connection, analysis: Analysis, today: date) -> Refusal | None:
     """Why ``conn`` may not carry this document today, or None if it may."""
     code = analysis.interface_code
     assert code is not None
+    return route_code(conn, code, analysis.format.label, today)
+
+
+def route_code(conn: Connection, code: str, what: str, today: date) -> Refusal | None:
+    """Why ``conn`` may not carry a flow of interface ``code`` (``what``: its format) today."""
     mode = conn.interfaces.get(code, Mode.NONE)
     if mode is Mode.NONE:
         return Refusal(
             "not_connected",
-            f"interface code {code} ({analysis.format.label}) is not connected on "
+            f"interface code {code} ({what}) is not connected on "
             f'{conn.name}; add {code} = "complete" or "partial" to its [connection.interfaces]',
         )
     unusable = conn.unusable_reason(today)
@@ -110,6 +121,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._filer: Batcher[Placement, None] = Batcher(place_all)
         self._flow_ids = naming.FlowIds()
+        self._lots = Assembler(self._lot_limits, self._on_lot)
         self.stopping = asyncio.Event()
 
     # -- intake ---------------------------------------------------------------------------
@@ -154,6 +166,7 @@ class Dispatcher:
         ``sending`` and the next start resends it under the same remote name.
         """
         self.stopping.set()
+        self._lots.close()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -164,6 +177,11 @@ class Dispatcher:
     @property
     def busy(self) -> int:
         return len(self._active)
+
+    @property
+    def batched(self) -> int:
+        """Invoices waiting for their lot."""
+        return self._lots.waiting
 
     # -- one flow -------------------------------------------------------------------------
 
@@ -198,6 +216,9 @@ class Dispatcher:
     async def _advance(self, row: FlowRow) -> None:
         if row.state == "claimed":
             row = await self._prepare(row)
+        if row.state == "batched":
+            self._lots.add(row)
+            return
         if row.state in ("queued", "sending"):
             row = await self._deliver(row)
         if row.state == "delivered":
@@ -213,6 +234,8 @@ class Dispatcher:
             return await self._refuse(
                 row, "unknown_connection", f"connection {row.connection} is no longer configured"
             )
+        if row.packaging is not None:
+            return await self._prepare_lot(row, conn)
         limit = self.config.gateway.max_file_size
         size, analysis = await asyncio.to_thread(_size_and_analysis, Path(row.spool_path), limit)
         if analysis is None:
@@ -237,6 +260,8 @@ class Dispatcher:
         refusal = route(conn, analysis, self._now().date())
         if refusal is not None:
             return await self._refuse(row, refusal.reason, refusal.message, **facts)
+        if conn.lot.max_invoices > 1:
+            return await self._batch(row, conn, analysis, facts)
         remote = row.remote_name or naming.remote_name(
             conn.remote_name,
             naming.NameParts(
@@ -260,7 +285,12 @@ class Dispatcher:
                 **facts,
             )
             if queued is not None:
-                invoice = (row.original_name, analysis.invoice_number, analysis.supplier_id)
+                invoice = (
+                    row.original_name,
+                    analysis.invoice_number,
+                    analysis.supplier_id,
+                    row.flow_id,
+                )
                 db.add_invoices(row.flow_id, [invoice])
             return queued, earlier
 
@@ -277,6 +307,152 @@ class Dispatcher:
             invoice_number=analysis.invoice_number,
             format=analysis.format.value,
         )
+        return queued
+
+    async def _batch(
+        self, row: FlowRow, conn: Connection, analysis: Analysis, facts: dict[str, Any]
+    ) -> FlowRow:
+        """Validate a routed invoice for a lot and leave it ``batched`` (or refuse it)."""
+        code = analysis.interface_code or ""
+        mode = conn.interfaces[code]
+        if mode is Mode.COMPLETE:
+            missing = lots.missing_for_complete(analysis)
+            if missing:
+                return await self._refuse(
+                    row,
+                    "unfit_for_lot",
+                    f"no {', '.join(missing)} found in this {analysis.format.label}; under "
+                    f"Complète ({code} on {conn.name}) one faulty invoice rejects its whole lot, "
+                    "so it was not packed. Correct the invoice and drop it again",
+                    **facts,
+                )
+        if analysis.size + lots.MEMBER_OVERHEAD > conn.lot.max_bytes:
+            return await self._refuse(
+                row,
+                "too_large",
+                f"{analysis.size} bytes does not fit in a lot of at most {conn.lot.max_bytes} "
+                f"bytes (lot.max_bytes of {conn.name})",
+                **facts,
+            )
+        batched, earlier = await self.journal.call(
+            lambda db: db.queue_unless_duplicate(
+                row.flow_id,
+                (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
+                check=not row.forced,
+                to_state="batched",
+                mode=mode.value,
+                **facts,
+            )
+        )
+        if batched is None:
+            assert earlier is not None
+            return await self._refuse(
+                row, "duplicate", _duplicate_message(row, earlier, analysis), **facts
+            )
+        log.info(
+            "flow.batched",
+            interface_code=code,
+            invoice_number=analysis.invoice_number,
+            format=analysis.format.value,
+        )
+        return batched
+
+    def _lot_limits(self, connection: str) -> Lot:
+        try:
+            return self.config.connection(connection).lot
+        except KeyError:
+            return Lot()
+
+    def _on_lot(self, rows: list[FlowRow]) -> None:
+        if self.stopping.is_set():
+            return  # they stay batched and are packed at the next start
+        task = asyncio.create_task(self._pack(rows), name=f"lot-{rows[0].flow_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pack(self, rows: list[FlowRow]) -> None:
+        """Pack waiting invoices into a lot: archive (durable), journal, member files removed;
+        then the lot runs as a flow."""
+        first = rows[0]
+        connection, code = first.connection, first.interface_code or ""
+        try:
+            conn = self.config.connection(connection)
+            packaging = conn.lot.packaging
+            lot_id = self._flow_ids.new(self._now())
+            name = lots.lot_name(lot_id, packaging)
+            target = self.layout.spool(connection) / spool_name(lot_id, name)
+            names = lots.member_names([row.original_name for row in rows])
+            members = [(n, Path(row.spool_path)) for n, row in zip(names, rows, strict=True)]
+            await asyncio.to_thread(write_lot, members, target, packaging)
+            invoices = [
+                (n, row.invoice_number, row.supplier_id, row.flow_id)
+                for n, row in zip(names, rows, strict=True)
+            ]
+            try:
+                await self.journal.call(
+                    lambda db: journal_lot(
+                        db,
+                        lot_id=lot_id,
+                        connection=connection,
+                        name=name,
+                        spool=target,
+                        packaging=packaging,
+                        interface_code=code,
+                        invoices=invoices,
+                        members=[row.flow_id for row in rows],
+                    )
+                )
+            except BaseException:
+                await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
+                raise
+            await asyncio.to_thread(remove_members, [Path(row.spool_path) for row in rows])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("lot.pack_failed", connection=connection, interface_code=code)
+            for row in rows:
+                await self._fail_safely(row.flow_id, f"could not be packed in a lot: {exc!r}")
+            return
+        log.info(
+            "lot.packed",
+            connection=connection,
+            flow_id=lot_id,
+            file=name,
+            interface_code=code,
+            invoices=len(rows),
+            members=[row.flow_id for row in rows],
+        )
+        self.start(lot_id)
+
+    async def _prepare_lot(self, row: FlowRow, conn: Connection) -> FlowRow:
+        """Route a packed lot (its invoices were analysed one by one): ``queued`` or refused."""
+        code = row.interface_code or ""
+        refusal = route_code(conn, code, "lot", self._now().date())
+        if refusal is not None:
+            return await self._refuse(row, refusal.reason, refusal.message)
+        sha256, size, _ = await asyncio.to_thread(digest, Path(row.spool_path))
+        remote = row.remote_name or naming.remote_name(
+            conn.remote_name,
+            naming.NameParts(
+                interface=code,
+                partner_code=conn.partner_code,
+                flow_id=row.flow_id,
+                original_name=row.original_name,
+                created=datetime.fromisoformat(row.created_at),
+                structure=conn.structure,
+            ),
+        )
+        queued = await self._transition(
+            row,
+            "queued",
+            expect=("claimed",),
+            size=size,
+            sha256=sha256,
+            format="lot",
+            remote_name=remote,
+            mode=conn.interfaces[code].value,
+        )
+        log.info("flow.routed", interface_code=code, remote_name=remote, format="lot")
         return queued
 
     async def _deliver(self, row: FlowRow) -> FlowRow:
@@ -360,6 +536,8 @@ class Dispatcher:
             "claimed_at": row.created_at,
             "sent_at": now.isoformat(timespec="milliseconds"),
         }
+        if row.packaging is not None:
+            document["invoices"] = await self._lot_invoices(row)
         folder = self.layout.sent(conn.name, now.date())
         return await self.journal.call(
             lambda db: db.file_to(
@@ -414,7 +592,7 @@ class Dispatcher:
     async def _file_error(self, row: FlowRow) -> None:
         assert row.final_path
         target = Path(row.final_path)
-        document = {
+        document: dict[str, Any] = {
             "flow_id": row.flow_id,
             "connection": row.connection,
             "file": row.original_name,
@@ -427,9 +605,23 @@ class Dispatcher:
             "failed_at": self._now().isoformat(timespec="milliseconds"),
             "retry": f"raccord retry {row.flow_id}",
         }
+        if row.packaging is not None:
+            document["invoices"] = await self._lot_invoices(row)
         await self._filer.submit(Placement(Path(row.spool_path), target, ".error.json", document))
         await self._transition(row, "error", expect=("failing",))
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
+
+    async def _lot_invoices(self, row: FlowRow) -> list[dict[str, Any]]:
+        invoices = await self.journal.call(lambda db: db.invoices(row.flow_id))
+        return [
+            {
+                "file": i["file"],
+                "invoice_number": i["invoice_number"],
+                "supplier_id": i["supplier_id"],
+                "dropped_as": i["source_flow"],
+            }
+            for i in invoices
+        ]
 
     async def _fail_safely(self, flow_id: str, message: str) -> None:
         try:
@@ -468,10 +660,7 @@ class Dispatcher:
         still open are resumed. Returns the number of flows resumed.
         """
         known = {
-            row.spool_path: row
-            for row in await self.journal.call(
-                lambda db: db.in_states(("claimed", "queued", "sending", "delivered", "failing"))
-            )
+            row.spool_path: row for row in await self.journal.call(lambda db: db.in_states(OPEN))
         }
         spooled = await asyncio.to_thread(self._spooled)
         for connection, path in spooled:
@@ -479,6 +668,12 @@ class Dispatcher:
             if parsed is None or str(path) in known:
                 continue
             flow_id, original = parsed
+            if lots.is_lot_name(flow_id, original) and not await self._journaled(flow_id):
+                # Packed, but the journal never recorded the lot: its invoices are still
+                # batched and will be packed again.
+                await asyncio.to_thread(functools.partial(path.unlink, missing_ok=True))
+                log.warning("lot.unfinished_removed", connection=connection, path=str(path))
+                continue
             recovered = await self.journal.call(
                 functools.partial(
                     _recover, flow_id=flow_id, connection=connection, name=original, spool=path
@@ -505,6 +700,9 @@ class Dispatcher:
                 )
             self.start(row.flow_id)
         return len(known)
+
+    async def _journaled(self, flow_id: str) -> bool:
+        return await self.journal.call(lambda db: db.get(flow_id)) is not None
 
     def _spooled(self) -> list[tuple[str, Path]]:
         """(connection, path) of every file in the spool folders."""
@@ -544,6 +742,9 @@ def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: 
     if db.insert(flow_id, connection, name, str(spool)):
         return "flow.recovered"
     row = db.get(flow_id)
+    if row is not None and row.state == "packed":  # its lot was journaled; the copy is spare
+        spool.unlink(missing_ok=True)
+        return ""
     if row is not None and row.state == "error" and not _in_error_folder(row):
         _back_to_claimed(db, row, "retry finished after restart", forced=bool(row.forced))
         return "flow.retry_recovered"

@@ -102,11 +102,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, data: dict[str, Any], *, sync_dir: bool = True) -> None:
+def write_bytes(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
     """Write ``path`` atomically and durably (temp file, fsync, rename, fsync of the folder
     unless the caller does it)."""
     temp = path.with_name(f".{path.name}.tmp")
-    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode() + b"\n"
     with temp.open("wb") as out:
         out.write(payload)
         out.flush()
@@ -114,6 +113,12 @@ def write_json(path: Path, data: dict[str, Any], *, sync_dir: bool = True) -> No
     temp.replace(path)
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: dict[str, Any], *, sync_dir: bool = True) -> None:
+    """Write ``data`` as indented JSON to ``path``, like :func:`write_bytes`."""
+    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode() + b"\n"
+    write_bytes(path, payload, sync_dir=sync_dir)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,18 @@
 """The journal: SQLite (WAL), the single source of truth about every flow.
 
-One row per flow (today one dropped file is one flow), one state at a time, every transition
-recorded with its time in ``transitions``::
+One row per flow, one state at a time, every transition recorded with its time in
+``transitions``::
 
     claimed ──▶ queued ──▶ sending ──▶ delivered ──▶ sent        (file in sent/)
        │          │  ▲        │
        │          │  └────────┘ retryable failure (attempts < max)
        ▼          ▼           ▼
     failing ◀─────┴───────────┘ ──▶ error                        (file in error/)
+
+A dropped file is one flow; on a connection that packs lots, it waits as ``batched`` (routed,
+validated, still in the spool) until its lot is packed, then becomes ``packed`` (its bytes are in
+the lot, ``lot_id`` names the lot). The lot is a flow of its own (``packaging`` set) that takes
+the path above; the invoices it carries are rows of ``invoices``.
 
 ``delivered`` and ``failing`` mean "decided, file not yet filed": after a crash the file is
 filed where the decision says. ``sending`` after a crash means the outcome is unknown: the flow
@@ -39,10 +44,22 @@ from typing import Any, TypeVar
 from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 3
-STATES = ("claimed", "queued", "sending", "delivered", "failing", "sent", "error")
-TERMINAL = frozenset({"sent", "error"})
-ACTIVE_FOR_DUPLICATES = ("queued", "sending", "delivered", "sent")
+SCHEMA_VERSION = 4
+STATES = (
+    "claimed",
+    "queued",
+    "sending",
+    "delivered",
+    "failing",
+    "sent",
+    "error",
+    "batched",
+    "packed",
+)
+TERMINAL = frozenset({"sent", "error", "packed"})
+#: States still being worked on (resumed after a restart).
+OPEN = ("claimed", "batched", "queued", "sending", "delivered", "failing")
+ACTIVE_FOR_DUPLICATES = ("batched", "packed", "queued", "sending", "delivered", "sent")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -71,12 +88,17 @@ CREATE TABLE IF NOT EXISTS flows (
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
     detail          TEXT,
-    mode            TEXT
+    mode            TEXT,
+    lot_id          TEXT,
+    packaging       TEXT,
+    resubmit_of     TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
 CREATE INDEX IF NOT EXISTS flows_invoice ON flows(supplier_id, invoice_number);
 CREATE INDEX IF NOT EXISTS flows_final_path ON flows(final_path);
+CREATE INDEX IF NOT EXISTS flows_lot ON flows(lot_id);
+CREATE INDEX IF NOT EXISTS flows_resubmit ON flows(resubmit_of);
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY,
     flow_id     TEXT NOT NULL,
@@ -101,6 +123,7 @@ CREATE TABLE IF NOT EXISTS invoices (
     final           INTEGER NOT NULL DEFAULT 0,
     reasons         TEXT,
     rejected_path   TEXT,
+    source_flow     TEXT,
     PRIMARY KEY (flow_id, position)
 );
 CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
@@ -132,6 +155,17 @@ CREATE TABLE IF NOT EXISTS statuses (
     UNIQUE (return_id, flow_id, position, code)
 );
 CREATE INDEX IF NOT EXISTS statuses_flow ON statuses(flow_id);
+-- Files fetched from a partner's download folder, so that none is processed twice.
+CREATE TABLE IF NOT EXISTS downloads (
+    connection      TEXT NOT NULL,
+    remote_name     TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    mtime           INTEGER NOT NULL,
+    return_id       TEXT,
+    outcome         TEXT NOT NULL,
+    at              TEXT NOT NULL,
+    PRIMARY KEY (connection, remote_name, size, mtime)
+);
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
     VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail);
@@ -171,6 +205,9 @@ class FlowRow:
     updated_at: str
     detail: str | None  # what the last transition said (e.g. "raccord retry --force")
     mode: str | None  # complete | partial, for the flow's interface code when it was queued
+    lot_id: str | None = None  # a packed invoice: the lot that carries it
+    packaging: str | None = None  # a lot: tar.gz | zip
+    resubmit_of: str | None = None  # a lot resubmitting the collateral invoices of that flow
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -214,12 +251,15 @@ class JournalDB:
             )
         if version == SCHEMA_VERSION:
             return
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(flows)")}
-        if columns:  # an existing journal: add the (nullable) columns later schemas brought
-            for name in _COLUMNS:
-                if name not in columns:
-                    self._db.execute(f"ALTER TABLE flows ADD COLUMN {name} TEXT")
+        for table, wanted in (("flows", _COLUMNS), ("invoices", ("source_flow",))):
+            columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if columns:  # an existing journal: add the (nullable) columns later schemas brought
+                for name in wanted:
+                    if name not in columns:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
         self._db.executescript(_SCHEMA)
+        if version and version < 4:  # one dropped file, one flow: it is its own source
+            self._db.execute("UPDATE invoices SET source_flow=flow_id WHERE source_flow IS NULL")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -245,14 +285,20 @@ class JournalDB:
         return self._db.total_changes
 
     def insert(
-        self, flow_id: str, connection: str, original_name: str, spool_path: str
+        self, flow_id: str, connection: str, original_name: str, spool_path: str, **values: Any
     ) -> FlowRow | None:
-        """Record a newly claimed flow; return it, or None if it was already recorded."""
+        """Record a newly claimed flow (with more columns in ``values``: a lot's packaging,
+        interface code…); return it, or None if it was already recorded."""
+        unknown = set(values) - set(_COLUMNS)
+        assert not unknown, unknown
         now = _now()
+        names = "".join(f", {name}" for name in values)
+        marks = ", ?" * len(values)
         row = self._db.execute(
-            "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"
-            " state, created_at, updated_at) VALUES (?, ?, ?, ?, 'claimed', ?, ?) RETURNING *",
-            (flow_id, connection, original_name, spool_path, now, now),
+            "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
+            f" state, created_at, updated_at{names}) VALUES (?, ?, ?, ?, 'claimed', ?, ?{marks})"
+            " RETURNING *",
+            (flow_id, connection, original_name, spool_path, now, now, *values.values()),
         ).fetchone()
         return FlowRow(**dict(row)) if row else None
 
@@ -334,11 +380,18 @@ class JournalDB:
     def find_duplicate(
         self, flow_id: str, sha256: str, supplier_id: str | None, invoice_number: str | None
     ) -> FlowRow | None:
-        """An earlier live or sent flow with the same bytes, or the same supplier and invoice."""
+        """An earlier live or sent flow with the same bytes, or the same supplier and invoice.
+
+        An invoice the partner rejected, and that no later flow carries again, is not a
+        duplicate: it may be corrected and sent again under its number.
+        """
         states = ",".join("?" * len(ACTIVE_FOR_DUPLICATES))
         row = self._db.execute(
-            f"SELECT * FROM flows WHERE flow_id<>? AND state IN ({states}) AND (sha256=?"  # noqa: S608 - placeholders only
+            f"SELECT * FROM flows f WHERE flow_id<>? AND state IN ({states}) AND (sha256=?"  # noqa: S608 - placeholders only
             " OR (? IS NOT NULL AND ? IS NOT NULL AND supplier_id=? AND invoice_number=?))"
+            " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=f.flow_id"
+            " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
+            " WHERE i.source_flow=f.flow_id AND i.rejected=0))"
             " ORDER BY created_at LIMIT 1",
             (
                 flow_id,
@@ -358,9 +411,11 @@ class JournalDB:
         identity: tuple[str, str | None, str | None],
         *,
         check: bool,
+        to_state: str = "queued",
         **values: Any,
     ) -> tuple[FlowRow | None, FlowRow | None]:
-        """Queue a claimed flow unless an earlier flow makes it a duplicate.
+        """Queue a claimed flow (or put it in ``batched`` for a lot) unless an earlier flow
+        makes it a duplicate.
 
         Returns ``(queued row, None)``, or ``(None, earlier flow)`` for a duplicate.
 
@@ -373,17 +428,18 @@ class JournalDB:
                 earlier = self.find_duplicate(flow_id, *identity)
                 if earlier is not None:
                     return None, earlier
-            return self.transition(flow_id, "queued", expect=("claimed",), **values), None
+            return self.transition(flow_id, to_state, expect=("claimed",), **values), None
 
     # -- invoices and returns ------------------------------------------------------------------
 
     def add_invoices(
-        self, flow_id: str, invoices: Iterable[tuple[str, str | None, str | None]]
+        self, flow_id: str, invoices: Iterable[tuple[str, str | None, str | None, str]]
     ) -> None:
-        """Record the invoices a flow carries: (file, invoice number, supplier id) in order."""
+        """Record the invoices a flow carries, in order: (file, invoice number, supplier id,
+        source flow: the flow of the dropped file, i.e. the flow itself unless it is a lot)."""
         self._db.executemany(
-            "INSERT OR IGNORE INTO invoices (flow_id, position, file, invoice_number, supplier_id)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO invoices (flow_id, position, file, invoice_number, supplier_id,"
+            " source_flow) VALUES (?, ?, ?, ?, ?, ?)",
             [(flow_id, i, *invoice) for i, invoice in enumerate(invoices)],
         )
 
@@ -488,6 +544,13 @@ class JournalDB:
             f"UPDATE invoices SET {assignments} WHERE flow_id=? AND position=?",  # noqa: S608
             (*values.values(), flow_id, position),
         )
+
+    def resubmission_of(self, flow_id: str) -> str | None:
+        """The flow that resubmitted ``flow_id``'s collateral invoices, if any."""
+        row = self._db.execute(
+            "SELECT flow_id FROM flows WHERE resubmit_of=? LIMIT 1", (flow_id,)
+        ).fetchone()
+        return row["flow_id"] if row else None
 
     def rejected_path_held(self, path: str) -> bool:
         """Whether a rejected invoice is already filed (or being filed) at ``path``."""

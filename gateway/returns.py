@@ -14,6 +14,9 @@ receiver, ``raccord import``)::
   ``raccord flows --returns``); one that cannot be read is ``unreadable``. Nothing is dropped.
 * Applying is idempotent: the journal is written first (state ``applying``), then the files,
   then ``applied``; a return found ``received`` or ``applying`` at start is applied again.
+* A rejected invoice of a lot is copied out of the lot. Under Complète, a connection with
+  ``resubmit_collateral`` packs the collateral invoices of a rejected lot into a new lot, once
+  (never for a lot that is itself a resubmission); the daemon sends it like any claimed flow.
 
 Synchronous on purpose (its own journal connection): the daemon runs it in a worker thread,
 the CLI directly.
@@ -24,18 +27,29 @@ from __future__ import annotations
 import errno
 import json
 from collections import defaultdict
+from collections.abc import Container
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows import naming
+from flows import lots, naming
 from flows.analysis import digest
 from flows.decision import InvoiceRef, Verdict, decide
 from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
 from gateway import logs
-from gateway.folders import Layout, copy, free_name, fsync_dir, move, spool_name, write_json
+from gateway.folders import (
+    Layout,
+    copy,
+    free_name,
+    fsync_dir,
+    move,
+    spool_name,
+    write_bytes,
+    write_json,
+)
 from gateway.journal import JournalDB
+from gateway.lots import journal_lot, write_lot
 
 log = logs.get()
 
@@ -82,14 +96,19 @@ def receive(
     source: Path,
     *,
     move: bool = False,
+    name: str | None = None,
+    resubmit: Container[str] = (),
 ) -> Outcome:
     """Store a return flow for ``connection`` in its inbox, journal it and apply it.
 
     ``move`` takes the file away from ``source`` (a download); otherwise it is copied (an
-    import by hand leaves the operator's file alone).
+    import by hand leaves the operator's file alone). ``name`` is the file's name at the
+    partner when ``source`` is a temporary download. ``resubmit``: the connections whose
+    policy is ``resubmit_collateral``.
     """
     sha256 = digest(source)[0]
-    name = naming.safe(source.name) or "return"
+    original = name or source.name
+    name = naming.safe(original) or "return"
     earlier = db.return_by_sha256(connection, sha256)
     if earlier is not None:
         if move:
@@ -98,7 +117,7 @@ def receive(
         log.warning(
             "return.duplicate",
             connection=connection,
-            file=source.name,
+            file=original,
             earlier=earlier["return_id"],
         )
         return Outcome(earlier["return_id"], "duplicate", (), 0, 0, message)
@@ -109,16 +128,18 @@ def receive(
     else:
         copy(source, target)
     with db.transaction():
-        row, new = db.record_return(return_id, connection, source.name, str(target), sha256)
+        row, new = db.record_return(return_id, connection, original, str(target), sha256)
     if not new:  # received meanwhile by another path (poller and import racing): keep one
         target.unlink(missing_ok=True)
         message = f"same bytes as return {row['return_id']}: applied once"
         return Outcome(row["return_id"], "duplicate", (), 0, 0, message)
-    log.info("return.received", connection=connection, file=source.name, return_id=return_id)
-    return apply(db, layout, return_id)
+    log.info("return.received", connection=connection, file=original, return_id=return_id)
+    return apply(db, layout, return_id, resubmit=resubmit)
 
 
-def apply(db: JournalDB, layout: Layout, return_id: str) -> Outcome:
+def apply(
+    db: JournalDB, layout: Layout, return_id: str, *, resubmit: Container[str] = ()
+) -> Outcome:
     """Parse, correlate, decide and file one journaled return (idempotent)."""
     row = db.get_return(return_id)
     if row is None:
@@ -148,6 +169,8 @@ def apply(db: JournalDB, layout: Layout, return_id: str) -> Outcome:
         newly = _file_outputs(db, layout, flow_id, flow_verdicts)
         rejected += newly[0]
         collateral += newly[1]
+        if connection in resubmit:
+            resubmit_collateral(db, layout, flow_id)
     return _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
 
 
@@ -301,7 +324,10 @@ def _file_outputs(
             "remote_name": flow.remote_name,
         }
         if sent_file is not None and sent_file.exists():
-            copy(sent_file, target)
+            if flow.packaging is None:
+                copy(sent_file, target)
+            else:
+                write_bytes(target, lots.extract(sent_file, invoice["file"]))
         write_json(target.with_name(target.name + REJECTION), document)
         rejected += 1
         collateral += int(bool(invoice["collateral"]))
@@ -316,6 +342,65 @@ def _file_outputs(
             path=str(target),
         )
     return rejected, collateral
+
+
+def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | None:
+    """Pack the collateral invoices of a rejected lot into a new lot (state ``claimed``, for
+    the daemon to send); return its flow id, or None if there is nothing to resubmit.
+
+    Once per lot: a lot already resubmitted, or itself a resubmission, is left alone.
+    """
+    flow = db.get(flow_id)
+    if flow is None or flow.packaging is None or flow.resubmit_of is not None:
+        return None
+    earlier = db.resubmission_of(flow_id)
+    if earlier is not None:
+        return earlier
+    collateral = [i for i in db.invoices(flow_id) if i["collateral"]]
+    if not collateral:
+        return None
+    if not flow.final_path or not Path(flow.final_path).exists():
+        log.error(
+            "lot.resubmit_failed",
+            connection=flow.connection,
+            flow_id=flow_id,
+            error=f"the sent lot {flow.final_path} is missing; its collateral invoices were "
+            "not resubmitted",
+        )
+        return None
+    contents = dict(lots.read_members(Path(flow.final_path).read_bytes()))
+    lot_id = _ids.new(datetime.now(UTC))
+    name = lots.lot_name(lot_id, flow.packaging)
+    target = layout.spool(flow.connection) / spool_name(lot_id, name)
+    write_lot([(i["file"], contents[i["file"]]) for i in collateral], target, flow.packaging)
+    try:
+        journal_lot(
+            db,
+            lot_id=lot_id,
+            connection=flow.connection,
+            name=name,
+            spool=target,
+            packaging=flow.packaging,
+            interface_code=flow.interface_code or "",
+            invoices=[
+                (i["file"], i["invoice_number"], i["supplier_id"], i["source_flow"])
+                for i in collateral
+            ],
+            resubmit_of=flow_id,
+            detail=f"collateral invoices of rejected lot {flow_id}, sent again",
+        )
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    log.warning(
+        "lot.resubmitted",
+        connection=flow.connection,
+        flow_id=lot_id,
+        resubmit_of=flow_id,
+        invoices=len(collateral),
+        action="the collateral invoices of a lot rejected under Complète are sent again",
+    )
+    return lot_id
 
 
 def _invoice_view(invoice: dict[str, Any]) -> dict[str, Any]:

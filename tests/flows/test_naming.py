@@ -41,6 +41,11 @@ def test_default_template_renders_every_part() -> None:
     assert rendered == "FSO1100A_VFE056_20261123T170509Z-abcdef.xml"
 
 
+def test_a_lot_keeps_its_double_extension() -> None:
+    rendered = naming.remote_name("{stem}+{flow_id}{ext}", parts("lot-x.tar.gz"))
+    assert rendered == "lot-x_20261123T170509Z-abcdef.tar.gz"
+
+
 def test_all_placeholders_render() -> None:
     template = "{date}-{time}-{structure}-{stem}-{name}-{flow_id}"
     assert naming.remote_name(template, parts("inv.1.xml")) == (
@@ -55,6 +60,7 @@ def test_all_placeholders_render() -> None:
         ("../../etc/passwd", "passwd"),
         ("noext", "noext"),
         (".hidden.xml", "hidden.xml"),
+        ("../lot-1.TAR.GZ", "lot-1.TAR.GZ"),
     ],
 )
 def test_odd_names_become_safe(name: str, expected: str) -> None:

@@ -14,7 +14,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
-from gateway.journal import FlowRow, JournalDB
+from gateway.journal import TERMINAL, FlowRow, JournalDB
 
 MEMORY_CONFIG = """\
 [gateway]
@@ -33,9 +33,10 @@ partner_code = "VFE056"
 state = "{state}"
 valid_from = 2017-06-21
 valid_to = {valid_to}
+{connection_extra}
 
 [connection.interfaces]
-FSO1100A = "complete"
+FSO1100A = "{mode}"
 
 [connection.memory]
 bucket = "{bucket}"
@@ -52,6 +53,8 @@ def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
         "valid_to": "2099-06-30",
         "bucket": bucket,
         "gateway_extra": "",
+        "connection_extra": "",
+        "mode": "complete",
         "delay": "0s",
     }
     values.update(overrides)
@@ -100,14 +103,17 @@ async def running(config: Config, **kwargs: Any) -> AsyncIterator[Gateway]:
         await asyncio.wait_for(task, 30)
 
 
-def deliver(config: Config, documents: dict[str, bytes]) -> list[FlowRow]:
+def deliver(
+    config: Config, documents: dict[str, bytes], *, settled: frozenset[str] = TERMINAL
+) -> list[FlowRow]:
     """Run a gateway, drop ``documents`` (name -> bytes), wait until every flow in the journal
-    (new and resumed) is filed in sent/ or error/; return all rows."""
+    (new and resumed) is in a ``settled`` state (by default: filed in sent/ or error/, or
+    packed in a lot); return all rows."""
     expected = len(rows(config)) + len(documents)
 
     def all_filed() -> bool:
         current = rows(config)
-        return len(current) >= expected and all(r.state in ("sent", "error") for r in current)
+        return len(current) >= expected and all(r.state in settled for r in current)
 
     async def main() -> None:
         async with running(config):

@@ -148,8 +148,27 @@ def test_usability_follows_state_and_validity() -> None:
     assert reason is not None and reason[0] == "connection_inactive"
 
 
-def test_lots_larger_than_one_are_refused_until_supported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not supported yet"):
+def test_a_lot_of_several_invoices_needs_an_archive_format(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"lot\.packaging: lots of up to 50 invoices need"):
         load_text(
             tmp_path, with_change("lot = { max_invoices = 1 }", "lot = { max_invoices = 50 }")
+        )
+    lot = (
+        load_text(
+            tmp_path,
+            with_change(
+                "lot = { max_invoices = 1 }",
+                'lot = { max_invoices = 50, max_wait = "2s", packaging = "zip" }',
+            ),
+        )
+        .connections[0]
+        .lot
+    )
+    assert (lot.max_invoices, lot.max_wait, lot.packaging) == (50, 2.0, "zip")
+    with pytest.raises(ConfigError, match=r"max_invoices: must be between 1 and 500"):
+        load_text(
+            tmp_path,
+            with_change(
+                "lot = { max_invoices = 1 }", 'lot = { max_invoices = 501, packaging = "zip" }'
+            ),
         )

@@ -133,6 +133,41 @@ def test_a_journal_of_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     JournalDB(path).close()  # opening again is a no-op
 
 
+V3_INVOICES = """
+CREATE TABLE invoices (
+    flow_id TEXT NOT NULL, position INTEGER NOT NULL, file TEXT NOT NULL, invoice_number TEXT,
+    supplier_id TEXT, status_code TEXT, status_label TEXT, status_at TEXT,
+    rejected INTEGER NOT NULL DEFAULT 0, collateral INTEGER NOT NULL DEFAULT 0,
+    final INTEGER NOT NULL DEFAULT 0, reasons TEXT, rejected_path TEXT,
+    PRIMARY KEY (flow_id, position)
+);
+INSERT INTO invoices (flow_id, position, file, invoice_number, supplier_id, rejected)
+VALUES ('20261101T080000Z-00000a', 0, 'old.xml', 'F-1', 'S', 1);
+PRAGMA user_version=3;
+"""
+
+
+def test_a_journal_of_schema_3_learns_lots_and_keeps_rejected_invoices_resendable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(V1_SCHEMA.replace("PRAGMA user_version=1;", "") + V3_INVOICES)
+    old.execute("UPDATE flows SET state='sent', sha256='aa', supplier_id='S', invoice_number='F-1'")
+    old.commit()
+    old.close()
+    db = JournalDB(path)
+    (invoice,) = db.invoices("20261101T080000Z-00000a")
+    assert invoice["source_flow"] == "20261101T080000Z-00000a"  # a flow was its own source
+    assert db.get("20261101T080000Z-00000a").lot_id is None  # type: ignore[union-attr]
+    # The partner rejected F-1: sending it again (corrected) is not a duplicate.
+    assert db.find_duplicate("20261123T080000Z-00000b", "bb", "S", "F-1") is None
+    assert db.find_duplicate("20261123T080000Z-00000b", "aa", None, None) is None
+    db.set_invoice_status("20261101T080000Z-00000a", 0, rejected=0)
+    assert db.find_duplicate("20261123T080000Z-00000b", "bb", "S", "F-1") is not None
+    db.close()
+
+
 def test_a_journal_from_a_newer_raccord_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     newer = sqlite3.connect(path)

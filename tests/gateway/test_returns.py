@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import cppstatut
 from gateway import returns
 from gateway.cli import main
 from gateway.folders import Layout
@@ -32,34 +33,24 @@ def cpp_statut(
     invoices: tuple[tuple[str, str], ...] = (),
     supplier: str = "12345678200010",
 ) -> bytes:
-    """A CPP Statut return as the schema facts describe it (DESIGN.md, Return flows)."""
-    flow = ""
-    if flow_code:
-        lines = "".join(
-            f"<LigneErreurDetail><CodeErreur>E{i}</CodeErreur><LibelleErreur>{e}</LibelleErreur>"
-            "</LigneErreurDetail>"
-            for i, e in enumerate(errors)
+    """A CPP Statut return: a flow status with its errors, and (invoice number, code) pairs."""
+    return cppstatut.build(
+        cppstatut.Statut(
+            flow_ref=flow_ref,
+            produced_at="2026-11-23T10:00:00",
+            flow=[
+                cppstatut.FlowLine(
+                    flow_code, "2026-11-23T10:00:00", [(f"E{i}", e) for i, e in enumerate(errors)]
+                )
+            ]
+            if flow_code
+            else [],
+            invoices=[
+                cppstatut.InvoiceLine(number, code, supplier, comment="motif")
+                for number, code in invoices
+            ],
         )
-        flow = (
-            "<CPPFluxStatuts><CPPFluxStatutUnitaire><DonneesStatut>"
-            f"<IdStatut>{flow_code}</IdStatut><Horodatage>2026-11-23T10:00:00</Horodatage>"
-            f"<Details>{lines}</Details></DonneesStatut></CPPFluxStatutUnitaire></CPPFluxStatuts>"
-        )
-    units = "".join(
-        "<CPPFactureStatutUnitaire>"
-        f"<Fournisseur><TypeIdentifiant>1</TypeIdentifiant><Identifiant>{supplier}</Identifiant>"
-        "</Fournisseur><DonneesStatut>"
-        f"<IdStatut>{code}</IdStatut><IdFacture>{number}</IdFacture>"
-        "<Commentaire>motif</Commentaire></DonneesStatut></CPPFactureStatutUnitaire>"
-        for number, code in invoices
     )
-    facture = f"<CPPFactureStatuts>{units}</CPPFactureStatuts>" if units else ""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><CPPStatut Version="1.19"><Enveloppe>'
-        "<EnveloppeUnitaire><Parametres><ParametreIndiv><Code>IdFlx</Code>"
-        f"<Valeurparametre>{flow_ref}</Valeurparametre></ParametreIndiv></Parametres>"
-        f"</EnveloppeUnitaire></Enveloppe>{flow}{facture}</CPPStatut>"
-    ).encode()
 
 
 @pytest.fixture
@@ -149,59 +140,6 @@ def test_unreadable_return_is_kept_and_reported(
     captured = capsys.readouterr()
     assert "garbage.xml: unreadable" in captured.out and "not readable as XML" in captured.out
     assert "missing.xml: no such file" in captured.err
-
-
-def lot_flow(config, count: int, mode: str) -> str:  # type: ignore[no-untyped-def]
-    """A sent flow carrying ``count`` invoices (what a lot will be), journaled directly."""
-    layout = Layout(config.gateway.data_dir)
-    layout.create(["qualif-mem"])
-    sent = layout.data_dir / "sent" / "qualif-mem" / "2026-11-23" / "lot.tar.gz"
-    sent.parent.mkdir(parents=True, exist_ok=True)
-    sent.write_bytes(b"lot")
-    db = JournalDB(layout.journal)
-    flow_id = "20261123T090000Z-0000aa"
-    db.insert(flow_id, "qualif-mem", "lot.tar.gz", "/spool/lot.tar.gz")
-    db.add_invoices(
-        flow_id, [(f"f{i:02}.xml", f"F-{i:03}", "12345678200010") for i in range(count)]
-    )
-    db.transition(flow_id, "sent", mode=mode, final_path=str(sent), remote_name=f"L_{flow_id}.tgz")
-    db.close()
-    return flow_id
-
-
-@pytest.mark.parametrize(
-    ("mode", "rejected", "collateral"), [("complete", 20, 19), ("partial", 1, 0)]
-)
-def test_one_bad_invoice_in_a_lot_of_twenty(
-    tmp_path: Path, mode: str, rejected: int, collateral: int
-) -> None:
-    config = memory_config(tmp_path, "lot")
-    flow_id = lot_flow(config, 20, mode)
-    layout = Layout(config.gateway.data_dir)
-    ret = tmp_path / "ret.xml"
-    statuses = tuple((f"F-{i:03}", "05" if i == 7 else "01") for i in range(20))
-    ret.write_bytes(cpp_statut(flow_ref=f"L_{flow_id}.tgz", flow_code="96", invoices=statuses))
-    db = JournalDB(layout.journal)
-    outcome = returns.receive(db, layout, "qualif-mem", ret)
-    invoices = db.invoices(flow_id)
-    db.close()
-    assert (outcome.state, outcome.rejected, outcome.collateral) == (
-        "applied",
-        rejected,
-        collateral,
-    )
-    assert sum(i["rejected"] for i in invoices) == rejected
-    assert [i["invoice_number"] for i in invoices if i["rejected"] and not i["collateral"]] == [
-        "F-007"
-    ]
-    reports = sorted(layout.rejected("qualif-mem").glob("*.rejection.json"))
-    assert len(reports) == rejected
-    flags = [json.loads(p.read_text())["collateral"] for p in reports]
-    assert flags.count(True) == collateral
-    db = JournalDB(layout.journal)
-    assert [r.flow_id for r in db.search(invoice="F-007")] == [flow_id]  # a member of the lot
-    assert db.search(invoice="F-999") == []
-    db.close()
 
 
 def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
