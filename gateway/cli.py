@@ -266,7 +266,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                 print(f"raccord: {path}: no such file", file=sys.stderr)
                 status = NOT_RIGHT
                 continue
-            outcome = returns.receive(db, layout, connection, path)
+            outcome = returns.receive(
+                db, layout, connection, path, resubmit=returns.resubmitting(config)
+            )
             detail = f" — {outcome.message}" if outcome.message else ""
             flows = ", ".join(outcome.flows) or "no flow"
             print(

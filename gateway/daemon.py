@@ -1,10 +1,10 @@
 """The running gateway: journal + senders + dispatcher + watcher, owned by one task group.
 
-Start order: folders, journal, senders, reconciliation (unfinished flows resume), watcher,
-then READY for systemd. Stop (``stopping`` set, e.g. by SIGTERM): the watcher stops taking
-files, in-flight flows get ``shutdown_grace`` seconds to finish and are then cancelled (their
-outcome is unknown and they resend under the same remote name at the next start), senders and
-journal close.
+Start order: folders, journal, senders, reconciliation (unfinished flows resume, interrupted
+return flows are applied), watcher and return-flow pollers, then READY for systemd. Stop
+(``stopping`` set, e.g. by SIGTERM): the watcher and pollers stop taking files, in-flight
+flows get ``shutdown_grace`` seconds to finish and are then cancelled (their outcome is unknown
+and they resend under the same remote name at the next start), senders and journal close.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
 from gateway.intake import Watcher
 from gateway.journal import Journal, JournalDB
+from gateway.polling import Poller, sources
 from protocols import registry
 from protocols.base import Sender
 
@@ -89,8 +90,10 @@ class Gateway:
                 self.ready.set()
                 if on_ready is not None:
                     on_ready()
+                poller = Poller(config, journal, sources(config, senders))
                 async with asyncio.TaskGroup() as group:
                     group.create_task(watcher.run(stopping))
+                    group.create_task(poller.run(stopping))
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     await stopping.wait()
                     watcher.wake()
@@ -109,7 +112,9 @@ class Gateway:
         try:
             for return_id in returns.pending(db):
                 try:
-                    returns.apply(db, self.layout, return_id)
+                    returns.apply(
+                        db, self.layout, return_id, resubmit=returns.resubmitting(self.config)
+                    )
                 except Exception:  # one bad return must not keep the gateway from starting
                     log.exception("return.apply_failed", return_id=return_id)
         finally:

@@ -545,6 +545,33 @@ class JournalDB:
             (*values.values(), flow_id, position),
         )
 
+    def download(self, connection: str, name: str, size: int, mtime: int) -> dict[str, Any] | None:
+        """What became of that remote file (same name, size and time), if it was seen."""
+        row = self._db.execute(
+            "SELECT * FROM downloads WHERE connection=? AND remote_name=? AND size=? AND mtime=?",
+            (connection, name, size, mtime),
+        ).fetchone()
+        return dict(row) if row else None
+
+    def record_download(
+        self,
+        connection: str,
+        name: str,
+        size: int,
+        mtime: int,
+        *,
+        outcome: str,
+        return_id: str | None = None,
+    ) -> None:
+        """Remember a remote file: ``stored`` (in the inbox, not yet removed remotely),
+        ``done``, or ``refused`` (never fetched; the log said why)."""
+        self._db.execute(
+            "INSERT INTO downloads (connection, remote_name, size, mtime, return_id, outcome, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET outcome=excluded.outcome,"
+            " return_id=coalesce(excluded.return_id, return_id), at=excluded.at",
+            (connection, name, size, mtime, return_id, outcome, _now()),
+        )
+
     def resubmission_of(self, flow_id: str) -> str | None:
         """The flow that resubmitted ``flow_id``'s collateral invoices, if any."""
         row = self._db.execute(

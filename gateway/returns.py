@@ -38,6 +38,7 @@ from flows.analysis import digest
 from flows.decision import InvoiceRef, Verdict, decide
 from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
 from gateway import logs
+from gateway.config import Config
 from gateway.folders import (
     Layout,
     copy,
@@ -454,6 +455,11 @@ def _finish(
     else:
         log.warning(f"return.{state}", **fields, path=row["inbox_path"])
     return Outcome(row["return_id"], state, flows, rejected, collateral, message or "")
+
+
+def resubmitting(config: Config) -> frozenset[str]:
+    """The connections whose policy is ``resubmit_collateral``."""
+    return frozenset(conn.name for conn in config.connections if conn.resubmit_collateral)
 
 
 def pending(db: JournalDB) -> list[str]:

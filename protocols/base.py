@@ -9,7 +9,9 @@ A sender is an async context manager (it owns its connections) with two operatio
   the sender (or the partner) can recognise it.
 * :meth:`Sender.check` logs in and out, for ``raccord check --connect``.
 
-Optional features are flags in :class:`Capabilities`, not extra methods.
+Optional features are flags in :class:`Capabilities`. A sender whose protocol can also fetch
+return flows from the partner (``receives_returns``) implements :class:`ReturnSource` too, on
+the same connection.
 """
 
 from __future__ import annotations
@@ -83,6 +85,51 @@ class Sender(Protocol):
 
         Raises:
             protocols.errors.TransferError: the partner cannot be reached or refuses us.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A return flow waiting at the partner (``mtime``: seconds since the epoch)."""
+
+    name: str
+    size: int
+    mtime: int
+
+
+class ReturnSource(Protocol):
+    """Fetching return flows from the partner's download folder, polled by the gateway.
+
+    The gateway stores each fetched file durably (and journals it) *before* it calls
+    :meth:`finish_return`, so a crash in between fetches it again and the gateway recognises
+    the bytes: nothing is lost, nothing applied twice.
+    """
+
+    poll_interval: float
+
+    async def list_returns(self) -> list[RemoteFile]:
+        """The files waiting, oldest first (hidden and temporary names left out).
+
+        Raises:
+            protocols.errors.TransferError: the partner cannot be reached or listed.
+        """
+        ...
+
+    async def fetch_return(self, remote: RemoteFile, local: Path) -> None:
+        """Write ``remote``'s bytes to ``local`` (created or truncated) and fsync it.
+
+        Raises:
+            protocols.errors.TransferError: the file could not be fetched completely.
+        """
+        ...
+
+    async def finish_return(self, remote: RemoteFile) -> str:
+        """Do what the connection says with a stored file (delete it, rename it, or leave it);
+        return what was done, in a word.
+
+        Raises:
+            protocols.errors.TransferError: the partner refused.
         """
         ...
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
+from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import RemoteNameConflict, TransferError
 from protocols.settings import Section
 
@@ -22,6 +23,8 @@ from protocols.settings import Section
 @dataclass
 class Bucket:
     files: dict[str, bytes] = field(default_factory=dict)
+    #: Return flows the "partner" offers for download: name -> bytes.
+    returns: dict[str, bytes] = field(default_factory=dict)
     failures: deque[TransferError] = field(default_factory=deque)
     sends: int = 0
     gate: asyncio.Event | None = None  # when set by a test, sends wait for it to open
@@ -49,11 +52,14 @@ def fail_next(name: str, *errors: TransferError) -> None:
 class MemorySettings:
     bucket: str
     delay: float
+    poll_interval: float = 60.0
 
 
 def parse_settings(section: Section) -> MemorySettings:
     settings = MemorySettings(
-        bucket=section.string("bucket", "default"), delay=section.duration("delay", "0s")
+        bucket=section.string("bucket", "default"),
+        delay=section.duration("delay", "0s"),
+        poll_interval=section.duration("poll_interval", "60s"),
     )
     section.finish()
     return settings
@@ -61,11 +67,12 @@ def parse_settings(section: Section) -> MemorySettings:
 
 class MemorySender:
     protocol = "memory"
-    capabilities = Capabilities(atomic_rename=True, detects_resend=True)
+    capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
 
     def __init__(self, settings: MemorySettings) -> None:
         self._settings = settings
         self._bucket = bucket(settings.bucket)
+        self.poll_interval = settings.poll_interval
 
     async def __aenter__(self) -> Self:
         return self
@@ -97,6 +104,18 @@ class MemorySender:
 
     async def check(self) -> str:
         return f"memory bucket {self._settings.bucket!r}"
+
+    async def list_returns(self) -> list[RemoteFile]:
+        return [RemoteFile(name, len(data), 0) for name, data in self._bucket.returns.items()]
+
+    async def fetch_return(self, remote: RemoteFile, local: Path) -> None:
+        if self._bucket.failures:
+            raise self._bucket.failures.popleft()
+        await asyncio.to_thread(local.write_bytes, self._bucket.returns[remote.name])
+
+    async def finish_return(self, remote: RemoteFile) -> str:
+        self._bucket.returns.pop(remote.name, None)
+        return "deleted"
 
 
 PLUGIN = ProtocolPlugin(

@@ -6,12 +6,18 @@ is written under a temporary name (``temp_prefix`` + remote name + ``temp_suffix
 to its final name with the plain SFTP rename, which never overwrites: a final name that already
 exists is either our own earlier delivery (same size: the resend is recognised and nothing is
 sent twice) or a conflict that needs a person.
+
+With ``download_dir`` set, the same session also fetches return flows (:class:`ReturnSource`):
+regular files whose names are not hidden or temporary, oldest first; once the gateway has
+stored one, it is deleted, renamed with ``done_suffix``, or left (``after_download``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,7 +26,7 @@ from typing import Self
 
 import asyncssh
 
-from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
+from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import (
     AuthenticationError,
     ConnectError,
@@ -51,6 +57,12 @@ class SftpSettings:
     max_parallel: int = 8
     temp_prefix: str = "."
     temp_suffix: str = ".part"
+    after_download: str = "delete"
+    done_suffix: str = ".done"
+
+
+#: Names never fetched from download_dir: someone is still writing them.
+_TEMPORARY = (".tmp", ".part", ".filepart")
 
 
 def parse_settings(section: Section) -> SftpSettings:
@@ -72,11 +84,18 @@ def parse_settings(section: Section) -> SftpSettings:
         max_parallel=section.integer("max_parallel", 8, minimum=1, maximum=64),
         temp_prefix=section.string("temp_prefix", "."),
         temp_suffix=section.string("temp_suffix", ".part"),
+        after_download=section.choice("after_download", ["delete", "rename", "leave"], "delete"),
+        done_suffix=section.string("done_suffix", ".done"),
     )
     if not settings.temp_prefix and not settings.temp_suffix:
         raise SettingsError(
             section.key("temp_suffix"),
             "temp_prefix and temp_suffix cannot both be empty: the partner would see half files",
+        )
+    if settings.after_download == "rename" and not settings.done_suffix.strip("."):
+        raise SettingsError(
+            section.key("done_suffix"),
+            'after_download = rename needs a done_suffix such as ".done"',
         )
     section.finish()
     return settings
@@ -128,10 +147,13 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
 
 class SftpSender:
     protocol = "sftp"
-    capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=False)
+    capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
 
     def __init__(self, settings: SftpSettings) -> None:
         self._settings = settings
+        self.poll_interval = settings.poll_interval
+        if settings.download_dir is None:  # nothing to poll on this connection
+            self.capabilities = Capabilities(atomic_rename=True, detects_resend=True)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
@@ -243,6 +265,85 @@ class SftpSender:
         return (
             f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
         )
+
+    # -- return flows (ReturnSource) ------------------------------------------------------
+
+    def _download(self, name: str) -> str:
+        assert self._settings.download_dir is not None
+        return str(PurePosixPath(self._settings.download_dir) / name)
+
+    def _waiting(self, name: str) -> bool:
+        lowered = name.lower()
+        return not (
+            name.startswith(".")
+            or lowered.endswith(_TEMPORARY)
+            or (
+                self._settings.after_download == "rename"
+                and lowered.endswith(self._settings.done_suffix.lower())
+            )
+        )
+
+    async def list_returns(self) -> list[RemoteFile]:
+        s = self._settings
+        if s.download_dir is None:
+            return []
+        async with self._slots:
+            try:
+                sftp = await self._session()
+                with _translated(f"listing {s.download_dir}", s):
+                    entries = await asyncio.wait_for(sftp.readdir(s.download_dir), s.timeout)
+            except (TransferTimeout, ConnectError):
+                await self._close()
+                raise
+        found = []
+        for entry in entries:
+            name = (
+                entry.filename if isinstance(entry.filename, str) else os.fsdecode(entry.filename)
+            )
+            attrs = entry.attrs
+            if attrs.permissions is not None and not stat.S_ISREG(attrs.permissions):
+                continue
+            if self._waiting(name):
+                found.append(RemoteFile(name, attrs.size or 0, int(attrs.mtime or 0)))
+        return sorted(found, key=lambda f: (f.mtime, f.name))
+
+    async def fetch_return(self, remote: RemoteFile, local: Path) -> None:
+        s = self._settings
+        source = self._download(remote.name)
+        async with self._slots:
+            try:
+                sftp = await self._session()
+                with _translated(f"download of {remote.name}", s):
+                    await asyncio.wait_for(sftp.get(source, str(local)), s.timeout)
+            except (TransferTimeout, ConnectError):
+                await self._close()
+                raise
+        fetched = await asyncio.to_thread(_fsync_size, local)
+        if fetched != remote.size:
+            raise TransferTimeout(
+                f"download of {remote.name}: got {fetched} bytes, the listing said {remote.size}; "
+                "the partner may still be writing it, it will be fetched again"
+            )
+
+    async def finish_return(self, remote: RemoteFile) -> str:
+        s = self._settings
+        if s.after_download == "leave":
+            return "left"
+        source = self._download(remote.name)
+        async with self._slots:
+            sftp = await self._session()
+            with _translated(f"{s.after_download} of {remote.name}", s):
+                if s.after_download == "delete":
+                    await asyncio.wait_for(sftp.remove(source), s.timeout)
+                    return "deleted"
+                await asyncio.wait_for(sftp.rename(source, source + s.done_suffix), s.timeout)
+                return "renamed"
+
+
+def _fsync_size(path: Path) -> int:
+    with path.open("rb") as data:
+        os.fsync(data.fileno())
+        return os.fstat(data.fileno()).st_size
 
 
 #: Files up to this size are read at once and written in one pipelined request train.

@@ -1,0 +1,154 @@
+"""Polling partners for return flows: fetch, store durably, hand to the return pipeline.
+
+For every connection whose sender is also a :class:`~protocols.base.ReturnSource`, every
+``poll_interval``::
+
+    list ─▶ (already done? skip) ─▶ fetch to inbox/<connection>/.<name>.download (fsynced)
+         ─▶ gateway.returns.receive (moved into the inbox, journaled, applied)
+         ─▶ journal: downloads(stored) ─▶ remote delete | rename | leave ─▶ downloads(done)
+
+A crash anywhere in that line is harmless: a file fetched again is recognised by its bytes
+(the return pipeline applies the same bytes once), and one stored but not yet removed is only
+removed. Files left at the partner (``after_download = "leave"``) are remembered by name, size
+and time, and never fetched twice. A file over ``max_file_size`` is not fetched: it is
+remembered as ``refused`` and logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from pathlib import Path
+from typing import cast
+
+from flows import naming
+from gateway import logs, returns
+from gateway.config import Config
+from gateway.folders import Layout
+from gateway.journal import Journal, JournalDB
+from protocols.base import RemoteFile, ReturnSource, Sender
+from protocols.errors import TransferError
+
+log = logs.get()
+
+
+def sources(config: Config, senders: dict[str, Sender]) -> dict[str, ReturnSource]:
+    """The connections that can be polled for return flows, with their source."""
+    return {
+        name: cast(ReturnSource, sender)
+        for name, sender in senders.items()
+        if sender.capabilities.receives_returns
+    }
+
+
+class Poller:
+    def __init__(self, config: Config, journal: Journal, sources: dict[str, ReturnSource]) -> None:
+        self.config = config
+        self.layout = Layout(config.gateway.data_dir)
+        self.journal = journal
+        self.sources = sources
+        self._resubmit = returns.resubmitting(config)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await asyncio.to_thread(self._clean)
+        async with asyncio.TaskGroup() as group:
+            for connection, source in self.sources.items():
+                group.create_task(self._loop(connection, source, stopping))
+
+    async def _loop(self, connection: str, source: ReturnSource, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.poll(connection, source, stopping)
+            except TransferError as exc:
+                log.warning(
+                    "returns.poll_failed",
+                    connection=connection,
+                    reason=exc.reason,
+                    error=str(exc),
+                    retry_in=source.poll_interval,
+                )
+            except Exception:  # a bug must not stop the other connections or the gateway
+                log.exception("returns.poll_error", connection=connection)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), source.poll_interval)
+
+    async def poll(
+        self, connection: str, source: ReturnSource, stopping: asyncio.Event | None = None
+    ) -> int:
+        """One round for one connection; returns the number of files newly stored."""
+        stored = 0
+        for remote in await source.list_returns():
+            if stopping is not None and stopping.is_set():
+                break
+            outcome = await self._seen(connection, remote)
+            if outcome in ("done", "refused"):
+                continue
+            if outcome is None:
+                if not await self._store(connection, source, remote):
+                    continue
+                stored += 1
+            action = await source.finish_return(remote)
+            await self._remember(connection, remote, "done")
+            log.info(
+                "return.fetched", connection=connection, remote_name=remote.name, action=action
+            )
+        return stored
+
+    async def _seen(self, connection: str, remote: RemoteFile) -> str | None:
+        seen = await self.journal.call(
+            lambda db: db.download(connection, remote.name, remote.size, remote.mtime)
+        )
+        return str(seen["outcome"]) if seen else None
+
+    async def _store(self, connection: str, source: ReturnSource, remote: RemoteFile) -> bool:
+        limit = self.config.gateway.max_file_size
+        if remote.size > limit:
+            await self._remember(connection, remote, "refused")
+            log.error(
+                "return.too_large",
+                connection=connection,
+                remote_name=remote.name,
+                size=remote.size,
+                action=f"not fetched: over max_file_size ({limit} bytes); fetch it by hand "
+                "and use raccord import if it must be applied",
+            )
+            return False
+        inbox = self.layout.inbox(connection)
+        temp = inbox / f".{naming.safe(remote.name)}.download"
+        try:
+            await source.fetch_return(remote, temp)
+            outcome = await asyncio.to_thread(self._receive, connection, temp, remote.name)
+        finally:
+            await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
+        await self._remember(connection, remote, "stored", outcome.return_id)
+        return True
+
+    def _clean(self) -> None:
+        """Remove downloads a stop or crash interrupted (they are fetched again)."""
+        for connection in self.sources:
+            for temp in self.layout.inbox(connection).glob(".*.download"):
+                temp.unlink(missing_ok=True)
+
+    def _receive(self, connection: str, temp: Path, name: str) -> returns.Outcome:
+        db = JournalDB(self.layout.journal)
+        try:
+            return returns.receive(
+                db, self.layout, connection, temp, move=True, name=name, resubmit=self._resubmit
+            )
+        finally:
+            db.close()
+
+    async def _remember(
+        self, connection: str, remote: RemoteFile, outcome: str, return_id: str | None = None
+    ) -> None:
+        await self.journal.call(
+            lambda db: db.record_download(
+                connection,
+                remote.name,
+                remote.size,
+                remote.mtime,
+                outcome=outcome,
+                return_id=return_id,
+            )
+        )
