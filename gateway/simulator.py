@@ -1,19 +1,38 @@
 """The partner simulator: a stand-in for the Chorus Pro qualification environment on loopback.
 
-Today it serves SFTP (asyncssh's server side): public-key authentication against the keys it is
+It serves SFTP (asyncssh's server side): public-key authentication against the keys it is
 given, and a chroot-like root folder holding ``depot/`` (uploads) and ``retrait/`` (return flows
-to pick up). It is for demos and tests, never for production traffic.
+to pick up). Its :class:`Desk` answers every deposit with a CPP Statut return flow in
+``retrait/``, as Chorus Pro would under the connection's mode for the flow's interface code:
+
+* an invoice is rejected (status 05) if it cannot be read or lacks an invoice number, or if its
+  number matches the rejection rule (``reject_pattern``);
+* Complète: one rejected invoice fails the whole flow (flow status 93, the faulty invoices
+  named); Partielle: flow status 96 with 05 for the faulty invoices and 01 for the others;
+  a flow without fault gets 90 and 01 for each invoice.
+
+The desk only reads and writes folders, so the tests point it at a real OpenSSH server's
+folders as well. It is for demos and tests, never for production traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import asyncssh
+
+from flows import cppstatut, lots, naming
+from flows.analysis import analyze
 
 UPLOAD_DIR = "depot"
 DOWNLOAD_DIR = "retrait"
@@ -99,3 +118,103 @@ class SftpSimulator:
 
     async def serve_forever(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How the simulated partner judges deposits."""
+
+    modes: Mapping[str, str] = field(default_factory=dict)  # interface code -> complete|partial
+    reject_pattern: str | None = None  # invoices whose number matches are rejected
+    default_mode: str = "complete"
+
+
+@dataclass(frozen=True)
+class _Judged:
+    invoice_number: str | None
+    supplier_id: str | None
+    interface_code: str | None
+    fault: str | None
+
+
+def _judge(name: str, data: bytes, rules: Rules) -> _Judged:
+    with tempfile.TemporaryDirectory(prefix="raccord-partner-") as folder:
+        path = Path(folder) / "invoice"
+        path.write_bytes(data)
+        found = analyze(path)
+    fault = None
+    if not found.ok:
+        fault = f"{name}: {found.message or 'unreadable'}"
+    elif not found.invoice_number:
+        fault = f"{name}: no invoice number"
+    elif rules.reject_pattern and re.search(rules.reject_pattern, found.invoice_number):
+        fault = f"invoice {found.invoice_number} refused by the simulator's rejection rule"
+    return _Judged(found.invoice_number, found.supplier_id, found.interface_code, fault)
+
+
+def answer(remote_name: str, data: bytes, rules: Rules, now: datetime | None = None) -> bytes:
+    """The CPP Statut Chorus Pro would return for the flow ``remote_name`` holding ``data``."""
+    at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        members = (
+            lots.read_members(data) if lots.packaging_of(data[:4]) else [(remote_name, data)]
+        )
+    except lots.LotError as exc:
+        failed = cppstatut.FlowLine("93", at, [("ARCHIVE", f"archive illisible: {exc}")])
+        return cppstatut.build(cppstatut.Statut(remote_name, at, [failed]))
+    judged = [_judge(name, content, rules) for name, content in members]
+    code = next((j.interface_code for j in judged if j.interface_code), None)
+    mode = rules.modes.get(code or "", rules.default_mode)
+    faulty = [j for j in judged if j.fault]
+
+    def line(j: _Judged, status: str) -> cppstatut.InvoiceLine:
+        return cppstatut.InvoiceLine(j.invoice_number or "", status, j.supplier_id, at, j.fault)
+
+    if not faulty:
+        flow = cppstatut.FlowLine("90", at)
+        invoices = [line(j, "01") for j in judged]
+    elif mode == "complete":
+        flow = cppstatut.FlowLine("93", at, [("REJET", j.fault or "") for j in faulty])
+        invoices = [line(j, "05") for j in faulty if j.invoice_number]
+    else:
+        flow = cppstatut.FlowLine("96", at, [("REJET", j.fault or "") for j in faulty])
+        invoices = [line(j, "05" if j.fault else "01") for j in judged if j.invoice_number]
+    return cppstatut.build(cppstatut.Statut(remote_name, at, [flow], invoices))
+
+
+class Desk:
+    """Answers each new file in ``deposits`` with a CPP Statut in ``returns``."""
+
+    def __init__(
+        self, deposits: Path, returns: Path, rules: Rules, *, interval: float = 0.1
+    ) -> None:
+        self.deposits = deposits
+        self.returns = returns
+        self.rules = rules
+        self.interval = interval
+        self.answered: dict[str, str] = {}  # deposit name -> return flow name
+        self._count = 0
+
+    def answer_new(self) -> int:
+        """Answer every deposit not answered yet; return how many were."""
+        done = 0
+        for entry in sorted(os.listdir(self.deposits)):
+            path = self.deposits / entry
+            if entry in self.answered or entry.startswith(".") or not path.is_file():
+                continue
+            statut = answer(entry, path.read_bytes(), self.rules)
+            self._count += 1
+            name = f"FEN1200A_{self._count:04d}_{naming.safe(entry)}.xml"
+            temp = self.returns / f".{name}.tmp"
+            temp.write_bytes(statut)
+            temp.rename(self.returns / name)  # the gateway never sees a half-written return
+            self.answered[entry] = name
+            done += 1
+        return done
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await asyncio.to_thread(self.answer_new)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+

@@ -42,9 +42,10 @@ protocol = "sftp"
 partner_code = "VFE056"
 valid_from = 2017-06-21
 valid_to = 2099-06-30
+{connection_extra}
 
 [connection.interfaces]
-FSO1100A = "complete"
+FSO1100A = "{mode}"
 FSO1106A = "partial"
 FSO1117A = "partial"
 
@@ -57,11 +58,19 @@ known_hosts = "{known_hosts}"
 upload_dir = "{upload_dir}"
 connect_timeout = "3s"
 timeout = "10s"
+{sftp_extra}
 """
 
 
 def write_sftp_config(
-    tmp_path: Path, server: Sshd, attempts: int = 8, known_hosts: Path | None = None
+    tmp_path: Path,
+    server: Sshd,
+    attempts: int = 8,
+    known_hosts: Path | None = None,
+    *,
+    mode: str = "complete",
+    connection_extra: str = "",
+    sftp_extra: str = "",
 ) -> Path:
     path = tmp_path / "raccord.toml"
     path.write_text(
@@ -73,6 +82,9 @@ def write_sftp_config(
             known_hosts=known_hosts or server.known_hosts,
             upload_dir=server.upload_dir,
             attempts=attempts,
+            mode=mode,
+            connection_extra=connection_extra,
+            sftp_extra=sftp_extra,
         )
     )
     return path

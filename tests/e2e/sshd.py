@@ -79,6 +79,8 @@ class Sshd:
         (folder / "authorized_keys").write_bytes(Path(f"{self.client_key}.pub").read_bytes())
         self.upload_dir = folder / "depot"
         self.upload_dir.mkdir()
+        self.download_dir = folder / "retrait"
+        self.download_dir.mkdir()
         self.port = free_port()
         self.username = getpass.getuser()
         self.config = folder / "sshd_config"

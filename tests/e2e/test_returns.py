@@ -1,0 +1,167 @@
+"""Lots and return flows end to end through a real OpenSSH sshd on 127.0.0.1: the gateway
+uploads a lot, the simulator's desk answers in the download folder as Chorus Pro would, the
+gateway fetches the answer over SFTP and applies Complète or Partielle."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_module
+from gateway.config import Config
+from gateway.folders import Layout
+from gateway.journal import FlowRow, JournalDB
+from gateway.simulator import Desk, Rules
+from tests.e2e.conftest import write_sftp_config
+from tests.e2e.sshd import Sshd
+from tests.gateway.harness import drop, running, until
+from tests.gateway.test_returns import invoice
+
+pytestmark = pytest.mark.e2e
+CONN = "qualif-sftp"
+BAD = 7
+
+
+def number(i: int) -> str:
+    return f"F-REJ-{i:03}" if i == BAD else f"F-{i:03}"
+
+
+def setup(tmp_path: Path, sshd: Sshd, mode: str, *, resubmit: bool = False, after: str = "delete"):  # type: ignore[no-untyped-def]
+    path = write_sftp_config(
+        tmp_path,
+        sshd,
+        mode=mode,
+        connection_extra='lot = { max_invoices = 20, max_wait = "30s", packaging = "tar.gz" }\n'
+        f"resubmit_collateral = {str(resubmit).lower()}",
+        sftp_extra=f'download_dir = "{sshd.download_dir}"\npoll_interval = "200ms"\n'
+        f'after_download = "{after}"',
+    )
+    config = config_module.load(path)
+    desk = Desk(sshd.upload_dir, sshd.download_dir, Rules({"FSO1100A": mode}, reject_pattern="REJ"))
+    return config, desk
+
+
+class Journal:
+    def __init__(self, config: Config) -> None:
+        self.path = Layout(config.gateway.data_dir).journal
+
+    def __enter__(self) -> JournalDB:
+        self.db = JournalDB(self.path)
+        return self.db
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+
+
+def lots_of(config: Config) -> list[FlowRow]:
+    if not Journal(config).path.exists():
+        return []
+    with Journal(config) as db:
+        return [row for row in db.search() if row.packaging]
+
+
+def applied(config: Config, lot: FlowRow) -> bool:
+    with Journal(config) as db:
+        return any(s["position"] is None for s in db.statuses(lot.flow_id))
+
+
+async def run_until(config: Config, desk: Desk, predicate, what: str, drops: int = 20) -> None:  # type: ignore[no-untyped-def]
+    stopping = asyncio.Event()
+    answering = asyncio.create_task(desk.run(stopping))
+    try:
+        async with running(config):
+            for i in range(drops):
+                drop(config, f"f{i:02}.xml", invoice(number(i)))
+            await until(predicate, timeout=60, what=what)
+    finally:
+        stopping.set()
+        await answering
+
+
+def test_complete_lot_with_one_bad_invoice_is_rejected_and_the_19_resubmitted(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    config, desk = setup(tmp_path, sshd, "complete", resubmit=True)
+
+    def resubmission_integrated() -> bool:
+        found = lots_of(config)
+        again = [lot for lot in found if lot.resubmit_of]
+        return len(again) == 1 and again[0].state == "sent" and applied(config, again[0])
+
+    asyncio.run(run_until(config, desk, resubmission_integrated, "the 19 sent again"))
+    first, again = sorted(lots_of(config), key=lambda r: r.created_at)
+    assert again.resubmit_of == first.flow_id
+    with Journal(config) as db:
+        invoices = db.invoices(first.flow_id)
+        resent = db.invoices(again.flow_id)
+        assert [s["code"] for s in db.statuses(first.flow_id) if s["position"] is None] == ["93"]
+    assert sum(i["rejected"] for i in invoices) == 20
+    assert sum(i["collateral"] for i in invoices) == 19
+    (faulty,) = [i for i in invoices if not i["collateral"]]
+    assert faulty["invoice_number"] == number(BAD) and faulty["status_code"] == "05"
+    assert len(resent) == 19 and {i["status_code"] for i in resent} == {"01"}
+    assert number(BAD) not in {i["invoice_number"] for i in resent}
+    # Both lots went up once each; both answers were fetched and removed from the partner.
+    assert sorted(sshd.uploaded()) == sorted([first.remote_name, again.remote_name])
+    assert list(sshd.download_dir.iterdir()) == []
+    rejected = Layout(config.gateway.data_dir).rejected(CONN)
+    assert len(list(rejected.glob("*.rejection.json"))) == 20
+    assert (rejected / f"f{BAD:02}.xml").read_bytes() == invoice(number(BAD))
+
+
+def test_partial_lot_with_one_bad_invoice_rejects_one_and_integrates_19(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    config, desk = setup(tmp_path, sshd, "partial", after="rename")
+
+    def lot_applied() -> bool:
+        found = lots_of(config)
+        return len(found) == 1 and found[0].state == "sent" and applied(config, found[0])
+
+    asyncio.run(run_until(config, desk, lot_applied, "the lot's return applied"))
+    (lot,) = lots_of(config)
+    with Journal(config) as db:
+        invoices = db.invoices(lot.flow_id)
+    assert [i["invoice_number"] for i in invoices if i["rejected"]] == [number(BAD)]
+    assert sum(i["status_code"] == "01" for i in invoices) == 19
+    assert not any(i["collateral"] for i in invoices)
+    (answer,) = sshd.download_dir.iterdir()
+    assert answer.name.endswith(".xml.done")  # renamed at the partner once stored
+
+
+def test_a_duplicate_return_is_applied_once_and_an_unknown_one_kept(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    config, desk = setup(tmp_path, sshd, "partial", after="leave")
+
+    def lot_applied() -> bool:
+        found = lots_of(config)
+        return len(found) == 1 and applied(config, found[0])
+
+    asyncio.run(run_until(config, desk, lot_applied, "the lot's return applied", drops=20))
+    (answer,) = sshd.download_dir.iterdir()
+    shutil.copy(answer, sshd.download_dir / "copy-of-the-same-return.xml")
+    (sshd.download_dir / "stray.xml").write_bytes(
+        answer.read_bytes()
+        .replace(b"<Valeurparametre>FSO", b"<Valeurparametre>XX_FSO")
+        .replace(b"F-0", b"G-0")
+        .replace(b"F-REJ", b"G-REJ")
+        .replace(lots_of(config)[0].flow_id.encode(), b"20250101T000000Z-abcdef")
+    )
+
+    def both_seen() -> bool:
+        with Journal(config) as db:
+            return len(db.returns()) == 2 and all(r["state"] != "received" for r in db.returns())
+
+    asyncio.run(run_until(config, desk, both_seen, "the stray return journaled", drops=0))
+    with Journal(config) as db:
+        states = sorted(r["state"] for r in db.returns())
+        (lot,) = [row for row in db.search() if row.packaging]
+        codes = [s["code"] for s in db.statuses(lot.flow_id) if s["position"] is None]
+    assert states == ["applied", "unmatched"]
+    assert codes == ["96"]  # the copy was recognised, not applied again
+    # Left at the partner (after_download = leave) and remembered: nothing fetched twice.
+    assert len(list(sshd.download_dir.iterdir())) == 3
