@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,6 +167,7 @@ FLOW_COLUMNS = [
     "state",
     "connection",
     "original_name",
+    "lot_id",
     "interface_code",
     "invoice_number",
     "remote_name",
@@ -200,7 +202,10 @@ def _return_status(invoices: list[dict[str, Any]]) -> str | None:
         return None
     rejected = sum(1 for i in invoices if i["rejected"])
     collateral = sum(1 for i in invoices if i["collateral"])
-    return f"{rejected}/{len(invoices)} rejected ({collateral} collateral)" if rejected else None
+    if rejected:
+        return f"{rejected}/{len(invoices)} rejected ({collateral} collateral)"
+    codes = Counter(i["status_code"] for i in invoices if i["status_code"])
+    return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
 
 
 def _journal(config: Config) -> JournalDB:
@@ -225,10 +230,12 @@ def cmd_flows(args: argparse.Namespace) -> int:
             until=args.until,
             invoice=args.invoice,
             flow=args.flow,
+            status=args.status,
         )
         listed = []
         for row in rows:
-            invoices = db.invoices(row.flow_id)
+            # A lot's invoices, or a dropped file's own invoice wherever it travelled.
+            invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
             data = row.to_dict()
             data["return_status"] = _return_status(invoices)
             if args.flow:  # one flow asked for: its invoices and status history too
@@ -351,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="ISO date or time (UTC), inclusive")
     p.add_argument("--until", help="ISO date or time (UTC), exclusive")
     p.add_argument("--invoice", help="invoice number")
+    p.add_argument(
+        "--status", help="invoice status code from return flows (e.g. 05), rejected or collateral"
+    )
     p.add_argument("--flow", help="flow id (also shows its invoices and status history)")
     p.add_argument("--returns", action="store_true", help="list return flows instead")
     p.add_argument(

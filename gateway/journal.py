@@ -449,6 +449,16 @@ class JournalDB:
         ).fetchall()
         return [dict(row) for row in rows]
 
+    def carried(self, flow_id: str) -> list[dict[str, Any]]:
+        """A dropped file's invoice as the flows that carried it know it (its own flow, or the
+        lots it was packed in, a resubmission last)."""
+        rows = self._db.execute(
+            "SELECT i.* FROM invoices i JOIN flows f USING (flow_id) WHERE i.source_flow=?"
+            " ORDER BY f.created_at",
+            (flow_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
     def flows_of_invoice(
         self, connection: str, invoice_number: str, supplier_id: str | None
     ) -> list[str]:
@@ -612,8 +622,12 @@ class JournalDB:
         until: str | None = None,
         invoice: str | None = None,
         flow: str | None = None,
+        status: str | None = None,
         limit: int | None = None,
     ) -> list[FlowRow]:
+        """Flows matching every filter given; ``invoice`` also finds the lots and dropped files
+        carrying that invoice; ``status`` is an invoice status code (``05``), ``rejected`` or
+        ``collateral``."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in (
@@ -632,6 +646,12 @@ class JournalDB:
                 " (SELECT flow_id FROM invoices WHERE invoice_number = ?))"
             )
             params += [invoice, invoice]
+        if status is not None:
+            clauses.append(
+                "flow_id IN (SELECT flow_id FROM invoices WHERE status_code = ?"
+                " OR (? = 'rejected' AND rejected = 1) OR (? = 'collateral' AND collateral = 1))"
+            )
+            params += [status, status, status]
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         sql = f"SELECT * FROM flows{where} ORDER BY created_at"  # noqa: S608 - fixed columns
         if limit:

@@ -156,9 +156,7 @@ def answer(remote_name: str, data: bytes, rules: Rules, now: datetime | None = N
     """The CPP Statut Chorus Pro would return for the flow ``remote_name`` holding ``data``."""
     at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        members = (
-            lots.read_members(data) if lots.packaging_of(data[:4]) else [(remote_name, data)]
-        )
+        members = lots.read_members(data) if lots.packaging_of(data[:4]) else [(remote_name, data)]
     except lots.LotError as exc:
         failed = cppstatut.FlowLine("93", at, [("ARCHIVE", f"archive illisible: {exc}")])
         return cppstatut.build(cppstatut.Statut(remote_name, at, [failed]))
@@ -217,4 +215,3 @@ class Desk:
             await asyncio.to_thread(self.answer_new)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.interval)
-

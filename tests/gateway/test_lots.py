@@ -12,6 +12,7 @@ import pytest
 
 from flows import lots
 from gateway import returns
+from gateway.cli import main
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB
@@ -157,7 +158,12 @@ def rejecting_seven(lot: FlowRow, flow_code: str) -> bytes:
     [("complete", "93", 20, 19), ("partial", "96", 1, 0)],
 )
 def test_one_bad_invoice_in_a_lot_of_twenty(
-    tmp_path: Path, mode: str, flow_code: str, rejected: int, collateral: int
+    tmp_path: Path,
+    mode: str,
+    flow_code: str,
+    rejected: int,
+    collateral: int,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, _ = lot_config(tmp_path, mode=mode)
     (lot,) = lots_of(deliver(config, twenty()))
@@ -181,6 +187,21 @@ def test_one_bad_invoice_in_a_lot_of_twenty(
     assert [r.flow_id for r in db.search(invoice="F-007") if r.packaging] == [lot.flow_id]
     db.close()
     assert not [r for r in rows(config) if r.resubmit_of]  # the policy is off by default
+
+    capsys.readouterr()
+    listing = ["flows", "--config", str(config.path), "--format", "json"]
+    assert main([*listing, "--invoice", "F-007"]) == 0
+    found = {("lot" if r["packaging"] else "file"): r for r in json.loads(capsys.readouterr().out)}
+    assert found["lot"]["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
+    assert found["file"]["return_status"] == "rejected"
+    assert found["file"]["lot_id"] == lot.flow_id and found["file"]["state"] == "packed"
+    assert main([*listing, "--invoice", "F-003"]) == 0
+    (innocent,) = [r for r in json.loads(capsys.readouterr().out) if not r["packaging"]]
+    assert innocent["return_status"] == ("rejected (collateral)" if collateral else "01 déposée")
+    assert main([*listing, "--status", "collateral"]) == 0
+    assert [r["flow_id"] for r in json.loads(capsys.readouterr().out)] == (
+        [lot.flow_id] if collateral else []
+    )
 
 
 def test_resubmission_sends_the_collateral_invoices_once_in_a_new_lot(tmp_path: Path) -> None:
