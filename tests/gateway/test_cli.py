@@ -141,9 +141,11 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Demo complete: 4 invoices delivered" in done.stdout
+    assert "Demo complete: the same fault sank the whole UBL lot under Complète" in done.stdout
+    assert "4 invoices: 0 deposited, 4 rejected (3 only because of another invoice)" in done.stdout
+    assert "3 invoices: 2 deposited, 1 rejected" in done.stdout  # Partielle
     uploaded = list((tmp_path / "demo" / "partner" / "depot").iterdir())
-    assert len(uploaded) == 4
+    assert len(uploaded) == 4  # UBL, CII and Factur-X lots, and the UBL resubmission
     for line in (tmp_path / "demo" / "raccord.log").read_text().splitlines():
         event = json.loads(line)
         assert {"timestamp", "level", "event"} <= set(event)
