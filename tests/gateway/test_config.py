@@ -148,16 +148,17 @@ def test_usability_follows_state_and_validity() -> None:
     assert reason is not None and reason[0] == "connection_inactive"
 
 
+LOT_LINE = 'lot = { max_invoices = 1, max_wait = "0s", max_bytes = "30000KB", packaging = "none" }'
+
+
 def test_a_lot_of_several_invoices_needs_an_archive_format(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"lot\.packaging: lots of up to 50 invoices need"):
-        load_text(
-            tmp_path, with_change("lot = { max_invoices = 1 }", "lot = { max_invoices = 50 }")
-        )
+        load_text(tmp_path, with_change(LOT_LINE, "lot = { max_invoices = 50 }"))
     lot = (
         load_text(
             tmp_path,
             with_change(
-                "lot = { max_invoices = 1 }",
+                LOT_LINE,
                 'lot = { max_invoices = 50, max_wait = "2s", packaging = "zip" }',
             ),
         )
@@ -168,7 +169,5 @@ def test_a_lot_of_several_invoices_needs_an_archive_format(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"max_invoices: must be between 1 and 500"):
         load_text(
             tmp_path,
-            with_change(
-                "lot = { max_invoices = 1 }", 'lot = { max_invoices = 501, packaging = "zip" }'
-            ),
+            with_change(LOT_LINE, 'lot = { max_invoices = 501, packaging = "zip" }'),
         )
