@@ -90,7 +90,7 @@ class Gateway:
                 self.ready.set()
                 if on_ready is not None:
                     on_ready()
-                poller = Poller(config, journal, sources(config, senders))
+                poller = Poller(config, journal, sources(senders))
                 async with asyncio.TaskGroup() as group:
                     group.create_task(watcher.run(stopping))
                     group.create_task(poller.run(stopping))
@@ -110,6 +110,8 @@ class Gateway:
 
         db = JournalDB(self.layout.journal)
         try:
+            names = [conn.name for conn in self.config.connections]
+            returns.recover(db, self.layout, names)
             for return_id in returns.pending(db):
                 try:
                     returns.apply(

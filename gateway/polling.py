@@ -33,7 +33,7 @@ from protocols.errors import TransferError
 log = logs.get()
 
 
-def sources(config: Config, senders: dict[str, Sender]) -> dict[str, ReturnSource]:
+def sources(senders: dict[str, Sender]) -> dict[str, ReturnSource]:
     """The connections that can be polled for return flows, with their source."""
     return {
         name: cast(ReturnSource, sender)

@@ -45,6 +45,7 @@ from gateway.folders import (
     free_name,
     fsync_dir,
     move,
+    parse_spool_name,
     spool_name,
     write_bytes,
     write_json,
@@ -465,3 +466,28 @@ def resubmitting(config: Config) -> frozenset[str]:
 def pending(db: JournalDB) -> list[str]:
     """Returns journaled but not finished (a stop or crash while applying)."""
     return [r["return_id"] for r in db.returns() if r["state"] in ("received", "applying")]
+
+
+def recover(db: JournalDB, layout: Layout, connections: list[str]) -> list[str]:
+    """Journal the returns stored in an inbox just before a crash, before they were journaled
+    (their source may be gone: a download already removed, a push already answered). A copy of
+    bytes already journaled is removed. Returns the return ids journaled now, to be applied."""
+    recovered = []
+    for connection in connections:
+        inbox = layout.inbox(connection)
+        if not inbox.is_dir():
+            continue
+        for path in sorted(inbox.iterdir()):
+            parsed = parse_spool_name(path.name)
+            if parsed is None or not path.is_file() or db.get_return(parsed[0]) is not None:
+                continue
+            return_id, name = parsed
+            with db.transaction():
+                _, new = db.record_return(return_id, connection, name, str(path), digest(path)[0])
+            if new:
+                recovered.append(return_id)
+                log.warning("return.recovered", connection=connection, file=name, path=str(path))
+            else:
+                path.unlink()
+                fsync_dir(inbox)
+    return recovered

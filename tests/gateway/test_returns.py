@@ -219,3 +219,27 @@ def test_a_return_id_already_used_is_never_reused(
     db.close()
     assert outcome.return_id == fresh
     assert earlier.read_bytes() == b"<CPPStatut/>"  # the stored file was not overwritten
+
+
+def test_a_return_stored_but_not_journaled_before_a_crash_is_applied_at_start(
+    tmp_path: Path, sent_flow
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    layout = Layout(config.gateway.data_dir)
+    data = cpp_statut(invoices=(("F-100", "05"),))
+    orphan = layout.inbox("qualif-mem") / "20261123T100000Z-000004--fetched.xml"
+    orphan.write_bytes(data)  # as a crash right after the move into the inbox leaves it
+    copy = layout.inbox("qualif-mem") / "20261123T100000Z-000005--fetched-again.xml"
+    copy.write_bytes(data)  # the same bytes, stored a second time before the crash
+    deliver(config, {})
+    db = JournalDB(layout.journal)
+    (ret,) = db.returns()
+    (invoice_row,) = db.invoices(row.flow_id)
+    db.close()
+    assert (ret["return_id"], ret["state"], ret["file"]) == (
+        "20261123T100000Z-000004",
+        "applied",
+        "fetched.xml",
+    )
+    assert invoice_row["rejected"] == 1
+    assert orphan.exists() and not copy.exists()
