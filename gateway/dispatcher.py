@@ -402,7 +402,9 @@ class Dispatcher:
                         members=[row.flow_id for row in rows],
                     )
                 )
-            except BaseException:
+            except Exception:
+                # Refused, so nothing was written. (Not on cancellation: the journal may have
+                # committed; reconciliation keeps the archive if so, removes it if not.)
                 await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
                 raise
             await asyncio.to_thread(remove_members, [Path(row.spool_path) for row in rows])

@@ -391,7 +391,7 @@ def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | No
             resubmit_of=flow_id,
             detail=f"collateral invoices of rejected lot {flow_id}, sent again",
         )
-    except BaseException:
+    except Exception:  # rolled back: the archive is nobody's
         target.unlink(missing_ok=True)
         raise
     log.warning(
