@@ -277,6 +277,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                 db, layout, connection, path, resubmit=returns.resubmitting(config)
             )
             detail = f" — {outcome.message}" if outcome.message else ""
+            if outcome.resubmitted:
+                detail += f" — collateral invoices resubmitted as {', '.join(outcome.resubmitted)}"
             flows = ", ".join(outcome.flows) or "no flow"
             print(
                 f"{path.name}: {outcome.state} ({flows}; {outcome.rejected} rejected, "

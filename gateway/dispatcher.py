@@ -214,6 +214,15 @@ class Dispatcher:
             self._active.discard(flow_id)
 
     async def _advance(self, row: FlowRow) -> None:
+        if row.state in ("claimed", "batched", "queued", "sending") and not any(
+            conn.name == row.connection for conn in self.config.connections
+        ):
+            row = await self._refuse(
+                row,
+                "unknown_connection",
+                f"connection {row.connection} is no longer configured; configure it again and "
+                "raccord retry this flow, or drop the file in another connection's outbox",
+            )
         if row.state == "claimed":
             row = await self._prepare(row)
         if row.state == "batched":
@@ -686,7 +695,10 @@ class Dispatcher:
                 self.start(flow_id)
         present = {str(path) for _, path in spooled}
         for row in known.values():
-            if row.spool_path not in present and row.state not in ("delivered", "failing"):
+            missing = row.spool_path not in present and not await asyncio.to_thread(
+                Path(row.spool_path).exists  # a connection no longer configured is not listed
+            )
+            if missing and row.state not in ("delivered", "failing"):
                 await self._transition(
                     row,
                     "error",

@@ -67,6 +67,7 @@ class Outcome:
     rejected: int
     collateral: int
     message: str
+    resubmitted: tuple[str, ...] = ()  # new lots carrying collateral invoices again
 
 
 def _take(source: Path, target: Path) -> None:
@@ -167,13 +168,15 @@ def apply(
             verdicts[flow_id] = decide(flow.mode or "complete", refs, part)
             _journal_statuses(db, return_id, flow_id, part, verdicts[flow_id], invoices)
     rejected = collateral = 0
+    resubmitted = []
     for flow_id, flow_verdicts in verdicts.items():
         newly = _file_outputs(db, layout, flow_id, flow_verdicts)
         rejected += newly[0]
         collateral += newly[1]
-        if connection in resubmit:
-            resubmit_collateral(db, layout, flow_id)
-    return _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
+        if connection in resubmit and (again := resubmit_collateral(db, layout, flow_id)):
+            resubmitted.append(again)
+    outcome = _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
+    return replace(outcome, resubmitted=tuple(resubmitted))
 
 
 def _correlate(

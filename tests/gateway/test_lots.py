@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from flows import lots
+from gateway import config as config_module
 from gateway import returns
 from gateway.cli import main
 from gateway.config import Config
@@ -212,6 +213,7 @@ def test_resubmission_sends_the_collateral_invoices_once_in_a_new_lot(tmp_path: 
     assert (outcome.rejected, outcome.collateral) == (20, 19)
     found = deliver(config, {})  # the daemon sends the new lot
     (again,) = [r for r in lots_of(found) if r.resubmit_of == lot.flow_id]
+    assert outcome.resubmitted == (again.flow_id,)
     assert again.state == "sent"
     sent = dict(lots.read_members(memory.bucket(bucket).files[again.remote_name or ""]))
     assert len(sent) == 19 and "f07.xml" not in sent
@@ -243,3 +245,17 @@ def test_a_rejected_invoice_may_be_dropped_again_after_correction(tmp_path: Path
     states = {r.original_name: (r.state, r.reason) for r in found}
     assert states["b-fixed.xml"][0] == "batched"  # not a duplicate: the partner rejected it
     assert states["a-again.xml"] == ("error", "duplicate")  # F-000 was integrated
+
+
+def test_invoices_waiting_on_a_connection_removed_from_the_configuration_go_to_error(
+    tmp_path: Path,
+) -> None:
+    config, _ = lot_config(tmp_path, max_invoices=3)
+    (waiting,) = deliver(config, {"a.xml": invoice("F-000")}, settled=WAITING)
+    assert waiting.state == "batched"
+    text = config.path.read_text().replace('name = "qualif-mem"', 'name = "other-mem"')
+    config.path.write_text(text)
+    found = deliver(config_module.load(config.path), {})
+    (row,) = [r for r in found if r.flow_id == waiting.flow_id]
+    assert (row.state, row.reason) == ("error", "unknown_connection")
+    assert Path(row.final_path or "").read_bytes() == invoice("F-000")  # in error/qualif-mem/
