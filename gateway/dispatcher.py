@@ -46,7 +46,7 @@ from gateway.folders import (
     place_all,
     spool_name,
 )
-from gateway.journal import OPEN, FlowRow, Journal, JournalDB
+from gateway.journal import OPEN, TERMINAL, FlowRow, Journal, JournalDB
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
 from protocols.base import Outbound, Receipt, Sender
 from protocols.errors import TransferError
@@ -178,11 +178,6 @@ class Dispatcher:
     def busy(self) -> int:
         return len(self._active)
 
-    @property
-    def batched(self) -> int:
-        """Invoices waiting for their lot."""
-        return self._lots.waiting
-
     # -- one flow -------------------------------------------------------------------------
 
     async def _run_flow(self, flow_id: str, claimed: tuple[str, str, str] | None) -> None:
@@ -237,12 +232,7 @@ class Dispatcher:
 
     async def _prepare(self, row: FlowRow) -> FlowRow:
         """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason."""
-        try:
-            conn = self.config.connection(row.connection)
-        except KeyError:
-            return await self._refuse(
-                row, "unknown_connection", f"connection {row.connection} is no longer configured"
-            )
+        conn = self.config.connection(row.connection)  # _advance checked it is configured
         if row.packaging is not None:
             return await self._prepare_lot(row, conn)
         limit = self.config.gateway.max_file_size
@@ -367,10 +357,7 @@ class Dispatcher:
         return batched
 
     def _lot_limits(self, connection: str) -> Lot:
-        try:
-            return self.config.connection(connection).lot
-        except KeyError:
-            return Lot()
+        return self.config.connection(connection).lot  # _advance checked it is configured
 
     def _on_lot(self, rows: list[FlowRow]) -> None:
         if self.stopping.is_set():
@@ -416,7 +403,6 @@ class Dispatcher:
                 # committed; reconciliation keeps the archive if so, removes it if not.)
                 await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
                 raise
-            await asyncio.to_thread(remove_members, [Path(row.spool_path) for row in rows])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -424,6 +410,12 @@ class Dispatcher:
             for row in rows:
                 await self._fail_safely(row.flow_id, f"could not be packed in a lot: {exc!r}")
             return
+        # Journaled: the invoices travel in the lot now, whatever happens to their spool copies
+        # (a copy left behind is removed at the next start).
+        try:
+            await asyncio.to_thread(remove_members, [Path(row.spool_path) for row in rows])
+        except OSError as exc:
+            log.warning("lot.cleanup_failed", connection=connection, flow_id=lot_id, error=str(exc))
         log.info(
             "lot.packed",
             connection=connection,
@@ -637,8 +629,8 @@ class Dispatcher:
     async def _fail_safely(self, flow_id: str, message: str) -> None:
         try:
             row = await self.journal.call(lambda db: db.get(flow_id))
-            if row is None or row.state in ("sent", "error"):
-                return
+            if row is None or row.state in TERMINAL:
+                return  # filed already, or packed: its bytes travel in its lot
             if row.state == "delivered":
                 # The partner has it: filing it in error/ would invite a second send. It stays
                 # in the spool, journaled as delivered, and is filed in sent/ at the next start.
@@ -695,10 +687,7 @@ class Dispatcher:
                 self.start(flow_id)
         present = {str(path) for _, path in spooled}
         for row in known.values():
-            missing = row.spool_path not in present and not await asyncio.to_thread(
-                Path(row.spool_path).exists  # a connection no longer configured is not listed
-            )
-            if missing and row.state not in ("delivered", "failing"):
+            if row.spool_path not in present and row.state not in ("delivered", "failing"):
                 await self._transition(
                     row,
                     "error",
@@ -719,12 +708,12 @@ class Dispatcher:
         return await self.journal.call(lambda db: db.get(flow_id)) is not None
 
     def _spooled(self) -> list[tuple[str, Path]]:
-        """(connection, path) of every file in the spool folders."""
+        """(connection, path) of every file in the spool folders, also those of connections no
+        longer configured (their flows are filed in error/ as ``unknown_connection``)."""
         found = []
-        for conn in self.config.connections:
-            folder = self.layout.spool(conn.name)
-            if folder.is_dir():
-                found += [(conn.name, folder / entry) for entry in sorted(os.listdir(folder))]
+        for connection in self.layout.spooled_connections():
+            folder = self.layout.spool(connection)
+            found += [(connection, folder / entry) for entry in sorted(os.listdir(folder))]
         return found
 
     async def pick_up_requeued(self) -> int:

@@ -81,6 +81,11 @@ class Layout:
     def inbox(self, connection: str) -> Path:
         return self.data_dir / "inbox" / connection
 
+    def spooled_connections(self) -> list[str]:
+        """Every connection with a spool folder, configured or not."""
+        root = self.data_dir / "spool"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
     def create(self, connections: list[str]) -> None:
         for name in connections:
             for folder in (

@@ -80,10 +80,6 @@ class Assembler:
         if pending.rows and not self._closed:
             self._on_lot(pending.rows)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._held)
-
     def close(self) -> None:
         """Stop: waiting invoices stay ``batched`` in the journal for the next start."""
         self._closed = True

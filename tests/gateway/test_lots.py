@@ -12,7 +12,7 @@ import pytest
 
 from flows import lots
 from gateway import config as config_module
-from gateway import returns
+from gateway import dispatcher, returns
 from gateway.cli import main
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
@@ -259,3 +259,25 @@ def test_invoices_waiting_on_a_connection_removed_from_the_configuration_go_to_e
     (row,) = [r for r in found if r.flow_id == waiting.flow_id]
     assert (row.state, row.reason) == ("error", "unknown_connection")
     assert Path(row.final_path or "").read_bytes() == invoice("F-000")  # in error/qualif-mem/
+
+
+def test_a_failed_cleanup_after_packing_neither_fails_nor_duplicates_the_invoices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+
+    def cannot_remove(paths: object) -> None:
+        raise PermissionError("spool is read-only for a moment")
+
+    monkeypatch.setattr(dispatcher, "remove_members", cannot_remove)
+    found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    (lot,) = lots_of(found)
+    assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
+    assert {r.state for r in found if not r.packaging} == {"packed"}  # not in error/ as well
+    layout = Layout(config.gateway.data_dir)
+    assert not list(layout.error(CONN).iterdir())
+    assert len(list(layout.spool(CONN).iterdir())) == 2  # the copies left behind…
+    monkeypatch.undo()
+    deliver(config, {})
+    assert list(layout.spool(CONN).iterdir()) == []  # …are removed at the next start
+    assert len(memory.bucket(bucket).files) == 1
