@@ -28,9 +28,18 @@ from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
 from protocols.base import RemoteFile, ReturnSource, Sender
-from protocols.errors import TransferError
+from protocols.errors import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    TransferError,
+    TransferTimeout,
+)
 
 log = logs.get()
+
+#: Errors that say the partner cannot be talked to at all, rather than about one file.
+SESSION_ERRORS = (ConnectError, TransferTimeout, AuthenticationError, HostKeyError)
 
 
 def sources(senders: dict[str, Sender]) -> dict[str, ReturnSource]:
@@ -81,18 +90,35 @@ class Poller:
         for remote in await source.list_returns():
             if stopping is not None and stopping.is_set():
                 break
-            outcome = await self._seen(connection, remote)
-            if outcome in ("done", "refused"):
-                continue
-            if outcome is None:
-                if not await self._store(connection, source, remote):
-                    continue
-                stored += 1
-            action = await source.finish_return(remote)
-            await self._remember(connection, remote, "done")
-            log.info(
-                "return.fetched", connection=connection, remote_name=remote.name, action=action
-            )
+            try:
+                stored += await self._take(connection, source, remote)
+            except SESSION_ERRORS:
+                raise  # the partner is unreachable: the whole round waits for the next poll
+            except TransferError as exc:  # this file only: the others are not held behind it
+                log.warning(
+                    "return.fetch_failed",
+                    connection=connection,
+                    remote_name=remote.name,
+                    reason=exc.reason,
+                    error=str(exc),
+                    retry_in=source.poll_interval,
+                )
+        return stored
+
+    async def _take(self, connection: str, source: ReturnSource, remote: RemoteFile) -> int:
+        """Store one remote file (unless done before) and clear it at the partner; 1 if it
+        was stored now."""
+        outcome = await self._seen(connection, remote)
+        if outcome in ("done", "refused"):
+            return 0
+        stored = 0
+        if outcome is None:
+            if not await self._store(connection, source, remote):
+                return 0
+            stored = 1
+        action = await source.finish_return(remote)
+        await self._remember(connection, remote, "done")
+        log.info("return.fetched", connection=connection, remote_name=remote.name, action=action)
         return stored
 
     async def _seen(self, connection: str, remote: RemoteFile) -> str | None:

@@ -25,6 +25,7 @@ class Bucket:
     files: dict[str, bytes] = field(default_factory=dict)
     #: Return flows the "partner" offers for download: name -> bytes.
     returns: dict[str, bytes] = field(default_factory=dict)
+    listings: int = 0  # how many times the returns were listed (polls)
     failures: deque[TransferError] = field(default_factory=deque)
     sends: int = 0
     gate: asyncio.Event | None = None  # when set by a test, sends wait for it to open
@@ -44,7 +45,8 @@ def hold(name: str) -> asyncio.Event:
 
 
 def fail_next(name: str, *errors: TransferError) -> None:
-    """Make the next ``len(errors)`` sends to bucket ``name`` raise these errors, in order."""
+    """Make the next ``len(errors)`` sends or return fetches of bucket ``name`` raise these
+    errors, in order."""
     bucket(name).failures.extend(errors)
 
 
@@ -106,6 +108,7 @@ class MemorySender:
         return f"memory bucket {self._settings.bucket!r}"
 
     async def list_returns(self) -> list[RemoteFile]:
+        self._bucket.listings += 1
         return [RemoteFile(name, len(data), 0) for name, data in self._bucket.returns.items()]
 
     async def fetch_return(self, remote: RemoteFile, local: Path) -> None:

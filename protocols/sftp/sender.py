@@ -320,7 +320,7 @@ class SftpSender:
                 raise
         fetched = await asyncio.to_thread(_fsync_size, local)
         if fetched != remote.size:
-            raise TransferTimeout(
+            raise RemoteBusy(
                 f"download of {remote.name}: got {fetched} bytes, the listing said {remote.size}; "
                 "the partner may still be writing it, it will be fetched again"
             )

@@ -8,9 +8,10 @@ import itertools
 from pathlib import Path
 
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import Journal, JournalDB
+from gateway.polling import Poller, sources
 from protocols import memory
-from protocols.errors import TransferTimeout
+from protocols.errors import RemotePermissionDenied, TransferTimeout
 from tests.gateway.harness import deliver, memory_config, running, until
 from tests.gateway.test_returns import cpp_statut, invoice
 
@@ -83,9 +84,18 @@ def test_a_return_over_the_size_limit_is_left_and_reported_once(
     offered = memory.bucket(bucket).returns
     offered["huge.xml"] = b"<CPPStatut>" + b" " * 6000 + b"</CPPStatut>"
 
+    def refused() -> bool:
+        db = journal(config)
+        try:
+            return db.download(CONN, "huge.xml", len(offered["huge.xml"]), 0) is not None
+        finally:
+            db.close()
+
     async def main() -> None:
         async with running(config):
-            await asyncio.sleep(0.4)  # several polls
+            await until(refused, what="the oversized return remembered")
+            later = memory.bucket(bucket).listings + 2
+            await until(lambda: memory.bucket(bucket).listings >= later, what="two more polls")
 
     asyncio.run(main())
     assert "huge.xml" in offered
@@ -94,3 +104,24 @@ def test_a_return_over_the_size_limit_is_left_and_reported_once(
     assert db.returns() == []
     assert db.download(CONN, "huge.xml", len(offered["huge.xml"]), 0)["outcome"] == "refused"  # type: ignore[index]
     db.close()
+
+
+def test_a_file_that_fails_alone_does_not_hold_the_others_back(tmp_path: Path) -> None:
+    config, bucket, row = setup(tmp_path)
+    offered = memory.bucket(bucket).returns
+    offered["first.xml"] = cpp_statut(flow_ref=row.remote_name or "", flow_code="90")
+    offered["second.xml"] = cpp_statut(invoices=(("F-100", "01"),))
+    memory.fail_next(bucket, RemotePermissionDenied("first.xml: permission denied"))
+
+    async def main() -> tuple[int, int]:
+        journal_ = Journal(Layout(config.gateway.data_dir).journal)
+        await journal_.open()
+        try:
+            sender = memory.MemorySender(config.connections[0].settings)
+            poller = Poller(config, journal_, sources({CONN: sender}))
+            return await poller.poll(CONN, sender), await poller.poll(CONN, sender)
+        finally:
+            await journal_.close()
+
+    assert asyncio.run(main()) == (1, 1)  # second.xml in the first round, first.xml next
+    assert offered == {}
