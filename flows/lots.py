@@ -203,15 +203,3 @@ def _read_zip(data: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
                 raise LotError(f"member {info.filename!r} is not the size its header says")
             members.append((info.filename, content))
     return members
-
-
-def extract(archive: Path, name: str) -> bytes:
-    """The bytes of member ``name`` of the lot ``archive``.
-
-    Raises:
-        LotError: the archive is unreadable or has no such member.
-    """
-    for member, content in read_members(archive.read_bytes()):
-        if member == name:
-            return content
-    raise LotError(f"{archive.name} has no member {name!r}")

@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS invoices (
     PRIMARY KEY (flow_id, position)
 );
 CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
+CREATE INDEX IF NOT EXISTS invoices_source ON invoices(source_flow);
 -- Return flows received (integration reports, FEN1200A/FEN1201A, others).
 CREATE TABLE IF NOT EXISTS returns (
     return_id       TEXT PRIMARY KEY,

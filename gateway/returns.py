@@ -299,6 +299,7 @@ def _file_outputs(
         )
     rejected = collateral = 0
     sent_file = Path(flow.final_path) if flow.final_path else None
+    members: dict[str, bytes] | None = None  # a lot's invoices, read once
     for invoice in invoices:
         done = invoice["rejected_path"] and Path(invoice["rejected_path"] + REJECTION).exists()
         if not invoice["rejected"] or done:
@@ -332,7 +333,10 @@ def _file_outputs(
             if flow.packaging is None:
                 copy(sent_file, target)
             else:
-                write_bytes(target, lots.extract(sent_file, invoice["file"]))
+                if members is None:
+                    members = _lot_members(flow.connection, flow_id, sent_file)
+                if invoice["file"] in members:
+                    write_bytes(target, members[invoice["file"]])
         write_json(target.with_name(target.name + REJECTION), document)
         rejected += 1
         collateral += int(bool(invoice["collateral"]))
@@ -347,6 +351,23 @@ def _file_outputs(
             path=str(target),
         )
     return rejected, collateral
+
+
+def _lot_members(connection: str, flow_id: str, archive: Path) -> dict[str, bytes]:
+    """The invoices of a sent lot by name; none (logged) if the archive cannot be read: the
+    rejection reports are written all the same."""
+    try:
+        return dict(lots.read_members(archive.read_bytes()))
+    except (lots.LotError, OSError) as exc:
+        log.error(
+            "lot.unreadable",
+            connection=connection,
+            flow_id=flow_id,
+            path=str(archive),
+            error=str(exc),
+            action="rejected invoices are reported without their copy",
+        )
+        return {}
 
 
 def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | None:
@@ -373,7 +394,10 @@ def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | No
             "not resubmitted",
         )
         return None
-    contents = dict(lots.read_members(Path(flow.final_path).read_bytes()))
+    contents = _lot_members(flow.connection, flow_id, Path(flow.final_path))
+    collateral = [i for i in collateral if i["file"] in contents]
+    if not collateral:
+        return None
     lot_id = _ids.new(datetime.now(UTC))
     name = lots.lot_name(lot_id, flow.packaging)
     target = layout.spool(flow.connection) / spool_name(lot_id, name)
