@@ -137,15 +137,17 @@ def _rows(journal: Path) -> list[FlowRow]:
 def _settled(journal: Path, dropped: int) -> bool:
     """Every dropped file filed or packed; every lot sent and answered; the rejected
     Complète lot's innocent invoices resubmitted, sent and answered."""
-    rows = _rows(journal)
-    files = [row for row in rows if row.packaging is None]
-    lots = [row for row in rows if row.packaging is not None]
-    if len(files) < dropped or any(row.state not in TERMINAL for row in rows):
-        return False
-    if not lots or not any(row.resubmit_of for row in lots):
+    if not journal.exists():
         return False
     db = JournalDB(journal)
     try:
+        rows = db.search()
+        files = [row for row in rows if row.packaging is None]
+        lots = [row for row in rows if row.packaging is not None]
+        if len(files) < dropped or any(row.state not in TERMINAL for row in rows):
+            return False
+        if not any(row.resubmit_of for row in lots):
+            return False
         return all(
             row.state == "sent" and any(s["position"] is None for s in db.statuses(row.flow_id))
             for row in lots
@@ -181,6 +183,16 @@ async def _prepare(folder: Path) -> tuple[SftpSimulator, Path]:
     return simulator, config_path
 
 
+def _desk(simulator: SftpSimulator, config: config_module.Config) -> Desk:
+    """The simulator's answering desk, judging under the demo connection's modes."""
+    modes = {code: mode.value for code, mode in config.connections[0].interfaces.items()}
+    return Desk(
+        simulator.root / UPLOAD_DIR,
+        simulator.root / DOWNLOAD_DIR,
+        Rules(modes, reject_pattern=REJECT_PATTERN),
+    )
+
+
 async def demo(folder: Path | None, *, wait: float = 90.0) -> int:
     folder = folder or Path(tempfile.mkdtemp(prefix="raccord-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,12 +202,7 @@ async def demo(folder: Path | None, *, wait: float = 90.0) -> int:
     stopping = asyncio.Event()
     try:
         config = config_module.load(config_path)
-        modes = {code: mode.value for code, mode in config.connections[0].interfaces.items()}
-        desk = Desk(
-            simulator.root / UPLOAD_DIR,
-            simulator.root / DOWNLOAD_DIR,
-            Rules(modes, reject_pattern=REJECT_PATTERN),
-        )
+        desk = _desk(simulator, config)
         answering = asyncio.create_task(desk.run(stopping))
         with log_path.open("a", encoding="utf-8") as log_stream:
             logs.configure(log_stream)
@@ -300,16 +307,11 @@ async def simulate(folder: Path | None) -> int:
     stopping = asyncio.Event()
     try:
         config = config_module.load(config_path)
-        modes = {code: mode.value for code, mode in config.connections[0].interfaces.items()}
-        desk = Desk(
-            simulator.root / UPLOAD_DIR,
-            simulator.root / DOWNLOAD_DIR,
-            Rules(modes, reject_pattern=REJECT_PATTERN),
-        )
+        desk = _desk(simulator, config)
         print(f"partner simulator: sftp://127.0.0.1:{simulator.port}")
         print(f"  uploads land in  {folder / 'partner' / UPLOAD_DIR}")
         print(f"  return flows in  {folder / 'partner' / DOWNLOAD_DIR} (a CPP Statut per deposit)")
-        print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {modes}")
+        print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {desk.rules.modes}")
         print(f"  a matching configuration: {config_path}")
         print("Ctrl-C to stop.", flush=True)
         loop = asyncio.get_running_loop()

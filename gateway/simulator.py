@@ -116,9 +116,6 @@ class SftpSimulator:
             await self._server.wait_closed()
             self._server = None
 
-    async def serve_forever(self, stopping: asyncio.Event) -> None:
-        await stopping.wait()
-
 
 @dataclass(frozen=True)
 class Rules:
