@@ -11,7 +11,10 @@ boundary, so the dispatcher decides on ``retryable`` alone and never sniffs thir
     ├── HostKeyError              host_key        no    unknown or changed SSH host key / bad cert
     ├── RemotePermissionDenied    permission      no    the partner refuses the operation
     ├── RemoteNameConflict        remote_exists   no    a different file already has that name
-    └── ProtocolError             protocol_error  no    the partner answered something unusable
+    ├── ProtocolError             protocol_error  no    the partner answered something unusable
+    ├── CertificateError          certificate     no    a key or certificate is expired or unusable
+    ├── RemoteRejected            refused         no    the partner received and refused the flow
+    └── ReceiptInvalid            receipt_invalid no    the acknowledgement proves nothing (MIC…)
 
 ``reason`` becomes the ``reason`` of ``error.json``; ``str(error)`` is the one-sentence message
 an operator reads, saying what to do where the sender knows.
@@ -65,3 +68,23 @@ class RemoteNameConflict(TransferError):
 
 class ProtocolError(TransferError):
     reason = "protocol_error"
+
+
+class CertificateError(TransferError):
+    """Our or the partner's key or certificate cannot be used (expired, unreadable, no chain)."""
+
+    reason = "certificate"
+
+
+class RemoteRejected(TransferError):
+    """The partner received the flow and refused it (a negative MDN, a definite HTTP 4xx)."""
+
+    reason = "refused"
+
+
+class ReceiptInvalid(TransferError):
+    """The partner's acknowledgement does not prove delivery: bad signature, MIC mismatch, an MDN
+    for another message, or an answer that is no MDN at all. The flow may or may not have
+    arrived: a person must check with the partner."""
+
+    reason = "receipt_invalid"

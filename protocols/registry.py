@@ -24,10 +24,11 @@ class UnknownProtocol(LookupError):
 
 
 def _builtins() -> dict[str, ProtocolPlugin]:
+    from protocols.as2.sender import PLUGIN as AS2
     from protocols.memory import PLUGIN as MEMORY
     from protocols.sftp.sender import PLUGIN as SFTP
 
-    return {plugin.name: plugin for plugin in (SFTP, MEMORY)}
+    return {plugin.name: plugin for plugin in (SFTP, AS2, MEMORY)}
 
 
 @cache
