@@ -27,8 +27,6 @@ from protocols.errors import ReceiptInvalid
 # reports what matters through its own events.
 logging.getLogger("pyas2lib").setLevel(logging.CRITICAL)
 
-CONTENT_TYPES = {".xml": "application/xml", ".pdf": "application/pdf"}
-
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -94,15 +92,6 @@ def partner(settings: As2Settings) -> pyas2lib.Partner:
         mdn_mode=mdn_mode,
         mdn_digest_alg=settings.signature if settings.mdn_signed else None,
     )
-
-
-def content_type(settings: As2Settings, remote_name: str) -> str:
-    if settings.content_type != "auto":
-        return settings.content_type
-    for suffix, kind in CONTENT_TYPES.items():
-        if remote_name.lower().endswith(suffix):
-            return kind
-    return "application/octet-stream"
 
 
 def build(

@@ -138,7 +138,7 @@ class As2Sender:
             message_id=flow.flow_id,
             filename=flow.remote_name,
             subject=s.subject.format(interface=flow.interface_code, file=flow.remote_name),
-            mime_type=message.content_type(s, flow.remote_name),
+            mime_type=s.content_type,
         )
         del data
         sent_at = _now()
@@ -224,7 +224,9 @@ class As2Sender:
             raise ConnectError(f"cannot reach {s.url}: {exc}") from None
         if status in (401, 403):
             raise AuthenticationError(f"{s.url} refused our credentials (HTTP {status})")
-        until = min(s.keys.certificate.not_valid_after_utc, s.partner_certificate.not_valid_after_utc)
+        until = min(
+            s.keys.certificate.not_valid_after_utc, s.partner_certificate.not_valid_after_utc
+        )
         return (
             f"{s.url} answered HTTP {status}; {s.as2_from} → {s.as2_to}, "
             f"certificates valid until {until:%Y-%m-%d}"

@@ -46,7 +46,9 @@ class As2Settings:
     mdn_url: str | None = None
     async_mdn_wait: float = 3600.0
     subject: str = "raccord {interface}"
-    content_type: str = "auto"
+    #: application/octet-stream travels as binary MIME: the partner gets the very bytes. Any
+    #: other type travels as MIME text, whose canonical form has CRLF line ends.
+    content_type: str = "application/octet-stream"
     message_id_domain: str = "raccord.invalid"
     http_user: str | None = None
     http_password: Secret | None = None
@@ -130,7 +132,7 @@ def parse_settings(section: Section) -> As2Settings:
         mdn_url=mdn_url,
         async_mdn_wait=section.duration("async_mdn_wait", "1h"),
         subject=section.string("subject", "raccord {interface}"),
-        content_type=section.string("content_type", "auto"),
+        content_type=section.string("content_type", "application/octet-stream"),
         message_id_domain=section.string("message_id_domain", _domain()),
         http_user=http_user,
         http_password=http_password,
