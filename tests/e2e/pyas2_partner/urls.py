@@ -1,0 +1,3 @@
+from django.urls import include, path
+
+urlpatterns = [path("pyas2/", include("pyas2.urls"))]
