@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-pyas2"
 REQUIREMENT = "django-pyas2==1.2.3"
 HERE = Path(__file__).parent / "pyas2_partner"
-KEY_PASSWORD = "partner-secret"  # noqa: S105 - a throwaway test key
+KEY_PASSWORD = "partner-secret"
 
 
 def ensure_venv() -> Path:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway import pki
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound
 from protocols.certs import KeyPair
+from protocols.errors import ConnectError, ReceiptInvalid, RemoteRejected
 from tests.e2e.as2_partner import DjangoPyas2
+from tests.e2e.sshd import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +125,138 @@ def test_django_pyas2_receives_intact_and_its_mdn_is_verified(
         assert details["mdn_mic"] == details["mic"]
         if signature != "none":
             assert base64.b64decode(details["mic"])  # a real digest, confirmed by the partner
+
+
+class Proxy:
+    """An HTTP relay in front of the partner that can lose or bend its answers."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.drop_answers = 0  # answers swallowed (connection closed) after the partner replied
+        self.bend: Callable[[bytes], bytes] | None = None
+        self.requests = 0
+        self.runner: web.AppRunner | None = None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/pyas2/as2receive"
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(self.upstream, data=body, headers=headers) as answer,
+        ):
+            payload = await answer.read()
+            answer_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP}
+            status = answer.status
+        if self.drop_answers:
+            self.drop_answers -= 1
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError("answer dropped on purpose")
+        if self.bend is not None:
+            payload = self.bend(payload)
+        return web.Response(status=status, body=payload, headers=answer_headers)
+
+    async def __aenter__(self) -> Proxy:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/pyas2/as2receive", self._relay)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+HOP = {"content-length", "transfer-encoding", "connection", "host", "keep-alive"}
+
+
+def test_a_resend_after_a_lost_answer_is_a_duplicate_for_django_pyas2(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
+) -> None:  # type: ignore[no-untyped-def]
+    data = INVOICE.encode()
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        async with Proxy(partner.url) as proxy:
+            proxy.drop_answers = 1
+            settings = replace(settings_for(partner, our_keys, partner_keys), url=proxy.url)
+            with pytest.raises(ConnectError, match="it may have arrived") as lost:
+                await send(settings, outbound(tmp_path, "f-0002", data))
+            again = await send(settings, outbound(tmp_path, "f-0002", data, resend=True))
+            return lost.value, again, proxy.requests
+
+    lost, again, requests = asyncio.run(scenario())
+
+    assert lost.retryable and requests == 2
+    assert again.already_delivered
+    assert "duplicate-document" in again.details["mdn_disposition"]
+    stored = partner.messages()
+    assert [m["message_id"] for m in stored] == [
+        "f-0002@raccord.test",
+        "f-0002@raccord.test_duplicate",
+    ]
+    assert stored[0]["status"] == "S" and stored[0]["payload"].encode("latin-1") == data
+
+
+def test_the_same_message_id_without_a_resend_is_refused_not_hidden(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
+) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(partner, our_keys, partner_keys)
+    asyncio.run(send(settings, outbound(tmp_path, "f-0003", INVOICE.encode())))
+
+    with pytest.raises(RemoteRejected, match="already has a message with Message-ID f-0003@"):
+        asyncio.run(send(settings, outbound(tmp_path, "f-0003", INVOICE.encode())))
+
+
+def _change_mic(payload: bytes) -> bytes:
+    head, mark, rest = payload.partition(b"Received-content-MIC: ")
+    assert mark, "the MDN carries a MIC"
+    flipped = bytes([rest[0] ^ 0x01]) + rest[1:]  # one character of the digest
+    return head + mark + flipped
+
+
+@pytest.mark.parametrize(
+    ("mdn", "expected"),
+    [
+        ("sync-signed", "does not verify with the partner's certificate"),
+        ("sync", "MIC mismatch"),
+    ],
+)
+def test_a_tampered_mdn_fails_the_flow(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, mdn, expected
+) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        async with Proxy(partner.url) as proxy:
+            proxy.bend = _change_mic
+            settings = replace(
+                settings_for(partner, our_keys, partner_keys), url=proxy.url, mdn=mdn
+            )
+            await send(settings, outbound(tmp_path, "f-0004", INVOICE.encode()))
+
+    with pytest.raises(ReceiptInvalid, match=expected) as failed:
+        asyncio.run(scenario())
+
+    assert not failed.value.retryable
+    assert partner.messages()[0]["status"] == "S"  # it did arrive; only the proof is bad
+
+
+def test_an_http_400_after_storing_is_refused_with_a_warning(
+    tmp_path: Path, our_keys, partner_keys
+) -> None:  # type: ignore[no-untyped-def]
+    trap = DjangoPyas2(tmp_path / "trap", partner_keys, our_keys)
+    trap.configure()
+    trap.start(PARTNER_DATA_DIR_TRAP="1")
+    try:
+        settings = settings_for(trap, our_keys, partner_keys)
+        with pytest.raises(RemoteRejected, match="HTTP 400.*may still have stored it"):
+            asyncio.run(send(settings, outbound(tmp_path, "f-0005", INVOICE.encode())))
+        assert [m["message_id"] for m in trap.messages()] == ["f-0005@raccord.test"]
+    finally:
+        trap.stop()

@@ -14,7 +14,7 @@ import runpy
 runpy.run_path(os.environ["RACCORD_COMPAT"])["install"]()
 
 WORK = os.environ["PARTNER_WORK"]
-SECRET_KEY = "raccord-test-partner"  # noqa: S105 - a throwaway test server on loopback
+SECRET_KEY = "raccord-test-partner"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 USE_TZ = True
