@@ -107,11 +107,37 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class As2ReceiverSettings:
+    host: str
+    port: int
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+
+
+def _as2_receiver(section: Section | None) -> As2ReceiverSettings | None:
+    if section is None:
+        return None
+    listen = section.string("listen", required=True)
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(
+            section.key("listen"), f'expected "host:port" such as "0.0.0.0:4080", got {listen!r}'
+        )
+    tls_certificate = section.path("tls_certificate", required=False)
+    tls_key = section.path("tls_key", required=False)
+    if (tls_certificate is None) != (tls_key is None):
+        raise SettingsError(section.key("tls_key"), "give both tls_certificate and tls_key")
+    section.finish()
+    return As2ReceiverSettings(host, int(port), tls_certificate, tls_key)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
     connections: tuple[Connection, ...]
-    as2_receiver: dict[str, Any] | None = None
+    as2_receiver: As2ReceiverSettings | None = None
 
     def connection(self, name: str) -> Connection:
         for conn in self.connections:
@@ -162,9 +188,26 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
             raise SettingsError(f"{where}.name", f"connection name {conn.name!r} is used twice")
         seen.add(conn.name)
         connections.append(conn)
-    as2_receiver = top.raw("as2_receiver")
+    as2_receiver = _as2_receiver(top.table("as2_receiver"))
     top.finish()
+    _one_connection_per_as2_pair(connections)
     return Config(path, gateway, tuple(connections), as2_receiver)
+
+
+def _one_connection_per_as2_pair(connections: list[Connection]) -> None:
+    """Inbound AS2 messages find their connection by (AS2-To, AS2-From): it must be one."""
+    seen: dict[tuple[str, str], str] = {}
+    for conn in connections:
+        if conn.protocol != "as2":
+            continue
+        pair = (conn.settings.as2_from, conn.settings.as2_to)
+        if pair in seen:
+            raise SettingsError(
+                f"connection[{conn.name}].as2",
+                f"as2_from {pair[0]!r} and as2_to {pair[1]!r} are those of connection "
+                f"{seen[pair]} too; inbound messages could not tell them apart",
+            )
+        seen[pair] = conn.name
 
 
 def _gateway(section: Section) -> GatewaySettings:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from gateway import logs
+from gateway.as2_receiver import As2Receiver
 from gateway.config import Config
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
@@ -51,6 +52,7 @@ class Gateway:
         self._sleep = sleep
         self.dispatcher: Dispatcher | None = None
         self.watcher: Watcher | None = None
+        self.as2_receiver: As2Receiver | None = None
         self.ready = asyncio.Event()
 
     async def run(
@@ -79,6 +81,10 @@ class Gateway:
             )
             self.watcher = watcher
             watcher.start()
+            if config.as2_receiver is not None:
+                self.as2_receiver = As2Receiver(config, journal)
+                await self.as2_receiver.start()
+                stack.push_async_callback(self.as2_receiver.stop)
             try:
                 log.info(
                     "gateway.ready",

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATES = (
     "claimed",
     "queued",
@@ -166,6 +166,15 @@ CREATE TABLE IF NOT EXISTS downloads (
     outcome         TEXT NOT NULL,
     at              TEXT NOT NULL,
     PRIMARY KEY (connection, remote_name, size, mtime)
+);
+-- AS2 messages partners pushed to us, by their Message-ID, so that none is stored twice.
+CREATE TABLE IF NOT EXISTS as2_messages (
+    as2_from        TEXT NOT NULL,
+    message_id      TEXT NOT NULL,
+    connection      TEXT NOT NULL,
+    return_id       TEXT,
+    at              TEXT NOT NULL,
+    PRIMARY KEY (as2_from, message_id)
 );
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
@@ -582,6 +591,25 @@ class JournalDB:
             " return_id=coalesce(excluded.return_id, return_id), at=excluded.at",
             (connection, name, size, mtime, return_id, outcome, _now()),
         )
+
+    def as2_message(self, as2_from: str, message_id: str) -> dict[str, Any] | None:
+        """The AS2 message ``as2_from`` sent us with that Message-ID, if it was stored."""
+        row = self._db.execute(
+            "SELECT * FROM as2_messages WHERE as2_from=? AND message_id=?",
+            (as2_from, message_id),
+        ).fetchone()
+        return dict(row) if row else None
+
+    def record_as2_message(
+        self, as2_from: str, message_id: str, connection: str, return_id: str | None
+    ) -> bool:
+        """Remember a stored inbound AS2 message; False if it was already known."""
+        cursor = self._db.execute(
+            "INSERT INTO as2_messages (as2_from, message_id, connection, return_id, at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (as2_from, message_id, connection, return_id, _now()),
+        )
+        return cursor.rowcount == 1
 
     def resubmission_of(self, flow_id: str) -> str | None:
         """The flow that resubmitted ``flow_id``'s collateral invoices, if any."""

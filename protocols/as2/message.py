@@ -115,7 +115,7 @@ def build(
         message_id=message_id,
         disposition_notification_to="raccord@" + (org.domain or "raccord.invalid"),
     )
-    headers = {name: _one_line(value) for name, value in message.headers.items()}
+    headers = {name: one_line(value) for name, value in message.headers.items()}
     return Outgoing(
         message_id=message.message_id,
         mic=message.mic.decode("ascii") if message.mic else None,
@@ -125,7 +125,7 @@ def build(
     )
 
 
-def _one_line(value: Any) -> str:
+def one_line(value: Any) -> str:
     """A header value as HTTP carries it: folded lines joined."""
     return " ".join(str(value).split())
 

@@ -255,7 +255,7 @@ def test_an_http_400_after_storing_is_refused_with_a_warning(
     trap.start(PARTNER_DATA_DIR_TRAP="1")
     try:
         settings = settings_for(trap, our_keys, partner_keys)
-        with pytest.raises(RemoteRejected, match="HTTP 400.*may still have stored it"):
+        with pytest.raises(RemoteRejected, match=r"HTTP 400.*may still have stored it"):
             asyncio.run(send(settings, outbound(tmp_path, "f-0005", INVOICE.encode())))
         assert [m["message_id"] for m in trap.messages()] == ["f-0005@raccord.test"]
     finally:

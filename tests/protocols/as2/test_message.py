@@ -53,7 +53,7 @@ def _partner_receives(
 
 
 def _mdn_raw(mdn: Any) -> bytes:
-    return message.raw_http({k: message._one_line(v) for k, v in mdn.headers.items()}, mdn.content)
+    return message.raw_http({k: message.one_line(v) for k, v in mdn.headers.items()}, mdn.content)
 
 
 def _judge(settings: As2Settings, sent: message.Outgoing, raw: bytes) -> message.MdnReport:

@@ -1,0 +1,256 @@
+"""``[as2_receiver]``: the HTTP(S) endpoint where partners push AS2 messages (return flows).
+
+For each POST: the body (bounded by ``max_file_size``) is parsed by
+:func:`protocols.as2.receiver.open_message` in a worker thread; a good payload is written to
+``inbox/<connection>/`` and fsynced, journaled as a return flow and applied
+(:func:`gateway.returns.receive`), its Message-ID recorded — and only then is the MDN sent.
+A message already stored (same sender, same Message-ID) is answered "duplicate-document" and
+stored nothing twice. Unknown partners, bad signatures, undecryptable bodies get the negative
+MDN pyas2lib builds (or an HTTP error when no MDN was asked), an ``as2.refused`` event, and
+nothing stored; the endpoint keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from flows import naming
+from gateway import logs, returns
+from gateway.config import As2ReceiverSettings, Config
+from gateway.folders import Layout
+from gateway.journal import Journal, JournalDB
+from protocols.as2 import message
+from protocols.as2.receiver import Inbound, Party, as2_name, open_message
+
+log = logs.get()
+
+#: Suffix of a payload being written to the inbox (removed at start if a crash left one).
+PARTIAL = ".as2-receiving"
+#: Room for MIME, signature and encryption around the largest payload accepted.
+ENVELOPE = 1_000_000
+#: Attempts to post an asynchronous MDN (1 s, 2 s, 4 s… apart).
+ASYNC_MDN_ATTEMPTS = 5
+
+
+class As2Receiver:
+    """The endpoint, serving every ``protocol = "as2"`` connection of the configuration."""
+
+    def __init__(self, config: Config, journal: Journal) -> None:
+        assert config.as2_receiver is not None
+        self.config = config
+        self.settings: As2ReceiverSettings = config.as2_receiver
+        self.layout = Layout(config.gateway.data_dir)
+        self.journal = journal
+        self.parties = {
+            (conn.settings.as2_from, conn.settings.as2_to): Party(conn.name, conn.settings)
+            for conn in config.connections
+            if conn.protocol == "as2"
+        }
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = self.settings.port
+
+    async def start(self) -> None:
+        for party in self.parties.values():
+            for partial in self.layout.inbox(party.connection).glob(f".*{PARTIAL}"):
+                partial.unlink(missing_ok=True)
+        limit = self.config.gateway.max_file_size * 2 + ENVELOPE
+        app = web.Application(client_max_size=limit)
+        app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_get("/{tail:.*}", self._hello)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        context = None
+        if self.settings.tls_certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(self.settings.tls_certificate), str(self.settings.tls_key))
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, ssl_context=context
+        )
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info(
+            "as2.listening",
+            host=self.settings.host,
+            port=self.port,
+            tls=context is not None,
+            partners=sorted(f"{a} <- {b}" for a, b in self.parties),
+        )
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()  # the partner resends, gets "duplicate" and its MDN then
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _hello(self, request: web.Request) -> web.Response:
+        return web.Response(text="raccord AS2 receiver: POST AS2 messages here\n")
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            log.error(
+                "as2.refused",
+                peer=request.remote,
+                reason="too_large",
+                as2_from=request.headers.get("AS2-From"),
+                message_id=request.headers.get("Message-ID"),
+                action="the body exceeds twice max_file_size; ask the partner to split it",
+            )
+            raise
+        headers = {name: value for name, value in request.headers.items()}
+        as2_from = as2_name(headers.get("AS2-From", ""))
+        message_id = headers.get("Message-ID", "").strip().strip("<>")
+        if not as2_from or not message_id:
+            log.warning("as2.refused", peer=request.remote, reason="not_as2")
+            return web.Response(
+                status=400, text="not an AS2 message: AS2-From and Message-ID are required\n"
+            )
+        known = await self.journal.call(lambda db: db.as2_message(as2_from, message_id))
+        raw = message.raw_http(headers, body)
+        del body
+        inbound = await asyncio.to_thread(
+            open_message, raw, self._find, lambda _mid, _sender: known is not None
+        )
+        del raw
+        refusal = None
+        if inbound.processed:
+            refusal = await self._keep(inbound)
+        elif inbound.duplicate:
+            log.info(
+                "as2.duplicate",
+                connection=inbound.connection,
+                as2_from=as2_from,
+                message_id=message_id,
+                return_id=known["return_id"] if known else None,
+            )
+        else:
+            log.warning(
+                "as2.refused",
+                connection=inbound.connection,
+                as2_from=as2_from,
+                as2_to=inbound.as2_to,
+                message_id=message_id,
+                reason=inbound.detail or "error",
+                error=inbound.error,
+            )
+        return self._answer(inbound, refusal)
+
+    def _find(self, as2_to: str, as2_from: str) -> Party | None:
+        return self.parties.get((as2_to, as2_from))
+
+    async def _keep(self, inbound: Inbound) -> str | None:
+        """Store a good payload durably and journal it; a refusal message if it cannot be."""
+        assert inbound.payload is not None and inbound.connection is not None
+        limit = self.config.gateway.max_file_size
+        if len(inbound.payload) > limit:
+            log.error(
+                "as2.refused",
+                connection=inbound.connection,
+                message_id=inbound.message_id,
+                reason="too_large",
+                size=len(inbound.payload),
+                action=f"not stored: over max_file_size ({limit} bytes)",
+            )
+            return "payload over max_file_size"
+        outcome = await asyncio.to_thread(self._store, inbound)
+        log.info(
+            "as2.received",
+            connection=inbound.connection,
+            as2_from=inbound.as2_from,
+            message_id=inbound.message_id,
+            file=inbound.filename,
+            size=len(inbound.payload),
+            return_id=outcome.return_id,
+        )
+        return None
+
+    def _store(self, inbound: Inbound) -> returns.Outcome:
+        assert inbound.payload is not None and inbound.connection is not None
+        assert inbound.as2_from is not None and inbound.message_id is not None
+        name = inbound.filename or f"{inbound.message_id}.as2"
+        inbox = self.layout.inbox(inbound.connection)
+        temp = inbox / f".{naming.safe(name) or 'message'}{PARTIAL}"
+        with temp.open("wb") as out:
+            out.write(inbound.payload)
+            out.flush()
+            os.fsync(out.fileno())
+        db = JournalDB(self.layout.journal)
+        try:
+            outcome = returns.receive(
+                db,
+                self.layout,
+                inbound.connection,
+                temp,
+                move=True,
+                name=name,
+                resubmit=returns.resubmitting(self.config),
+            )
+            db.record_as2_message(
+                inbound.as2_from, inbound.message_id, inbound.connection, outcome.return_id
+            )
+            return outcome
+        finally:
+            db.close()
+            temp.unlink(missing_ok=True)
+
+    def _answer(self, inbound: Inbound, refusal: str | None) -> web.Response:
+        if refusal is not None:
+            return web.Response(status=413, text=f"refused: {refusal}\n")
+        if inbound.mdn_headers is None or inbound.mdn_body is None:
+            if inbound.processed or inbound.duplicate:
+                return web.Response(text="AS2 message received\n")
+            return web.Response(status=400, text=f"refused: {inbound.error or inbound.status}\n")
+        if inbound.mdn_url is not None:
+            task = asyncio.create_task(self._post_mdn(inbound, inbound.mdn_url))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return web.Response(text="AS2 message received; the MDN follows asynchronously\n")
+        headers: dict[str, Any] = dict(inbound.mdn_headers)
+        return web.Response(status=200, body=inbound.mdn_body, headers=headers)
+
+    async def _post_mdn(self, inbound: Inbound, url: str) -> None:
+        """Deliver an asynchronous MDN, a few times with backoff if the partner is away."""
+        assert inbound.mdn_headers is not None and inbound.mdn_body is not None
+        delay = 1.0
+        for attempt in range(1, ASYNC_MDN_ATTEMPTS + 1):
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client,
+                    client.post(url, data=inbound.mdn_body, headers=inbound.mdn_headers) as answer,
+                ):
+                    await answer.read()
+                    if answer.status < 300:
+                        log.info(
+                            "as2.mdn_sent",
+                            connection=inbound.connection,
+                            message_id=inbound.message_id,
+                            url=url,
+                            status=inbound.status,
+                        )
+                        return
+                    problem = f"HTTP {answer.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = str(exc) or type(exc).__name__
+            if attempt < ASYNC_MDN_ATTEMPTS:
+                await asyncio.sleep(delay)
+                delay *= 2
+        log.error(
+            "as2.mdn_failed",
+            connection=inbound.connection,
+            message_id=inbound.message_id,
+            url=url,
+            error=problem,
+            action="the message is stored; the partner will resend it and get its MDN then",
+        )
