@@ -1,0 +1,75 @@
+"""A configuration with one AS2 connection (and, optionally, the AS2 receiver), keys on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway import config as config_module
+from gateway import pki
+from gateway.config import Config
+from protocols.certs import KeyPair
+
+AS2_CONFIG = """\
+[gateway]
+data_dir = "{data_dir}"
+rescan_interval = "1s"
+settle_time = "200ms"
+shutdown_grace = "2s"
+max_file_size = "{max_file_size}"
+retry = {{ max_attempts = 3, initial = "50ms", max = "200ms" }}
+
+[[connection]]
+name = "qualif-as2"
+environment = "qualification"
+protocol = "as2"
+partner_code = "VFE056"
+valid_from = 2017-06-21
+valid_to = 2099-06-30
+
+[connection.interfaces]
+FSO1100A = "complete"
+FSO1106A = "partial"
+
+[connection.as2]
+url = "{url}"
+as2_from = "MYCOMPANY"
+as2_to = "CTAIFEP"
+key = "{key}"
+certificate = "{certificate}"
+partner_certificate = "{partner_certificate}"
+message_id_domain = "raccord.test"
+timeout = "30s"
+{as2_extra}
+{receiver}
+"""
+
+
+def write_as2_config(
+    tmp_path: Path,
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    *,
+    url: str = "http://127.0.0.1:9/",
+    receiver_port: int | None = None,
+    as2_extra: str = "",
+    max_file_size: str = "30000KB",
+) -> Config:
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    receiver = f'[as2_receiver]\nlisten = "127.0.0.1:{receiver_port}"' if receiver_port else ""
+    path = tmp_path / "raccord.toml"
+    path.write_text(
+        AS2_CONFIG.format(
+            data_dir=tmp_path / "data",
+            url=url,
+            key=pki.write_key(our_keys, keys / "our.key"),
+            certificate=pki.write_certificates([our_keys.certificate], keys / "our.crt", "pem"),
+            partner_certificate=pki.write_certificates(
+                [partner_keys.certificate], keys / "partner.p7b", "p7b"
+            ),
+            as2_extra=as2_extra,
+            receiver=receiver,
+            max_file_size=max_file_size,
+        )
+    )
+    return config_module.load(path)
