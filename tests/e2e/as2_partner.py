@@ -65,6 +65,8 @@ class DjangoPyas2:
             "PYTHONPATH": str(HERE),
             "DJANGO_SETTINGS_MODULE": "settings",
             "RACCORD_COMPAT": protocols.as2.compat.__file__,
+            # Where partners post asynchronous MDNs: its own endpoint.
+            "PARTNER_MDN_URL": self.url,
         }
         pki.write_pkcs12(keys, folder / "ctaifep.p12", KEY_PASSWORD)
         (folder / "mycompany.pem").write_bytes(to_pem([our_certificate.certificate]))

@@ -13,17 +13,21 @@ import pytest
 from aiohttp import web
 
 from gateway import pki
+from gateway.folders import Layout
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound
 from protocols.certs import KeyPair
 from protocols.errors import ConnectError, ReceiptInvalid, RemoteRejected
+from tests.as2_config import write_as2_config
 from tests.e2e.as2_partner import DjangoPyas2
 from tests.e2e.sshd import free_port
+from tests.gateway.harness import running, until
 
 pytestmark = pytest.mark.e2e
 
 # LF and CRLF line ends, trailing blanks, bytes beyond ASCII: they must arrive as they are.
+STATUS = b"<?xml version='1.0'?>\n<CPPStatut>a status pushed by the partner</CPPStatut>\n"
 INVOICE = "<?xml version='1.0'?>\n<Invoice>FA-2026-0001 \r\n<Note>Façade</Note></Invoice>\n"
 
 
@@ -260,3 +264,55 @@ def test_an_http_400_after_storing_is_refused_with_a_warning(
         assert [m["message_id"] for m in trap.messages()] == ["f-0005@raccord.test"]
     finally:
         trap.stop()
+
+
+@pytest.mark.parametrize(
+    ("encryption", "signature", "mdn_mode", "mdn_sign"),
+    [
+        ("aes_256_cbc", "sha256", "SYNC", "sha256"),
+        ("tripledes_192_cbc", "sha1", "SYNC", None),
+        ("aes_128_cbc", "sha512", "ASYNC", "sha512"),
+    ],
+)
+def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
+    tmp_path: Path, our_keys, partner_keys, encryption, signature, mdn_mode, mdn_sign
+) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    server = DjangoPyas2(tmp_path / "partner", partner_keys, our_keys)
+    config = write_as2_config(
+        tmp_path,
+        our_keys,
+        partner_keys,
+        url=server.url,
+        receiver_port=port,
+        as2_extra=f'signature = "{signature}"',
+    )
+    server.configure(
+        target_url=f"http://127.0.0.1:{port}/as2",
+        encryption=encryption,
+        signature=signature,
+        mdn_mode=mdn_mode,
+        mdn_sign=mdn_sign,
+    )
+    document = server.folder / "FEN1200A_0001.xml"
+    document.write_bytes(STATUS)
+    server.start()
+
+    async def scenario() -> None:
+        async with running(config):
+            await asyncio.to_thread(server.send, document)
+
+            def confirmed() -> bool:
+                return [m["status"] for m in server.messages()] == ["S"]
+
+            await until(confirmed, timeout=30, what="django-pyas2 to accept our MDN")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+    (message,) = server.messages()
+    assert message["direction"] == "OUT" and message["status"] == "S", message
+    (stored,) = Layout(config.gateway.data_dir).inbox("qualif-as2").iterdir()
+    assert stored.read_bytes() == STATUS
