@@ -190,9 +190,13 @@ def test_raccord_accepts_a_message_built_by_openssl_and_openssl_verifies_the_mdn
     }
 
     async def scenario() -> tuple[int, dict[str, str], bytes]:
-        async with running(config), aiohttp.ClientSession() as client:
-            async with client.post(f"http://127.0.0.1:{port}/", data=body, headers=headers) as r:
-                return r.status, dict(r.headers.items()), await r.read()
+        url = f"http://127.0.0.1:{port}/"
+        async with (
+            running(config),
+            aiohttp.ClientSession() as client,
+            client.post(url, data=body, headers=headers) as r,
+        ):
+            return r.status, dict(r.headers.items()), await r.read()
 
     status, answer_headers, mdn = asyncio.run(scenario())
 
