@@ -20,9 +20,10 @@ from protocols.base import Outbound
 from protocols.certs import KeyPair
 from protocols.errors import ConnectError, ReceiptInvalid, RemoteRejected
 from tests.as2_config import write_as2_config
+from tests.conftest import sample
 from tests.e2e.as2_partner import DjangoPyas2
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import running, until
+from tests.gateway.harness import deliver, running, sidecar, until
 
 pytestmark = pytest.mark.e2e
 
@@ -316,3 +317,23 @@ def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
     assert message["direction"] == "OUT" and message["status"] == "S", message
     (stored,) = Layout(config.gateway.data_dir).inbox("qualif-as2").iterdir()
     assert stored.read_bytes() == STATUS
+
+
+def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
+) -> None:  # type: ignore[no-untyped-def]
+    config = write_as2_config(tmp_path, our_keys, partner_keys, url=partner.url)
+    invoice = sample("ubl-invoice.xml")
+
+    (row,) = deliver(config, {"facture.xml": invoice})
+
+    assert row.state == "sent", row.message
+    receipt = sidecar(row, ".receipt.json")
+    answer = receipt["partner_answer"]
+    assert receipt["protocol"] == "as2"
+    assert answer["message_id"] == f"{row.flow_id}@raccord.test"
+    assert answer["mdn_disposition"].endswith("processed") and answer["mdn_signed"]
+    assert answer["mdn_mic"] == answer["mic"] and "Received-content-MIC" in answer["mdn"]
+    (stored,) = partner.messages()
+    assert stored["message_id"] == answer["message_id"] and stored["status"] == "S"
+    assert stored["payload"].encode("latin-1") == invoice
