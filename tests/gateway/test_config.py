@@ -171,3 +171,35 @@ def test_a_lot_of_several_invoices_needs_an_archive_format(tmp_path: Path) -> No
             tmp_path,
             with_change(LOT_LINE, 'lot = { max_invoices = 501, packaging = "zip" }'),
         )
+
+
+def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> None:
+    from gateway import pki
+
+    ours, theirs = pki.issue("MYCOMPANY AS2"), pki.issue("CTAIFEP AS2")
+    text = EXAMPLE.read_text()
+    start = text.index("# An AS2 connection")
+    block = "\n".join(line[2:] for line in text[start:].splitlines()[2:])
+    files = {
+        "/etc/raccord/keys/as2.key": pki.write_key(ours, tmp_path / "as2.key"),
+        "/etc/raccord/keys/as2.crt": pki.write_certificates(
+            [ours.certificate], tmp_path / "as2.crt", "der"
+        ),
+        "/etc/raccord/partners/aife.p7b": pki.write_certificates(
+            [theirs.certificate], tmp_path / "aife.p7b", "p7b"
+        ),
+    }
+    for documented, real in files.items():
+        block = block.replace(documented, str(real))
+
+    loaded = load_text(tmp_path, text[:start] + block)
+
+    as2 = loaded.connection("qualif-as2").settings
+    assert (as2.as2_from, as2.as2_to, as2.mdn, as2.encryption) == (
+        "MYCOMPANY",
+        "CTAIFEP",
+        "sync-signed",
+        "aes_256_cbc",
+    )
+    assert as2.partner_certificate == theirs.certificate
+    assert loaded.as2_receiver is not None and loaded.as2_receiver.port == 4080
