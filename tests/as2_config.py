@@ -55,7 +55,7 @@ def write_as2_config(
     max_file_size: str = "30000KB",
 ) -> Config:
     keys = tmp_path / "keys"
-    keys.mkdir(exist_ok=True)
+    keys.mkdir(parents=True, exist_ok=True)
     receiver = f'[as2_receiver]\nlisten = "127.0.0.1:{receiver_port}"' if receiver_port else ""
     path = tmp_path / "raccord.toml"
     path.write_text(

@@ -337,3 +337,22 @@ def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
     (stored,) = partner.messages()
     assert stored["message_id"] == answer["message_id"] and stored["status"] == "S"
     assert stored["payload"].encode("latin-1") == invoice
+
+
+def test_check_connect_reaches_the_partner_and_reports_expired_certificates(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.cli import main
+
+    config = write_as2_config(tmp_path, our_keys, partner_keys, url=partner.url)
+    assert main(["check", "--connect", "--config", str(config.path)]) == 0
+    reached = capsys.readouterr().out
+    assert f"connect: ok — {partner.url} answered HTTP 200; MYCOMPANY → CTAIFEP" in reached
+
+    stale = pki.issue("CTAIFEP AS2", valid_from=datetime.now(UTC) - timedelta(days=90), days=30)
+    expired = write_as2_config(tmp_path / "stale", our_keys, stale, url=partner.url)
+    assert main(["check", "--connect", "--config", str(expired.path)]) == 1
+    refused = capsys.readouterr().out
+    assert "connect: FAILED" in refused and "expired on" in refused
