@@ -59,6 +59,7 @@ if os.environ.get("PARTNER_DATA_DIR_TRAP"):
     PYAS2["DATA_DIR"] = WORK
 LOGGING = {
     "version": 1,
+    "disable_existing_loggers": False,
     "handlers": {"file": {"class": "logging.FileHandler", "filename": os.path.join(WORK, "log")}},
     "root": {"handlers": ["file"], "level": "INFO"},
 }
