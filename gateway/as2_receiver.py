@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -180,9 +182,14 @@ class As2Receiver:
         assert inbound.payload is not None and inbound.connection is not None
         assert inbound.as2_from is not None and inbound.message_id is not None
         name = inbound.filename or f"{inbound.message_id}.as2"
-        inbox = self.layout.inbox(inbound.connection)
-        temp = inbox / f".{naming.safe(name) or 'message'}{PARTIAL}"
-        with temp.open("wb") as out:
+        # A name of its own: two messages carrying the same file name may arrive together.
+        handle, temp_name = tempfile.mkstemp(
+            prefix=f".{naming.safe(name) or 'message'}.",
+            suffix=PARTIAL,
+            dir=self.layout.inbox(inbound.connection),
+        )
+        temp = Path(temp_name)
+        with os.fdopen(handle, "wb") as out:
             out.write(inbound.payload)
             out.flush()
             os.fsync(out.fileno())

@@ -171,3 +171,23 @@ def test_unknown_partners_garbage_and_oversized_bodies_are_refused(
     assert answers[2][0] == 200 and b"processed/Error" in answers[2][2]
     assert answers[3][0] == 400 and b"AS2-From and Message-ID are required" in answers[3][2]
     assert stored(config) == [] and inbox(config) == []
+
+
+def test_messages_with_the_same_file_name_arriving_together_are_each_stored(
+    config: Config, our_keys: KeyPair, partner_keys: KeyPair
+) -> None:
+    view = partner_view(config, partner_keys, our_keys)
+    documents = [STATUS.replace(b"stored", f"stored {i}".encode()) for i in range(6)]
+    sent = [build(view, data, f"m-same-{i}") for i, data in enumerate(documents)]
+
+    async def scenario() -> list[Any]:
+        async with running(config):
+            return await asyncio.gather(*(post(config, one) for one in sent))
+
+    answers = asyncio.run(scenario())
+
+    assert all(
+        judged(view, s, a).outcome == "processed" for s, a in zip(sent, answers, strict=True)
+    )
+    assert sorted(p.read_bytes() for p in inbox(config)) == sorted(documents)
+    assert len(stored(config)) == 6
