@@ -26,6 +26,7 @@ from flows import naming
 from gateway import logs, returns
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
+from gateway.httpserver import serve
 from gateway.journal import Journal, JournalDB
 from protocols.as2 import message
 from protocols.as2.receiver import Inbound, Party, as2_name, open_message
@@ -66,20 +67,11 @@ class As2Receiver:
         app = web.Application(client_max_size=limit)
         app.router.add_post("/{tail:.*}", self._handle)
         app.router.add_get("/{tail:.*}", self._hello)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
         context = None
         if self.settings.tls_certificate is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(self.settings.tls_certificate), str(self.settings.tls_key))
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, ssl_context=context
-        )
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app, self.settings.host, self.settings.port, context)
         log.info(
             "as2.listening",
             host=self.settings.host,

@@ -21,6 +21,7 @@ from typing import Self
 from aiohttp import web
 
 from flows import naming
+from gateway.httpserver import serve
 from protocols.as2 import message
 from protocols.as2.receiver import Party, open_message
 from protocols.as2.sender import As2Sender
@@ -52,6 +53,7 @@ class As2Simulator:
         self.received: list[str] = []  # Message-IDs stored, in order
         self.pushed: list[str] = []  # return flows the gateway confirmed
         self._runner: web.AppRunner | None = None
+        self._us = Party("simulator", settings)
 
     @property
     def url(self) -> str:
@@ -62,14 +64,7 @@ class As2Simulator:
         self.returns.mkdir(parents=True, exist_ok=True)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{tail:.*}", self._receive)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app, self.host, self.port)
         return self
 
     async def __aexit__(
@@ -84,7 +79,7 @@ class As2Simulator:
 
     def _party(self, as2_to: str, as2_from: str) -> Party | None:
         s = self.settings
-        return Party("simulator", s) if (as2_to, as2_from) == (s.as2_from, s.as2_to) else None
+        return self._us if (as2_to, as2_from) == (s.as2_from, s.as2_to) else None
 
     async def _receive(self, request: web.Request) -> web.Response:
         raw = message.raw_http(dict(request.headers.items()), await request.read())
@@ -95,7 +90,7 @@ class As2Simulator:
             name = naming.safe(inbound.filename or "") or f"{inbound.message_id}.bin"
             temp = self.deposits / f".{name}.tmp"
             await asyncio.to_thread(temp.write_bytes, inbound.payload)
-            temp.rename(self.deposits / name)  # the desk never sees a half-written deposit
+            await asyncio.to_thread(temp.rename, self.deposits / name)  # never half-written
             self.received.append(inbound.message_id)
         if inbound.mdn_headers is None or inbound.mdn_body is None:
             return web.Response(status=200 if inbound.processed else 400)
@@ -113,12 +108,10 @@ class As2Simulator:
         is tried again at the next round (the same Message-ID: a repeat is recognised)."""
         async with As2Sender(self.settings) as sender:
             while not stopping.is_set():
-                for path in self._waiting():
-                    data = path.read_bytes()
+                for path in await asyncio.to_thread(self._waiting):
                     flow_id = "sim-" + naming.safe(path.stem)
-                    outbound = Outbound(
-                        flow_id, path, path.name, "FEN1200A", len(data), "", resend=True
-                    )
+                    size = path.stat().st_size
+                    outbound = Outbound(flow_id, path, path.name, "FEN1200A", size, "", resend=True)
                     with contextlib.suppress(TransferError):
                         await sender.send(outbound)
                         path.unlink()

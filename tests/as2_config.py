@@ -1,12 +1,16 @@
-"""A configuration with one AS2 connection (and, optionally, the AS2 receiver), keys on disk."""
+"""AS2 test set-up: a configuration with one AS2 connection (and, optionally, the receiver),
+keys on disk; the partner's mirror view of a connection; a message built as one side."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from gateway import config as config_module
 from gateway import pki
 from gateway.config import Config
+from protocols.as2 import message
+from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
 
 AS2_CONFIG = """\
@@ -73,3 +77,35 @@ def write_as2_config(
         )
     )
     return config_module.load(path)
+
+
+def mirror(settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair) -> As2Settings:
+    """The partner's view of the same connection (names and keys swapped)."""
+    return replace(
+        settings,
+        as2_from=settings.as2_to,
+        as2_to=settings.as2_from,
+        keys=partner_keys,
+        partner_chain=(our_keys.certificate,),
+        message_id_domain="partner.test",
+    )
+
+
+def build_message(
+    settings: As2Settings,
+    data: bytes,
+    message_id: str,
+    *,
+    filename: str = "FSO1100A_VFE056_0001.xml",
+    mime_type: str = "application/octet-stream",
+) -> message.Outgoing:
+    """The message ``settings``' side sends for ``data``."""
+    return message.build(
+        message.organization(settings),
+        message.partner(settings),
+        data,
+        message_id=message_id,
+        filename=filename,
+        subject="raccord test",
+        mime_type=mime_type,
+    )

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway import pki
+from protocols.as2.settings import As2Settings
+from protocols.certs import KeyPair
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -25,3 +29,31 @@ def write(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def our_keys() -> KeyPair:
+    """Our AS2 key and self-signed certificate (MYCOMPANY)."""
+    return pki.issue("MYCOMPANY AS2")
+
+
+@pytest.fixture(scope="session")
+def partner_keys() -> KeyPair:
+    """The AS2 partner's key and self-signed certificate (CTAIFEP)."""
+    return pki.issue("CTAIFEP AS2")
+
+
+@pytest.fixture
+def as2_settings(our_keys: KeyPair, partner_keys: KeyPair) -> As2Settings:
+    """Our side of the connection, as [connection.as2] would give it (files not needed)."""
+    return As2Settings(
+        url="http://127.0.0.1:1/",
+        as2_from="MYCOMPANY",
+        as2_to="CTAIFEP",
+        keys=our_keys,
+        partner_chain=(partner_keys.certificate,),
+        partner_trust=(),
+        key_path=Path("our.key"),
+        partner_certificate_path=Path("partner.crt"),
+        message_id_domain="raccord.test",
+    )

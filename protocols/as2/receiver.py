@@ -7,6 +7,7 @@ payload if it is good, the reason if not) and the MDN to answer with. The gatewa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,17 @@ class Inbound:
         return self.status == "processed" and self.payload is not None
 
 
-@dataclass(frozen=True)
 class Party:
-    """A connection as the receiver needs it: its name and its AS2 settings."""
+    """A connection as the receiver needs it: its name, its AS2 settings, and pyas2lib's view
+    of both ends, built once (it parses our key) rather than per message."""
 
-    connection: str
-    settings: As2Settings
+    def __init__(self, connection: str, settings: As2Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    @functools.cached_property
+    def pyas2lib_parties(self) -> tuple[Any, Any]:
+        return message.organization(self.settings), _pyas2lib_partner(self.settings)
 
 
 def _pyas2lib_partner(settings: As2Settings) -> Any:
@@ -77,14 +83,14 @@ def open_message(
     ``find(as2_to, as2_from)`` gives the connection for that pair of AS2 names, or None;
     ``seen(message_id, as2_from)`` tells whether that message was stored before.
     """
-    parties: dict[str, Party] = {}
+    found: list[Party] = []
 
     def lookup(as2_to: str, as2_from: str) -> tuple[Any, Any]:
         party = find(as2_to, as2_from)
         if party is None:
             return None, None
-        parties["found"] = party
-        return message.organization(party.settings), _pyas2lib_partner(party.settings)
+        found.append(party)
+        return party.pyas2lib_parties
 
     received = pyas2lib.Message()
     status, (exception, _), mdn = received.parse(
@@ -92,7 +98,7 @@ def open_message(
     )
     headers = received.headers if received.payload is not None else {}
     detail = getattr(exception, "disposition_modifier", None) if exception else None
-    party = parties.get("found")
+    party = found[0] if found else None
     processed = status == "processed" and exception is None
     mdn_headers = mdn_body = None
     if mdn is not None:

@@ -7,6 +7,7 @@ sent (an expired certificate blocks the connection with a clear error, the daemo
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ ENCRYPTIONS = {
     "tripledes": "tripledes_192_cbc",
     "none": "",
 }
+_HOST_NAME = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
 SIGNATURES = ("sha256", "sha384", "sha512", "sha1", "none")
 MDN_MODES = ("sync-signed", "sync", "async-signed", "async", "none")
 
@@ -159,6 +163,4 @@ def parse_settings(section: Section) -> As2Settings:
 def _domain() -> str:
     """The right-hand side of our Message-IDs: this host's name, if it is a usable one."""
     name = socket.getfqdn()
-    if name and all(part.isalnum() or "-" in part for part in name.split(".")):
-        return name
-    return "raccord.invalid"
+    return name if _HOST_NAME.match(name) else "raccord.invalid"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,9 @@ import pytest
 from aiohttp import web
 
 from gateway import pki
+from gateway.cli import main
 from gateway.folders import Layout
+from gateway.httpserver import serve
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound
@@ -27,19 +30,9 @@ from tests.gateway.harness import deliver, running, sidecar, until
 
 pytestmark = pytest.mark.e2e
 
-# LF and CRLF line ends, trailing blanks, bytes beyond ASCII: they must arrive as they are.
 STATUS = b"<?xml version='1.0'?>\n<CPPStatut>a status pushed by the partner</CPPStatut>\n"
+# LF and CRLF line ends, trailing blanks, bytes beyond ASCII: they must arrive as they are.
 INVOICE = "<?xml version='1.0'?>\n<Invoice>FA-2026-0001 \r\n<Note>Façade</Note></Invoice>\n"
-
-
-@pytest.fixture(scope="module")
-def our_keys() -> KeyPair:
-    return pki.issue("MYCOMPANY AS2")
-
-
-@pytest.fixture(scope="module")
-def partner_keys() -> KeyPair:
-    return pki.issue("CTAIFEP AS2")
 
 
 @pytest.fixture
@@ -51,21 +44,6 @@ def partner(tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair) -> Iterato
         yield server
     finally:
         server.stop()
-
-
-def settings_for(server: DjangoPyas2, our_keys: KeyPair, partner_keys: KeyPair) -> As2Settings:
-    return As2Settings(
-        url=server.url,
-        as2_from="MYCOMPANY",
-        as2_to="CTAIFEP",
-        keys=our_keys,
-        partner_chain=(partner_keys.certificate,),
-        partner_trust=(),
-        key_path=Path("our.key"),
-        partner_certificate_path=Path("partner.crt"),
-        message_id_domain="raccord.test",
-        timeout=30,
-    )
 
 
 def outbound(tmp_path: Path, flow_id: str, data: bytes, *, resend: bool = False) -> Outbound:
@@ -93,15 +71,16 @@ async def send(settings: As2Settings, flow: Outbound):  # type: ignore[no-untype
 def test_django_pyas2_receives_intact_and_its_mdn_is_verified(
     tmp_path: Path,
     partner: DjangoPyas2,
-    our_keys,
-    partner_keys,
+    as2_settings,
     encryption,
     signature,
     compress,
     mdn,
 ) -> None:  # type: ignore[no-untyped-def]
     settings = replace(
-        settings_for(partner, our_keys, partner_keys),
+        as2_settings,
+        url=partner.url,
+        timeout=30,
         encryption=encryption,
         signature=signature,
         compress=compress,
@@ -141,7 +120,7 @@ class Proxy:
         self.bend: Callable[[bytes], bytes] | None = None
         self.requests = 0
         self.runner: web.AppRunner | None = None
-        self.port = free_port()
+        self.port = 0
 
     @property
     def url(self) -> str:
@@ -170,9 +149,7 @@ class Proxy:
     async def __aenter__(self) -> Proxy:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/pyas2/as2receive", self._relay)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.runner, self.port = await serve(app, "127.0.0.1", 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -184,14 +161,14 @@ HOP = {"content-length", "transfer-encoding", "connection", "host", "keep-alive"
 
 
 def test_a_resend_after_a_lost_answer_is_a_duplicate_for_django_pyas2(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
+    tmp_path: Path, partner: DjangoPyas2, as2_settings
 ) -> None:  # type: ignore[no-untyped-def]
     data = INVOICE.encode()
 
     async def scenario():  # type: ignore[no-untyped-def]
         async with Proxy(partner.url) as proxy:
             proxy.drop_answers = 1
-            settings = replace(settings_for(partner, our_keys, partner_keys), url=proxy.url)
+            settings = replace(as2_settings, url=proxy.url, timeout=30)
             with pytest.raises(ConnectError, match="it may have arrived") as lost:
                 await send(settings, outbound(tmp_path, "f-0002", data))
             again = await send(settings, outbound(tmp_path, "f-0002", data, resend=True))
@@ -211,9 +188,9 @@ def test_a_resend_after_a_lost_answer_is_a_duplicate_for_django_pyas2(
 
 
 def test_the_same_message_id_without_a_resend_is_refused_not_hidden(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
+    tmp_path: Path, partner: DjangoPyas2, as2_settings
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_for(partner, our_keys, partner_keys)
+    settings = replace(as2_settings, url=partner.url, timeout=30)
     asyncio.run(send(settings, outbound(tmp_path, "f-0003", INVOICE.encode())))
 
     with pytest.raises(RemoteRejected, match="already has a message with Message-ID f-0003@"):
@@ -235,14 +212,12 @@ def _change_mic(payload: bytes) -> bytes:
     ],
 )
 def test_a_tampered_mdn_fails_the_flow(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, mdn, expected
+    tmp_path: Path, partner: DjangoPyas2, as2_settings, mdn, expected
 ) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         async with Proxy(partner.url) as proxy:
             proxy.bend = _change_mic
-            settings = replace(
-                settings_for(partner, our_keys, partner_keys), url=proxy.url, mdn=mdn
-            )
+            settings = replace(as2_settings, url=proxy.url, timeout=30, mdn=mdn)
             await send(settings, outbound(tmp_path, "f-0004", INVOICE.encode()))
 
     with pytest.raises(ReceiptInvalid, match=expected) as failed:
@@ -253,13 +228,13 @@ def test_a_tampered_mdn_fails_the_flow(
 
 
 def test_an_http_400_after_storing_is_refused_with_a_warning(
-    tmp_path: Path, our_keys, partner_keys
+    tmp_path: Path, our_keys, partner_keys, as2_settings
 ) -> None:  # type: ignore[no-untyped-def]
     trap = DjangoPyas2(tmp_path / "trap", partner_keys, our_keys)
     trap.configure()
     trap.start(PARTNER_DATA_DIR_TRAP="1")
     try:
-        settings = settings_for(trap, our_keys, partner_keys)
+        settings = replace(as2_settings, url=trap.url, timeout=30)
         with pytest.raises(RemoteRejected, match=r"HTTP 400.*may still have stored it"):
             asyncio.run(send(settings, outbound(tmp_path, "f-0005", INVOICE.encode())))
         assert [m["message_id"] for m in trap.messages()] == ["f-0005@raccord.test"]
@@ -342,10 +317,6 @@ def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
 def test_check_connect_reaches_the_partner_and_reports_expired_certificates(
     tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime, timedelta
-
-    from gateway.cli import main
-
     config = write_as2_config(tmp_path, our_keys, partner_keys, url=partner.url)
     assert main(["check", "--connect", "--config", str(config.path)]) == 0
     reached = capsys.readouterr().out

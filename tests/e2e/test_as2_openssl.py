@@ -20,9 +20,8 @@ import pytest
 
 from gateway import pki
 from gateway.folders import Layout
-from protocols.as2 import message
 from protocols.certs import KeyPair
-from tests.as2_config import write_as2_config
+from tests.as2_config import build_message, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import running
 
@@ -38,16 +37,6 @@ def openssl(*args: str, data: bytes | None = None) -> bytes:
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     return done.stdout
-
-
-@pytest.fixture(scope="module")
-def our_keys() -> KeyPair:
-    return pki.issue("MYCOMPANY AS2")
-
-
-@pytest.fixture(scope="module")
-def partner_keys() -> KeyPair:
-    return pki.issue("CTAIFEP AS2")
 
 
 def files(tmp_path: Path, name: str, keys: KeyPair) -> tuple[Path, Path]:
@@ -66,15 +55,7 @@ def test_openssl_decrypts_and_verifies_what_raccord_sends(
         tmp_path, our_keys, partner_keys, as2_extra=f'encryption = "{encryption}"'
     )
     settings = config.connections[0].settings
-    sent = message.build(
-        message.organization(settings),
-        message.partner(settings),
-        INVOICE,
-        message_id="f-1",
-        filename="FSO1100A_f-1.xml",
-        subject="s",
-        mime_type=settings.content_type,
-    )
+    sent = build_message(settings, INVOICE, "f-1", filename="FSO1100A_f-1.xml")
     partner_key, _ = files(tmp_path, "partner", partner_keys)
     _, our_cert = files(tmp_path, "our", our_keys)
     assert sent.headers["Content-Type"].startswith("application/pkcs7-mime")

@@ -19,22 +19,11 @@ from gateway.journal import JournalDB
 from protocols.as2 import message
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
-from tests.as2_config import write_as2_config
+from tests.as2_config import build_message, mirror, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import running
-from tests.protocols.as2.conftest import mirror
 
 STATUS = b"<?xml version='1.0'?>\n<CPPStatut>not one of ours, stored all the same</CPPStatut>\n"
-
-
-@pytest.fixture(scope="module")
-def our_keys() -> KeyPair:
-    return pki.issue("MYCOMPANY AS2")
-
-
-@pytest.fixture(scope="module")
-def partner_keys() -> KeyPair:
-    return pki.issue("CTAIFEP AS2")
 
 
 @pytest.fixture
@@ -50,15 +39,7 @@ def partner_view(config: Config, partner_keys: KeyPair, our_keys: KeyPair) -> As
 
 
 def build(view: As2Settings, data: bytes, message_id: str, **headers: str) -> message.Outgoing:
-    sent = message.build(
-        message.organization(view),
-        message.partner(view),
-        data,
-        message_id=message_id,
-        filename="FEN1200A_0001.xml",
-        subject="status",
-        mime_type="application/octet-stream",
-    )
+    sent = build_message(view, data, message_id, filename="FEN1200A_0001.xml")
     return replace(sent, headers=sent.headers | headers)
 
 

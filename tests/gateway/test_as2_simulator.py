@@ -12,11 +12,10 @@ from gateway.as2_simulator import As2Simulator
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.simulator import Desk, Rules
-from tests.as2_config import write_as2_config
+from tests.as2_config import mirror, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import drop, rows, running, until
 from tests.gateway.test_returns import invoice
-from tests.protocols.as2.conftest import mirror
 
 
 def test_an_invoice_goes_out_and_its_status_comes_back_over_as2(tmp_path: Path) -> None:

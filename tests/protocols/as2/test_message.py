@@ -18,22 +18,14 @@ from protocols.as2 import message
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
 from protocols.errors import ReceiptInvalid
-from tests.protocols.as2.conftest import mirror
+from tests.as2_config import build_message, mirror
 
 # LF and CRLF line ends, trailing spaces and a NUL: the partner must get these very bytes.
 INVOICE = b"<?xml version='1.0'?>\n<Invoice>FA-2026-0001 \r\n</Invoice>\n\x00\n"
 
 
 def _send(settings: As2Settings, data: bytes = INVOICE) -> message.Outgoing:
-    return message.build(
-        message.organization(settings),
-        message.partner(settings),
-        data,
-        message_id="flow-0001",
-        filename="FSO1100A_VFE056_0001.xml",
-        subject="raccord FSO1100A",
-        mime_type="application/octet-stream",
-    )
+    return build_message(settings, data, "flow-0001")
 
 
 def _partner_receives(
@@ -151,15 +143,7 @@ def test_an_unsigned_mdn_is_refused_when_a_signed_one_was_asked(
 
 def test_an_mdn_for_another_message_is_refused(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
     sent = _send(as2_settings)
-    other = message.build(
-        message.organization(as2_settings),
-        message.partner(as2_settings),
-        INVOICE,
-        message_id="flow-0002",
-        filename="b.xml",
-        subject="s",
-        mime_type="application/xml",
-    )
+    other = build_message(as2_settings, INVOICE, "flow-0002", mime_type="application/xml")
     _, _, mdn = _partner_receives(as2_settings, partner_keys, our_keys, other)
 
     with pytest.raises(ReceiptInvalid, match=r"answers message flow-0002@raccord\.test, not ours"):

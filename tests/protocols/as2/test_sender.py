@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway import pki
+from gateway.httpserver import serve
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound
@@ -44,14 +45,11 @@ def answered_by(
     outbound: Outbound,
 ) -> TransferError:
     """Send ``outbound`` to a loopback HTTP server answering with ``handler``; the error."""
-    port = free_port()
 
     async def scenario() -> TransferError:
         app = web.Application()
         app.router.add_post("/", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, port = await serve(app, "127.0.0.1", 0)
         try:
             await _send(replace(settings, url=f"http://127.0.0.1:{port}/"), outbound)
         except TransferError as exc:

@@ -1,0 +1,48 @@
+"""Reading [connection.as2]: what is refused, and the right-hand side of our Message-IDs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError
+from protocols.as2 import settings
+from protocols.certs import KeyPair
+from tests.as2_config import write_as2_config
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("gw-1.example.org", "gw-1.example.org"),
+        ("localhost", "localhost"),
+        ("my_host.local", "raccord.invalid"),  # "_" is no host-name character
+        ("-bad.example", "raccord.invalid"),
+        ("", "raccord.invalid"),
+    ],
+)
+def test_the_message_id_domain_defaults_to_a_usable_host_name(
+    monkeypatch: pytest.MonkeyPatch, host: str, expected: str
+) -> None:
+    monkeypatch.setattr(settings.socket, "getfqdn", lambda: host)
+
+    assert settings._domain() == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('mdn = "async-signed"', "asynchronous MDNs are not supported yet"),
+        ('mdn = "sync-signed"\nsignature = "none"', "asks for a signed MDN"),
+        ('http_user = "me"', "give both http_user and http_password"),
+        ('encryption = "aes_512"', "'aes_512' is not one of"),
+    ],
+)
+def test_inconsistent_settings_are_refused_with_the_key_named(
+    tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair, extra: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"connection\[qualif-as2\]\.as2\.") as refused:
+        write_as2_config(tmp_path, our_keys, partner_keys, as2_extra=extra)
+
+    assert message in str(refused.value)
