@@ -8,6 +8,10 @@ A message already stored (same sender, same Message-ID) is answered "duplicate-d
 stored nothing twice. Unknown partners, bad signatures, undecryptable bodies get the negative
 MDN pyas2lib builds (or an HTTP error when no MDN was asked), an ``as2.refused`` event, and
 nothing stored; the endpoint keeps serving.
+
+An asynchronous MDN answering one of our messages is handed to the dispatcher
+(:meth:`gateway.dispatcher.Dispatcher.settle`), which files the waiting flow; the partner is
+told "received" only once that decision is journaled.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import os
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,14 @@ from gateway.folders import Layout
 from gateway.httpserver import serve
 from gateway.journal import Journal, JournalDB
 from protocols.as2 import message
-from protocols.as2.receiver import Inbound, Party, as2_name, open_message
+from protocols.as2.receiver import (
+    Inbound,
+    Party,
+    as2_name,
+    looks_like_mdn,
+    mdn_reference,
+    open_message,
+)
 
 log = logs.get()
 
@@ -40,12 +52,27 @@ ENVELOPE = 1_000_000
 #: Attempts to post an asynchronous MDN (1 s, 2 s, 4 s… apart).
 ASYNC_MDN_ATTEMPTS = 5
 
+#: Hands an MDN (its Message-ID reference, the raw request) to the flow awaiting it; returns
+#: what became of the flow (see :meth:`gateway.dispatcher.Dispatcher.settle`).
+Settle = Callable[[str, bytes], Awaitable[str]]
+
+#: What the partner posting an MDN is told, by what became of the flow: (HTTP status, text).
+_MDN_ANSWERS = {
+    "sent": (200, "MDN received\n"),
+    "failed": (200, "MDN received\n"),
+    "settled": (200, "MDN received (already known)\n"),
+    "unknown": (400, "no message of ours with that Message-ID awaits an MDN\n"),
+    "foreign": (403, "this MDN does not come from the partner the message was sent to\n"),
+    "busy": (503, "the message is being worked on; post the MDN again later\n"),
+}
+
 
 class As2Receiver:
     """The endpoint, serving every ``protocol = "as2"`` connection of the configuration."""
 
-    def __init__(self, config: Config, journal: Journal) -> None:
+    def __init__(self, config: Config, journal: Journal, *, settle: Settle | None = None) -> None:
         assert config.as2_receiver is not None
+        self.settle = settle
         self.config = config
         self.settings: As2ReceiverSettings = config.as2_receiver
         self.layout = Layout(config.gateway.data_dir)
@@ -111,9 +138,11 @@ class As2Receiver:
             return web.Response(
                 status=400, text="not an AS2 message: AS2-From and Message-ID are required\n"
             )
-        known = await self.journal.call(lambda db: db.as2_message(as2_from, message_id))
         raw = message.raw_http(headers, body)
+        if looks_like_mdn(headers.get("Content-Type", ""), body):
+            return await self._mdn(request, raw, as2_from, message_id)
         del body
+        known = await self.journal.call(lambda db: db.as2_message(as2_from, message_id))
         inbound = await asyncio.to_thread(
             open_message, raw, self._find, lambda _mid, _sender: known is not None
         )
@@ -140,6 +169,31 @@ class As2Receiver:
                 error=inbound.error,
             )
         return self._answer(inbound, refusal)
+
+    async def _mdn(
+        self, request: web.Request, raw: bytes, as2_from: str, message_id: str
+    ) -> web.Response:
+        """An asynchronous MDN for one of our messages: settle the flow that awaits it."""
+        reference = await asyncio.to_thread(mdn_reference, raw)
+        if reference is None or self.settle is None:
+            log.warning(
+                "as2.refused",
+                peer=request.remote,
+                reason="not_mdn" if reference is None else "no_dispatcher",
+                as2_from=as2_from,
+                message_id=message_id,
+            )
+            return web.Response(status=400, text="not an MDN this endpoint can take\n")
+        outcome = await self.settle(reference, raw)
+        log.info(
+            "as2.mdn_received",
+            as2_from=as2_from,
+            message_id=message_id,
+            original_message_id=reference,
+            outcome=outcome,
+        )
+        status, text = _MDN_ANSWERS.get(outcome, (500, f"{outcome}\n"))
+        return web.Response(status=status, text=text)
 
     def _find(self, as2_to: str, as2_from: str) -> Party | None:
         return self.parties.get((as2_to, as2_from))

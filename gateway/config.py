@@ -191,7 +191,23 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     as2_receiver = _as2_receiver(top.table("as2_receiver"))
     top.finish()
     _one_connection_per_as2_pair(connections)
+    _async_mdns_need_the_receiver(connections, as2_receiver)
     return Config(path, gateway, tuple(connections), as2_receiver)
+
+
+def _async_mdns_need_the_receiver(
+    connections: list[Connection], receiver: As2ReceiverSettings | None
+) -> None:
+    """An asynchronous MDN is posted to our [as2_receiver]: without it, none would arrive."""
+    if receiver is not None:
+        return
+    for conn in connections:
+        if conn.protocol == "as2" and conn.settings.mdn_async:
+            raise SettingsError(
+                f"connection[{conn.name}].as2.mdn",
+                f'mdn = "{conn.settings.mdn}" needs an [as2_receiver] section: the partner '
+                "posts the MDN there (at the mdn_url address)",
+            )
 
 
 def _one_connection_per_as2_pair(connections: list[Connection]) -> None:

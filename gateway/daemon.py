@@ -29,7 +29,8 @@ from protocols.base import Sender
 
 log = logs.get()
 
-#: How often the journal is polled for flows put back by ``raccord retry``.
+#: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
+#: acknowledgement is overdue.
 REQUEUE_POLL = 2.0
 
 
@@ -82,7 +83,7 @@ class Gateway:
             self.watcher = watcher
             watcher.start()
             if config.as2_receiver is not None:
-                self.as2_receiver = As2Receiver(config, journal)
+                self.as2_receiver = As2Receiver(config, journal, settle=dispatcher.settle)
                 await self.as2_receiver.start()
                 stack.push_async_callback(self.as2_receiver.stop)
             try:
@@ -134,4 +135,5 @@ class Gateway:
                 await asyncio.wait_for(stopping.wait(), REQUEUE_POLL)
             if not stopping.is_set():
                 await dispatcher.pick_up_requeued()
+                await dispatcher.expire_receipts()
                 sd_notify(f"STATUS=in flight: {dispatcher.busy}")

@@ -6,6 +6,10 @@ For one flow (see the state diagram in :mod:`gateway.journal`)::
           ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
     any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
 
+A partner that acknowledges later (asynchronous AS2 MDN) leaves the flow ``awaiting_receipt``
+with no task running: :meth:`Dispatcher.settle` finishes it when the acknowledgement arrives,
+:meth:`Dispatcher.expire_receipts` files it in ``error/`` when the wait is over.
+
 On a connection that packs lots (``lot.max_invoices`` > 1) a routed invoice is validated (under
 Complète it must carry what Chorus Pro checks first, so that it cannot sink its lot), then waits
 ``batched`` in the :class:`~gateway.lots.Assembler`; a full lot is packed into one archive in the
@@ -26,7 +30,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +50,16 @@ from gateway.folders import (
     place_all,
     spool_name,
 )
-from gateway.journal import OPEN, TERMINAL, FlowRow, Journal, JournalDB
+from gateway.journal import OPEN, TERMINAL, WAITING, FlowRow, Journal, JournalDB
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
-from protocols.base import Outbound, Receipt, Sender
-from protocols.errors import TransferError
+from protocols.base import AsyncReceipts, Outbound, Receipt, Sender
+from protocols.errors import ForeignAnswer, TransferError
 
 log = logs.get()
+
+#: How long an acknowledgement that overtook its send's journaling waits for it (x pause).
+SETTLE_PATIENCE = 50
+SETTLE_PAUSE = 0.1
 
 Now = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -507,6 +515,8 @@ class Dispatcher:
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
                 return await self._refuse(row, exc.reason, message, expect=("sending",))
+            if receipt.awaiting is not None:
+                return await self._await_receipt(row, conn, receipt)
             return await self._delivered(row, conn, receipt)
 
     async def _wait(self, delay: float) -> None:
@@ -521,9 +531,10 @@ class Dispatcher:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _delivered(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
-        now = self._now()
-        document = {
+    def _receipt_document(self, row: FlowRow, conn: Connection, receipt: Receipt) -> dict[str, Any]:
+        """The ``.receipt.json`` of a flow the partner took (``sent_at``: when it took it)."""
+        earlier = json.loads(row.receipt) if row.receipt else {}
+        return {
             "flow_id": row.flow_id,
             "connection": conn.name,
             "file": row.original_name,
@@ -537,23 +548,150 @@ class Dispatcher:
             "size": row.size,
             "attempts": row.attempts,
             "claimed_at": row.created_at,
-            "sent_at": now.isoformat(timespec="milliseconds"),
+            "sent_at": earlier.get("sent_at") or self._now().isoformat(timespec="milliseconds"),
         }
+
+    async def _delivered(
+        self,
+        row: FlowRow,
+        conn: Connection,
+        receipt: Receipt,
+        *,
+        expect: tuple[str, ...] = ("sending",),
+    ) -> FlowRow:
+        document = self._receipt_document(row, conn, receipt)
+        if row.state in WAITING:
+            document["acknowledged_at"] = self._now().isoformat(timespec="milliseconds")
         if row.packaging is not None:
             document["invoices"] = await self._lot_invoices(row)
-        folder = self.layout.sent(conn.name, now.date())
+        folder = self.layout.sent(conn.name, self._now().date())
         return await self.journal.call(
             lambda db: db.file_to(
                 row.flow_id,
                 "delivered",
                 folder,
                 row.original_name,
-                expect=("sending",),
+                expect=expect,
                 receipt=json.dumps(document, default=str),
                 reason=None,
                 message=None,
             )
         )
+
+    async def _await_receipt(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
+        """The partner took the flow and acknowledges later: journal what the acknowledgement
+        will be judged against, and until when it is awaited."""
+        assert receipt.awaiting is not None
+        document = self._receipt_document(row, conn, receipt)
+        due = self._now() + timedelta(seconds=receipt.wait)
+        row = await self._transition(
+            row,
+            "awaiting_receipt",
+            expect=("sending",),
+            receipt=json.dumps(document, default=str),
+            receipt_key=receipt.awaiting,
+            receipt_due=due.isoformat(timespec="milliseconds"),
+            unknown_outcome=0,
+        )
+        log.info(
+            "flow.awaiting_receipt",
+            remote_name=row.remote_name,
+            receipt_key=receipt.awaiting,
+            due=row.receipt_due,
+        )
+        return row
+
+    async def settle(self, receipt_key: str, answer: bytes) -> str:
+        """Hand a partner's late acknowledgement to the flow awaiting it; return what became
+        of the flow: ``sent``, ``failed``, ``settled`` (it was decided before: a repeated or
+        late acknowledgement, logged and otherwise ignored), ``unknown`` (no flow refers to
+        this key), ``foreign`` (not from the flow's partner: ignored, the flow still waits) or
+        ``busy`` (the flow is being worked on: the partner should send again).
+
+        The decision is journaled before this returns, so the partner may be told "received".
+        """
+        row = await self.journal.call(lambda db: db.awaiting(receipt_key))
+        for _ in range(SETTLE_PATIENCE):
+            # The acknowledgement can overtake the journaling of the send it answers.
+            if row is None or row.state != "sending":
+                break
+            await self._sleep(SETTLE_PAUSE)
+            row = await self.journal.call(lambda db: db.awaiting(receipt_key))
+        if row is None:
+            log.warning("flow.receipt_unknown", receipt_key=receipt_key)
+            return "unknown"
+        if row.state not in WAITING:
+            log.warning(
+                "flow.receipt_late",
+                connection=row.connection,
+                flow_id=row.flow_id,
+                file=row.original_name,
+                receipt_key=receipt_key,
+                state=row.state,
+            )
+            return "busy" if row.state == "sending" else "settled"
+        if row.flow_id in self._active:
+            return "busy"
+        self._active.add(row.flow_id)
+        try:
+            with structlog.contextvars.bound_contextvars(
+                connection=row.connection, flow_id=row.flow_id, file=row.original_name
+            ):
+                return await self._settle(row, answer)
+        finally:
+            self._active.discard(row.flow_id)
+
+    async def _settle(self, row: FlowRow, answer: bytes) -> str:
+        conn = self.config.connection(row.connection)
+        sender = self.senders[row.connection]
+        assert row.receipt is not None
+        stored = json.loads(row.receipt)
+        pending = Receipt(
+            stored["protocol"],
+            stored["remote_name"],
+            stored["partner_answer"],
+            awaiting=row.receipt_key,
+        )
+        if not isinstance(sender, AsyncReceipts):
+            raise TypeError(f"the {conn.protocol} sender cannot take late acknowledgements")
+        try:
+            receipt = await sender.settle(pending, answer)
+        except ForeignAnswer as exc:
+            log.error("flow.receipt_foreign", error=str(exc), action="ignored; still waiting")
+            return "foreign"
+        except TransferError as exc:
+            row = await self._refuse(row, exc.reason, str(exc), expect=WAITING)
+            await self._file_error(row)
+            return "failed"
+        row = await self._delivered(row, conn, receipt, expect=WAITING)
+        await self._file_sent(row)
+        return "sent"
+
+    async def expire_receipts(self) -> int:
+        """File in ``error/`` the flows whose acknowledgement did not come in time."""
+        now = self._now().isoformat(timespec="milliseconds")
+        rows = await self.journal.call(lambda db: db.receipts_due(now))
+        expired = 0
+        for row in rows:
+            if row.flow_id in self._active:
+                continue
+            self._active.add(row.flow_id)
+            try:
+                with structlog.contextvars.bound_contextvars(
+                    connection=row.connection, flow_id=row.flow_id, file=row.original_name
+                ):
+                    message = (
+                        f"the partner took this flow but did not acknowledge it (receipt "
+                        f"{row.receipt_key}) by {row.receipt_due}; it may have it: ask the "
+                        f"partner, or raccord retry {row.flow_id} (the resend carries the same "
+                        "identity, so a partner that has it answers that it is a duplicate)"
+                    )
+                    row = await self._refuse(row, "receipt_timeout", message, expect=WAITING)
+                    await self._file_error(row)
+                    expired += 1
+            finally:
+                self._active.discard(row.flow_id)
+        return expired
 
     async def _file_sent(self, row: FlowRow) -> None:
         assert row.final_path and row.receipt
@@ -660,10 +798,12 @@ class Dispatcher:
         """Make journal and spool agree after a stop or a crash; restart unfinished flows.
 
         Spool files unknown to the journal (claimed just before a crash) are journaled; rows
-        still open are resumed. Returns the number of flows resumed.
+        still open are resumed; those awaiting an acknowledgement go on waiting. Returns the
+        number of flows resumed.
         """
         known = {
-            row.spool_path: row for row in await self.journal.call(lambda db: db.in_states(OPEN))
+            row.spool_path: row
+            for row in await self.journal.call(lambda db: db.in_states(OPEN + WAITING))
         }
         spooled = await asyncio.to_thread(self._spooled)
         for connection, path in spooled:
@@ -697,12 +837,14 @@ class Dispatcher:
                 )
                 log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
                 continue
+            if row.state in WAITING:
+                continue  # settled by the partner's acknowledgement, or expired
             if row.state == "sending":
                 log.warning(
                     "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
                 )
             self.start(row.flow_id)
-        return len(known)
+        return sum(1 for row in known.values() if row.state not in WAITING)
 
     async def _journaled(self, flow_id: str) -> bool:
         return await self.journal.call(lambda db: db.get(flow_id)) is not None

@@ -4,15 +4,20 @@ One row per flow, one state at a time, every transition recorded with its time i
 ``transitions``::
 
     claimed ──▶ queued ──▶ sending ──▶ delivered ──▶ sent        (file in sent/)
-       │          │  ▲        │
-       │          │  └────────┘ retryable failure (attempts < max)
-       ▼          ▼           ▼
-    failing ◀─────┴───────────┘ ──▶ error                        (file in error/)
+       │          │  ▲        │  │           ▲
+       │          │  │        │  └─▶ awaiting_receipt           (partner acknowledges later)
+       │          │  └────────┘ retryable failure (attempts < max)   │
+       ▼          ▼           ▼                                 ▼
+    failing ◀─────┴───────────┴─────────────────────────────────┘ ──▶ error  (file in error/)
 
 A dropped file is one flow; on a connection that packs lots, it waits as ``batched`` (routed,
 validated, still in the spool) until its lot is packed, then becomes ``packed`` (its bytes are in
 the lot, ``lot_id`` names the lot). The lot is a flow of its own (``packaging`` set) that takes
 the path above; the invoices it carries are rows of ``invoices``.
+
+``awaiting_receipt``: the partner took the flow and will acknowledge it later (an asynchronous
+AS2 MDN, found by ``receipt_key``); the file stays in the spool until the acknowledgement
+decides, or ``receipt_due`` passes (``error/``, reason ``receipt_timeout``).
 
 ``delivered`` and ``failing`` mean "decided, file not yet filed": after a crash the file is
 filed where the decision says. ``sending`` after a crash means the outcome is unknown: the flow
@@ -44,7 +49,7 @@ from typing import Any, TypeVar
 from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATES = (
     "claimed",
     "queued",
@@ -55,11 +60,22 @@ STATES = (
     "error",
     "batched",
     "packed",
+    "awaiting_receipt",
 )
 TERMINAL = frozenset({"sent", "error", "packed"})
 #: States still being worked on (resumed after a restart).
 OPEN = ("claimed", "batched", "queued", "sending", "delivered", "failing")
-ACTIVE_FOR_DUPLICATES = ("batched", "packed", "queued", "sending", "delivered", "sent")
+#: States in which a flow waits for the partner, with no task running for it.
+WAITING = ("awaiting_receipt",)
+ACTIVE_FOR_DUPLICATES = (
+    "batched",
+    "packed",
+    "queued",
+    "sending",
+    "awaiting_receipt",
+    "delivered",
+    "sent",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -91,7 +107,9 @@ CREATE TABLE IF NOT EXISTS flows (
     mode            TEXT,
     lot_id          TEXT,
     packaging       TEXT,
-    resubmit_of     TEXT
+    resubmit_of     TEXT,
+    receipt_key     TEXT,
+    receipt_due     TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
@@ -99,6 +117,7 @@ CREATE INDEX IF NOT EXISTS flows_invoice ON flows(supplier_id, invoice_number);
 CREATE INDEX IF NOT EXISTS flows_final_path ON flows(final_path);
 CREATE INDEX IF NOT EXISTS flows_lot ON flows(lot_id);
 CREATE INDEX IF NOT EXISTS flows_resubmit ON flows(resubmit_of);
+CREATE INDEX IF NOT EXISTS flows_receipt_key ON flows(receipt_key);
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY,
     flow_id     TEXT NOT NULL,
@@ -218,6 +237,8 @@ class FlowRow:
     lot_id: str | None = None  # a packed invoice: the lot that carries it
     packaging: str | None = None  # a lot: tar.gz | zip
     resubmit_of: str | None = None  # a lot resubmitting the collateral invoices of that flow
+    receipt_key: str | None = None  # awaiting_receipt: what the acknowledgement refers to
+    receipt_due: str | None = None  # awaiting_receipt: when waiting ends (ISO 8601 UTC)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -386,6 +407,23 @@ class JournalDB:
     def get(self, flow_id: str) -> FlowRow | None:
         row = self._db.execute("SELECT * FROM flows WHERE flow_id=?", (flow_id,)).fetchone()
         return FlowRow(**dict(row)) if row else None
+
+    def awaiting(self, receipt_key: str) -> FlowRow | None:
+        """The latest flow whose acknowledgement refers to ``receipt_key``, in any state."""
+        row = self._db.execute(
+            "SELECT * FROM flows WHERE receipt_key=? ORDER BY updated_at DESC LIMIT 1",
+            (receipt_key,),
+        ).fetchone()
+        return FlowRow(**dict(row)) if row else None
+
+    def receipts_due(self, now: str) -> list[FlowRow]:
+        """Flows still awaiting an acknowledgement whose wait ended at or before ``now``."""
+        rows = self._db.execute(
+            "SELECT * FROM flows WHERE state='awaiting_receipt' AND receipt_due<=?"
+            " ORDER BY receipt_due",
+            (now,),
+        ).fetchall()
+        return [FlowRow(**dict(row)) for row in rows]
 
     def find_duplicate(
         self, flow_id: str, sha256: str, supplier_id: str | None, invoice_number: str | None

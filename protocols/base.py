@@ -9,6 +9,11 @@ A sender is an async context manager (it owns its connections) with two operatio
   the sender (or the partner) can recognise it.
 * :meth:`Sender.check` logs in and out, for ``raccord check --connect``.
 
+A partner may acknowledge later (an asynchronous AS2 MDN): the receipt ``send`` returns then
+names what the acknowledgement will refer to (``awaiting``) and how long to wait for it; the
+flow waits as ``awaiting_receipt`` until the gateway hands the acknowledgement to the sender's
+:meth:`AsyncReceipts.settle`, or files it in ``error/`` when the wait is over.
+
 Optional features are flags in :class:`Capabilities`. A sender whose protocol can also fetch
 return flows from the partner (``receives_returns``) implements :class:`ReturnSource` too, on
 the same connection.
@@ -20,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from protocols.settings import Section
 
@@ -46,6 +51,10 @@ class Receipt:
     remote_name: str
     details: Mapping[str, Any] = field(default_factory=dict)
     already_delivered: bool = False  # a resend found the flow already at the partner
+    #: The partner acknowledges later, referring to this key (an AS2 Message-ID); None when
+    #: this receipt is the acknowledgement.
+    awaiting: str | None = None
+    wait: float = 0.0  # seconds to wait for that acknowledgement
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Capabilities:
     atomic_rename: bool = False  # uploads under a temporary name, then renames
     detects_resend: bool = False  # can tell that a resent flow is already delivered
     receives_returns: bool = False  # has a receiver/poller for return flows
+    async_receipts: bool = False  # may acknowledge later; the sender implements AsyncReceipts
 
 
 class Sender(Protocol):
@@ -85,6 +95,20 @@ class Sender(Protocol):
 
         Raises:
             protocols.errors.TransferError: the partner cannot be reached or refuses us.
+        """
+        ...
+
+
+@runtime_checkable
+class AsyncReceipts(Protocol):
+    """A sender whose partner may acknowledge a flow after ``send`` returned."""
+
+    async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
+        """Judge the partner's late ``answer`` to the flow that ``pending`` (what ``send``
+        returned) describes; return the final receipt.
+
+        Raises:
+            protocols.errors.TransferError: the answer refuses the flow or proves nothing.
         """
         ...
 

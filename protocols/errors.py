@@ -18,6 +18,9 @@ boundary, so the dispatcher decides on ``retryable`` alone and never sniffs thir
 
 ``reason`` becomes the ``reason`` of ``error.json``; ``str(error)`` is the one-sentence message
 an operator reads, saying what to do where the sender knows.
+
+:class:`ForeignAnswer` is no transfer error: a late acknowledgement that does not come from the
+flow's partner says nothing about the flow, which goes on waiting for the real one.
 """
 
 from __future__ import annotations
@@ -88,3 +91,7 @@ class ReceiptInvalid(TransferError):
     arrived: a person must check with the partner."""
 
     reason = "receipt_invalid"
+
+
+class ForeignAnswer(Exception):
+    """A late acknowledgement that is not the partner's (another sender): ignored."""

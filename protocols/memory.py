@@ -3,7 +3,9 @@
 ``protocol = "memory"`` with ``[connection.memory] bucket = "name"``. Deliveries land in
 :data:`BUCKETS`; a test may queue failures with :func:`fail_next`. It mirrors the SFTP sender's
 contract: a remote name is never overwritten, and a resend of an already delivered flow is
-recognised.
+recognised. With ``receipt_wait`` set, the "partner" acknowledges later, like an asynchronous AS2
+MDN: ``send`` returns a receipt awaiting ``memory:<flow id>``, and :meth:`MemorySender.settle`
+takes the answer (``ok`` or a refusal text).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt, RemoteFile
-from protocols.errors import RemoteNameConflict, TransferError
+from protocols.errors import RemoteNameConflict, RemoteRejected, TransferError
 from protocols.settings import Section
 
 
@@ -55,6 +57,7 @@ class MemorySettings:
     bucket: str
     delay: float
     poll_interval: float = 60.0
+    receipt_wait: float = 0.0  # > 0: acknowledgements come later (seconds to wait for them)
 
 
 def parse_settings(section: Section) -> MemorySettings:
@@ -62,6 +65,7 @@ def parse_settings(section: Section) -> MemorySettings:
         bucket=section.string("bucket", "default"),
         delay=section.duration("delay", "0s"),
         poll_interval=section.duration("poll_interval", "60s"),
+        receipt_wait=section.duration("receipt_wait", "0s"),
     )
     section.finish()
     return settings
@@ -69,7 +73,9 @@ def parse_settings(section: Section) -> MemorySettings:
 
 class MemorySender:
     protocol = "memory"
-    capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
+    capabilities = Capabilities(
+        atomic_rename=True, detects_resend=True, receives_returns=True, async_receipts=True
+    )
 
     def __init__(self, settings: MemorySettings) -> None:
         self._settings = settings
@@ -102,7 +108,23 @@ class MemorySender:
                 return Receipt(self.protocol, flow.remote_name, already_delivered=True)
             raise RemoteNameConflict(f"remote file {flow.remote_name} exists with other content")
         self._bucket.files[flow.remote_name] = data
-        return Receipt(self.protocol, flow.remote_name, {"bucket": self._settings.bucket})
+        details = {"bucket": self._settings.bucket}
+        if self._settings.receipt_wait:
+            return Receipt(
+                self.protocol,
+                flow.remote_name,
+                details,
+                awaiting=f"memory:{flow.flow_id}",
+                wait=self._settings.receipt_wait,
+            )
+        return Receipt(self.protocol, flow.remote_name, details)
+
+    async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
+        said = answer.decode("utf-8", "replace")
+        if said != "ok":
+            raise RemoteRejected(f"the partner refused {pending.remote_name}: {said}")
+        details = {**pending.details, "acknowledged": said}
+        return Receipt(self.protocol, pending.remote_name, details)
 
     async def check(self) -> str:
         return f"memory bucket {self._settings.bucket!r}"

@@ -3,6 +3,10 @@
 No I/O here: :func:`open_message` turns the raw HTTP request into an :class:`Inbound` (the
 payload if it is good, the reason if not) and the MDN to answer with. The gateway
 (:mod:`gateway.as2_receiver`) stores the payload durably *before* it sends that MDN.
+
+The same endpoint takes the asynchronous MDNs that answer our own messages:
+:func:`looks_like_mdn` tells them apart cheaply, :func:`mdn_reference` reads which message one
+answers (the sender, :meth:`protocols.as2.sender.As2Sender.settle`, judges it).
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import message_from_bytes
+from email.parser import BytesHeaderParser
 from typing import Any
 
 import pyas2lib
-from pyas2lib.exceptions import DuplicateDocument
+from pyas2lib.exceptions import DuplicateDocument, MDNNotFound
 from pyas2lib.utils import unquote_as2name
 
 from protocols.as2 import message
@@ -121,6 +127,37 @@ def open_message(
         mdn_body=mdn_body,
         mdn_url=mdn.mdn_url if mdn is not None and mdn.mdn_mode == "ASYNC" else None,
     )
+
+
+#: How far into a multipart/signed body the signed part's own Content-Type is looked for.
+_FIRST_PART = 4096
+
+
+def looks_like_mdn(content_type: str, body: bytes) -> bool:
+    """Whether a request with this Content-Type and body is an MDN rather than a message: a
+    report, or a signature over a report (an AS2 message is encrypted, signed or plain data)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "multipart/report":
+        return True
+    return kind == "multipart/signed" and b"multipart/report" in body[:_FIRST_PART].lower()
+
+
+def mdn_reference(raw: bytes) -> str | None:
+    """The Message-ID (without angle brackets) of the message the MDN ``raw`` (HTTP headers
+    and body) answers; None if it names none."""
+    mdn = pyas2lib.Mdn()
+    try:
+        mdn.payload = message_from_bytes(raw)
+        message_id, _recipient = mdn.detect_mdn()
+    except (MDNNotFound, AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return str(message_id) if message_id else None
+
+
+def as2_sender(raw: bytes) -> str:
+    """The AS2-From of a raw request (HTTP headers and body), as a name; "" if none."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    return as2_name(str(BytesHeaderParser().parsebytes(head + b"\r\n\r\n").get("AS2-From", "")))
 
 
 def as2_name(header: str) -> str:

@@ -18,6 +18,8 @@ MDN processed, MIC ours        delivered; the receipt holds MIC, disposition and
 MDN processed/warning dup.     delivered earlier if this was a resend, else ``refused``
 MDN processed/error, failed    ``refused`` (a negative MDN is permanent)
 MDN unsigned/unverifiable/MIC  ``receipt_invalid``: nothing proves what arrived
+HTTP 2xx, asynchronous MDN     taken; the flow awaits the MDN at our ``[as2_receiver]``,
+                               which hands it to :meth:`As2Sender.settle` (same judgement)
 =============================  ===========================================================
 """
 
@@ -33,12 +35,14 @@ import aiohttp
 
 from protocols import certs
 from protocols.as2 import message
+from protocols.as2.receiver import as2_sender
 from protocols.as2.settings import As2Settings, parse_settings
 from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
 from protocols.errors import (
     AuthenticationError,
     CertificateError,
     ConnectError,
+    ForeignAnswer,
     HostKeyError,
     ProtocolError,
     RemoteBusy,
@@ -57,7 +61,7 @@ def _now() -> datetime:
 
 class As2Sender:
     protocol = "as2"
-    capabilities = Capabilities(detects_resend=True)
+    capabilities = Capabilities(detects_resend=True, async_receipts=True)
 
     def __init__(self, settings: As2Settings) -> None:
         self._settings = settings
@@ -157,19 +161,61 @@ class As2Sender:
             raise _http_error(status, body, outgoing.message_id)
         if s.mdn == "none":
             return Receipt(self.protocol, flow.remote_name, details)
-        report = await asyncio.to_thread(
-            message.judge_mdn, org, to, outgoing, message.raw_http(headers, body)
+        if s.mdn_async:
+            details |= {"mdn_mode": s.mdn, "mdn_url": s.mdn_url, "resend": flow.resend}
+            return Receipt(
+                self.protocol,
+                flow.remote_name,
+                details,
+                awaiting=outgoing.message_id,
+                wait=s.async_mdn_wait,
+            )
+        raw = message.raw_http(headers, body)
+        return await self._judge(flow.remote_name, outgoing, raw, details, resend=flow.resend)
+
+    async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
+        """Judge an asynchronous MDN (``answer``: its HTTP headers and body, as the receiver
+        got them) against the message ``pending`` describes."""
+        sender = as2_sender(answer)
+        if sender != self._settings.as2_to:
+            raise ForeignAnswer(
+                f"an MDN for message {pending.details.get('message_id')} came from AS2 name "
+                f"{sender!r}, not from the partner {self._settings.as2_to!r}"
+            )
+        details = dict(pending.details)
+        outgoing = message.Outgoing(
+            message_id=str(details["message_id"]),
+            mic=details.get("mic"),
+            mic_algorithm=details.get("mic_algorithm"),
+            headers={},
+            body=b"",
         )
+        details["mdn_received_at"] = _now().isoformat(timespec="milliseconds")
+        resend = bool(details.pop("resend", False))
+        return await self._judge(pending.remote_name, outgoing, answer, details, resend=resend)
+
+    async def _judge(
+        self,
+        remote_name: str,
+        outgoing: message.Outgoing,
+        raw: bytes,
+        details: dict[str, Any],
+        *,
+        resend: bool,
+    ) -> Receipt:
+        """The receipt an MDN proves, or the error it means."""
+        org, to = await self._pyas2lib_parties()
+        report = await asyncio.to_thread(message.judge_mdn, org, to, outgoing, raw)
         details |= {
             "mdn_disposition": report.disposition,
             "mdn_message_id": report.message_id,
             "mdn_signed": report.signed,
             "mdn_mic": report.mic,
-            "mdn": message.raw_http(headers, body).decode("utf-8", "replace"),
+            "mdn": raw.decode("utf-8", "replace"),
         }
         if report.duplicate:
-            if flow.resend:
-                return Receipt(self.protocol, flow.remote_name, details, already_delivered=True)
+            if resend:
+                return Receipt(self.protocol, remote_name, details, already_delivered=True)
             raise RemoteRejected(
                 f"the partner already has a message with Message-ID {outgoing.message_id} "
                 f"({report.disposition}); check with the partner"
@@ -178,7 +224,7 @@ class As2Sender:
             raise RemoteRejected(
                 f"the partner refused message {outgoing.message_id}: {report.disposition}"
             )
-        return Receipt(self.protocol, flow.remote_name, details)
+        return Receipt(self.protocol, remote_name, details)
 
     async def _post(self, outgoing: message.Outgoing) -> tuple[int, dict[str, str], bytes]:
         s = self._settings

@@ -100,11 +100,6 @@ def parse_settings(section: Section) -> As2Settings:
     except certs.CertificateProblem as exc:
         raise SettingsError(section.key("partner_ca"), str(exc)) from None
     mdn = section.choice("mdn", MDN_MODES, "sync-signed")
-    if mdn.startswith("async"):
-        raise SettingsError(
-            section.key("mdn"),
-            f'mdn = "{mdn}": asynchronous MDNs are not supported yet; use "sync-signed"',
-        )
     mdn_url = section.optional_str("mdn_url")
     if mdn.startswith("async") and not mdn_url:
         raise SettingsError(

@@ -107,6 +107,10 @@ class DjangoPyas2:
         """django-pyas2's own ``sendas2message`` (the file must be under the partner folder)."""
         self._run("send", str(path.relative_to(self.folder)))
 
+    def post_async_mdns(self) -> None:
+        """django-pyas2's ``manageas2server --async-mdns``: post the MDNs it owes."""
+        self._run("async-mdns")
+
     def start(self, **env: str) -> None:
         with (self.folder / "runserver.log").open("ab") as log:
             self.process = subprocess.Popen(

@@ -26,7 +26,7 @@ from tests.as2_config import write_as2_config
 from tests.conftest import sample
 from tests.e2e.as2_partner import DjangoPyas2
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import deliver, running, sidecar, until
+from tests.gateway.harness import deliver, drop, filed, rows, running, sidecar, until
 
 pytestmark = pytest.mark.e2e
 
@@ -312,6 +312,44 @@ def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
     (stored,) = partner.messages()
     assert stored["message_id"] == answer["message_id"] and stored["status"] == "S"
     assert stored["payload"].encode("latin-1") == invoice
+
+
+@pytest.mark.parametrize("mdn", ["async-signed", "async"])
+def test_django_pyas2_posts_its_mdn_later_and_the_waiting_flow_is_sent(
+    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, mdn
+) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    config = write_as2_config(
+        tmp_path,
+        our_keys,
+        partner_keys,
+        url=partner.url,
+        receiver_port=port,
+        as2_extra=f'mdn = "{mdn}"\nmdn_url = "http://127.0.0.1:{port}/as2"',
+    )
+    invoice = sample("ubl-invoice.xml")
+
+    async def scenario() -> None:
+        async with running(config):
+            drop(config, "facture.xml", invoice)
+
+            def waiting() -> bool:
+                found = rows(config)
+                return bool(found) and found[0].state == "awaiting_receipt"
+
+            await until(waiting, timeout=30, what="the flow awaiting its MDN")
+            await asyncio.to_thread(partner.post_async_mdns)
+            await until(filed(config, 1), timeout=30, what="the flow filed")
+
+    asyncio.run(scenario())
+    (row,) = rows(config)
+    assert row.state == "sent", row.message
+    answer = sidecar(row, ".receipt.json")["partner_answer"]
+    assert answer["mdn_disposition"].endswith("processed")
+    assert answer["mdn_mic"] == answer["mic"] and answer["mdn_signed"] == (mdn == "async-signed")
+    (stored,) = partner.messages()
+    assert stored["message_id"] == answer["message_id"] and stored["status"] == "S"
+    assert stored["mdn_status"] == "S" and stored["payload"].encode("latin-1") == invoice
 
 
 def test_check_connect_reaches_the_partner_and_reports_expired_certificates(

@@ -41,6 +41,7 @@ FSO1100A = "{mode}"
 [connection.memory]
 bucket = "{bucket}"
 delay = "{delay}"
+{memory_extra}
 """
 
 
@@ -56,6 +57,7 @@ def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
         "connection_extra": "",
         "mode": "complete",
         "delay": "0s",
+        "memory_extra": "",
     }
     values.update(overrides)
     path = tmp_path / "raccord.toml"

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from flows import naming
 from gateway.dispatcher import requeue
 from gateway.folders import Layout, Placement, spool_name
-from gateway.journal import JournalDB
+from gateway.journal import FlowRow, JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
 from tests.conftest import sample
@@ -522,3 +522,103 @@ def test_a_burst_in_one_second_gets_distinct_flows(tmp_path: Path, bucket: str) 
     assert {r.state for r in filed_rows} == {"sent"}
     assert memory.bucket(bucket).sends == 300
     assert not list(Layout(config.gateway.data_dir).spool("qualif-mem").iterdir())
+
+
+def _awaiting(config_rows: list[FlowRow]) -> bool:
+    return bool(config_rows) and all(r.state == "awaiting_receipt" for r in config_rows)
+
+
+def test_late_acknowledgement_files_the_flow_in_sent(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "late.xml", invoice("F-60"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            (row,) = rows(config)
+            # Taken by the partner, not yet acknowledged: the file waits in the spool.
+            assert Path(row.spool_path).read_bytes() == invoice("F-60")
+            assert not list(layout.sent("qualif-mem", datetime.now(UTC).date()).glob("*"))
+            assert row.receipt_key == f"memory:{row.flow_id}"
+            due = datetime.fromisoformat(row.receipt_due or "")
+            assert 3500 < (due - datetime.now(UTC)).total_seconds() <= 3600
+            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "sent"
+            # A second copy of the acknowledgement changes nothing.
+            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "settled"
+            assert await gateway.dispatcher.settle("memory:nobody", b"ok") == "unknown"
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and memory.bucket(bucket).sends == 1
+    receipt = sidecar(row, ".receipt.json")
+    assert receipt["partner_answer"] == {"bucket": bucket, "acknowledged": "ok"}
+    assert receipt["sent_at"] < receipt["acknowledged_at"]
+    assert Path(row.final_path or "").read_bytes() == invoice("F-60")
+
+
+def test_refusing_acknowledgement_files_the_flow_in_error(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "no.xml", invoice("F-61"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            key = rows(config)[0].receipt_key or ""
+            assert await gateway.dispatcher.settle(key, b"unknown buyer") == "failed"
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", "refused")
+    assert "unknown buyer" in sidecar(row, ".error.json")["message"]
+
+
+def test_unacknowledged_flow_goes_to_error_and_retry_is_recognised(
+    tmp_path: Path, bucket: str
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "300ms"')
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "mute.xml", invoice("F-62"))
+            await until(filed(config, 1), what="wait over")
+            (row,) = rows(config)
+            assert (row.state, row.reason) == ("error", "receipt_timeout")
+            error = sidecar(row, ".error.json")
+            assert f"raccord retry {row.flow_id}" in error["message"]
+            db = JournalDB(layout.journal)
+            try:
+                requeue(db, row.flow_id, force=False)
+            finally:
+                db.close()
+            await until(lambda: rows(config)[0].state == "sent", what="resent, recognised")
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert sidecar(row, ".receipt.json")["already_delivered"] is True
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_flow_awaiting_its_receipt_waits_across_a_restart(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def first() -> None:
+        async with running(config):
+            drop(config, "r.xml", invoice("F-63"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+
+    async def second() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            await asyncio.sleep(0.3)
+            (row,) = rows(config)
+            assert row.state == "awaiting_receipt"  # neither resent nor expired
+            assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
+
+    asyncio.run(first())
+    asyncio.run(second())
+    (row,) = rows(config)
+    assert row.state == "sent" and memory.bucket(bucket).sends == 1

@@ -3,6 +3,7 @@
 partner.py configure JSON   set up organization CTAIFEP and partner MYCOMPANY
 partner.py messages         print every message (and its MDN) as JSON
 partner.py send PATH        send PATH to MYCOMPANY with django-pyas2's own command
+partner.py async-mdns       post the asynchronous MDNs waiting (django-pyas2's own command)
 """
 
 import json
@@ -86,6 +87,8 @@ if __name__ == "__main__":
         configure(json.loads(sys.argv[2]))
     elif command == "messages":
         messages()
+    elif command == "async-mdns":
+        call_command("manageas2server", async_mdns=True)
     elif command == "send":
         call_command("sendas2message", "CTAIFEP", "MYCOMPANY", sys.argv[2])
     else:

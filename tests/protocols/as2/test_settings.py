@@ -33,7 +33,8 @@ def test_the_message_id_domain_defaults_to_a_usable_host_name(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('mdn = "async-signed"', "asynchronous MDNs are not supported yet"),
+        ('mdn = "async-signed"', "needs mdn_url"),
+        ('mdn = "async"\nmdn_url = "http://127.0.0.1:4080/"', "needs an [as2_receiver] section"),
         ('mdn = "sync-signed"\nsignature = "none"', "asks for a signed MDN"),
         ('http_user = "me"', "give both http_user and http_password"),
         ('encryption = "aes_512"', "'aes_512' is not one of"),
