@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+from cryptography import x509
 
 from flows import naming
 from gateway.httpserver import serve
@@ -27,7 +28,32 @@ from protocols.as2.receiver import Party, open_message
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound
+from protocols.certs import KeyPair
 from protocols.errors import TransferError
+
+
+def partner_settings(
+    keys: KeyPair,
+    gateway_certificate: x509.Certificate,
+    *,
+    as2_from: str,
+    as2_to: str,
+    url: str,
+) -> As2Settings:
+    """The simulated partner's side of an AS2 connection: it is ``as2_from`` with ``keys``, the
+    gateway is ``as2_to`` with ``gateway_certificate``, reached at ``url`` (its receiver). What
+    it asks — sha256, AES-256, a synchronous signed MDN — is what Chorus Pro asks."""
+    return As2Settings(
+        url=url,
+        as2_from=as2_from,
+        as2_to=as2_to,
+        keys=keys,
+        partner_chain=(gateway_certificate,),
+        partner_trust=(),
+        key_path=Path("simulator.key"),
+        partner_certificate_path=Path("gateway.crt"),
+        message_id_domain="simulator.invalid",
+    )
 
 
 class As2Simulator:

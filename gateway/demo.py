@@ -7,7 +7,9 @@ packed in lots per interface code, delivered over SFTP, answered by the simulato
 Statut return flow, fetched back and applied. One invoice in each of the UBL and CII lots
 breaks the simulator's rejection rule, so the summary shows the same fault under Complète (the
 UBL lot is rejected whole, its innocent invoices are resubmitted and integrated) and under
-Partielle (only the faulty CII invoice is rejected).
+Partielle (only the faulty CII invoice is rejected). Two more invoices go over AS2 to the
+simulator's AS2 side (signed, encrypted, synchronous signed MDN verified), and their CPP Statut
+comes back over AS2 to the gateway's receiver.
 """
 
 from __future__ import annotations
@@ -15,16 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from gateway import config as config_module
-from gateway import logs
+from gateway import logs, pki
+from gateway.as2_simulator import As2Simulator, partner_settings
 from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import TERMINAL, FlowRow, JournalDB
@@ -37,8 +44,12 @@ from gateway.simulator import (
     generate_keys,
     known_hosts_line,
 )
+from protocols import certs
 
 CONNECTION = "qualif-sftp"
+AS2_CONNECTION = "qualif-as2"
+#: The AS2 names: ours, and the simulated Chorus Pro's.
+AS2_US, AS2_PARTNER = "MYCOMPANY", "CTAIFEP"
 
 CONFIG_TEMPLATE = """\
 # Written by `raccord demo`: a qualification connection to the local partner simulator.
@@ -75,6 +86,37 @@ known_hosts = "{known_hosts}"
 upload_dir = "/{upload_dir}"
 download_dir = "/{download_dir}"
 poll_interval = "300ms"
+
+[[connection]]
+name = "{as2_connection}"
+environment = "qualification"
+protocol = "as2"
+partner_code = "VFE056"
+structure = "12345678200010"
+state = "active"
+valid_from = 2017-06-21
+valid_to = 2099-06-30
+
+[connection.interfaces]
+FSO1100A = "complete"
+FSO1106A = "partial"
+
+[connection.as2]
+url = "http://127.0.0.1:{as2_port}/"
+as2_from = "{as2_us}"
+as2_to = "{as2_partner}"
+key = "{as2_key}"
+certificate = "{as2_certificate}"
+partner_certificate = "{as2_partner_certificate}"
+encryption = "aes_256_cbc"
+signature = "sha256"
+mdn = "sync-signed"
+message_id_domain = "raccord.demo"
+timeout = "30s"
+
+# Where the simulator pushes its CPP Statut answers to AS2 deposits.
+[as2_receiver]
+listen = "127.0.0.1:{receiver_port}"
 """
 
 #: The simulator rejects invoices whose number matches this (one per lot in the demo).
@@ -102,6 +144,17 @@ def sample_documents(token: str) -> dict[str, bytes]:
         variant("cii-invoice.xml", "CII-0001", "FX-0001")
     )
     documents["not-an-invoice.txt"] = b"Bonjour, ceci n'est pas une facture.\n"
+    return documents
+
+
+def as2_documents(token: str) -> dict[str, bytes]:
+    """The demo's AS2 drops: one UBL and one CII invoice, each its own flow."""
+    samples = resources.files("gateway") / "samples"
+    documents = {}
+    for kind, sample in (("ubl", "ubl-invoice.xml"), ("cii", "cii-invoice.xml")):
+        text = (samples / sample).read_text(encoding="utf-8").replace("DEMO-", f"DEMO-{token}-")
+        number = f"{kind.upper()}-0001"
+        documents[f"as2-{kind}-invoice.xml"] = text.replace(number, f"AS2-{kind.upper()}").encode()
     return documents
 
 
@@ -148,9 +201,10 @@ def _settled(journal: Path, dropped: int) -> bool:
             return False
         if not any(row.resubmit_of for row in lots):
             return False
+        as2 = [row for row in files if row.connection == AS2_CONNECTION]
         return all(
             row.state == "sent" and any(s["position"] is None for s in db.statuses(row.flow_id))
-            for row in lots
+            for row in lots + as2
         )
     finally:
         db.close()
@@ -162,35 +216,108 @@ def wait_until_settled(journal: Path, dropped: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-async def _prepare(folder: Path) -> tuple[SftpSimulator, Path]:
+@dataclass
+class Partner:
+    """The simulated Chorus Pro: its SFTP and AS2 sides, and a desk answering each."""
+
+    sftp: SftpSimulator
+    as2: As2Simulator
+    desks: tuple[Desk, Desk]
+    config_path: Path
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Answer deposits and push AS2 answers until ``stopping``."""
+        await asyncio.gather(
+            *(desk.run(stopping) for desk in self.desks), self.as2.push_returns(stopping)
+        )
+
+    async def close(self) -> None:
+        await self.as2.__aexit__(None, None, None)
+        await self.sftp.__aexit__(None, None, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _as2_keys(path: Path, name: str) -> certs.KeyPair:
+    """A key and certificate kept at ``path`` (.key, .crt), made on first use."""
+    key, certificate = path.with_suffix(".key"), path.with_suffix(".crt")
+    if key.exists() and certificate.exists():
+        return certs.load_key_pair(key, certificate, None)
+    pair = pki.issue(name, days=730)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pki.write_key(pair, key)
+    pki.write_certificates([pair.certificate], certificate, "pem")
+    return pair
+
+
+async def _prepare(folder: Path) -> Partner:
+    """Keys, the simulator's two sides on loopback, and a configuration that reaches them."""
     keys = generate_keys(folder / "simulator", folder / "keys" / "id_ed25519")
-    simulator = SftpSimulator(folder / "partner", keys)
-    await simulator.__aenter__()
-    known_hosts = folder / "keys" / "known_hosts"
-    known_hosts.write_text(known_hosts_line(keys.host_key, simulator.host, simulator.port))
+    sftp = SftpSimulator(folder / "partner", keys)
+    await sftp.__aenter__()
+    try:
+        known_hosts = folder / "keys" / "known_hosts"
+        known_hosts.write_text(known_hosts_line(keys.host_key, sftp.host, sftp.port))
+        ours = _as2_keys(folder / "keys" / "as2", f"{AS2_US} AS2")
+        theirs = _as2_keys(folder / "simulator" / "as2", f"{AS2_PARTNER} AS2")
+        # Chorus Pro hands its certificate out as PKCS#7: so does the demo.
+        partner_certificate = pki.write_certificates(
+            [theirs.certificate], folder / "keys" / "chorus-pro-as2.p7b", "p7b"
+        )
+        receiver_port = _free_port()
+        as2_root = folder / "partner-as2"
+        as2 = As2Simulator(
+            as2_root / UPLOAD_DIR,
+            as2_root / DOWNLOAD_DIR,
+            partner_settings(
+                theirs,
+                ours.certificate,
+                as2_from=AS2_PARTNER,
+                as2_to=AS2_US,
+                url=f"http://127.0.0.1:{receiver_port}/",
+            ),
+        )
+        await as2.__aenter__()
+    except BaseException:
+        await sftp.__aexit__(None, None, None)
+        raise
     config_path = folder / "raccord.toml"
     config_path.write_text(
         CONFIG_TEMPLATE.format(
             data_dir=folder / "data",
             connection=CONNECTION,
-            port=simulator.port,
+            port=sftp.port,
             private_key=folder / "keys" / "id_ed25519",
             known_hosts=known_hosts,
             upload_dir=UPLOAD_DIR,
             download_dir=DOWNLOAD_DIR,
+            as2_connection=AS2_CONNECTION,
+            as2_port=as2.port,
+            as2_us=AS2_US,
+            as2_partner=AS2_PARTNER,
+            as2_key=folder / "keys" / "as2.key",
+            as2_certificate=folder / "keys" / "as2.crt",
+            as2_partner_certificate=partner_certificate,
+            receiver_port=receiver_port,
         )
     )
-    return simulator, config_path
-
-
-def _desk(simulator: SftpSimulator, config: config_module.Config) -> Desk:
-    """The simulator's answering desk, judging under the demo connection's modes."""
-    modes = {code: mode.value for code, mode in config.connections[0].interfaces.items()}
-    return Desk(
-        simulator.root / UPLOAD_DIR,
-        simulator.root / DOWNLOAD_DIR,
-        Rules(modes, reject_pattern=REJECT_PATTERN),
+    config = config_module.load(config_path)
+    desks = (
+        _desk(sftp.root / UPLOAD_DIR, sftp.root / DOWNLOAD_DIR, config.connection(CONNECTION)),
+        _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
     )
+    return Partner(sftp, as2, desks, config_path)
+
+
+def _desk(deposits: Path, returns: Path, connection: config_module.Connection) -> Desk:
+    """An answering desk, judging under the connection's modes."""
+    modes = {code: mode.value for code, mode in connection.interfaces.items()}
+    return Desk(deposits, returns, Rules(modes, reject_pattern=REJECT_PATTERN))
 
 
 async def demo(folder: Path | None, *, wait: float = 90.0) -> int:
@@ -198,17 +325,18 @@ async def demo(folder: Path | None, *, wait: float = 90.0) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "raccord.log"
     print(f"raccord demo in {folder}")
-    simulator, config_path = await _prepare(folder)
+    partner = await _prepare(folder)
     stopping = asyncio.Event()
     try:
-        config = config_module.load(config_path)
-        desk = _desk(simulator, config)
-        answering = asyncio.create_task(desk.run(stopping))
+        config = config_module.load(partner.config_path)
+        answering = asyncio.create_task(partner.run(stopping))
         with log_path.open("a", encoding="utf-8") as log_stream:
             logs.configure(log_stream)
-            print(f"  partner simulator: sftp://127.0.0.1:{simulator.port} (Chorus Pro stand-in)")
+            sftp_url = f"sftp://127.0.0.1:{partner.sftp.port}"
+            print(f"  partner simulator: {sftp_url} (Chorus Pro stand-in)")
+            print(f"                     {partner.as2.url} (AS2 {AS2_PARTNER})")
             print(f"  rejection rule:    invoice numbers containing {REJECT_PATTERN!r}")
-            print(f"  configuration:     {config_path}")
+            print(f"  configuration:     {partner.config_path}")
             print(f"  JSON logs:         {log_path}")
             gateway = Gateway(config)
             runner = asyncio.create_task(gateway.run(stopping))
@@ -219,29 +347,37 @@ async def demo(folder: Path | None, *, wait: float = 90.0) -> int:
             if runner.done():
                 runner.result()
             layout = Layout(config.gateway.data_dir)
-            documents = sample_documents(secrets.token_hex(3).upper())
+            token = secrets.token_hex(3).upper()
+            documents = sample_documents(token)
             for name, data in documents.items():
                 drop(layout.outbox(CONNECTION), name, data)
             print(f"  dropped {len(documents)} files in {layout.outbox(CONNECTION)}")
-            await asyncio.to_thread(wait_until_settled, layout.journal, len(documents), wait)
+            over_as2 = as2_documents(token)
+            for name, data in over_as2.items():
+                drop(layout.outbox(AS2_CONNECTION), name, data)
+            print(f"  dropped {len(over_as2)} files in {layout.outbox(AS2_CONNECTION)}")
+            dropped = len(documents) + len(over_as2)
+            await asyncio.to_thread(wait_until_settled, layout.journal, dropped, wait)
             stopping.set()
             await runner
             await answering
     finally:
         stopping.set()
-        await simulator.__aexit__(None, None, None)
-    return _summary(layout.journal, folder, len(documents))
+        await partner.close()
+    return _summary(layout.journal, folder, len(documents), len(over_as2))
 
 
-def _summary(journal: Path, folder: Path, expected: int) -> int:
+def _summary(journal: Path, folder: Path, expected: int, expected_as2: int) -> int:
     rows = _rows(journal)
     db = JournalDB(journal)
     try:
         lots = [row for row in rows if row.packaging is not None]
         invoices = {row.flow_id: db.invoices(row.flow_id) for row in lots}
+        over_as2 = [row for row in rows if row.connection == AS2_CONNECTION]
+        as2_invoices = {row.flow_id: db.invoices(row.flow_id) for row in over_as2}
     finally:
         db.close()
-    files = [row for row in rows if row.packaging is None]
+    files = [row for row in rows if row.packaging is None and row.connection == CONNECTION]
     print()
     print(f"{'FILE':28} {'STATE':7} {'CODE':9} LOT / REASON")
     for row in files:
@@ -270,6 +406,7 @@ def _summary(journal: Path, folder: Path, expected: int) -> int:
     print()
     print(f"On the partner side: {len(uploaded)} lot(s) in {folder / 'partner' / UPLOAD_DIR}")
     print(f"Rejected invoices, with .rejection.json: {', '.join(copies)} in {rejected_dir}")
+    as2_ok = _as2_summary(over_as2, as2_invoices)
     complete = [lot for lot in lots if lot.mode == "complete" and not lot.resubmit_of]
     partial = [lot for lot in lots if lot.interface_code == "FSO1106A"]
     resubmitted = [lot for lot in lots if lot.resubmit_of]
@@ -283,43 +420,75 @@ def _summary(journal: Path, folder: Path, expected: int) -> int:
         and len(resubmitted) == 1
         and all(i["status_code"] == "01" for i in invoices[resubmitted[0].flow_id])
         and len(uploaded) == len(lots)
+        and len(over_as2) == expected_as2
+        and as2_ok
     )
     print()
     if ok:
         print(
             "Demo complete: the same fault sank the whole UBL lot under Complète (its innocent "
             "invoices were resubmitted and integrated) and only the faulty CII invoice under "
-            "Partielle; the file that is no invoice was set aside in error/. "
+            "Partielle; the file that is no invoice was set aside in error/; over AS2, each "
+            "invoice's signed MDN was verified (MIC included) and its status came back over AS2. "
             f"Try: raccord flows --config {folder / 'raccord.toml'}"
         )
         return 0
     print(
         f"Demo FAILED: {len(files)}/{expected} files journaled, {len(lots)} lots, "
-        f"{len(uploaded)} on the partner side; see {folder / 'raccord.log'}",
+        f"{len(uploaded)} on the partner side, {len(over_as2)}/{expected_as2} AS2 flows; "
+        f"see {folder / 'raccord.log'}",
         file=sys.stderr,
     )
     return 1
 
 
+def _as2_summary(rows: list[FlowRow], invoices: dict[str, list[dict[str, Any]]]) -> bool:
+    """Print the AS2 flows (Message-ID, MDN, return status); whether each went as it should:
+    sent with a positive MDN confirming our MIC, and integrated (status 01)."""
+    print()
+    print(f"AS2 ({AS2_CONNECTION} -> {AS2_PARTNER}: sha256 + AES-256, synchronous signed MDN)")
+    print(f"{'FILE':22} {'STATE':7} {'MESSAGE-ID':40} {'MDN':10} RETURN")
+    ok = True
+    for row in rows:
+        answer = json.loads(row.receipt or "{}").get("partner_answer", {})
+        disposition = str(answer.get("mdn_disposition", "-")).rsplit(";", 1)[-1].strip()
+        statuses = [str(i["status_code"]) for i in invoices[row.flow_id]]
+        message_id = str(answer.get("message_id", "-"))
+        print(
+            f"{row.original_name:22} {row.state:7} {message_id:40} {disposition:10} "
+            f"{', '.join(s for s in statuses if s != 'None') or '-'}"
+        )
+        ok = ok and (
+            row.state == "sent"
+            and disposition == "processed"
+            and answer.get("mdn_mic") == answer.get("mic")
+            and statuses == ["01"]
+        )
+    return ok
+
+
 async def simulate(folder: Path | None) -> int:
     folder = folder or Path(tempfile.mkdtemp(prefix="raccord-simulator-"))
-    simulator, config_path = await _prepare(folder)
+    partner = await _prepare(folder)
     stopping = asyncio.Event()
     try:
-        config = config_module.load(config_path)
-        desk = _desk(simulator, config)
-        print(f"partner simulator: sftp://127.0.0.1:{simulator.port}")
+        sftp_desk, as2_desk = partner.desks
+        print(f"partner simulator: sftp://127.0.0.1:{partner.sftp.port}")
         print(f"  uploads land in  {folder / 'partner' / UPLOAD_DIR}")
         print(f"  return flows in  {folder / 'partner' / DOWNLOAD_DIR} (a CPP Statut per deposit)")
-        print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {desk.rules.modes}")
-        print(f"  a matching configuration: {config_path}")
+        print(f"partner simulator: {partner.as2.url} (AS2 {AS2_PARTNER}, expects {AS2_US})")
+        print(f"  deposits land in {as2_desk.deposits}")
+        print(f"  CPP Statut answers are pushed to the gateway at {partner.as2.settings.url}")
+        modes = sftp_desk.rules.modes
+        print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {modes}")
+        print(f"  a matching configuration: {partner.config_path}")
         print("Ctrl-C to stop.", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stopping.set)
-        await desk.run(stopping)
+        await partner.run(stopping)
     finally:
         stopping.set()
-        await simulator.__aexit__(None, None, None)
+        await partner.close()
     return 0

@@ -6,16 +6,21 @@ import asyncio
 import csv
 import io
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import config as config_module
 from gateway.cli import main
+from gateway.folders import Layout
+from gateway.journal import JournalDB
 from protocols import memory
 from tests.conftest import sample
-from tests.gateway.harness import drop, filed, memory_config, running, until
+from tests.gateway.harness import drop, filed, memory_config, rows, running, until
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "raccord.example.toml"
 
@@ -146,6 +151,56 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert "3 invoices: 2 deposited, 1 rejected" in done.stdout  # Partielle
     uploaded = list((tmp_path / "demo" / "partner" / "depot").iterdir())
     assert len(uploaded) == 4  # UBL, CII and Factur-X lots, and the UBL resubmission
-    for line in (tmp_path / "demo" / "raccord.log").read_text().splitlines():
-        event = json.loads(line)
-        assert {"timestamp", "level", "event"} <= set(event)
+    # Over AS2: both invoices deposited at the simulator, their statuses pushed back over AS2.
+    over_as2 = sorted(p.name for p in (tmp_path / "demo" / "partner-as2" / "depot").iterdir())
+    assert len(over_as2) == 2 and all(name.startswith("FSO110") for name in over_as2)
+    assert "as2-ubl-invoice.xml    sent" in done.stdout
+    log = (tmp_path / "demo" / "raccord.log").read_text()
+    events = [json.loads(line) for line in log.splitlines()]
+    assert all({"timestamp", "level", "event"} <= set(event) for event in events)
+    received = [e for e in events if e["event"] == "as2.received"]
+    assert len(received) == 2 and {e["connection"] for e in received} == {"qualif-as2"}
+
+
+def test_simulate_serves_sftp_and_as2_to_the_configuration_it_prints(tmp_path: Path) -> None:
+    folder = tmp_path / "sim"
+    command = [sys.executable, "-m", "gateway.cli", "simulate", "--dir", str(folder)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as simulator:
+        try:
+            assert simulator.stdout is not None
+            printed = ""
+            while "Ctrl-C to stop." not in printed:
+                line = simulator.stdout.readline()
+                assert line, f"simulate stopped early:\n{printed}"
+                printed += line
+            assert "(AS2 CTAIFEP, expects MYCOMPANY)" in printed
+            config = config_module.load(folder / "raccord.toml")
+
+            async def scenario() -> None:
+                async with running(config):
+                    drop(config, "a.xml", sample("ubl-invoice.xml"), "qualif-as2")
+                    drop(config, "b.xml", sample("cii-invoice.xml"), "qualif-sftp")
+
+                    def answered() -> bool:
+                        # The AS2 flow, and the lot carrying the SFTP invoice.
+                        found = [r for r in rows(config) if r.state != "packed"]
+                        return len(found) == 2 and all(
+                            r.state == "sent" and statuses(config, r.flow_id) for r in found
+                        )
+
+                    await until(answered, timeout=60, what="both sent and answered")
+
+            asyncio.run(scenario())
+        finally:
+            simulator.send_signal(signal.SIGTERM)
+            assert simulator.wait(timeout=30) == 0
+
+
+def statuses(config: config_module.Config, flow_id: str) -> list[dict[str, Any]]:
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        return db.statuses(flow_id)
+    finally:
+        db.close()
