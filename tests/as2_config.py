@@ -3,13 +3,14 @@ keys on disk; the partner's mirror view of a connection; a message built as one 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from gateway import config as config_module
 from gateway import pki
 from gateway.config import Config
-from protocols.as2 import message
+from protocols.as2 import message, stream
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
 
@@ -109,3 +110,24 @@ def build_message(
         subject="raccord test",
         mime_type=mime_type,
     )
+
+
+def stream_message(
+    settings: As2Settings,
+    data: bytes,
+    message_id: str,
+    *,
+    filename: str = "FSO1100A_VFE056_0001.xml",
+) -> message.Outgoing:
+    """The message the streaming builder makes for ``data`` (what the sender posts by default)."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "payload"
+        source.write_bytes(data)
+        with (Path(folder) / "body").open("w+b") as out:
+            built = stream.build(
+                settings, source, out, message_id=message_id, filename=filename, subject="test"
+            )
+            out.seek(0)
+            body = out.read()
+    assert built.size == len(body)
+    return message.Outgoing(built.message_id, built.mic, built.mic_algorithm, built.headers, body)

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import tempfile
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import aiohttp
 
 from protocols import certs
-from protocols.as2 import message
+from protocols.as2 import message, stream
 from protocols.as2.receiver import as2_sender
 from protocols.as2.settings import As2Settings, parse_settings
 from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
@@ -132,21 +133,42 @@ class As2Sender:
     async def send(self, flow: Outbound) -> Receipt:
         s = self._settings
         self._check_certificates()
-        org, to = await self._pyas2lib_parties()
-        data = await asyncio.to_thread(flow.path.read_bytes)
-        outgoing = await asyncio.to_thread(
-            message.build,
-            org,
-            to,
-            data,
-            message_id=flow.flow_id,
-            filename=flow.remote_name,
-            subject=s.subject.format(interface=flow.interface_code, file=flow.remote_name),
-            mime_type=s.content_type,
-        )
-        del data
-        sent_at = _now()
-        status, headers, body = await self._post(outgoing)
+        subject = s.subject.format(interface=flow.interface_code, file=flow.remote_name)
+        if stream.handles(s):
+            # Built from the file into an unnamed file beside it (gone on close or crash),
+            # posted from there: the payload is never held in memory.
+            with tempfile.TemporaryFile(dir=flow.path.parent) as spooled:
+                built = await asyncio.to_thread(
+                    stream.build,
+                    s,
+                    flow.path,
+                    spooled,
+                    message_id=flow.flow_id,
+                    filename=flow.remote_name,
+                    subject=subject,
+                )
+                spooled.seek(0)
+                outgoing = message.Outgoing(
+                    built.message_id, built.mic, built.mic_algorithm, built.headers, b""
+                )
+                sent_at = _now()
+                status, headers, body = await self._post(outgoing, spooled)
+        else:
+            org, to = await self._pyas2lib_parties()
+            data = await asyncio.to_thread(flow.path.read_bytes)
+            outgoing = await asyncio.to_thread(
+                message.build,
+                org,
+                to,
+                data,
+                message_id=flow.flow_id,
+                filename=flow.remote_name,
+                subject=subject,
+                mime_type=s.content_type,
+            )
+            del data
+            sent_at = _now()
+            status, headers, body = await self._post(outgoing, outgoing.body)
         answered_at = _now()
         details: dict[str, Any] = {
             "url": s.url,
@@ -226,11 +248,13 @@ class As2Sender:
             )
         return Receipt(self.protocol, remote_name, details)
 
-    async def _post(self, outgoing: message.Outgoing) -> tuple[int, dict[str, str], bytes]:
+    async def _post(
+        self, outgoing: message.Outgoing, body: bytes | BinaryIO
+    ) -> tuple[int, dict[str, str], bytes]:
         s = self._settings
         try:
             async with self._client().post(
-                s.url, data=outgoing.body, headers=outgoing.headers, allow_redirects=False
+                s.url, data=body, headers=outgoing.headers, allow_redirects=False
             ) as response:
                 body = await response.read()
                 headers = {name: value for name, value in response.headers.items()}

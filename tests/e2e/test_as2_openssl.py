@@ -21,7 +21,7 @@ import pytest
 from gateway import pki
 from gateway.folders import Layout
 from protocols.certs import KeyPair
-from tests.as2_config import build_message, write_as2_config
+from tests.as2_config import build_message, stream_message, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import running
 
@@ -45,17 +45,24 @@ def files(tmp_path: Path, name: str, keys: KeyPair) -> tuple[Path, Path]:
     return key, cert
 
 
+@pytest.mark.parametrize("builder", ["streaming", "pyas2lib"])
 @pytest.mark.parametrize(
     ("encryption", "cipher"), [("aes_256_cbc", "aes-256-cbc"), ("tripledes", "des-ede3-cbc")]
 )
 def test_openssl_decrypts_and_verifies_what_raccord_sends(
-    tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair, encryption: str, cipher: str
+    tmp_path: Path,
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    encryption: str,
+    cipher: str,
+    builder: str,
 ) -> None:
     config = write_as2_config(
         tmp_path, our_keys, partner_keys, as2_extra=f'encryption = "{encryption}"'
     )
     settings = config.connections[0].settings
-    sent = build_message(settings, INVOICE, "f-1", filename="FSO1100A_f-1.xml")
+    build = stream_message if builder == "streaming" else build_message
+    sent = build(settings, INVOICE, "f-1", filename="FSO1100A_f-1.xml")
     partner_key, _ = files(tmp_path, "partner", partner_keys)
     _, our_cert = files(tmp_path, "our", our_keys)
     assert sent.headers["Content-Type"].startswith("application/pkcs7-mime")
