@@ -64,6 +64,7 @@ _MDN_ANSWERS = {
     "unknown": (400, "no message of ours with that Message-ID awaits an MDN\n"),
     "foreign": (403, "this MDN does not come from the partner the message was sent to\n"),
     "busy": (503, "the message is being worked on; post the MDN again later\n"),
+    "error": (500, "the MDN could not be processed; post it again later\n"),
 }
 
 

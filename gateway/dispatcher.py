@@ -605,8 +605,9 @@ class Dispatcher:
         """Hand a partner's late acknowledgement to the flow awaiting it; return what became
         of the flow: ``sent``, ``failed``, ``settled`` (it was decided before: a repeated or
         late acknowledgement, logged and otherwise ignored), ``unknown`` (no flow refers to
-        this key), ``foreign`` (not from the flow's partner: ignored, the flow still waits) or
-        ``busy`` (the flow is being worked on: the partner should send again).
+        this key), ``foreign`` (not from the flow's partner: ignored, the flow still waits),
+        ``busy`` (the flow is being worked on: the partner should send again) or ``error``
+        (an unexpected failure, logged; the flow still waits).
 
         The decision is journaled before this returns, so the partner may be told "received".
         """
@@ -637,7 +638,12 @@ class Dispatcher:
             with structlog.contextvars.bound_contextvars(
                 connection=row.connection, flow_id=row.flow_id, file=row.original_name
             ):
-                return await self._settle(row, answer)
+                try:
+                    return await self._settle(row, answer)
+                except Exception:
+                    # The flow goes on waiting (and expires if this keeps happening).
+                    log.exception("flow.receipt_failed", receipt_key=receipt_key)
+                    return "error"
         finally:
             self._active.discard(row.flow_id)
 

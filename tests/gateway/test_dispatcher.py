@@ -13,6 +13,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from flows import naming
+from gateway import cli
 from gateway.dispatcher import requeue
 from gateway.folders import Layout, Placement, spool_name
 from gateway.journal import FlowRow, JournalDB
@@ -579,7 +580,6 @@ def test_unacknowledged_flow_goes_to_error_and_retry_is_recognised(
     tmp_path: Path, bucket: str
 ) -> None:
     config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "300ms"')
-    layout = Layout(config.gateway.data_dir)
 
     async def main() -> None:
         async with running(config):
@@ -589,11 +589,8 @@ def test_unacknowledged_flow_goes_to_error_and_retry_is_recognised(
             assert (row.state, row.reason) == ("error", "receipt_timeout")
             error = sidecar(row, ".error.json")
             assert f"raccord retry {row.flow_id}" in error["message"]
-            db = JournalDB(layout.journal)
-            try:
-                requeue(db, row.flow_id, force=False)
-            finally:
-                db.close()
+            # As the message says, with the daemon running.
+            assert cli.main(["retry", "--config", str(config.path), row.flow_id]) == 0
             await until(lambda: rows(config)[0].state == "sent", what="resent, recognised")
 
     asyncio.run(main())
@@ -622,3 +619,27 @@ def test_flow_awaiting_its_receipt_waits_across_a_restart(tmp_path: Path, bucket
     asyncio.run(second())
     (row,) = rows(config)
     assert row.state == "sent" and memory.bucket(bucket).sends == 1
+
+
+def test_an_acknowledgement_that_cannot_be_processed_leaves_the_flow_waiting(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def broken(self: memory.MemorySender, pending: object, answer: bytes) -> None:
+        raise KeyError("a bug")
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "bug.xml", invoice("F-64"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            key = rows(config)[0].receipt_key or ""
+            with monkeypatch.context() as patch:
+                patch.setattr(memory.MemorySender, "settle", broken)
+                assert await gateway.dispatcher.settle(key, b"ok") == "error"
+            assert _awaiting(rows(config))
+            assert await gateway.dispatcher.settle(key, b"ok") == "sent"
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
