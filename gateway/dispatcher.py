@@ -692,9 +692,14 @@ class Dispatcher:
                         f"partner, or raccord retry {row.flow_id} (the resend carries the same "
                         "identity, so a partner that has it answers that it is a duplicate)"
                     )
-                    row = await self._refuse(row, "receipt_timeout", message, expect=WAITING)
-                    await self._file_error(row)
-                    expired += 1
+                    try:
+                        failing = await self._refuse(
+                            row, "receipt_timeout", message, expect=WAITING
+                        )
+                        await self._file_error(failing)
+                        expired += 1
+                    except Exception:  # the others, and the daemon, go on
+                        log.exception("flow.expire_failed", receipt_key=row.receipt_key)
             finally:
                 self._active.discard(row.flow_id)
         return expired

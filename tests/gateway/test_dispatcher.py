@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from flows import naming
 from gateway import cli
-from gateway.dispatcher import requeue
+from gateway.dispatcher import Dispatcher, requeue
 from gateway.folders import Layout, Placement, spool_name
 from gateway.journal import FlowRow, JournalDB
 from protocols import memory
@@ -643,3 +643,45 @@ def test_an_acknowledgement_that_cannot_be_processed_leaves_the_flow_waiting(
 
     asyncio.run(main())
     assert rows(config)[0].state == "sent"
+
+
+def test_a_failure_while_expiring_a_wait_does_not_stop_the_gateway(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "200ms"')
+    original = Dispatcher._file_error
+    failures = [OSError(28, "No space left on device")]
+
+    async def file_error(self: Dispatcher, row: FlowRow) -> None:
+        if failures:
+            raise failures.pop()
+        await original(self, row)
+
+    monkeypatch.setattr(Dispatcher, "_file_error", file_error)
+
+    async def main() -> None:
+        with capture_logs() as logs:
+            async with running(config):
+                drop(config, "a.xml", invoice("F-65"))
+                await until(lambda: not failures, what="the expiry to fail once")
+                drop(config, "b.xml", invoice("F-66"))
+                await until(
+                    lambda: any(
+                        r.reason == "receipt_timeout" and r.state == "error"
+                        for r in rows(config)
+                        if r.original_name == "b.xml"
+                    ),
+                    what="the next flow expired and filed",
+                )
+        assert any(e["event"] == "flow.expire_failed" for e in logs)
+
+    asyncio.run(main())
+    # Decided but not filed: the next start files it.
+    assert {r.original_name: r.state for r in rows(config)}["a.xml"] == "failing"
+
+    async def restart() -> None:
+        async with running(config):
+            await until(filed(config, 2), what="a.xml filed at the next start")
+
+    asyncio.run(restart())
+    assert all(r.state == "error" for r in rows(config))
