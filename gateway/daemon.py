@@ -133,7 +133,11 @@ class Gateway:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), REQUEUE_POLL)
-            if not stopping.is_set():
+            if stopping.is_set():
+                break
+            try:
                 await dispatcher.pick_up_requeued()
                 await dispatcher.expire_receipts()
-                sd_notify(f"STATUS=in flight: {dispatcher.busy}")
+            except Exception:  # e.g. the journal's disk is full: try again at the next round
+                log.exception("gateway.housekeeping_failed")
+            sd_notify(f"STATUS=in flight: {dispatcher.busy}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -685,3 +686,29 @@ def test_a_failure_while_expiring_a_wait_does_not_stop_the_gateway(
 
     asyncio.run(restart())
     assert all(r.state == "error" for r in rows(config))
+
+
+def test_a_failing_housekeeping_round_does_not_stop_the_gateway(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket)
+    original = Dispatcher.pick_up_requeued
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    async def pick_up(self: Dispatcher) -> int:
+        if failures:
+            raise failures.pop()
+        return await original(self)
+
+    monkeypatch.setattr(Dispatcher, "pick_up_requeued", pick_up)
+
+    async def main() -> None:
+        with capture_logs() as logs:
+            async with running(config):
+                await until(lambda: not failures, what="one failed round")
+                drop(config, "after.xml", invoice("F-67"))
+                await until(filed(config, 1), what="the next file sent")
+        assert any(e["event"] == "gateway.housekeeping_failed" for e in logs)
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
