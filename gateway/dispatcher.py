@@ -57,9 +57,8 @@ from protocols.errors import ForeignAnswer, TransferError
 
 log = logs.get()
 
-#: How long an acknowledgement that overtook its send's journaling waits for it (x pause).
-SETTLE_PATIENCE = 50
-SETTLE_PAUSE = 0.1
+#: Seconds an acknowledgement that overtook its send waits for that send to be journaled.
+SETTLE_PATIENCE = 5.0
 
 Now = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -127,6 +126,7 @@ class Dispatcher:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
         self._filer: Batcher[Placement, None] = Batcher(place_all)
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
@@ -166,6 +166,12 @@ class Dispatcher:
         task = asyncio.create_task(self._run_flow(flow_id, claimed), name=f"flow-{flow_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._flow_tasks[flow_id] = task
+        task.add_done_callback(functools.partial(self._forget_task, flow_id))
+
+    def _forget_task(self, flow_id: str, task: asyncio.Task[None]) -> None:
+        if self._flow_tasks.get(flow_id) is task:  # not a later run of the same flow
+            del self._flow_tasks[flow_id]
 
     async def drain(self, grace: float) -> None:
         """Stop starting work; wait up to ``grace`` seconds, then cancel what still runs.
@@ -477,12 +483,15 @@ class Dispatcher:
             if unusable is not None:
                 return await self._refuse(row, *unusable)
             resend = bool(row.unknown_outcome) or row.attempts > 0
+            # An acknowledgement may overtake the send: findable by its key before it starts.
+            key = sender.receipt_key(row.flow_id) if isinstance(sender, AsyncReceipts) else None
             row = await self._transition(
                 row,
                 "sending",
                 expect=("queued", "sending"),
                 attempts=row.attempts + 1,
                 unknown_outcome=1,
+                receipt_key=key,
             )
             outbound = Outbound(
                 flow_id=row.flow_id,
@@ -515,7 +524,7 @@ class Dispatcher:
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
                 return await self._refuse(row, exc.reason, message, expect=("sending",))
-            if receipt.awaiting is not None:
+            if receipt.awaiting:
                 return await self._await_receipt(row, conn, receipt)
             return await self._delivered(row, conn, receipt)
 
@@ -581,7 +590,6 @@ class Dispatcher:
     async def _await_receipt(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
         """The partner took the flow and acknowledges later: journal what the acknowledgement
         will be judged against, and until when it is awaited."""
-        assert receipt.awaiting is not None
         document = self._receipt_document(row, conn, receipt)
         due = self._now() + timedelta(seconds=receipt.wait)
         row = await self._transition(
@@ -589,14 +597,13 @@ class Dispatcher:
             "awaiting_receipt",
             expect=("sending",),
             receipt=json.dumps(document, default=str),
-            receipt_key=receipt.awaiting,
             receipt_due=due.isoformat(timespec="milliseconds"),
             unknown_outcome=0,
         )
         log.info(
             "flow.awaiting_receipt",
             remote_name=row.remote_name,
-            receipt_key=receipt.awaiting,
+            receipt_key=row.receipt_key,
             due=row.receipt_due,
         )
         return row
@@ -612,11 +619,11 @@ class Dispatcher:
         The decision is journaled before this returns, so the partner may be told "received".
         """
         row = await self.journal.call(lambda db: db.awaiting(receipt_key))
-        for _ in range(SETTLE_PATIENCE):
-            # The acknowledgement can overtake the journaling of the send it answers.
-            if row is None or row.state != "sending":
-                break
-            await self._sleep(SETTLE_PAUSE)
+        sending = self._flow_tasks.get(row.flow_id) if row and row.state == "sending" else None
+        if sending is not None:
+            # The acknowledgement overtook the send it answers (the partner posted its MDN
+            # before we read its HTTP answer): let that send finish and be journaled.
+            await asyncio.wait({sending}, timeout=SETTLE_PATIENCE)
             row = await self.journal.call(lambda db: db.awaiting(receipt_key))
         if row is None:
             log.warning("flow.receipt_unknown", receipt_key=receipt_key)
@@ -656,7 +663,7 @@ class Dispatcher:
             stored["protocol"],
             stored["remote_name"],
             stored["partner_answer"],
-            awaiting=row.receipt_key,
+            awaiting=True,
         )
         if not isinstance(sender, AsyncReceipts):
             raise TypeError(f"the {conn.protocol} sender cannot take late acknowledgements")

@@ -237,7 +237,7 @@ class FlowRow:
     lot_id: str | None = None  # a packed invoice: the lot that carries it
     packaging: str | None = None  # a lot: tar.gz | zip
     resubmit_of: str | None = None  # a lot resubmitting the collateral invoices of that flow
-    receipt_key: str | None = None  # awaiting_receipt: what the acknowledgement refers to
+    receipt_key: str | None = None  # what a late acknowledgement refers to (set when sending)
     receipt_due: str | None = None  # awaiting_receipt: when waiting ends (ISO 8601 UTC)
 
     def to_dict(self) -> dict[str, Any]:

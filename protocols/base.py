@@ -9,9 +9,11 @@ A sender is an async context manager (it owns its connections) with two operatio
   the sender (or the partner) can recognise it.
 * :meth:`Sender.check` logs in and out, for ``raccord check --connect``.
 
-A partner may acknowledge later (an asynchronous AS2 MDN): the receipt ``send`` returns then
-names what the acknowledgement will refer to (``awaiting``) and how long to wait for it; the
-flow waits as ``awaiting_receipt`` until the gateway hands the acknowledgement to the sender's
+A partner may acknowledge later (an asynchronous AS2 MDN): such a sender implements
+:class:`AsyncReceipts`, whose :meth:`~AsyncReceipts.receipt_key` names what the acknowledgement
+of a flow will refer to (journaled before the send, since it may arrive before the send
+returns). The receipt ``send`` returns then says ``awaiting`` and how long to wait; the flow
+waits as ``awaiting_receipt`` until the gateway hands the acknowledgement to
 :meth:`AsyncReceipts.settle`, or files it in ``error/`` when the wait is over.
 
 Optional features are flags in :class:`Capabilities`. A sender whose protocol can also fetch
@@ -51,9 +53,9 @@ class Receipt:
     remote_name: str
     details: Mapping[str, Any] = field(default_factory=dict)
     already_delivered: bool = False  # a resend found the flow already at the partner
-    #: The partner acknowledges later, referring to this key (an AS2 Message-ID); None when
-    #: this receipt is the acknowledgement.
-    awaiting: str | None = None
+    #: The partner took the flow and acknowledges it later (under the sender's
+    #: ``receipt_key``); False when this receipt is the acknowledgement.
+    awaiting: bool = False
     wait: float = 0.0  # seconds to wait for that acknowledgement
 
 
@@ -102,6 +104,11 @@ class Sender(Protocol):
 @runtime_checkable
 class AsyncReceipts(Protocol):
     """A sender whose partner may acknowledge a flow after ``send`` returned."""
+
+    def receipt_key(self, flow_id: str) -> str:
+        """What the partner's acknowledgement of flow ``flow_id`` refers to (an AS2
+        Message-ID)."""
+        ...
 
     async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
         """Judge the partner's late ``answer`` to the flow that ``pending`` (what ``send``

@@ -114,10 +114,13 @@ class MemorySender:
                 self.protocol,
                 flow.remote_name,
                 details,
-                awaiting=f"memory:{flow.flow_id}",
+                awaiting=True,
                 wait=self._settings.receipt_wait,
             )
         return Receipt(self.protocol, flow.remote_name, details)
+
+    def receipt_key(self, flow_id: str) -> str:
+        return f"memory:{flow_id}"
 
     async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
         said = answer.decode("utf-8", "replace")

@@ -189,11 +189,16 @@ class As2Sender:
                 self.protocol,
                 flow.remote_name,
                 details,
-                awaiting=outgoing.message_id,
+                awaiting=True,
                 wait=s.async_mdn_wait,
             )
         raw = message.raw_http(headers, body)
         return await self._judge(flow.remote_name, outgoing, raw, details, resend=flow.resend)
+
+    def receipt_key(self, flow_id: str) -> str:
+        """The Message-ID of the flow's message (without angle brackets): the MDN's
+        Original-Message-ID."""
+        return f"{flow_id}@{self._settings.message_id_domain}"
 
     async def settle(self, pending: Receipt, answer: bytes) -> Receipt:
         """Judge an asynchronous MDN (``answer``: its HTTP headers and body, as the receiver

@@ -611,9 +611,9 @@ def test_flow_awaiting_its_receipt_waits_across_a_restart(tmp_path: Path, bucket
     async def second() -> None:
         async with running(config) as gateway:
             assert gateway.dispatcher is not None
-            await asyncio.sleep(0.3)
             (row,) = rows(config)
-            assert row.state == "awaiting_receipt"  # neither resent nor expired
+            # Reconciled (before ready) and left waiting: no task resends it.
+            assert row.state == "awaiting_receipt" and gateway.dispatcher.busy == 0
             assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
 
     asyncio.run(first())
@@ -709,6 +709,30 @@ def test_a_failing_housekeeping_round_does_not_stop_the_gateway(
                 drop(config, "after.xml", invoice("F-67"))
                 await until(filed(config, 1), what="the next file sent")
         assert any(e["event"] == "gateway.housekeeping_failed" for e in logs)
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
+
+
+def test_an_acknowledgement_that_overtakes_its_send_waits_for_it(
+    tmp_path: Path, bucket: str
+) -> None:
+    """The partner may post its MDN before we have read its HTTP answer."""
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def main() -> None:
+        gate = memory.hold(bucket)
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "fast.xml", invoice("F-68"))
+            await until(lambda: memory.bucket(bucket).sends == 1, what="the send under way")
+            (row,) = rows(config)
+            assert row.state == "sending"
+            early = asyncio.create_task(gateway.dispatcher.settle(f"memory:{row.flow_id}", b"ok"))
+            await asyncio.sleep(0)
+            assert not early.done()  # it waits for the send, rather than refusing
+            gate.set()
+            assert await early == "sent"
 
     asyncio.run(main())
     assert rows(config)[0].state == "sent"
