@@ -32,7 +32,7 @@ from gateway import logs, returns
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
 from gateway.httpserver import serve
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Journal
 from protocols.as2 import message
 from protocols.as2.receiver import (
     Inbound,
@@ -85,6 +85,7 @@ class As2Receiver:
         }
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resubmit = returns.resubmitting(config)
         self.port = self.settings.port
 
     async def start(self) -> None:
@@ -214,6 +215,12 @@ class As2Receiver:
             )
             return "payload over max_file_size"
         outcome = await asyncio.to_thread(self._store, inbound)
+        sender, message_id, connection = inbound.as2_from, inbound.message_id, inbound.connection
+        assert sender is not None and message_id is not None and connection is not None
+        # Stored first: a crash in between stores the resent message's bytes once (same sha256).
+        await self.journal.call(
+            lambda db: db.record_as2_message(sender, message_id, connection, outcome.return_id)
+        )
         log.info(
             "as2.received",
             connection=inbound.connection,
@@ -240,23 +247,15 @@ class As2Receiver:
             out.write(inbound.payload)
             out.flush()
             os.fsync(out.fileno())
-        db = JournalDB(self.layout.journal)
         try:
-            outcome = returns.receive(
-                db,
+            return returns.receive_download(
                 self.layout,
                 inbound.connection,
                 temp,
-                move=True,
                 name=name,
-                resubmit=returns.resubmitting(self.config),
+                resubmit=self._resubmit,
             )
-            db.record_as2_message(
-                inbound.as2_from, inbound.message_id, inbound.connection, outcome.return_id
-            )
-            return outcome
         finally:
-            db.close()
             temp.unlink(missing_ok=True)
 
     def _answer(self, inbound: Inbound, refusal: str | None) -> web.Response:

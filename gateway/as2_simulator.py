@@ -136,11 +136,11 @@ class As2Simulator:
             while not stopping.is_set():
                 for path in await asyncio.to_thread(self._waiting):
                     flow_id = "sim-" + naming.safe(path.stem)
-                    size = path.stat().st_size
+                    size = (await asyncio.to_thread(path.stat)).st_size
                     outbound = Outbound(flow_id, path, path.name, "FEN1200A", size, "", resend=True)
                     with contextlib.suppress(TransferError):
                         await sender.send(outbound)
-                        path.unlink()
+                        await asyncio.to_thread(path.unlink)
                         self.pushed.append(path.name)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self.interval)

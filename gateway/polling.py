@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from pathlib import Path
 from typing import cast
 
 from flows import naming
 from gateway import logs, returns
 from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Journal
 from protocols.base import RemoteFile, ReturnSource, Sender
 from protocols.errors import (
     AuthenticationError,
@@ -144,7 +143,16 @@ class Poller:
         temp = inbox / f".{naming.safe(remote.name)}.download"
         try:
             await source.fetch_return(remote, temp)
-            outcome = await asyncio.to_thread(self._receive, connection, temp, remote.name)
+            outcome = await asyncio.to_thread(
+                functools.partial(
+                    returns.receive_download,
+                    self.layout,
+                    connection,
+                    temp,
+                    name=remote.name,
+                    resubmit=self._resubmit,
+                )
+            )
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
@@ -155,15 +163,6 @@ class Poller:
         for connection in self.sources:
             for temp in self.layout.inbox(connection).glob(".*.download"):
                 temp.unlink(missing_ok=True)
-
-    def _receive(self, connection: str, temp: Path, name: str) -> returns.Outcome:
-        db = JournalDB(self.layout.journal)
-        try:
-            return returns.receive(
-                db, self.layout, connection, temp, move=True, name=name, resubmit=self._resubmit
-            )
-        finally:
-            db.close()
 
     async def _remember(
         self, connection: str, remote: RemoteFile, outcome: str, return_id: str | None = None

@@ -140,6 +140,18 @@ def receive(
     return apply(db, layout, return_id, resubmit=resubmit)
 
 
+def receive_download(
+    layout: Layout, connection: str, source: Path, *, name: str, resubmit: Container[str] = ()
+) -> Outcome:
+    """:func:`receive` for a file just downloaded or pushed (moved into the inbox), on a journal
+    connection of its own: for worker threads, which cannot share the daemon's."""
+    db = JournalDB(layout.journal)
+    try:
+        return receive(db, layout, connection, source, move=True, name=name, resubmit=resubmit)
+    finally:
+        db.close()
+
+
 def apply(
     db: JournalDB, layout: Layout, return_id: str, *, resubmit: Container[str] = ()
 ) -> Outcome:

@@ -137,7 +137,9 @@ class As2Sender:
         if stream.handles(s):
             # Built from the file into an unnamed file beside it (gone on close or crash),
             # posted from there: the payload is never held in memory.
-            with tempfile.TemporaryFile(dir=flow.path.parent) as spooled:
+            folder = flow.path.parent
+            opening = asyncio.to_thread(lambda: tempfile.TemporaryFile(dir=folder))  # noqa: SIM115
+            with await opening as spooled:
                 built = await asyncio.to_thread(
                     stream.build,
                     s,
