@@ -1,9 +1,10 @@
 """``[as2_receiver]``: the HTTP(S) endpoint where partners push AS2 messages (return flows).
 
-For each POST: the body (bounded by ``max_file_size``) is parsed by
-:func:`protocols.as2.receiver.open_message` in a worker thread; a good payload is written to
-``inbox/<connection>/`` and fsynced, journaled as a return flow and applied
-(:func:`gateway.returns.receive`), its Message-ID recorded — and only then is the MDN sent.
+For each POST: the body (bounded by ``max_file_size``) is streamed to a scratch file and read by
+:func:`protocols.as2.receiver.open_file` in a worker thread, which writes a good payload into
+``inbox/<connection>/`` without holding it in memory; the payload is fsynced, journaled as a
+return flow and applied (:func:`gateway.returns.receive`), its Message-ID recorded — and only
+then is the MDN sent.
 A message already stored (same sender, same Message-ID) is answered "duplicate-document" and
 stored nothing twice. Unknown partners, bad signatures, undecryptable bodies get the negative
 MDN pyas2lib builds (or an HTTP error when no MDN was asked), an ``as2.refused`` event, and
@@ -22,12 +23,11 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
 
-from flows import naming
 from gateway import logs, returns
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
@@ -35,20 +35,24 @@ from gateway.httpserver import serve
 from gateway.journal import Journal
 from protocols.as2 import message
 from protocols.as2.receiver import (
+    PARTIAL,
+    SNIFF,
     Inbound,
     Party,
     as2_name,
     looks_like_mdn,
     mdn_reference,
-    open_message,
+    open_file,
 )
 
 log = logs.get()
 
-#: Suffix of a payload being written to the inbox (removed at start if a crash left one).
-PARTIAL = ".as2-receiving"
 #: Room for MIME, signature and encryption around the largest payload accepted.
 ENVELOPE = 1_000_000
+#: Bytes of a request body written to its scratch file at a time.
+CHUNK = 1 << 20
+#: The largest MDN read (an MDN is a few kilobytes).
+MDN_LIMIT = 1 << 20
 #: Attempts to post an asynchronous MDN (1 s, 2 s, 4 s… apart).
 ASYNC_MDN_ATTEMPTS = 5
 
@@ -120,18 +124,6 @@ class As2Receiver:
         return web.Response(text="raccord AS2 receiver: POST AS2 messages here\n")
 
     async def _handle(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            log.error(
-                "as2.refused",
-                peer=request.remote,
-                reason="too_large",
-                as2_from=request.headers.get("AS2-From"),
-                message_id=request.headers.get("Message-ID"),
-                action="the body exceeds twice max_file_size; ask the partner to split it",
-            )
-            raise
         headers = {name: value for name, value in request.headers.items()}
         as2_from = as2_name(headers.get("AS2-From", ""))
         message_id = headers.get("Message-ID", "").strip().strip("<>")
@@ -140,18 +132,75 @@ class As2Receiver:
             return web.Response(
                 status=400, text="not an AS2 message: AS2-From and Message-ID are required\n"
             )
-        raw = message.raw_http(headers, body)
-        if looks_like_mdn(headers.get("Content-Type", ""), body):
-            return await self._mdn(request, raw, as2_from, message_id)
-        del body
+        scratch = self.layout.data_dir / "spool"
+        body = await asyncio.to_thread(_scratch_file, scratch)
+        try:
+            if not await self._spool(request, body):
+                log.error(
+                    "as2.refused",
+                    peer=request.remote,
+                    reason="too_large",
+                    as2_from=as2_from,
+                    message_id=message_id,
+                    action="the body exceeds twice max_file_size; ask the partner to split it",
+                )
+                return web.Response(status=413, text="refused: the body is too large\n")
+            start = await asyncio.to_thread(_head, body, SNIFF)
+            if looks_like_mdn(headers.get("Content-Type", ""), start):
+                whole = await asyncio.to_thread(_head, body, MDN_LIMIT + 1)
+                if len(whole) > MDN_LIMIT:
+                    return web.Response(status=413, text="refused: too large for an MDN\n")
+                raw = message.raw_http(headers, whole)
+                return await self._mdn(request, raw, as2_from, message_id)
+            return await self._message(headers, body, as2_from, message_id, scratch)
+        finally:
+            await asyncio.to_thread(body.close)
+
+    async def _spool(self, request: web.Request, body: BinaryIO) -> bool:
+        """Write the request body to ``body``; False if it is over the limit."""
+        limit = self.config.gateway.max_file_size * 2 + ENVELOPE
+        if request.content_length is not None and request.content_length > limit:
+            return False
+        size = 0
+        pending: list[bytes] = []
+        waiting = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return False
+            pending.append(chunk)
+            waiting += len(chunk)
+            if waiting >= CHUNK:
+                await asyncio.to_thread(body.write, b"".join(pending))
+                pending, waiting = [], 0
+        await asyncio.to_thread(body.write, b"".join(pending))
+        return True
+
+    async def _message(
+        self,
+        headers: dict[str, str],
+        body: BinaryIO,
+        as2_from: str,
+        message_id: str,
+        scratch: Path,
+    ) -> web.Response:
         known = await self.journal.call(lambda db: db.as2_message(as2_from, message_id))
         inbound = await asyncio.to_thread(
-            open_message, raw, self._find, lambda _mid, _sender: known is not None
+            open_file,
+            headers,
+            body,
+            self._find,
+            lambda _mid, _sender: known is not None,
+            payload_dir=self.layout.inbox,
+            scratch=scratch,
         )
-        del raw
         refusal = None
         if inbound.processed:
-            refusal = await self._keep(inbound)
+            try:
+                refusal = await self._keep(inbound)
+            finally:
+                if inbound.payload_file is not None:
+                    inbound.payload_file.unlink(missing_ok=True)  # kept: moved away
         elif inbound.duplicate:
             log.info(
                 "as2.duplicate",
@@ -169,6 +218,8 @@ class As2Receiver:
                 message_id=message_id,
                 reason=inbound.detail or "error",
                 error=inbound.error,
+                reader="pyas2lib" if inbound.fallback else "headers",
+                fallback=inbound.fallback,
             )
         return self._answer(inbound, refusal)
 
@@ -201,16 +252,17 @@ class As2Receiver:
         return self.parties.get((as2_to, as2_from))
 
     async def _keep(self, inbound: Inbound) -> str | None:
-        """Store a good payload durably and journal it; a refusal message if it cannot be."""
-        assert inbound.payload is not None and inbound.connection is not None
+        """Make a good payload durable and journal it; a refusal message if it cannot be."""
+        assert inbound.payload_file is not None and inbound.connection is not None
         limit = self.config.gateway.max_file_size
-        if len(inbound.payload) > limit:
+        size = inbound.payload_file.stat().st_size
+        if size > limit:
             log.error(
                 "as2.refused",
                 connection=inbound.connection,
                 message_id=inbound.message_id,
                 reason="too_large",
-                size=len(inbound.payload),
+                size=size,
                 action=f"not stored: over max_file_size ({limit} bytes)",
             )
             return "payload over max_file_size"
@@ -227,36 +279,25 @@ class As2Receiver:
             as2_from=inbound.as2_from,
             message_id=inbound.message_id,
             file=inbound.filename,
-            size=len(inbound.payload),
+            size=size,
             return_id=outcome.return_id,
+            reader="pyas2lib" if inbound.fallback else "stream",
+            fallback=inbound.fallback,
         )
         return None
 
     def _store(self, inbound: Inbound) -> returns.Outcome:
-        assert inbound.payload is not None and inbound.connection is not None
-        assert inbound.as2_from is not None and inbound.message_id is not None
+        assert inbound.payload_file is not None and inbound.connection is not None
         name = inbound.filename or f"{inbound.message_id}.as2"
-        # A name of its own: two messages carrying the same file name may arrive together.
-        handle, temp_name = tempfile.mkstemp(
-            prefix=f".{naming.safe(name) or 'message'}.",
-            suffix=PARTIAL,
-            dir=self.layout.inbox(inbound.connection),
+        with inbound.payload_file.open("rb+") as payload:
+            os.fsync(payload.fileno())
+        return returns.receive_download(
+            self.layout,
+            inbound.connection,
+            inbound.payload_file,
+            name=name,
+            resubmit=self._resubmit,
         )
-        temp = Path(temp_name)
-        with os.fdopen(handle, "wb") as out:
-            out.write(inbound.payload)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            return returns.receive_download(
-                self.layout,
-                inbound.connection,
-                temp,
-                name=name,
-                resubmit=self._resubmit,
-            )
-        finally:
-            temp.unlink(missing_ok=True)
 
     def _answer(self, inbound: Inbound, refusal: str | None) -> web.Response:
         if refusal is not None:
@@ -307,3 +348,14 @@ class As2Receiver:
             error=problem,
             action="the message is stored; the partner will resend it and get its MDN then",
         )
+
+
+def _head(body: BinaryIO, size: int) -> bytes:
+    """The first ``size`` bytes of ``body``."""
+    body.seek(0)
+    return body.read(size)
+
+
+def _scratch_file(folder: Path) -> BinaryIO:
+    """An anonymous file in ``folder`` (gone when closed, or if the daemon dies)."""
+    return tempfile.TemporaryFile(dir=folder)

@@ -1,8 +1,12 @@
-"""Inbound AS2 messages, with pyas2lib: decrypt, verify, decompress, answer with an MDN.
+"""Inbound AS2 messages: decrypt, verify, decompress, answer with an MDN.
 
-No I/O here: :func:`open_message` turns the raw HTTP request into an :class:`Inbound` (the
-payload if it is good, the reason if not) and the MDN to answer with. The gateway
-(:mod:`gateway.as2_receiver`) stores the payload durably *before* it sends that MDN.
+:func:`open_file` turns a request (its headers, its body in a file) into an :class:`Inbound`
+(the payload in a file if it is good, the reason if not) and the MDN to answer with; the gateway
+(:mod:`gateway.as2_receiver`) makes the payload durable *before* it sends that MDN. The common
+message (encrypted and signed with RSA keys, uncompressed) is read by the streaming reader
+(:mod:`protocols.as2.reader`), the payload never in memory; pyas2lib reads the others, and
+answers for all that the streaming reader cannot confirm. :func:`open_message` is pyas2lib's
+reading of a request held in memory, for the simulated partner and the tests.
 
 The same endpoint takes the asynchronous MDNs that answer our own messages:
 :func:`looks_like_mdn` tells them apart cheaply, :func:`mdn_reference` reads which message one
@@ -12,18 +16,25 @@ answers (the sender, :meth:`protocols.as2.sender.As2Sender.settle`, judges it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from email import message_from_bytes
+from email.message import Message as MimeMessage
 from email.parser import BytesHeaderParser
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pyas2lib
 from pyas2lib.exceptions import DuplicateDocument, MDNNotFound
 from pyas2lib.utils import unquote_as2name
 
-from protocols.as2 import message
+from protocols.as2 import message, reader
 from protocols.as2.settings import As2Settings
+
+#: Suffix of a payload file being written (the gateway removes leftovers at start).
+PARTIAL = ".as2-receiving"
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,16 @@ class Inbound:
     status: str  # "processed", or the negative disposition ("processed/Error", …)
     detail: str | None  # the disposition modifier: duplicate-document, authentication-failed…
     error: str | None  # what went wrong, for the log
-    payload: bytes | None  # only when processed
+    payload: bytes | None  # only when processed, from open_message
     filename: str | None
     connection: str | None  # the connection the message came through
     mdn_headers: dict[str, str] | None  # None: no MDN asked
     mdn_body: bytes | None
     mdn_url: str | None  # asynchronous MDN: where to post it
+    #: From open_file, when processed: the file holding the payload (the caller's to keep).
+    payload_file: Path | None = None
+    #: From open_file: why pyas2lib read the message rather than the streaming reader.
+    fallback: str | None = None
 
     @property
     def duplicate(self) -> bool:
@@ -49,7 +64,8 @@ class Inbound:
 
     @property
     def processed(self) -> bool:
-        return self.status == "processed" and self.payload is not None
+        has_payload = self.payload is not None or self.payload_file is not None
+        return self.status == "processed" and has_payload
 
 
 class Party:
@@ -106,10 +122,7 @@ def open_message(
     detail = getattr(exception, "disposition_modifier", None) if exception else None
     party = found[0] if found else None
     processed = status == "processed" and exception is None
-    mdn_headers = mdn_body = None
-    if mdn is not None:
-        mdn_headers = {name: message.one_line(value) for name, value in mdn.headers.items()}
-        mdn_body = mdn.content
+    mdn_headers, mdn_body, mdn_url = _mdn_answer(mdn)
     filename = None
     if processed and received.payload is not None:
         filename = received.payload.get_filename()
@@ -125,12 +138,116 @@ def open_message(
         connection=party.connection if party else None,
         mdn_headers=mdn_headers,
         mdn_body=mdn_body,
-        mdn_url=mdn.mdn_url if mdn is not None and mdn.mdn_mode == "ASYNC" else None,
+        mdn_url=mdn_url,
     )
 
 
+def _mdn_answer(mdn: pyas2lib.Mdn | None) -> tuple[dict[str, str] | None, bytes | None, str | None]:
+    """An MDN pyas2lib built as (HTTP headers, body, the URL of an asynchronous one)."""
+    if mdn is None:
+        return None, None, None
+    headers = {name: message.one_line(value) for name, value in mdn.headers.items()}
+    url = mdn.mdn_url if mdn.mdn_mode == "ASYNC" else None
+    return headers, mdn.content, url
+
+
+def open_file(
+    headers: Mapping[str, str],
+    body: BinaryIO,
+    find: Callable[[str, str], Party | None],
+    seen: Callable[[str, str], bool],
+    *,
+    payload_dir: Callable[[str], Path],
+    scratch: Path,
+) -> Inbound:
+    """Read one inbound request, its ``body`` in a file; as :func:`open_message` answers.
+
+    A processed payload is left in a new file of ``payload_dir(connection)`` named
+    ``.*.as2-receiving`` (:attr:`Inbound.payload_file`), for the caller to make durable and
+    keep; nothing is left otherwise. Scratch files (decoded and decrypted bodies) go to
+    ``scratch`` and are gone when this returns.
+    """
+    fields = {name.lower(): value for name, value in headers.items()}
+    as2_from = as2_name(fields.get("as2-from", ""))
+    message_id = fields.get("message-id", "").strip().lstrip("<").rstrip(">")
+    party = find(as2_name(fields.get("as2-to", "")), as2_from)
+    kind = _mime_type(fields.get("content-type", ""))
+    if (
+        party is None
+        or seen(message_id, as2_from)
+        or (party.settings.encryption != "none" and kind != "application/pkcs7-mime")
+    ):
+        # pyas2lib decides these from the headers, before it reads the body.
+        return open_message(message.raw_http(headers, b""), find, seen)
+    handle, name = tempfile.mkstemp(
+        prefix=".message.", suffix=PARTIAL, dir=payload_dir(party.connection)
+    )
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                got = reader.read(party.settings, fields, body, out, scratch=scratch)
+            except reader.NotStreamable as exc:
+                out.seek(0)
+                out.truncate()
+                body.seek(0)
+                inbound = open_message(message.raw_http(headers, body.read()), find, seen)
+                if not inbound.processed or inbound.payload is None:
+                    path.unlink()
+                    return replace(inbound, fallback=str(exc))
+                out.write(inbound.payload)
+                return replace(inbound, payload=None, payload_file=path, fallback=str(exc))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    mdn_headers, mdn_body, mdn_url = _mdn_answer(
+        _mdn(party, fields, message_id, got.mic, got.digest_algorithm)
+    )
+    return Inbound(
+        message_id=message_id,
+        as2_from=as2_from,
+        as2_to=party.settings.as2_from,
+        status="processed",
+        detail=None,
+        error=None,
+        payload=None,
+        filename=got.filename,
+        connection=party.connection,
+        mdn_headers=mdn_headers,
+        mdn_body=mdn_body,
+        mdn_url=mdn_url,
+        payload_file=path,
+    )
+
+
+def _mdn(
+    party: Party, fields: dict[str, str], message_id: str, mic: str | None, digest: str | None
+) -> pyas2lib.Mdn | None:
+    """The positive MDN pyas2lib builds for a message it read, if the message asks for one."""
+    if not fields.get("disposition-notification-to"):
+        return None
+    read = pyas2lib.Message()
+    read.payload = MimeMessage()
+    for name, value in fields.items():
+        read.payload.add_header(name, value)
+    read.message_id = message_id
+    read.receiver, read.sender = party.pyas2lib_parties
+    read.mic = mic.encode("ascii") if mic else None
+    read.digest_alg = digest
+    url = fields.get("receipt-delivery-option")
+    options = fields.get("disposition-notification-options")
+    micalg = options.split(";")[-1].split(",")[-1].strip() if options else None
+    mdn = pyas2lib.Mdn(mdn_mode="ASYNC" if url else "SYNC", mdn_url=url, digest_alg=micalg)
+    mdn.build(message=read, status="processed")
+    return mdn
+
+
+def _mime_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 #: How far into a multipart/signed body the signed part's own Content-Type is looked for.
-_FIRST_PART = 4096
+SNIFF = 4096
 
 
 def looks_like_mdn(content_type: str, body: bytes) -> bool:
@@ -139,7 +256,7 @@ def looks_like_mdn(content_type: str, body: bytes) -> bool:
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "multipart/report":
         return True
-    return kind == "multipart/signed" and b"multipart/report" in body[:_FIRST_PART].lower()
+    return kind == "multipart/signed" and b"multipart/report" in body[:SNIFF].lower()
 
 
 def mdn_reference(raw: bytes) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from gateway import pki
 from gateway.cli import main
@@ -284,7 +285,8 @@ def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
             await until(confirmed, timeout=30, what="django-pyas2 to accept our MDN")
 
     try:
-        asyncio.run(scenario())
+        with capture_logs() as logs:
+            asyncio.run(scenario())
     finally:
         server.stop()
 
@@ -292,6 +294,9 @@ def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
     assert message["direction"] == "OUT" and message["status"] == "S", message
     (stored,) = Layout(config.gateway.data_dir).inbox("qualif-as2").iterdir()
     assert stored.read_bytes() == STATUS
+    # Read by the streaming reader, not left to pyas2lib.
+    (received,) = [e for e in logs if e["event"] == "as2.received"]
+    assert received["reader"] == "stream" and received["fallback"] is None, received
 
 
 def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(

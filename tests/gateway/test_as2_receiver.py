@@ -5,14 +5,17 @@ serving. Interoperability with django-pyas2 and ``openssl cms`` is in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import pki
+from gateway.as2_receiver import ENVELOPE
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import JournalDB
@@ -172,3 +175,55 @@ def test_messages_with_the_same_file_name_arriving_together_are_each_stored(
     )
     assert sorted(p.read_bytes() for p in inbox(config)) == sorted(documents)
     assert len(stored(config)) == 6
+
+
+def test_a_message_the_streaming_reader_does_not_cover_is_read_by_pyas2lib(
+    config: Config, our_keys: KeyPair, partner_keys: KeyPair
+) -> None:
+    view = replace(partner_view(config, partner_keys, our_keys), compress=True)
+    sent = build(view, STATUS, "m-zip")
+
+    async def scenario() -> Any:
+        async with running(config):
+            return await post(config, sent)
+
+    with capture_logs() as logs:
+        answer = asyncio.run(scenario())
+
+    assert judged(view, sent, answer).outcome == "processed"
+    (path,) = inbox(config)
+    assert path.read_bytes() == STATUS
+    (received,) = [e for e in logs if e["event"] == "as2.received"]
+    assert received["reader"] == "pyas2lib" and "compressed" in received["fallback"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_refused_while_it_streams_in(
+    config: Config, our_keys: KeyPair, partner_keys: KeyPair, chunked: bool
+) -> None:
+    view = partner_view(config, partner_keys, our_keys)
+    sent = build(view, STATUS, "m-huge")
+    limit = config.gateway.max_file_size * 2 + ENVELOPE
+    huge = sent.body + b"\0" * limit
+    later = build(view, STATUS, "m-after")
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for at in range(0, len(huge), 65536):
+            yield huge[at : at + 65536]
+
+    async def scenario() -> tuple[int, bytes, Any]:
+        assert config.as2_receiver is not None
+        url = f"http://127.0.0.1:{config.as2_receiver.port}/as2"
+        async with running(config), aiohttp.ClientSession() as client:
+            data = pieces() if chunked else huge
+            async with client.post(url, data=data, headers=sent.headers) as answer:
+                refused = answer.status, await answer.read()
+            return refused, await post(config, later)
+
+    (status, text), after = asyncio.run(scenario())
+
+    assert status == 413 and b"too large" in text
+    assert judged(view, later, after).outcome == "processed"
+    assert len(stored(config)) == 1
+    spool = Layout(config.gateway.data_dir).data_dir / "spool"
+    assert [p for p in spool.iterdir() if p.is_file()] == []
