@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
@@ -24,6 +22,7 @@ from gateway.folders import Layout
 from gateway.intake import Watcher
 from gateway.journal import Journal, JournalDB
 from gateway.polling import Poller, sources
+from gateway.systemd import keep_alive, notify
 from protocols import registry
 from protocols.base import Sender
 
@@ -32,17 +31,6 @@ log = logs.get()
 #: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
 #: acknowledgement is overdue.
 REQUEUE_POLL = 2.0
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd ``message`` (``READY=1``, ``STATUS=…``) if it is listening."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
-        sock.sendto(message.encode(), address)
 
 
 class Gateway:
@@ -93,7 +81,7 @@ class Gateway:
                     resumed=resumed,
                     data_dir=str(config.gateway.data_dir),
                 )
-                sd_notify("READY=1")
+                notify("READY=1")
                 self.ready.set()
                 if on_ready is not None:
                     on_ready()
@@ -102,10 +90,11 @@ class Gateway:
                     group.create_task(watcher.run(stopping))
                     group.create_task(poller.run(stopping))
                     group.create_task(self._requeue_loop(dispatcher, stopping))
+                    group.create_task(keep_alive(stopping))
                     await stopping.wait()
                     watcher.wake()
             finally:
-                sd_notify("STOPPING=1")
+                notify("STOPPING=1")
                 watcher.stop()
                 log.info("gateway.stopping", in_flight=dispatcher.busy)
                 await dispatcher.drain(config.gateway.shutdown_grace)
@@ -140,4 +129,4 @@ class Gateway:
                 await dispatcher.expire_receipts()
             except Exception:  # e.g. the journal's disk is full: try again at the next round
                 log.exception("gateway.housekeeping_failed")
-            sd_notify(f"STATUS=in flight: {dispatcher.busy}")
+            notify(f"STATUS=in flight: {dispatcher.busy}")

@@ -1,0 +1,50 @@
+"""The systemd unit, checked by systemd's own tools: ``systemd-analyze verify`` finds no error,
+``systemd-analyze security`` rates its exposure at most 2.0 ("OK"), and it declares what the
+daemon relies on (notify, watchdog, restart, its own user and folders)."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "raccord.service"
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is missing (Debian package systemd; .ci/run installs it)"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_systemd_rates_the_unit_ok() -> None:
+    done = analyze("security", "--offline=true", str(UNIT))
+    found = re.search(r"Overall exposure level for raccord\.service: ([\d.]+) (\w+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) <= 2.0 and found.group(2) == "OK", done.stdout
+
+
+def test_systemd_finds_no_error_in_the_unit(tmp_path: Path) -> None:
+    # verify checks that ExecStart exists: point it at this environment's raccord
+    raccord = Path(sys.executable).with_name("raccord")
+    assert raccord.exists(), "raccord is not installed in this environment"
+    unit = tmp_path / "raccord.service"
+    unit.write_text(UNIT.read_text().replace("/opt/raccord/venv/bin/raccord", str(raccord)))
+    done = analyze("verify", str(unit))
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+
+
+def test_the_unit_declares_what_the_daemon_relies_on() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    service = parser["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["WatchdogSec"] == "30s"
+    assert "ExecReload" not in service  # until SIGHUP reloads: a HUP would end the daemon
+    assert service["Restart"] == "on-failure"
+    assert service["User"] == "raccord" and service["StateDirectory"] == "raccord"
+    assert service["ConfigurationDirectory"] == "raccord"
