@@ -99,7 +99,7 @@ class Retry:
 class GatewaySettings:
     data_dir: Path
     max_file_size: int = 30_000_000
-    metrics: str | None = None
+    metrics: tuple[str, int] | None = None  # host, port of /metrics and /healthz
     rescan_interval: float = 30.0
     settle_time: float = 2.0
     retry: Retry = field(default_factory=Retry)
@@ -117,19 +117,26 @@ class As2ReceiverSettings:
 def _as2_receiver(section: Section | None) -> As2ReceiverSettings | None:
     if section is None:
         return None
-    listen = section.string("listen", required=True)
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SettingsError(
-            section.key("listen"), f'expected "host:port" such as "0.0.0.0:4080", got {listen!r}'
-        )
+    host, port = _address(
+        section, "listen", section.string("listen", required=True), "0.0.0.0:4080"
+    )
     tls_certificate = section.path("tls_certificate", required=False)
     tls_key = section.path("tls_key", required=False)
     if (tls_certificate is None) != (tls_key is None):
         raise SettingsError(section.key("tls_key"), "give both tls_certificate and tls_key")
     section.finish()
-    return As2ReceiverSettings(host, int(port), tls_certificate, tls_key)
+    return As2ReceiverSettings(host, port, tls_certificate, tls_key)
+
+
+def _address(section: Section, key: str, value: str, example: str) -> tuple[str, int]:
+    """A "host:port" value (an IPv6 host in brackets) as (host, port)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(
+            section.key(key), f'expected "host:port" such as "{example}", got {value!r}'
+        )
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -235,10 +242,11 @@ def _gateway(section: Section) -> GatewaySettings:
         maximum=retry_section.duration("max", "10m"),
     )
     retry_section.finish()
+    metrics = section.optional_str("metrics")
     settings = GatewaySettings(
         data_dir=data_dir,
         max_file_size=section.size("max_file_size", "30000KB"),
-        metrics=section.optional_str("metrics"),
+        metrics=_address(section, "metrics", metrics, "127.0.0.1:9464") if metrics else None,
         rescan_interval=section.duration("rescan_interval", "30s"),
         settle_time=section.duration("settle_time", "2s"),
         retry=retry,

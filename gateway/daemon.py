@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
@@ -21,6 +22,7 @@ from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
 from gateway.intake import Watcher
 from gateway.journal import Journal, JournalDB
+from gateway.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
 from gateway.polling import Poller, sources
 from gateway.systemd import keep_alive, notify
 from protocols import registry
@@ -42,7 +44,11 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.watcher: Watcher | None = None
         self.as2_receiver: As2Receiver | None = None
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
         self.ready = asyncio.Event()
+        self._housekept_at = time.monotonic()
+        self._housekeeping_problem: str | None = None
 
     async def run(
         self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
@@ -58,7 +64,10 @@ class Gateway:
             for conn in config.connections:
                 sender = registry.get(conn.protocol).create_sender(conn.settings)
                 senders[conn.name] = await stack.enter_async_context(sender)
-            dispatcher = Dispatcher(config, journal, senders, now=self._now, sleep=self._sleep)
+            dispatcher = Dispatcher(
+                config, journal, senders, now=self._now, sleep=self._sleep, metrics=self.metrics
+            )
+            self.metrics.watch_certificates(config)
             self.dispatcher = dispatcher
             resumed = await dispatcher.reconcile()
             await asyncio.to_thread(self._finish_returns)
@@ -74,6 +83,21 @@ class Gateway:
                 self.as2_receiver = As2Receiver(config, journal, settle=dispatcher.settle)
                 await self.as2_receiver.start()
                 stack.push_async_callback(self.as2_receiver.stop)
+            if config.gateway.metrics is not None:
+                host, port = config.gateway.metrics
+                self.metrics_server = MetricsServer(
+                    host,
+                    port,
+                    self.metrics,
+                    self.layout.journal,
+                    {
+                        "watcher": watcher.health,
+                        "journal": lambda: self._journal_health(journal),
+                        "dispatcher": lambda: self._dispatcher_health(dispatcher),
+                    },
+                )
+                await self.metrics_server.start()
+                stack.push_async_callback(self.metrics_server.stop)
             try:
                 log.info(
                     "gateway.ready",
@@ -127,6 +151,29 @@ class Gateway:
             try:
                 await dispatcher.pick_up_requeued()
                 await dispatcher.expire_receipts()
-            except Exception:  # e.g. the journal's disk is full: try again at the next round
+            except Exception as exc:  # e.g. the journal's disk is full: try again next round
                 log.exception("gateway.housekeeping_failed")
+                self._housekeeping_problem = f"housekeeping failed: {exc}"
+            else:
+                self._housekeeping_problem = None
+            self._housekept_at = time.monotonic()
             notify(f"STATUS=in flight: {dispatcher.busy}")
+
+    async def _journal_health(self, journal: Journal) -> str | None:
+        try:
+            await asyncio.wait_for(journal.call(lambda db: db.ping()), JOURNAL_PATIENCE)
+        except TimeoutError:
+            return f"no answer within {JOURNAL_PATIENCE:g} s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _dispatcher_health(self, dispatcher: Dispatcher) -> str | None:
+        if dispatcher.stopping.is_set():
+            return "stopping"
+        if self._housekeeping_problem is not None:
+            return self._housekeeping_problem
+        age = time.monotonic() - self._housekept_at
+        if age > 3 * REQUEUE_POLL + 5:
+            return f"its housekeeping last ran {age:.0f} s ago"
+        return None

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +53,7 @@ from gateway.folders import (
 )
 from gateway.journal import OPEN, TERMINAL, WAITING, FlowRow, Journal, JournalDB
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
+from gateway.metrics import Metrics
 from protocols.base import AsyncReceipts, Outbound, Receipt, Sender
 from protocols.errors import ForeignAnswer, TransferError
 
@@ -115,8 +117,10 @@ class Dispatcher:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         max_in_flight: int = 256,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
         self.senders = senders
@@ -142,7 +146,10 @@ class Dispatcher:
         """
         if self.stopping.is_set():
             return None
-        return self._claim_as(connection, path, display_name(path.name))
+        flow_id = self._claim_as(connection, path, display_name(path.name))
+        if flow_id is not None:
+            self.metrics.received.labels(connection).inc()
+        return flow_id
 
     def _claim_as(self, connection: str, path: Path, name: str) -> str | None:
         flow_id = self._flow_ids.new(self._now())
@@ -503,6 +510,7 @@ class Dispatcher:
                 resend=resend,
             )
             log.info("flow.sending", attempt=row.attempts, resend=resend, protocol=conn.protocol)
+            started = time.monotonic()
             try:
                 receipt = await sender.send(outbound)
             except TransferError as exc:
@@ -511,6 +519,7 @@ class Dispatcher:
                     row = await self._transition(
                         row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
                     )
+                    self.metrics.retried.labels(row.connection, exc.reason).inc()
                     log.warning(
                         "flow.retry",
                         reason=exc.reason,
@@ -524,6 +533,7 @@ class Dispatcher:
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
                 return await self._refuse(row, exc.reason, message, expect=("sending",))
+            self.metrics.transferred(row.connection, time.monotonic() - started, outbound.size)
             if receipt.awaiting:
                 return await self._await_receipt(row, conn, receipt)
             return await self._delivered(row, conn, receipt)
@@ -717,6 +727,7 @@ class Dispatcher:
         receipt = json.loads(row.receipt)
         await self._filer.submit(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
+        self.metrics.sent.labels(row.connection).inc()
         log.info(
             "flow.sent",
             remote_name=row.remote_name,
@@ -768,6 +779,7 @@ class Dispatcher:
             document["invoices"] = await self._lot_invoices(row)
         await self._filer.submit(Placement(Path(row.spool_path), target, ".error.json", document))
         await self._transition(row, "error", expect=("failing",))
+        self.metrics.failed.labels(row.connection, row.reason or "unknown").inc()
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
 
     async def _lot_invoices(self, row: FlowRow) -> list[dict[str, Any]]:

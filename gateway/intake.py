@@ -120,6 +120,8 @@ class Watcher:
         self._observer: InotifyObserver | None = None
         self.alive = False
         self.scans = 0  # completed scans of the outboxes, for health checks and tests
+        self.started_at: float | None = None  # time.monotonic() of start()
+        self.scanned_at: float | None = None  # time.monotonic() of the last scan
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +147,7 @@ class Watcher:
         observer.start()
         self._observer = observer
         self.alive = True
+        self.started_at = time.monotonic()
 
     async def _readiness(self, path: Path) -> str:
         return await asyncio.to_thread(readiness, path, self._settle_time)
@@ -176,7 +179,22 @@ class Watcher:
         for connection, path in found:
             self._queue.put_nowait((connection, path, False))
         self.scans += 1
+        self.scanned_at = time.monotonic()
         return len(found)
+
+    def health(self) -> str | None:
+        """None if the watcher works: its inotify thread runs and its rescans keep their pace;
+        else what is wrong."""
+        if not self.alive or self._observer is None or self.started_at is None:
+            return "not watching"
+        if not self._observer.is_alive():
+            return "the inotify thread has stopped"
+        since = time.monotonic() - (self.scanned_at or self.started_at)
+        if since > self._rescan_interval + max(30.0, self._rescan_interval):
+            if self.scanned_at is None:
+                return f"the first scan of the outboxes has not ended after {since:.0f} s"
+            return f"the outboxes were last scanned {since:.0f} s ago"
+        return None
 
     async def _offer(self, connection: str, path: Path) -> None:
         """Hand one ready file to the claimer; a failure is logged, never fatal to intake

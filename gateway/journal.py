@@ -736,6 +736,24 @@ class JournalDB:
         rows = self._db.execute("SELECT state, COUNT(*) AS n FROM flows GROUP BY state").fetchall()
         return {row["state"]: row["n"] for row in rows}
 
+    def metrics(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """Flows by (connection, state), and return statuses by (connection, code)."""
+        flows = self._db.execute(
+            "SELECT connection, state, COUNT(*) AS n FROM flows GROUP BY connection, state"
+        ).fetchall()
+        statuses = self._db.execute(
+            "SELECT f.connection, s.code, COUNT(*) AS n FROM statuses s"
+            " JOIN flows f ON f.flow_id = s.flow_id GROUP BY f.connection, s.code"
+        ).fetchall()
+        return (
+            {(row[0], row[1]): row[2] for row in flows},
+            {(row[0], row[1]): row[2] for row in statuses},
+        )
+
+    def ping(self) -> None:
+        """A query that touches the database file (the health check)."""
+        self._db.execute("SELECT COUNT(*) FROM flows WHERE state = 'queued'").fetchone()
+
 
 T = TypeVar("T")
 

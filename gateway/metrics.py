@@ -1,0 +1,217 @@
+"""``[gateway] metrics = "host:port"``: Prometheus ``/metrics`` and ``/healthz``.
+
+What happens is counted as it happens (:class:`Metrics`, fed by the dispatcher): files received,
+sent, failed and retried, transfer durations and sizes, the last successful transfer per
+connection. What the journal holds is read at each scrape, on a worker thread with its own
+connection (:class:`JournalCollector`): flows by state, the queue depth, return statuses by
+code — so these survive restarts. Certificate expiry dates come from the configuration.
+
+``/healthz`` answers 200 only when the watcher (its inotify thread and its rescans), the journal
+(a query answered within 2 s) and the dispatcher (its housekeeping round within the last few
+seconds) are alive; 503 otherwise, with a JSON body naming what is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import logs
+from gateway.config import Config
+from gateway.httpserver import serve
+from gateway.journal import TERMINAL, JournalDB
+from protocols import certs
+
+log = logs.get()
+
+#: Seconds the journal has to answer the health check.
+JOURNAL_PATIENCE = 2.0
+
+
+class Metrics:
+    """The counters and histograms the gateway feeds, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "raccord_files_received", "Files claimed from an outbox.", ["connection"], registry=r
+        )
+        self.sent = Counter(
+            "raccord_files_sent", "Files delivered and filed in sent/.", ["connection"], registry=r
+        )
+        self.failed = Counter(
+            "raccord_files_failed",
+            "Files filed in error/, by reason.",
+            ["connection", "reason"],
+            registry=r,
+        )
+        self.retried = Counter(
+            "raccord_files_retried",
+            "Transfers tried again after a retryable error, by reason.",
+            ["connection", "reason"],
+            registry=r,
+        )
+        self.transfer_seconds = Histogram(
+            "raccord_transfer_seconds",
+            "Duration of successful transfers.",
+            ["connection"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.transfer_bytes = Histogram(
+            "raccord_transfer_bytes",
+            "Size of the files transferred successfully.",
+            ["connection"],
+            buckets=(1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 3e7, 1e8),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "raccord_last_success_timestamp_seconds",
+            "When a transfer to the partner last succeeded (Unix time).",
+            ["connection"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "raccord_certificate_expiry_timestamp_seconds",
+            "When a certificate of the configuration expires (Unix time).",
+            ["connection", "role", "subject"],
+            registry=r,
+        )
+
+    def transferred(self, connection: str, seconds: float, size: int) -> None:
+        self.transfer_seconds.labels(connection).observe(seconds)
+        self.transfer_bytes.labels(connection).observe(size)
+        self.last_success.labels(connection).set(time.time())
+
+    def watch_certificates(self, config: Config) -> None:
+        """Set the expiry gauge of every certificate the configuration uses."""
+        for connection, role, certificate in certificates(config):
+            self.certificate_expiry.labels(connection, role, certs.name(certificate)).set(
+                certs.expires(certificate).timestamp()
+            )
+
+
+def certificates(config: Config) -> Iterator[tuple[str, str, x509.Certificate]]:
+    """(connection, role, certificate) for each certificate in the configuration: ours and the
+    partner's chain for each AS2 connection."""
+    for conn in config.connections:
+        keys = getattr(conn.settings, "keys", None)
+        if isinstance(keys, certs.KeyPair):
+            yield conn.name, "ours", keys.certificate
+            for certificate in keys.chain:
+                yield conn.name, "our chain", certificate
+        for index, certificate in enumerate(getattr(conn.settings, "partner_chain", ())):
+            yield conn.name, "partner" if index == 0 else "partner chain", certificate
+
+
+class JournalCollector(Collector):
+    """Flows by state, queue depth and return statuses, read from the journal at each scrape."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+
+    def collect(self) -> Iterator[Metric]:
+        flows = GaugeMetricFamily(
+            "raccord_flows", "Flows in the journal, by state.", labels=["connection", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "raccord_queue_depth",
+            "Flows not yet filed (queued, sending, awaiting a receipt…).",
+            labels=["connection"],
+        )
+        statuses = CounterMetricFamily(
+            "raccord_return_statuses",
+            "Statuses return flows gave flows and invoices, by code.",
+            labels=["connection", "code"],
+        )
+        db = JournalDB(self.journal)
+        try:
+            by_state, by_code = db.metrics()
+        finally:
+            db.close()
+        depth: dict[str, int] = {}
+        for (connection, state), count in sorted(by_state.items()):
+            flows.add_metric([connection, state], count)
+            depth.setdefault(connection, 0)
+            if state not in TERMINAL:
+                depth[connection] += count
+        for connection, count in sorted(depth.items()):
+            queue.add_metric([connection], count)
+        for (connection, code), count in sorted(by_code.items()):
+            statuses.add_metric([connection, code], count)
+        yield from (flows, queue, statuses)
+
+
+class MetricsServer:
+    """Serves ``/metrics`` and ``/healthz`` on the configured address."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        journal: Path,
+        checks: dict[str, Callable[[], object]],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.registry = metrics.registry
+        self.registry.register(JournalCollector(journal))
+        self.checks = checks
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        self._runner, self.port = await serve(app, self.host, self.port)
+        log.info("metrics.listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            body = await asyncio.to_thread(generate_latest, self.registry)
+        except Exception as exc:  # the journal cannot be read: say so rather than lie
+            log.exception("metrics.failed")
+            return web.Response(status=500, text=f"metrics unavailable: {exc}\n")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problems: dict[str, str] = {}
+        for name, check in self.checks.items():
+            try:
+                outcome = check()
+                if asyncio.iscoroutine(outcome):
+                    outcome = await outcome
+            except Exception as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            if outcome is not None:
+                problems[name] = str(outcome)
+        body = {name: problems.get(name, "ok") for name in self.checks}
+        status = 503 if problems else 200
+        return web.Response(
+            status=status,
+            text=json.dumps({"status": "unhealthy" if problems else "ok", "checks": body}) + "\n",
+            content_type="application/json",
+        )

@@ -1,0 +1,139 @@
+"""``/metrics`` scraped from a running gateway and parsed with prometheus-client's own parser;
+``/healthz`` turning 503 when the journal stops answering or the watcher dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import Config, ConfigError
+from gateway.daemon import Gateway
+from protocols import memory
+from protocols.errors import AuthenticationError, ConnectError
+from tests.as2_config import write_as2_config
+from tests.conftest import sample
+from tests.e2e.sshd import free_port
+from tests.gateway.harness import drop, filed, memory_config, running, until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def invoice(number: str) -> bytes:
+    return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
+
+
+def metered(tmp_path: Path, bucket: str) -> Config:
+    return memory_config(tmp_path, bucket, gateway_extra=f'metrics = "127.0.0.1:{free_port()}"')
+
+
+async def get(gateway: Gateway, path: str) -> tuple[int, str]:
+    assert gateway.metrics_server is not None
+    url = f"http://127.0.0.1:{gateway.metrics_server.port}{path}"
+    async with aiohttp.ClientSession() as client, client.get(url) as answer:
+        return answer.status, await answer.text()
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    bucket = f"metrics-{time.monotonic_ns()}"
+    memory.BUCKETS.pop(bucket, None)
+    config = metered(tmp_path, bucket)
+    memory.fail_next(bucket, ConnectError("down"))  # the first try of one file, retried
+    started = time.time()
+    documents = {"a.xml": invoice("M-1"), "b.xml": invoice("M-2")}
+
+    async def scenario() -> str:
+        async with running(config) as gateway:
+            for name, data in documents.items():
+                drop(config, name, data)
+            await until(filed(config, 2))
+            memory.fail_next(bucket, AuthenticationError("key refused"))
+            drop(config, "c.xml", invoice("M-3"))
+            await until(filed(config, 3))
+            status, text = await get(gateway, "/metrics")
+            assert status == 200
+            return text
+
+    samples = parse(asyncio.run(scenario()))
+
+    conn = (("connection", "qualif-mem"),)
+    assert samples[("raccord_files_received_total", conn)] == 3
+    assert samples[("raccord_files_sent_total", conn)] == 2
+    assert samples[("raccord_files_failed_total", (*conn, ("reason", "auth_failed")))] == 1
+    assert samples[("raccord_files_retried_total", (*conn, ("reason", "unreachable")))] == 1
+    assert samples[("raccord_transfer_seconds_count", conn)] == 2
+    sizes = sum(len(data) for data in documents.values())
+    assert samples[("raccord_transfer_bytes_sum", conn)] == sizes
+    assert samples[("raccord_last_success_timestamp_seconds", conn)] >= started
+    assert samples[("raccord_flows", (*conn, ("state", "sent")))] == 2
+    assert samples[("raccord_flows", (*conn, ("state", "error")))] == 1
+    assert samples[("raccord_queue_depth", conn)] == 0
+
+
+def test_certificate_expiry_is_exported(tmp_path: Path, our_keys: Any, partner_keys: Any) -> None:
+    config = write_as2_config(tmp_path, our_keys, partner_keys)
+    gateway = Gateway(config)
+    gateway.metrics.watch_certificates(config)
+    samples = parse(generate_latest(gateway.metrics.registry).decode())
+    expiries = {
+        dict(labels)["role"]: value
+        for (name, labels), value in samples.items()
+        if name == "raccord_certificate_expiry_timestamp_seconds"
+    }
+    assert expiries == {
+        "ours": our_keys.certificate.not_valid_after_utc.timestamp(),
+        "partner": partner_keys.certificate.not_valid_after_utc.timestamp(),
+    }
+
+
+def test_healthz_names_what_is_not_alive(tmp_path: Path) -> None:
+    bucket = f"health-{time.monotonic_ns()}"
+    config = metered(tmp_path, bucket)
+
+    async def scenario() -> list[tuple[int, str]]:
+        async with running(config) as gateway:
+            answers = [await get(gateway, "/healthz")]
+            assert gateway.dispatcher is not None
+            # The journal is stuck (a stalled disk): the health check gets no answer in 2 s.
+            stuck = asyncio.create_task(
+                gateway.dispatcher.journal.call(lambda _db: time.sleep(3.5))
+            )
+            await asyncio.sleep(0.1)
+            answers.append(await get(gateway, "/healthz"))
+            await stuck
+            answers.append(await get(gateway, "/healthz"))
+            assert gateway.watcher is not None
+            gateway.watcher.stop()  # the inotify thread is gone
+            answers.append(await get(gateway, "/healthz"))
+            return answers
+
+    answers = asyncio.run(scenario())
+
+    (s0, b0), (s1, b1), (s2, b2), (s3, b3) = answers
+    assert s0 == 200 and json.loads(b0)["status"] == "ok"
+    assert s1 == 503
+    checks = json.loads(b1)["checks"]
+    assert checks["journal"] == "no answer within 2 s" and checks["watcher"] == "ok"
+    assert s2 == 200 and json.loads(b2)["checks"]["journal"] == "ok", b2  # answering again
+    assert s3 == 503 and json.loads(b3)["checks"]["watcher"] == "not watching"
+
+
+@pytest.mark.parametrize("value", ["9464", "localhost:", "[::1]:99999"])
+def test_a_bad_metrics_address_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"gateway\.metrics: expected \"host:port\""):
+        memory_config(tmp_path, "x", gateway_extra=f'metrics = "{value}"')
