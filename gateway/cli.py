@@ -248,6 +248,37 @@ def cmd_flows(args: argparse.Namespace) -> int:
     return OK
 
 
+# -- certs --------------------------------------------------------------------------------------
+
+CERT_COLUMNS = (
+    "connection",
+    "role",
+    "subject",
+    "not_after",
+    "days_left",
+    "state",
+    "chain_problems",
+)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from gateway import certificates
+
+    config = _load(args)
+    records = certificates.report(config, args.warn_days, datetime.now(UTC))
+    output.render(records, CERT_COLUMNS, _fmt(args))
+    troubled = [r for r in records if r["state"] != "valid" or r["chain_problems"]]
+    for record in troubled:
+        print(
+            f"raccord: {record['connection']}: {record['role']} certificate {record['subject']}: "
+            + (record["state"] if record["state"] != "valid" else "")
+            + (f" ({record['days_left']} days left)" if record["state"] == "expiring" else "")
+            + (f" chain: {record['chain_problems']}" if record["chain_problems"] else ""),
+            file=sys.stderr,
+        )
+    return NOT_RIGHT if troubled else OK
+
+
 # -- import -------------------------------------------------------------------------------------
 
 
@@ -371,6 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --returns: only those (e.g. unmatched)",
     )
     p.set_defaults(handler=cmd_flows)
+    p = sub.add_parser(
+        "certs", parents=[common, listing], help="every certificate in use and how it stands"
+    )
+    p.add_argument(
+        "--warn-days",
+        type=int,
+        default=30,
+        metavar="N",
+        help="exit 1 if one expires within N days (default 30), is expired or its chain broken",
+    )
+    p.set_defaults(handler=cmd_certs)
     p = sub.add_parser("import", parents=[common], help="feed return flows received by other means")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--connection", help="the connection they came on (needed if several)")

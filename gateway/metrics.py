@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,7 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway import logs
+from gateway import certificates, logs
 from gateway.config import Config
 from gateway.httpserver import serve
 from gateway.journal import TERMINAL, JournalDB
@@ -102,23 +101,10 @@ class Metrics:
 
     def watch_certificates(self, config: Config) -> None:
         """Set the expiry gauge of every certificate the configuration uses."""
-        for connection, role, certificate in certificates(config):
-            self.certificate_expiry.labels(connection, role, certs.name(certificate)).set(
-                certs.expires(certificate).timestamp()
-            )
-
-
-def certificates(config: Config) -> Iterator[tuple[str, str, x509.Certificate]]:
-    """(connection, role, certificate) for each certificate in the configuration: ours and the
-    partner's chain for each AS2 connection."""
-    for conn in config.connections:
-        keys = getattr(conn.settings, "keys", None)
-        if isinstance(keys, certs.KeyPair):
-            yield conn.name, "ours", keys.certificate
-            for certificate in keys.chain:
-                yield conn.name, "our chain", certificate
-        for index, certificate in enumerate(getattr(conn.settings, "partner_chain", ())):
-            yield conn.name, "partner" if index == 0 else "partner chain", certificate
+        for item in certificates.in_use(config):
+            self.certificate_expiry.labels(
+                item.connection, item.role, certs.name(item.certificate)
+            ).set(certs.expires(item.certificate).timestamp())
 
 
 class JournalCollector(Collector):

@@ -1,0 +1,92 @@
+"""The certificates a configuration uses and how they stand: ``raccord certs`` (the portal's
+"Analyser le(s) certificat(s)") and the expiry metric. AS2 connections: our certificate and its
+chain, the partner's chain (order and completeness checked) and CA, the TLS client certificate;
+the AS2 receiver's TLS certificate. SFTP keys and known hosts are plain keys, with no expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from gateway.config import Config
+from protocols import certs
+from protocols.as2.settings import As2Settings
+
+
+@dataclass(frozen=True)
+class InUse:
+    connection: str  # "[as2_receiver]" for the receiver's own certificate
+    role: str
+    certificate: x509.Certificate
+    source: Path | None
+
+
+def in_use(config: Config) -> Iterator[InUse]:
+    for conn in config.connections:
+        settings = conn.settings
+        if not isinstance(settings, As2Settings):
+            continue
+        yield InUse(conn.name, "ours", settings.keys.certificate, settings.key_path)
+        for cert in settings.keys.chain:
+            yield InUse(conn.name, "our chain", cert, settings.key_path)
+        for index, cert in enumerate(settings.partner_chain):
+            role = "partner" if index == 0 else "partner chain"
+            yield InUse(conn.name, role, cert, settings.partner_certificate_path)
+        for cert in settings.partner_trust:
+            yield InUse(conn.name, "partner CA", cert, None)
+        if settings.client_certificate is not None:
+            for cert in certs.load_certificates(settings.client_certificate):
+                yield InUse(conn.name, "TLS client", cert, settings.client_certificate)
+    receiver = config.as2_receiver
+    if receiver is not None and receiver.tls_certificate is not None:
+        for cert in certs.load_certificates(receiver.tls_certificate):
+            yield InUse("[as2_receiver]", "TLS server", cert, receiver.tls_certificate)
+
+
+def report(config: Config, warn_days: int, now: datetime) -> list[dict[str, Any]]:
+    """One record per certificate: who, what, validity, days left, state (valid, expiring,
+    expired, not_yet_valid) and, on the partner's row, what is wrong with its chain."""
+    records = []
+    for item in in_use(config):
+        cert = item.certificate
+        left = (cert.not_valid_after_utc - now).total_seconds() / 86400
+        if cert.not_valid_before_utc > now:
+            state = "not_yet_valid"
+        elif left < 0:
+            state = "expired"
+        elif left < warn_days:
+            state = "expiring"
+        else:
+            state = "valid"
+        problems: list[str] = []
+        if item.role == "partner":
+            conn = config.connection(item.connection)
+            assert isinstance(conn.settings, As2Settings)
+            problems = [
+                p
+                for p in certs.chain_problems(
+                    conn.settings.partner_chain, conn.settings.partner_trust, now=now
+                )
+                if "expired on" not in p and "not valid before" not in p  # its own row says it
+            ]
+        records.append(
+            {
+                "connection": item.connection,
+                "role": item.role,
+                "subject": cert.subject.rfc4514_string(),
+                "issuer": cert.issuer.rfc4514_string(),
+                "serial": format(cert.serial_number, "x"),
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "days_left": int(left // 1),
+                "state": state,
+                "chain_problems": "; ".join(problems) or None,
+                "file": str(item.source) if item.source else None,
+            }
+        )
+    return records
