@@ -91,7 +91,7 @@ class Gateway:
                     self.metrics,
                     self.layout.journal,
                     {
-                        "watcher": watcher.health,
+                        "watcher": lambda: self._watcher_health(watcher),
                         "journal": lambda: self._journal_health(journal),
                         "dispatcher": lambda: self._dispatcher_health(dispatcher),
                     },
@@ -168,7 +168,10 @@ class Gateway:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    def _dispatcher_health(self, dispatcher: Dispatcher) -> str | None:
+    async def _watcher_health(self, watcher: Watcher) -> str | None:
+        return watcher.health()
+
+    async def _dispatcher_health(self, dispatcher: Dispatcher) -> str | None:
         if dispatcher.stopping.is_set():
             return "stopping"
         if self._housekeeping_problem is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -154,7 +154,7 @@ class MetricsServer:
         port: int,
         metrics: Metrics,
         journal: Path,
-        checks: dict[str, Callable[[], object]],
+        checks: dict[str, Callable[[], Awaitable[str | None]]],
     ) -> None:
         self.host = host
         self.port = port
@@ -187,9 +187,7 @@ class MetricsServer:
         problems: dict[str, str] = {}
         for name, check in self.checks.items():
             try:
-                outcome = check()
-                if asyncio.iscoroutine(outcome):
-                    outcome = await outcome
+                outcome = await check()
             except Exception as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             if outcome is not None:

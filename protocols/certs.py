@@ -205,8 +205,10 @@ def chain_problems(
     trusted: Sequence[x509.Certificate] = (),
     *,
     now: datetime | None = None,
+    dates: bool = True,
 ) -> list[str]:
-    """What is wrong with a bundle, in sentences: order, gaps, extras, expiry, trust.
+    """What is wrong with a bundle, in sentences: order, gaps, extras, expiry (unless
+    ``dates`` is false: for a caller that reports each certificate's validity itself), trust.
 
     With ``trusted`` roots, the chain must end at one of them (or at a certificate it signed);
     without, a chain that ends in a self-signed root or a single self-signed certificate is
@@ -224,7 +226,7 @@ def chain_problems(
         problems.append(
             "certificates that do not belong to the chain: " + "; ".join(name(c) for c in extras)
         )
-    for cert in chain:
+    for cert in chain if dates else ():
         if cert.not_valid_after_utc < when:
             problems.append(f"{name(cert)} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
         elif cert.not_valid_before_utc > when:

@@ -354,9 +354,10 @@ class _Ber:
             return tag, first, bytes([tag, first])
         if first == 0x80:
             return tag, None, bytes([tag, first])
-        size = self._read(min(first & 0x7F, 9))
-        if len(size) > 8:
+        count = first & 0x7F
+        if count > 8:
             raise NotStreamable("an ASN.1 length over 8 bytes")
+        size = self._read(count)
         return tag, int.from_bytes(size, "big"), bytes([tag, first]) + size
 
     def expect(self, tag: int) -> int | None:

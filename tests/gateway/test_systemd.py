@@ -28,6 +28,7 @@ class Systemd:
         self.sock.bind("\0" + self.name)
         self.sock.settimeout(0.05)
         self.messages: list[tuple[float, str]] = []
+        self.stopping = threading.Event()  # STOPPING=1 arrived: the last message
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
@@ -39,9 +40,10 @@ class Systemd:
             except TimeoutError:
                 continue
             self.messages.append((time.monotonic(), data.decode()))
+            if data == b"STOPPING=1":
+                self.stopping.set()
 
     def close(self) -> None:
-        time.sleep(0.1)  # what is in flight arrives
         self._done.set()
         self._thread.join(5)
         self.sock.close()
@@ -73,6 +75,7 @@ def test_ready_keep_alives_and_stopping(
             await asyncio.sleep(0.25)
 
     asyncio.run(scenario())
+    assert listener.stopping.wait(5), listener.texts
     listener.close()
 
     texts = listener.texts
@@ -95,6 +98,7 @@ def test_without_a_watchdog_no_keep_alive_is_sent(
             await asyncio.sleep(0.3)
 
     asyncio.run(scenario())
+    assert listener.stopping.wait(5), listener.texts
     listener.close()
     assert listener.texts[0] == "READY=1" and "WATCHDOG=1" not in listener.texts
 
