@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -224,6 +225,7 @@ class Partner:
     as2: As2Simulator
     desks: tuple[Desk, Desk]
     config_path: Path
+    exits: AsyncExitStack  # stops both sides
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Answer deposits and push AS2 answers until ``stopping``."""
@@ -232,8 +234,7 @@ class Partner:
         )
 
     async def close(self) -> None:
-        await self.as2.__aexit__(None, None, None)
-        await self.sftp.__aexit__(None, None, None)
+        await self.exits.aclose()
 
 
 def _free_port() -> int:
@@ -258,9 +259,9 @@ def _as2_keys(path: Path, name: str) -> certs.KeyPair:
 async def _prepare(folder: Path) -> Partner:
     """Keys, the simulator's two sides on loopback, and a configuration that reaches them."""
     keys = generate_keys(folder / "simulator", folder / "keys" / "id_ed25519")
-    sftp = SftpSimulator(folder / "partner", keys)
-    await sftp.__aenter__()
+    exits = AsyncExitStack()
     try:
+        sftp = await exits.enter_async_context(SftpSimulator(folder / "partner", keys))
         known_hosts = folder / "keys" / "known_hosts"
         known_hosts.write_text(known_hosts_line(keys.host_key, sftp.host, sftp.port))
         ours = _as2_keys(folder / "keys" / "as2", f"{AS2_US} AS2")
@@ -282,36 +283,36 @@ async def _prepare(folder: Path) -> Partner:
                 url=f"http://127.0.0.1:{receiver_port}/",
             ),
         )
-        await as2.__aenter__()
-    except BaseException:
-        await sftp.__aexit__(None, None, None)
-        raise
-    config_path = folder / "raccord.toml"
-    config_path.write_text(
-        CONFIG_TEMPLATE.format(
-            data_dir=folder / "data",
-            connection=CONNECTION,
-            port=sftp.port,
-            private_key=folder / "keys" / "id_ed25519",
-            known_hosts=known_hosts,
-            upload_dir=UPLOAD_DIR,
-            download_dir=DOWNLOAD_DIR,
-            as2_connection=AS2_CONNECTION,
-            as2_port=as2.port,
-            as2_us=AS2_US,
-            as2_partner=AS2_PARTNER,
-            as2_key=folder / "keys" / "as2.key",
-            as2_certificate=folder / "keys" / "as2.crt",
-            as2_partner_certificate=partner_certificate,
-            receiver_port=receiver_port,
+        await exits.enter_async_context(as2)
+        config_path = folder / "raccord.toml"
+        config_path.write_text(
+            CONFIG_TEMPLATE.format(
+                data_dir=folder / "data",
+                connection=CONNECTION,
+                port=sftp.port,
+                private_key=folder / "keys" / "id_ed25519",
+                known_hosts=known_hosts,
+                upload_dir=UPLOAD_DIR,
+                download_dir=DOWNLOAD_DIR,
+                as2_connection=AS2_CONNECTION,
+                as2_port=as2.port,
+                as2_us=AS2_US,
+                as2_partner=AS2_PARTNER,
+                as2_key=folder / "keys" / "as2.key",
+                as2_certificate=folder / "keys" / "as2.crt",
+                as2_partner_certificate=partner_certificate,
+                receiver_port=receiver_port,
+            )
         )
-    )
-    config = config_module.load(config_path)
-    desks = (
-        _desk(sftp.root / UPLOAD_DIR, sftp.root / DOWNLOAD_DIR, config.connection(CONNECTION)),
-        _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
-    )
-    return Partner(sftp, as2, desks, config_path)
+        config = config_module.load(config_path)
+        desks = (
+            _desk(sftp.root / UPLOAD_DIR, sftp.root / DOWNLOAD_DIR, config.connection(CONNECTION)),
+            _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
+        )
+        return Partner(sftp, as2, desks, config_path, exits)
+    except BaseException:  # nothing left running if the set-up fails half-way
+        await exits.aclose()
+        raise
 
 
 def _desk(deposits: Path, returns: Path, connection: config_module.Connection) -> Desk:

@@ -101,6 +101,25 @@ class Sender(Protocol):
         ...
 
 
+class Closing:
+    """The ``async with`` part of a sender: entering gives the sender, leaving calls
+    :meth:`aclose` (nothing to close by default). Built-in senders derive from it."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release connections and sessions; a closed sender may be used again."""
+
+
 @runtime_checkable
 class AsyncReceipts(Protocol):
     """A sender whose partner may acknowledge a flow after ``send`` returned."""

@@ -14,10 +14,8 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt, RemoteFile
+from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import RemoteNameConflict, RemoteRejected, TransferError
 from protocols.settings import Section
 
@@ -71,7 +69,7 @@ def parse_settings(section: Section) -> MemorySettings:
     return settings
 
 
-class MemorySender:
+class MemorySender(Closing):
     protocol = "memory"
     capabilities = Capabilities(
         atomic_rename=True, detects_resend=True, receives_returns=True, async_receipts=True
@@ -81,17 +79,6 @@ class MemorySender:
         self._settings = settings
         self._bucket = bucket(settings.bucket)
         self.poll_interval = settings.poll_interval
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def send(self, flow: Outbound) -> Receipt:
         self._bucket.sends += 1

@@ -29,8 +29,7 @@ import asyncio
 import ssl
 import tempfile
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 import aiohttp
 
@@ -38,7 +37,7 @@ from protocols import certs
 from protocols.as2 import message, stream
 from protocols.as2.receiver import as2_sender
 from protocols.as2.settings import As2Settings, parse_settings
-from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt
+from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt
 from protocols.errors import (
     AuthenticationError,
     CertificateError,
@@ -60,7 +59,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class As2Sender:
+class As2Sender(Closing):
     protocol = "as2"
     capabilities = Capabilities(detects_resend=True, async_receipts=True)
 
@@ -69,15 +68,7 @@ class As2Sender:
         self._session: aiohttp.ClientSession | None = None
         self._parties: tuple[Any, Any] | None = None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -21,12 +21,10 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import Self
 
 import asyncssh
 
-from protocols.base import Capabilities, Outbound, ProtocolPlugin, Receipt, RemoteFile
+from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import (
     AuthenticationError,
     ConnectError,
@@ -145,7 +143,7 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
         raise ProtocolError(f"{what} on {where}: {exc}") from None
 
 
-class SftpSender:
+class SftpSender(Closing):
     protocol = "sftp"
     capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
 
@@ -159,18 +157,7 @@ class SftpSender:
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.max_parallel)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
-
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
         sftp, conn = self._sftp, self._conn
         self._sftp = self._conn = None
         if sftp is not None:
@@ -184,7 +171,7 @@ class SftpSender:
         async with self._lock:
             if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
                 return self._sftp
-            await self._close()
+            await self.aclose()
             s = self._settings
             with _translated("connect", s):
                 self._conn = await asyncssh.connect(
@@ -232,7 +219,7 @@ class SftpSender:
                         await _quietly_remove(sftp, temp)
                         return receipt
             except (TransferTimeout, ConnectError):
-                await self._close()  # the session may be wedged; start afresh next time
+                await self.aclose()  # the session may be wedged; start afresh next time
                 raise
         return Receipt(
             self.protocol,
@@ -261,7 +248,7 @@ class SftpSender:
         sftp = await self._session()
         with _translated("listing upload_dir", s):
             await asyncio.wait_for(sftp.stat(s.upload_dir), s.timeout)
-        await self._close()
+        await self.aclose()
         return (
             f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
         )
@@ -293,7 +280,7 @@ class SftpSender:
                 with _translated(f"listing {s.download_dir}", s):
                     entries = await asyncio.wait_for(sftp.readdir(s.download_dir), s.timeout)
             except (TransferTimeout, ConnectError):
-                await self._close()
+                await self.aclose()
                 raise
         found = []
         for entry in entries:
@@ -316,7 +303,7 @@ class SftpSender:
                 with _translated(f"download of {remote.name}", s):
                     await asyncio.wait_for(sftp.get(source, str(local)), s.timeout)
             except (TransferTimeout, ConnectError):
-                await self._close()
+                await self.aclose()
                 raise
         fetched = await asyncio.to_thread(_fsync_size, local)
         if fetched != remote.size:
