@@ -12,19 +12,21 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from flows import codes
 from flows.analysis import Analysis, analyze
 from gateway import config as config_module
 from gateway import logs, output
-from gateway.config import Config, ConfigError, Connection, Mode
+from gateway.config import Config, ConfigError, Connection, Mode, State
 from gateway.dispatcher import route
 from gateway.folders import Layout
 from gateway.journal import STATES, JournalDB
 from protocols import registry
 from protocols.errors import TransferError
+from protocols.settings import nearest
 
 OK, NOT_RIGHT, USAGE = 0, 1, 2
 
@@ -69,6 +71,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     today = datetime.now(UTC).date()
     print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
     status = OK
     for conn in config.connections:
         unusable = conn.unusable_reason(today)
@@ -97,6 +101,77 @@ async def _connect(conn: Connection) -> tuple[bool, str]:
             return True, await sender.check()
     except TransferError as exc:
         return False, str(exc)
+
+
+# -- connections --------------------------------------------------------------------------------
+
+CONNECTION_COLUMNS = (
+    "name",
+    "partner_code",
+    "protocol",
+    "environment",
+    "structure",
+    "interfaces",
+    "valid_from",
+    "valid_to",
+    "state",
+    "usable",
+    "why_not",
+)
+
+
+def connection_sheet(conn: Connection, today: date) -> dict[str, Any]:
+    """One connection as the portal's *fiche de raccordement* shows it, usable today or not."""
+    unusable = conn.unusable_reason(today)
+    return {
+        "name": conn.name,
+        "partner_code": conn.partner_code,
+        "protocol": conn.protocol,
+        "environment": conn.environment,
+        "structure": conn.structure,
+        "interfaces": {code: mode.value for code, mode in conn.interfaces.items()},
+        "valid_from": conn.valid_from.isoformat(),
+        "valid_to": conn.valid_to.isoformat(),
+        "state": conn.state.value,
+        "usable": unusable is None,
+        "why_not": None if unusable is None else unusable[1],
+    }
+
+
+def _selected(conn: Connection, args: argparse.Namespace) -> bool:
+    if args.protocol and conn.protocol != args.protocol:
+        return False
+    if args.state and conn.state.value != args.state:
+        return False
+    if args.environment and conn.environment != args.environment:
+        return False
+    if args.interface:
+        mode = conn.interfaces.get(args.interface, Mode.NONE)
+        # An interface code asked for is one the connection carries, in the mode asked for.
+        return mode.value == args.mode if args.mode else mode is not Mode.NONE
+    if args.mode:
+        return any(mode.value == args.mode for mode in conn.interfaces.values())
+    return True
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.interface and args.interface not in codes.BY_CODE:
+        hint = nearest(args.interface, codes.BY_CODE)
+        raise UsageError(
+            f"--interface {args.interface}: unknown interface code"
+            + (f"; did you mean {hint}?" if hint else "")
+        )
+    today = datetime.now(UTC).date()
+    sheets = [connection_sheet(c, today) for c in config.connections if _selected(c, args)]
+    fmt = _fmt(args)
+    if fmt != "json":  # one cell: "FSO1100A=complete FSO1106A=partial"
+        for sheet in sheets:
+            sheet["interfaces"] = " ".join(f"{k}={v}" for k, v in sheet["interfaces"].items())
+    output.render(sheets, CONNECTION_COLUMNS, fmt)
+    for warning in config.warnings:
+        print(f"raccord: warning: {warning}", file=sys.stderr)
+    return OK
 
 
 # -- analyze ------------------------------------------------------------------------------------
@@ -382,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common], help="validate the configuration")
     p.add_argument("--connect", action="store_true", help="also log in to every usable connection")
     p.set_defaults(handler=cmd_check)
+    p = sub.add_parser(
+        "connections", parents=[common, listing], help="the connection sheets and their state"
+    )
+    p.add_argument("--protocol", help="e.g. sftp, as2")
+    p.add_argument(
+        "--interface", metavar="CODE", help="carries this interface code (e.g. FSO1100A)"
+    )
+    p.add_argument("--state", choices=[s.value for s in State])
+    p.add_argument("--environment", choices=["qualification", "production"])
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        help="has an interface code in this mode (with --interface: that one)",
+    )
+    p.set_defaults(handler=cmd_connections)
     p = sub.add_parser("analyze", parents=[common, listing], help="analyse files; nothing is sent")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(handler=cmd_analyze)

@@ -145,6 +145,9 @@ class Config:
     gateway: GatewaySettings
     connections: tuple[Connection, ...]
     as2_receiver: As2ReceiverSettings | None = None
+    #: Things that are allowed but probably wrong, one sentence each (``raccord check`` prints
+    #: them, the daemon logs them as ``config.warning``).
+    warnings: tuple[str, ...] = ()
 
     def connection(self, name: str) -> Connection:
         for conn in self.connections:
@@ -199,7 +202,61 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     top.finish()
     _one_connection_per_as2_pair(connections)
     _async_mdns_need_the_receiver(connections, as2_receiver)
-    return Config(path, gateway, tuple(connections), as2_receiver)
+    _no_overlapping_sheets(connections)
+    return Config(
+        path,
+        gateway,
+        tuple(connections),
+        as2_receiver,
+        _production_without_qualification(connections),
+    )
+
+
+#: Connection states the portal holds a structure to: a draft is still being written and a
+#: disabled sheet no longer counts, so either may overlap a live one (e.g. its replacement).
+_LIVE = (State.SENT, State.ACTIVE)
+
+
+def _no_overlapping_sheets(connections: list[Connection]) -> None:
+    """The portal's rule: one live connection per structure, environment and interface code at
+    any date. Two would leave Chorus Pro (and the operator) unsure which sheet's mode applies."""
+    live = [conn for conn in connections if conn.state in _LIVE]
+    for index, conn in enumerate(live):
+        for other in live[:index]:
+            if (other.structure, other.environment) != (conn.structure, conn.environment):
+                continue
+            if conn.valid_to < other.valid_from or other.valid_to < conn.valid_from:
+                continue
+            shared = sorted(
+                code
+                for code, mode in conn.interfaces.items()
+                if mode is not Mode.NONE and other.interfaces.get(code, Mode.NONE) is not Mode.NONE
+            )
+            if shared:
+                raise SettingsError(
+                    f"connection[{conn.name}].interfaces",
+                    f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} also connected "
+                    f"by connection {other.name} for structure {conn.structure or '(none)'} in "
+                    f"{conn.environment} over an overlapping period "
+                    f"({max(conn.valid_from, other.valid_from)} to "
+                    f"{min(conn.valid_to, other.valid_to)}); a structure has one connection per "
+                    "interface code and environment — end one period before the other starts, "
+                    'or set one to "none" or its state to "draft" or "disabled"',
+                )
+
+
+def _production_without_qualification(connections: list[Connection]) -> tuple[str, ...]:
+    """The portal asks a structure to pass qualification before production."""
+    qualified = {c.structure for c in connections if c.environment == "qualification"}
+    return tuple(
+        f"connection {conn.name}: production connection for structure "
+        f"{conn.structure or '(none)'} has no qualification connection for the same structure "
+        "in this configuration (Chorus Pro expects the flows to be qualified first)"
+        for conn in connections
+        if conn.environment == "production"
+        and conn.state is not State.DISABLED
+        and conn.structure not in qualified
+    )
 
 
 def _async_mdns_need_the_receiver(

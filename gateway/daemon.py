@@ -55,6 +55,8 @@ class Gateway:
     ) -> None:
         config = self.config
         names = [conn.name for conn in config.connections]
+        for warning in config.warnings:
+            log.warning("config.warning", message=warning)
         self.layout.create(names)
         journal = Journal(self.layout.journal)
         await journal.open()

@@ -203,3 +203,72 @@ def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> Non
     )
     assert as2.partner_certificate == theirs.certificate
     assert loaded.as2_receiver is not None and loaded.as2_receiver.port == 4080
+
+
+def second_connection(**changes: str) -> str:
+    """The example's SFTP connection once more, renamed, with ``changes`` applied (key = TOML)."""
+    text = EXAMPLE.read_text()
+    block = text[text.index("\n[[connection]]") : text.index("# An AS2 connection")]
+    block = block.replace('name = "qualif-sftp"', 'name = "second"')
+    for key, value in changes.items():
+        lines = block.splitlines()
+        found = [i for i, line in enumerate(lines) if line.startswith(f"{key} =")]
+        assert found, key
+        lines[found[0]] = f"{key} = {value}"
+        block = "\n".join(lines) + "\n"
+    return text + "\n" + block
+
+
+def test_two_live_connections_for_one_code_structure_and_period_are_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"connection\[second\]\.interfaces: FSO1100A, FSO1106A, FSO1117A are also "
+        r"connected by connection qualif-sftp for structure 00000000000149 in qualification "
+        r"over an overlapping period \(2017-06-21 to 2099-06-30\)",
+    ):
+        load_text(tmp_path, second_connection())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"structure": '"00000000000230"'},  # another establishment
+        {"valid_from": "2017-01-01", "valid_to": "2017-06-20"},  # the sheet it replaced
+        {"state": '"draft"'},  # its successor, being written
+        {"state": '"disabled"'},
+        {"environment": '"production"', "structure": '"00000000000149"'},
+    ],
+)
+def test_connections_that_do_not_overlap_load(tmp_path: Path, changes: dict[str, str]) -> None:
+    loaded = load_text(tmp_path, second_connection(**changes))
+    assert [c.name for c in loaded.connections] == ["qualif-sftp", "second"]
+
+
+def test_a_code_set_to_none_does_not_overlap(tmp_path: Path) -> None:
+    text = second_connection()
+    head, _, tail = text.rpartition('FSO1100A = "complete"')
+    tail = tail.replace('FSO1106A = "partial"', 'FSO1106A = "none"', 1)
+    tail = tail.replace('FSO1117A = "partial"', 'FSO1117A = "none"', 1)
+    with pytest.raises(ConfigError, match=r"FSO1100A is also connected by connection qualif"):
+        load_text(tmp_path, head + 'FSO1100A = "complete"' + tail)
+    loaded = load_text(tmp_path, head + 'FSO1100A = "none"' + tail)
+    assert loaded.connection("second").interfaces["FSO1100A"] is Mode.NONE
+
+
+def test_production_without_qualification_for_its_structure_is_a_warning(
+    tmp_path: Path,
+) -> None:
+    assert config.load(EXAMPLE).warnings == ()
+    qualified = load_text(tmp_path, second_connection(environment='"production"'))
+    assert qualified.warnings == ()
+    unqualified = load_text(
+        tmp_path,
+        second_connection(environment='"production"', structure='"00000000000230"'),
+    )
+    assert unqualified.warnings == (
+        "connection second: production connection for structure 00000000000230 has no "
+        "qualification connection for the same structure in this configuration (Chorus Pro "
+        "expects the flows to be qualified first)",
+    )
