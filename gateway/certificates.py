@@ -18,9 +18,13 @@ from protocols import certs
 from protocols.as2.settings import As2Settings
 
 
+#: The ``connection`` of the AS2 receiver's own TLS certificate, which belongs to none.
+RECEIVER = "[as2_receiver]"
+
+
 @dataclass(frozen=True)
 class InUse:
-    connection: str  # "[as2_receiver]" for the receiver's own certificate
+    connection: str  # a connection's name, or RECEIVER
     role: str
     certificate: x509.Certificate
     source: Path | None
@@ -45,7 +49,57 @@ def in_use(config: Config) -> Iterator[InUse]:
     receiver = config.as2_receiver
     if receiver is not None and receiver.tls_certificate is not None:
         for cert in certs.load_certificates(receiver.tls_certificate):
-            yield InUse("[as2_receiver]", "TLS server", cert, receiver.tls_certificate)
+            yield InUse(RECEIVER, "TLS server", cert, receiver.tls_certificate)
+
+
+def by_connection(config: Config) -> dict[str, list[InUse]]:
+    """The certificates each connection's transfers depend on (the receiver's are not here)."""
+    found: dict[str, list[InUse]] = {conn.name: [] for conn in config.connections}
+    for item in in_use(config):
+        if item.connection in found:
+            found[item.connection].append(item)
+    return found
+
+
+def blocking(items: list[InUse], now: datetime) -> tuple[str, str] | None:
+    """``(reason, message)`` when one of a connection's certificates is outside its validity
+    period at ``now``: every transfer would fail (or be refused by the partner) until it is
+    replaced, so the connection carries nothing and says why."""
+    for item in items:
+        cert = item.certificate
+        role = {"ours": "own", "our chain": "own chain"}.get(item.role, item.role)
+        where = f" ({item.source})" if item.source else ""
+        fix = (
+            "install a valid one, then reload raccord (systemctl reload raccord) and put the "
+            "flows back with raccord retry --failed"
+        )
+        if cert.not_valid_after_utc < now:
+            return (
+                "certificate_expired",
+                f"connection {item.connection} is blocked: its {role} certificate "
+                f"{cert.subject.rfc4514_string()}{where} expired on "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {fix}",
+            )
+        if cert.not_valid_before_utc > now:
+            return (
+                "certificate_not_yet_valid",
+                f"connection {item.connection} is blocked: its {role} certificate "
+                f"{cert.subject.rfc4514_string()}{where} is valid only from "
+                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; {fix}",
+            )
+    return None
+
+
+def state(cert: x509.Certificate, warn_days: int, now: datetime) -> str:
+    """valid, expiring (within ``warn_days``), expired or not_yet_valid at ``now``."""
+    if cert.not_valid_before_utc > now:
+        return "not_yet_valid"
+    left = (cert.not_valid_after_utc - now).total_seconds() / 86400
+    if left < 0:
+        return "expired"
+    if left < warn_days:
+        return "expiring"
+    return "valid"
 
 
 def report(config: Config, warn_days: int, now: datetime) -> list[dict[str, Any]]:
@@ -55,14 +109,6 @@ def report(config: Config, warn_days: int, now: datetime) -> list[dict[str, Any]
     for item in in_use(config):
         cert = item.certificate
         left = (cert.not_valid_after_utc - now).total_seconds() / 86400
-        if cert.not_valid_before_utc > now:
-            state = "not_yet_valid"
-        elif left < 0:
-            state = "expired"
-        elif left < warn_days:
-            state = "expiring"
-        else:
-            state = "valid"
         problems: list[str] = []
         if item.role == "partner":
             conn = config.connection(item.connection)
@@ -80,7 +126,7 @@ def report(config: Config, warn_days: int, now: datetime) -> list[dict[str, Any]
                 "not_before": cert.not_valid_before_utc.isoformat(),
                 "not_after": cert.not_valid_after_utc.isoformat(),
                 "days_left": int(left // 1),
-                "state": state,
+                "state": state(cert, warn_days, now),
                 "chain_problems": "; ".join(problems) or None,
                 "file": str(item.source) if item.source else None,
             }

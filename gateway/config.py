@@ -104,6 +104,7 @@ class GatewaySettings:
     settle_time: float = 2.0
     retry: Retry = field(default_factory=Retry)
     shutdown_grace: float = 20.0
+    warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ def _gateway(section: Section) -> GatewaySettings:
         settle_time=section.duration("settle_time", "2s"),
         retry=retry,
         shutdown_grace=section.duration("shutdown_grace", "20s"),
+        warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),
     )
     section.finish()
     return settings

@@ -14,8 +14,9 @@ import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
-from gateway import logs
+from gateway import certificates, logs
 from gateway.as2_receiver import As2Receiver
 from gateway.config import Config
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
@@ -33,6 +34,8 @@ log = logs.get()
 #: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
 #: acknowledgement is overdue.
 REQUEUE_POLL = 2.0
+#: How often certificates are checked against ``[gateway] warn_days`` (and logged).
+CERTIFICATE_CHECK = 24 * 3600.0
 
 
 class Gateway:
@@ -69,7 +72,6 @@ class Gateway:
             dispatcher = Dispatcher(
                 config, journal, senders, now=self._now, sleep=self._sleep, metrics=self.metrics
             )
-            self.metrics.watch_certificates(config)
             self.dispatcher = dispatcher
             resumed = await dispatcher.reconcile()
             await asyncio.to_thread(self._finish_returns)
@@ -117,6 +119,7 @@ class Gateway:
                     group.create_task(poller.run(stopping))
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
+                    group.create_task(self._certificate_loop(stopping))
                     await stopping.wait()
                     watcher.wake()
             finally:
@@ -160,6 +163,38 @@ class Gateway:
                 self._housekeeping_problem = None
             self._housekept_at = time.monotonic()
             notify(f"STATUS=in flight: {dispatcher.busy}")
+
+    async def _certificate_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await asyncio.to_thread(self.check_certificates)
+            except Exception:  # e.g. a TLS certificate file gone: say so, try again tomorrow
+                log.exception("certificate.check_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), CERTIFICATE_CHECK)
+
+    def check_certificates(self) -> list[dict[str, Any]]:
+        """Log every certificate that needs a person (expiring within ``warn_days``, expired,
+        not yet valid) and refresh the certificate gauges; the daemon does this daily."""
+        config, now = self.config, self._now()
+        self.metrics.watch_certificates(config, now)
+        records = certificates.report(config, config.gateway.warn_days, now)
+        for record in records:
+            fields = {
+                key: record[key]
+                for key in ("connection", "role", "subject", "not_after", "days_left", "file")
+            }
+            if record["state"] == "expiring":
+                log.warning("certificate.expiring", warn_days=config.gateway.warn_days, **fields)
+            elif record["state"] != "valid":
+                log.error(
+                    f"certificate.{record['state']}",
+                    consequence="the connection carries nothing until it is replaced"
+                    if record["connection"] != certificates.RECEIVER
+                    else "inbound TLS connections fail until it is replaced",
+                    **fields,
+                )
+        return records
 
     async def _journal_health(self, journal: Journal) -> str | None:
         try:

@@ -39,7 +39,7 @@ import structlog
 
 from flows import lots, naming
 from flows.analysis import Analysis, analyze, digest
-from gateway import logs
+from gateway import certificates, logs
 from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
 from gateway.folders import (
@@ -124,6 +124,8 @@ class Dispatcher:
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
         self.senders = senders
+        #: What each connection's transfers depend on: one out of its validity blocks it.
+        self.certificates = certificates.by_connection(config)
         self._now = now
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -486,7 +488,10 @@ class Dispatcher:
         while True:
             if self.stopping.is_set():
                 return row
-            unusable = conn.unusable_reason(self._now().date())
+            now = self._now()
+            unusable = conn.unusable_reason(now.date()) or certificates.blocking(
+                self.certificates.get(row.connection, []), now
+            )
             if unusable is not None:
                 return await self._refuse(row, *unusable)
             resend = bool(row.unknown_outcome) or row.attempts > 0

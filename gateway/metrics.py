@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -93,18 +94,30 @@ class Metrics:
             ["connection", "role", "subject"],
             registry=r,
         )
+        self.certificate_attention = Gauge(
+            "raccord_certificate_attention",
+            "1 when a certificate of the configuration is expired, not yet valid or expires "
+            "within [gateway] warn_days; else 0.",
+            ["connection", "role", "subject"],
+            registry=r,
+        )
 
     def transferred(self, connection: str, seconds: float, size: int) -> None:
         self.transfer_seconds.labels(connection).observe(seconds)
         self.transfer_bytes.labels(connection).observe(size)
         self.last_success.labels(connection).set(time.time())
 
-    def watch_certificates(self, config: Config) -> None:
-        """Set the expiry gauge of every certificate the configuration uses."""
+    def watch_certificates(self, config: Config, now: datetime | None = None) -> None:
+        """Set the expiry and attention gauges of every certificate the configuration uses
+        (only those: certificates of a configuration replaced by a reload disappear)."""
+        now = now or datetime.now(UTC)
+        self.certificate_expiry.clear()
+        self.certificate_attention.clear()
         for item in certificates.in_use(config):
-            self.certificate_expiry.labels(
-                item.connection, item.role, certs.name(item.certificate)
-            ).set(certs.expires(item.certificate).timestamp())
+            labels = (item.connection, item.role, certs.name(item.certificate))
+            self.certificate_expiry.labels(*labels).set(certs.expires(item.certificate).timestamp())
+            state = certificates.state(item.certificate, config.gateway.warn_days, now)
+            self.certificate_attention.labels(*labels).set(0 if state == "valid" else 1)
 
 
 class JournalCollector(Collector):
