@@ -78,19 +78,24 @@ class As2Receiver:
     def __init__(self, config: Config, journal: Journal, *, settle: Settle | None = None) -> None:
         assert config.as2_receiver is not None
         self.settle = settle
-        self.config = config
         self.settings: As2ReceiverSettings = config.as2_receiver
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
+        self.reconfigure(config)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = self.settings.port
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve the partners of a reloaded configuration (same address and TLS settings:
+        otherwise the daemon starts a new receiver). Messages being read finish as begun."""
+        self.config = config
         self.parties = {
             (conn.settings.as2_from, conn.settings.as2_to): Party(conn.name, conn.settings)
             for conn in config.connections
             if conn.protocol == "as2"
         }
-        self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._resubmit = returns.resubmitting(config)
-        self.port = self.settings.port
 
     async def start(self) -> None:
         for party in self.parties.values():

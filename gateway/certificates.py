@@ -17,7 +17,6 @@ from gateway.config import Config
 from protocols import certs
 from protocols.as2.settings import As2Settings
 
-
 #: The ``connection`` of the AS2 receiver's own TLS certificate, which belongs to none.
 RECEIVER = "[as2_receiver]"
 

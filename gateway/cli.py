@@ -58,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        await Gateway(config).run(stopping)
+        gateway = Gateway(config)
+        loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
+        await gateway.run(stopping)
 
     asyncio.run(main())
     return OK

@@ -17,8 +17,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from gateway import certificates, logs
+from gateway import config as config_module
 from gateway.as2_receiver import As2Receiver
-from gateway.config import Config
+from gateway.config import Config, ConfigError, Connection
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
 from gateway.intake import Watcher
@@ -52,6 +53,13 @@ class Gateway:
         self.ready = asyncio.Event()
         self._housekept_at = time.monotonic()
         self._housekeeping_problem: str | None = None
+        self._reload_requested = asyncio.Event()
+        self._senders: dict[str, Sender] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def request_reload(self) -> None:
+        """Reload the configuration file at the next turn of the loop (SIGHUP)."""
+        self._reload_requested.set()
 
     async def run(
         self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
@@ -65,43 +73,22 @@ class Gateway:
         await journal.open()
         async with AsyncExitStack() as stack:
             stack.push_async_callback(journal.close)
-            senders: dict[str, Sender] = {}
+            stack.push_async_callback(self._close_senders)
             for conn in config.connections:
-                sender = registry.get(conn.protocol).create_sender(conn.settings)
-                senders[conn.name] = await stack.enter_async_context(sender)
+                self._senders[conn.name] = await _open_sender(conn)
             dispatcher = Dispatcher(
-                config, journal, senders, now=self._now, sleep=self._sleep, metrics=self.metrics
+                config,
+                journal,
+                self._senders,
+                now=self._now,
+                sleep=self._sleep,
+                metrics=self.metrics,
             )
             self.dispatcher = dispatcher
             resumed = await dispatcher.reconcile()
             await asyncio.to_thread(self._finish_returns)
-            watcher = Watcher(
-                {name: self.layout.outbox(name) for name in names},
-                dispatcher.claim,
-                rescan_interval=config.gateway.rescan_interval,
-                settle_time=config.gateway.settle_time,
-            )
-            self.watcher = watcher
-            watcher.start()
-            if config.as2_receiver is not None:
-                self.as2_receiver = As2Receiver(config, journal, settle=dispatcher.settle)
-                await self.as2_receiver.start()
-                stack.push_async_callback(self.as2_receiver.stop)
-            if config.gateway.metrics is not None:
-                host, port = config.gateway.metrics
-                self.metrics_server = MetricsServer(
-                    host,
-                    port,
-                    self.metrics,
-                    self.layout.journal,
-                    {
-                        "watcher": lambda: self._watcher_health(watcher),
-                        "journal": lambda: self._journal_health(journal),
-                        "dispatcher": lambda: self._dispatcher_health(dispatcher),
-                    },
-                )
-                await self.metrics_server.start()
-                stack.push_async_callback(self.metrics_server.stop)
+            stack.push_async_callback(self._stop_servers)
+            await self._start_servers(config, journal, dispatcher)
             try:
                 log.info(
                     "gateway.ready",
@@ -109,25 +96,174 @@ class Gateway:
                     resumed=resumed,
                     data_dir=str(config.gateway.data_dir),
                 )
-                notify("READY=1")
-                self.ready.set()
-                if on_ready is not None:
-                    on_ready()
-                poller = Poller(config, journal, sources(senders))
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(watcher.run(stopping))
-                    group.create_task(poller.run(stopping))
+                    intake = self._start_intake(config, journal, dispatcher, group)
+                    notify("READY=1")
+                    self.ready.set()
+                    if on_ready is not None:
+                        on_ready()
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
                     group.create_task(self._certificate_loop(stopping))
-                    await stopping.wait()
-                    watcher.wake()
+                    while not stopping.is_set():
+                        await _first(stopping, self._reload_requested)
+                        if self._reload_requested.is_set() and not stopping.is_set():
+                            self._reload_requested.clear()
+                            intake = await self._reload(intake, journal, dispatcher, group)
+                    await intake.stop()
             finally:
                 notify("STOPPING=1")
-                watcher.stop()
+                if self.watcher is not None:
+                    self.watcher.stop()
                 log.info("gateway.stopping", in_flight=dispatcher.busy)
-                await dispatcher.drain(config.gateway.shutdown_grace)
+                await dispatcher.drain(self.config.gateway.shutdown_grace)
         log.info("gateway.stopped")
+
+    # -- what runs, and how a reload replaces it ------------------------------------------
+
+    def _start_intake(
+        self, config: Config, journal: Journal, dispatcher: Dispatcher, group: asyncio.TaskGroup
+    ) -> _Intake:
+        watcher = Watcher(
+            {conn.name: self.layout.outbox(conn.name) for conn in config.connections},
+            dispatcher.claim,
+            rescan_interval=config.gateway.rescan_interval,
+            settle_time=config.gateway.settle_time,
+        )
+        self.watcher = watcher
+        intake = _Intake(watcher, Poller(config, journal, sources(self._senders)))
+        intake.start(group)
+        return intake
+
+    async def _start_servers(
+        self, config: Config, journal: Journal, dispatcher: Dispatcher, old: Config | None = None
+    ) -> None:
+        """The AS2 receiver and the metrics endpoint of ``config``; with ``old`` (a reload),
+        only what moved is restarted: a receiver at the same address keeps its connections."""
+        if old is None or old.as2_receiver != config.as2_receiver:
+            if self.as2_receiver is not None:
+                await self.as2_receiver.stop()
+                self.as2_receiver = None
+            if config.as2_receiver is not None:
+                receiver = As2Receiver(config, journal, settle=dispatcher.settle)
+                await receiver.start()
+                self.as2_receiver = receiver
+        elif self.as2_receiver is not None:
+            self.as2_receiver.reconfigure(config)
+        if old is None or old.gateway.metrics != config.gateway.metrics:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+                self.metrics_server = None
+            if config.gateway.metrics is not None:
+                host, port = config.gateway.metrics
+                server = MetricsServer(
+                    host,
+                    port,
+                    self.metrics,
+                    self.layout.journal,
+                    {
+                        "watcher": self._watcher_health,
+                        "journal": lambda: self._journal_health(journal),
+                        "dispatcher": lambda: self._dispatcher_health(dispatcher),
+                    },
+                )
+                await server.start()
+                self.metrics_server = server
+
+    async def _stop_servers(self) -> None:
+        if self.as2_receiver is not None:
+            await self.as2_receiver.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+
+    async def _close_senders(self) -> None:
+        """Close the senders in use, after those a reload retired (drained by now)."""
+        if self._retiring:
+            await asyncio.wait(self._retiring)
+        for name, sender in list(self._senders.items()):
+            try:
+                await sender.__aexit__(None, None, None)
+            except Exception:
+                log.exception("sender.close_failed", connection=name)
+
+    async def _reload(
+        self,
+        intake: _Intake,
+        journal: Journal,
+        dispatcher: Dispatcher,
+        group: asyncio.TaskGroup,
+    ) -> _Intake:
+        """Apply the configuration file as it is now, or keep the running one and say why.
+
+        Validated first (as ``raccord check`` would), then new senders are opened for added
+        and changed connections; only then is anything replaced: intake stops (claims under
+        way finish), the dispatcher takes the new connections, intake restarts. Transfers
+        under way finish on the sender they began with, which is closed after them.
+        """
+        old = self.config
+        log.info("config.reloading", path=str(old.path))
+        try:
+            new = await asyncio.to_thread(config_module.load, old.path)
+            _reloadable(old, new)
+        except ConfigError as exc:
+            log.error(
+                "config.reload_failed", error=str(exc), action="kept the running configuration"
+            )
+            notify(f"STATUS=reload failed, running configuration kept: {exc}")
+            return intake
+        notify("RELOADING=1")
+        before = {conn.name: conn for conn in old.connections}
+        after = {conn.name: conn for conn in new.connections}
+        added = [name for name in after if name not in before]
+        removed = [name for name in before if name not in after]
+        changed = [name for name in after if name in before and after[name] != before[name]]
+        opened: dict[str, Sender] = {}
+        try:
+            for name in added + changed:
+                opened[name] = await _open_sender(after[name])
+        except Exception as exc:
+            for sender in opened.values():
+                with contextlib.suppress(Exception):
+                    await sender.__aexit__(None, None, None)
+            log.error(
+                "config.reload_failed",
+                error=f"cannot open the sender of connection {name}: {exc}",
+                action="kept the running configuration",
+            )
+            notify("READY=1")
+            return intake
+        for warning in new.warnings:
+            log.warning("config.warning", message=warning)
+        await intake.stop()
+        self.watcher = None
+        self.layout.create(list(after))
+        retired = [self._senders[name] for name in removed + changed]
+        self._senders = {name: opened.get(name) or self._senders[name] for name in after}
+        self.config = new
+        dispatcher.reconfigure(new, self._senders)
+        for sender in retired:
+            task = asyncio.create_task(dispatcher.retire(sender))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        try:
+            await self._start_servers(new, journal, dispatcher, old)
+        except Exception:  # e.g. the new address is taken: the rest of the reload stands
+            log.exception("config.reload_incomplete", what="AS2 receiver or metrics endpoint")
+        intake = self._start_intake(new, journal, dispatcher, group)
+        try:
+            await asyncio.to_thread(self.check_certificates)
+        except Exception:
+            log.exception("certificate.check_failed")
+        log.info(
+            "config.reloaded",
+            added=added,
+            removed=removed,
+            changed=changed,
+            in_flight=dispatcher.busy,
+        )
+        notify("READY=1")
+        notify(f"STATUS=in flight: {dispatcher.busy}")
+        return intake
 
     def _finish_returns(self) -> None:
         """Apply return flows a stop or crash interrupted (worker thread, own connection)."""
@@ -205,8 +341,10 @@ class Gateway:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    async def _watcher_health(self, watcher: Watcher) -> str | None:
-        return watcher.health()
+    async def _watcher_health(self) -> str | None:
+        if self.watcher is None:
+            return "not running (the configuration is being reloaded)"
+        return self.watcher.health()
 
     async def _dispatcher_health(self, dispatcher: Dispatcher) -> str | None:
         if dispatcher.stopping.is_set():
@@ -217,3 +355,56 @@ class Gateway:
         if age > 3 * REQUEUE_POLL + 5:
             return f"its housekeeping last ran {age:.0f} s ago"
         return None
+
+
+class _Intake:
+    """What takes work in — the outbox watcher and the return-flow pollers — with a stop of
+    its own, so that a reload can replace it while flows go on."""
+
+    def __init__(self, watcher: Watcher, poller: Poller) -> None:
+        self.watcher = watcher
+        self.poller = poller
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        self.watcher.start()
+        self._tasks = [
+            group.create_task(self.watcher.run(self.stopping)),
+            group.create_task(self.poller.run(self.stopping)),
+        ]
+
+    async def stop(self) -> None:
+        """Stop taking files; a claim or a download under way finishes first."""
+        self.stopping.set()
+        self.watcher.wake()
+        await asyncio.wait(self._tasks)
+        await asyncio.to_thread(self.watcher.stop)  # joins the inotify thread
+
+
+async def _open_sender(conn: Connection) -> Sender:
+    return await registry.get(conn.protocol).create_sender(conn.settings).__aenter__()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _reloadable(old: Config, new: Config) -> None:
+    """What a reload cannot change while the daemon runs.
+
+    Raises:
+        ConfigError: the change needs a restart (message says which).
+    """
+    if new.gateway.data_dir != old.gateway.data_dir:
+        raise ConfigError(
+            f"{new.path}: gateway.data_dir changed from {old.gateway.data_dir} to "
+            f"{new.gateway.data_dir}; the journal and folders cannot move while raccord runs: "
+            "restart it (systemctl restart raccord)"
+        )

@@ -24,12 +24,13 @@ goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -136,7 +137,46 @@ class Dispatcher:
         self._filer: Batcher[Placement, None] = Batcher(place_all)
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
+        self._using: dict[int, int] = {}  # id(sender) -> sends and settles under way
+        self._released = asyncio.Condition()
         self.stopping = asyncio.Event()
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reconfigure(self, config: Config, senders: dict[str, Sender]) -> None:
+        """Take a reloaded configuration: from now on every attempt looks its connection and
+        sender up here. A transfer under way finishes on the sender it started with (see
+        :meth:`retire`); its next attempt, if any, uses the new one; a flow whose connection
+        was removed goes to ``error/`` with reason ``unknown_connection`` at its next step
+        (invoices waiting for a lot on it at once)."""
+        removed = {c.name for c in self.config.connections} - {c.name for c in config.connections}
+        self.config = config
+        self.senders = senders
+        self.certificates = certificates.by_connection(config)
+        for name in removed:
+            self._lots.flush_connection(name)
+
+    async def retire(self, sender: Sender) -> None:
+        """Close ``sender`` (replaced or removed by a reload) once no transfer uses it."""
+        async with self._released:
+            await self._released.wait_for(lambda: not self._using.get(id(sender)))
+        await sender.__aexit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def _use(self, sender: Sender) -> AsyncIterator[Sender]:
+        key = id(sender)
+        self._using[key] = self._using.get(key, 0) + 1
+        try:
+            yield sender
+        finally:
+            self._using[key] -= 1
+            if not self._using[key]:
+                del self._using[key]
+                async with self._released:
+                    self._released.notify_all()
+
+    def _configured(self, name: str) -> Connection | None:
+        return next((c for c in self.config.connections if c.name == name), None)
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -232,15 +272,10 @@ class Dispatcher:
             self._active.discard(flow_id)
 
     async def _advance(self, row: FlowRow) -> None:
-        if row.state in ("claimed", "batched", "queued", "sending") and not any(
-            conn.name == row.connection for conn in self.config.connections
+        if row.state in ("claimed", "batched", "queued", "sending") and (
+            self._configured(row.connection) is None
         ):
-            row = await self._refuse(
-                row,
-                "unknown_connection",
-                f"connection {row.connection} is no longer configured; configure it again and "
-                "raccord retry this flow, or drop the file in another connection's outbox",
-            )
+            row = await self._refuse(row, *_unknown_connection(row.connection))
         if row.state == "claimed":
             row = await self._prepare(row)
         if row.state == "batched":
@@ -380,7 +415,8 @@ class Dispatcher:
         return batched
 
     def _lot_limits(self, connection: str) -> Lot:
-        return self.config.connection(connection).lot  # _advance checked it is configured
+        conn = self._configured(connection)  # None: removed by a reload; _pack refuses them
+        return conn.lot if conn is not None else Lot(max_invoices=1)
 
     def _on_lot(self, rows: list[FlowRow]) -> None:
         if self.stopping.is_set():
@@ -394,8 +430,15 @@ class Dispatcher:
         then the lot runs as a flow."""
         first = rows[0]
         connection, code = first.connection, first.interface_code or ""
+        conn = self._configured(connection)
+        if conn is None:  # removed by a reload while its invoices waited
+            for row in rows:
+                with contextlib.suppress(Exception):  # each is filed, or stays batched
+                    await self._file_error(
+                        await self._refuse(row, *_unknown_connection(connection))
+                    )
+            return
         try:
-            conn = self.config.connection(connection)
             packaging = conn.lot.packaging
             lot_id = self._flow_ids.new(self._now())
             name = lots.lot_name(lot_id, packaging)
@@ -482,12 +525,14 @@ class Dispatcher:
         return queued
 
     async def _deliver(self, row: FlowRow) -> FlowRow:
-        conn = self.config.connection(row.connection)
-        sender = self.senders[row.connection]
-        retry = self.config.gateway.retry
         while True:
             if self.stopping.is_set():
                 return row
+            # Looked up at each attempt: a reload may have changed or removed the connection.
+            conn, sender = self._configured(row.connection), self.senders.get(row.connection)
+            if conn is None or sender is None:
+                return await self._refuse(row, *_unknown_connection(row.connection))
+            retry = self.config.gateway.retry
             now = self._now()
             unusable = conn.unusable_reason(now.date()) or certificates.blocking(
                 self.certificates.get(row.connection, []), now
@@ -517,7 +562,8 @@ class Dispatcher:
             log.info("flow.sending", attempt=row.attempts, resend=resend, protocol=conn.protocol)
             started = time.monotonic()
             try:
-                receipt = await sender.send(outbound)
+                async with self._use(sender):
+                    receipt = await sender.send(outbound)
             except TransferError as exc:
                 if exc.retryable and row.attempts < retry.max_attempts:
                     delay = backoff(row.attempts, retry.initial, retry.maximum, self._rng)
@@ -683,7 +729,8 @@ class Dispatcher:
         if not isinstance(sender, AsyncReceipts):
             raise TypeError(f"the {conn.protocol} sender cannot take late acknowledgements")
         try:
-            receipt = await sender.settle(pending, answer)
+            async with self._use(sender):
+                receipt = await sender.settle(pending, answer)
         except ForeignAnswer as exc:
             log.error("flow.receipt_foreign", error=str(exc), action="ignored; still waiting")
             return "foreign"
@@ -904,6 +951,14 @@ class Dispatcher:
                 self.start(row.flow_id)
                 started += 1
         return started
+
+
+def _unknown_connection(name: str) -> tuple[str, str]:
+    return (
+        "unknown_connection",
+        f"connection {name} is no longer configured; configure it again and raccord retry "
+        "this flow, or drop the file in another connection's outbox",
+    )
 
 
 def _size_and_analysis(path: Path, limit: int) -> tuple[int, Analysis | None]:

@@ -80,6 +80,11 @@ class Assembler:
         if pending.rows and not self._closed:
             self._on_lot(pending.rows)
 
+    def flush_connection(self, connection: str) -> None:
+        """Hand over every lot gathering for ``connection`` now (it was removed by a reload)."""
+        for key in [key for key in self._pending if key[0] == connection]:
+            self.flush(key)
+
     def close(self) -> None:
         """Stop: waiting invoices stay ``batched`` in the journal for the next start."""
         self._closed = True

@@ -172,21 +172,27 @@ class MetricsServer:
         self.host = host
         self.port = port
         self.registry = metrics.registry
-        self.registry.register(JournalCollector(journal))
+        self._collector = JournalCollector(journal)
         self.checks = checks
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        self.registry.register(self._collector)  # unregistered by stop: a reload may move us
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        self._runner, self.port = await serve(app, self.host, self.port)
+        try:
+            self._runner, self.port = await serve(app, self.host, self.port)
+        except BaseException:
+            self.registry.unregister(self._collector)
+            raise
         log.info("metrics.listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            self.registry.unregister(self._collector)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:

@@ -32,6 +32,18 @@ class KeyPair:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...] = ()
 
+    def __eq__(self, other: object) -> bool:
+        """The same key (private keys compare by identity: compare their public halves) and
+        the same certificates — so a reload can tell an unchanged connection."""
+        if not isinstance(other, KeyPair):
+            return NotImplemented
+        return (self.certificate, self.chain) == (other.certificate, other.chain) and (
+            self.key.public_key() == other.key.public_key()
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.certificate, self.chain))
+
     def pem(self) -> bytes:
         """Key (unencrypted PKCS#8) followed by the certificate, for libraries that want both."""
         key = self.key.private_bytes(

@@ -28,6 +28,7 @@ class Bucket:
     listings: int = 0  # how many times the returns were listed (polls)
     failures: deque[TransferError] = field(default_factory=deque)
     sends: int = 0
+    closes: int = 0  # how many times a sender of this bucket was closed
     gate: asyncio.Event | None = None  # when set by a test, sends wait for it to open
 
 
@@ -115,6 +116,9 @@ class MemorySender(Closing):
             raise RemoteRejected(f"the partner refused {pending.remote_name}: {said}")
         details = {**pending.details, "acknowledged": said}
         return Receipt(self.protocol, pending.remote_name, details)
+
+    async def aclose(self) -> None:
+        self._bucket.closes += 1
 
     async def check(self) -> str:
         return f"memory bucket {self._settings.bucket!r}"
