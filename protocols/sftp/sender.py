@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -37,6 +38,11 @@ from protocols.errors import (
     TransferTimeout,
 )
 from protocols.settings import Secret, Section, SettingsError
+
+T = TypeVar("T")
+
+#: Seconds an operation gets to end once its connection is aborted, and a clean close to end.
+ABORT_PATIENCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,38 @@ class SftpSender(Closing):
             sftp.exit()
         if conn is not None:
             conn.close()
+            # A clean close flushes what we wrote; a server that stopped reading never lets
+            # it finish: then the connection is dropped.
             with contextlib.suppress(Exception):
-                await conn.wait_closed()
+                await asyncio.wait_for(asyncio.shield(conn.wait_closed()), ABORT_PATIENCE)
+            if not conn.is_closed():
+                conn.abort()
+
+    def _abort(self) -> None:
+        """Drop the connection at once: every request under way fails with ConnectionLost."""
+        conn = self._conn
+        self._sftp = self._conn = None
+        if conn is not None:
+            conn.abort()
+
+    async def _bounded(self, operation: Coroutine[Any, Any, T]) -> T:
+        """``operation`` within the settings' ``timeout``, and cancellable.
+
+        asyncssh does not give up a request the server stopped answering: a cancelled put()
+        waits for the answers to the writes it sent (measured against an sshd stopped with
+        SIGSTOP: for ever, so neither the timeout nor a SIGTERM ended the transfer). On a
+        timeout or a cancellation the connection is aborted, which fails those requests; the
+        operation then ends within ABORT_PATIENCE, and the next one connects afresh.
+        """
+        task = asyncio.ensure_future(operation)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._settings.timeout)
+        except BaseException:
+            if not task.done():
+                self._abort()
+                await asyncio.wait({task}, timeout=ABORT_PATIENCE)
+                task.add_done_callback(_retrieve)
+            raise
 
     async def _session(self) -> asyncssh.SFTPClient:
         async with self._lock:
@@ -205,9 +241,9 @@ class SftpSender(Closing):
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is not None:
                             return receipt
-                    await asyncio.wait_for(_upload(sftp, flow, temp), s.timeout)
+                    await self._bounded(_upload(sftp, flow, temp))
                     try:
-                        await asyncio.wait_for(sftp.rename(temp, final), s.timeout)
+                        await self._bounded(sftp.rename(temp, final))
                     except asyncssh.SFTPFailure:
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is None:
@@ -231,7 +267,7 @@ class SftpSender(Closing):
         self, sftp: asyncssh.SFTPClient, flow: Outbound, final: str
     ) -> Receipt | None:
         try:
-            attrs = await asyncio.wait_for(sftp.stat(final), self._settings.timeout)
+            attrs = await self._bounded(sftp.stat(final))
         except asyncssh.SFTPNoSuchFile:
             return None
         if attrs.size != flow.size:
@@ -247,7 +283,7 @@ class SftpSender(Closing):
         s = self._settings
         sftp = await self._session()
         with _translated("listing upload_dir", s):
-            await asyncio.wait_for(sftp.stat(s.upload_dir), s.timeout)
+            await self._bounded(sftp.stat(s.upload_dir))
         await self.aclose()
         return (
             f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
@@ -278,7 +314,7 @@ class SftpSender(Closing):
             try:
                 sftp = await self._session()
                 with _translated(f"listing {s.download_dir}", s):
-                    entries = await asyncio.wait_for(sftp.readdir(s.download_dir), s.timeout)
+                    entries = await self._bounded(sftp.readdir(s.download_dir))
             except (TransferTimeout, ConnectError):
                 await self.aclose()
                 raise
@@ -301,7 +337,7 @@ class SftpSender(Closing):
             try:
                 sftp = await self._session()
                 with _translated(f"download of {remote.name}", s):
-                    await asyncio.wait_for(sftp.get(source, str(local)), s.timeout)
+                    await self._bounded(sftp.get(source, str(local)))
             except (TransferTimeout, ConnectError):
                 await self.aclose()
                 raise
@@ -321,9 +357,9 @@ class SftpSender(Closing):
             sftp = await self._session()
             with _translated(f"{s.after_download} of {remote.name}", s):
                 if s.after_download == "delete":
-                    await asyncio.wait_for(sftp.remove(source), s.timeout)
+                    await self._bounded(sftp.remove(source))
                     return "deleted"
-                await asyncio.wait_for(sftp.rename(source, source + s.done_suffix), s.timeout)
+                await self._bounded(sftp.rename(source, source + s.done_suffix))
                 return "renamed"
 
 
@@ -347,6 +383,12 @@ async def _upload(sftp: asyncssh.SFTPClient, flow: Outbound, remote: str) -> Non
     data = flow.path.read_bytes()
     async with sftp.open(remote, "wb") as out:
         await out.write(data)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned operation's outcome as seen (its error was reported another way)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _quietly_remove(sftp: asyncssh.SFTPClient, path: str) -> None:

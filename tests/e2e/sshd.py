@@ -121,5 +121,9 @@ class Sshd:
         self._process.wait(timeout=10)
         self._process = None
 
+    def sessions(self) -> list[int]:
+        """The processes serving clients (session sshd and sftp-server), not the listener."""
+        return descendants(self._process.pid) if self._process is not None else []
+
     def uploaded(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in self.upload_dir.iterdir()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -167,3 +168,50 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
     assert not os.listdir(layout.outbox("qualif-sftp"))
     assert not os.listdir(layout.spool("qualif-sftp"))
     assert not os.listdir(layout.error("qualif-sftp"))
+
+
+def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """asyncssh waits for ever for answers a stopped server never sends; the sender must not."""
+    from protocols.base import Outbound
+    from protocols.errors import TransferTimeout
+    from protocols.sftp.sender import ABORT_PATIENCE, SftpSender
+
+    path = write_sftp_config(tmp_path, sshd)
+    path.write_text(path.read_text().replace('timeout = "10s"', 'timeout = "1s"'))
+    settings = config_module.load(path).connections[0].settings
+    big = tmp_path / "big.xml"
+    big.write_bytes(invoice("STALL-1") + b"<!--" + b"x" * 20_000_000 + b"-->")
+    flow = Outbound(
+        flow_id="stall",
+        path=big,
+        remote_name="stalled.xml",
+        interface_code="FSO1100A",
+        size=big.stat().st_size,
+        sha256="",
+        resend=False,
+    )
+    frozen: list[int] = []
+
+    async def scenario() -> float:
+        async with SftpSender(settings) as sender:
+            send = asyncio.create_task(sender.send(flow))
+            part = sshd.upload_dir / ".stalled.xml.part"
+            await until(lambda: part.exists() and part.stat().st_size > 0, what="upload start")
+            frozen.extend(sshd.sessions())
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            with pytest.raises(TransferTimeout) as caught:
+                await asyncio.wait_for(send, 30)
+            assert caught.value.retryable
+            return time.monotonic() - started
+
+    try:
+        took = asyncio.run(scenario())
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert took < 1 + ABORT_PATIENCE + 2, f"gave up after {took:.1f} s"
