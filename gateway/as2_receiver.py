@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import logs, returns
+from gateway.alerts import Alerter
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
 from gateway.httpserver import serve
@@ -75,9 +76,17 @@ _MDN_ANSWERS = {
 class As2Receiver:
     """The endpoint, serving every ``protocol = "as2"`` connection of the configuration."""
 
-    def __init__(self, config: Config, journal: Journal, *, settle: Settle | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        *,
+        settle: Settle | None = None,
+        alerts: Alerter | None = None,
+    ) -> None:
         assert config.as2_receiver is not None
         self.settle = settle
+        self.alerts = alerts or Alerter(None)
         self.settings: As2ReceiverSettings = config.as2_receiver
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
@@ -289,6 +298,15 @@ class As2Receiver:
             reader="pyas2lib" if inbound.fallback else "stream",
             fallback=inbound.fallback,
         )
+        if outcome.rejected:
+            self.alerts.invoices_rejected(
+                connection,
+                inbound.filename or message_id,
+                outcome.return_id,
+                outcome.flows,
+                outcome.rejected,
+                outcome.collateral,
+            )
         return None
 
     def _store(self, inbound: Inbound) -> returns.Outcome:

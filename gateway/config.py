@@ -18,7 +18,7 @@ from typing import Any
 
 from flows import codes, naming
 from protocols import registry
-from protocols.settings import Section, SettingsError, nearest
+from protocols.settings import Secret, Section, SettingsError, nearest
 
 DEFAULT_PATH = Path("/etc/raccord/raccord.toml")
 _NAME = re.compile(r"^[a-z0-9-]+$")
@@ -141,11 +141,87 @@ def _address(section: Section, key: str, value: str, example: str) -> tuple[str,
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    sender: str  # the From address
+    recipients: tuple[str, ...]
+    starttls: bool = False
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """``[alerts]``: who is told when something needs a person, and how often at most."""
+
+    webhook_url: str | None = None
+    webhook_token: Secret | None = None  # sent as "Authorization: Bearer …"
+    smtp: SmtpSettings | None = None
+    rate_limit: float = 900.0  # one alert per kind and connection per period; the rest summed
+    failing_for: float = 1800.0  # a connection failing this long without a success alerts
+
+
+def _alerts(section: Section | None) -> AlertSettings | None:
+    if section is None:
+        return None
+    webhook_url = section.optional_str("webhook_url")
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            section.key("webhook_url"), f"expected an http:// or https:// URL, got {webhook_url!r}"
+        )
+    token = section.secret("webhook_token", required=False)
+    smtp = _smtp(section.table("smtp"))
+    settings = AlertSettings(
+        webhook_url=webhook_url,
+        webhook_token=token,
+        smtp=smtp,
+        rate_limit=section.duration("rate_limit", "15m"),
+        failing_for=section.duration("failing_for", "30m"),
+    )
+    section.finish()
+    if webhook_url is None and smtp is None:
+        raise SettingsError(
+            section.key("webhook_url"),
+            "[alerts] needs webhook_url or an [alerts.smtp] table (or remove [alerts])",
+        )
+    return settings
+
+
+def _smtp(section: Section | None) -> SmtpSettings | None:
+    if section is None:
+        return None
+    recipients = section.raw("to")
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    if (
+        not isinstance(recipients, list)
+        or not recipients
+        or not all(isinstance(r, str) and "@" in r for r in recipients)
+    ):
+        raise SettingsError(
+            section.key("to"), 'expected e-mail addresses, e.g. to = ["ops@example.com"]'
+        )
+    smtp = SmtpSettings(
+        host=section.string("host", "localhost"),
+        port=section.integer("port", 25, minimum=1, maximum=65535),
+        sender=section.string("from", required=True),
+        recipients=tuple(recipients),
+        starttls=section.boolean("starttls", False),
+        username=section.optional_str("username"),
+        password=section.secret("password", required=False),
+    )
+    section.finish()
+    return smtp
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
     connections: tuple[Connection, ...]
     as2_receiver: As2ReceiverSettings | None = None
+    alerts: AlertSettings | None = None
     #: Things that are allowed but probably wrong, one sentence each (``raccord check`` prints
     #: them, the daemon logs them as ``config.warning``).
     warnings: tuple[str, ...] = ()
@@ -200,6 +276,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         seen.add(conn.name)
         connections.append(conn)
     as2_receiver = _as2_receiver(top.table("as2_receiver"))
+    alerts = _alerts(top.table("alerts"))
     top.finish()
     _one_connection_per_as2_pair(connections)
     _async_mdns_need_the_receiver(connections, as2_receiver)
@@ -209,6 +286,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         gateway,
         tuple(connections),
         as2_receiver,
+        alerts,
         _production_without_qualification(connections),
     )
 

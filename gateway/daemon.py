@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway import certificates, logs
 from gateway import config as config_module
+from gateway.alerts import Alerter
 from gateway.as2_receiver import As2Receiver
 from gateway.config import Config, ConfigError, Connection
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
@@ -49,6 +50,7 @@ class Gateway:
         self.watcher: Watcher | None = None
         self.as2_receiver: As2Receiver | None = None
         self.metrics = Metrics()
+        self.alerts = Alerter(config.alerts, now=now)
         self.metrics_server: MetricsServer | None = None
         self.ready = asyncio.Event()
         self._housekept_at = time.monotonic()
@@ -83,6 +85,7 @@ class Gateway:
                 now=self._now,
                 sleep=self._sleep,
                 metrics=self.metrics,
+                alerts=self.alerts,
             )
             self.dispatcher = dispatcher
             resumed = await dispatcher.reconcile()
@@ -105,6 +108,7 @@ class Gateway:
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
                     group.create_task(self._certificate_loop(stopping))
+                    group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
                         if self._reload_requested.is_set() and not stopping.is_set():
@@ -131,7 +135,8 @@ class Gateway:
             settle_time=config.gateway.settle_time,
         )
         self.watcher = watcher
-        intake = _Intake(watcher, Poller(config, journal, sources(self._senders)))
+        poller = Poller(config, journal, sources(self._senders), self.alerts)
+        intake = _Intake(watcher, poller)
         intake.start(group)
         return intake
 
@@ -145,7 +150,9 @@ class Gateway:
                 await self.as2_receiver.stop()
                 self.as2_receiver = None
             if config.as2_receiver is not None:
-                receiver = As2Receiver(config, journal, settle=dispatcher.settle)
+                receiver = As2Receiver(
+                    config, journal, settle=dispatcher.settle, alerts=self.alerts
+                )
                 await receiver.start()
                 self.as2_receiver = receiver
         elif self.as2_receiver is not None:
@@ -240,6 +247,7 @@ class Gateway:
         retired = [self._senders[name] for name in removed + changed]
         self._senders = {name: opened.get(name) or self._senders[name] for name in after}
         self.config = new
+        self.alerts.reconfigure(new.alerts)
         dispatcher.reconfigure(new, self._senders)
         for sender in retired:
             task = asyncio.create_task(dispatcher.retire(sender))
@@ -250,10 +258,7 @@ class Gateway:
         except Exception:  # e.g. the new address is taken: the rest of the reload stands
             log.exception("config.reload_incomplete", what="AS2 receiver or metrics endpoint")
         intake = self._start_intake(new, journal, dispatcher, group)
-        try:
-            await asyncio.to_thread(self.check_certificates)
-        except Exception:
-            log.exception("certificate.check_failed")
+        await self._check_certificates()
         log.info(
             "config.reloaded",
             added=added,
@@ -302,12 +307,19 @@ class Gateway:
 
     async def _certificate_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            try:
-                await asyncio.to_thread(self.check_certificates)
-            except Exception:  # e.g. a TLS certificate file gone: say so, try again tomorrow
-                log.exception("certificate.check_failed")
+            await self._check_certificates()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), CERTIFICATE_CHECK)
+
+    async def _check_certificates(self) -> None:
+        try:
+            records = await asyncio.to_thread(self.check_certificates)
+        except Exception:  # e.g. a TLS certificate file gone: say so, try again tomorrow
+            log.exception("certificate.check_failed")
+            return
+        for record in records:
+            if record["state"] != "valid":
+                self.alerts.certificate(record)
 
     def check_certificates(self) -> list[dict[str, Any]]:
         """Log every certificate that needs a person (expiring within ``warn_days``, expired,

@@ -41,6 +41,7 @@ import structlog
 from flows import lots, naming
 from flows.analysis import Analysis, analyze, digest
 from gateway import certificates, logs
+from gateway.alerts import Alerter
 from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
 from gateway.folders import (
@@ -119,9 +120,11 @@ class Dispatcher:
         rng: random.Random | None = None,
         max_in_flight: int = 256,
         metrics: Metrics | None = None,
+        alerts: Alerter | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.alerts = alerts or Alerter(None)
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
         self.senders = senders
@@ -571,6 +574,7 @@ class Dispatcher:
                         row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
                     )
                     self.metrics.retried.labels(row.connection, exc.reason).inc()
+                    self.alerts.transfer_failed(row.connection, exc.reason, str(exc))
                     log.warning(
                         "flow.retry",
                         reason=exc.reason,
@@ -581,10 +585,12 @@ class Dispatcher:
                     await self._wait(delay)
                     continue
                 message = str(exc)
+                self.alerts.transfer_failed(row.connection, exc.reason, message)
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
                 return await self._refuse(row, exc.reason, message, expect=("sending",))
             self.metrics.transferred(row.connection, time.monotonic() - started, outbound.size)
+            self.alerts.transfer_succeeded(row.connection)
             if receipt.awaiting:
                 return await self._await_receipt(row, conn, receipt)
             return await self._delivered(row, conn, receipt)
@@ -833,6 +839,14 @@ class Dispatcher:
         await self._transition(row, "error", expect=("failing",))
         self.metrics.failed.labels(row.connection, row.reason or "unknown").inc()
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
+        self.alerts.flow_failed(
+            row.connection,
+            row.flow_id,
+            row.original_name,
+            row.reason or "unknown",
+            row.message or "",
+            str(target),
+        )
 
     async def _lot_invoices(self, row: FlowRow) -> list[dict[str, Any]]:
         invoices = await self.journal.call(lambda db: db.invoices(row.flow_id))

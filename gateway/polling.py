@@ -23,6 +23,7 @@ from typing import cast
 
 from flows import naming
 from gateway import logs, returns
+from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import Journal
@@ -51,8 +52,15 @@ def sources(senders: dict[str, Sender]) -> dict[str, ReturnSource]:
 
 
 class Poller:
-    def __init__(self, config: Config, journal: Journal, sources: dict[str, ReturnSource]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        sources: dict[str, ReturnSource],
+        alerts: Alerter | None = None,
+    ) -> None:
         self.config = config
+        self.alerts = alerts or Alerter(None)
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
         self.sources = sources
@@ -156,6 +164,15 @@ class Poller:
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
+        if outcome.rejected:
+            self.alerts.invoices_rejected(
+                connection,
+                remote.name,
+                outcome.return_id,
+                outcome.flows,
+                outcome.rejected,
+                outcome.collateral,
+            )
         return True
 
     def _clean(self) -> None:

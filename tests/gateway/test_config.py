@@ -178,8 +178,8 @@ def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> Non
 
     ours, theirs = pki.issue("MYCOMPANY AS2"), pki.issue("CTAIFEP AS2")
     text = EXAMPLE.read_text()
-    start = text.index("# An AS2 connection")
-    block = "\n".join(line[2:] for line in text[start:].splitlines()[2:])
+    start, end = text.index("# An AS2 connection"), text.index("\n# Alerts:")
+    block = "\n".join(line[2:] for line in text[start:end].splitlines()[2:])
     files = {
         "/etc/raccord/keys/as2.key": pki.write_key(ours, tmp_path / "as2.key"),
         "/etc/raccord/keys/as2.crt": pki.write_certificates(
