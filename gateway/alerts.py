@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway import logs
+from gateway import logs, returns
 from gateway.config import AlertSettings, SmtpSettings
 
 log = logs.get()
@@ -115,28 +115,27 @@ class Alerter:
             )
         )
 
-    def invoices_rejected(
-        self,
-        connection: str,
-        file: str,
-        return_id: str,
-        flows: tuple[str, ...],
-        rejected: int,
-        collateral: int,
-    ) -> None:
-        collateral_note = f", {collateral} of them only because their lot was" if collateral else ""
+    def returned(self, connection: str, file: str, outcome: returns.Outcome) -> None:
+        """A return flow was applied: alert if it rejected invoices."""
+        if not outcome.rejected:
+            return
+        collateral = (
+            f", {outcome.collateral} of them only because their lot was"
+            if outcome.collateral
+            else ""
+        )
         self.alert(
             Alert(
                 "invoices_rejected",
                 connection,
-                f"return flow {file} on {connection} rejected {rejected} invoice(s)"
-                f"{collateral_note}; see rejected/{connection}/",
+                f"return flow {file} on {connection} rejected {outcome.rejected} invoice(s)"
+                f"{collateral}; see rejected/{connection}/",
                 {
                     "file": file,
-                    "return_id": return_id,
-                    "flows": list(flows),
-                    "rejected": rejected,
-                    "collateral": collateral,
+                    "return_id": outcome.return_id,
+                    "flows": list(outcome.flows),
+                    "rejected": outcome.rejected,
+                    "collateral": outcome.collateral,
                 },
             )
         )
@@ -202,13 +201,7 @@ class Alerter:
             self._queue.put_nowait(alert)
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning(
-                "alert.dropped",
-                kind=alert.kind,
-                connection=alert.connection,
-                summary=alert.summary,
-                dropped=self.dropped,
-            )
+            log.warning("alert.dropped", dropped=self.dropped, **_fields(alert))
 
     # -- delivery -------------------------------------------------------------------------
 

@@ -298,15 +298,7 @@ class As2Receiver:
             reader="pyas2lib" if inbound.fallback else "stream",
             fallback=inbound.fallback,
         )
-        if outcome.rejected:
-            self.alerts.invoices_rejected(
-                connection,
-                inbound.filename or message_id,
-                outcome.return_id,
-                outcome.flows,
-                outcome.rejected,
-                outcome.collateral,
-            )
+        self.alerts.returned(connection, inbound.filename or message_id, outcome)
         return None
 
     def _store(self, inbound: Inbound) -> returns.Outcome:

@@ -164,15 +164,7 @@ class Poller:
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
-        if outcome.rejected:
-            self.alerts.invoices_rejected(
-                connection,
-                remote.name,
-                outcome.return_id,
-                outcome.flows,
-                outcome.rejected,
-                outcome.collateral,
-            )
+        self.alerts.returned(connection, remote.name, outcome)
         return True
 
     def _clean(self) -> None:

@@ -45,9 +45,10 @@ delay = "{delay}"
 """
 
 
-def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
+def memory_config_text(data_dir: Path, bucket: str, **overrides: Any) -> str:
+    """The memory connection's configuration with ``overrides`` of its placeholders."""
     values = {
-        "data_dir": tmp_path / "data",
+        "data_dir": data_dir,
         "rescan": "1s",
         "attempts": 4,
         "state": "active",
@@ -60,8 +61,12 @@ def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
         "memory_extra": "",
     }
     values.update(overrides)
+    return MEMORY_CONFIG.format(**values)
+
+
+def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
     path = tmp_path / "raccord.toml"
-    path.write_text(MEMORY_CONFIG.format(**values))
+    path.write_text(memory_config_text(tmp_path / "data", bucket, **overrides))
     return config_module.load(path)
 
 

@@ -256,3 +256,35 @@ def test_the_commented_example_loads_once_uncommented(tmp_path: Path) -> None:
     assert alerts is not None and alerts.smtp is not None
     assert (alerts.rate_limit, alerts.failing_for) == (900.0, 1800.0)
     assert alerts.smtp.recipients == ("ops@example.com",)
+
+
+def test_a_return_flow_rejecting_an_invoice_alerts(tmp_path: Path) -> None:
+    from protocols import memory
+    from tests.gateway.test_returns import cpp_statut, invoice
+
+    bucket = f"alerts-returns-{time.monotonic_ns()}"
+    memory.BUCKETS.pop(bucket, None)
+    hook = Webhook()
+
+    async def scenario() -> None:
+        url = await hook.start()
+        config = memory_config(tmp_path, bucket, memory_extra='poll_interval = "100ms"')
+        config.path.write_text(config.path.read_text() + f'\n[alerts]\nwebhook_url = "{url}"\n')
+        config = config_module.load(config.path)
+        try:
+            async with running(config):
+                drop(config, "facture.xml", invoice("F-200"))
+                await until(filed(config, 1), what="the invoice sent")
+                statut = cpp_statut(invoices=(("F-200", "05"),))
+                memory.bucket(bucket).returns["FEN1200A_9.xml"] = statut
+                await until(lambda: bool(hook.received), what="the alert")
+        finally:
+            await hook.stop()
+
+    asyncio.run(scenario())
+    [document] = hook.received
+    assert document["kind"] == "invoices_rejected"
+    assert document["summary"] == (
+        "return flow FEN1200A_9.xml on qualif-mem rejected 1 invoice(s); see rejected/qualif-mem/"
+    )
+    assert document["details"]["rejected"] == 1 and document["details"]["collateral"] == 0

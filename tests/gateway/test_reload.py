@@ -15,7 +15,15 @@ from gateway.config import Config
 from gateway.daemon import Gateway
 from protocols import memory
 from tests.conftest import sample
-from tests.gateway.harness import MEMORY_CONFIG, drop, filed, memory_config, rows, running, until
+from tests.gateway.harness import (
+    drop,
+    filed,
+    memory_config,
+    memory_config_text,
+    rows,
+    running,
+    until,
+)
 
 SECOND = """
 [[connection]]
@@ -48,21 +56,8 @@ def buckets(prefix: str, *names: str) -> list[str]:
 
 def rewrite(config: Config, bucket: str, extra: str = "", **overrides: Any) -> None:
     """Write the harness's configuration again, for ``bucket``, with ``extra`` appended."""
-    values: dict[str, Any] = {
-        "data_dir": config.gateway.data_dir,
-        "rescan": "1s",
-        "attempts": 4,
-        "state": "active",
-        "valid_to": "2099-06-30",
-        "bucket": bucket,
-        "gateway_extra": "",
-        "connection_extra": "",
-        "mode": "complete",
-        "delay": "0s",
-        "memory_extra": "",
-    }
-    values.update(overrides)
-    config.path.write_text(MEMORY_CONFIG.format(**values) + extra)
+    text = memory_config_text(config.gateway.data_dir, bucket, **overrides)
+    config.path.write_text(text + extra)
 
 
 async def reload(gateway: Gateway) -> list[dict[str, Any]]:
