@@ -5,6 +5,10 @@ return flows are applied), watcher and return-flow pollers, then READY for syste
 (``stopping`` set, e.g. by SIGTERM): the watcher and pollers stop taking files, in-flight
 flows get ``shutdown_grace`` seconds to finish and are then cancelled (their outcome is unknown
 and they resend under the same remote name at the next start), senders and journal close.
+
+Reload (SIGHUP, :meth:`Gateway.request_reload`): see :meth:`Gateway._reload`. What is replaced
+is what reads the configuration — intake, the senders of added or changed connections, the
+servers whose address moved; the journal and the dispatcher (with its flows) stay.
 """
 
 from __future__ import annotations
@@ -113,7 +117,16 @@ class Gateway:
                         await _first(stopping, self._reload_requested)
                         if self._reload_requested.is_set() and not stopping.is_set():
                             self._reload_requested.clear()
-                            intake = await self._reload(intake, journal, dispatcher, group)
+                            try:
+                                intake = await self._reload(intake, journal, dispatcher, group)
+                            except Exception:  # a bug or the disk: never the end of the daemon
+                                log.exception(
+                                    "config.reload_failed", action="carrying on as configured"
+                                )
+                                if intake.stopping.is_set():
+                                    intake = self._start_intake(
+                                        self.config, journal, dispatcher, group
+                                    )
                     await intake.stop()
             finally:
                 notify("STOPPING=1")
