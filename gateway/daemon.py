@@ -123,6 +123,7 @@ class Gateway:
                                 log.exception(
                                     "config.reload_failed", action="carrying on as configured"
                                 )
+                                notify("READY=1")  # ends the RELOADING=1 it may have sent
                                 if intake.stopping.is_set():
                                     intake = self._start_intake(
                                         self.config, journal, dispatcher, group
@@ -280,7 +281,7 @@ class Gateway:
             in_flight=dispatcher.busy,
         )
         notify("READY=1")
-        notify(f"STATUS=in flight: {dispatcher.busy}")
+        await self._status(dispatcher)
         return intake
 
     def _finish_returns(self) -> None:
@@ -316,7 +317,16 @@ class Gateway:
             else:
                 self._housekeeping_problem = None
             self._housekept_at = time.monotonic()
+            await self._status(dispatcher)
+
+    async def _status(self, dispatcher: Dispatcher) -> None:
+        """The STATUS line systemctl status shows: the queue and what is being worked on."""
+        try:
+            depth = await dispatcher.journal.call(lambda db: db.queue_depth())
+        except Exception:  # the health check reports the journal; the status just says less
             notify(f"STATUS=in flight: {dispatcher.busy}")
+            return
+        notify(f"STATUS=queue: {depth} flow(s) not yet filed, {dispatcher.busy} in flight")
 
     async def _certificate_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

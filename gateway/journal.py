@@ -750,6 +750,15 @@ class JournalDB:
             {(row[0], row[1]): row[2] for row in statuses},
         )
 
+    def queue_depth(self) -> int:
+        """Flows not yet filed (the same count as the raccord_queue_depth metric, summed)."""
+        marks = ", ".join("?" for _ in TERMINAL)
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM flows WHERE state NOT IN ({marks})",  # noqa: S608 - placeholders
+            tuple(TERMINAL),
+        ).fetchone()
+        return int(row[0])
+
     def ping(self) -> None:
         """A query that touches the database file (the health check)."""
         self._db.execute("SELECT COUNT(*) FROM flows WHERE state = 'queued'").fetchone()

@@ -1,5 +1,6 @@
 """sd_notify as a running gateway speaks it: READY once it watches, keep-alives from its event
-loop at the pace systemd asks (and none while the loop is stuck), STOPPING on its way out."""
+loop at the pace systemd asks (and none while the loop is stuck), STATUS with the queue,
+RELOADING then READY around a reload, STOPPING on its way out."""
 
 from __future__ import annotations
 
@@ -111,3 +112,34 @@ def test_a_watchdog_meant_for_another_process_is_ignored(monkeypatch: pytest.Mon
     assert systemd.watchdog_period() == 30.0
     monkeypatch.setenv("WATCHDOG_USEC", "soon")
     assert systemd.watchdog_period() is None
+
+
+def test_status_shows_the_queue_and_a_reload_is_reloading_then_ready(
+    tmp_path: Path, listener: Systemd
+) -> None:
+    from protocols import memory
+    from tests.conftest import sample
+    from tests.gateway.harness import drop, until
+
+    bucket = f"systemd-status-{time.monotonic_ns()}"
+    memory.BUCKETS.pop(bucket, None)
+    config = memory_config(tmp_path, bucket)
+
+    async def scenario() -> None:
+        async with running(config) as gateway:
+            gate = memory.hold(bucket)
+            drop(config, "held.xml", sample("ubl-invoice.xml"))
+            await until(
+                lambda: "STATUS=queue: 1 flow(s) not yet filed, 1 in flight" in listener.texts,
+                what="a STATUS line with the held flow",
+            )
+            gateway.request_reload()
+            await until(lambda: "RELOADING=1" in listener.texts, what="RELOADING=1")
+            await until(
+                lambda: "READY=1" in listener.texts[listener.texts.index("RELOADING=1") :],
+                what="READY=1 after the reload",
+            )
+            gate.set()
+
+    asyncio.run(scenario())
+    assert listener.stopping.wait(5), listener.texts
