@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import stat
 from collections.abc import Coroutine, Iterator
@@ -272,6 +273,11 @@ class SftpSender(Closing):
             return None
         if attrs.size != flow.size:
             return None
+        # Same size is not same file: read it back (only on a resend or a name conflict, both
+        # rare) and compare digests, so other bytes are never taken for ours.
+        expected = flow.sha256 or await asyncio.to_thread(_sha256, flow.path)
+        if await self._bounded(_remote_sha256(sftp, final)) != expected:
+            return None
         return Receipt(
             self.protocol,
             flow.remote_name,
@@ -383,6 +389,23 @@ async def _upload(sftp: asyncssh.SFTPClient, flow: Outbound, remote: str) -> Non
     data = flow.path.read_bytes()
     async with sftp.open(remote, "wb") as out:
         await out.write(data)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _remote_sha256(sftp: asyncssh.SFTPClient, path: str) -> str:
+    digest = hashlib.sha256()
+    async with sftp.open(path, "rb") as remote:
+        while chunk := await remote.read(1 << 18):
+            assert isinstance(chunk, bytes)  # opened "rb"; asyncssh types reads as AnyStr
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

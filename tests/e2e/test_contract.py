@@ -1,0 +1,121 @@
+"""The sender contract (protocols.contract) run against every built-in sender that delivers to
+a partner we can look into — SFTP to a real sshd, the memory sender — and the plugin example."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_module
+from protocols import contract, memory
+from protocols.base import Outbound, Receipt
+from protocols.errors import ConnectError
+from protocols.sftp.sender import SftpSender
+from tests.e2e.conftest import write_sftp_config
+from tests.e2e.sshd import Sshd, free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_sftp_keeps_the_contract(tmp_path: Path, sshd: Sshd) -> None:
+    settings = config_module.load(write_sftp_config(tmp_path, sshd)).connections[0].settings
+
+    def delivered(name: str) -> bytes | None:
+        path = sshd.upload_dir / name
+        return path.read_bytes() if path.exists() else None
+
+    checked = asyncio.run(
+        contract.verify(
+            lambda: SftpSender(settings),
+            delivered,
+            tmp_path,
+            make_unreachable=lambda: SftpSender(replace(settings, port=free_port())),
+        )
+    )
+    assert checked == [
+        "delivers",
+        "check",
+        "resend_recognised",
+        "never_overwrites",
+        "reusable_after_close",
+        "unreachable_is_retryable",
+    ]
+    assert not [p for p in sshd.upload_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_the_memory_sender_keeps_the_contract(tmp_path: Path) -> None:
+    bucket = f"contract-{time.monotonic_ns()}"
+    down = f"{bucket}-down"
+    settings = memory.MemorySettings(bucket=bucket, delay=0.0)
+
+    def unreachable() -> memory.MemorySender:
+        memory.fail_next(down, ConnectError("no route to the partner"))
+        return memory.MemorySender(replace(settings, bucket=down))
+
+    checked = asyncio.run(
+        contract.verify(
+            lambda: memory.MemorySender(settings),
+            memory.bucket(bucket).files.get,
+            tmp_path,
+            make_unreachable=unreachable,
+        )
+    )
+    assert "never_overwrites" in checked and "unreachable_is_retryable" in checked
+
+
+def test_the_plugin_example_keeps_the_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = ROOT / "examples" / "raccord-folder" / "raccord_folder" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("raccord_folder", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "raccord_folder", module)  # dataclasses look it up there
+    spec.loader.exec_module(module)
+    target = tmp_path / "out"
+    target.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def delivered(name: str) -> bytes | None:
+        path = target / name
+        return path.read_bytes() if path.exists() else None
+
+    checked = asyncio.run(
+        contract.verify(lambda: module.FolderSender(module.FolderSettings(target)), delivered, work)
+    )
+    assert checked == [
+        "delivers",
+        "check",
+        "resend_recognised",
+        "never_overwrites",
+        "reusable_after_close",
+    ]
+
+
+def test_a_sender_that_overwrites_is_caught(tmp_path: Path) -> None:
+    """The suite can fail: a sender that replaces a delivered file breaks never_overwrites."""
+    bucket = f"contract-bad-{time.monotonic_ns()}"
+
+    class Overwriting(memory.MemorySender):
+        async def send(self, flow: Outbound) -> Receipt:
+            if not flow.resend:  # replaces whatever the partner holds under that name
+                memory.bucket(bucket).files.pop(flow.remote_name, None)
+            return await super().send(flow)
+
+    with pytest.raises(contract.ContractBroken, match="never_overwrites"):
+        asyncio.run(
+            contract.verify(
+                lambda: Overwriting(memory.MemorySettings(bucket=bucket, delay=0.0)),
+                memory.bucket(bucket).files.get,
+                tmp_path,
+            )
+        )
