@@ -1,5 +1,5 @@
-"""The sender contract (protocols.contract) run against every built-in sender that delivers to
-a partner we can look into — SFTP to a real sshd, the memory sender — and the plugin example."""
+"""The sender contract (protocols.contract) run against every built-in sender — SFTP to a real
+sshd, AS2 to the partner simulator, the memory sender — and the plugin example."""
 
 from __future__ import annotations
 
@@ -119,3 +119,44 @@ def test_a_sender_that_overwrites_is_caught(tmp_path: Path) -> None:
                 tmp_path,
             )
         )
+
+
+def test_as2_keeps_the_contract_with_the_simulated_partner(tmp_path: Path) -> None:
+    """AS2 against the in-package partner simulator (raccord's AS2 code on both sides: the
+    django-pyas2 and openssl tests are the outside opinion; this one checks the contract)."""
+    from gateway import pki
+    from gateway.as2_simulator import As2Simulator
+    from protocols.as2.sender import As2Sender
+    from tests.as2_config import mirror, write_as2_config
+
+    ours, theirs = pki.issue("MYCOMPANY AS2"), pki.issue("CTAIFEP AS2")
+    port = free_port()
+    config = write_as2_config(tmp_path, ours, theirs, url=f"http://127.0.0.1:{port}/")
+    settings = config.connections[0].settings
+    view = mirror(settings, theirs, ours)
+    deposits = tmp_path / "partner" / "depot"
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def delivered(name: str) -> bytes | None:
+        path = deposits / name
+        return path.read_bytes() if path.exists() else None
+
+    async def scenario() -> list[str]:
+        async with As2Simulator(deposits, tmp_path / "partner" / "retrait", view, port=port):
+            return await contract.verify(
+                lambda: As2Sender(settings),
+                delivered,
+                work,
+                make_unreachable=lambda: As2Sender(
+                    replace(settings, url=f"http://127.0.0.1:{free_port()}/")
+                ),
+            )
+
+    assert asyncio.run(scenario()) == [
+        "delivers",
+        "check",
+        "resend_recognised",
+        "reusable_after_close",
+        "unreachable_is_retryable",
+    ]
