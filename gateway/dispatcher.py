@@ -436,10 +436,12 @@ class Dispatcher:
         conn = self._configured(connection)
         if conn is None:  # removed by a reload while its invoices waited
             for row in rows:
-                with contextlib.suppress(Exception):  # each is filed, or stays batched
+                try:
                     await self._file_error(
                         await self._refuse(row, *_unknown_connection(connection))
                     )
+                except Exception:  # it stays batched; the next start files it
+                    log.exception("lot.pack_failed", connection=connection, flow_id=row.flow_id)
             return
         try:
             packaging = conn.lot.packaging
