@@ -89,7 +89,6 @@ class Alerter:
         self._failing_since: dict[str, float] = {}
         self._failing_told: set[str] = set()
         self.dropped = 0
-        self.delivered = 0
 
     def reconfigure(self, settings: AlertSettings | None) -> None:
         self.settings = settings
@@ -285,7 +284,6 @@ class Alerter:
                 )
                 channels.pop()
         if channels:
-            self.delivered += 1
             log.info("alert.sent", via=channels, **_fields(alert))
 
     async def _post(self, settings: AlertSettings, document: dict[str, Any]) -> None:

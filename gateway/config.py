@@ -165,11 +165,7 @@ class AlertSettings:
 def _alerts(section: Section | None) -> AlertSettings | None:
     if section is None:
         return None
-    webhook_url = section.optional_str("webhook_url")
-    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
-        raise SettingsError(
-            section.key("webhook_url"), f"expected an http:// or https:// URL, got {webhook_url!r}"
-        )
+    webhook_url = section.url("webhook_url", required=False)
     token = section.secret("webhook_token", required=False)
     smtp = _smtp(section.table("smtp"))
     settings = AlertSettings(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -135,6 +136,18 @@ class Section:
         value = self._get(name, False)
         if value is not None and not isinstance(value, str):
             raise SettingsError(self.key(name), f"expected a string, got {value!r}")
+        return value
+
+    def url(self, name: str, *, required: bool = True) -> str | None:
+        """An ``http://`` or ``https://`` address with a host (None if absent and optional)."""
+        value = self.string(name, required=True) if required else self.optional_str(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                self.key(name), f"expected an http:// or https:// URL, got {value!r}"
+            )
         return value
 
     def choice(self, name: str, choices: Iterable[str], default: str | None = None) -> str:

@@ -11,7 +11,6 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -76,10 +75,8 @@ class As2Settings:
 
 
 def parse_settings(section: Section) -> As2Settings:
-    url = section.string("url", required=True)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(section.key("url"), f"expected an http:// or https:// URL, got {url!r}")
+    url = section.url("url")
+    assert url is not None  # required
     key_path = section.path("key")
     assert key_path is not None
     certificate_path = section.path("certificate", required=False)
@@ -100,7 +97,7 @@ def parse_settings(section: Section) -> As2Settings:
     except certs.CertificateProblem as exc:
         raise SettingsError(section.key("partner_ca"), str(exc)) from None
     mdn = section.choice("mdn", MDN_MODES, "sync-signed")
-    mdn_url = section.optional_str("mdn_url")
+    mdn_url = section.url("mdn_url", required=False)
     if mdn.startswith("async") and not mdn_url:
         raise SettingsError(
             section.key("mdn_url"),

@@ -36,6 +36,7 @@ def test_the_message_id_domain_defaults_to_a_usable_host_name(
         ('mdn = "async-signed"', "needs mdn_url"),
         ('mdn = "async"\nmdn_url = "http://127.0.0.1:4080/"', "needs an [as2_receiver] section"),
         ('mdn = "sync-signed"\nsignature = "none"', "asks for a signed MDN"),
+        ('mdn = "async"\nmdn_url = "gateway:4080"', "mdn_url: expected an http:// or https:// URL"),
         ('http_user = "me"', "give both http_user and http_password"),
         ('encryption = "aes_512"', "'aes_512' is not one of"),
     ],
