@@ -119,7 +119,7 @@ def report(config: Config, warn_days: int, now: datetime) -> list[dict[str, Any]
             {
                 "connection": item.connection,
                 "role": item.role,
-                "subject": cert.subject.rfc4514_string(),
+                "subject": certs.name(cert),
                 "issuer": cert.issuer.rfc4514_string(),
                 "serial": format(cert.serial_number, "x"),
                 "not_before": cert.not_valid_before_utc.isoformat(),

@@ -347,9 +347,9 @@ class Gateway:
     def check_certificates(self) -> list[dict[str, Any]]:
         """Log every certificate that needs a person (expiring within ``warn_days``, expired,
         not yet valid) and refresh the certificate gauges; the daemon does this daily."""
-        config, now = self.config, self._now()
-        self.metrics.watch_certificates(config, now)
-        records = certificates.report(config, config.gateway.warn_days, now)
+        config = self.config
+        records = certificates.report(config, config.gateway.warn_days, self._now())
+        self.metrics.watch_certificates(records)
         for record in records:
             fields = {
                 key: record[key]

@@ -4,7 +4,7 @@ What happens is counted as it happens (:class:`Metrics`, fed by the dispatcher):
 sent, failed and retried, transfer durations and sizes, the last successful transfer per
 connection. What the journal holds is read at each scrape, on a worker thread with its own
 connection (:class:`JournalCollector`): flows by state, the queue depth, return statuses by
-code — so these survive restarts. Certificate expiry dates come from the configuration.
+code — so these survive restarts. Certificate gauges are set by the daemon's certificate check.
 
 ``/healthz`` answers 200 only when the watcher (its inotify thread and its rescans), the journal
 (a query answered within 2 s) and the dispatcher (its housekeeping round within the last few
@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -32,11 +33,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway import certificates, logs
-from gateway.config import Config
+from gateway import logs
 from gateway.httpserver import serve
 from gateway.journal import TERMINAL, JournalDB
-from protocols import certs
 
 log = logs.get()
 
@@ -107,17 +106,16 @@ class Metrics:
         self.transfer_bytes.labels(connection).observe(size)
         self.last_success.labels(connection).set(time.time())
 
-    def watch_certificates(self, config: Config, now: datetime | None = None) -> None:
-        """Set the expiry and attention gauges of every certificate the configuration uses
-        (only those: certificates of a configuration replaced by a reload disappear)."""
-        now = now or datetime.now(UTC)
+    def watch_certificates(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Set the expiry and attention gauges from :func:`gateway.certificates.report`'s
+        records — only those: certificates a reload took out of the configuration disappear."""
         self.certificate_expiry.clear()
         self.certificate_attention.clear()
-        for item in certificates.in_use(config):
-            labels = (item.connection, item.role, certs.name(item.certificate))
-            self.certificate_expiry.labels(*labels).set(certs.expires(item.certificate).timestamp())
-            state = certificates.state(item.certificate, config.gateway.warn_days, now)
-            self.certificate_attention.labels(*labels).set(0 if state == "valid" else 1)
+        for record in records:
+            labels = (record["connection"], record["role"], record["subject"])
+            expires = datetime.fromisoformat(record["not_after"]).timestamp()
+            self.certificate_expiry.labels(*labels).set(expires)
+            self.certificate_attention.labels(*labels).set(0 if record["state"] == "valid" else 1)
 
 
 class JournalCollector(Collector):

@@ -88,7 +88,7 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
 def test_certificate_expiry_is_exported(tmp_path: Path, our_keys: Any, partner_keys: Any) -> None:
     config = write_as2_config(tmp_path, our_keys, partner_keys)
     gateway = Gateway(config)
-    gateway.metrics.watch_certificates(config)
+    gateway.check_certificates()  # at start, at each reload and daily
     samples = parse(generate_latest(gateway.metrics.registry).decode())
     expiries = {
         dict(labels)["role"]: value
