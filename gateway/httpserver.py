@@ -1,4 +1,5 @@
-"""Serving an aiohttp application on one address: the AS2 receiver, the simulator's AS2 side."""
+"""Serving an aiohttp application on one address: the AS2 receiver, the metrics endpoint, the
+simulator's AS2 side (and the tests' webhook)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
@@ -121,9 +122,20 @@ class Sshd:
         self._process.wait(timeout=10)
         self._process = None
 
-    def sessions(self) -> list[int]:
-        """The processes serving clients (session sshd and sftp-server), not the listener."""
-        return descendants(self._process.pid) if self._process is not None else []
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[list[int]]:
+        """A partner that stops answering: the processes serving the clients connected now
+        (session sshd and sftp-server, not the listener) are stopped (SIGSTOP), and killed on
+        leaving — as a stalled session would end. Yields their pids."""
+        sessions = descendants(self._process.pid) if self._process is not None else []
+        for pid in sessions:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield sessions
+        finally:
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def uploaded(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in self.upload_dir.iterdir()}

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,13 +26,20 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 
 
+def held_in(folder: Path) -> Callable[[str], bytes | None]:
+    """What the partner holds under a name, when its deliveries land in ``folder``."""
+
+    def delivered(name: str) -> bytes | None:
+        path = folder / name
+        return path.read_bytes() if path.exists() else None
+
+    return delivered
+
+
 def test_sftp_keeps_the_contract(tmp_path: Path, sshd: Sshd) -> None:
     settings = config_module.load(write_sftp_config(tmp_path, sshd)).connections[0].settings
 
-    def delivered(name: str) -> bytes | None:
-        path = sshd.upload_dir / name
-        return path.read_bytes() if path.exists() else None
-
+    delivered = held_in(sshd.upload_dir)
     checked = asyncio.run(
         contract.verify(
             lambda: SftpSender(settings),
@@ -85,10 +93,7 @@ def test_the_plugin_example_keeps_the_contract(
     work = tmp_path / "work"
     work.mkdir()
 
-    def delivered(name: str) -> bytes | None:
-        path = target / name
-        return path.read_bytes() if path.exists() else None
-
+    delivered = held_in(target)
     checked = asyncio.run(
         contract.verify(lambda: module.FolderSender(module.FolderSettings(target)), delivered, work)
     )
@@ -138,9 +143,7 @@ def test_as2_keeps_the_contract_with_the_simulated_partner(tmp_path: Path) -> No
     work = tmp_path / "work"
     work.mkdir()
 
-    def delivered(name: str) -> bytes | None:
-        path = deposits / name
-        return path.read_bytes() if path.exists() else None
+    delivered = held_in(deposits)
 
     async def scenario() -> list[str]:
         async with As2Simulator(deposits, tmp_path / "partner" / "retrait", view, port=port):

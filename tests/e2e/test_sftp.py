@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from gateway.demo import facturx_pdf
 from gateway.folders import Layout
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
+from tests.e2e.daemon import daemon
 from tests.e2e.sshd import Sshd, keygen
 from tests.gateway.harness import deliver, drop, filed, rows, running, until
 
@@ -108,15 +106,6 @@ def test_server_down_then_back_delivers_each_file_once(tmp_path: Path, sshd: Ssh
     )
 
 
-def _start_daemon(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
     tmp_path: Path, sshd: Sshd
 ) -> None:
@@ -124,34 +113,30 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
     config = config_module.load(path)
     layout = Layout(config.gateway.data_dir)
     log = tmp_path / "daemon.log"
-    daemon = _start_daemon(path, log)
-    try:
-        deadline = time.monotonic() + 20
-        while not layout.journal.exists() or not log.read_text().count("gateway.ready"):
-            assert time.monotonic() < deadline, log.read_text()
-            assert daemon.poll() is None, log.read_text()
-            time.sleep(0.05)
+    with daemon(path, log) as first:
         documents = {f"batch-{i:03}.xml": invoice(f"K9-{i:03}") for i in range(200)}
         for name, data in documents.items():
             drop(config, name, data)
-        deadline = time.monotonic() + 60
-        while log.read_text().count('"flow.sent"') < 30:  # the log is quicker to poll
-            assert time.monotonic() < deadline, "fewer than 30 sent within 60 s"
-            time.sleep(0.002)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(timeout=10)
-        states = [r.state for r in rows(config)]
-        assert states.count("sent") < 200, "the kill came too late to test anything"
+        first.wait_for(
+            "30 sent",
+            lambda: log.read_text().count('"flow.sent"') >= 30,  # the log is quicker to poll
+            timeout=60,
+            poll=0.002,
+        )
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=10)
+    states = [r.state for r in rows(config)]
+    assert states.count("sent") < 200, "the kill came too late to test anything"
 
-        daemon = _start_daemon(path, log)
-        deadline = time.monotonic() + 120
-        while len([r for r in rows(config) if r.state in ("sent", "error")]) < 200:
-            assert time.monotonic() < deadline, f"not all filed: {log.read_text()[-2000:]}"
-            assert daemon.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
+    with daemon(path, log) as second:
+        second.wait_for(
+            "all 200 filed",
+            lambda: len([r for r in rows(config) if r.state in ("sent", "error")]) >= 200,
+            timeout=120,
+            poll=0.1,
+        )
+        status, _ = second.stop()
+    assert status == 0
 
     all_rows = rows(config)
     assert len(all_rows) == 200
@@ -192,26 +177,18 @@ def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
         sha256="",
         resend=False,
     )
-    frozen: list[int] = []
 
     async def scenario() -> float:
         async with SftpSender(settings) as sender:
             send = asyncio.create_task(sender.send(flow))
             part = sshd.upload_dir / ".stalled.xml.part"
             await until(lambda: part.exists() and part.stat().st_size > 0, what="upload start")
-            frozen.extend(sshd.sessions())
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
-            started = time.monotonic()
-            with pytest.raises(TransferTimeout) as caught:
-                await asyncio.wait_for(send, 30)
+            with sshd.frozen():  # the partner stops answering mid-file
+                started = time.monotonic()
+                with pytest.raises(TransferTimeout) as caught:
+                    await asyncio.wait_for(send, 30)
             assert caught.value.retryable
             return time.monotonic() - started
 
-    try:
-        took = asyncio.run(scenario())
-    finally:
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    took = asyncio.run(scenario())
     assert took < 1 + ABORT_PATIENCE + 2, f"gave up after {took:.1f} s"

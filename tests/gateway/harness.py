@@ -64,6 +64,48 @@ def memory_config_text(data_dir: Path, bucket: str, **overrides: Any) -> str:
     return MEMORY_CONFIG.format(**values)
 
 
+def connection_toml(
+    name: str,
+    protocol: str,
+    settings: dict[str, Any],
+    *,
+    partner_code: str = "VFE057",
+    structure: str = "00000000000230",
+    interfaces: dict[str, str] | None = None,
+    extra: str = "",
+) -> str:
+    """One more ``[[connection]]`` (qualification, active, valid 2017–2099) to append to a
+    configuration: ``settings`` fill its ``[connection.<protocol>]`` table, ``extra`` lines go
+    in the connection's own table (e.g. a ``lot``)."""
+    lines = [
+        "",
+        "[[connection]]",
+        f'name = "{name}"',
+        'environment = "qualification"',
+        f'protocol = "{protocol}"',
+        f'partner_code = "{partner_code}"',
+        f'structure = "{structure}"',
+        "valid_from = 2017-06-21",
+        "valid_to = 2099-06-30",
+        extra,
+        "",
+        "[connection.interfaces]",
+        *(f'{code} = "{mode}"' for code, mode in (interfaces or {"FSO1100A": "partial"}).items()),
+        "",
+        f"[connection.{protocol}]",
+        *(f"{key} = {_toml(value)}" for key, value in settings.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a TOML basic string (paths, names)
+
+
 def memory_config(tmp_path: Path, bucket: str, **overrides: Any) -> Config:
     path = tmp_path / "raccord.toml"
     path.write_text(memory_config_text(tmp_path / "data", bucket, **overrides))

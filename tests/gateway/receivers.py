@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.httpserver import serve
+
 
 @dataclass
 class Webhook:
@@ -31,11 +33,7 @@ class Webhook:
 
         app = web.Application()
         app.router.add_post("/hook", take)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(app, "127.0.0.1", 0)
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from gateway.daemon import Gateway
 from protocols import memory
 from tests.conftest import sample
 from tests.gateway.harness import (
+    connection_toml,
     drop,
     filed,
     memory_config,
@@ -25,22 +26,10 @@ from tests.gateway.harness import (
     until,
 )
 
-SECOND = """
-[[connection]]
-name = "second-mem"
-environment = "qualification"
-protocol = "memory"
-partner_code = "VFE057"
-structure = "00000000000230"
-valid_from = 2017-06-21
-valid_to = 2099-06-30
 
-[connection.interfaces]
-FSO1100A = "partial"
-
-[connection.memory]
-bucket = "{bucket}"
-"""
+def second_connection(bucket: str, extra: str = "") -> str:
+    """A second memory connection (another structure) for ``bucket``."""
+    return connection_toml("second-mem", "memory", {"bucket": bucket}, extra=extra)
 
 
 def invoice(number: str) -> bytes:
@@ -109,7 +98,7 @@ def test_an_added_connection_is_watched_and_carries_files(tmp_path: Path) -> Non
 
     async def scenario() -> list[dict[str, Any]]:
         async with running(config) as gateway:
-            rewrite(config, first, SECOND.format(bucket=second))
+            rewrite(config, first, second_connection(second))
             events = await reload(gateway)
             drop(config, "new.xml", invoice("R-2"), connection="second-mem")
             drop(config, "old.xml", invoice("R-3"))
@@ -168,10 +157,8 @@ def test_a_removed_connection_finishes_its_transfer_and_files_waiting_invoices_i
 ) -> None:
     first, second = buckets("reload-remove", "a", "b")
     config = memory_config(tmp_path, first)
-    lots = SECOND.format(bucket=second).replace(
-        "[connection.interfaces]",
-        'lot = { max_invoices = 2, max_wait = "1h", packaging = "tar.gz" }\n\n'
-        "[connection.interfaces]",
+    lots = second_connection(
+        second, 'lot = { max_invoices = 2, max_wait = "1h", packaging = "tar.gz" }'
     )
     rewrite(config, first, lots)
     config = config_module.load(config.path)

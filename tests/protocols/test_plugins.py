@@ -5,38 +5,24 @@ by ``raccord run`` to deliver a file; a misspelt protocol gets a "did you mean".
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import sample
+from tests.e2e.daemon import daemon
+from tests.gateway.harness import connection_toml
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "raccord-folder"
 
-CONFIG = """\
+GATEWAY = """\
 [gateway]
 data_dir = "{data_dir}"
 rescan_interval = "1s"
 settle_time = "200ms"
-
-[[connection]]
-name = "qualif-folder"
-environment = "qualification"
-protocol = "{protocol}"
-partner_code = "VFE056"
-valid_from = 2017-06-21
-valid_to = 2099-06-30
-
-[connection.interfaces]
-FSO1100A = "complete"
-
-[connection.{protocol}]
-path = "{target}"
 """
 
 
@@ -84,7 +70,16 @@ def write_config(tmp_path: Path, protocol: str = "folder") -> tuple[Path, Path]:
     target = tmp_path / "transfer-out"
     target.mkdir(exist_ok=True)
     path = tmp_path / "raccord.toml"
-    path.write_text(CONFIG.format(data_dir=tmp_path / "data", protocol=protocol, target=target))
+    path.write_text(
+        GATEWAY.format(data_dir=tmp_path / "data")
+        + connection_toml(
+            "qualif-folder",
+            protocol,
+            {"path": target},
+            partner_code="VFE056",
+            interfaces={"FSO1100A": "complete"},
+        )
+    )
     return path, target
 
 
@@ -103,26 +98,18 @@ def test_check_finds_the_installed_plugin_and_connects(tmp_path: Path, site: Pat
 
 def test_run_delivers_through_the_plugin(tmp_path: Path, site: Path) -> None:
     path, target = write_config(tmp_path)
-    daemon = raccord(site, "run", "--config", str(path))
-    try:
+    with daemon(path, tmp_path / "daemon.log", pythonpath=site) as running:
         outbox = tmp_path / "data" / "outbox" / "qualif-folder"
-        deadline = time.monotonic() + 30
-        while not outbox.is_dir():
-            assert daemon.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
         (outbox / ".invoice.xml.part").write_bytes(sample("ubl-invoice.xml"))
         (outbox / ".invoice.xml.part").rename(outbox / "invoice.xml")
-        while not [p for p in target.iterdir() if not p.name.startswith(".")]:
-            assert daemon.poll() is None and time.monotonic() < deadline, daemon.stderr
-            time.sleep(0.05)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        status, out, _ = finished(daemon)
+        running.logged("flow.sent")
+        [sending] = running.events("flow.sending")
+        status, _ = running.stop()
     assert status == 0
+    assert sending["protocol"] == "folder"
     [delivered] = list(target.iterdir())
     assert delivered.name.startswith("FSO1100A_VFE056_") and delivered.suffix == ".xml"
     assert delivered.read_bytes() == sample("ubl-invoice.xml")
-    assert '"event": "flow.sent"' in out and '"protocol": "folder"' in out
 
 
 def test_a_misspelt_protocol_names_the_plugin(tmp_path: Path, site: Path) -> None:
