@@ -131,8 +131,8 @@ class Gateway:
                     await intake.stop()
             finally:
                 notify("STOPPING=1")
-                if self.watcher is not None:
-                    self.watcher.stop()
+                if self.watcher is not None:  # intake.stop() did it, unless we got here by error
+                    await asyncio.to_thread(self.watcher.stop)
                 log.info("gateway.stopping", in_flight=dispatcher.busy)
                 await dispatcher.drain(self.config.gateway.shutdown_grace)
         log.info("gateway.stopped")
@@ -226,6 +226,7 @@ class Gateway:
         try:
             new = await asyncio.to_thread(config_module.load, old.path)
             _reloadable(old, new)
+            in_use = await asyncio.to_thread(certificates.by_connection, new)  # reads TLS files
         except ConfigError as exc:
             log.error(
                 "config.reload_failed", error=str(exc), action="kept the running configuration"
@@ -262,7 +263,7 @@ class Gateway:
         self._senders = {name: opened.get(name) or self._senders[name] for name in after}
         self.config = new
         self.alerts.reconfigure(new.alerts)
-        dispatcher.reconfigure(new, self._senders)
+        dispatcher.reconfigure(new, self._senders, in_use)
         for sender in retired:
             task = asyncio.create_task(dispatcher.retire(sender))
             self._retiring.add(task)

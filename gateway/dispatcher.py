@@ -146,16 +146,22 @@ class Dispatcher:
 
     # -- reload ---------------------------------------------------------------------------
 
-    def reconfigure(self, config: Config, senders: dict[str, Sender]) -> None:
+    def reconfigure(
+        self,
+        config: Config,
+        senders: dict[str, Sender],
+        in_use: dict[str, list[certificates.InUse]],
+    ) -> None:
         """Take a reloaded configuration: from now on every attempt looks its connection and
         sender up here. A transfer under way finishes on the sender it started with (see
         :meth:`retire`); its next attempt, if any, uses the new one; a flow whose connection
         was removed goes to ``error/`` with reason ``unknown_connection`` at its next step
-        (invoices waiting for a lot on it at once)."""
+        (invoices waiting for a lot on it at once). ``in_use`` is
+        :func:`gateway.certificates.by_connection` of ``config``, read off the event loop."""
         removed = {c.name for c in self.config.connections} - {c.name for c in config.connections}
         self.config = config
         self.senders = senders
-        self.certificates = certificates.by_connection(config)
+        self.certificates = in_use
         for name in removed:
             self._lots.flush_connection(name)
 
