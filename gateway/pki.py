@@ -28,8 +28,10 @@ def issue(
     days: int = 365,
     ca: bool = False,
     key_size: int = 2048,
+    dns_names: Sequence[str] = (),
 ) -> KeyPair:
-    """A new key and its certificate, signed by ``issuer`` (self-signed without one)."""
+    """A new key and its certificate, signed by ``issuer`` (self-signed without one);
+    ``dns_names`` go in its subject alternative names (a TLS server's host names)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     subject = x509.Name(
         [
@@ -54,6 +56,11 @@ def issue(
     else:
         usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
     builder = builder.add_extension(usage, critical=True)
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]),
+            critical=False,
+        )
     certificate = builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
     chain = (issuer.certificate, *issuer.chain) if issuer else ()
     return KeyPair(key, certificate, chain)

@@ -26,9 +26,10 @@ class UnknownProtocol(LookupError):
 def _builtins() -> dict[str, ProtocolPlugin]:
     from protocols.as2.sender import PLUGIN as AS2
     from protocols.memory import PLUGIN as MEMORY
+    from protocols.pesit.sender import PLUGIN as PESIT
     from protocols.sftp.sender import PLUGIN as SFTP
 
-    return {plugin.name: plugin for plugin in (SFTP, AS2, MEMORY)}
+    return {plugin.name: plugin for plugin in (SFTP, AS2, PESIT, MEMORY)}
 
 
 @cache

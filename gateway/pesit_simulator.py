@@ -1,0 +1,525 @@
+"""A PeSIT E server for ``raccord simulate`` and the tests: strict, and able to misbehave.
+
+It serves the *server* side of the same sans-IO machine the requester uses
+(:mod:`protocols.pesit.machine`), over TCP or TLS, with or without the 2-byte entity header
+and the EBCDIC pre-connection. Deposits (CREATE … TRANS.END) are written under ``depot/`` in a
+hidden partial file, fsynced at each sync point before its ACK(SYN), and renamed to their final
+name (PI 37 when given, else PI 12 and the transfer id) only once TRANS.END's byte count
+matches. A file name that already exists is refused (diagnostic 204): nothing is overwritten.
+Files under ``retrait/`` are served to SELECT (by exact name or name prefix, oldest first) and
+removed once read.
+
+Restarts: each transfer's secured point (last acknowledged sync point) is remembered by
+(requester, PI 13); a CREATE with PI 15 = 1 resumes there (ACK(WRITE) PI 18), or gets
+diagnostic 214 when nothing is known of it.
+
+Strictness: any FPDU out of order, with bad lengths or ids, or a data unit over the entity
+size ends the connection with an ABORT carrying the diagnostic, and is recorded in
+:attr:`PesitResponder.violations` (tests assert it stays empty). :class:`Faults` injects what
+real peers do: refuse a login, drop the connection after some bytes, never acknowledge a sync
+point, answer garbage, go silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from flows import naming
+from protocols.pesit import codec
+from protocols.pesit.codec import PI, Fpdu, Kind
+from protocols.pesit.machine import Machine, RemoteProtocolError, Role, State
+
+UPLOAD_DIR = "depot"
+DOWNLOAD_DIR = "retrait"
+
+
+@dataclass
+class Faults:
+    """What the responder does wrong, set by tests (and ``raccord simulate`` options)."""
+
+    drop_after: int | None = None  # close a write's connection once this many bytes arrived
+    withhold_ack_sync: bool = False  # never answer SYN
+    garbage: bool = False  # answer CONNECT with bytes that are no FPDU
+    silent: bool = False  # accept the TCP connection and never answer
+
+
+@dataclass
+class _Transfer:
+    requester: str
+    transfer_id: int
+    final: Path
+    partial: Path
+    secured: int = 0  # bytes on disk at the last acknowledged sync point
+    point: int = 0
+
+
+@dataclass
+class _Served:
+    path: Path
+    transfer_id: int
+
+
+@dataclass
+class Account:
+    password: str | None = None  # None: any password
+
+
+class PesitResponder:
+    """A PeSIT server on ``host:port`` (0 = any free port) storing under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        accounts: dict[str, Account],
+        *,
+        server_id: str = "CHORUSPRO",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        nsdu_header: bool = True,
+        pre_connection: bool = False,
+        sync_interval_kb: int = 64,
+        sync_window: int = 4,
+        entity_size: int = 65535,
+    ) -> None:
+        self.root = root
+        self.accounts = accounts
+        self.server_id = server_id
+        self.host = host
+        self._port = port
+        self.tls = tls
+        self.nsdu_header = nsdu_header
+        self.pre_connection = pre_connection
+        self.sync_interval_kb = sync_interval_kb
+        self.sync_window = sync_window
+        self.entity_size = entity_size
+        self.faults = Faults()
+        self.violations: list[str] = []
+        self.restarts: list[tuple[int, int]] = []  # (transfer id, restart point) answered
+        self.received_bytes = 0  # data bytes taken in, resends included
+        self.dropped_at: int | None = None  # received_bytes when the drop fault struck
+        self.connections = 0
+        self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "responder not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def deposits(self) -> Path:
+        return self.root / UPLOAD_DIR
+
+    @property
+    def returns(self) -> Path:
+        return self.root / DOWNLOAD_DIR
+
+    async def __aenter__(self) -> Self:
+        self.deposits.mkdir(parents=True, exist_ok=True)
+        self.returns.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_server(self._serve, self.host, self._port, ssl=self.tls)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        connection = _Connection(self, reader, writer)
+        try:
+            await connection.run()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the responder is stopping; asyncio's server callback must not see it
+        finally:
+            connection.close_files()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+
+    # -- the catalog ------------------------------------------------------------------------
+
+    def _begin(
+        self, requester: str, transfer_id: int, label: str, restart: bool
+    ) -> int | _Transfer:
+        """A transfer for CREATE, or the diagnostic refusing it."""
+        key = (requester, transfer_id)
+        if restart:
+            known = self._transfers.get(key)
+            return known if known is not None else 214
+        name = naming.safe(label)
+        if not name or name != label or name.startswith("."):
+            return 205
+        final = self.deposits / name
+        if final.exists():
+            return 204
+        transfer = _Transfer(requester, transfer_id, final, self.deposits / f".{name}.partial")
+        transfer.partial.write_bytes(b"")
+        self._transfers[key] = transfer
+        return transfer
+
+    def _finish(self, transfer: _Transfer) -> int:
+        if transfer.final.exists():
+            return 204
+        os.replace(transfer.partial, transfer.final)
+        self._transfers.pop((transfer.requester, transfer.transfer_id), None)
+        return 0
+
+    def _offer(self, name: str) -> Path | None:
+        candidates = sorted(
+            (p for p in self.returns.iterdir() if p.is_file() and not p.name.startswith(".")),
+            key=lambda p: (p.stat().st_mtime, p.name),
+        )
+        for path in candidates:
+            if path.name == name:
+                return path
+        return next((p for p in candidates if p.name.startswith(name)), None)
+
+
+class _Abort(Exception):
+    def __init__(self, message: str, diagnostic: int) -> None:
+        super().__init__(message)
+        self.diagnostic = diagnostic
+
+
+class _Connection:
+    def __init__(
+        self, owner: PesitResponder, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.owner = owner
+        self.reader = reader
+        self.writer = writer
+        self.machine = Machine(
+            Role.SERVER, connection_id=(next(owner._ids) % 254) + 1, nsdu_header=owner.nsdu_header
+        )
+        self.requester = ""
+        self.transfer: _Transfer | None = None
+        self.served: _Served | None = None
+        self.out: BinaryIO | None = None
+        self.article_length = 0xFFFF
+        self.received = 0  # this write's bytes on disk (resumed part included)
+        self.articles = 0
+        self.segment = bytearray()
+        self.interval = 0
+
+    def close_files(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+    async def _send(self, kind: Kind, *params: codec.Param | None, data: bytes = b"") -> None:
+        self.writer.write(self.machine.send(kind, *params, data=data))
+        await self.writer.drain()
+
+    async def _next(self) -> Fpdu | None:
+        while True:
+            fpdu = self.machine.next_event()
+            if fpdu is not None:
+                return fpdu
+            if self.machine.at_eof:
+                return None
+            self.machine.receive_data(await self.reader.read(1 << 16))
+
+    async def run(self) -> None:
+        faults = self.owner.faults
+        if faults.silent:
+            await self.reader.read()  # until the requester gives up
+            return
+        if self.owner.pre_connection and not await self._pre_connection():
+            return
+        try:
+            while True:
+                fpdu = await self._next()
+                if fpdu is None:
+                    return
+                if fpdu.kind is Kind.CONNECT and faults.garbage:
+                    self.writer.write(b"\x00\x03\xff\xfe\xfd garbage, not PeSIT")
+                    await self.writer.drain()
+                    return
+                await self._handle(fpdu)
+                if self.machine.state is State.CLOSED:
+                    return
+        except RemoteProtocolError as exc:
+            await self._abort(str(exc), exc.diagnostic)
+        except _Abort as exc:
+            await self._abort(str(exc), exc.diagnostic)
+
+    async def _abort(self, message: str, diagnostic: int) -> None:
+        self.owner.violations.append(message)
+        with contextlib.suppress(Exception):
+            self.writer.write(
+                codec.frame(
+                    codec.encode(
+                        Fpdu(
+                            Kind.ABORT,
+                            self.machine.peer_id,
+                            self.machine.own_id,
+                            (codec.diagnostic(diagnostic),),
+                        )
+                    ),
+                    self.owner.nsdu_header,
+                )
+            )
+            await self.writer.drain()
+
+    async def _pre_connection(self) -> bool:
+        if self.owner.nsdu_header:
+            size = int.from_bytes(await self.reader.readexactly(2), "big")
+            if size != 24:
+                self.owner.violations.append(f"pre-connection entity of {size} bytes")
+                return False
+        _, identifier, password = codec.read_pre_connection(await self.reader.readexactly(24))
+        account = self.owner.accounts.get(identifier)
+        ok = account is not None and account.password in (None, password)
+        self.writer.write(
+            codec.frame(codec.PRE_ACK if ok else codec.PRE_NAK, self.owner.nsdu_header)
+        )
+        await self.writer.drain()
+        return ok
+
+    async def _handle(self, fpdu: Fpdu) -> None:
+        handler = getattr(self, f"_on_{fpdu.kind.name.lower()}", None)
+        if handler is None:
+            raise _Abort(f"{fpdu.kind.name} is not handled by this responder", 311)
+        await handler(fpdu)
+
+    # -- connection phase -------------------------------------------------------------------
+
+    async def _on_connect(self, fpdu: Fpdu) -> None:
+        owner = self.owner
+        self.requester = fpdu.text(PI.REQUESTER) or ""
+        account = owner.accounts.get(self.requester)
+        for required in (PI.REQUESTER, PI.SERVER, PI.VERSION, PI.ACCESS_TYPE):
+            if fpdu.get(required) is None:
+                await self._send(Kind.RCONNECT, codec.diagnostic(318))
+                return
+        if fpdu.number(PI.VERSION) != 2:
+            await self._send(Kind.RCONNECT, codec.diagnostic(308))
+            return
+        password = fpdu.text(PI.ACCESS_CONTROL)
+        if (
+            account is None
+            or fpdu.text(PI.SERVER) != owner.server_id
+            or account.password not in (None, password)
+        ):
+            await self._send(
+                Kind.RCONNECT,
+                codec.diagnostic(301),
+                codec.text(PI.DIAGNOSTIC_MORE, "requester unknown or password refused"),
+            )
+            return
+        interval, window = owner.sync_interval_kb, owner.sync_window
+        options = fpdu.get(PI.SYNC_OPTIONS)
+        if options is not None:
+            asked_interval, asked_window = codec.decode_sync_options(options.value)
+            interval, window = min(interval, asked_interval), min(window, asked_window)
+        else:
+            interval, window = 0, 0
+        self.interval = interval * 1024
+        self.machine.window = window
+        await self._send(
+            Kind.ACONNECT, codec.number(PI.VERSION, 2), codec.sync_options(interval, window)
+        )
+
+    async def _on_release(self, fpdu: Fpdu) -> None:
+        await self._send(Kind.RELCONF)
+
+    # -- selection --------------------------------------------------------------------------
+
+    async def _on_create(self, fpdu: Fpdu) -> None:
+        name = fpdu.text(PI.FILE_NAME)
+        transfer_id = fpdu.number(PI.TRANSFER_ID)
+        for required in (PI.FILE_NAME, PI.TRANSFER_ID, PI.PRIORITY, PI.ENTITY_SIZE):
+            if fpdu.get(required) is None:
+                raise _Abort(f"CREATE without PI {int(required)}", 318)
+        assert name is not None and transfer_id is not None
+        if transfer_id == 0:
+            raise _Abort("CREATE with transfer id 0", 318)
+        self.article_length = fpdu.number(PI.ARTICLE_LENGTH, 0xFFFF) or 0xFFFF
+        label = fpdu.text(PI.FILE_LABEL) or f"{name}.{transfer_id}"
+        begun = self.owner._begin(
+            self.requester, transfer_id, label, fpdu.number(PI.RESTARTED, 0) == 1
+        )
+        if isinstance(begun, int):
+            await self._send(Kind.ACK_CREATE, codec.diagnostic(begun))
+            return
+        self.transfer = begun
+        entity = min(self.owner.entity_size, fpdu.number(PI.ENTITY_SIZE) or 0)
+        await self._send(
+            Kind.ACK_CREATE,
+            codec.diagnostic(0),
+            codec.number(PI.TRANSFER_ID, transfer_id, 3),
+            codec.number(PI.ENTITY_SIZE, entity, 2),
+        )
+
+    async def _on_select(self, fpdu: Fpdu) -> None:
+        name = fpdu.text(PI.FILE_NAME) or ""
+        path = self.owner._offer(name)
+        if path is None:
+            await self._send(Kind.ACK_SELECT, codec.diagnostic(205))
+            return
+        self.served = _Served(path, next(self.owner._ids))
+        entity = min(self.owner.entity_size, fpdu.number(PI.ENTITY_SIZE) or 0)
+        await self._send(
+            Kind.ACK_SELECT,
+            codec.diagnostic(0),
+            codec.group(PI.FILE_ID, codec.number(PI.FILE_TYPE, 0), codec.text(PI.FILE_NAME, name)),
+            codec.number(PI.TRANSFER_ID, self.served.transfer_id, 3),
+            codec.number(PI.ENTITY_SIZE, entity, 2),
+            codec.group(PI.LOGICAL_ATTRIBUTES, codec.text(PI.FILE_LABEL, path.name)),
+        )
+
+    async def _on_deselect(self, fpdu: Fpdu) -> None:
+        self.transfer = None
+        self.served = None
+        await self._send(Kind.ACK_DESELECT, codec.diagnostic(0))
+
+    async def _on_orf(self, fpdu: Fpdu) -> None:
+        await self._send(Kind.ACK_ORF, codec.diagnostic(0))
+
+    async def _on_crf(self, fpdu: Fpdu) -> None:
+        self.close_files()
+        await self._send(Kind.ACK_CRF, codec.diagnostic(0))
+
+    # -- write ------------------------------------------------------------------------------
+
+    async def _on_write(self, fpdu: Fpdu) -> None:
+        transfer = self.transfer
+        if transfer is None:
+            raise _Abort("WRITE after a SELECT", 311)
+        with transfer.partial.open("r+b") as out:
+            out.truncate(transfer.secured)
+        self.out = transfer.partial.open("ab")
+        self.received = transfer.secured
+        self.articles = 0
+        if transfer.point:
+            self.owner.restarts.append((transfer.transfer_id, transfer.point))
+        await self._send(
+            Kind.ACK_WRITE, codec.diagnostic(0), codec.number(PI.RESTART_POINT, transfer.point)
+        )
+
+    async def _take(self, chunk: bytes) -> None:
+        if len(chunk) > self.article_length:
+            raise _Abort(
+                f"article of {len(chunk)} bytes, longer than the {self.article_length} declared",
+                311,
+            )
+        assert self.out is not None and self.transfer is not None
+        self.out.write(chunk)
+        self.received += len(chunk)
+        if self.interval and self.received - self.transfer.secured > self.interval:
+            raise _Abort(
+                f"{self.received - self.transfer.secured} bytes since the last sync point, "
+                f"over the {self.interval} negotiated",
+                222,
+            )
+        self.owner.received_bytes += len(chunk)
+        drop = self.owner.faults.drop_after
+        if drop is not None and self.owner.received_bytes >= drop:
+            self.owner.faults.drop_after = None
+            self.owner.dropped_at = self.owner.received_bytes
+            self.out.flush()
+            self.writer.transport.abort()
+            raise ConnectionResetError("fault: connection dropped mid-transfer")
+
+    async def _on_dtf(self, fpdu: Fpdu) -> None:
+        if self.transfer is None:
+            raise _Abort("data outside a write", 311)
+        for article in codec.articles(fpdu):
+            self.articles += 1
+            await self._take(article)
+
+    async def _on_dtfda(self, fpdu: Fpdu) -> None:
+        self.segment = bytearray(fpdu.data)
+
+    async def _on_dtfma(self, fpdu: Fpdu) -> None:
+        self.segment += fpdu.data
+
+    async def _on_dtffa(self, fpdu: Fpdu) -> None:
+        self.segment += fpdu.data
+        self.articles += 1
+        await self._take(bytes(self.segment))
+        self.segment = bytearray()
+
+    async def _on_syn(self, fpdu: Fpdu) -> None:
+        transfer = self.transfer
+        number = fpdu.number(PI.SYNC_NUMBER) or 0
+        if transfer is None or self.out is None:
+            raise _Abort("SYN outside a write", 311)
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        transfer.secured, transfer.point = self.received, number
+        if not self.owner.faults.withhold_ack_sync:
+            await self._send(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, number))
+
+    async def _on_dtf_end(self, fpdu: Fpdu) -> None:
+        if self.out is not None:
+            self.out.flush()
+            os.fsync(self.out.fileno())
+
+    async def _on_trans_end(self, fpdu: Fpdu) -> None:
+        if self.served is not None:  # the end of a read
+            self.served.path.unlink(missing_ok=True)
+            await self._send(Kind.ACK_TRANS_END, codec.diagnostic(0))
+            return
+        transfer = self.transfer
+        assert transfer is not None
+        self.close_files()
+        counted = fpdu.number(PI.BYTE_COUNT)
+        articles = fpdu.number(PI.ARTICLE_COUNT)
+        if counted is not None and counted != self.received:
+            await self._send(
+                Kind.ACK_TRANS_END,
+                codec.diagnostic(319),
+                codec.text(PI.DIAGNOSTIC_MORE, f"{self.received} bytes received, {counted} said"),
+            )
+            return
+        if articles is not None and articles != self.articles:
+            await self._send(Kind.ACK_TRANS_END, codec.diagnostic(319))
+            return
+        diagnostic = self.owner._finish(transfer)
+        await self._send(
+            Kind.ACK_TRANS_END,
+            codec.diagnostic(diagnostic),
+            codec.number(PI.BYTE_COUNT, self.received, 8),
+        )
+
+    # -- read -------------------------------------------------------------------------------
+
+    async def _on_read(self, fpdu: Fpdu) -> None:
+        served = self.served
+        if served is None:
+            raise _Abort("READ after a CREATE", 311)
+        await self._send(Kind.ACK_READ, codec.diagnostic(0))
+        entity = self.machine.entity_size - 6
+        data = served.path.read_bytes()
+        for at in range(0, len(data), entity):
+            await self._send(Kind.DTF, data=data[at : at + entity])
+        await self._send(Kind.DTF_END, codec.diagnostic(0))

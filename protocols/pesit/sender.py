@@ -1,0 +1,432 @@
+"""The native PeSIT E sender (``protocol = "pesit"``): raccord as the requester.
+
+Each flow is one write: CONNECT (once per session; sessions are kept and reused) → CREATE →
+ORF → WRITE → DTF… with a SYN every ``sync_interval`` KB → DTF.END → TRANS.END → CRF →
+DESELECT. The PI 13 transfer id is derived from the flow id, so it is the same at every
+attempt and across daemon restarts:
+
+* a connection lost after data began is reconnected at once (up to ``restarts`` times) and the
+  transfer resumed with PI 15 = 1 from the sync point the server secured: bytes before it are
+  not sent again;
+* a resend after an unknown outcome (``flow.resend``) first asks to resume too; a server that
+  knows nothing of the transfer (diagnostic 214) gets it anew, and one that already holds the
+  file under its name (diagnostic 204) proves it was delivered — raccord relies on the partner
+  refusing to overwrite a name, as it never reuses one.
+
+What peers do differently is in the settings (PESIT.md): the entity header, the pre-connection,
+what PI 12 / PI 37 / PI 99 carry, entity size, sync interval and window, article format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt
+from protocols.errors import (
+    AuthenticationError,
+    CertificateError,
+    ConnectError,
+    HostKeyError,
+    ProtocolError,
+    RemoteBusy,
+    RemoteNameConflict,
+    RemotePermissionDenied,
+    RemoteRejected,
+    TransferError,
+    TransferTimeout,
+)
+from protocols.pesit.codec import Kind
+from protocols.pesit.session import DATA_CODES, Broken, FileAttributes, Peer, Refused, Session
+from protocols.pesit.session import connect as open_session
+from protocols.settings import Secret, Section, SettingsError
+
+#: PeSIT diagnostics (spec annex D), as an operator reads them.
+DIAGNOSTICS = {
+    200: "file characteristics insufficient",
+    201: "resources temporarily insufficient",
+    204: "the file already exists",
+    205: "file not found (unknown file identifier)",
+    207: "file busy",
+    211: "the file cannot be opened",
+    213: "input/output error at the partner",
+    214: "restart point negotiation failed",
+    217: "too many unacknowledged sync points",
+    222: "too much data without a sync point",
+    223: "abnormal end of transfer",
+    226: "transfer refused",
+    299: "other file or transfer error",
+    301: "requester unknown or password refused",
+    304: "requester not authorised",
+    308: "protocol version not supported",
+    311: "protocol error",
+    312: "connection closed by the partner's user",
+    313: "idle timeout",
+    317: "timer expired",
+    318: "mandatory parameter missing or illegal",
+    319: "byte or article count mismatch",
+    399: "other connection error",
+}
+_BUSY = frozenset({201, 207, 211, 213, 223, 299, 312, 313, 317, 399})
+_AUTH = frozenset({301, 304})
+TEMPLATE_FIELDS = ("interface", "remote_name", "flow_id", "stem")
+
+
+@dataclass(frozen=True)
+class PesitSettings:
+    host: str
+    port: int
+    requester: str
+    server: str
+    password: Secret | None = None
+    tls: bool = False
+    ca_bundle: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    server_hostname: str | None = None
+    nsdu_header: bool = True
+    pre_connection: bool = False
+    file_name: str = "{interface}"  # PI 12
+    file_label: str = "{remote_name}"  # PI 37; "" leaves it out
+    message: str = ""  # PI 99; "" leaves it out
+    entity_size: int = 32768
+    sync_interval: int = 32  # KB; 0: no sync points
+    sync_window: int = 2
+    article_format: str = "variable"
+    article_length: int = 0  # 0: the entity size less the FPDU header
+    multi_article: bool = False
+    data_code: str = "binary"
+    connect_timeout: float = 15.0
+    timeout: float = 30.0
+    restarts: int = 3
+    max_parallel: int = 1
+
+
+def _template(section: Section, key: str, default: str) -> str:
+    """A name template; its length limit is checked per flow, once it is filled in."""
+    value = section.string(key, default)
+    sample = {field: "X" * 20 for field in TEMPLATE_FIELDS}
+    try:
+        value.format(**sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SettingsError(
+            section.key(key),
+            f"bad placeholder {exc} in {value!r}; known: "
+            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS),
+        ) from None
+    if not value.isascii():
+        raise SettingsError(section.key(key), "PeSIT names are ASCII")
+    return value
+
+
+def _identifier(section: Section, key: str) -> str:
+    value = section.string(key, required=True)
+    if not 1 <= len(value) <= 24 or not value.isascii():
+        raise SettingsError(section.key(key), f"1 to 24 ASCII characters, got {value!r}")
+    return value
+
+
+def parse_settings(section: Section) -> PesitSettings:
+    tls = section.boolean("tls", False)
+    settings = PesitSettings(
+        host=section.string("host", required=True),
+        port=_port(section),
+        requester=_identifier(section, "requester"),
+        server=_identifier(section, "server"),
+        password=section.secret("password", required=False),
+        tls=tls,
+        ca_bundle=section.path("ca_bundle", required=False),
+        client_certificate=section.path("client_certificate", required=False),
+        client_key=section.path("client_key", required=False),
+        server_hostname=section.optional_str("server_hostname"),
+        nsdu_header=section.boolean("nsdu_header", True),
+        pre_connection=section.boolean("pre_connection", False),
+        file_name=_template(section, "file_name", "{interface}"),
+        file_label=_template(section, "file_label", "{remote_name}"),
+        message=_template(section, "message", ""),
+        entity_size=section.integer("entity_size", 32768, minimum=128, maximum=65535),
+        sync_interval=section.integer("sync_interval", 32, minimum=0, maximum=65534),
+        sync_window=section.integer("sync_window", 2, minimum=0, maximum=255),
+        article_format=section.choice("article_format", ["variable", "fixed"], "variable"),
+        article_length=section.integer("article_length", 0, minimum=0, maximum=65535),
+        multi_article=section.boolean("multi_article", False),
+        data_code=section.choice("data_code", list(DATA_CODES), "binary"),
+        connect_timeout=section.duration("connect_timeout", "15s"),
+        timeout=section.duration("timeout", "30s"),
+        restarts=section.integer("restarts", 3, minimum=0, maximum=20),
+        max_parallel=section.integer("max_parallel", 1, minimum=1, maximum=16),
+    )
+    password = settings.password.value if settings.password else ""
+    if len(password) > 16 or not password.isascii():
+        raise SettingsError(section.key("password"), "PI 5 holds at most 16 ASCII characters")
+    if settings.pre_connection and (len(settings.requester) > 8 or len(password) > 8):
+        raise SettingsError(
+            section.key("pre_connection"),
+            "the pre-connection carries the requester and password on 8 characters each",
+        )
+    if (settings.client_certificate is None) != (settings.client_key is None):
+        raise SettingsError(
+            section.key("client_key"), "give both client_certificate and client_key"
+        )
+    if not tls and (settings.ca_bundle or settings.client_certificate):
+        raise SettingsError(section.key("tls"), "certificates are given but tls = false")
+    section.finish()
+    return settings
+
+
+def _port(section: Section) -> int:
+    if not section.has("port"):
+        raise SettingsError(section.key("port"), "is required (no PeSIT port is standard)")
+    return section.integer("port", 0, minimum=1, maximum=65535)
+
+
+def transfer_id(flow_id: str) -> int:
+    """PI 13 for a flow: the same at every attempt, non-zero, on 3 bytes."""
+    return int.from_bytes(hashlib.sha256(flow_id.encode()).digest()[:3], "big") or 1
+
+
+def tls_context(settings: PesitSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.ca_bundle) if settings.ca_bundle else None
+    )
+    if settings.client_certificate is not None and settings.client_key is not None:
+        context.load_cert_chain(str(settings.client_certificate), str(settings.client_key))
+    return context
+
+
+def describe(diagnostic: int) -> str:
+    return f"diagnostic {diagnostic}: {DIAGNOSTICS.get(diagnostic, 'not in the PeSIT list')}"
+
+
+def refusal_error(exc: Refused, where: str) -> TransferError:
+    """The :mod:`protocols.errors` type for a request the partner refused."""
+    d = exc.diagnostic
+    detail = f" ({exc.detail})" if exc.detail else ""
+    message = f"{where}: {exc.what.name} refused, {describe(d)}{detail}"
+    if d in _AUTH:
+        return AuthenticationError(
+            f"{message}; check requester, server and password with the partner"
+        )
+    if d == 204:
+        return RemoteNameConflict(f"{message}; it was not overwritten")
+    if d == 205:
+        return RemotePermissionDenied(f"{message}; check the file_name (PI 12) setting")
+    if d in _BUSY:
+        return RemoteBusy(message)
+    if d == 226:
+        return RemoteRejected(message)
+    return ProtocolError(message, retryable=d in (214, 217, 222, 319))
+
+
+def broken_error(exc: Broken, where: str) -> TransferError:
+    message = f"{where}: {exc}"
+    if exc.started:
+        message += "; the transfer will resume from the last acknowledged sync point"
+    if exc.diagnostic in _AUTH:
+        return AuthenticationError(f"{message} ({describe(exc.diagnostic)})")
+    if exc.timeout:
+        return TransferTimeout(message)
+    return ConnectError(message)
+
+
+@contextlib.contextmanager
+def _connecting(where: str) -> Iterator[None]:
+    try:
+        yield
+    except Refused as exc:
+        raise refusal_error(exc, where) from None
+    except Broken as exc:
+        raise broken_error(exc, where) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise HostKeyError(
+            f"{where}: the partner's TLS certificate is not trusted ({exc.verify_message}); "
+            "check ca_bundle and server_hostname"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ConnectError(f"{where}: TLS failed ({exc.reason or exc})") from None
+    except TimeoutError:
+        raise ConnectError(f"{where}: no connection in time") from None
+    except OSError as exc:
+        raise ConnectError(f"{where}: {exc.strerror or exc}") from None
+
+
+class PesitSender(Closing):
+    protocol = "pesit"
+    capabilities = Capabilities(detects_resend=True)
+
+    def __init__(self, settings: PesitSettings) -> None:
+        self._settings = settings
+        try:
+            context = tls_context(settings)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateError(f"cannot load the PeSIT TLS certificates: {exc}") from None
+        password = settings.password.value if settings.password else None
+        self._peer = Peer(
+            host=settings.host,
+            port=settings.port,
+            requester=settings.requester,
+            server=settings.server,
+            password=password,
+            tls=context,
+            server_hostname=settings.server_hostname,
+            nsdu_header=settings.nsdu_header,
+            pre_connection=settings.pre_connection,
+            sync_interval_kb=settings.sync_interval,
+            sync_window=settings.sync_window,
+            entity_size=settings.entity_size,
+            connect_timeout=settings.connect_timeout,
+            timeout=settings.timeout,
+        )
+        self._idle: list[Session] = []
+        self._slots = asyncio.Semaphore(settings.max_parallel)
+        self._ids = 0
+        self.where = f"pesit://{settings.requester}@{settings.host}:{settings.port}"
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for session in idle:
+            await session.release()
+
+    async def _session(self) -> tuple[Session, bool]:
+        """A connected session and whether it is new (an idle one may have been dropped)."""
+        while self._idle:
+            session = self._idle.pop()
+            if session.reusable:
+                return session, False
+            await session.close()
+        self._ids = self._ids % 255 + 1
+        with _connecting(self.where):
+            return await open_session(self._peer, self._ids), True
+
+    async def _keep(self, session: Session) -> None:
+        if session.reusable:
+            self._idle.append(session)
+        else:
+            await session.abort(0)
+
+    def attributes(self, flow: Outbound) -> FileAttributes:
+        s = self._settings
+        fields = {
+            "interface": flow.interface_code,
+            "remote_name": flow.remote_name,
+            "flow_id": flow.flow_id,
+            "stem": Path(flow.remote_name).stem,
+        }
+        name, label, message = (t.format(**fields) for t in (s.file_name, s.file_label, s.message))
+        for what, value, limit in (
+            ("file_name", name, 76),
+            ("file_label", label, 80),
+            ("message", message, 254),
+        ):
+            if len(value) > limit or not value.isascii():
+                raise ProtocolError(
+                    f"{what} {value!r} for {flow.remote_name}: PeSIT allows {limit} ASCII "
+                    "characters; shorten the template or the remote_name"
+                )
+        if not name:
+            raise ProtocolError("file_name is empty for this flow: PI 12 is mandatory")
+        return FileAttributes(
+            name=name,
+            label=label or None,
+            message=message or None,
+            data_code=DATA_CODES[s.data_code],
+            article_format=0x80 if s.article_format == "variable" else 0x00,
+            article_length=s.article_length,
+            multi_article=s.multi_article,
+        )
+
+    async def send(self, flow: Outbound) -> Receipt:
+        attributes = self.attributes(flow)
+        ident = transfer_id(flow.flow_id)
+        restart = flow.resend
+        restarts = 0
+        async with self._slots:
+            while True:
+                session, fresh = await self._session()
+                try:
+                    written = await session.write(
+                        flow.path,
+                        flow.size,
+                        attributes,
+                        ident,
+                        restart=restart,
+                    )
+                except Refused as exc:
+                    await self._keep(session)
+                    if exc.what is Kind.CREATE and exc.diagnostic == 214 and restart:
+                        restart = False  # the partner knows nothing of it: send it anew
+                        continue
+                    if exc.what is Kind.CREATE and exc.diagnostic == 204 and flow.resend:
+                        return self._receipt(flow, attributes, ident, already=True)
+                    raise refusal_error(exc, f"{self.where} {flow.remote_name}") from None
+                except Broken as exc:
+                    await session.abort(exc.diagnostic or 317)
+                    if not exc.started and not fresh:
+                        continue  # a kept session the partner had closed: connect anew
+                    if exc.started and restarts < self._settings.restarts:
+                        restarts += 1
+                        restart = True
+                        continue
+                    raise broken_error(exc, f"{self.where} {flow.remote_name}") from None
+                except BaseException:
+                    await session.abort(312)
+                    raise
+                await self._keep(session)
+                return self._receipt(
+                    flow,
+                    attributes,
+                    ident,
+                    restart_point=written.restart_point,
+                    resumed_at=written.resumed_at,
+                    sync_points=written.sync_points,
+                    reconnects=restarts,
+                )
+
+    def _receipt(
+        self,
+        flow: Outbound,
+        attributes: FileAttributes,
+        ident: int,
+        *,
+        already: bool = False,
+        **details: int,
+    ) -> Receipt:
+        s = self._settings
+        facts: dict[str, object] = {
+            "host": s.host,
+            "port": s.port,
+            "server": s.server,
+            "file_name": attributes.name,
+            "file_label": attributes.label,
+            "transfer_id": ident,
+            **details,
+        }
+        if already:
+            facts["found_on_resend"] = "the partner already holds the file (diagnostic 204)"
+        return Receipt(self.protocol, flow.remote_name, facts, already_delivered=already)
+
+    async def check(self) -> str:
+        session, _ = await self._session()
+        interval, window = session.sync_interval // 1024, session.window
+        await session.release()
+        s = self._settings
+        return (
+            f"{self.where} → {s.server} (PeSIT E{', TLS' if s.tls else ''}, "
+            f"sync points every {interval} KB, window {window})"
+        )
+
+
+PLUGIN = ProtocolPlugin(
+    name="pesit",
+    parse_settings=parse_settings,
+    create_sender=PesitSender,
+    secret_fields=frozenset({"password"}),
+    capabilities=PesitSender.capabilities,
+)

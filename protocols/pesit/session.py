@@ -1,0 +1,532 @@
+"""The asyncio side of a PeSIT requester: one TCP (or TLS) connection driving a
+:class:`~protocols.pesit.machine.Machine`.
+
+:class:`Session` owns the socket and a reader task that feeds the machine and queues the
+peer's FPDUs; every wait for an answer is bounded by ``timeout`` (the spec's Tp watchdog).
+It knows the PeSIT sequences but nothing of raccord's flows: :meth:`Session.write` sends a
+file (with sync points and restart), :meth:`Session.read` receives one. A refusal from the
+peer raises :class:`Refused` with its diagnostic; a peer that breaks the protocol or goes
+quiet ends the session (ABORT when possible) and raises :class:`Broken`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from protocols.pesit import codec
+from protocols.pesit.codec import PI, Fpdu, Kind, Param
+from protocols.pesit.machine import Machine, RemoteProtocolError, Role, State
+
+VERSION_E = 2
+ACCESS_WRITE, ACCESS_READ, ACCESS_MIXED = 0, 1, 2
+DATA_CODES = {"ascii": 0, "ebcdic": 1, "binary": 2}
+KB = 1024
+READ_SIZE = 1 << 20  # file bytes read at a time
+
+
+class Refused(Exception):
+    """The peer answered a request with a diagnostic (PI 2 ≠ 0)."""
+
+    def __init__(self, what: Kind, diagnostic: int, detail: str | None = None) -> None:
+        more = f" ({detail})" if detail else ""
+        super().__init__(f"{what.name} refused with diagnostic {diagnostic}{more}")
+        self.what = what
+        self.diagnostic = diagnostic
+        self.detail = detail
+
+
+class Broken(Exception):
+    """The connection is unusable: lost, timed out, aborted or garbled. ``started``: whether
+    file data had begun to flow (the outcome of the transfer is then unknown)."""
+
+    def __init__(self, message: str, *, timeout: bool = False, diagnostic: int = 0) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.diagnostic = diagnostic
+        self.started = False
+
+
+@dataclass(frozen=True)
+class Peer:
+    """How to reach and talk to one PeSIT server."""
+
+    host: str
+    port: int
+    requester: str  # PI 3
+    server: str  # PI 4
+    password: str | None = None  # PI 5
+    tls: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    nsdu_header: bool = True
+    pre_connection: bool = False
+    sync_interval_kb: int = 32
+    sync_window: int = 2
+    entity_size: int = 32768
+    connect_timeout: float = 15.0
+    timeout: float = 30.0  # Tp: the longest wait for the peer's next FPDU
+
+
+@dataclass(frozen=True)
+class FileAttributes:
+    """What CREATE says of the file."""
+
+    name: str  # PI 12
+    label: str | None = None  # PI 37
+    message: str | None = None  # PI 99
+    data_code: int = DATA_CODES["binary"]
+    article_format: int = 0x80  # PI 31: 0x00 fixed, 0x80 variable
+    article_length: int = 0  # PI 32; 0: the entity size less the DTF header
+    multi_article: bool = False
+    priority: int = 1
+
+
+@dataclass(frozen=True)
+class Written:
+    transfer_id: int
+    restart_point: int  # sync point the server resumed from (0: from the start)
+    resumed_at: int  # byte offset sent from
+    sync_points: int
+    bytes: int
+    articles: int
+    sync_interval: int  # bytes between sync points in this session (0: none)
+
+
+class Session:
+    """One connection to a PeSIT server, as the requester. Use :func:`connect`."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection_id: int,
+    ) -> None:
+        self.peer = peer
+        self.machine = Machine(
+            Role.REQUESTER, connection_id=connection_id, nsdu_header=peer.nsdu_header
+        )
+        self._reader = reader
+        self._writer = writer
+        self._events: asyncio.Queue[Fpdu | BaseException] = asyncio.Queue()
+        self._pump: asyncio.Future[None] | None = None  # started after the pre-connection
+        self.sync_interval = 0  # bytes, as negotiated
+        self.window = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(1 << 16)
+                self.machine.receive_data(data)
+                while (fpdu := self.machine.next_event()) is not None:
+                    self._events.put_nowait(fpdu)
+                if not data:
+                    self._events.put_nowait(Broken("the server closed the connection"))
+                    return
+        except RemoteProtocolError as exc:
+            self._events.put_nowait(
+                Broken(f"the server broke the protocol: {exc}", diagnostic=exc.diagnostic)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            self._events.put_nowait(Broken(f"connection lost: {exc.strerror or exc}"))
+
+    async def _send(
+        self, kind: Kind, *params: Param | None, data: bytes = b"", count: int = 0
+    ) -> None:
+        if self._writer.is_closing():
+            raise Broken("the connection is closed")
+        self._writer.write(self.machine.send(kind, *params, data=data, count=count))
+        try:
+            await asyncio.wait_for(self._writer.drain(), self.peer.timeout)
+        except TimeoutError:
+            raise Broken(
+                f"the server stopped reading for {self.peer.timeout:g}s", timeout=True
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise Broken(f"connection lost: {exc}") from None
+
+    def _queued(self) -> Fpdu | None:
+        """An FPDU already received, without waiting."""
+        try:
+            item = self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        return self._unwrap(item)
+
+    async def _next(self, waiting_for: str) -> Fpdu:
+        try:
+            item = await asyncio.wait_for(self._events.get(), self.peer.timeout)
+        except TimeoutError:
+            raise Broken(
+                f"no answer from the server in {self.peer.timeout:g}s while waiting for "
+                f"{waiting_for}",
+                timeout=True,
+            ) from None
+        return self._unwrap(item)
+
+    def _unwrap(self, item: Fpdu | BaseException) -> Fpdu:
+        if isinstance(item, BaseException):
+            self._events.put_nowait(item)  # every later wait sees it too
+            raise item
+        if item.kind is Kind.ABORT:
+            diagnostic = item.diagnostic
+            raise Broken(f"the server aborted (diagnostic {diagnostic})", diagnostic=diagnostic)
+        return item
+
+    async def _answer(self, request: Kind, expected: Kind) -> Fpdu:
+        fpdu = await self._next(expected.name)
+        if fpdu.kind is not expected:
+            raise Broken(f"{fpdu.kind.name} in answer to {request.name}")
+        if fpdu.diagnostic:
+            raise Refused(request, fpdu.diagnostic, fpdu.text(PI.DIAGNOSTIC_MORE))
+        return fpdu
+
+    async def _request(self, kind: Kind, expected: Kind, *params: Param | None) -> Fpdu:
+        await self._send(kind, *params)
+        return await self._answer(kind, expected)
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        peer = self.peer
+        if peer.pre_connection:
+            await self._pre_connect()
+        self._pump = asyncio.ensure_future(self._read_loop())
+        await self._send(
+            Kind.CONNECT,
+            codec.text(PI.REQUESTER, peer.requester),
+            codec.text(PI.SERVER, peer.server),
+            codec.text(PI.ACCESS_CONTROL, peer.password) if peer.password else None,
+            codec.number(PI.VERSION, VERSION_E),
+            codec.sync_options(peer.sync_interval_kb, peer.sync_window),
+            codec.number(PI.ACCESS_TYPE, ACCESS_MIXED),
+        )
+        answer = await self._next("ACONNECT")
+        if answer.kind is Kind.RCONNECT:
+            raise Refused(Kind.CONNECT, answer.diagnostic, answer.text(PI.DIAGNOSTIC_MORE))
+        if answer.kind is not Kind.ACONNECT:
+            raise Broken(f"{answer.kind.name} in answer to CONNECT")
+        interval, window = 0, 0
+        options = answer.get(PI.SYNC_OPTIONS)
+        if options is not None:
+            interval, window = codec.decode_sync_options(options.value)
+            if interval == 0xFFFF:  # "undefined": keep ours
+                interval = peer.sync_interval_kb
+            if interval > peer.sync_interval_kb or window > peer.sync_window:
+                raise Broken(
+                    f"the server raised the sync options to {interval} KB / window {window} "
+                    f"(proposed {peer.sync_interval_kb} KB / {peer.sync_window}); it may only "
+                    "lower them"
+                )
+        self.sync_interval = interval * KB
+        self.window = self.machine.window = window
+
+    async def _pre_connect(self) -> None:
+        peer = self.peer
+        entity = codec.pre_connection(peer.requester, peer.password or "")
+        self._writer.write(codec.frame(entity, self.peer.nsdu_header))
+        size = 4 + (2 if peer.nsdu_header else 0)
+        try:
+            answer = await asyncio.wait_for(self._reader.readexactly(size), peer.timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+            raise Broken(f"no pre-connection answer: {exc or 'timed out'}") from None
+        if answer[-4:] == codec.PRE_NAK:
+            raise Refused(Kind.CONNECT, 301, "pre-connection refused (NAK0)")
+        if answer[-4:] != codec.PRE_ACK:
+            raise Broken(f"pre-connection answered {answer.hex(' ')}, not ACK0")
+
+    async def release(self) -> None:
+        """RELEASE → RELCONF, then close. Quiet when the connection is already gone."""
+        with contextlib.suppress(Broken, Refused):
+            if self.machine.state is State.CONNECTED:
+                await self._request(Kind.RELEASE, Kind.RELCONF, codec.diagnostic(0))
+        await self.close()
+
+    async def abort(self, diagnostic: int) -> None:
+        with contextlib.suppress(Exception):
+            if self.machine.state not in (State.IDLE, State.CLOSED):
+                self._writer.write(self.machine.send(Kind.ABORT, codec.diagnostic(diagnostic)))
+        await self.close()
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+
+    @property
+    def reusable(self) -> bool:
+        return self.machine.state is State.CONNECTED and not self._writer.is_closing()
+
+    # -- write ------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        source: Path,
+        size: int,
+        attributes: FileAttributes,
+        transfer_id: int,
+        *,
+        restart: bool,
+        on_sync: Callable[[int, int], None] | None = None,
+    ) -> Written:
+        """Send ``source`` (``size`` bytes); ``restart``: ask to resume transfer
+        ``transfer_id`` (PI 15 = 1) from where the server secured it. ``on_sync(point,
+        offset)`` hears each acknowledged sync point.
+
+        Raises:
+            Refused: a step was refused (the session is still usable).
+            Broken: the connection is lost; ``started`` says whether data had been sent.
+        """
+        entity = self.peer.entity_size
+        await self._send(
+            Kind.CREATE,
+            codec.group(
+                PI.FILE_ID,
+                codec.number(PI.FILE_TYPE, 0),
+                codec.text(PI.FILE_NAME, attributes.name),
+            ),
+            codec.number(PI.TRANSFER_ID, transfer_id, 3),
+            codec.number(PI.RESTARTED, 1 if restart else 0),
+            codec.number(PI.DATA_CODE, attributes.data_code),
+            codec.number(PI.PRIORITY, attributes.priority),
+            codec.number(PI.ENTITY_SIZE, entity, 2),
+            codec.group(
+                PI.LOGICAL_ATTRIBUTES,
+                codec.raw(PI.ARTICLE_FORMAT, bytes([attributes.article_format])),
+                codec.number(PI.ARTICLE_LENGTH, attributes.article_length or entity - 6, 2),
+                codec.text(PI.FILE_LABEL, attributes.label) if attributes.label else None,
+            ),
+            codec.group(
+                PI.PHYSICAL_ATTRIBUTES,
+                codec.number(PI.RESERVATION_UNIT, 0),
+                codec.number(PI.RESERVATION_MAX, -(-size // KB) or 1),
+            ),
+            codec.text(PI.FREE_MESSAGE, attributes.message) if attributes.message else None,
+        )
+        accepted = await self._answer(Kind.CREATE, Kind.ACK_CREATE)
+        entity = min(entity, accepted.number(PI.ENTITY_SIZE, entity) or entity)
+        article = min(attributes.article_length or entity - 6, 0xFFFF)
+        await self._request(Kind.ORF, Kind.ACK_ORF)
+        started = await self._request(Kind.WRITE, Kind.ACK_WRITE)
+        point = started.number(PI.RESTART_POINT, 0) or 0
+        offset = point * self.sync_interval
+        if point and (not restart or not self.sync_interval or offset > size):
+            raise Broken(
+                f"the server asked to restart from sync point {point}, which is not one of "
+                "this transfer's",
+                diagnostic=214,
+            )
+        try:
+            articles = await self._data(source, offset, size, entity, article, attributes, on_sync)
+        except Broken as exc:
+            exc.started = True
+            raise
+        await self._send(Kind.DTF_END, codec.diagnostic(0))
+        await self._request(
+            Kind.TRANS_END,
+            Kind.ACK_TRANS_END,
+            codec.number(PI.BYTE_COUNT, size, 8),
+            # articles are counted for a whole transfer only (a restart's count is ambiguous)
+            None if offset else codec.number(PI.ARTICLE_COUNT, articles, 4),
+        )
+        await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
+        await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+        return Written(
+            transfer_id,
+            point,
+            offset,
+            self.machine.last_sync,
+            size,
+            articles,
+            self.sync_interval,
+        )
+
+    async def _data(
+        self,
+        source: Path,
+        offset: int,
+        size: int,
+        entity: int,
+        article: int,
+        attributes: FileAttributes,
+        on_sync: Callable[[int, int], None] | None,
+    ) -> int:
+        """DTFs from ``offset``, a SYN every ``sync_interval`` bytes of the file (so sync point
+        n always sits at byte n × interval: the restart offset follows from the point)."""
+        interval = self.sync_interval
+        articles = 0
+
+        def heard(fpdu: Fpdu) -> None:
+            if fpdu.kind is not Kind.ACK_SYN:
+                raise Broken(f"{fpdu.kind.name} during the data transfer")
+            number = fpdu.number(PI.SYNC_NUMBER) or 0
+            if on_sync is not None:
+                on_sync(number, number * interval)
+
+        with await asyncio.to_thread(source.open, "rb") as data:
+            data.seek(offset)
+            async for unit in _units(data, offset, size, interval, article, entity, attributes):
+                if unit is None:  # a sync point is due
+                    while (fpdu := self._queued()) is not None:
+                        heard(fpdu)
+                    while self.machine.window_full:
+                        heard(await self._next("ACK(SYN)"))
+                    number = self.machine.last_sync + 1
+                    await self._send(Kind.SYN, codec.number(PI.SYNC_NUMBER, number))
+                    continue
+                kind, chunks = unit
+                if kind is Kind.DTF and attributes.multi_article and len(chunks) > 1:
+                    await self._send(Kind.DTF, data=codec.multi_article(chunks), count=len(chunks))
+                else:
+                    await self._send(kind, data=chunks[0])
+                articles += len(chunks) if kind is Kind.DTF else int(kind is Kind.DTFFA)
+                while (fpdu := self._queued()) is not None:
+                    heard(fpdu)
+        return articles
+
+    # -- read -------------------------------------------------------------------------------
+
+    async def read(self, name: str, target: Path) -> int | None:
+        """Fetch the file the server offers as ``name`` (PI 12) into ``target`` (fsynced).
+        None when the server has no such file (diagnostic 205).
+
+        Raises:
+            Refused: refused for another reason.
+            Broken: the connection is lost (``target`` may hold part of the file).
+        """
+        try:
+            await self._request(
+                Kind.SELECT,
+                Kind.ACK_SELECT,
+                codec.group(
+                    PI.FILE_ID, codec.number(PI.FILE_TYPE, 0), codec.text(PI.FILE_NAME, name)
+                ),
+                codec.number(PI.TRANSFER_ID, 0),
+                codec.raw(PI.REQUESTED_ATTRIBUTES, b"\xe0"),
+                codec.number(PI.RESTARTED, 0),
+                codec.number(PI.PRIORITY, 1),
+                codec.number(PI.ENTITY_SIZE, self.peer.entity_size, 2),
+            )
+        except Refused as exc:
+            if exc.diagnostic == 205:
+                return None
+            raise
+        await self._request(Kind.ORF, Kind.ACK_ORF)
+        await self._request(Kind.READ, Kind.ACK_READ, codec.number(PI.RESTART_POINT, 0))
+        received = 0
+        with await asyncio.to_thread(target.open, "wb") as out:
+            while True:
+                fpdu = await self._next("DTF")
+                if fpdu.kind is Kind.DTF_END:
+                    if fpdu.diagnostic:
+                        raise Refused(Kind.READ, fpdu.diagnostic)
+                    break
+                if fpdu.kind is Kind.SYN:
+                    await asyncio.to_thread(_flush, out)
+                    await self._send(
+                        Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, self.machine.last_sync)
+                    )
+                    continue
+                for chunk in codec.articles(fpdu):
+                    out.write(chunk)
+                    received += len(chunk)
+            await asyncio.to_thread(_flush, out)
+        await self._request(
+            Kind.TRANS_END, Kind.ACK_TRANS_END, codec.number(PI.BYTE_COUNT, received, 8)
+        )
+        await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
+        await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+        return received
+
+
+def _flush(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+async def _units(
+    data: BinaryIO,
+    offset: int,
+    size: int,
+    interval: int,
+    article: int,
+    entity: int,
+    attributes: FileAttributes,
+) -> AsyncIterator[tuple[Kind, list[bytes]] | None]:
+    """What to send, in order: ``(DTF kind, articles)`` or ``None`` for a sync point.
+
+    Articles never straddle a sync boundary; an article longer than the entity allows is cut
+    into DTFDA, DTFMA…, DTFFA; with ``multi_article`` several articles share one DTF."""
+    room = entity - 6
+    read_size = article * max(1, READ_SIZE // article)
+    at = offset
+    while at < size:
+        boundary = (at // interval + 1) * interval if interval else size
+        span = min(size, boundary, at + read_size) - at
+        block = await asyncio.to_thread(data.read, span)
+        if len(block) != span:
+            raise Broken(f"the file shrank while being sent ({len(block)} of {span} bytes)")
+        pieces = [block[i : i + article] for i in range(0, len(block), article)]
+        if article > room:
+            for piece in pieces:
+                segments = [piece[i : i + room] for i in range(0, len(piece), room)]
+                if len(segments) == 1:
+                    yield Kind.DTF, segments
+                    continue
+                yield Kind.DTFDA, [segments[0]]
+                for middle in segments[1:-1]:
+                    yield Kind.DTFMA, [middle]
+                yield Kind.DTFFA, [segments[-1]]
+        elif attributes.multi_article:
+            batch: list[bytes] = []
+            used = 0
+            for piece in pieces:
+                if batch and used + 2 + len(piece) > room:
+                    yield Kind.DTF, batch
+                    batch, used = [], 0
+                batch.append(piece)
+                used += 2 + len(piece)
+            if batch:
+                yield Kind.DTF, batch
+        else:
+            for piece in pieces:
+                yield Kind.DTF, [piece]
+        at += span
+        if interval and at % interval == 0 and at < size:
+            yield None
+
+
+async def connect(peer: Peer, connection_id: int = 1) -> Session:
+    """Open a connection and run CONNECT (and the pre-connection if configured).
+
+    Raises:
+        OSError, ssl.SSLError, TimeoutError: the server cannot be reached.
+        Refused: the server refused the connection (RCONNECT).
+        Broken: the server answered something else.
+    """
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            peer.host,
+            peer.port,
+            ssl=peer.tls,
+            server_hostname=(peer.server_hostname or peer.host) if peer.tls else None,
+        ),
+        peer.connect_timeout,
+    )
+    session = Session(peer, reader, writer, connection_id)
+    try:
+        await session.open()
+    except BaseException:
+        await session.close()
+        raise
+    return session

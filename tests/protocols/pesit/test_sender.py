@@ -1,0 +1,338 @@
+"""The PeSIT sender against the strict test responder on loopback: deliveries, restarts,
+refusals and every fault ending in a clear error within its timers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import pki
+from gateway.pesit_simulator import Account, PesitResponder
+from protocols.base import Outbound
+from protocols.errors import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    RemoteNameConflict,
+    TransferError,
+    TransferTimeout,
+)
+from protocols.pesit.sender import PesitSender, PesitSettings, parse_settings, transfer_id
+from protocols.settings import Secret, Section, SettingsError
+
+PASSWORD = "s3cret"
+
+
+def _flow(tmp_path: Path, data: bytes, name: str = "a", **changes: Any) -> Outbound:
+    path = tmp_path / f"{name}.xml"
+    path.write_bytes(data)
+    flow = Outbound(
+        flow_id=f"flow-{name}",
+        path=path,
+        remote_name=f"FSO1100A_VFE056_{name}.xml",
+        interface_code="FSO1100A",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    return replace(flow, **changes)
+
+
+def _settings(responder: PesitResponder, **changes: Any) -> PesitSettings:
+    base = PesitSettings(
+        host="127.0.0.1",
+        port=responder.port,
+        requester="VFE056",
+        server="CHORUSPRO",
+        password=Secret(PASSWORD, "literal"),
+        sync_interval=4,
+        sync_window=2,
+        entity_size=4096,
+        timeout=2.0,
+        connect_timeout=2.0,
+        nsdu_header=responder.nsdu_header,
+        pre_connection=responder.pre_connection,
+    )
+    return replace(base, **changes)
+
+
+def _responder(tmp_path: Path, **options: Any) -> PesitResponder:
+    return PesitResponder(tmp_path / "partner", {"VFE056": Account(PASSWORD)}, **options)
+
+
+async def _send(settings: PesitSettings, flow: Outbound) -> Any:
+    async with PesitSender(settings) as sender:
+        return await sender.send(flow)
+
+
+@pytest.mark.parametrize(
+    ("label", "responder_options", "sender_changes"),
+    [
+        ("plain", {}, {}),
+        ("no entity header, pre-connection", {"nsdu_header": False, "pre_connection": True}, {}),
+        ("multi-article", {}, {"multi_article": True, "article_length": 300}),
+        ("segmented articles", {"entity_size": 1024}, {"article_length": 5000}),
+        ("no sync points", {}, {"sync_interval": 0}),
+    ],
+)
+def test_files_arrive_intact(
+    tmp_path: Path, label: str, responder_options: dict[str, Any], sender_changes: dict[str, Any]
+) -> None:
+    data = os.urandom(50_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, **responder_options) as responder:
+            settings = _settings(responder, **sender_changes)
+            async with PesitSender(settings) as sender:
+                first = await sender.send(_flow(tmp_path, data, "a"))
+                second = await sender.send(_flow(tmp_path, b"<Invoice/>", "b"))
+            assert responder.violations == []
+            assert responder.connections == 1  # one session carried both files
+        held = tmp_path / "partner" / "depot"
+        assert (held / "FSO1100A_VFE056_a.xml").read_bytes() == data
+        assert (held / "FSO1100A_VFE056_b.xml").read_bytes() == b"<Invoice/>"
+        assert first.details["file_name"] == "FSO1100A"
+        assert first.details["transfer_id"] == transfer_id("flow-a")
+        assert not second.already_delivered
+        if settings.sync_interval:
+            assert first.details["sync_points"] == len(data) // (settings.sync_interval * 1024)
+
+    asyncio.run(scenario())
+
+
+def test_a_dropped_connection_resumes_from_the_last_acknowledged_sync_point(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(100_000)
+    interval = 4 * 1024
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            responder.faults.drop_after = 61_000
+            receipt = await _send(_settings(responder), _flow(tmp_path, data))
+            assert responder.violations == []
+            ((ident, point),) = responder.restarts
+            assert ident == transfer_id("flow-a")
+            assert receipt.details["restart_point"] == point
+            assert receipt.details["reconnects"] == 1
+            # resumed from the sync point the responder had secured before the drop …
+            dropped_at = responder.dropped_at
+            assert dropped_at is not None
+            assert point * interval <= dropped_at < (point + 1 + 2) * interval  # window of 2
+            assert receipt.details["resumed_at"] == point * interval
+            # … so only the bytes after it were sent again
+            assert responder.received_bytes - len(data) == dropped_at - point * interval
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
+
+
+def test_a_resend_after_a_daemon_restart_resumes_the_same_transfer(tmp_path: Path) -> None:
+    data = os.urandom(80_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            responder.faults.drop_after = 50_000
+            with pytest.raises(ConnectError, match="resume from the last acknowledged") as lost:
+                await _send(_settings(responder, restarts=0), _flow(tmp_path, data))
+            assert lost.value.retryable
+            # a new daemon: nothing in memory, the flow comes back as a resend
+            receipt = await _send(_settings(responder), _flow(tmp_path, data, resend=True))
+            assert receipt.details["restart_point"] > 0
+            assert responder.received_bytes - len(data) < 4 * 1024 * 3
+            assert responder.violations == []
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
+
+
+def test_resends_never_deliver_twice(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            settings = _settings(responder)
+            await _send(settings, _flow(tmp_path, b"<Invoice>1</Invoice>"))
+            again = await _send(settings, _flow(tmp_path, b"<Invoice>1</Invoice>", resend=True))
+            assert again.already_delivered
+            # a resend the partner never heard of is sent anew (diagnostic 214, then CREATE)
+            fresh = await _send(
+                settings, _flow(tmp_path, b"<Invoice>2</Invoice>", "b", resend=True)
+            )
+            assert not fresh.already_delivered
+            with pytest.raises(RemoteNameConflict, match="diagnostic 204") as conflict:
+                await _send(settings, _flow(tmp_path, b"<Invoice>3</Invoice>", "a"))
+            assert not conflict.value.retryable
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == (
+        b"<Invoice>1</Invoice>"
+    )
+
+
+def test_a_refused_login_is_permanent_and_says_what_to_check(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            settings = _settings(responder, password=Secret("wrong", "literal"))
+            with pytest.raises(AuthenticationError, match="diagnostic 301") as refused:
+                await _send(settings, _flow(tmp_path, b"x"))
+            assert not refused.value.retryable
+            assert "password" in str(refused.value)
+            assert "wrong" not in str(refused.value)
+
+    asyncio.run(scenario())
+
+
+def test_a_pre_connection_refusal_is_an_authentication_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _responder(tmp_path, pre_connection=True) as responder:
+            settings = _settings(responder, password=Secret("wrong", "literal"))
+            with pytest.raises(AuthenticationError, match="NAK0"):
+                await _send(settings, _flow(tmp_path, b"x"))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ("withhold_ack_sync", TransferTimeout, "ACK\\(SYN\\)"),
+        ("silent", TransferTimeout, "ACONNECT"),
+        ("garbage", ConnectError, "broke the protocol"),
+    ],
+)
+def test_a_misbehaving_partner_ends_in_a_retryable_error_within_the_timer(
+    tmp_path: Path, fault: str, error: type[TransferError], message: str
+) -> None:
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            setattr(responder.faults, fault, True)
+            started = time.monotonic()
+            with pytest.raises(error, match=message) as caught:
+                await _send(_settings(responder, timeout=1.0), _flow(tmp_path, os.urandom(40_000)))
+            assert caught.value.retryable
+            assert time.monotonic() - started < 1.0 * 4 + 2  # Tp per restart attempt, no hang
+
+    asyncio.run(scenario())
+    assert not (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").exists()
+
+
+def test_an_unreachable_partner_is_retryable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            settings = _settings(responder)  # the port it listened on, closed now
+        with pytest.raises(ConnectError) as caught:
+            await _send(settings, _flow(tmp_path, b"x"))
+        assert caught.value.retryable
+
+    asyncio.run(scenario())
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    ca = pki.issue("test CA", ca=True)
+    server = pki.issue("pesit.test", ca, dns_names=["pesit.test"])
+    client = pki.issue("VFE056", ca)
+    ca_file = pki.write_certificates([ca.certificate], tmp_path / "ca.pem", "pem")
+    server_cert = pki.write_certificates([server.certificate], tmp_path / "server.pem", "pem")
+    server_key = pki.write_key(server, tmp_path / "server.key")
+    client_cert = pki.write_certificates([client.certificate], tmp_path / "client.pem", "pem")
+    client_key = pki.write_key(client, tmp_path / "client.key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
+    context.load_cert_chain(str(server_cert), str(server_key))
+    context.verify_mode = ssl.CERT_REQUIRED  # the partner demands our certificate
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, tls=context) as responder:
+            good = _settings(
+                responder,
+                tls=True,
+                ca_bundle=ca_file,
+                client_certificate=client_cert,
+                client_key=client_key,
+                server_hostname="pesit.test",
+            )
+            await _send(good, _flow(tmp_path, b"<Invoice>tls</Invoice>"))
+            async with PesitSender(good) as sender:
+                assert "TLS" in await sender.check()
+            untrusted = replace(good, ca_bundle=None)
+            with pytest.raises(HostKeyError, match="not trusted") as caught:
+                await _send(untrusted, _flow(tmp_path, b"y", "b"))
+            assert not caught.value.retryable
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == (
+        b"<Invoice>tls</Invoice>"
+    )
+
+
+def test_check_logs_in_and_out(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        async with _responder(tmp_path) as responder:
+            async with PesitSender(_settings(responder)) as sender:
+                said = await sender.check()
+            assert responder.violations == []
+            return said
+
+    said = asyncio.run(scenario())
+    assert "VFE056@127.0.0.1" in said and "CHORUSPRO" in said and "4 KB" in said
+
+
+def test_read_fetches_a_file_the_partner_offers(tmp_path: Path) -> None:
+    from protocols.pesit.session import Peer, connect
+
+    data = os.urandom(20_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            (responder.returns / "FEN1200A_0001.xml").write_bytes(data)
+            peer = Peer("127.0.0.1", responder.port, "VFE056", "CHORUSPRO", PASSWORD, timeout=2)
+            session = await connect(peer)
+            assert await session.read("FEN1200A", tmp_path / "got") == len(data)
+            assert await session.read("FEN1200A", tmp_path / "none") is None  # 205: no more
+            await session.release()
+            assert responder.violations == []
+            assert not (responder.returns / "FEN1200A_0001.xml").exists()
+
+    asyncio.run(scenario())
+    assert (tmp_path / "got").read_bytes() == data
+
+
+def _parse(table: dict[str, Any]) -> PesitSettings:
+    base = {"host": "h", "port": 5000, "requester": "ME", "server": "YOU"}
+    return parse_settings(Section({**base, **table}, "connection.pesit"))
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        ({"port": None}, "port", "no PeSIT port is standard"),
+        ({"file_name": "{interfaec}"}, "file_name", "bad placeholder"),
+        ({"requester": "R" * 25}, "requester", "1 to 24"),
+        ({"password": "p" * 17}, "password", "at most 16"),
+        ({"pre_connection": True, "requester": "LONGER-THAN-8"}, "pre_connection", "8 charac"),
+        ({"client_certificate": "c.pem"}, "client_key", "both"),
+        ({"ca_bundle": "ca.pem"}, "tls", "tls = false"),
+        ({"sync_windw": 2}, "sync_windw", "did you mean 'sync_window'"),
+    ],
+)
+def test_settings_errors_name_the_key(table: dict[str, Any], key: str, message: str) -> None:
+    cleaned = {k: v for k, v in table.items() if v is not None}
+    base = {"host": "h", "port": 5000, "requester": "ME", "server": "YOU"}
+    if table.get("port", 0) is None:
+        base.pop("port")
+    with pytest.raises(SettingsError, match=message) as caught:
+        parse_settings(Section({**base, **cleaned}, "connection.pesit"))
+    assert caught.value.key == f"connection.pesit.{key}"
+
+
+def test_a_name_too_long_for_pesit_is_a_clear_permanent_error(tmp_path: Path) -> None:
+    settings = _parse({"file_label": "{remote_name}{remote_name}"})
+    flow = _flow(tmp_path, b"x", "n" * 40)
+    with pytest.raises(TransferError, match="PeSIT allows 80") as caught:
+        PesitSender(settings).attributes(flow)
+    assert not caught.value.retryable
