@@ -163,3 +163,37 @@ def test_as2_keeps_the_contract_with_the_simulated_partner(tmp_path: Path) -> No
         "reusable_after_close",
         "unreachable_is_retryable",
     ]
+
+
+def test_pesit_keeps_the_contract_with_the_strict_responder(tmp_path: Path) -> None:
+    from gateway.pesit_simulator import Account, PesitResponder
+    from protocols.pesit.sender import PesitSender, PesitSettings
+    from protocols.settings import Secret
+
+    async def scenario() -> list[str]:
+        responder = PesitResponder(tmp_path / "partner", {"RACCORD": Account("pw")})
+        async with responder:
+            settings = PesitSettings(
+                host="127.0.0.1",
+                port=responder.port,
+                requester="RACCORD",
+                server=responder.server_id,
+                password=Secret("pw", "literal"),
+                timeout=5.0,
+            )
+            checked = await contract.verify(
+                lambda: PesitSender(settings),
+                held_in(responder.deposits),
+                tmp_path,
+                make_unreachable=lambda: PesitSender(replace(settings, port=free_port())),
+            )
+            assert responder.violations == []
+            return checked
+
+    assert asyncio.run(scenario()) == [
+        "delivers",
+        "check",
+        "resend_recognised",
+        "reusable_after_close",
+        "unreachable_is_retryable",
+    ]

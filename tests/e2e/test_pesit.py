@@ -1,0 +1,158 @@
+"""raccord over PeSIT, the way an operator uses it: a ``protocol = "pesit"`` connection in the
+configuration, invoices dropped in its outbox, the gateway delivering them to the strict test
+responder (and resuming a broken transfer), ``raccord check --connect`` logging in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+from gateway import config as config_module
+from gateway.pesit_simulator import Account, PesitResponder
+from tests.conftest import sample
+from tests.gateway.harness import (
+    connection_toml,
+    drop,
+    filed,
+    memory_config_text,
+    rows,
+    running,
+    sidecar,
+    until,
+)
+
+pytestmark = pytest.mark.e2e
+
+CONNECTION = "qualif-pesit"
+
+
+def _config(tmp_path: Path, port: int, password: str = "pw", **settings: object) -> Path:  # noqa: S107  # the test partner's password
+    text = memory_config_text(tmp_path / "data", "unused") + connection_toml(
+        CONNECTION,
+        "pesit",
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "requester": "VFE057",
+            "server": "CHORUSPRO",
+            "password": password,
+            "sync_interval": 4,
+            "timeout": "3s",
+            **settings,
+        },
+        interfaces={"FSO1100A": "complete", "FSO1106A": "partial"},
+    )
+    path = tmp_path / "raccord.toml"
+    path.write_text(text)
+    return path
+
+
+def _invoice(number: str, padding: int = 0) -> bytes:
+    body = sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
+    return body.replace(b"</Invoice>", b"<!--" + b"x" * padding + b"--></Invoice>")
+
+
+def test_invoices_dropped_in_the_outbox_arrive_over_pesit(tmp_path: Path) -> None:
+    invoices = {f"inv-{n}.xml": _invoice(f"PES-{n}", padding=n * 9000) for n in range(5)}
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            config = config_module.load(_config(tmp_path, responder.port))
+            async with running(config):
+                for name, data in invoices.items():
+                    drop(config, name, data, CONNECTION)
+                await until(filed(config, len(invoices)), what="every invoice filed")
+            assert responder.violations == []
+            held = {p.read_bytes() for p in responder.deposits.iterdir()}
+            assert held == set(invoices.values())
+            for row in rows(config):
+                assert row.state == "sent", row.last_error
+                receipt = sidecar(row, ".receipt.json")
+                assert receipt["protocol"] == "pesit"
+                assert receipt["partner_answer"]["file_name"] == "FSO1100A"
+                assert (responder.deposits / receipt["remote_name"]).exists()
+
+    asyncio.run(scenario())
+
+
+def test_a_transfer_broken_mid_file_is_resumed_by_the_retry(tmp_path: Path) -> None:
+    data = _invoice("PES-BIG", padding=200_000)
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            responder.faults.drop_after = 120_000
+            # no in-session restart: the dispatcher's next attempt (a resend) must resume
+            config = config_module.load(_config(tmp_path, responder.port, restarts=0))
+            async with running(config):
+                drop(config, "big.xml", data, CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            (row,) = rows(config)
+            assert row.state == "sent", row.last_error
+            assert row.attempts == 2
+            ((_, point),) = responder.restarts
+            assert point > 0
+            assert responder.received_bytes < len(data) + 3 * 4096  # the start not sent again
+            assert [p.read_bytes() for p in responder.deposits.iterdir()] == [data]
+            assert sidecar(row, ".receipt.json")["partner_answer"]["restart_point"] == point
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_login_files_the_invoice_in_error_with_what_to_do(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            config = config_module.load(_config(tmp_path, responder.port, password="bad"))
+            async with running(config):
+                drop(config, "a.xml", _invoice("PES-A"), CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            (row,) = rows(config)
+            assert row.state == "error"
+            error = sidecar(row, ".error.json")
+            assert error["reason"] == "auth_failed"
+            assert "diagnostic 301" in error["message"]
+            assert "password" in error["message"]
+            assert row.attempts == 1  # permanent: not retried
+
+    asyncio.run(scenario())
+
+
+def test_check_connect_logs_in_to_the_pesit_partner(tmp_path: Path) -> None:
+    async def serve(ready: asyncio.Event, done: asyncio.Event, box: list[int]) -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            box.append(responder.port)
+            ready.set()
+            await done.wait()
+
+    async def scenario() -> tuple[int, str, int, str]:
+        ready, done, box = asyncio.Event(), asyncio.Event(), []
+        server = asyncio.create_task(serve(ready, done, box))
+        await ready.wait()
+        results = []
+        for password in ("pw", "bad"):
+            path = _config(tmp_path, box[0], password=password)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = await asyncio.to_thread(
+                    cli.main, ["check", "--connect", "--config", str(path)]
+                )
+            results.append((code, out.getvalue()))
+        done.set()
+        await server
+        return results[0] + results[1]
+
+    ok_code, ok_out, bad_code, bad_out = asyncio.run(scenario())
+    assert ok_code == 0, ok_out
+    assert f"{CONNECTION}: pesit" in ok_out and "connect: ok" in ok_out
+    assert "VFE057@127.0.0.1" in ok_out
+    assert bad_code != 0
+    assert "connect: FAILED" in bad_out and "diagnostic 301" in bad_out
+    assert "bad" not in bad_out.split("FAILED", 1)[1]  # the password is never printed
