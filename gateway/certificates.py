@@ -16,6 +16,7 @@ from cryptography import x509
 from gateway.config import Config
 from protocols import certs
 from protocols.as2.settings import As2Settings
+from protocols.pesit.sender import PesitSettings
 
 #: The ``connection`` of the AS2 receiver's own TLS certificate, which belongs to none.
 RECEIVER = "[as2_receiver]"
@@ -32,6 +33,9 @@ class InUse:
 def in_use(config: Config) -> Iterator[InUse]:
     for conn in config.connections:
         settings = conn.settings
+        if isinstance(settings, PesitSettings) and settings.client_certificate is not None:
+            for cert in certs.load_certificates(settings.client_certificate):
+                yield InUse(conn.name, "TLS client", cert, settings.client_certificate)
         if not isinstance(settings, As2Settings):
             continue
         yield InUse(conn.name, "ours", settings.keys.certificate, settings.key_path)

@@ -36,6 +36,7 @@ from gateway.as2_simulator import As2Simulator, partner_settings
 from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import TERMINAL, FlowRow, JournalDB
+from gateway.pesit_simulator import Account, PesitResponder
 from gateway.simulator import (
     DOWNLOAD_DIR,
     UPLOAD_DIR,
@@ -49,6 +50,9 @@ from protocols import certs
 
 CONNECTION = "qualif-sftp"
 AS2_CONNECTION = "qualif-as2"
+PESIT_CONNECTION = "qualif-pesit"
+#: The PeSIT identifiers: ours (PI 3) and the simulated Chorus Pro's (PI 4).
+PESIT_US, PESIT_PARTNER = "VFE056", "CHORUSPRO"
 #: The AS2 names: ours, and the simulated Chorus Pro's.
 AS2_US, AS2_PARTNER = "MYCOMPANY", "CTAIFEP"
 
@@ -114,6 +118,31 @@ signature = "sha256"
 mdn = "sync-signed"
 message_id_domain = "raccord.demo"
 timeout = "30s"
+
+[[connection]]
+name = "{pesit_connection}"
+environment = "qualification"
+protocol = "pesit"
+partner_code = "VFE056"
+structure = "12345678200036"  # a third establishment
+state = "active"
+valid_from = 2017-06-21
+valid_to = 2099-06-30
+
+[connection.interfaces]
+FSO1100A = "complete"
+FSO1106A = "partial"
+
+[connection.pesit]
+host = "127.0.0.1"
+port = {pesit_port}
+requester = "{pesit_requester}"
+server = "{pesit_server}"
+password = {{ file = "{pesit_password}" }}
+file_name = "{{interface}}"        # PI 12
+file_label = "{{remote_name}}"     # PI 37
+sync_interval = 32               # KB between sync points
+sync_window = 2
 
 # Where the simulator pushes its CPP Statut answers to AS2 deposits.
 [as2_receiver]
@@ -223,6 +252,7 @@ class Partner:
 
     sftp: SftpSimulator
     as2: As2Simulator
+    pesit: PesitResponder
     desks: tuple[Desk, Desk]
     config_path: Path
     exits: AsyncExitStack  # stops both sides
@@ -284,6 +314,16 @@ async def _prepare(folder: Path) -> Partner:
             ),
         )
         await exits.enter_async_context(as2)
+        pesit_password = folder / "keys" / "pesit.password"
+        if not pesit_password.exists():
+            pesit_password.write_text(secrets.token_hex(4) + "\n")
+            pesit_password.chmod(0o600)
+        pesit = PesitResponder(
+            folder / "partner-pesit",
+            {PESIT_US: Account(pesit_password.read_text().strip())},
+            server_id=PESIT_PARTNER,
+        )
+        await exits.enter_async_context(pesit)
         config_path = folder / "raccord.toml"
         config_path.write_text(
             CONFIG_TEMPLATE.format(
@@ -302,6 +342,11 @@ async def _prepare(folder: Path) -> Partner:
                 as2_certificate=folder / "keys" / "as2.crt",
                 as2_partner_certificate=partner_certificate,
                 receiver_port=receiver_port,
+                pesit_connection=PESIT_CONNECTION,
+                pesit_port=pesit.port,
+                pesit_requester=PESIT_US,
+                pesit_server=PESIT_PARTNER,
+                pesit_password=pesit_password,
             )
         )
         config = config_module.load(config_path)
@@ -309,7 +354,7 @@ async def _prepare(folder: Path) -> Partner:
             _desk(sftp.root / UPLOAD_DIR, sftp.root / DOWNLOAD_DIR, config.connection(CONNECTION)),
             _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
         )
-        return Partner(sftp, as2, desks, config_path, exits)
+        return Partner(sftp, as2, pesit, desks, config_path, exits)
     except BaseException:  # nothing left running if the set-up fails half-way
         await exits.aclose()
         raise
@@ -480,6 +525,10 @@ async def simulate(folder: Path | None) -> int:
         print(f"partner simulator: {partner.as2.url} (AS2 {AS2_PARTNER}, expects {AS2_US})")
         print(f"  deposits land in {as2_desk.deposits}")
         print(f"  CPP Statut answers are pushed to the gateway at {partner.as2.settings.url}")
+        pesit = partner.pesit
+        print(f"partner simulator: pesit://127.0.0.1:{pesit.port} (PeSIT E server {PESIT_PARTNER})")
+        print(f"  expects requester {PESIT_US}, password in {folder / 'keys' / 'pesit.password'}")
+        print(f"  deposits land in {pesit.deposits}; files in {pesit.returns} are served to SELECT")
         modes = sftp_desk.rules.modes
         print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {modes}")
         print(f"  a matching configuration: {partner.config_path}")

@@ -156,3 +156,20 @@ def test_check_connect_logs_in_to_the_pesit_partner(tmp_path: Path) -> None:
     assert bad_code != 0
     assert "connect: FAILED" in bad_out and "diagnostic 301" in bad_out
     assert "bad" not in bad_out.split("FAILED", 1)[1]  # the password is never printed
+
+
+def test_an_expired_tls_client_certificate_blocks_the_pesit_connection(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway import certificates, pki
+
+    old = pki.issue("VFE057", valid_from=datetime.now(UTC) - timedelta(days=30), days=10)
+    cert = pki.write_certificates([old.certificate], tmp_path / "client.pem", "pem")
+    key = pki.write_key(old, tmp_path / "client.key")
+    path = _config(tmp_path, 4000, tls=True, client_certificate=cert, client_key=key)
+    config = config_module.load(path)
+    (item,) = certificates.by_connection(config)[CONNECTION]
+    assert item.role == "TLS client" and item.source == cert
+    blocked = certificates.blocking([item], datetime.now(UTC))
+    assert blocked is not None
+    assert blocked[0] == "certificate_expired" and str(cert) in blocked[1]

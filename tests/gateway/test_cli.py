@@ -162,7 +162,9 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert len(received) == 2 and {e["connection"] for e in received} == {"qualif-as2"}
 
 
-def test_simulate_serves_sftp_and_as2_to_the_configuration_it_prints(tmp_path: Path) -> None:
+def test_simulate_serves_sftp_as2_and_pesit_to_the_configuration_it_prints(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "sim"
     command = [sys.executable, "-m", "gateway.cli", "simulate", "--dir", str(folder)]
     with subprocess.Popen(
@@ -176,21 +178,30 @@ def test_simulate_serves_sftp_and_as2_to_the_configuration_it_prints(tmp_path: P
                 assert line, f"simulate stopped early:\n{printed}"
                 printed += line
             assert "(AS2 CTAIFEP, expects MYCOMPANY)" in printed
+            assert "(PeSIT E server CHORUSPRO)" in printed
             config = config_module.load(folder / "raccord.toml")
 
             async def scenario() -> None:
                 async with running(config):
                     drop(config, "a.xml", sample("ubl-invoice.xml"), "qualif-as2")
                     drop(config, "b.xml", sample("cii-invoice.xml"), "qualif-sftp")
+                    over_pesit = sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", b"PESIT-1")
+                    drop(config, "c.xml", over_pesit, "qualif-pesit")
 
                     def answered() -> bool:
-                        # The AS2 flow, and the lot carrying the SFTP invoice.
+                        # The AS2 flow, and the lot carrying the SFTP invoice; the PeSIT flow
+                        # is sent (return flows are not fetched over PeSIT yet).
                         found = [r for r in rows(config) if r.state != "packed"]
-                        return len(found) == 2 and all(
-                            r.state == "sent" and statuses(config, r.flow_id) for r in found
+                        return len(found) == 3 and all(
+                            r.state == "sent"
+                            and (r.connection == "qualif-pesit" or statuses(config, r.flow_id))
+                            for r in found
                         )
 
-                    await until(answered, timeout=60, what="both sent and answered")
+                    await until(answered, timeout=60, what="all sent and answered")
+                    (pesit,) = [r for r in rows(config) if r.connection == "qualif-pesit"]
+                    held = folder / "partner-pesit" / "depot" / str(pesit.remote_name)
+                    assert held.read_bytes() == over_pesit
 
             asyncio.run(scenario())
         finally:
