@@ -26,10 +26,11 @@ class UnknownProtocol(LookupError):
 def _builtins() -> dict[str, ProtocolPlugin]:
     from protocols.as2.sender import PLUGIN as AS2
     from protocols.memory import PLUGIN as MEMORY
+    from protocols.pesit.cft import PLUGIN as PESIT_CFT
     from protocols.pesit.sender import PLUGIN as PESIT
     from protocols.sftp.sender import PLUGIN as SFTP
 
-    return {plugin.name: plugin for plugin in (SFTP, AS2, PESIT, MEMORY)}
+    return {plugin.name: plugin for plugin in (SFTP, AS2, PESIT, PESIT_CFT, MEMORY)}
 
 
 @cache
