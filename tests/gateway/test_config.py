@@ -205,6 +205,27 @@ def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> Non
     assert loaded.as2_receiver is not None and loaded.as2_receiver.port == 4080
 
 
+def test_the_commented_pesit_example_loads_once_uncommented(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    start, end = text.index("# A PeSIT E connection"), text.index("# An AS2 connection")
+    block = "\n".join(line[2:] for line in text[start:end].splitlines()[3:])
+    password = tmp_path / "pesit.pass"
+    password.write_text("s3cret\n")
+    block = block.replace("/etc/raccord/keys/pesit.pass", str(password))
+
+    loaded = load_text(tmp_path, text[:start] + block)
+
+    pesit = loaded.connection("qualif-pesit").settings
+    assert (pesit.requester, pesit.server, pesit.port, pesit.file_name) == (
+        "VFE056",
+        "CHORUSPRO",
+        5000,
+        "{interface}",
+    )
+    assert pesit.password is not None and pesit.password.value == "s3cret"
+    assert not pesit.tls
+
+
 def second_connection(**changes: str) -> str:
     """The example's SFTP connection once more, renamed, with ``changes`` applied (key = TOML)."""
     text = EXAMPLE.read_text()
