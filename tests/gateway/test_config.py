@@ -229,7 +229,7 @@ def test_the_commented_pesit_example_loads_once_uncommented(tmp_path: Path) -> N
 def second_connection(**changes: str) -> str:
     """The example's SFTP connection once more, renamed, with ``changes`` applied (key = TOML)."""
     text = EXAMPLE.read_text()
-    block = text[text.index("\n[[connection]]") : text.index("# An AS2 connection")]
+    block = text[text.index("\n[[connection]]") : text.index("# A PeSIT E connection")]
     block = block.replace('name = "qualif-sftp"', 'name = "second"')
     for key, value in changes.items():
         lines = block.splitlines()
