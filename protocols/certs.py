@@ -8,6 +8,7 @@ or speaks TLS reads its material here, so that one error message names the file 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,55 @@ class KeyPair:
             serialization.NoEncryption(),
         )
         return key + to_pem([self.certificate])
+
+
+def tls_client_context(
+    ca_bundle: Path | None, certificate: Path | None, key: Path | None
+) -> ssl.SSLContext:
+    """A TLS client context trusting ``ca_bundle`` (the system's CAs without one) and
+    presenting ``certificate`` (PEM, with ``key`` or with its key in the same file).
+
+    Raises:
+        CertificateProblem: a file cannot be read or used; the message names it.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateProblem(
+            f"cannot use CA bundle {ca_bundle}: {_ssl_reason(exc)} (PEM certificates expected)"
+        ) from None
+    if certificate is not None:
+        try:
+            context.load_cert_chain(str(certificate), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateProblem(
+                f"cannot use TLS client certificate {certificate} with key {key or certificate}: "
+                f"{_ssl_reason(exc)} (PEM files expected, the key unencrypted and matching)"
+            ) from None
+    return context
+
+
+def tls_problem(
+    ca_bundle: Path | None, certificate: Path | None, key: Path | None
+) -> tuple[str, str] | None:
+    """``(setting, message)`` when :func:`tls_client_context` would fail on these files —
+    for configuration checks, so that a bad TLS file is named by ``raccord check`` rather
+    than discovered by a flow."""
+    for setting, files in (
+        ("ca_bundle", (ca_bundle, None, None)),
+        ("client_certificate", (None, certificate, key)),
+    ):
+        try:
+            tls_client_context(*files)
+        except CertificateProblem as exc:
+            return setting, str(exc)
+    return None
+
+
+def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return str(exc.strerror or exc)
 
 
 def to_pem(certificates: Sequence[x509.Certificate]) -> bytes:

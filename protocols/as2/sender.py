@@ -78,13 +78,12 @@ class As2Sender(Closing):
             s = self._settings
             context: ssl.SSLContext | bool = False
             if s.url.startswith("https:"):
-                context = ssl.create_default_context(
-                    cafile=str(s.ca_bundle) if s.ca_bundle else None
-                )
-                if s.client_certificate is not None:
-                    context.load_cert_chain(
-                        str(s.client_certificate), str(s.client_key) if s.client_key else None
+                try:
+                    context = certs.tls_client_context(
+                        s.ca_bundle, s.client_certificate, s.client_key
                     )
+                except certs.CertificateProblem as exc:  # changed since the check
+                    raise CertificateError(str(exc)) from None
             auth = None
             if s.http_user is not None and s.http_password is not None:
                 auth = aiohttp.BasicAuth(s.http_user, s.http_password.value)

@@ -138,6 +138,11 @@ def parse_settings(section: Section) -> As2Settings:
         connect_timeout=section.duration("connect_timeout", "15s"),
         timeout=section.duration("timeout", "300s"),
     )
+    problem = url.startswith("https:") and certs.tls_problem(
+        settings.ca_bundle, client_certificate, client_key
+    )
+    if problem:
+        raise SettingsError(section.key(problem[0]), problem[1])
     for name in ("as2_from", "as2_to"):
         value = getattr(settings, name)
         if not value or len(value) > 128 or not value.isprintable():

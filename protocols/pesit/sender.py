@@ -24,9 +24,10 @@ import contextlib
 import hashlib
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from protocols import certs
 from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt
 from protocols.errors import (
     AuthenticationError,
@@ -175,6 +176,11 @@ def parse_settings(section: Section) -> PesitSettings:
         )
     if not tls and (settings.ca_bundle or settings.client_certificate):
         raise SettingsError(section.key("tls"), "certificates are given but tls = false")
+    problem = tls and certs.tls_problem(
+        settings.ca_bundle, settings.client_certificate, settings.client_key
+    )
+    if problem:
+        raise SettingsError(section.key(problem[0]), problem[1])
     section.finish()
     return settings
 
@@ -188,17 +194,6 @@ def _port(section: Section) -> int:
 def transfer_id(flow_id: str) -> int:
     """PI 13 for a flow: the same at every attempt, non-zero, on 3 bytes."""
     return int.from_bytes(hashlib.sha256(flow_id.encode()).digest()[:3], "big") or 1
-
-
-def tls_context(settings: PesitSettings) -> ssl.SSLContext | None:
-    if not settings.tls:
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.ca_bundle) if settings.ca_bundle else None
-    )
-    if settings.client_certificate is not None and settings.client_key is not None:
-        context.load_cert_chain(str(settings.client_certificate), str(settings.client_key))
-    return context
 
 
 def describe(diagnostic: int) -> str:
@@ -263,10 +258,6 @@ class PesitSender(Closing):
 
     def __init__(self, settings: PesitSettings) -> None:
         self._settings = settings
-        try:
-            context = tls_context(settings)
-        except (OSError, ssl.SSLError) as exc:
-            raise CertificateError(f"cannot load the PeSIT TLS certificates: {exc}") from None
         password = settings.password.value if settings.password else None
         self._peer = Peer(
             host=settings.host,
@@ -274,7 +265,7 @@ class PesitSender(Closing):
             requester=settings.requester,
             server=settings.server,
             password=password,
-            tls=context,
+            tls=None,  # made on first use (files read off the event loop)
             server_hostname=settings.server_hostname,
             nsdu_header=settings.nsdu_header,
             pre_connection=settings.pre_connection,
@@ -302,8 +293,17 @@ class PesitSender(Closing):
                 return session, False
             await session.close()
         self._ids = self._ids % 255 + 1
+        if self._settings.tls and self._peer.tls is None:
+            self._peer = replace(self._peer, tls=await asyncio.to_thread(self._tls_context))
         with _connecting(self.where):
             return await open_session(self._peer, self._ids), True
+
+    def _tls_context(self) -> ssl.SSLContext:
+        s = self._settings
+        try:
+            return certs.tls_client_context(s.ca_bundle, s.client_certificate, s.client_key)
+        except certs.CertificateProblem as exc:  # the files changed since the check
+            raise CertificateError(f"{self.where}: {exc}") from None
 
     async def _keep(self, session: Session) -> None:
         if session.reusable:

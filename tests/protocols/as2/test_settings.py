@@ -48,3 +48,29 @@ def test_inconsistent_settings_are_refused_with_the_key_named(
         write_as2_config(tmp_path, our_keys, partner_keys, as2_extra=extra)
 
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ('ca_bundle = "{missing}"', "ca_bundle", "cannot use CA bundle"),
+        ('client_certificate = "{garbage}"', "client_certificate", "cannot use TLS client"),
+    ],
+)
+def test_unusable_tls_files_are_a_configuration_error(
+    tmp_path: Path,
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    extra: str,
+    key: str,
+    message: str,
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    extra = extra.format(missing=tmp_path / "missing.pem", garbage=garbage)
+    with pytest.raises(ConfigError, match=rf"connection\[qualif-as2\]\.as2\.{key}") as refused:
+        write_as2_config(
+            tmp_path, our_keys, partner_keys, url="https://127.0.0.1:9/", as2_extra=extra
+        )
+
+    assert message in str(refused.value)

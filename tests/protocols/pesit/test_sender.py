@@ -19,6 +19,7 @@ from gateway.pesit_simulator import Account, PesitResponder
 from protocols.base import Outbound
 from protocols.errors import (
     AuthenticationError,
+    CertificateError,
     ConnectError,
     HostKeyError,
     RemoteNameConflict,
@@ -268,6 +269,30 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
     assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == (
         b"<Invoice>tls</Invoice>"
     )
+
+
+def test_unusable_tls_files_are_named_at_check_time_and_later_fail_the_flow_clearly(
+    tmp_path: Path,
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(SettingsError, match="cannot use CA bundle") as caught:
+        _parse({"tls": True, "ca_bundle": str(garbage)})
+    assert caught.value.key == "connection.pesit.ca_bundle"
+    with pytest.raises(SettingsError, match="cannot use TLS client certificate") as caught:
+        _parse({"tls": True, "client_certificate": str(garbage), "client_key": str(garbage)})
+    assert caught.value.key == "connection.pesit.client_certificate"
+
+    # files removed after the check: the sender is still made (the daemon starts) and the
+    # flow fails with a certificate error naming the file, not retried
+    client = pki.issue("VFE056")
+    cert = pki.write_certificates([client.certificate], tmp_path / "client.pem", "pem")
+    key = pki.write_key(client, tmp_path / "client.key")
+    settings = _parse({"tls": True, "client_certificate": str(cert), "client_key": str(key)})
+    key.unlink()
+    with pytest.raises(CertificateError, match=r"client\.key") as failed:
+        asyncio.run(_send(settings, _flow(tmp_path, b"x")))
+    assert not failed.value.retryable
 
 
 def test_check_logs_in_and_out(tmp_path: Path) -> None:
