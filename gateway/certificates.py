@@ -33,7 +33,7 @@ class InUse:
 def in_use(config: Config) -> Iterator[InUse]:
     for conn in config.connections:
         settings = conn.settings
-        if isinstance(settings, PesitSettings) and settings.client_certificate is not None:
+        if isinstance(settings, As2Settings | PesitSettings) and settings.client_certificate:
             for cert in certs.load_certificates(settings.client_certificate):
                 yield InUse(conn.name, "TLS client", cert, settings.client_certificate)
         if not isinstance(settings, As2Settings):
@@ -46,9 +46,6 @@ def in_use(config: Config) -> Iterator[InUse]:
             yield InUse(conn.name, role, cert, settings.partner_certificate_path)
         for cert in settings.partner_trust:
             yield InUse(conn.name, "partner CA", cert, None)
-        if settings.client_certificate is not None:
-            for cert in certs.load_certificates(settings.client_certificate):
-                yield InUse(conn.name, "TLS client", cert, settings.client_certificate)
     receiver = config.as2_receiver
     if receiver is not None and receiver.tls_certificate is not None:
         for cert in certs.load_certificates(receiver.tls_certificate):

@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import os
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -147,6 +148,27 @@ class Section:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(
                 self.key(name), f"expected an http:// or https:// URL, got {value!r}"
+            )
+        return value
+
+    def template(self, name: str, default: str, fields: Iterable[str]) -> str:
+        """A ``str.format`` template whose placeholders are all among ``fields``."""
+        value = self.string(name, default)
+        known = sorted(fields)
+        try:
+            used = {
+                field for _, field, _, _ in string.Formatter().parse(value) if field is not None
+            }
+        except ValueError as exc:
+            raise SettingsError(self.key(name), f"malformed template {value!r}: {exc}") from None
+        unknown = sorted(used - set(known))
+        if unknown:
+            hint = nearest(unknown[0], known)
+            did_you_mean = f" (did you mean {{{hint}}}?)" if hint else ""
+            raise SettingsError(
+                self.key(name),
+                f"unknown placeholder {{{unknown[0]}}}{did_you_mean}; known: "
+                + ", ".join("{" + field + "}" for field in known),
             )
         return value
 

@@ -29,6 +29,7 @@ _HOST_NAME = re.compile(
     r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
 SIGNATURES = ("sha256", "sha384", "sha512", "sha1", "none")
+SUBJECT_FIELDS = ("interface", "file")  # the interface code, the remote name
 MDN_MODES = ("sync-signed", "sync", "async-signed", "async", "none")
 
 
@@ -127,7 +128,7 @@ def parse_settings(section: Section) -> As2Settings:
         mdn=mdn,
         mdn_url=mdn_url,
         async_mdn_wait=section.duration("async_mdn_wait", "1h"),
-        subject=section.string("subject", "raccord {interface}"),
+        subject=section.template("subject", "raccord {interface}", SUBJECT_FIELDS),
         content_type=section.string("content_type", "application/octet-stream"),
         message_id_domain=section.string("message_id_domain", _domain()),
         http_user=http_user,

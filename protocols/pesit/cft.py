@@ -38,16 +38,15 @@ from protocols.errors import (
     TransferError,
     TransferTimeout,
 )
-from protocols.pesit.codec import Kind
-from protocols.pesit.sender import refusal_error
-from protocols.pesit.session import Refused
+from protocols.pesit.sender import TEMPLATE_FIELDS, diagnostic_error, name_fields
 from protocols.settings import Section, SettingsError
 
 SEND_TEMPLATE = "SEND PART={partner}, IDF={idf}, FNAME={file}, NFNAME={nfname}, IDA={ida}"
 SYNC_SUFFIX = ", WSTATES=TX, WTIMEOUT={wait_seconds}"
 LISTCAT_IDTU = "LISTCAT IDTU={idtu}, CONTENT=FULL"
 LISTCAT_IDA = "LISTCAT IDA={ida}, CONTENT=FULL"
-FIELDS = ("partner", "idf", "file", "nfname", "ida", "interface", "remote_name", "parm")
+#: What send_template may use besides the name fields (TEMPLATE_FIELDS) of idf/nfname/parm.
+SEND_FIELDS = (*TEMPLATE_FIELDS, "partner", "idf", "nfname", "parm", "file", "ida")
 _PAIR = re.compile(r"\b(IDTU|IDT|IDA|STATE|PHASE|PHASESTEP|DIAGI|DIAGP)\s*=\s*([^\s,()]+)", re.I)
 _DONE_PHASES = frozenset({"Y", "Z", "X"})  # the transfer phase (T) is over
 
@@ -70,24 +69,15 @@ def parse_settings(section: Section) -> CftSettings:
     settings = CftSettings(
         command=section.string("command", "CFTUTIL"),
         partner=section.string("partner", required=True),
-        idf=section.string("idf", "{interface}"),
-        nfname=section.string("nfname", "{remote_name}"),
-        parm=section.string("parm", ""),
-        send_template=section.string("send_template", SEND_TEMPLATE),
+        idf=section.template("idf", "{interface}", TEMPLATE_FIELDS),
+        nfname=section.template("nfname", "{remote_name}", TEMPLATE_FIELDS),
+        parm=section.template("parm", "", TEMPLATE_FIELDS),
+        send_template=section.template("send_template", SEND_TEMPLATE, SEND_FIELDS),
         wait=section.choice("wait", ["sync", "catalog"], "sync"),
         timeout=section.duration("timeout", "10m"),
         poll_interval=section.duration("poll_interval", "2s"),
         command_timeout=section.duration("command_timeout", "60s"),
     )
-    sample = {name: "X" for name in FIELDS}
-    for key in ("idf", "nfname", "parm", "send_template"):
-        try:
-            getattr(settings, key).format(**sample)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise SettingsError(
-                section.key(key),
-                f"bad placeholder {exc}; known: " + ", ".join("{" + f + "}" for f in FIELDS),
-            ) from None
     if "{file}" not in settings.send_template or "{ida}" not in settings.send_template:
         raise SettingsError(
             section.key("send_template"),
@@ -143,19 +133,15 @@ class CftSender(Closing):
 
     def _fields(self, flow: Outbound) -> dict[str, str]:
         s = self._settings
-        base = {
-            "interface": flow.interface_code,
-            "remote_name": flow.remote_name,
-            "ida": flow.flow_id,
-            "file": str(flow.path),
-            "partner": s.partner,
-        }
-        fill = {**base, "idf": "", "nfname": "", "parm": ""}
+        names = name_fields(flow)
         return {
-            **base,
-            "idf": s.idf.format(**fill),
-            "nfname": s.nfname.format(**fill),
-            "parm": s.parm.format(**fill),
+            **names,
+            "partner": s.partner,
+            "idf": s.idf.format(**names),
+            "nfname": s.nfname.format(**names),
+            "parm": s.parm.format(**names),
+            "file": str(flow.path),
+            "ida": flow.flow_id,
         }
 
     async def _run(self, arguments: str, limit: float) -> tuple[int, str]:
@@ -256,7 +242,7 @@ class CftSender(Closing):
         diagp = entry.diagp if entry else None
         pesit = re.search(r"\b([23]\d\d)\b", diagp or "")
         if pesit:
-            return refusal_error(Refused(Kind.CREATE, int(pesit.group(1)), diagp), where)
+            return diagnostic_error(int(pesit.group(1)), f"{where}: killed by CFT, DIAGP {diagp}")
         said = _last_line(output) or (
             f"phase {entry.phase}/{entry.phasestep}, DIAGI {entry.diagi}" if entry else ""
         )

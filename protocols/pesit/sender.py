@@ -110,19 +110,20 @@ class PesitSettings:
 
 def _template(section: Section, key: str, default: str) -> str:
     """A name template; its length limit is checked per flow, once it is filled in."""
-    value = section.string(key, default)
-    sample = {field: "X" * 20 for field in TEMPLATE_FIELDS}
-    try:
-        value.format(**sample)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise SettingsError(
-            section.key(key),
-            f"bad placeholder {exc} in {value!r}; known: "
-            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS),
-        ) from None
+    value = section.template(key, default, TEMPLATE_FIELDS)
     if not value.isascii():
         raise SettingsError(section.key(key), "PeSIT names are ASCII")
     return value
+
+
+def name_fields(flow: Outbound) -> dict[str, str]:
+    """The values of TEMPLATE_FIELDS for ``flow``."""
+    return {
+        "interface": flow.interface_code,
+        "remote_name": flow.remote_name,
+        "flow_id": flow.flow_id,
+        "stem": Path(flow.remote_name).stem,
+    }
 
 
 def _identifier(section: Section, key: str) -> str:
@@ -200,11 +201,11 @@ def describe(diagnostic: int) -> str:
     return f"diagnostic {diagnostic}: {DIAGNOSTICS.get(diagnostic, 'not in the PeSIT list')}"
 
 
-def refusal_error(exc: Refused, where: str) -> TransferError:
-    """The :mod:`protocols.errors` type for a request the partner refused."""
-    d = exc.diagnostic
-    detail = f" ({exc.detail})" if exc.detail else ""
-    message = f"{where}: {exc.what.name} refused, {describe(d)}{detail}"
+def diagnostic_error(diagnostic: int, message: str) -> TransferError:
+    """The :mod:`protocols.errors` type for a PeSIT diagnostic (from the partner, or reported
+    by Transfer CFT), with what it means and what to check added to ``message``."""
+    d = diagnostic
+    message = f"{message}: {describe(d)}"
     if d in _AUTH:
         return AuthenticationError(
             f"{message}; check requester, server and password with the partner"
@@ -212,12 +213,17 @@ def refusal_error(exc: Refused, where: str) -> TransferError:
     if d == 204:
         return RemoteNameConflict(f"{message}; it was not overwritten")
     if d == 205:
-        return RemotePermissionDenied(f"{message}; check the file_name (PI 12) setting")
+        return RemotePermissionDenied(f"{message}; check the file name (PI 12) setting")
     if d in _BUSY:
         return RemoteBusy(message)
     if d == 226:
         return RemoteRejected(message)
     return ProtocolError(message, retryable=d in (214, 217, 222, 319))
+
+
+def refusal_error(exc: Refused, where: str) -> TransferError:
+    detail = f" ({exc.detail})" if exc.detail else ""
+    return diagnostic_error(exc.diagnostic, f"{where}: {exc.what.name} refused{detail}")
 
 
 def broken_error(exc: Broken, where: str) -> TransferError:
@@ -309,7 +315,7 @@ class PesitSender(Closing):
         if session.reusable:
             self._idle.append(session)
         else:
-            await session.abort(0)
+            await session.abort(312)  # a request refused half-way: leave the session
 
     def attributes(self, flow: Outbound) -> FileAttributes:
         s = self._settings

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -89,13 +89,9 @@ class FileAttributes:
 
 @dataclass(frozen=True)
 class Written:
-    transfer_id: int
     restart_point: int  # sync point the server resumed from (0: from the start)
     resumed_at: int  # byte offset sent from
-    sync_points: int
-    bytes: int
-    articles: int
-    sync_interval: int  # bytes between sync points in this session (0: none)
+    sync_points: int  # the last sync point sent
 
 
 class Session:
@@ -277,11 +273,9 @@ class Session:
         transfer_id: int,
         *,
         restart: bool,
-        on_sync: Callable[[int, int], None] | None = None,
     ) -> Written:
         """Send ``source`` (``size`` bytes); ``restart``: ask to resume transfer
-        ``transfer_id`` (PI 15 = 1) from where the server secured it. ``on_sync(point,
-        offset)`` hears each acknowledged sync point.
+        ``transfer_id`` (PI 15 = 1) from where the server secured it.
 
         Raises:
             Refused: a step was refused (the session is still usable).
@@ -327,7 +321,7 @@ class Session:
                 diagnostic=214,
             )
         try:
-            articles = await self._data(source, offset, size, entity, article, attributes, on_sync)
+            articles = await self._data(source, offset, size, entity, article, attributes)
         except Broken as exc:
             exc.started = True
             raise
@@ -341,15 +335,7 @@ class Session:
         )
         await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
         await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
-        return Written(
-            transfer_id,
-            point,
-            offset,
-            self.machine.last_sync,
-            size,
-            articles,
-            self.sync_interval,
-        )
+        return Written(point, offset, self.machine.last_sync)
 
     async def _data(
         self,
@@ -359,19 +345,15 @@ class Session:
         entity: int,
         article: int,
         attributes: FileAttributes,
-        on_sync: Callable[[int, int], None] | None,
     ) -> int:
         """DTFs from ``offset``, a SYN every ``sync_interval`` bytes of the file (so sync point
         n always sits at byte n × interval: the restart offset follows from the point)."""
         interval = self.sync_interval
         articles = 0
 
-        def heard(fpdu: Fpdu) -> None:
+        def heard(fpdu: Fpdu) -> None:  # the machine has checked its number
             if fpdu.kind is not Kind.ACK_SYN:
                 raise Broken(f"{fpdu.kind.name} during the data transfer")
-            number = fpdu.number(PI.SYNC_NUMBER) or 0
-            if on_sync is not None:
-                on_sync(number, number * interval)
 
         with await asyncio.to_thread(source.open, "rb") as data:
             data.seek(offset)

@@ -125,29 +125,17 @@ def test_a_refused_login_files_the_invoice_in_error_with_what_to_do(tmp_path: Pa
 
 
 def test_check_connect_logs_in_to_the_pesit_partner(tmp_path: Path) -> None:
-    async def serve(ready: asyncio.Event, done: asyncio.Event, box: list[int]) -> None:
-        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
-        async with responder:
-            box.append(responder.port)
-            ready.set()
-            await done.wait()
+    def check(path: Path) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["check", "--connect", "--config", str(path)])
+        return code, out.getvalue()
 
     async def scenario() -> tuple[int, str, int, str]:
-        ready, done, box = asyncio.Event(), asyncio.Event(), []
-        server = asyncio.create_task(serve(ready, done, box))
-        await ready.wait()
-        results = []
-        for password in ("pw", "bad"):
-            path = _config(tmp_path, box[0], password=password)
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                code = await asyncio.to_thread(
-                    cli.main, ["check", "--connect", "--config", str(path)]
-                )
-            results.append((code, out.getvalue()))
-        done.set()
-        await server
-        return results[0] + results[1]
+        async with PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")}) as responder:
+            good = await asyncio.to_thread(check, _config(tmp_path, responder.port))
+            bad = await asyncio.to_thread(check, _config(tmp_path, responder.port, "bad"))
+        return good + bad
 
     ok_code, ok_out, bad_code, bad_out = asyncio.run(scenario())
     assert ok_code == 0, ok_out

@@ -39,6 +39,7 @@ def test_the_message_id_domain_defaults_to_a_usable_host_name(
         ('mdn = "async"\nmdn_url = "gateway:4080"', "mdn_url: expected an http:// or https:// URL"),
         ('http_user = "me"', "give both http_user and http_password"),
         ('encryption = "aes_512"', "'aes_512' is not one of"),
+        ('subject = "raccord {interfac}"', "unknown placeholder {interfac}"),
     ],
 )
 def test_inconsistent_settings_are_refused_with_the_key_named(

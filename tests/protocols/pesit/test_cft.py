@@ -172,7 +172,7 @@ def test_catalog_output_is_read_in_both_layouts() -> None:
     ("table", "key", "message"),
     [
         ({}, "partner", "is required"),
-        ({"partner": "P", "idf": "{interfac}"}, "idf", "bad placeholder"),
+        ({"partner": "P", "idf": "{interfac}"}, "idf", "did you mean {interface}"),
         ({"partner": "P", "send_template": "SEND PART={partner}"}, "send_template", "{ida}"),
         ({"partner": "P", "wait": "poll"}, "wait", "not one of"),
     ],

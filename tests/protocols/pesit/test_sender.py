@@ -336,7 +336,7 @@ def _parse(table: dict[str, Any]) -> PesitSettings:
     ("table", "key", "message"),
     [
         ({"port": None}, "port", "no PeSIT port is standard"),
-        ({"file_name": "{interfaec}"}, "file_name", "bad placeholder"),
+        ({"file_name": "{interfaec}"}, "file_name", "unknown placeholder {interfaec}"),
         ({"requester": "R" * 25}, "requester", "1 to 24"),
         ({"password": "p" * 17}, "password", "at most 16"),
         ({"pre_connection": True, "requester": "LONGER-THAN-8"}, "pre_connection", "8 charac"),
