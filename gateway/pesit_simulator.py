@@ -36,6 +36,7 @@ from flows import naming
 from protocols.pesit import codec
 from protocols.pesit.codec import PI, Fpdu, Kind
 from protocols.pesit.machine import Machine, RemoteProtocolError, Role, State
+from protocols.pesit.session import sync_file
 
 UPLOAD_DIR = "depot"
 DOWNLOAD_DIR = "retrait"
@@ -203,6 +204,13 @@ class PesitResponder:
         return next((p for p in candidates if p.name.startswith(name)), None)
 
 
+def _reopen(partial: Path, secured: int) -> BinaryIO:
+    """``partial`` cut back to its secured bytes, open for appending."""
+    with partial.open("r+b") as out:
+        out.truncate(secured)
+    return partial.open("ab")
+
+
 class _Abort(Exception):
     def __init__(self, message: str, diagnostic: int) -> None:
         super().__init__(message)
@@ -348,6 +356,10 @@ class _Connection:
             Kind.ACONNECT, codec.number(PI.VERSION, 2), codec.sync_options(interval, window)
         )
 
+    async def _on_abort(self, fpdu: Fpdu) -> None:
+        """The requester gave up: the machine is closed, the connection ends; a write's
+        partial file stays, secured up to its last sync point, for a restart."""
+
     async def _on_release(self, fpdu: Fpdu) -> None:
         await self._send(Kind.RELCONF)
 
@@ -414,9 +426,7 @@ class _Connection:
         transfer = self.transfer
         if transfer is None:
             raise _Abort("WRITE after a SELECT", 311)
-        with transfer.partial.open("r+b") as out:
-            out.truncate(transfer.secured)
-        self.out = transfer.partial.open("ab")
+        self.out = await asyncio.to_thread(_reopen, transfer.partial, transfer.secured)
         self.received = transfer.secured
         self.articles = 0
         if transfer.point:
@@ -432,7 +442,7 @@ class _Connection:
                 311,
             )
         assert self.out is not None and self.transfer is not None
-        self.out.write(chunk)
+        await asyncio.to_thread(self.out.write, chunk)
         self.received += len(chunk)
         if self.interval and self.received - self.transfer.secured > self.interval:
             raise _Abort(
@@ -473,16 +483,14 @@ class _Connection:
         number = fpdu.number(PI.SYNC_NUMBER) or 0
         if transfer is None or self.out is None:
             raise _Abort("SYN outside a write", 311)
-        self.out.flush()
-        os.fsync(self.out.fileno())
+        await asyncio.to_thread(sync_file, self.out)
         transfer.secured, transfer.point = self.received, number
         if not self.owner.faults.withhold_ack_sync:
             await self._send(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, number))
 
     async def _on_dtf_end(self, fpdu: Fpdu) -> None:
         if self.out is not None:
-            self.out.flush()
-            os.fsync(self.out.fileno())
+            await asyncio.to_thread(sync_file, self.out)
 
     async def _on_trans_end(self, fpdu: Fpdu) -> None:
         if self.served is not None:  # the end of a read
@@ -519,7 +527,7 @@ class _Connection:
             raise _Abort("READ after a CREATE", 311)
         await self._send(Kind.ACK_READ, codec.diagnostic(0))
         entity = self.machine.entity_size - 6
-        data = served.path.read_bytes()
-        for at in range(0, len(data), entity):
-            await self._send(Kind.DTF, data=data[at : at + entity])
+        with await asyncio.to_thread(served.path.open, "rb") as data:
+            while chunk := await asyncio.to_thread(data.read, entity):
+                await self._send(Kind.DTF, data=chunk)
         await self._send(Kind.DTF_END, codec.diagnostic(0))

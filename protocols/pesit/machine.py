@@ -105,9 +105,11 @@ TRANSITIONS: dict[tuple[State, Role, Kind], State] = {
     **{(State.READING, S, kind): State.READING for kind in _DATA_UNITS},
     (State.READING, R, Kind.ACK_SYN): State.READING,
     (State.READING, S, Kind.DTF_END): State.DATA_ENDED,
-    # acknowledgements of the last sync points may cross the DTF.END
+    # acknowledgements of the last sync points may cross the DTF.END, and a write's the
+    # TRANS.END (the server answers the SYNs it has read before it reads the TRANS.END)
     (State.DATA_ENDED, S, Kind.ACK_SYN): State.DATA_ENDED,
     (State.DATA_ENDED, R, Kind.ACK_SYN): State.DATA_ENDED,
+    (State.ENDING, S, Kind.ACK_SYN): State.ENDING,
     (State.DATA_ENDED, R, Kind.TRANS_END): State.ENDING,
     (State.ENDING, S, Kind.ACK_TRANS_END): State.OPEN,
     (State.WRITING, R, Kind.IDT): State.INTERRUPTING,

@@ -326,6 +326,11 @@ class Session:
             exc.started = True
             raise
         await self._send(Kind.DTF_END, codec.diagnostic(0))
+        # every sync point acknowledged (the data secured) before the transfer is declared over
+        while self.machine.window and self.machine.last_acked < self.machine.last_sync:
+            acked = await self._next("ACK(SYN) of the last sync points")
+            if acked.kind is not Kind.ACK_SYN:
+                raise Broken(f"{acked.kind.name} while sync points await acknowledgement")
         await self._request(
             Kind.TRANS_END,
             Kind.ACK_TRANS_END,
@@ -414,15 +419,15 @@ class Session:
                         raise Refused(Kind.READ, fpdu.diagnostic)
                     break
                 if fpdu.kind is Kind.SYN:
-                    await asyncio.to_thread(_flush, out)
+                    await asyncio.to_thread(sync_file, out)
                     await self._send(
                         Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, self.machine.last_sync)
                     )
                     continue
-                for chunk in codec.articles(fpdu):
-                    out.write(chunk)
-                    received += len(chunk)
-            await asyncio.to_thread(_flush, out)
+                data = b"".join(codec.articles(fpdu))
+                await asyncio.to_thread(out.write, data)
+                received += len(data)
+            await asyncio.to_thread(sync_file, out)
         await self._request(
             Kind.TRANS_END, Kind.ACK_TRANS_END, codec.number(PI.BYTE_COUNT, received, 8)
         )
@@ -431,7 +436,8 @@ class Session:
         return received
 
 
-def _flush(out: BinaryIO) -> None:
+def sync_file(out: BinaryIO) -> None:
+    """Flush ``out`` to disk (run it on a worker thread)."""
     out.flush()
     os.fsync(out.fileno())
 

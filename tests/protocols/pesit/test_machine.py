@@ -211,3 +211,16 @@ def test_garbage_is_a_remote_protocol_error() -> None:
     machine = Machine(Role.REQUESTER)
     with pytest.raises(RemoteProtocolError):
         machine.receive_data(b"\x00\x01HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_a_sync_point_may_be_acknowledged_after_the_trans_end_crossed_it() -> None:
+    pair = Pair()
+    _connect(pair)
+    pair.requester.window = pair.server.window = 2
+    _open_for_write(pair)
+    pair.to_server(Kind.SYN, codec.number(PI.SYNC_NUMBER, 1))
+    pair.to_server(Kind.DTF_END, OK)
+    pair.to_server(Kind.TRANS_END)  # a requester that does not wait for the last ACK(SYN)
+    pair.to_requester(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, 1))
+    pair.to_requester(Kind.ACK_TRANS_END, OK)
+    assert pair.requester.state is pair.server.state is State.OPEN
