@@ -50,6 +50,7 @@ class Faults:
     withhold_ack_sync: bool = False  # never answer SYN
     garbage: bool = False  # answer CONNECT with bytes that are no FPDU
     silent: bool = False  # accept the TCP connection and never answer
+    drop_at_end: bool = False  # store a write's file, then drop the connection unanswered (once)
 
 
 @dataclass
@@ -513,6 +514,10 @@ class _Connection:
             await self._send(Kind.ACK_TRANS_END, codec.diagnostic(319))
             return
         diagnostic = self.owner._finish(transfer)
+        if self.owner.faults.drop_at_end:
+            self.owner.faults.drop_at_end = False
+            self.writer.transport.abort()
+            raise ConnectionResetError("fault: connection dropped before ACK(TRANS.END)")
         await self._send(
             Kind.ACK_TRANS_END,
             codec.diagnostic(diagnostic),

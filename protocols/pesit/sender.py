@@ -319,12 +319,7 @@ class PesitSender(Closing):
 
     def attributes(self, flow: Outbound) -> FileAttributes:
         s = self._settings
-        fields = {
-            "interface": flow.interface_code,
-            "remote_name": flow.remote_name,
-            "flow_id": flow.flow_id,
-            "stem": Path(flow.remote_name).stem,
-        }
+        fields = name_fields(flow)
         name, label, message = (t.format(**fields) for t in (s.file_name, s.file_label, s.message))
         for what, value, limit in (
             ("file_name", name, 76),
@@ -369,7 +364,12 @@ class PesitSender(Closing):
                     if exc.what is Kind.CREATE and exc.diagnostic == 214 and restart:
                         restart = False  # the partner knows nothing of it: send it anew
                         continue
-                    if exc.what is Kind.CREATE and exc.diagnostic == 204 and flow.resend:
+                    if (
+                        exc.what is Kind.CREATE
+                        and exc.diagnostic == 204
+                        and (flow.resend or restarts)
+                    ):
+                        # an earlier attempt (of this send, or before) completed the delivery
                         return self._receipt(flow, attributes, ident, already=True)
                     raise refusal_error(exc, f"{self.where} {flow.remote_name}") from None
                 except Broken as exc:

@@ -320,26 +320,29 @@ class Session:
                 "this transfer's",
                 diagnostic=214,
             )
-        try:
+        try:  # from here on, part or all of the file may be at the partner
             articles = await self._data(source, offset, size, entity, article, attributes)
+            await self._send(Kind.DTF_END, codec.diagnostic(0))
+            # every sync point acknowledged (the data secured) before the transfer ends
+            while self.machine.window and self.machine.last_acked < self.machine.last_sync:
+                acked = await self._next("ACK(SYN) of the last sync points")
+                if acked.kind is not Kind.ACK_SYN:
+                    raise Broken(f"{acked.kind.name} while sync points await acknowledgement")
+            await self._request(
+                Kind.TRANS_END,
+                Kind.ACK_TRANS_END,
+                codec.number(PI.BYTE_COUNT, size, 8),
+                # articles are counted for a whole transfer only (a restart's is ambiguous)
+                None if offset else codec.number(PI.ARTICLE_COUNT, articles, 4),
+            )
         except Broken as exc:
             exc.started = True
             raise
-        await self._send(Kind.DTF_END, codec.diagnostic(0))
-        # every sync point acknowledged (the data secured) before the transfer is declared over
-        while self.machine.window and self.machine.last_acked < self.machine.last_sync:
-            acked = await self._next("ACK(SYN) of the last sync points")
-            if acked.kind is not Kind.ACK_SYN:
-                raise Broken(f"{acked.kind.name} while sync points await acknowledgement")
-        await self._request(
-            Kind.TRANS_END,
-            Kind.ACK_TRANS_END,
-            codec.number(PI.BYTE_COUNT, size, 8),
-            # articles are counted for a whole transfer only (a restart's count is ambiguous)
-            None if offset else codec.number(PI.ARTICLE_COUNT, articles, 4),
-        )
-        await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
-        await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+        try:  # the partner has the file: closing it is housekeeping, not the delivery
+            await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
+            await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+        except (Broken, Refused):
+            await self.abort(312)  # not reusable; the next flow connects anew
         return Written(point, offset, self.machine.last_sync)
 
     async def _data(

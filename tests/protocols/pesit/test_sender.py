@@ -154,6 +154,35 @@ def test_a_resend_after_a_daemon_restart_resumes_the_same_transfer(tmp_path: Pat
     assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
 
 
+@pytest.mark.parametrize("restarts", [3, 0])
+def test_a_connection_lost_after_the_partner_stored_the_file_is_no_conflict(
+    tmp_path: Path, restarts: int
+) -> None:
+    """The ACK(TRANS.END) is lost on a kept session: the file is at the partner. The retry,
+    in the same send or the dispatcher's resend, must say so, not report a name conflict."""
+    data = os.urandom(30_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            settings = _settings(responder, restarts=restarts)
+            async with PesitSender(settings) as sender:
+                await sender.send(_flow(tmp_path, b"<Invoice>0</Invoice>", "first"))
+                responder.faults.drop_at_end = True  # the next transfer, on the kept session
+                flow = _flow(tmp_path, data)
+                if restarts:
+                    receipt = await sender.send(flow)
+                else:
+                    with pytest.raises(ConnectError) as lost:
+                        await sender.send(flow)
+                    assert lost.value.retryable
+                    receipt = await sender.send(replace(flow, resend=True))
+            assert receipt.already_delivered
+            assert responder.violations == []
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
+
+
 def test_resends_never_deliver_twice(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _responder(tmp_path) as responder:
