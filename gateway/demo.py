@@ -143,6 +143,8 @@ file_name = "{{interface}}"        # PI 12
 file_label = "{{remote_name}}"     # PI 37
 sync_interval = 32               # KB between sync points
 sync_window = 2
+return_files = ["FEN1200A"]      # PI 12 names SELECTed for return flows
+poll_interval = "300ms"
 
 # Where the simulator pushes its CPP Statut answers to AS2 deposits.
 [as2_receiver]
@@ -253,7 +255,7 @@ class Partner:
     sftp: SftpSimulator
     as2: As2Simulator
     pesit: PesitResponder
-    desks: tuple[Desk, Desk]
+    desks: tuple[Desk, Desk, Desk]  # SFTP, AS2, PeSIT
     config_path: Path
     exits: AsyncExitStack  # stops both sides
 
@@ -353,6 +355,7 @@ async def _prepare(folder: Path) -> Partner:
         desks = (
             _desk(sftp.root / UPLOAD_DIR, sftp.root / DOWNLOAD_DIR, config.connection(CONNECTION)),
             _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
+            _desk(pesit.deposits, pesit.returns, config.connection(PESIT_CONNECTION)),
         )
         return Partner(sftp, as2, pesit, desks, config_path, exits)
     except BaseException:  # nothing left running if the set-up fails half-way
@@ -518,7 +521,7 @@ async def simulate(folder: Path | None) -> int:
     partner = await _prepare(folder)
     stopping = asyncio.Event()
     try:
-        sftp_desk, as2_desk = partner.desks
+        sftp_desk, as2_desk, _ = partner.desks
         print(f"partner simulator: sftp://127.0.0.1:{partner.sftp.port}")
         print(f"  uploads land in  {folder / 'partner' / UPLOAD_DIR}")
         print(f"  return flows in  {folder / 'partner' / DOWNLOAD_DIR} (a CPP Statut per deposit)")
@@ -528,7 +531,8 @@ async def simulate(folder: Path | None) -> int:
         pesit = partner.pesit
         print(f"partner simulator: pesit://127.0.0.1:{pesit.port} (PeSIT E server {PESIT_PARTNER})")
         print(f"  expects requester {PESIT_US}, password in {folder / 'keys' / 'pesit.password'}")
-        print(f"  deposits land in {pesit.deposits}; files in {pesit.returns} are served to SELECT")
+        print(f"  deposits land in {pesit.deposits}; a CPP Statut per deposit is served to SELECT")
+        print(f"  (READ, with sync points) from {pesit.returns}")
         modes = sftp_desk.rules.modes
         print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {modes}")
         print(f"  a matching configuration: {partner.config_path}")

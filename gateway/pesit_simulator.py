@@ -6,10 +6,12 @@ and the EBCDIC pre-connection. Deposits (CREATE … TRANS.END) are written under
 hidden partial file, fsynced at each sync point before its ACK(SYN), and renamed to their final
 name (PI 37 when given, else PI 12 and the transfer id) only once TRANS.END's byte count
 matches. A file name that already exists is refused (diagnostic 204): nothing is overwritten.
-Files under ``retrait/`` are served to SELECT (by exact name or name prefix, oldest first) and
-removed once read.
+Files under ``retrait/`` are served to SELECT (by exact name or name prefix, oldest first) with
+a SYN every sync interval, and removed once the requester's TRANS.END counts all their bytes.
+A read cut short stays: a SELECT with PI 15 = 1 and its PI 13 resumes it from the sync point
+the READ names (PI 18); a new SELECT serves it anew.
 
-Restarts: each transfer's secured point (last acknowledged sync point) is remembered by
+Write restarts: each transfer's secured point (last acknowledged sync point) is remembered by
 (requester, PI 13); a CREATE with PI 15 = 1 resumes there (ACK(WRITE) PI 18), or gets
 diagnostic 214 when nothing is known of it.
 
@@ -51,6 +53,7 @@ class Faults:
     garbage: bool = False  # answer CONNECT with bytes that are no FPDU
     silent: bool = False  # accept the TCP connection and never answer
     drop_at_end: bool = False  # store a write's file, then drop the connection unanswered (once)
+    drop_read_after: int | None = None  # close a read's connection once this many bytes went
 
 
 @dataclass
@@ -65,8 +68,10 @@ class _Transfer:
 
 @dataclass
 class _Served:
+    requester: str
     path: Path
     transfer_id: int
+    points: dict[int, int]  # sync point → file offset, as sent
 
 
 @dataclass
@@ -107,9 +112,12 @@ class PesitResponder:
         self.violations: list[str] = []
         self.restarts: list[tuple[int, int]] = []  # (transfer id, restart point) answered
         self.received_bytes = 0  # data bytes taken in, resends included
-        self.dropped_at: int | None = None  # received_bytes when the drop fault struck
+        self.sent_bytes = 0  # data bytes served to reads, resends included
+        self.read_restarts: list[tuple[int, int]] = []  # (transfer id, restart point) asked
+        self.dropped_at: int | None = None  # received_bytes (sent_bytes) when a drop struck
         self.connections = 0
         self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._served: dict[tuple[str, int], _Served] = {}  # reads not ended
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -162,7 +170,8 @@ class PesitResponder:
         finally:
             connection.close_files()
             writer.close()
-            with contextlib.suppress(Exception):
+            # the task ends here either way; a cancelled one must not be logged as an error
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             self._tasks.discard(task)
 
@@ -194,11 +203,22 @@ class PesitResponder:
         self._transfers.pop((transfer.requester, transfer.transfer_id), None)
         return 0
 
-    def _offer(self, name: str) -> Path | None:
+    def _offer(self, name: str, requester: str) -> Path | None:
+        """The oldest file named ``name`` (or starting with it). A file whose read was cut
+        short is served anew: its old transfer is forgotten."""
         candidates = sorted(
             (p for p in self.returns.iterdir() if p.is_file() and not p.name.startswith(".")),
             key=lambda p: (p.stat().st_mtime, p.name),
         )
+        found = self._pick(candidates, name)
+        if found is not None:
+            for key, served in list(self._served.items()):
+                if served.path == found and served.requester == requester:
+                    del self._served[key]
+        return found
+
+    @staticmethod
+    def _pick(candidates: list[Path], name: str) -> Path | None:
         for path in candidates:
             if path.name == name:
                 return path
@@ -393,12 +413,22 @@ class _Connection:
         )
 
     async def _on_select(self, fpdu: Fpdu) -> None:
+        owner = self.owner
         name = fpdu.text(PI.FILE_NAME) or ""
-        path = self.owner._offer(name)
-        if path is None:
-            await self._send(Kind.ACK_SELECT, codec.diagnostic(205))
-            return
-        self.served = _Served(path, next(self.owner._ids))
+        if fpdu.number(PI.RESTARTED, 0) == 1:
+            known = owner._served.get((self.requester, fpdu.number(PI.TRANSFER_ID, 0) or 0))
+            if known is None or not known.path.exists():
+                await self._send(Kind.ACK_SELECT, codec.diagnostic(214))
+                return
+            self.served = known
+        else:
+            path = owner._offer(name, self.requester)
+            if path is None:
+                await self._send(Kind.ACK_SELECT, codec.diagnostic(205))
+                return
+            self.served = _Served(self.requester, path, (next(owner._ids) % 0xFFFFFF) + 1, {0: 0})
+            owner._served[(self.requester, self.served.transfer_id)] = self.served
+        path = self.served.path
         entity = min(self.owner.entity_size, fpdu.number(PI.ENTITY_SIZE) or 0)
         await self._send(
             Kind.ACK_SELECT,
@@ -494,8 +524,18 @@ class _Connection:
             await asyncio.to_thread(sync_file, self.out)
 
     async def _on_trans_end(self, fpdu: Fpdu) -> None:
-        if self.served is not None:  # the end of a read
-            self.served.path.unlink(missing_ok=True)
+        served = self.served
+        if served is not None:  # the end of a read: the file is the requester's if all came
+            size = served.path.stat().st_size
+            if fpdu.number(PI.BYTE_COUNT) != size:
+                await self._send(
+                    Kind.ACK_TRANS_END,
+                    codec.diagnostic(319),
+                    codec.text(PI.DIAGNOSTIC_MORE, f"{size} bytes sent"),
+                )
+                return
+            served.path.unlink(missing_ok=True)
+            self.owner._served.pop((served.requester, served.transfer_id), None)
             await self._send(Kind.ACK_TRANS_END, codec.diagnostic(0))
             return
         transfer = self.transfer
@@ -530,9 +570,55 @@ class _Connection:
         served = self.served
         if served is None:
             raise _Abort("READ after a CREATE", 311)
+        point = fpdu.number(PI.RESTART_POINT, 0) or 0
+        offset = served.points.get(point)
+        if offset is None:
+            await self._send(Kind.ACK_READ, codec.diagnostic(214))
+            return
+        if point:
+            self.owner.read_restarts.append((served.transfer_id, point))
         await self._send(Kind.ACK_READ, codec.diagnostic(0))
         entity = self.machine.entity_size - 6
+        interval = self.interval
+        faults = self.owner.faults
         with await asyncio.to_thread(served.path.open, "rb") as data:
-            while chunk := await asyncio.to_thread(data.read, entity):
+            data.seek(offset)
+            at = offset
+            while True:
+                boundary = (at // interval + 1) * interval if interval else at + entity
+                chunk = await asyncio.to_thread(data.read, min(entity, boundary - at))
+                if not chunk:
+                    break
                 await self._send(Kind.DTF, data=chunk)
+                at += len(chunk)
+                self.owner.sent_bytes += len(chunk)
+                if (
+                    faults.drop_read_after is not None
+                    and self.owner.sent_bytes >= faults.drop_read_after
+                ):
+                    faults.drop_read_after = None
+                    self.owner.dropped_at = self.owner.sent_bytes
+                    self.writer.transport.abort()
+                    raise ConnectionResetError("fault: connection dropped mid-read")
+                if interval and at % interval == 0:
+                    await self._sync(served, at)
         await self._send(Kind.DTF_END, codec.diagnostic(0))
+
+    async def _sync(self, served: _Served, at: int) -> None:
+        """A sync point at file offset ``at``, after waiting for room in the window."""
+        while self.machine.window_full:
+            await self._acknowledged()
+        number = self.machine.last_sync + 1
+        served.points[number] = at
+        await self._send(Kind.SYN, codec.number(PI.SYNC_NUMBER, number))
+
+    async def _on_ack_syn(self, fpdu: Fpdu) -> None:
+        """A read's last sync points acknowledged after its DTF.END (the machine checked the
+        numbers)."""
+
+    async def _acknowledged(self) -> None:
+        fpdu = await self._next()
+        if fpdu is None:
+            raise ConnectionResetError("the requester left during a read")
+        if fpdu.kind is not Kind.ACK_SYN:
+            raise _Abort(f"{fpdu.kind.name} while sync points await acknowledgement", 311)

@@ -12,6 +12,16 @@ A crash anywhere in that line is harmless: a file fetched again is recognised by
 removed. Files left at the partner (``after_download = "leave"``) are remembered by name, size
 and time, and never fetched twice. A file over ``max_file_size`` is not fetched: it is
 remembered as ``refused`` and logged once.
+
+A partner that hands out files one at a time (a :class:`~protocols.base.ReturnQueue`, such as a
+PeSIT server) is drained instead, up to ``PULL_LIMIT`` files a round::
+
+    next_return ─▶ .pull.download (fsynced, held unacknowledged) ─▶ gateway.returns.receive
+         ─▶ journal: downloads(stored) ─▶ acknowledge_return ─▶ downloads(done)
+
+There is nothing to list, so nothing is skipped by name: a file handed out again after a crash
+is recognised by its bytes. Any failure ends the round (the next file would most likely be the
+same one) and leaves the held file with the partner.
 """
 
 from __future__ import annotations
@@ -27,10 +37,11 @@ from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import Journal
-from protocols.base import RemoteFile, ReturnSource, Sender
+from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
 from protocols.errors import (
     AuthenticationError,
     ConnectError,
+    FileTooLarge,
     HostKeyError,
     TransferError,
     TransferTimeout,
@@ -41,11 +52,16 @@ log = logs.get()
 #: Errors that say the partner cannot be talked to at all, rather than about one file.
 SESSION_ERRORS = (ConnectError, TransferTimeout, AuthenticationError, HostKeyError)
 
+#: Files taken from a ReturnQueue in one round, at most (the round then waits its interval).
+PULL_LIMIT = 500
 
-def sources(senders: dict[str, Sender]) -> dict[str, ReturnSource]:
+Source = ReturnSource | ReturnQueue
+
+
+def sources(senders: dict[str, Sender]) -> dict[str, Source]:
     """The connections that can be polled for return flows, with their source."""
     return {
-        name: cast(ReturnSource, sender)
+        name: cast(Source, sender)
         for name, sender in senders.items()
         if sender.capabilities.receives_returns
     }
@@ -56,7 +72,7 @@ class Poller:
         self,
         config: Config,
         journal: Journal,
-        sources: dict[str, ReturnSource],
+        sources: dict[str, Source],
         alerts: Alerter | None = None,
     ) -> None:
         self.config = config
@@ -65,6 +81,7 @@ class Poller:
         self.journal = journal
         self.sources = sources
         self._resubmit = returns.resubmitting(config)
+        self._too_large: set[str] = set()  # queue files over the limit, already reported
 
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.to_thread(self._clean)
@@ -72,7 +89,7 @@ class Poller:
             for connection, source in self.sources.items():
                 group.create_task(self._loop(connection, source, stopping))
 
-    async def _loop(self, connection: str, source: ReturnSource, stopping: asyncio.Event) -> None:
+    async def _loop(self, connection: str, source: Source, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
                 await self.poll(connection, source, stopping)
@@ -90,9 +107,11 @@ class Poller:
                 await asyncio.wait_for(stopping.wait(), source.poll_interval)
 
     async def poll(
-        self, connection: str, source: ReturnSource, stopping: asyncio.Event | None = None
+        self, connection: str, source: Source, stopping: asyncio.Event | None = None
     ) -> int:
         """One round for one connection; returns the number of files newly stored."""
+        if isinstance(source, ReturnQueue):
+            return await self._drain(connection, source, stopping)
         stored = 0
         for remote in await source.list_returns():
             if stopping is not None and stopping.is_set():
@@ -166,6 +185,49 @@ class Poller:
         await self._remember(connection, remote, "stored", outcome.return_id)
         self.alerts.returned(connection, remote.name, outcome)
         return True
+
+    async def _drain(
+        self, connection: str, source: ReturnQueue, stopping: asyncio.Event | None
+    ) -> int:
+        limit = self.config.gateway.max_file_size
+        temp = self.layout.inbox(connection) / ".pull.download"
+        stored = 0
+        try:
+            while stored < PULL_LIMIT and not (stopping is not None and stopping.is_set()):
+                try:
+                    remote = await source.next_return(temp, limit)
+                except FileTooLarge as exc:  # handed out again at every round: said once
+                    if str(exc) not in self._too_large:
+                        self._too_large.add(str(exc))
+                        log.error("return.too_large", connection=connection, error=str(exc))
+                    break
+                if remote is None:
+                    break
+                try:
+                    outcome = await asyncio.to_thread(
+                        functools.partial(
+                            returns.receive_download,
+                            self.layout,
+                            connection,
+                            temp,
+                            name=remote.name,
+                            resubmit=self._resubmit,
+                        )
+                    )
+                except BaseException:
+                    await source.release_return(remote)
+                    raise
+                stored += 1
+                await self._remember(connection, remote, "stored", outcome.return_id)
+                self.alerts.returned(connection, remote.name, outcome)
+                action = await source.acknowledge_return(remote)
+                await self._remember(connection, remote, "done")
+                log.info(
+                    "return.fetched", connection=connection, remote_name=remote.name, action=action
+                )
+        finally:
+            await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
+        return stored
 
     def _clean(self) -> None:
         """Remove downloads a stop or crash interrupted (they are fetched again)."""

@@ -17,8 +17,10 @@ waits as ``awaiting_receipt`` until the gateway hands the acknowledgement to
 :meth:`AsyncReceipts.settle`, or files it in ``error/`` when the wait is over.
 
 Optional features are flags in :class:`Capabilities`. A sender whose protocol can also fetch
-return flows from the partner (``receives_returns``) implements :class:`ReturnSource` too, on
-the same connection.
+return flows from the partner (``receives_returns``) implements, on the same connection, either
+:class:`ReturnSource` (a partner folder the gateway lists, fetches from, then clears) or
+:class:`ReturnQueue` (a partner that hands out its waiting files one at a time and forgets each
+once acknowledged, as a PeSIT server does).
 """
 
 from __future__ import annotations
@@ -181,6 +183,45 @@ class ReturnSource(Protocol):
         Raises:
             protocols.errors.TransferError: the partner refused.
         """
+        ...
+
+
+@runtime_checkable
+class ReturnQueue(Protocol):
+    """Taking return flows the partner hands out one by one, polled by the gateway.
+
+    Each file is received, then held unacknowledged while the gateway stores it durably (and
+    journals it); only then does :meth:`acknowledge_return` let the partner forget it. A crash
+    before that leaves the file with the partner, which hands it out again: the gateway
+    recognises the bytes, so nothing is lost and nothing applied twice.
+    """
+
+    poll_interval: float
+
+    async def next_return(self, local: Path, limit: int) -> RemoteFile | None:
+        """Receive the next waiting file into ``local`` (created or truncated, fsynced) and
+        hold it unacknowledged; None when nothing waits. ``size`` is the bytes received,
+        ``mtime`` when they were.
+
+        Raises:
+            protocols.errors.FileTooLarge: the file is over ``limit`` bytes (left with the
+                partner).
+            protocols.errors.TransferError: the partner cannot be reached, or the file could not
+                be received completely (it stays with the partner).
+        """
+        ...
+
+    async def acknowledge_return(self, remote: RemoteFile) -> str:
+        """Tell the partner the file held is stored; return what was done, in a word.
+
+        Raises:
+            protocols.errors.TransferError: the acknowledgement failed (the partner may hand
+                the file out again).
+        """
+        ...
+
+    async def release_return(self, remote: RemoteFile) -> None:
+        """Leave the held file with the partner (it was not stored)."""
         ...
 
 

@@ -14,7 +14,8 @@ boundary, so the dispatcher decides on ``retryable`` alone and never sniffs thir
     ├── ProtocolError             protocol_error  no    the partner answered something unusable
     ├── CertificateError          certificate     no    a key or certificate is expired or unusable
     ├── RemoteRejected            refused         no    the partner received and refused the flow
-    └── ReceiptInvalid            receipt_invalid no    the acknowledgement proves nothing (MIC…)
+    ├── ReceiptInvalid            receipt_invalid no    the acknowledgement proves nothing (MIC…)
+    └── FileTooLarge              too_large       no    a file offered to us is over our limit
 
 ``reason`` becomes the ``reason`` of ``error.json``; ``str(error)`` is the one-sentence message
 an operator reads, saying what to do where the sender knows.
@@ -91,6 +92,12 @@ class ReceiptInvalid(TransferError):
     arrived: a person must check with the partner."""
 
     reason = "receipt_invalid"
+
+
+class FileTooLarge(TransferError):
+    """A return flow the partner hands out is larger than ``max_file_size``: not taken."""
+
+    reason = "too_large"
 
 
 class ForeignAnswer(Exception):

@@ -133,6 +133,15 @@ class Section:
             raise SettingsError(self.key(name), f"expected a string, got {value!r}")
         return str(value)
 
+    def strings(self, name: str) -> list[str]:
+        """A list of non-empty strings; empty when absent."""
+        value = self._get(name, False)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise SettingsError(self.key(name), f"expected a list of names, got {value!r}")
+        return [str(v) for v in value]
+
     def optional_str(self, name: str) -> str | None:
         value = self._get(name, False)
         if value is not None and not isinstance(value, str):

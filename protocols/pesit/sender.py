@@ -13,6 +13,12 @@ attempt and across daemon restarts:
   file under its name (diagnostic 204) proves it was delivered — raccord relies on the partner
   refusing to overwrite a name, as it never reuses one.
 
+With ``return_files`` set, the sender also pulls return flows (a :class:`ReturnQueue`): every
+``poll_interval`` it SELECTs each name (PI 12) in turn and READs what the server offers, with
+sync points; a connection lost mid-read is reconnected and the read resumed (PI 15 = 1, READ
+PI 18 = the last sync point raccord secured). The TRANS.END that lets the server forget the
+file is sent only once the gateway has stored it.
+
 What peers do differently is in the settings (PESIT.md): the entity header, the pre-connection,
 what PI 12 / PI 37 / PI 99 carry, entity size, sync interval and window, article format.
 """
@@ -23,16 +29,18 @@ import asyncio
 import contextlib
 import hashlib
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protocols import certs
-from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt
+from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import (
     AuthenticationError,
     CertificateError,
     ConnectError,
+    FileTooLarge,
     HostKeyError,
     ProtocolError,
     RemoteBusy,
@@ -43,7 +51,16 @@ from protocols.errors import (
     TransferTimeout,
 )
 from protocols.pesit.codec import Kind
-from protocols.pesit.session import DATA_CODES, Broken, FileAttributes, Peer, Refused, Session
+from protocols.pesit.session import (
+    DATA_CODES,
+    Broken,
+    FileAttributes,
+    Peer,
+    Reading,
+    Refused,
+    Session,
+    TooLarge,
+)
 from protocols.pesit.session import connect as open_session
 from protocols.settings import Secret, Section, SettingsError
 
@@ -106,6 +123,8 @@ class PesitSettings:
     timeout: float = 30.0
     restarts: int = 3
     max_parallel: int = 1
+    return_files: tuple[str, ...] = ()  # PI 12 names to SELECT for return flows
+    poll_interval: float = 60.0
 
 
 def _template(section: Section, key: str, default: str) -> str:
@@ -162,7 +181,14 @@ def parse_settings(section: Section) -> PesitSettings:
         timeout=section.duration("timeout", "30s"),
         restarts=section.integer("restarts", 3, minimum=0, maximum=20),
         max_parallel=section.integer("max_parallel", 1, minimum=1, maximum=16),
+        return_files=tuple(section.strings("return_files")),
+        poll_interval=section.duration("poll_interval", "60s"),
     )
+    for name in settings.return_files:
+        if len(name) > 76 or not name.isascii():
+            raise SettingsError(
+                section.key("return_files"), f"{name!r}: PI 12 holds 76 ASCII characters"
+            )
     password = settings.password.value if settings.password else ""
     if len(password) > 16 or not password.isascii():
         raise SettingsError(section.key("password"), "PI 5 holds at most 16 ASCII characters")
@@ -260,10 +286,13 @@ def _connecting(where: str) -> Iterator[None]:
 
 class PesitSender(Closing):
     protocol = "pesit"
-    capabilities = Capabilities(detects_resend=True)
+    capabilities = Capabilities(detects_resend=True, receives_returns=True)
 
     def __init__(self, settings: PesitSettings) -> None:
         self._settings = settings
+        self.poll_interval = settings.poll_interval
+        if not settings.return_files:  # nothing to poll on this connection
+            self.capabilities = Capabilities(detects_resend=True)
         password = settings.password.value if settings.password else None
         self._peer = Peer(
             host=settings.host,
@@ -283,10 +312,15 @@ class PesitSender(Closing):
         )
         self._idle: list[Session] = []
         self._slots = asyncio.Semaphore(settings.max_parallel)
+        self._held: tuple[Session, Reading] | None = None  # a read awaiting acknowledgement
+        self._next_name = 0
         self._ids = 0
         self.where = f"pesit://{settings.requester}@{settings.host}:{settings.port}"
 
     async def aclose(self) -> None:
+        if self._held is not None:
+            await self._held[0].abort(312)
+            self._held = None
         idle, self._idle = self._idle, []
         for session in idle:
             await session.release()
@@ -427,6 +461,79 @@ class PesitSender(Closing):
             f"{self.where} → {s.server} (PeSIT E{', TLS' if s.tls else ''}, "
             f"sync points every {interval} KB, window {window})"
         )
+
+    # -- return flows (ReturnQueue) ---------------------------------------------------------
+
+    async def next_return(self, local: Path, limit: int) -> RemoteFile | None:
+        if self._held is not None:  # the gateway never stored the last one
+            await self.release_return(RemoteFile("", 0, 0))
+        names = self._settings.return_files
+        for turn in range(len(names)):  # a different name first at each call: none starves
+            name = names[(self._next_name + turn) % len(names)]
+            held = await self._read(name, local, limit)
+            if held is not None:
+                self._next_name = (self._next_name + turn + 1) % len(names)
+                return held
+        return None
+
+    async def _read(self, name: str, local: Path, limit: int) -> RemoteFile | None:
+        """Read the next file offered as ``name``, resuming a broken read up to ``restarts``
+        times; the session stays held, the transfer not yet ended."""
+        progress = Reading()
+        restarts = 0
+        where = f"{self.where} reading {name}"
+        async with self._slots:
+            while True:
+                session, fresh = await self._session()
+                try:
+                    if not await session.read(name, local, progress, limit=limit):
+                        await self._keep(session)
+                        return None
+                except Refused as exc:
+                    await self._keep(session)
+                    if progress.transfer_id and exc.diagnostic in (205, 214):
+                        progress = Reading()  # the server cannot resume it: from the start
+                        continue
+                    raise refusal_error(exc, where) from None
+                except TooLarge as exc:
+                    raise FileTooLarge(
+                        f"{where}: {exc} (max_file_size); it stays with the partner: take it by "
+                        "hand and raccord import it, or raise max_file_size"
+                    ) from None
+                except Broken as exc:
+                    await session.abort(exc.diagnostic or 317)
+                    if not exc.started and not fresh:
+                        continue  # a kept session the partner had closed: connect anew
+                    if exc.started and restarts < self._settings.restarts:
+                        restarts += 1
+                        continue  # progress names the transfer: resume it
+                    raise broken_error(exc, where) from None
+                except BaseException:
+                    await session.abort(312)
+                    raise
+                self._held = (session, progress)
+                remote_name = progress.label or f"{progress.name}.{progress.transfer_id}"
+                return RemoteFile(remote_name, progress.received, int(time.time()))
+
+    async def acknowledge_return(self, remote: RemoteFile) -> str:
+        assert self._held is not None, "no read held"
+        (session, progress), self._held = self._held, None
+        try:
+            await session.end_read(progress)
+        except Refused as exc:
+            await self._keep(session)
+            raise refusal_error(exc, f"{self.where} acknowledging {remote.name}") from None
+        except Broken as exc:
+            await session.abort(exc.diagnostic or 317)
+            raise broken_error(exc, f"{self.where} acknowledging {remote.name}") from None
+        await self._keep(session)
+        return "acknowledged"
+
+    async def release_return(self, remote: RemoteFile) -> None:
+        if self._held is not None:
+            session, _ = self._held
+            self._held = None
+            await session.abort(312)  # the transfer is not ended: the partner keeps the file
 
 
 PLUGIN = ProtocolPlugin(

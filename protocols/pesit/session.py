@@ -87,6 +87,22 @@ class FileAttributes:
     priority: int = 1
 
 
+class TooLarge(Exception):
+    """A file being read is larger than the caller accepts."""
+
+
+@dataclass
+class Reading:
+    """A read in progress, as far as it is secured: what a restart needs."""
+
+    transfer_id: int = 0  # PI 13 the server gave (0: not selected yet)
+    name: str = ""  # PI 12 as the server answered it
+    label: str | None = None  # PI 37, when the server gives one
+    point: int = 0  # last sync point acknowledged
+    secured: int = 0  # bytes on disk at that point
+    received: int = 0  # bytes written so far
+
+
 @dataclass(frozen=True)
 class Written:
     restart_point: int  # sync point the server resumed from (0: from the start)
@@ -386,57 +402,99 @@ class Session:
 
     # -- read -------------------------------------------------------------------------------
 
-    async def read(self, name: str, target: Path) -> int | None:
-        """Fetch the file the server offers as ``name`` (PI 12) into ``target`` (fsynced).
-        None when the server has no such file (diagnostic 205).
+    async def read(
+        self, name: str, target: Path, progress: Reading, *, limit: int | None = None
+    ) -> bool:
+        """Receive the file the server offers as ``name`` (PI 12) into ``target``, up to its
+        DTF.END, fsynced; False when the server has none (diagnostic 205). The transfer is
+        left open: :meth:`end_read` acknowledges it (the server may then delete the file),
+        :meth:`abort` leaves it with the server.
+
+        ``progress`` records what is secured (the last acknowledged sync point and the bytes
+        on disk there); a ``progress`` that names a transfer restarts it (PI 15 = 1, READ PI 18
+        = that point), appending to ``target`` from the secured bytes.
 
         Raises:
-            Refused: refused for another reason.
-            Broken: the connection is lost (``target`` may hold part of the file).
+            Refused: refused for another reason (for a restart, 205 or 214: start anew).
+            TooLarge: the file grew over ``limit`` bytes (the session is aborted).
+            Broken: the connection is lost; ``progress`` says how far the file is secured.
         """
+        restart = progress.transfer_id != 0
         try:
-            await self._request(
+            selected = await self._request(
                 Kind.SELECT,
                 Kind.ACK_SELECT,
                 codec.group(
                     PI.FILE_ID, codec.number(PI.FILE_TYPE, 0), codec.text(PI.FILE_NAME, name)
                 ),
-                codec.number(PI.TRANSFER_ID, 0),
+                codec.number(PI.TRANSFER_ID, progress.transfer_id, 3),
                 codec.raw(PI.REQUESTED_ATTRIBUTES, b"\xe0"),
-                codec.number(PI.RESTARTED, 0),
+                codec.number(PI.RESTARTED, int(restart)),
                 codec.number(PI.PRIORITY, 1),
                 codec.number(PI.ENTITY_SIZE, self.peer.entity_size, 2),
             )
         except Refused as exc:
-            if exc.diagnostic == 205:
-                return None
+            if exc.diagnostic == 205 and not restart:
+                return False
             raise
+        progress.transfer_id = selected.number(PI.TRANSFER_ID, 0) or progress.transfer_id
+        progress.name = selected.text(PI.FILE_NAME) or name
+        progress.label = selected.text(PI.FILE_LABEL) or progress.label
         await self._request(Kind.ORF, Kind.ACK_ORF)
-        await self._request(Kind.READ, Kind.ACK_READ, codec.number(PI.RESTART_POINT, 0))
-        received = 0
-        with await asyncio.to_thread(target.open, "wb") as out:
-            while True:
-                fpdu = await self._next("DTF")
-                if fpdu.kind is Kind.DTF_END:
-                    if fpdu.diagnostic:
-                        raise Refused(Kind.READ, fpdu.diagnostic)
-                    break
-                if fpdu.kind is Kind.SYN:
-                    await asyncio.to_thread(sync_file, out)
-                    await self._send(
-                        Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, self.machine.last_sync)
-                    )
-                    continue
-                data = b"".join(codec.articles(fpdu))
-                await asyncio.to_thread(out.write, data)
-                received += len(data)
-            await asyncio.to_thread(sync_file, out)
         await self._request(
-            Kind.TRANS_END, Kind.ACK_TRANS_END, codec.number(PI.BYTE_COUNT, received, 8)
+            Kind.READ, Kind.ACK_READ, codec.number(PI.RESTART_POINT, progress.point)
         )
-        await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
-        await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
-        return received
+        with await asyncio.to_thread(target.open, "r+b" if restart else "wb") as out:
+            out.truncate(progress.secured)  # bytes after the restart point come again
+            out.seek(progress.secured)
+            progress.received = progress.secured
+            try:
+                await self._receive(out, progress, limit)
+            except Broken as exc:
+                exc.started = True
+                raise
+        return True
+
+    async def _receive(self, out: BinaryIO, progress: Reading, limit: int | None) -> None:
+        while True:
+            fpdu = await self._next("DTF")
+            if fpdu.kind is Kind.DTF_END:
+                if fpdu.diagnostic:
+                    raise Refused(Kind.READ, fpdu.diagnostic)
+                await asyncio.to_thread(sync_file, out)
+                return
+            if fpdu.kind is Kind.SYN:  # secure the bytes so far, then say so
+                await asyncio.to_thread(sync_file, out)
+                # this SYN's own number: the machine may have read further ahead already
+                progress.point = fpdu.number(PI.SYNC_NUMBER, 0) or 0
+                progress.secured = progress.received
+                await self._send(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, progress.point))
+                continue
+            if fpdu.kind not in (Kind.DTF, Kind.DTFDA, Kind.DTFMA, Kind.DTFFA):
+                raise Broken(f"{fpdu.kind.name} during the data transfer")
+            data = b"".join(codec.articles(fpdu)) if fpdu.kind is Kind.DTF else fpdu.data
+            progress.received += len(data)
+            if limit is not None and progress.received > limit:
+                await self.abort(213)
+                raise TooLarge(f"{progress.label or progress.name} is over {limit} bytes")
+            await asyncio.to_thread(out.write, data)
+
+    async def end_read(self, progress: Reading) -> None:
+        """Acknowledge a read whose data is stored: TRANS.END (the byte count) → CRF →
+        DESELECT. After the ACK(TRANS.END), the file is the requester's.
+
+        Raises:
+            Refused: the server does not agree (a count mismatch); the file stays with it.
+            Broken: the connection is lost before the ACK(TRANS.END).
+        """
+        await self._request(
+            Kind.TRANS_END, Kind.ACK_TRANS_END, codec.number(PI.BYTE_COUNT, progress.received, 8)
+        )
+        try:  # housekeeping: the transfer is over
+            await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
+            await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+        except (Broken, Refused):
+            await self.abort(312)
 
 
 def sync_file(out: BinaryIO) -> None:

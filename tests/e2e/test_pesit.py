@@ -13,6 +13,8 @@ import pytest
 
 from gateway import cli
 from gateway import config as config_module
+from gateway.folders import Layout
+from gateway.journal import JournalDB
 from gateway.pesit_simulator import Account, PesitResponder
 from tests.conftest import sample
 from tests.gateway.harness import (
@@ -161,3 +163,45 @@ def test_an_expired_tls_client_certificate_blocks_the_pesit_connection(tmp_path:
     blocked = certificates.blocking([item], datetime.now(UTC))
     assert blocked is not None
     assert blocked[0] == "certificate_expired" and str(cert) in blocked[1]
+
+
+def test_return_flows_are_pulled_over_pesit_and_applied(tmp_path: Path) -> None:
+    """The partner offers a life-cycle status that rejects one of the invoices sent; the read
+    is cut mid-file once and resumed; the rejection lands in rejected/ and the partner's copy
+    is gone only after it was stored."""
+    from tests.gateway.test_returns import cpp_statut
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            path = _config(
+                tmp_path, responder.port, return_files=["FEN1200A"], poll_interval="200ms"
+            )
+            config = config_module.load(path)
+            async with running(config):
+                drop(config, "a.xml", _invoice("PES-RET-1"), CONNECTION)
+                await until(filed(config, 1), what="the invoice sent")
+                status = cpp_statut(invoices=(("PES-RET-1", "05"),))
+                padded = status.replace(b"?>", b"?><!--" + b"p" * 20_000 + b"-->", 1)
+                responder.faults.drop_read_after = 10_000
+                (responder.returns / "FEN1200A_0001.xml").write_bytes(padded)
+                layout = Layout(config.gateway.data_dir)
+                await until(
+                    lambda: any(layout.rejected(CONNECTION).glob("*.rejection.json")),
+                    what="the rejection filed",
+                )
+                await until(lambda: not any(responder.returns.iterdir()), what="acknowledged")
+            assert responder.violations == []
+            assert [point for _, point in responder.read_restarts] == [2]
+            (row,) = rows(config)
+            db = JournalDB(layout.journal)
+            try:
+                (ret,) = db.returns()
+                assert ret["state"] == "applied" and ret["file"] == "FEN1200A_0001.xml"
+                assert db.invoices(row.flow_id)[0]["rejected"] == 1
+            finally:
+                db.close()
+            (stored,) = layout.inbox(CONNECTION).iterdir()
+            assert stored.read_bytes() == padded
+
+    asyncio.run(scenario())

@@ -189,13 +189,11 @@ def test_simulate_serves_sftp_as2_and_pesit_to_the_configuration_it_prints(
                     drop(config, "c.xml", over_pesit, "qualif-pesit")
 
                     def answered() -> bool:
-                        # The AS2 flow, and the lot carrying the SFTP invoice; the PeSIT flow
-                        # is sent (return flows are not fetched over PeSIT yet).
+                        # The AS2 and PeSIT flows, and the lot carrying the SFTP invoice: each
+                        # sent and answered (the PeSIT answer pulled with SELECT/READ).
                         found = [r for r in rows(config) if r.state != "packed"]
                         return len(found) == 3 and all(
-                            r.state == "sent"
-                            and (r.connection == "qualif-pesit" or statuses(config, r.flow_id))
-                            for r in found
+                            r.state == "sent" and statuses(config, r.flow_id) for r in found
                         )
 
                     await until(answered, timeout=60, what="all sent and answered")

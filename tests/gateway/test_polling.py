@@ -7,11 +7,16 @@ import asyncio
 import itertools
 from pathlib import Path
 
+import pytest
+
+from gateway import returns
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
+from gateway.pesit_simulator import Account, PesitResponder
 from gateway.polling import Poller, sources
 from protocols import memory
-from protocols.errors import RemotePermissionDenied, TransferTimeout
+from protocols.errors import ConnectError, RemotePermissionDenied, TransferTimeout
+from protocols.pesit.sender import PesitSender, PesitSettings
 from tests.gateway.harness import deliver, memory_config, running, until
 from tests.gateway.test_returns import cpp_statut, invoice
 
@@ -125,3 +130,145 @@ def test_a_file_that_fails_alone_does_not_hold_the_others_back(tmp_path: Path) -
 
     assert asyncio.run(main()) == (1, 1)  # second.xml in the first round, first.xml next
     assert offered == {}
+
+
+# -- a partner that hands files out one by one (ReturnQueue): the real PeSIT test responder --
+
+
+def _pesit(tmp_path: Path, responder: PesitResponder) -> PesitSender:
+    settings = PesitSettings(
+        host="127.0.0.1",
+        port=responder.port,
+        requester="VFE056",
+        server="CHORUSPRO",
+        return_files=("FEN1200A",),
+        sync_interval=4,
+        timeout=2.0,
+        connect_timeout=2.0,
+    )
+    return PesitSender(settings)
+
+
+async def _rounds(config, source, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+    journal_ = Journal(Layout(config.gateway.data_dir).journal)
+    await journal_.open()
+    try:
+        poller = Poller(config, journal_, sources({CONN: source}))
+        return [await poller.poll(CONN, source) for _ in range(count)]
+    finally:
+        await journal_.close()
+
+
+def test_a_queue_is_drained_and_each_file_acknowledged_once_stored(tmp_path: Path) -> None:
+    config, _, row = setup(tmp_path)
+    first = cpp_statut(invoices=(("F-100", "05"),))
+    second = cpp_statut(flow_ref=row.remote_name or "", flow_code="90")
+
+    async def main() -> tuple[list[int], list[str]]:
+        async with PesitResponder(tmp_path / "partner", {"VFE056": Account()}) as responder:
+            (responder.returns / "FEN1200A_1.xml").write_bytes(first)
+            (responder.returns / "FEN1200A_2.xml").write_bytes(second)
+            async with _pesit(tmp_path, responder) as source:
+                counts = await _rounds(config, source, 2)
+            assert responder.violations == []
+            return counts, sorted(p.name for p in responder.returns.iterdir())
+
+    counts, left = asyncio.run(main())
+    assert counts == [2, 0] and left == []
+    db = journal(config)
+    assert sorted(r["file"] for r in db.returns()) == ["FEN1200A_1.xml", "FEN1200A_2.xml"]
+    assert db.invoices(row.flow_id)[0]["rejected"] == 1
+    assert sorted(s["code"] for s in db.statuses(row.flow_id)) == ["05", "90"]
+    for name, data in (("FEN1200A_1.xml", first), ("FEN1200A_2.xml", second)):
+        (seen,) = db._db.execute(
+            "SELECT outcome FROM downloads WHERE remote_name=? AND size=?", (name, len(data))
+        ).fetchall()
+        assert seen[0] == "done"
+    db.close()
+    assert not list(Layout(config.gateway.data_dir).inbox(CONN).glob(".*"))  # no temp left
+
+
+def test_a_queue_file_not_stored_stays_with_the_partner(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config, _, _ = setup(tmp_path)
+    data = cpp_statut(invoices=(("F-100", "05"),))
+    real = returns.receive_download
+    failures = iter([OSError(28, "No space left on device")])
+
+    def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for exc in failures:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(returns, "receive_download", full_disk)
+
+    async def main() -> bool:
+        async with PesitResponder(tmp_path / "partner", {"VFE056": Account()}) as responder:
+            path = responder.returns / "FEN1200A_1.xml"
+            path.write_bytes(data)
+            async with _pesit(tmp_path, responder) as source:
+                with pytest.raises(OSError, match="No space"):
+                    await _rounds(config, source, 1)
+                kept = path.exists()
+                assert await _rounds(config, source, 1) == [1]
+            assert responder.violations == []
+            return kept and not path.exists()
+
+    assert asyncio.run(main())
+    db = journal(config)
+    assert [r["state"] for r in db.returns()] == ["applied"]
+    db.close()
+
+
+def test_a_lost_acknowledgement_hands_the_file_out_again_and_it_is_applied_once(
+    tmp_path: Path,
+) -> None:
+    config, _, row = setup(tmp_path)
+    data = cpp_statut(invoices=(("F-100", "05"),))
+
+    async def main() -> list[int]:
+        async with PesitResponder(tmp_path / "partner", {"VFE056": Account()}) as responder:
+            (responder.returns / "FEN1200A_1.xml").write_bytes(data)
+            async with _pesit(tmp_path, responder) as source:
+                acknowledge = source.acknowledge_return
+                lost = iter([True])
+
+                async def flaky(remote):  # type: ignore[no-untyped-def]
+                    if next(lost, False):  # the connection drops before TRANS.END goes out
+                        await source.release_return(remote)
+                        raise ConnectError("connection lost")
+                    return await acknowledge(remote)
+
+                source.acknowledge_return = flaky  # type: ignore[method-assign]
+                counts = []
+                with pytest.raises(ConnectError):
+                    await _rounds(config, source, 1)
+                counts += await _rounds(config, source, 1)
+            assert not (responder.returns / "FEN1200A_1.xml").exists()
+            return counts
+
+    assert asyncio.run(main()) == [1]  # stored again (the same bytes)
+    db = journal(config)
+    (ret,) = db.returns()  # … but one return, applied once
+    assert ret["state"] == "applied"
+    assert db.invoices(row.flow_id)[0]["rejected"] == 1
+    db.close()
+
+
+def test_a_queue_file_over_the_limit_is_reported_once_and_left(
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    config, _, _ = setup(tmp_path, gateway_extra='max_file_size = "5KB"')
+
+    async def main() -> list[int]:
+        async with PesitResponder(tmp_path / "partner", {"VFE056": Account()}) as responder:
+            path = responder.returns / "FEN1200A_huge.xml"
+            path.write_bytes(b"<CPPStatut>" + b" " * 6000 + b"</CPPStatut>")
+            async with _pesit(tmp_path, responder) as source:
+                counts = await _rounds(config, source, 3)
+            assert path.exists()
+            return counts
+
+    assert asyncio.run(main()) == [0, 0, 0]
+    out = capsys.readouterr().out
+    assert out.count("return.too_large") == 1 and "FEN1200A_huge.xml" in out
