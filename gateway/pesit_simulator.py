@@ -64,6 +64,7 @@ class _Transfer:
     partial: Path
     secured: int = 0  # bytes on disk at the last acknowledged sync point
     point: int = 0
+    holder: object | None = None  # the connection writing it, until that connection ends
 
 
 @dataclass
@@ -168,7 +169,7 @@ class PesitResponder:
         except asyncio.CancelledError:
             pass  # the responder is stopping; asyncio's server callback must not see it
         finally:
-            connection.close_files()
+            connection.release()
             writer.close()
             # the task ends here either way; a cancelled one must not be logged as an error
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -178,20 +179,29 @@ class PesitResponder:
     # -- the catalog ------------------------------------------------------------------------
 
     def _begin(
-        self, requester: str, transfer_id: int, label: str, restart: bool
+        self, requester: str, transfer_id: int, label: str, restart: bool, holder: object
     ) -> int | _Transfer:
-        """A transfer for CREATE, or the diagnostic refusing it."""
+        """A transfer for CREATE, or the diagnostic refusing it. A restart of a transfer that
+        another connection still holds (the requester gave up on it, the server has not yet)
+        is refused as busy (207): two connections never write one file."""
         key = (requester, transfer_id)
         if restart:
             known = self._transfers.get(key)
-            return known if known is not None else 214
+            if known is None:
+                return 214
+            if known.holder is not None and known.holder is not holder:
+                return 207
+            known.holder = holder
+            return known
         name = naming.safe(label)
         if not name or name != label or name.startswith("."):
             return 205
         final = self.deposits / name
         if final.exists():
             return 204
-        transfer = _Transfer(requester, transfer_id, final, self.deposits / f".{name}.partial")
+        transfer = _Transfer(
+            requester, transfer_id, final, self.deposits / f".{name}.partial", holder=holder
+        )
         transfer.partial.write_bytes(b"")
         self._transfers[key] = transfer
         return transfer
@@ -262,6 +272,12 @@ class _Connection:
         if self.out is not None:
             self.out.close()
             self.out = None
+
+    def release(self) -> None:
+        """The connection ended: its transfer (if unfinished) may be restarted elsewhere."""
+        self.close_files()
+        if self.transfer is not None and self.transfer.holder is self:
+            self.transfer.holder = None
 
     async def _send(self, kind: Kind, *params: codec.Param | None, data: bytes = b"") -> None:
         self.writer.write(self.machine.send(kind, *params, data=data))
@@ -398,7 +414,7 @@ class _Connection:
         self.article_length = fpdu.number(PI.ARTICLE_LENGTH, 0xFFFF) or 0xFFFF
         label = fpdu.text(PI.FILE_LABEL) or f"{name}.{transfer_id}"
         begun = self.owner._begin(
-            self.requester, transfer_id, label, fpdu.number(PI.RESTARTED, 0) == 1
+            self.requester, transfer_id, label, fpdu.number(PI.RESTARTED, 0) == 1, self
         )
         if isinstance(begun, int):
             await self._send(Kind.ACK_CREATE, codec.diagnostic(begun))
@@ -440,6 +456,7 @@ class _Connection:
         )
 
     async def _on_deselect(self, fpdu: Fpdu) -> None:
+        self.release()
         self.transfer = None
         self.served = None
         await self._send(Kind.ACK_DESELECT, codec.diagnostic(0))

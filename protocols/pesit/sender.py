@@ -381,7 +381,7 @@ class PesitSender(Closing):
         attributes = self.attributes(flow)
         ident = transfer_id(flow.flow_id)
         restart = flow.resend
-        restarts = 0
+        restarts = waits = 0
         async with self._slots:
             while True:
                 session, fresh = await self._session()
@@ -397,6 +397,17 @@ class PesitSender(Closing):
                     await self._keep(session)
                     if exc.what is Kind.CREATE and exc.diagnostic == 214 and restart:
                         restart = False  # the partner knows nothing of it: send it anew
+                        continue
+                    if (
+                        exc.what is Kind.CREATE
+                        and exc.diagnostic in _BUSY
+                        and restart
+                        and waits < self._settings.restarts
+                    ):
+                        # the partner may still be ending the broken connection's side of
+                        # this transfer: give it a moment, then ask again
+                        waits += 1
+                        await asyncio.sleep(0.5 * 2**waits)
                         continue
                     if (
                         exc.what is Kind.CREATE
