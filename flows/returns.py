@@ -4,6 +4,10 @@
   parameters (``DtPrd``, ``IdFlx``…), sender and recipient, flow-level statuses 90–96 with their
   error details, invoice-level statuses 01–41 with supplier, debtor, invoice number, time and
   comment. Codes outside the tables below are kept as they are and reported.
+* **PISTE integration reports** (``consulterCRDetaille``, as raccord stores them: JSON with
+  ``format`` = ``raccord/piste-consulterCRDetaille`` and the API's ``answer``): the deposit's
+  state is a flow status (IN_REJETE fails the flow), each ``listeErreurDP`` entry an error
+  naming its invoice, each ``listeErreurTechnique`` entry an error of the flow.
 * **AIFE Statut** (FEN1201A), integration reports (CSO…) and anything else: their schemas are
   not public here, so the document is read tolerantly — raccord flow ids found in any text or
   attribute, invoice numbers and status words under element names that say so — and what could
@@ -15,6 +19,7 @@ Parsing is streaming and hardened like every XML read in raccord (see :mod:`flow
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +37,20 @@ FLOW_STATUS_LABELS = {
     "95": "erreur de transmission",
     "96": "reçu – intégration partielle",
 }
-FLOW_FAILED = frozenset({"93", "94", "95"})
+#: States of a deposit through the API (``etatCourantDepotFlux``); the list is open.
+PISTE_STATE_LABELS = {
+    "IN_RECU": "reçu",
+    "IN_TRAITE_SE_CPP": "traité par le service d'échange",
+    "IN_EN_ATTENTE_TRAITEMENT_CPP": "en attente de traitement",
+    "IN_EN_COURS_TRAITEMENT_CPP": "en cours de traitement",
+    "IN_EN_ATTENTE_RETRAITEMENT_CPP": "en attente de retraitement",
+    "IN_INTEGRE": "intégré",
+    "IN_INTEGRE_PARTIEL": "intégré partiellement",
+    "IN_REJETE": "rejeté",
+    "IN_INCIDENTE": "en incident (à redéposer)",
+}
+FLOW_FAILED = frozenset({"93", "94", "95", "IN_REJETE"})
+PISTE_REPORT_FORMAT = "raccord/piste-consulterCRDetaille"
 
 #: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
 #: without a published label.
@@ -70,6 +88,7 @@ class Kind(enum.StrEnum):
     CPP_STATUT = "cpp_statut"
     AIFE_STATUT = "aife_statut"
     INTEGRATION_REPORT = "integration_report"
+    PISTE_REPORT = "piste_report"
     UNKNOWN = "unknown"
     UNREADABLE = "unreadable"
 
@@ -295,9 +314,73 @@ def _parse_tolerantly(source: IO[bytes], root: str) -> ReturnFlow:
     )
 
 
+def _text(value: Any) -> str | None:
+    return str(value).strip() or None if value is not None else None
+
+
+def _parse_piste_report(document: dict[str, Any]) -> ReturnFlow:
+    answer = document.get("answer")
+    if not isinstance(answer, dict):
+        return ReturnFlow(Kind.PISTE_REPORT, "json", unrecognised=("no answer in the report",))
+    notes: list[str] = []
+    state = _text(answer.get("etatCourantDepotFlux")) or ""
+    label = PISTE_STATE_LABELS.get(state)
+    if label is None:
+        notes.append(f"unknown deposit state {state or '(none)'}")
+    errors: list[ErrorDetail] = []
+    for entry in answer.get("listeErreurDP") or []:
+        if isinstance(entry, dict):
+            errors.append(
+                ErrorDetail(
+                    "DP", _text(entry.get("numeroDP")), _text(entry.get("libelleErreurDP")), None
+                )
+            )
+    for entry in answer.get("listeErreurTechnique") or []:
+        if isinstance(entry, dict):
+            errors.append(
+                ErrorDetail(
+                    _text(entry.get("natureErreur")),
+                    _text(entry.get("codeErreur")),
+                    _text(entry.get("libelleErreur")),
+                    None,
+                )
+            )
+    number = _text(document.get("numeroFluxDepot"))
+    status = FlowStatus(
+        state, label, _text(answer.get("dateHeureEtatCourantFlux")), number, tuple(errors)
+    )
+    references = [str(document.get("nomFichier") or ""), str(answer.get("nomFichier") or "")]
+    return ReturnFlow(
+        kind=Kind.PISTE_REPORT,
+        root="json",
+        parameters={"numeroFluxDepot": number or ""},
+        flow_statuses=(status,) if state else (),
+        flow_ids=_unique(m for ref in references for m in _FLOW_ID.findall(ref)),
+        unrecognised=tuple(notes),
+    )
+
+
+def _json_document(path: Path) -> dict[str, Any] | None:
+    """The report raccord wrote, if ``path`` holds one (a JSON object of its format)."""
+    with path.open("rb") as source:
+        start = source.read(64).lstrip()
+    if not start.startswith(b"{"):
+        return None
+    try:
+        document = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(document, dict) and document.get("format") == PISTE_REPORT_FORMAT:
+        return document
+    return None
+
+
 def parse(path: Path) -> ReturnFlow:
     """Read a return flow; never raises for bad content (see ``Kind.UNREADABLE``)."""
     try:
+        report = _json_document(path)
+        if report is not None:
+            return _parse_piste_report(report)
         with path.open("rb") as source:
             root = xmlscan.scan(source).local_name
         with path.open("rb") as source:

@@ -417,9 +417,11 @@ def _connection(section: Section) -> Connection:
             section.key(protocol_name),
             f"protocol {protocol_name} needs a [connection.{protocol_name}] table",
         )
+    environment = section.choice("environment", ["qualification", "production"])
+    protocol_section.context["environment"] = environment
     connection = Connection(
         name=name,
-        environment=section.choice("environment", ["qualification", "production"]),
+        environment=environment,
         protocol=protocol_name,
         partner_code=section.string("partner_code", required=True),
         structure=section.string("structure", ""),

@@ -31,6 +31,7 @@ from gateway.intake import Watcher
 from gateway.journal import Journal, JournalDB
 from gateway.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
 from gateway.polling import Poller, sources
+from gateway.reports import Reporter, reporters
 from gateway.systemd import keep_alive, notify
 from protocols import registry
 from protocols.base import Sender
@@ -150,7 +151,8 @@ class Gateway:
         )
         self.watcher = watcher
         poller = Poller(config, journal, sources(self._senders), self.alerts)
-        intake = _Intake(watcher, poller)
+        reporter = Reporter(config, journal, reporters(self._senders), self.alerts)
+        intake = _Intake(watcher, poller, reporter)
         intake.start(group)
         return intake
 
@@ -394,12 +396,14 @@ class Gateway:
 
 
 class _Intake:
-    """What takes work in — the outbox watcher and the return-flow pollers — with a stop of
-    its own, so that a reload can replace it while flows go on."""
+    """What takes work in — the outbox watcher, the return-flow pollers and the integration
+    reports asked of API partners — with a stop of its own, so that a reload can replace it
+    while flows go on."""
 
-    def __init__(self, watcher: Watcher, poller: Poller) -> None:
+    def __init__(self, watcher: Watcher, poller: Poller, reporter: Reporter) -> None:
         self.watcher = watcher
         self.poller = poller
+        self.reporter = reporter
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -408,6 +412,7 @@ class _Intake:
         self._tasks = [
             group.create_task(self.watcher.run(self.stopping)),
             group.create_task(self.poller.run(self.stopping)),
+            group.create_task(self.reporter.run(self.stopping)),
         ]
 
     async def stop(self) -> None:

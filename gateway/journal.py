@@ -42,14 +42,14 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.batching import Batcher
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATES = (
     "claimed",
     "queued",
@@ -195,6 +195,20 @@ CREATE TABLE IF NOT EXISTS as2_messages (
     at              TEXT NOT NULL,
     PRIMARY KEY (as2_from, message_id)
 );
+-- Deposits an API partner reports on when asked (PISTE): asked until the report is final.
+CREATE TABLE IF NOT EXISTS deposits (
+    flow_id         TEXT PRIMARY KEY,
+    connection      TEXT NOT NULL,
+    receipt         TEXT NOT NULL,
+    sent_at         TEXT NOT NULL,
+    next_at         TEXT NOT NULL,
+    polls           INTEGER NOT NULL DEFAULT 0,
+    state           TEXT,
+    outcome         TEXT,
+    return_id       TEXT,
+    at              TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deposits_due ON deposits(connection, outcome, next_at);
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
     VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail);
@@ -628,6 +642,58 @@ class JournalDB:
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET outcome=excluded.outcome,"
             " return_id=coalesce(excluded.return_id, return_id), at=excluded.at",
             (connection, name, size, mtime, return_id, outcome, _now()),
+        )
+
+    def adopt_deposits(self, connection: str, protocol: str, first_after: float) -> int:
+        """Start asking about the flows sent on ``connection`` over ``protocol`` that are not
+        followed yet: first ``first_after`` seconds after they were sent. Returns how many."""
+        rows = self._db.execute(
+            "SELECT flow_id, remote_name, receipt FROM flows f WHERE connection=? AND"
+            " state='sent' AND receipt IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deposits d WHERE d.flow_id=f.flow_id)",
+            (connection,),
+        ).fetchall()
+        adopted = 0
+        for row in rows:
+            document = json.loads(row["receipt"])
+            if document.get("protocol") != protocol or document.get("already_delivered"):
+                continue
+            details = {**document.get("partner_answer", {}), "remote_name": row["remote_name"]}
+            sent_at = str(document.get("sent_at") or _now())
+            first = datetime.fromisoformat(sent_at) + timedelta(seconds=first_after)
+            self._db.execute(
+                "INSERT OR IGNORE INTO deposits (flow_id, connection, receipt, sent_at, next_at,"
+                " at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row["flow_id"],
+                    connection,
+                    json.dumps(details),
+                    sent_at,
+                    first.isoformat(timespec="milliseconds"),
+                    _now(),
+                ),
+            )
+            adopted += 1
+        return adopted
+
+    def deposits_due(self, connection: str, now: str) -> list[dict[str, Any]]:
+        """The deposits on ``connection`` still asked about whose time has come."""
+        rows = self._db.execute(
+            "SELECT * FROM deposits WHERE connection=? AND outcome IS NULL AND next_at<=?"
+            " ORDER BY next_at",
+            (connection, now),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def deposit(self, flow_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM deposits WHERE flow_id=?", (flow_id,)).fetchone()
+        return dict(row) if row else None
+
+    def update_deposit(self, flow_id: str, **values: Any) -> None:
+        assignments = ", ".join(f"{name}=?" for name in values)
+        self._db.execute(
+            f"UPDATE deposits SET {assignments}, at=? WHERE flow_id=?",  # noqa: S608 - our names
+            (*values.values(), _now(), flow_id),
         )
 
     def as2_message(self, as2_from: str, message_id: str) -> dict[str, Any] | None:

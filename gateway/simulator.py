@@ -127,14 +127,30 @@ class Rules:
 
 
 @dataclass(frozen=True)
-class _Judged:
+class Judged:
+    """One invoice of a deposit, as the simulated partner sees it."""
+
     invoice_number: str | None
     supplier_id: str | None
     interface_code: str | None
     fault: str | None
 
 
-def _judge(name: str, data: bytes, rules: Rules) -> _Judged:
+@dataclass(frozen=True)
+class Judgement:
+    """A whole deposit: its invoices (one, or a lot's members) under the mode for their code,
+    or why it could not be opened at all."""
+
+    invoices: list[Judged]
+    mode: str
+    unreadable: str | None = None
+
+    @property
+    def faulty(self) -> list[Judged]:
+        return [j for j in self.invoices if j.fault]
+
+
+def _judge(name: str, data: bytes, rules: Rules) -> Judged:
     with tempfile.TemporaryDirectory(prefix="raccord-partner-") as folder:
         path = Path(folder) / "invoice"
         path.write_bytes(data)
@@ -146,23 +162,30 @@ def _judge(name: str, data: bytes, rules: Rules) -> _Judged:
         fault = f"{name}: no invoice number"
     elif rules.reject_pattern and re.search(rules.reject_pattern, found.invoice_number):
         fault = f"invoice {found.invoice_number} refused by the simulator's rejection rule"
-    return _Judged(found.invoice_number, found.supplier_id, found.interface_code, fault)
+    return Judged(found.invoice_number, found.supplier_id, found.interface_code, fault)
+
+
+def judge(remote_name: str, data: bytes, rules: Rules) -> Judgement:
+    """How the simulated partner judges the deposit ``remote_name`` holding ``data``."""
+    try:
+        members = lots.read_members(data) if lots.packaging_of(data[:4]) else [(remote_name, data)]
+    except lots.LotError as exc:
+        return Judgement([], rules.default_mode, f"archive illisible: {exc}")
+    judged = [_judge(name, content, rules) for name, content in members]
+    code = next((j.interface_code for j in judged if j.interface_code), None)
+    return Judgement(judged, rules.modes.get(code or "", rules.default_mode))
 
 
 def answer(remote_name: str, data: bytes, rules: Rules, now: datetime | None = None) -> bytes:
     """The CPP Statut Chorus Pro would return for the flow ``remote_name`` holding ``data``."""
     at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
-    try:
-        members = lots.read_members(data) if lots.packaging_of(data[:4]) else [(remote_name, data)]
-    except lots.LotError as exc:
-        failed = cppstatut.FlowLine("93", at, [("ARCHIVE", f"archive illisible: {exc}")])
+    judgement = judge(remote_name, data, rules)
+    if judgement.unreadable is not None:
+        failed = cppstatut.FlowLine("93", at, [("ARCHIVE", judgement.unreadable)])
         return cppstatut.build(cppstatut.Statut(remote_name, at, [failed]))
-    judged = [_judge(name, content, rules) for name, content in members]
-    code = next((j.interface_code for j in judged if j.interface_code), None)
-    mode = rules.modes.get(code or "", rules.default_mode)
-    faulty = [j for j in judged if j.fault]
+    judged, mode, faulty = judgement.invoices, judgement.mode, judgement.faulty
 
-    def line(j: _Judged, status: str) -> cppstatut.InvoiceLine:
+    def line(j: Judged, status: str) -> cppstatut.InvoiceLine:
         return cppstatut.InvoiceLine(j.invoice_number or "", status, j.supplier_id, at, j.fault)
 
     if not faulty:

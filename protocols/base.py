@@ -16,6 +16,10 @@ returns). The receipt ``send`` returns then says ``awaiting`` and how long to wa
 waits as ``awaiting_receipt`` until the gateway hands the acknowledgement to
 :meth:`AsyncReceipts.settle`, or files it in ``error/`` when the wait is over.
 
+An API partner that reports on each deposit when asked (``integration_reports``) implements
+:class:`IntegrationReports`: the gateway asks until the report is final and applies it like a
+return flow.
+
 Optional features are flags in :class:`Capabilities`. A sender whose protocol can also fetch
 return flows from the partner (``receives_returns``) implements, on the same connection, either
 :class:`ReturnSource` (a partner folder the gateway lists, fetches from, then clears) or
@@ -69,6 +73,8 @@ class Capabilities:
     detects_resend: bool = False  # can tell that a resent flow is already delivered
     receives_returns: bool = False  # has a receiver/poller for return flows
     async_receipts: bool = False  # may acknowledge later; the sender implements AsyncReceipts
+    #: reports on each deposit when asked (an API); the sender implements IntegrationReports
+    integration_reports: bool = False
 
 
 class Sender(Protocol):
@@ -222,6 +228,39 @@ class ReturnQueue(Protocol):
 
     async def release_return(self, remote: RemoteFile) -> None:
         """Leave the held file with the partner (it was not stored)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the partner is with one deposit: ``state`` in its words; once ``final``,
+    ``document`` is the report to store and apply as a return flow, under ``name``."""
+
+    state: str
+    final: bool
+    document: bytes = b""
+    name: str = ""
+    resend: bool = False  # the partner could not process the deposit: send the flow again
+
+
+class IntegrationReports(Protocol):
+    """Asking the partner about each deposit until it has integrated or refused it.
+
+    The gateway asks after ``report_interval``, then at doubling intervals up to
+    ``report_max_interval``, for at most ``report_deadline`` seconds after the deposit.
+    """
+
+    report_interval: float
+    report_max_interval: float
+    report_deadline: float
+
+    async def report(self, receipt: Mapping[str, Any]) -> Report:
+        """The state of the deposit that ``receipt`` (the details :meth:`Sender.send` returned)
+        describes.
+
+        Raises:
+            protocols.errors.TransferError: the partner cannot be asked now.
+        """
         ...
 
 

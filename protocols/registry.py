@@ -28,9 +28,10 @@ def _builtins() -> dict[str, ProtocolPlugin]:
     from protocols.memory import PLUGIN as MEMORY
     from protocols.pesit.cft import PLUGIN as PESIT_CFT
     from protocols.pesit.sender import PLUGIN as PESIT
+    from protocols.piste.sender import PLUGIN as PISTE
     from protocols.sftp.sender import PLUGIN as SFTP
 
-    return {plugin.name: plugin for plugin in (SFTP, AS2, PESIT, PESIT_CFT, MEMORY)}
+    return {plugin.name: plugin for plugin in (SFTP, AS2, PESIT, PESIT_CFT, PISTE, MEMORY)}
 
 
 @cache

@@ -102,6 +102,9 @@ class Section:
         self._raw = raw
         self._where = where
         self._seen: set[str] = set()
+        #: Facts from the enclosing table a protocol may need (``environment`` of the
+        #: connection), passed down to sub-tables.
+        self.context: dict[str, str] = {}
         self.base_dir = base_dir or Path.cwd()
 
     def key(self, name: str) -> str:
@@ -244,7 +247,9 @@ class Section:
         value = self._get(name, False)
         if value is None:
             return None
-        return Section(value, self.key(name), self.base_dir)
+        child = Section(value, self.key(name), self.base_dir)
+        child.context = dict(self.context)
+        return child
 
     def secret(self, name: str, *, required: bool = True) -> Secret | None:
         """A literal, ``{ env = "NAME" }`` or ``{ file = "/path" }``."""

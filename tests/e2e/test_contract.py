@@ -197,3 +197,43 @@ def test_pesit_keeps_the_contract_with_the_strict_responder(tmp_path: Path) -> N
         "reusable_after_close",
         "unreachable_is_retryable",
     ]
+
+
+def test_piste_keeps_the_contract_with_the_stand_in(tmp_path: Path) -> None:
+    from gateway.piste_simulator import PisteStandIn
+    from gateway.simulator import Rules
+    from protocols.piste.api import PisteSettings
+    from protocols.piste.sender import PisteSender
+    from protocols.settings import Secret
+
+    async def scenario() -> list[str]:
+        chorus = PisteStandIn(
+            tmp_path / "chorus", Rules(), client_id="a", client_secret="b", login="c", password="d"
+        )
+        async with chorus:
+            settings = PisteSettings(
+                client_id=Secret("a", "literal"),
+                client_secret=Secret("b", "literal"),
+                technical_login=Secret("c", "literal"),
+                technical_password=Secret("d", "literal"),
+                oauth_url=chorus.oauth_url,
+                api_url=chorus.api_url,
+                timeout=5.0,
+            )
+            unreachable = f"http://127.0.0.1:{free_port()}"
+            return await contract.verify(
+                lambda: PisteSender(settings),
+                held_in(chorus.root / "depot"),
+                tmp_path,
+                make_unreachable=lambda: PisteSender(
+                    replace(settings, api_url=unreachable, oauth_url=unreachable + "/token")
+                ),
+            )
+
+    # a deposit cannot be looked up by name through the API: no resend clause
+    assert asyncio.run(scenario()) == [
+        "delivers",
+        "check",
+        "reusable_after_close",
+        "unreachable_is_retryable",
+    ]

@@ -118,7 +118,7 @@ def test_a_misspelt_protocol_names_the_plugin(tmp_path: Path, site: Path) -> Non
     assert status == 2
     assert "connection[qualif-folder].protocol: unknown protocol 'foldr'; did you mean " in err
     assert (
-        "'folder'?" in err and "known protocols: as2, folder, memory, pesit, pesit-cft, sftp" in err
+        "'folder'?" in err and "known protocols: as2, folder, memory, pesit, pesit-cft, piste, sftp" in err
     )
 
 
@@ -128,5 +128,5 @@ def test_without_the_plugin_its_protocol_is_unknown(tmp_path: Path) -> None:
     assert status == 2
     assert (
         "unknown protocol 'folder'" in err
-        and "known protocols: as2, memory, pesit, pesit-cft, sftp" in err
+        and "known protocols: as2, memory, pesit, pesit-cft, piste, sftp" in err
     )

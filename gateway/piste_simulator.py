@@ -1,0 +1,303 @@
+"""A stand-in for PISTE and the Chorus Pro API, for ``raccord simulate`` and the tests.
+
+It serves, over HTTP on loopback, the three requests raccord makes, in their documented shapes:
+
+* ``POST /api/oauth/token`` — client credentials (form); tokens live ``token_lifetime`` seconds;
+* ``POST /cpro/factures/v1/deposer/flux`` — checks the bearer token (401 when unknown or
+  expired), the ``cpro-account`` header (403), the body (400 with ``codeRetour``/``libelle``),
+  stores the file under ``depot/`` and answers ``numeroFluxDepot`` and ``dateDepot``;
+* ``POST /cpro/transverses/v1/consulterCRDetaille`` — ``processing_polls`` answers
+  IN_EN_COURS_TRAITEMENT_CPP, then the final state the simulator's :class:`Rules` give:
+  IN_INTEGRE, IN_INTEGRE_PARTIEL (partial mode, some invoices refused, named in
+  ``listeErreurDP``), IN_REJETE (complete mode with a fault, or nothing readable).
+
+:class:`PisteFaults` makes it misbehave as the real one may: revoke every token (the next call
+gets 401), queue canned answers (429 with ``Retry-After``, 500, bytes that are no JSON), and
+declare the next deposit IN_INCIDENTE. It is for demos and tests, never for production traffic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from flows import codes, naming
+from gateway.httpserver import serve
+from gateway.simulator import Rules, judge
+
+UPLOAD_DIR = "depot"
+TOKEN_PATH = "/api/oauth/token"  # noqa: S105 - a path, not a password
+DEPOSIT_PATH = "/cpro/factures/v1/deposer/flux"
+REPORT_PATH = "/cpro/transverses/v1/consulterCRDetaille"
+SYNTAXES = {row.piste_syntax: row.code for row in codes.INTERFACE_CODES if row.piste_syntax}
+
+
+@dataclass(frozen=True)
+class Canned:
+    """An answer given instead of the real one to the next API request."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    path: str | None = None  # only for requests to this path (None: any)
+
+
+@dataclass
+class PisteFaults:
+    canned: list[Canned] = field(default_factory=list)  # consumed one per API request
+    incident_next: bool = False  # the next deposit ends IN_INCIDENTE
+
+
+@dataclass
+class Deposit:
+    number: str
+    name: str
+    syntax: str
+    state: str
+    errors_dp: list[dict[str, str]]
+    errors_technical: list[dict[str, str]]
+    deposited_at: str
+    polls: int = 0
+
+
+class PisteStandIn:
+    """The stand-in on ``host:port`` (0: any free port), storing deposits under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        rules: Rules,
+        *,
+        client_id: str,
+        client_secret: str,
+        login: str,
+        password: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token_lifetime: float = 3600.0,
+        processing_polls: int = 1,
+    ) -> None:
+        self.root = root
+        self.rules = rules
+        self.host = host
+        self._port = port
+        self._credentials = (client_id, client_secret)
+        self._account = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+        self.token_lifetime = token_lifetime
+        self.processing_polls = processing_polls
+        self.faults = PisteFaults()
+        self.deposits: dict[str, Deposit] = {}
+        self.tokens_issued = 0
+        self.issued: list[str] = []  # every token handed out (tests look for them in logs)
+        self.requests: list[tuple[str, int]] = []  # (path, status) of every API request
+        self._tokens: dict[str, float] = {}  # token -> expiry (time.monotonic)
+        self._numbers = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def oauth_url(self) -> str:
+        return f"http://{self.host}:{self.port}{TOKEN_PATH}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        (self.root / UPLOAD_DIR).mkdir(parents=True, exist_ok=True)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post(TOKEN_PATH, self._token)
+        app.router.add_post(DEPOSIT_PATH, self._deposit)
+        app.router.add_post(REPORT_PATH, self._report)
+        self._runner, self.port = await serve(app, self.host, self._port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far expires now (as at the end of its life)."""
+        self._tokens.clear()
+
+    # -- OAuth2 -----------------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        pair = (str(form.get("client_id", "")), str(form.get("client_secret", "")))
+        if form.get("grant_type") != "client_credentials" or pair != self._credentials:
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "Client authentication failed"},
+                status=401,
+            )
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = time.monotonic() + self.token_lifetime
+        self.tokens_issued += 1
+        self.issued.append(token)
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": int(self.token_lifetime),
+                "scope": "openid",
+            }
+        )
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def _admit(self, request: web.Request) -> web.Response | dict[str, Any]:
+        """The request's JSON body, or the answer refusing it."""
+        for canned in self.faults.canned:
+            if canned.path in (None, request.path):
+                self.faults.canned.remove(canned)
+                return web.Response(status=canned.status, body=canned.body, headers=canned.headers)
+        bearer = request.headers.get("Authorization", "")
+        token = bearer.removeprefix("Bearer ")
+        expiry = self._tokens.get(token)
+        if not bearer.startswith("Bearer ") or expiry is None or time.monotonic() >= expiry:
+            self._tokens.pop(token, None)
+            return web.json_response(
+                {"httpCode": "401", "httpMessage": "Unauthorized", "moreInformation": "token"},
+                status=401,
+            )
+        if request.headers.get("cpro-account") != self._account:
+            return web.json_response(
+                {"codeRetour": 20001, "libelle": "compte technique inconnu ou mot de passe erroné"},
+                status=403,
+            )
+        if not request.content_type.startswith("application/json"):
+            return _refused(20002, f"Content-Type {request.content_type} : JSON attendu")
+        try:
+            body = json.loads(await request.read())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _refused(20002, "corps de requête JSON illisible")
+        if not isinstance(body, dict):
+            return _refused(20002, "corps de requête : un objet JSON est attendu")
+        return body
+
+    async def _deposit(self, request: web.Request) -> web.Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return self._answered(request, admitted)
+        name, syntax, content = (
+            admitted.get("nomFichier"),
+            admitted.get("syntaxeFlux"),
+            admitted.get("fichierFlux"),
+        )
+        if not isinstance(name, str) or not name or naming.safe(name) != name:
+            return self._answered(request, _refused(20003, "nomFichier absent ou invalide"))
+        if syntax not in SYNTAXES:
+            return self._answered(request, _refused(20004, f"syntaxeFlux {syntax!r} inconnue"))
+        if not isinstance(admitted.get("avecSignature"), bool):
+            return self._answered(request, _refused(20005, "avecSignature absent"))
+        try:
+            data = base64.b64decode(str(content), validate=True)
+        except (binascii.Error, ValueError):
+            return self._answered(request, _refused(20006, "fichierFlux : base64 invalide"))
+        if not data:
+            return self._answered(request, _refused(20006, "fichierFlux vide"))
+        (self.root / UPLOAD_DIR / name).write_bytes(data)
+        number = f"DF{datetime.now(UTC):%Y%m%d}{next(self._numbers):06d}"
+        deposit = self._judged(number, name, str(syntax), data)
+        self.deposits[number] = deposit
+        return self._answered(
+            request,
+            web.json_response(
+                {
+                    "codeRetour": 0,
+                    "libelle": "GCU_MSG_01_000",
+                    "numeroFluxDepot": number,
+                    "dateDepot": deposit.deposited_at[:10],
+                    "syntaxeFlux": syntax,
+                }
+            ),
+        )
+
+    def _judged(self, number: str, name: str, syntax: str, data: bytes) -> Deposit:
+        judgement = judge(name, data, self.rules)
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        errors_dp = [
+            {
+                "numeroDP": j.invoice_number or "",
+                "identifiantFournisseur": j.supplier_id or "",
+                "identifiantDestinataire": "",
+                "libelleErreurDP": j.fault or "",
+            }
+            for j in judgement.faulty
+        ]
+        technical: list[dict[str, str]] = []
+        if self.faults.incident_next:
+            self.faults.incident_next = False
+            state = "IN_INCIDENTE"
+            technical = [
+                {
+                    "codeErreur": "INC",
+                    "libelleErreur": "incident de traitement",
+                    "natureErreur": "T",
+                }
+            ]
+            errors_dp = []
+        elif judgement.unreadable is not None:
+            state = "IN_REJETE"
+            technical = [
+                {
+                    "codeErreur": "ARCHIVE",
+                    "libelleErreur": judgement.unreadable,
+                    "natureErreur": "F",
+                }
+            ]
+        elif not errors_dp:
+            state = "IN_INTEGRE"
+        elif judgement.mode == "partial" and len(errors_dp) < len(judgement.invoices):
+            state = "IN_INTEGRE_PARTIEL"
+        else:
+            state = "IN_REJETE"
+        return Deposit(number, name, syntax, state, errors_dp, technical, at)
+
+    async def _report(self, request: web.Request) -> web.Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return self._answered(request, admitted)
+        deposit = self.deposits.get(str(admitted.get("numeroFluxDepot", "")))
+        if deposit is None:
+            return self._answered(request, _refused(20007, "numeroFluxDepot inconnu"))
+        deposit.polls += 1
+        final = deposit.polls > self.processing_polls
+        answer: dict[str, Any] = {
+            "codeRetour": 0,
+            "libelle": "GCU_MSG_01_000",
+            "nomFichier": deposit.name,
+            "dateDepotFlux": deposit.deposited_at,
+            "codeInterfaceDepotFlux": SYNTAXES[deposit.syntax],
+            "etatCourantDepotFlux": deposit.state if final else "IN_EN_COURS_TRAITEMENT_CPP",
+            "dateHeureEtatCourantFlux": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if final:
+            answer["listeErreurDP"] = deposit.errors_dp
+            answer["listeErreurTechnique"] = deposit.errors_technical
+        return self._answered(request, web.json_response(answer))
+
+    def _answered(self, request: web.Request, response: web.Response) -> web.Response:
+        self.requests.append((request.path, response.status))
+        return response
+
+
+def _refused(code: int, words: str) -> web.Response:
+    return web.json_response({"codeRetour": code, "libelle": words}, status=400)

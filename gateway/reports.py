@@ -1,0 +1,288 @@
+"""Integration reports from an API partner (PISTE): asked about each deposit until final.
+
+For every connection whose sender reports on deposits
+(:class:`~protocols.base.IntegrationReports`)::
+
+    sent flow ─▶ deposits (journal; first question report_interval after the deposit)
+      ─▶ report() ─▶ not final: asked again after a doubling wait (≤ report_max_interval),
+                     until report_deadline after the deposit (then ``report.expired``)
+                 └▶ final: the report stored in inbox/ and applied like any return flow
+                           (Complète/Partielle), ``report.final``; a report that asks for
+                           the flow again (PISTE's IN_INCIDENTE) sends it once more, as a
+                           new flow (``report.resent``)
+
+A report stored but not yet marked done (a crash in between) is asked for and stored again;
+the same bytes are applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from flows import naming
+from gateway import logs, returns
+from gateway.alerts import Alerter
+from gateway.config import Config
+from gateway.folders import Layout, spool_name
+from gateway.journal import Journal, JournalDB
+from gateway.lots import journal_lot
+from protocols.base import IntegrationReports, Sender
+from protocols.errors import TransferError
+
+log = logs.get()
+
+#: How often each connection's due deposits are looked for, at most.
+TICK = 1.0
+
+_ids = naming.FlowIds()
+
+
+def reporters(senders: dict[str, Sender]) -> dict[str, IntegrationReports]:
+    """The connections whose partner reports on each deposit, with their sender."""
+    return {
+        name: cast(IntegrationReports, sender)
+        for name, sender in senders.items()
+        if sender.capabilities.integration_reports
+    }
+
+
+class Reporter:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        sources: dict[str, IntegrationReports],
+        alerts: Alerter | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.sources = sources
+        self.alerts = alerts or Alerter(None)
+        self.layout = Layout(config.gateway.data_dir)
+        self._resubmit = returns.resubmitting(config)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            for connection, source in self.sources.items():
+                group.create_task(self._loop(connection, source, stopping))
+
+    async def _loop(
+        self, connection: str, source: IntegrationReports, stopping: asyncio.Event
+    ) -> None:
+        while not stopping.is_set():
+            try:
+                await self.round(connection, source, stopping)
+            except Exception:  # a bug must not stop the other connections or the gateway
+                log.exception("report.round_failed", connection=connection)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), min(TICK, source.report_interval))
+
+    async def round(
+        self, connection: str, source: IntegrationReports, stopping: asyncio.Event | None = None
+    ) -> int:
+        """Ask about every due deposit of ``connection``; returns how many final reports were
+        applied."""
+        protocol = self.config.connection(connection).protocol
+        await self.journal.call(
+            lambda db: db.adopt_deposits(connection, protocol, source.report_interval)
+        )
+        now = datetime.now(UTC)
+        due = await self.journal.call(
+            lambda db: db.deposits_due(connection, now.isoformat(timespec="milliseconds"))
+        )
+        applied = 0
+        for deposit in due:
+            if stopping is not None and stopping.is_set():
+                break
+            try:
+                applied += await self._ask(connection, source, deposit)
+            except TransferError as exc:
+                polls = int(deposit["polls"]) + 1
+                wait = _wait(source, polls)
+                log.warning(
+                    "report.poll_failed",
+                    connection=connection,
+                    flow_id=deposit["flow_id"],
+                    reason=exc.reason,
+                    error=str(exc),
+                    retry_in=wait,
+                )
+                await self._later(deposit["flow_id"], polls, wait, deposit["state"])
+                if exc.retryable:
+                    break  # the partner is unwell: the others wait for the next round too
+        return applied
+
+    async def _ask(
+        self, connection: str, source: IntegrationReports, deposit: dict[str, Any]
+    ) -> int:
+        flow_id = str(deposit["flow_id"])
+        receipt = json.loads(deposit["receipt"])
+        report = await source.report(receipt)
+        polls = int(deposit["polls"]) + 1
+        if report.state != deposit["state"]:
+            log.info(
+                "report.state",
+                connection=connection,
+                flow_id=flow_id,
+                state=report.state,
+                final=report.final,
+            )
+        if not report.final:
+            sent_at = datetime.fromisoformat(str(deposit["sent_at"]))
+            if datetime.now(UTC) - sent_at > timedelta(seconds=source.report_deadline):
+                await self.journal.call(
+                    lambda db: db.update_deposit(
+                        flow_id, polls=polls, state=report.state, outcome="expired"
+                    )
+                )
+                log.error(
+                    "report.expired",
+                    connection=connection,
+                    flow_id=flow_id,
+                    state=report.state,
+                    action="no final state within report_deadline: look the deposit up in "
+                    "Chorus Pro (suivi des flux); its invoices' outcome is not known",
+                )
+                return 0
+            await self._later(flow_id, polls, _wait(source, polls), report.state)
+            return 0
+        outcome = await self._store(connection, report.document, report.name)
+        await self.journal.call(
+            lambda db: db.update_deposit(
+                flow_id,
+                polls=polls,
+                state=report.state,
+                outcome="reported",
+                return_id=outcome.return_id,
+            )
+        )
+        log.info(
+            "report.final",
+            connection=connection,
+            flow_id=flow_id,
+            state=report.state,
+            rejected=outcome.rejected,
+            return_id=outcome.return_id,
+        )
+        self.alerts.returned(connection, report.name, outcome)
+        if report.resend:
+            await self._resend(connection, flow_id, report.state)
+        return 1
+
+    async def _store(self, connection: str, document: bytes, name: str) -> returns.Outcome:
+        temp = self.layout.inbox(connection) / f".{naming.safe(name)}.report"
+
+        def write() -> None:
+            with temp.open("wb") as out:
+                out.write(document)
+                out.flush()
+                os.fsync(out.fileno())
+
+        try:
+            await asyncio.to_thread(write)
+            return await asyncio.to_thread(
+                functools.partial(
+                    returns.receive_download,
+                    self.layout,
+                    connection,
+                    temp,
+                    name=name,
+                    resubmit=self._resubmit,
+                )
+            )
+        finally:
+            await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
+
+    async def _later(self, flow_id: str, polls: int, wait: float, state: str | None) -> None:
+        at = (datetime.now(UTC) + timedelta(seconds=wait)).isoformat(timespec="milliseconds")
+        await self.journal.call(
+            lambda db: db.update_deposit(flow_id, polls=polls, next_at=at, state=state)
+        )
+
+    async def _resend(self, connection: str, flow_id: str, state: str) -> None:
+        again = await self.journal.call(
+            lambda db: resend_flow(db, self.layout, flow_id, f"deposit {state}: sent again")
+        )
+        if again is None:
+            log.error(
+                "report.incident",
+                connection=connection,
+                flow_id=flow_id,
+                state=state,
+                action="Chorus Pro could not process this flow, and raccord already sent it "
+                "again once: ask the AIFE support, then drop the file again if they say so",
+            )
+            return
+        log.warning(
+            "report.resent",
+            connection=connection,
+            flow_id=again,
+            resubmit_of=flow_id,
+            state=state,
+            action=f"Chorus Pro asks for the whole flow again ({state}): sent once more as {again}",
+        )
+
+
+def _wait(source: IntegrationReports, polls: int) -> float:
+    """The pause before the next question: doubling from report_interval, capped."""
+    return float(min(source.report_interval * 2 ** max(0, polls - 1), source.report_max_interval))
+
+
+def resend_flow(db: JournalDB, layout: Layout, flow_id: str, detail: str) -> str | None:
+    """Journal a copy of the sent flow ``flow_id`` as a new flow (``claimed``, for the daemon
+    to send; the duplicate check is skipped: it is meant to go again). Once: None when the flow
+    is itself a resend or was already sent again, or its sent copy is gone."""
+    flow = db.get(flow_id)
+    if flow is None or flow.resubmit_of is not None or db.resubmission_of(flow_id) is not None:
+        return None
+    if not flow.final_path or not Path(flow.final_path).exists():
+        log.error(
+            "report.resend_failed",
+            connection=flow.connection,
+            flow_id=flow_id,
+            error=f"the sent copy {flow.final_path} is missing: drop the file again by hand",
+        )
+        return None
+    new_id = _ids.new(datetime.now(UTC))
+    target = layout.spool(flow.connection) / spool_name(new_id, flow.original_name)
+    shutil.copyfile(flow.final_path, target)
+    try:
+        if flow.packaging is not None:
+            invoices = [
+                (i["file"], i["invoice_number"], i["supplier_id"], i["source_flow"])
+                for i in db.invoices(flow_id)
+            ]
+            journal_lot(
+                db,
+                lot_id=new_id,
+                connection=flow.connection,
+                name=flow.original_name,
+                spool=target,
+                packaging=flow.packaging,
+                interface_code=flow.interface_code or "",
+                invoices=invoices,
+                resubmit_of=flow_id,
+                detail=detail,
+            )
+        else:
+            db.insert(
+                new_id,
+                flow.connection,
+                flow.original_name,
+                str(target),
+                forced=1,
+                resubmit_of=flow_id,
+                detail=detail,
+            )
+    except Exception:
+        target.unlink(missing_ok=True)
+        raise
+    return new_id

@@ -1,0 +1,1 @@
+"""The Chorus Pro API through PISTE: OAuth2, deposits, integration reports."""
