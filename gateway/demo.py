@@ -37,6 +37,7 @@ from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import TERMINAL, FlowRow, JournalDB
 from gateway.pesit_simulator import Account, PesitResponder
+from gateway.piste_simulator import PisteStandIn
 from gateway.simulator import (
     DOWNLOAD_DIR,
     UPLOAD_DIR,
@@ -51,6 +52,9 @@ from protocols import certs
 CONNECTION = "qualif-sftp"
 AS2_CONNECTION = "qualif-as2"
 PESIT_CONNECTION = "qualif-pesit"
+PISTE_CONNECTION = "qualif-piste"
+#: The simulated PISTE application and Chorus Pro technical account.
+PISTE_CLIENT_ID, PISTE_LOGIN = "raccord-demo-app", "TECH_1_VFE056@cpp2017.fr"
 #: The PeSIT identifiers: ours (PI 3) and the simulated Chorus Pro's (PI 4).
 PESIT_US, PESIT_PARTNER = "VFE056", "CHORUSPRO"
 #: The AS2 names: ours, and the simulated Chorus Pro's.
@@ -145,6 +149,30 @@ sync_interval = 32               # KB between sync points
 sync_window = 2
 return_files = ["FEN1200A"]      # PI 12 names SELECTed for return flows
 poll_interval = "300ms"
+
+[[connection]]
+name = "{piste_connection}"
+environment = "qualification"
+protocol = "piste"
+partner_code = "VFE056"
+structure = "12345678200044"  # a fourth establishment
+state = "active"
+valid_from = 2017-06-21
+valid_to = 2099-06-30
+
+[connection.interfaces]
+FSO1100A = "complete"
+FSO1106A = "partial"
+
+[connection.piste]
+client_id = "{piste_client_id}"
+client_secret = {{ file = "{piste_secret}" }}
+technical_login = "{piste_login}"
+technical_password = {{ file = "{piste_password}" }}
+oauth_url = "{piste_oauth_url}"   # the stand-in; by default the environment's PISTE hosts
+api_url = "{piste_api_url}"
+report_interval = "300ms"        # integration reports asked for after, then doubling
+report_max_interval = "2s"
 
 # Where the simulator pushes its CPP Statut answers to AS2 deposits.
 [as2_receiver]
@@ -255,6 +283,7 @@ class Partner:
     sftp: SftpSimulator
     as2: As2Simulator
     pesit: PesitResponder
+    piste: PisteStandIn
     desks: tuple[Desk, Desk, Desk]  # SFTP, AS2, PeSIT
     config_path: Path
     exits: AsyncExitStack  # stops both sides
@@ -267,6 +296,15 @@ class Partner:
 
     async def close(self) -> None:
         await self.exits.aclose()
+
+
+def _secret_file(path: Path) -> Path:
+    """A random secret kept in ``path`` (0600), made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(8) + "\n")
+        path.chmod(0o600)
+    return path
 
 
 def _free_port() -> int:
@@ -326,6 +364,18 @@ async def _prepare(folder: Path) -> Partner:
             server_id=PESIT_PARTNER,
         )
         await exits.enter_async_context(pesit)
+        piste_secret, piste_password = (
+            _secret_file(folder / "keys" / name) for name in ("piste.secret", "piste.password")
+        )
+        piste = PisteStandIn(
+            folder / "partner-piste",
+            Rules(),  # judged under the connection's modes once the configuration is read
+            client_id=PISTE_CLIENT_ID,
+            client_secret=piste_secret.read_text().strip(),
+            login=PISTE_LOGIN,
+            password=piste_password.read_text().strip(),
+        )
+        await exits.enter_async_context(piste)
         config_path = folder / "raccord.toml"
         config_path.write_text(
             CONFIG_TEMPLATE.format(
@@ -349,6 +399,13 @@ async def _prepare(folder: Path) -> Partner:
                 pesit_requester=PESIT_US,
                 pesit_server=PESIT_PARTNER,
                 pesit_password=pesit_password,
+                piste_connection=PISTE_CONNECTION,
+                piste_client_id=PISTE_CLIENT_ID,
+                piste_secret=piste_secret,
+                piste_login=PISTE_LOGIN,
+                piste_password=piste_password,
+                piste_oauth_url=piste.oauth_url,
+                piste_api_url=piste.api_url,
             )
         )
         config = config_module.load(config_path)
@@ -357,7 +414,8 @@ async def _prepare(folder: Path) -> Partner:
             _desk(as2.deposits, as2.returns, config.connection(AS2_CONNECTION)),
             _desk(pesit.deposits, pesit.returns, config.connection(PESIT_CONNECTION)),
         )
-        return Partner(sftp, as2, pesit, desks, config_path, exits)
+        piste.rules = _desk(piste.root, piste.root, config.connection(PISTE_CONNECTION)).rules
+        return Partner(sftp, as2, pesit, piste, desks, config_path, exits)
     except BaseException:  # nothing left running if the set-up fails half-way
         await exits.aclose()
         raise
@@ -533,6 +591,13 @@ async def simulate(folder: Path | None) -> int:
         print(f"  expects requester {PESIT_US}, password in {folder / 'keys' / 'pesit.password'}")
         print(f"  deposits land in {pesit.deposits}; a CPP Statut per deposit is served to SELECT")
         print(f"  (READ, with sync points) from {pesit.returns}")
+        piste = partner.piste
+        print(f"partner simulator: {piste.api_url} (PISTE and the Chorus Pro API)")
+        print(
+            f"  OAuth2 at {piste.oauth_url}; application {PISTE_CLIENT_ID}, account {PISTE_LOGIN}"
+        )
+        print(f"  deposits land in {piste.root / 'depot'}; reports say IN_INTEGRE, ")
+        print("  IN_INTEGRE_PARTIEL or IN_REJETE under the connection's modes")
         modes = sftp_desk.rules.modes
         print(f"  rejects invoice numbers containing {REJECT_PATTERN!r}; modes {modes}")
         print(f"  a matching configuration: {partner.config_path}")

@@ -179,6 +179,7 @@ def test_simulate_serves_sftp_as2_and_pesit_to_the_configuration_it_prints(
                 printed += line
             assert "(AS2 CTAIFEP, expects MYCOMPANY)" in printed
             assert "(PeSIT E server CHORUSPRO)" in printed
+            assert "(PISTE and the Chorus Pro API)" in printed
             config = config_module.load(folder / "raccord.toml")
 
             async def scenario() -> None:
@@ -187,12 +188,15 @@ def test_simulate_serves_sftp_as2_and_pesit_to_the_configuration_it_prints(
                     drop(config, "b.xml", sample("cii-invoice.xml"), "qualif-sftp")
                     over_pesit = sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", b"PESIT-1")
                     drop(config, "c.xml", over_pesit, "qualif-pesit")
+                    over_api = sample("cii-invoice.xml").replace(b"DEMO-CII-0001", b"API-1")
+                    drop(config, "d.xml", over_api, "qualif-piste")
 
                     def answered() -> bool:
-                        # The AS2 and PeSIT flows, and the lot carrying the SFTP invoice: each
-                        # sent and answered (the PeSIT answer pulled with SELECT/READ).
+                        # The AS2, PeSIT and PISTE flows, and the lot carrying the SFTP
+                        # invoice: each sent and answered (the PeSIT answer pulled with
+                        # SELECT/READ, the PISTE one asked for with consulterCRDetaille).
                         found = [r for r in rows(config) if r.state != "packed"]
-                        return len(found) == 3 and all(
+                        return len(found) == 4 and all(
                             r.state == "sent" and statuses(config, r.flow_id) for r in found
                         )
 
