@@ -207,7 +207,7 @@ def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> Non
 
 def test_the_commented_pesit_example_loads_once_uncommented(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
-    start, end = text.index("# A PeSIT E connection"), text.index("# An AS2 connection")
+    start, end = text.index("# A PeSIT E connection"), text.index("# A connection through")
     block = "\n".join(line[2:] for line in text[start:end].splitlines()[3:])
     password = tmp_path / "pesit.pass"
     password.write_text("s3cret\n")
@@ -224,6 +224,25 @@ def test_the_commented_pesit_example_loads_once_uncommented(tmp_path: Path) -> N
     )
     assert pesit.password is not None and pesit.password.value == "s3cret"
     assert not pesit.tls
+
+
+def test_the_commented_piste_example_loads_once_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = EXAMPLE.read_text()
+    start, end = text.index("# A connection through"), text.index("# An AS2 connection")
+    block = "\n".join(line[2:] for line in text[start:end].splitlines()[2:])
+    for name, value in (("piste.secret", "app-secret"), ("piste.password", "tech-pw")):
+        (tmp_path / name).write_text(value + "\n")
+        block = block.replace(f"/etc/raccord/keys/{name}", str(tmp_path / name))
+    monkeypatch.setenv("PISTE_CLIENT_ID", "app-id")
+
+    loaded = load_text(tmp_path, text[:start] + block)
+
+    piste = loaded.connection("qualif-piste").settings
+    assert (piste.client_id.value, piste.client_secret.value) == ("app-id", "app-secret")
+    assert piste.technical_password.value == "tech-pw"
+    assert piste.api_url == "https://sandbox-api.piste.gouv.fr"  # qualification's host
 
 
 def second_connection(**changes: str) -> str:
