@@ -115,10 +115,37 @@ class Reporter:
                     error=str(exc),
                     retry_in=wait,
                 )
-                await self._later(deposit["flow_id"], polls, wait, deposit["state"])
+                if not await self._expired(connection, source, deposit, polls, deposit["state"]):
+                    await self._later(deposit["flow_id"], polls, wait, deposit["state"])
                 if exc.retryable:
                     break  # the partner is unwell: the others wait for the next round too
         return applied
+
+    async def _expired(
+        self,
+        connection: str,
+        source: IntegrationReports,
+        deposit: dict[str, Any],
+        polls: int,
+        state: str | None,
+    ) -> bool:
+        """Give up on a deposit asked about for longer than ``report_deadline``."""
+        sent_at = datetime.fromisoformat(str(deposit["sent_at"]))
+        if datetime.now(UTC) - sent_at <= timedelta(seconds=source.report_deadline):
+            return False
+        flow_id = str(deposit["flow_id"])
+        await self.journal.call(
+            lambda db: db.update_deposit(flow_id, polls=polls, state=state, outcome="expired")
+        )
+        log.error(
+            "report.expired",
+            connection=connection,
+            flow_id=flow_id,
+            state=state,
+            action="no final state within report_deadline: look the deposit up in Chorus Pro "
+            "(suivi des flux); its invoices' outcome is not known",
+        )
+        return True
 
     async def _ask(
         self, connection: str, source: IntegrationReports, deposit: dict[str, Any]
@@ -136,23 +163,8 @@ class Reporter:
                 final=report.final,
             )
         if not report.final:
-            sent_at = datetime.fromisoformat(str(deposit["sent_at"]))
-            if datetime.now(UTC) - sent_at > timedelta(seconds=source.report_deadline):
-                await self.journal.call(
-                    lambda db: db.update_deposit(
-                        flow_id, polls=polls, state=report.state, outcome="expired"
-                    )
-                )
-                log.error(
-                    "report.expired",
-                    connection=connection,
-                    flow_id=flow_id,
-                    state=report.state,
-                    action="no final state within report_deadline: look the deposit up in "
-                    "Chorus Pro (suivi des flux); its invoices' outcome is not known",
-                )
-                return 0
-            await self._later(flow_id, polls, _wait(source, polls), report.state)
+            if not await self._expired(connection, source, deposit, polls, report.state):
+                await self._later(flow_id, polls, _wait(source, polls), report.state)
             return 0
         outcome = await self._store(connection, report.document, report.name)
         await self.journal.call(
