@@ -8,6 +8,9 @@
   ``format`` = ``raccord/piste-consulterCRDetaille`` and the API's ``answer``): the deposit's
   state is a flow status (IN_REJETE fails the flow), each ``listeErreurDP`` entry an error
   naming its invoice, each ``listeErreurTechnique`` entry an error of the flow.
+* **PISTE invoice searches** (``rechercher/fournisseur`` by deposit number, as raccord stores
+  them): each ``listeFactures`` entry is an invoice status, its ``statut`` word mapped to the
+  CPP Statut code of the same meaning (:data:`PISTE_INVOICE_STATUSES`).
 * **AIFE Statut** (FEN1201A), integration reports (CSO…) and anything else: their schemas are
   not public here, so the document is read tolerantly — raccord flow ids found in any text or
   attribute, invoice numbers and status words under element names that say so — and what could
@@ -51,6 +54,23 @@ PISTE_STATE_LABELS = {
 }
 FLOW_FAILED = frozenset({"93", "94", "95", "IN_REJETE"})
 PISTE_REPORT_FORMAT = "raccord/piste-consulterCRDetaille"
+PISTE_INVOICES_FORMAT = "raccord/piste-rechercherFactureParFournisseur"
+#: Invoice statuses as the API words them (``statut`` in ``listeFactures``) → the CPP Statut
+#: code of the same meaning. A word not here is kept as it is, and reported.
+PISTE_INVOICE_STATUSES = {
+    "DEPOSEE": "01",
+    "EN_COURS_ACHEMINEMENT": "02",
+    "MISE_A_DISPOSITION": "03",
+    "A_RECYCLER": "04",
+    "REJETEE": "05",
+    "SUSPENDUE": "06",
+    "SERVICE_FAIT": "07",
+    "MANDATEE": "08",
+    "MISE_A_DISPOSITION_COMPTABLE": "09",
+    "COMPTABILISEE": "10",
+    "MISE_EN_PAIEMENT": "11",
+    "COMPLETEE": "12",
+}
 
 #: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
 #: without a published label.
@@ -89,6 +109,7 @@ class Kind(enum.StrEnum):
     AIFE_STATUT = "aife_statut"
     INTEGRATION_REPORT = "integration_report"
     PISTE_REPORT = "piste_report"
+    PISTE_INVOICES = "piste_invoices"
     UNKNOWN = "unknown"
     UNREADABLE = "unreadable"
 
@@ -360,6 +381,46 @@ def _parse_piste_report(document: dict[str, Any]) -> ReturnFlow:
     )
 
 
+def _parse_piste_invoices(document: dict[str, Any]) -> ReturnFlow:
+    answer = document.get("answer")
+    found = answer.get("listeFactures") if isinstance(answer, dict) else None
+    notes: list[str] = []
+    statuses: list[InvoiceStatus] = []
+    for entry in found if isinstance(found, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        word = _text(entry.get("statut")) or ""
+        code = PISTE_INVOICE_STATUSES.get(word)
+        if code is None:
+            notes.append(f"unknown invoice status {word or '(none)'}")
+        number = _text(entry.get("numeroFacture"))
+        statuses.append(
+            InvoiceStatus(
+                code=code or word,
+                label=INVOICE_STATUS_LABELS.get(code or "", word or None),
+                timestamp=_text(entry.get("dateHeureEtatCourant")),
+                invoice_number=number,
+                supplier_id=None,
+                supplier_id_type=None,
+                supplier_name=None,
+                debtor_id=_text(entry.get("identifiantDestinataire")),
+                debtor_service=None,
+                comment=f"identifiantFactureCPP {entry.get('identifiantFactureCPP')}",
+            )
+        )
+    if not statuses:
+        notes.append("no invoice in listeFactures")
+    references = [str(document.get("nomFichier") or "")]
+    return ReturnFlow(
+        kind=Kind.PISTE_INVOICES,
+        root="json",
+        parameters={"numeroFluxDepot": _text(document.get("numeroFluxDepot")) or ""},
+        invoice_statuses=tuple(statuses),
+        flow_ids=_unique(m for ref in references for m in _FLOW_ID.findall(ref)),
+        unrecognised=tuple(notes),
+    )
+
+
 def _json_document(path: Path) -> dict[str, Any] | None:
     """The report raccord wrote, if ``path`` holds one (a JSON object of its format)."""
     with path.open("rb") as source:
@@ -370,7 +431,10 @@ def _json_document(path: Path) -> dict[str, Any] | None:
         document = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if isinstance(document, dict) and document.get("format") == PISTE_REPORT_FORMAT:
+    if isinstance(document, dict) and document.get("format") in (
+        PISTE_REPORT_FORMAT,
+        PISTE_INVOICES_FORMAT,
+    ):
         return document
     return None
 
@@ -379,6 +443,8 @@ def parse(path: Path) -> ReturnFlow:
     """Read a return flow; never raises for bad content (see ``Kind.UNREADABLE``)."""
     try:
         report = _json_document(path)
+        if report is not None and report["format"] == PISTE_INVOICES_FORMAT:
+            return _parse_piste_invoices(report)
         if report is not None:
             return _parse_piste_report(report)
         with path.open("rb") as source:

@@ -206,7 +206,11 @@ CREATE TABLE IF NOT EXISTS deposits (
     state           TEXT,
     outcome         TEXT,
     return_id       TEXT,
-    at              TEXT NOT NULL
+    at              TEXT NOT NULL,
+    -- after integration, the invoices' life-cycle (when the connection follows it)
+    lifecycle_next  TEXT,
+    lifecycle_state TEXT,
+    lifecycle_outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS deposits_due ON deposits(connection, outcome, next_at);
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
@@ -681,6 +685,15 @@ class JournalDB:
         rows = self._db.execute(
             "SELECT * FROM deposits WHERE connection=? AND outcome IS NULL AND next_at<=?"
             " ORDER BY next_at",
+            (connection, now),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def lifecycles_due(self, connection: str, now: str) -> list[dict[str, Any]]:
+        """The integrated deposits on ``connection`` whose invoices are followed and due."""
+        rows = self._db.execute(
+            "SELECT * FROM deposits WHERE connection=? AND lifecycle_next IS NOT NULL AND"
+            " lifecycle_outcome IS NULL AND lifecycle_next<=? ORDER BY lifecycle_next",
             (connection, now),
         ).fetchall()
         return [dict(row) for row in rows]

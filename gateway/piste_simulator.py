@@ -6,6 +6,9 @@ It serves, over HTTP on loopback, the three requests raccord makes, in their doc
 * ``POST /cpro/factures/v1/deposer/flux`` — checks the bearer token (401 when unknown or
   expired), the ``cpro-account`` header (403), the body (400 with ``codeRetour``/``libelle``),
   stores the file under ``depot/`` and answers ``numeroFluxDepot`` and ``dateDepot``;
+* ``POST /cpro/factures/v1/rechercher/fournisseur`` — by ``numeroFluxDepot``: the integrated
+  invoices (``listeFactures``), whose ``statut`` moves through ``lifecycle_steps``, one step a
+  search (by default MISE_A_DISPOSITION, then MISE_EN_PAIEMENT);
 * ``POST /cpro/transverses/v1/consulterCRDetaille`` — ``processing_polls`` answers
   IN_EN_COURS_TRAITEMENT_CPP, then the final state the simulator's :class:`Rules` give:
   IN_INTEGRE, IN_INTEGRE_PARTIEL (partial mode, some invoices refused, named in
@@ -40,6 +43,7 @@ UPLOAD_DIR = "depot"
 TOKEN_PATH = "/api/oauth/token"  # noqa: S105 - a path, not a password
 DEPOSIT_PATH = "/cpro/factures/v1/deposer/flux"
 REPORT_PATH = "/cpro/transverses/v1/consulterCRDetaille"
+INVOICES_PATH = "/cpro/factures/v1/rechercher/fournisseur"
 SYNTAXES = {row.piste_syntax: row.code for row in codes.INTERFACE_CODES if row.piste_syntax}
 
 
@@ -69,6 +73,8 @@ class Deposit:
     errors_technical: list[dict[str, str]]
     deposited_at: str
     polls: int = 0
+    integrated: list[str] = field(default_factory=list)  # invoice numbers Chorus Pro took
+    searches: int = 0
 
 
 class PisteStandIn:
@@ -96,6 +102,8 @@ class PisteStandIn:
         self._account = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
         self.token_lifetime = token_lifetime
         self.processing_polls = processing_polls
+        #: the statut each integrated invoice shows at the 1st, 2nd… search (the last stays)
+        self.lifecycle_steps = ["MISE_A_DISPOSITION", "MISE_EN_PAIEMENT"]
         self.faults = PisteFaults()
         self.deposits: dict[str, Deposit] = {}
         self.tokens_issued = 0
@@ -120,6 +128,7 @@ class PisteStandIn:
         app.router.add_post(TOKEN_PATH, self._token)
         app.router.add_post(DEPOSIT_PATH, self._deposit)
         app.router.add_post(REPORT_PATH, self._report)
+        app.router.add_post(INVOICES_PATH, self._invoices)
         self._runner, self.port = await serve(app, self.host, self._port)
         return self
 
@@ -269,7 +278,12 @@ class PisteStandIn:
             state = "IN_INTEGRE_PARTIEL"
         else:
             state = "IN_REJETE"
-        return Deposit(number, name, syntax, state, errors_dp, technical, at)
+        integrated = (
+            [j.invoice_number or "" for j in judgement.invoices if not j.fault]
+            if state in ("IN_INTEGRE", "IN_INTEGRE_PARTIEL")
+            else []
+        )
+        return Deposit(number, name, syntax, state, errors_dp, technical, at, 0, integrated)
 
     async def _report(self, request: web.Request) -> web.Response:
         admitted = await self._admit(request)
@@ -293,6 +307,36 @@ class PisteStandIn:
             answer["listeErreurDP"] = deposit.errors_dp
             answer["listeErreurTechnique"] = deposit.errors_technical
         return self._answered(request, web.json_response(answer))
+
+    async def _invoices(self, request: web.Request) -> web.Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return self._answered(request, admitted)
+        deposit = self.deposits.get(str(admitted.get("numeroFluxDepot", "")))
+        found: list[dict[str, Any]] = []
+        if deposit is not None and deposit.polls > self.processing_polls:
+            deposit.searches += 1
+            statut = self.lifecycle_steps[min(deposit.searches, len(self.lifecycle_steps)) - 1]
+            found = [
+                {
+                    "identifiantFactureCPP": 8_000_000 + n,
+                    "numeroFacture": number,
+                    "statut": statut,
+                    "numeroFluxDepot": deposit.number,
+                }
+                for n, number in enumerate(deposit.integrated)
+            ]
+        return self._answered(
+            request,
+            web.json_response(
+                {
+                    "codeRetour": 0,
+                    "libelle": "GCU_MSG_01_000",
+                    "listeFactures": found,
+                    "parametresRetour": {"total": len(found), "pageCourante": 1, "pages": 1},
+                }
+            ),
+        )
 
     def _answered(self, request: web.Request, response: web.Response) -> web.Response:
         self.requests.append((request.path, response.status))

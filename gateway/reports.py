@@ -34,7 +34,7 @@ from gateway.config import Config
 from gateway.folders import Layout, spool_name
 from gateway.journal import Journal, JournalDB
 from gateway.lots import journal_lot
-from protocols.base import IntegrationReports, Sender
+from protocols.base import IntegrationReports, InvoiceLifecycle, Sender
 from protocols.errors import TransferError
 
 log = logs.get()
@@ -80,6 +80,8 @@ class Reporter:
         while not stopping.is_set():
             try:
                 await self.round(connection, source, stopping)
+                if isinstance(source, InvoiceLifecycle) and self._follows(source):
+                    await self.lifecycles(connection, source)
             except Exception:  # a bug must not stop the other connections or the gateway
                 log.exception("report.round_failed", connection=connection)
             with contextlib.suppress(TimeoutError):
@@ -187,7 +189,75 @@ class Reporter:
         self.alerts.returned(connection, report.name, outcome)
         if report.resend:
             await self._resend(connection, flow_id, report.state)
+        elif isinstance(source, InvoiceLifecycle) and self._follows(source):
+            await self._follow(flow_id, source)
         return 1
+
+    @staticmethod
+    def _follows(source: IntegrationReports) -> bool:
+        capabilities = getattr(source, "capabilities", None)
+        return bool(getattr(capabilities, "invoice_lifecycle", False))
+
+    async def _follow(self, flow_id: str, source: InvoiceLifecycle) -> None:
+        """Follow the invoices of an integrated deposit (those not all rejected)."""
+        invoices = await self.journal.call(lambda db: db.invoices(flow_id))
+        if not any(not i["rejected"] for i in invoices):
+            return
+        at = datetime.now(UTC) + timedelta(seconds=source.lifecycle_interval)
+        await self.journal.call(
+            lambda db: db.update_deposit(
+                flow_id, lifecycle_next=at.isoformat(timespec="milliseconds")
+            )
+        )
+
+    async def lifecycles(self, connection: str, source: InvoiceLifecycle) -> int:
+        """Ask about the invoices of every due integrated deposit; apply what changed.
+        Returns how many documents were applied."""
+        now = datetime.now(UTC)
+        due = await self.journal.call(
+            lambda db: db.lifecycles_due(connection, now.isoformat(timespec="milliseconds"))
+        )
+        applied = 0
+        for deposit in due:
+            flow_id = str(deposit["flow_id"])
+            try:
+                report = await source.lifecycle(json.loads(deposit["receipt"]))
+            except TransferError as exc:
+                log.warning(
+                    "lifecycle.poll_failed",
+                    connection=connection,
+                    flow_id=flow_id,
+                    reason=exc.reason,
+                    error=str(exc),
+                )
+                if exc.retryable:
+                    break
+                continue
+            values: dict[str, Any] = {"lifecycle_state": report.state}
+            if report.state != deposit["lifecycle_state"]:
+                outcome = await self._store(connection, report.document, report.name)
+                applied += 1
+                log.info(
+                    "lifecycle.changed",
+                    connection=connection,
+                    flow_id=flow_id,
+                    statuses=report.state,
+                    return_id=outcome.return_id,
+                )
+                self.alerts.returned(connection, report.name, outcome)
+            sent_at = datetime.fromisoformat(str(deposit["sent_at"]))
+            if report.final:
+                values["lifecycle_outcome"] = "final"
+            elif now - sent_at > timedelta(seconds=source.lifecycle_deadline):
+                values["lifecycle_outcome"] = "expired"
+                log.info("lifecycle.stopped", connection=connection, flow_id=flow_id)
+            else:
+                next_at = now + timedelta(seconds=source.lifecycle_interval)
+                values["lifecycle_next"] = next_at.isoformat(timespec="milliseconds")
+            await self.journal.call(
+                functools.partial(JournalDB.update_deposit, flow_id=flow_id, **values)
+            )
+        return applied
 
     async def _store(self, connection: str, document: bytes, name: str) -> returns.Outcome:
         temp = self.layout.inbox(connection) / f".{naming.safe(name)}.report"

@@ -75,6 +75,8 @@ class Capabilities:
     async_receipts: bool = False  # may acknowledge later; the sender implements AsyncReceipts
     #: reports on each deposit when asked (an API); the sender implements IntegrationReports
     integration_reports: bool = False
+    #: and on each integrated invoice's life-cycle; the sender implements InvoiceLifecycle
+    invoice_lifecycle: bool = False
 
 
 class Sender(Protocol):
@@ -257,6 +259,24 @@ class IntegrationReports(Protocol):
     async def report(self, receipt: Mapping[str, Any]) -> Report:
         """The state of the deposit that ``receipt`` (the details :meth:`Sender.send` returned)
         describes.
+
+        Raises:
+            protocols.errors.TransferError: the partner cannot be asked now.
+        """
+        ...
+
+
+@runtime_checkable
+class InvoiceLifecycle(Protocol):
+    """Asking the partner, after integration, where each invoice of a deposit is (mise à
+    disposition, mandatée, mise en paiement…), every ``lifecycle_interval``, until every
+    invoice's status is final or ``lifecycle_deadline`` after the deposit."""
+
+    lifecycle_interval: float
+    lifecycle_deadline: float
+
+    async def lifecycle(self, receipt: Mapping[str, Any]) -> Report:
+        """The invoices' statuses as a document to apply (``final``: none will change).
 
         Raises:
             protocols.errors.TransferError: the partner cannot be asked now.

@@ -74,6 +74,9 @@ class PisteSettings:
     report_interval: float = 30.0
     report_max_interval: float = 900.0
     report_deadline: float = 3 * 86400.0
+    lifecycle: bool = False  # follow each invoice after integration
+    lifecycle_interval: float = 6 * 3600.0
+    lifecycle_deadline: float = 120 * 86400.0
 
     @property
     def account_header(self) -> str:
@@ -102,6 +105,9 @@ def parse_settings(section: Section) -> PisteSettings:
         report_interval=section.duration("report_interval", "30s"),
         report_max_interval=section.duration("report_max_interval", "15m"),
         report_deadline=section.duration("report_deadline", "3d"),
+        lifecycle=section.boolean("lifecycle", False),
+        lifecycle_interval=section.duration("lifecycle_interval", "6h"),
+        lifecycle_deadline=section.duration("lifecycle_deadline", "120d"),
     )
     if settings.report_max_interval < settings.report_interval:
         raise SettingsError(section.key("report_max_interval"), "is shorter than report_interval")

@@ -21,13 +21,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows import codes
-from flows.returns import PISTE_REPORT_FORMAT
+from flows.returns import (
+    INVOICE_FINAL,
+    PISTE_INVOICE_STATUSES,
+    PISTE_INVOICES_FORMAT,
+    PISTE_REPORT_FORMAT,
+)
 from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, Report
 from protocols.errors import ProtocolError, RemoteRejected, TransferTimeout
 from protocols.piste.api import Client, PisteSettings, parse_settings
 
 DEPOSIT = "/cpro/factures/v1/deposer/flux"
 REPORT = "/cpro/transverses/v1/consulterCRDetaille"
+INVOICES = "/cpro/factures/v1/rechercher/fournisseur"
 #: States after which Chorus Pro does no more with a deposit (IN_INCIDENTE: it must be sent
 #: again). Others (IN_RECU, IN_EN_COURS_TRAITEMENT_CPP, …, and any new one) mean "ask later".
 FINAL_STATES = frozenset({"IN_INTEGRE", "IN_INTEGRE_PARTIEL", "IN_REJETE", "IN_INCIDENTE"})
@@ -60,6 +66,10 @@ class PisteSender(Closing):
         self.report_interval = settings.report_interval
         self.report_max_interval = settings.report_max_interval
         self.report_deadline = settings.report_deadline
+        self.lifecycle_interval = settings.lifecycle_interval
+        self.lifecycle_deadline = settings.lifecycle_deadline
+        if settings.lifecycle:
+            self.capabilities = Capabilities(integration_reports=True, invoice_lifecycle=True)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -125,6 +135,26 @@ class PisteSender(Closing):
             name=f"CR_{number}.json",
             resend=state in RESEND_STATES,
         )
+
+    async def lifecycle(self, receipt: Mapping[str, Any]) -> Report:
+        number = str(receipt["numeroFluxDepot"])
+        answer = await self.client.call(
+            INVOICES, {"numeroFluxDepot": number}, f"invoices of deposit {number}"
+        )
+        found = answer.get("listeFactures")
+        invoices = [i for i in found if isinstance(i, dict)] if isinstance(found, list) else []
+        words = sorted(f"{i.get('numeroFacture')}={i.get('statut')}" for i in invoices)
+        final = bool(invoices) and all(
+            PISTE_INVOICE_STATUSES.get(str(i.get("statut"))) in INVOICE_FINAL for i in invoices
+        )
+        document = {
+            "format": PISTE_INVOICES_FORMAT,  # what flows.returns recognises
+            "numeroFluxDepot": number,
+            "nomFichier": receipt.get("remote_name"),
+            "answer": answer,
+        }
+        text = json.dumps(document, ensure_ascii=False, indent=1).encode()
+        return Report(", ".join(words), final=final, document=text, name=f"FACTURES_{number}.json")
 
     async def check(self) -> str:
         s = self._settings

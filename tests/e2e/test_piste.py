@@ -49,6 +49,7 @@ def _config(
     *,
     secret: str = CLIENT_SECRET,
     lot: bool = False,
+    **settings: Any,
 ) -> Path:
     secret_file = tmp_path / "client_secret"
     secret_file.write_text(secret + "\n")
@@ -65,6 +66,7 @@ def _config(
             "api_url": chorus.api_url,
             "report_interval": "100ms",
             "report_max_interval": "300ms",
+            **settings,
         },
         interfaces=MODES,
         extra='lot = { max_invoices = 3, max_wait = "1s", packaging = "tar.gz" }' if lot else "",
@@ -275,3 +277,52 @@ def test_check_connect_gets_a_token_and_names_bad_credentials(
     assert f"{CONNECTION}: piste" in ok_out and "token obtained" in ok_out
     assert bad_code != 0 and "client_secret" in bad_out
     assert "wrong-secret" not in bad_out and CLIENT_SECRET not in ok_out + bad_out
+
+
+def test_the_invoices_are_followed_after_integration_until_paid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def followed(config: config_module.Config) -> bool:
+        db = _journal(config)
+        try:
+            done = db._db.execute(
+                "SELECT COUNT(*) FROM deposits WHERE lifecycle_outcome='final'"
+            ).fetchone()[0]
+            return int(done) == 1
+        finally:
+            db.close()
+
+    async def scenario() -> PisteStandIn:
+        async with _stand_in(tmp_path) as chorus:
+            path = _config(
+                tmp_path, chorus, monkeypatch, lifecycle=True, lifecycle_interval="200ms"
+            )
+            config = config_module.load(path)
+            async with running(config):
+                drop(config, "u.xml", _invoice("API-L1"), CONNECTION)
+                await until(lambda: followed(config), what="the invoice paid")
+                searches = [p for p, _ in chorus.requests].count(
+                    "/cpro/factures/v1/rechercher/fournisseur"
+                )
+                await asyncio.sleep(0.5)  # final: never asked again
+                assert (
+                    [p for p, _ in chorus.requests].count(
+                        "/cpro/factures/v1/rechercher/fournisseur"
+                    )
+                    == searches
+                    == 2
+                )
+            return chorus
+
+    asyncio.run(scenario())
+    config = config_module.load(tmp_path / "raccord.toml")
+    (row,) = [r for r in rows(config) if r.connection == CONNECTION]
+    db = _journal(config)
+    try:
+        (invoice,) = db.invoices(row.flow_id)
+        assert (invoice["status_code"], invoice["final"], invoice["rejected"]) == ("11", 1, 0)
+        codes = [s["code"] for s in db.statuses(row.flow_id) if s["code"] in ("03", "11")]
+        assert codes == ["03", "11"]
+        assert {r["kind"] for r in db.returns()} == {"piste_report", "piste_invoices"}
+    finally:
+        db.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from flows.returns import Kind, parse
+from flows.returns import Kind, ReturnFlow, parse
 
 FLOW_ID = "20261123T101500Z-00a1b2"
 
@@ -170,3 +172,75 @@ def test_statut_without_any_status_says_there_is_nothing_to_apply(tmp_path: Path
     assert ret.unrecognised == (
         "no CPPFluxStatutUnitaire nor CPPFactureStatutUnitaire: nothing to apply",
     )
+
+
+def _piste(tmp_path: Path, document: dict[str, Any]) -> ReturnFlow:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(document))
+    return parse(path)
+
+
+def test_a_piste_report_becomes_a_flow_status_with_its_errors(tmp_path: Path) -> None:
+    ret = _piste(
+        tmp_path,
+        {
+            "format": "raccord/piste-consulterCRDetaille",
+            "numeroFluxDepot": "DF42",
+            "nomFichier": "FSO1100A_VFE056_20261123T100000Z-abc123.xml",
+            "answer": {
+                "codeRetour": 0,
+                "etatCourantDepotFlux": "IN_INTEGRE_PARTIEL",
+                "listeErreurDP": [{"numeroDP": "F-2", "libelleErreurDP": "montant faux"}],
+                "listeErreurTechnique": [
+                    {"codeErreur": "T1", "libelleErreur": "champ vide", "natureErreur": "F"}
+                ],
+            },
+        },
+    )
+    assert ret.kind is Kind.PISTE_REPORT and ret.flow_ids == ("20261123T100000Z-abc123",)
+    (status,) = ret.flow_statuses
+    assert (status.code, status.flow_ref, status.failed) == ("IN_INTEGRE_PARTIEL", "DF42", False)
+    assert [e.text() for e in status.errors] == ["F-2 — montant faux", "T1 — champ vide"]
+    rejected = _piste(
+        tmp_path,
+        {
+            "format": "raccord/piste-consulterCRDetaille",
+            "answer": {"etatCourantDepotFlux": "IN_REJETE"},
+        },
+    )
+    assert rejected.flow_statuses[0].failed
+    odd = _piste(
+        tmp_path,
+        {"format": "raccord/piste-consulterCRDetaille", "answer": {"etatCourantDepotFlux": "X"}},
+    )
+    assert odd.unrecognised == ("unknown deposit state X",)
+
+
+def test_a_piste_invoice_search_becomes_invoice_statuses(tmp_path: Path) -> None:
+    ret = _piste(
+        tmp_path,
+        {
+            "format": "raccord/piste-rechercherFactureParFournisseur",
+            "numeroFluxDepot": "DF42",
+            "nomFichier": "FSO1100A_VFE056_20261123T100000Z-abc123.xml",
+            "answer": {
+                "listeFactures": [
+                    {"numeroFacture": "F-1", "statut": "MISE_EN_PAIEMENT"},
+                    {"numeroFacture": "F-2", "statut": "REJETEE"},
+                    {"numeroFacture": "F-3", "statut": "NOUVEAU_STATUT"},
+                ]
+            },
+        },
+    )
+    assert ret.kind is Kind.PISTE_INVOICES
+    assert [(s.invoice_number, s.code, s.rejected) for s in ret.invoice_statuses] == [
+        ("F-1", "11", False),
+        ("F-2", "05", True),
+        ("F-3", "NOUVEAU_STATUT", False),
+    ]
+    assert ret.unrecognised == ("unknown invoice status NOUVEAU_STATUT",)
+
+
+def test_json_that_is_not_raccords_report_is_read_as_no_known_schema(tmp_path: Path) -> None:
+    ret = _piste(tmp_path, {"etatCourantDepotFlux": "IN_INTEGRE"})  # no format: not ours
+    assert ret.kind is Kind.UNREADABLE
