@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Container
+from pathlib import Path
 from typing import cast
 
 from flows import naming
@@ -65,6 +67,18 @@ def sources(senders: dict[str, Sender]) -> dict[str, Source]:
         for name, sender in senders.items()
         if sender.capabilities.receives_returns
     }
+
+
+async def store(
+    layout: Layout, connection: str, temp: Path, name: str, resubmit: Container[str]
+) -> returns.Outcome:
+    """Move the fetched file ``temp`` into the connection's inbox as the return ``name``,
+    journal it and apply it (on a worker thread, with its own journal connection)."""
+    return await asyncio.to_thread(
+        functools.partial(
+            returns.receive_download, layout, connection, temp, name=name, resubmit=resubmit
+        )
+    )
 
 
 class Poller:
@@ -170,16 +184,7 @@ class Poller:
         temp = inbox / f".{naming.safe(remote.name)}.download"
         try:
             await source.fetch_return(remote, temp)
-            outcome = await asyncio.to_thread(
-                functools.partial(
-                    returns.receive_download,
-                    self.layout,
-                    connection,
-                    temp,
-                    name=remote.name,
-                    resubmit=self._resubmit,
-                )
-            )
+            outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
@@ -204,15 +209,8 @@ class Poller:
                 if remote is None:
                     break
                 try:
-                    outcome = await asyncio.to_thread(
-                        functools.partial(
-                            returns.receive_download,
-                            self.layout,
-                            connection,
-                            temp,
-                            name=remote.name,
-                            resubmit=self._resubmit,
-                        )
+                    outcome = await store(
+                        self.layout, connection, temp, remote.name, self._resubmit
                     )
                 except BaseException:
                     await source.release_return(remote)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from flows import naming
-from gateway import logs, returns
+from gateway import logs, polling, returns
 from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
@@ -270,16 +270,7 @@ class Reporter:
 
         try:
             await asyncio.to_thread(write)
-            return await asyncio.to_thread(
-                functools.partial(
-                    returns.receive_download,
-                    self.layout,
-                    connection,
-                    temp,
-                    name=name,
-                    resubmit=self._resubmit,
-                )
-            )
+            return await polling.store(self.layout, connection, temp, name, self._resubmit)
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
 
