@@ -56,6 +56,7 @@ SESSION_ERRORS = (ConnectError, TransferTimeout, AuthenticationError, HostKeyErr
 
 #: Files taken from a ReturnQueue in one round, at most (the round then waits its interval).
 PULL_LIMIT = 500
+PULL_FILE = ".pull.download"  # in inbox/<connection>/: where a ReturnQueue's file is received
 
 Source = ReturnSource | ReturnQueue
 
@@ -194,44 +195,44 @@ class Poller:
     async def _drain(
         self, connection: str, source: ReturnQueue, stopping: asyncio.Event | None
     ) -> int:
+        """Take what the queue hands out. Its file is received in PULL_FILE, which is left
+        when a read fails: the source may resume it (it truncates what it does not)."""
         limit = self.config.gateway.max_file_size
-        temp = self.layout.inbox(connection) / ".pull.download"
+        temp = self.layout.inbox(connection) / PULL_FILE
         stored = 0
-        try:
-            while stored < PULL_LIMIT and not (stopping is not None and stopping.is_set()):
-                try:
-                    remote = await source.next_return(temp, limit)
-                except FileTooLarge as exc:  # handed out again at every round: said once
-                    if str(exc) not in self._too_large:
-                        self._too_large.add(str(exc))
-                        log.error("return.too_large", connection=connection, error=str(exc))
-                    break
-                if remote is None:
-                    break
-                try:
-                    outcome = await store(
-                        self.layout, connection, temp, remote.name, self._resubmit
-                    )
-                except BaseException:
-                    await source.release_return(remote)
-                    raise
-                stored += 1
-                await self._remember(connection, remote, "stored", outcome.return_id)
-                self.alerts.returned(connection, remote.name, outcome)
-                action = await source.acknowledge_return(remote)
-                await self._remember(connection, remote, "done")
-                log.info(
-                    "return.fetched", connection=connection, remote_name=remote.name, action=action
-                )
-        finally:
-            await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
+        while stored < PULL_LIMIT and not (stopping is not None and stopping.is_set()):
+            try:
+                remote = await source.next_return(temp, limit)
+            except FileTooLarge as exc:  # handed out again at every round: said once
+                if str(exc) not in self._too_large:
+                    self._too_large.add(str(exc))
+                    log.error("return.too_large", connection=connection, error=str(exc))
+                break
+            if remote is None:
+                break
+            try:
+                outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
+            except BaseException:
+                await source.release_return(remote)
+                raise
+            stored += 1
+            await self._remember(connection, remote, "stored", outcome.return_id)
+            self.alerts.returned(connection, remote.name, outcome)
+            action = await source.acknowledge_return(remote)
+            await self._remember(connection, remote, "done")
+            log.info(
+                "return.fetched", connection=connection, remote_name=remote.name, action=action
+            )
         return stored
 
     def _clean(self) -> None:
-        """Remove downloads a stop or crash interrupted (they are fetched again)."""
-        for connection in self.sources:
+        """Remove downloads a stop or crash interrupted (they are fetched again). A queue's
+        read is left: its source may resume it from what it secured."""
+        for connection, source in self.sources.items():
+            keep = PULL_FILE if isinstance(source, ReturnQueue) else None
             for temp in self.layout.inbox(connection).glob(".*.download"):
-                temp.unlink(missing_ok=True)
+                if temp.name != keep:
+                    temp.unlink(missing_ok=True)
 
     async def _remember(
         self, connection: str, remote: RemoteFile, outcome: str, return_id: str | None = None

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
+import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -312,7 +315,8 @@ class PesitSender(Closing):
         )
         self._idle: list[Session] = []
         self._slots = asyncio.Semaphore(settings.max_parallel)
-        self._held: tuple[Session, Reading] | None = None  # a read awaiting acknowledgement
+        #: a read awaiting acknowledgement: its session, progress and progress file
+        self._held: tuple[Session, Reading, Path] | None = None
         self._next_name = 0
         self._ids = 0
         self.where = f"pesit://{settings.requester}@{settings.host}:{settings.port}"
@@ -478,6 +482,13 @@ class PesitSender(Closing):
     async def next_return(self, local: Path, limit: int) -> RemoteFile | None:
         if self._held is not None:  # the gateway never stored the last one
             await self.release_return(RemoteFile("", 0, 0))
+        side = _progress_file(local)
+        found = await asyncio.to_thread(_load_progress, side, local)
+        if found is not None:  # a read a stop or crash interrupted: resume it first
+            name, progress = found
+            held = await self._read(name, local, limit, progress)
+            if held is not None:
+                return held
         names = self._settings.return_files
         for turn in range(len(names)):  # a different name first at each call: none starves
             name = names[(self._next_name + turn) % len(names)]
@@ -487,23 +498,35 @@ class PesitSender(Closing):
                 return held
         return None
 
-    async def _read(self, name: str, local: Path, limit: int) -> RemoteFile | None:
-        """Read the next file offered as ``name``, resuming a broken read up to ``restarts``
-        times; the session stays held, the transfer not yet ended."""
-        progress = Reading()
+    async def _read(
+        self, name: str, local: Path, limit: int, progress: Reading | None = None
+    ) -> RemoteFile | None:
+        """Read the next file offered as ``name`` (or resume ``progress``), resuming a broken
+        read up to ``restarts`` times; the session stays held, the transfer not yet ended.
+        What each sync point secures is kept beside ``local``, for a later process."""
+        progress = progress or Reading()
+        side = _progress_file(local)
+
+        def secured(reading: Reading) -> None:
+            _save_progress(side, name, reading)
+
         restarts = 0
         where = f"{self.where} reading {name}"
         async with self._slots:
             while True:
                 session, fresh = await self._session()
                 try:
-                    if not await session.read(name, local, progress, limit=limit):
+                    if not await session.read(
+                        name, local, progress, limit=limit, on_secured=secured
+                    ):
                         await self._keep(session)
+                        await asyncio.to_thread(side.unlink, missing_ok=True)
                         return None
                 except Refused as exc:
                     await self._keep(session)
                     if progress.transfer_id and exc.diagnostic in (205, 214):
                         progress = Reading()  # the server cannot resume it: from the start
+                        await asyncio.to_thread(side.unlink, missing_ok=True)
                         continue
                     raise refusal_error(exc, where) from None
                 except TooLarge as exc:
@@ -522,13 +545,14 @@ class PesitSender(Closing):
                 except BaseException:
                     await session.abort(312)
                     raise
-                self._held = (session, progress)
+                self._held = (session, progress, side)
                 remote_name = progress.label or f"{progress.name}.{progress.transfer_id}"
                 return RemoteFile(remote_name, progress.received, int(time.time()))
 
     async def acknowledge_return(self, remote: RemoteFile) -> str:
         assert self._held is not None, "no read held"
-        (session, progress), self._held = self._held, None
+        (session, progress, side), self._held = self._held, None
+        await asyncio.to_thread(side.unlink, missing_ok=True)
         try:
             await session.end_read(progress)
         except Refused as exc:
@@ -542,9 +566,41 @@ class PesitSender(Closing):
 
     async def release_return(self, remote: RemoteFile) -> None:
         if self._held is not None:
-            session, _ = self._held
+            session, _, side = self._held
             self._held = None
+            await asyncio.to_thread(side.unlink, missing_ok=True)
             await session.abort(312)  # the transfer is not ended: the partner keeps the file
+
+
+def _progress_file(local: Path) -> Path:
+    return local.with_name(local.name + ".pesit.json")
+
+
+def _save_progress(side: Path, name: str, reading: Reading) -> None:
+    """Keep what a resumed read needs (written whole, fsynced, then renamed into place)."""
+    temp = side.with_name(side.name + ".tmp")
+    facts = {"select": name, **dataclasses.asdict(reading)}
+    with temp.open("w", encoding="utf-8") as out:
+        json.dump(facts, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, side)
+
+
+def _load_progress(side: Path, local: Path) -> tuple[str, Reading] | None:
+    """The interrupted read kept in ``side``, if ``local`` still holds its secured bytes."""
+    try:
+        facts = json.loads(side.read_text(encoding="utf-8"))
+        name = str(facts.pop("select"))
+        reading = Reading(**facts)
+        held = local.stat().st_size
+    except (OSError, ValueError, TypeError, KeyError):
+        side.unlink(missing_ok=True)
+        return None
+    if not reading.transfer_id or held < reading.secured:
+        side.unlink(missing_ok=True)
+        return None
+    return name, reading
 
 
 PLUGIN = ProtocolPlugin(

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -403,7 +403,13 @@ class Session:
     # -- read -------------------------------------------------------------------------------
 
     async def read(
-        self, name: str, target: Path, progress: Reading, *, limit: int | None = None
+        self,
+        name: str,
+        target: Path,
+        progress: Reading,
+        *,
+        limit: int | None = None,
+        on_secured: Callable[[Reading], None] | None = None,
     ) -> bool:
         """Receive the file the server offers as ``name`` (PI 12) into ``target``, up to its
         DTF.END, fsynced; False when the server has none (diagnostic 205). The transfer is
@@ -412,7 +418,9 @@ class Session:
 
         ``progress`` records what is secured (the last acknowledged sync point and the bytes
         on disk there); a ``progress`` that names a transfer restarts it (PI 15 = 1, READ PI 18
-        = that point), appending to ``target`` from the secured bytes.
+        = that point), appending to ``target`` from the secured bytes. ``on_secured`` is called
+        (on a worker thread) at each sync point, once its bytes are on disk and before its
+        ACK(SYN): what it keeps of ``progress`` lets a later process resume the read.
 
         Raises:
             Refused: refused for another reason (for a restart, 205 or 214: start anew).
@@ -449,13 +457,19 @@ class Session:
             out.seek(progress.secured)
             progress.received = progress.secured
             try:
-                await self._receive(out, progress, limit)
+                await self._receive(out, progress, limit, on_secured)
             except Broken as exc:
                 exc.started = True
                 raise
         return True
 
-    async def _receive(self, out: BinaryIO, progress: Reading, limit: int | None) -> None:
+    async def _receive(
+        self,
+        out: BinaryIO,
+        progress: Reading,
+        limit: int | None,
+        on_secured: Callable[[Reading], None] | None,
+    ) -> None:
         while True:
             fpdu = await self._next("DTF")
             if fpdu.kind is Kind.DTF_END:
@@ -468,6 +482,8 @@ class Session:
                 # this SYN's own number: the machine may have read further ahead already
                 progress.point = fpdu.number(PI.SYNC_NUMBER, 0) or 0
                 progress.secured = progress.received
+                if on_secured is not None:
+                    await asyncio.to_thread(on_secured, replace(progress))
                 await self._send(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, progress.point))
                 continue
             if fpdu.kind not in (Kind.DTF, Kind.DTFDA, Kind.DTFMA, Kind.DTFFA):

@@ -272,3 +272,29 @@ def test_a_queue_file_over_the_limit_is_reported_once_and_left(
     assert asyncio.run(main()) == [0, 0, 0]
     out = capsys.readouterr().out
     assert out.count("return.too_large") == 1 and "FEN1200A_huge.xml" in out
+
+
+def test_at_start_a_queues_interrupted_read_is_kept_and_other_downloads_removed(
+    tmp_path: Path,
+) -> None:
+    config, _, _ = setup(tmp_path)
+    inbox = Layout(config.gateway.data_dir).inbox(CONN)
+    for name in (".pull.download", ".other.xml.download"):
+        (inbox / name).write_bytes(b"partial")
+
+    async def main() -> None:
+        journal_ = Journal(Layout(config.gateway.data_dir).journal)
+        await journal_.open()
+        try:
+            source = PesitSender(
+                PesitSettings(
+                    host="127.0.0.1", port=9, requester="R", server="S", return_files=("FEN1200A",)
+                )
+            )
+            poller = Poller(config, journal_, sources({CONN: source}))
+            poller._clean()
+        finally:
+            await journal_.close()
+
+    asyncio.run(main())
+    assert sorted(p.name for p in inbox.glob(".*")) == [".pull.download"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import ssl
 import time
@@ -430,6 +431,40 @@ def test_a_read_cut_short_resumes_from_the_last_sync_point_it_secured(tmp_path: 
     assert pulled == data
     assert [point for _, point in restarts] == [2]
     assert resent == len(data) - 2 * 4096  # nothing before the restart point came twice
+
+
+def test_a_read_cut_short_is_resumed_by_the_next_process(tmp_path: Path) -> None:
+    """No reconnection in the first process (restarts = 0): it gives up, as a daemon that is
+    stopped would; a new sender (the restarted daemon) resumes from the sync point kept beside
+    the partial file, and the bytes before it do not come again."""
+    data = os.urandom(30_000)
+    local = tmp_path / "inbox" / ".pull.download"
+    local.parent.mkdir()
+
+    async def scenario() -> tuple[Any, ...]:
+        async with _responder(tmp_path) as responder:
+            _offer(responder, "FEN1200A_0001.xml", data)
+            responder.faults.drop_read_after = 10_000
+            settings = _settings(responder, return_files=RETURN_FILES, restarts=0)
+            async with PesitSender(settings) as first:
+                with pytest.raises(TransferError):
+                    await first.next_return(local, 1 << 20)
+            kept = json.loads((local.parent / ".pull.download.pesit.json").read_text())
+            assert (kept["select"], kept["point"], kept["secured"]) == ("FEN1200A", 2, 8192)
+            async with PesitSender(settings) as second:
+                remote = await second.next_return(local, 1 << 20)
+                assert remote is not None and remote.name == "FEN1200A_0001.xml"
+                await second.acknowledge_return(remote)
+                assert await second.next_return(local, 1 << 20) is None
+            assert responder.violations == []
+            assert not (local.parent / ".pull.download.pesit.json").exists()
+            resent = responder.sent_bytes - (responder.dropped_at or 0)
+            return responder.read_restarts, resent
+
+    restarts, resent = asyncio.run(scenario())
+    assert local.read_bytes() == data
+    assert [point for _, point in restarts] == [2]
+    assert resent == len(data) - 8192
 
 
 def test_a_return_over_the_limit_is_left_with_the_partner(tmp_path: Path) -> None:
