@@ -90,6 +90,7 @@ class PisteSender(Closing):
             "; it may have been deposited all the same: look for "
             f"{flow.remote_name} in Chorus Pro (suivi des flux) before raccord retry"
         )
+        await self.client.tokens.get()  # a token that does not come: nothing was deposited
         try:
             answer = await self.client.call(DEPOSIT, body, f"deposit of {flow.remote_name}")
         except TransferTimeout as exc:  # the request went: its outcome is unknown
