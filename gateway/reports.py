@@ -70,9 +70,16 @@ class Reporter:
         self._resubmit = returns.resubmitting(config)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        await asyncio.to_thread(self._clean)
         async with asyncio.TaskGroup() as group:
             for connection, source in self.sources.items():
                 group.create_task(self._loop(connection, source, stopping))
+
+    def _clean(self) -> None:
+        """Remove reports a stop or crash left half-stored (they are asked for again)."""
+        for connection in self.sources:
+            for temp in self.layout.inbox(connection).glob(".*.report"):
+                temp.unlink(missing_ok=True)
 
     async def _loop(
         self, connection: str, source: IntegrationReports, stopping: asyncio.Event
