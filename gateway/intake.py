@@ -44,6 +44,9 @@ from gateway.folders import is_candidate
 
 log = logs.get()
 
+#: Candidates taken from the queue at once, at most.
+BATCH = 256
+
 #: Called with (connection, path in the outbox) for every file ready to be claimed.
 OnCandidate = Callable[[str, Path], Awaitable[object]]
 
@@ -149,8 +152,12 @@ class Watcher:
         self.alive = True
         self.started_at = time.monotonic()
 
-    async def _readiness(self, path: Path) -> str:
-        return await asyncio.to_thread(readiness, path, self._settle_time)
+    async def _readinesses(self, paths: list[Path]) -> list[str]:
+        """:func:`readiness` of each of ``paths``, in one worker-thread call."""
+        if not paths:
+            return []
+        settle = self._settle_time
+        return await asyncio.to_thread(lambda: [readiness(path, settle) for path in paths])
 
     def wake(self) -> None:
         """Make :meth:`run` look at its ``stopping`` event now rather than at its next timeout."""
@@ -205,7 +212,11 @@ class Watcher:
             log.exception("intake.claim_failed", connection=connection, file=path.name)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Deliver candidates until ``stopping`` is set; rescans on a timer."""
+        """Deliver candidates until ``stopping`` is set; rescans on a timer.
+
+        Candidates are taken in batches (all those queued, up to BATCH): the readiness of the
+        untrusted ones is tested in one worker-thread call, so a burst of files costs one hop
+        off the event loop per batch rather than per file."""
         await self.scan()
         next_scan = time.monotonic() + self._rescan_interval
         deferred: dict[Path, str] = {}
@@ -215,17 +226,25 @@ class Watcher:
                 item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
                 item = None
-            if item is not None:
-                connection, path, trusted = item
-                state = "ready" if trusted else await self._readiness(path)
-                if state == "ready":
-                    deferred.pop(path, None)
-                    await self._offer(connection, path)
-                elif state == "wait":
-                    deferred[path] = connection
+            batch: list[tuple[str, Path, bool] | None] = [item]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            items = [entry for entry in batch if entry is not None]
+            if items:
+                untrusted = [path for _, path, trusted in items if not trusted]
+                states = dict(zip(untrusted, await self._readinesses(untrusted), strict=True))
+                for connection, path, trusted in items:
+                    state = "ready" if trusted else states[path]
+                    if state == "ready":
+                        deferred.pop(path, None)
+                        await self._offer(connection, path)
+                    elif state == "wait":
+                        deferred[path] = connection
             if deferred and self._queue.empty():
-                for path, connection in list(deferred.items()):
-                    state = await self._readiness(path)
+                waiting = list(deferred.items())
+                states = dict(zip(deferred, await self._readinesses(list(deferred)), strict=True))
+                for path, connection in waiting:
+                    state = states[path]
                     if state != "wait":
                         deferred.pop(path)
                     if state == "ready":
