@@ -139,6 +139,11 @@ class Alerter:
             )
         )
 
+    def deposit_unsettled(self, connection: str, flow_id: str, kind: str, summary: str) -> None:
+        """An API deposit whose outcome raccord cannot settle alone: no final report in time
+        (``report_expired``), or a second incident (``report_incident``)."""
+        self.alert(Alert(kind, connection, summary, {"flow_id": flow_id}))
+
     def certificate(self, record: Mapping[str, Any]) -> None:
         state = record["state"]
         when = {

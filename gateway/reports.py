@@ -146,13 +146,15 @@ class Reporter:
         await self.journal.call(
             lambda db: db.update_deposit(flow_id, polls=polls, state=state, outcome="expired")
         )
+        action = (
+            "no final state within report_deadline: look the deposit up in Chorus Pro "
+            "(suivi des flux); its invoices' outcome is not known"
+        )
         log.error(
-            "report.expired",
-            connection=connection,
-            flow_id=flow_id,
-            state=state,
-            action="no final state within report_deadline: look the deposit up in Chorus Pro "
-            "(suivi des flux); its invoices' outcome is not known",
+            "report.expired", connection=connection, flow_id=flow_id, state=state, action=action
+        )
+        self.alerts.deposit_unsettled(
+            connection, flow_id, "report_expired", f"deposit of flow {flow_id} ({state}): {action}"
         )
         return True
 
@@ -292,13 +294,19 @@ class Reporter:
             lambda db: resend_flow(db, self.layout, flow_id, f"deposit {state}: sent again")
         )
         if again is None:
+            action = (
+                "Chorus Pro could not process this flow, and raccord already sent it again "
+                "once: ask the AIFE support, then drop the file again if they say so"
+            )
             log.error(
                 "report.incident",
                 connection=connection,
                 flow_id=flow_id,
                 state=state,
-                action="Chorus Pro could not process this flow, and raccord already sent it "
-                "again once: ask the AIFE support, then drop the file again if they say so",
+                action=action,
+            )
+            self.alerts.deposit_unsettled(
+                connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
             )
             return
         log.warning(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.returns import PISTE_REPORT_FORMAT
+from gateway.alerts import Alert, Alerter
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
 from gateway.reports import Reporter
@@ -62,11 +63,22 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     return config, row
 
 
-async def rounds(config, source: Scripted, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+class Recorded(Alerter):
+    """The alerts the reporter raises, kept instead of delivered."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.raised: list[Alert] = []
+
+    def alert(self, alert: Alert) -> None:
+        self.raised.append(alert)
+
+
+async def rounds(config, source: Scripted, count: int, alerts: Alerter | None = None) -> list[int]:  # type: ignore[no-untyped-def]
     journal = Journal(Layout(config.gateway.data_dir).journal)
     await journal.open()
     try:
-        reporter = Reporter(config, journal, {CONN: source})  # type: ignore[dict-item]
+        reporter = Reporter(config, journal, {CONN: source}, alerts)  # type: ignore[dict-item]
         done = []
         for _ in range(count):
             done.append(await reporter.round(CONN, source))  # type: ignore[arg-type]
@@ -156,8 +168,11 @@ def test_a_deposit_never_final_is_given_up_after_the_deadline(
     config, row = setup(tmp_path)
     for answer in (Report("IN_RECU", False), RemoteBusy("HTTP 503")):
         source = Scripted(answer, deadline=0.0)
-        asyncio.run(rounds(config, source, 3))
+        alerts = Recorded()
+        asyncio.run(rounds(config, source, 3, alerts))
         assert deposit(config, row.flow_id)["outcome"] == "expired"
+        (raised,) = alerts.raised
+        assert raised.kind == "report_expired" and "suivi des flux" in raised.summary
         assert len(source.asked) <= 1
         assert capsys.readouterr().out.count("report.expired") == (1 if source.asked else 0)
         db = JournalDB(Layout(config.gateway.data_dir).journal)
@@ -188,7 +203,9 @@ def test_an_incident_is_sent_again_once_only(
         )
     finally:
         db.close()
-    asyncio.run(rounds(config, source, 1))
+    alerts = Recorded()
+    asyncio.run(rounds(config, source, 1, alerts))
+    assert [a.kind for a in alerts.raised] == ["report_incident"]
     db = JournalDB(Layout(config.gateway.data_dir).journal)
     try:
         assert len([r for r in db.search() if r.resubmit_of is not None]) == 1
