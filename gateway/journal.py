@@ -650,7 +650,9 @@ class JournalDB:
 
     def adopt_deposits(self, connection: str, protocol: str, first_after: float) -> int:
         """Start asking about the flows sent on ``connection`` over ``protocol`` that are not
-        followed yet: first ``first_after`` seconds after they were sent. Returns how many."""
+        followed yet: first ``first_after`` seconds after they were sent. A flow sent over
+        another protocol, or found already delivered, is recorded as ``not_followed`` so that
+        it is looked at once. Returns how many are asked about now."""
         rows = self._db.execute(
             "SELECT flow_id, remote_name, receipt FROM flows f WHERE connection=? AND"
             " state='sent' AND receipt IS NOT NULL AND NOT EXISTS"
@@ -660,24 +662,26 @@ class JournalDB:
         adopted = 0
         for row in rows:
             document = json.loads(row["receipt"])
-            if document.get("protocol") != protocol or document.get("already_delivered"):
-                continue
+            followed = document.get("protocol") == protocol and not document.get(
+                "already_delivered"
+            )
             details = {**document.get("partner_answer", {}), "remote_name": row["remote_name"]}
             sent_at = str(document.get("sent_at") or _now())
             first = datetime.fromisoformat(sent_at) + timedelta(seconds=first_after)
             self._db.execute(
                 "INSERT OR IGNORE INTO deposits (flow_id, connection, receipt, sent_at, next_at,"
-                " at) VALUES (?, ?, ?, ?, ?, ?)",
+                " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     row["flow_id"],
                     connection,
                     json.dumps(details),
                     sent_at,
                     first.isoformat(timespec="milliseconds"),
+                    None if followed else "not_followed",
                     _now(),
                 ),
             )
-            adopted += 1
+            adopted += followed
         return adopted
 
     def deposits_due(self, connection: str, now: str) -> list[dict[str, Any]]:

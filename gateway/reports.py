@@ -21,18 +21,16 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from flows import naming
-from gateway import logs, polling, returns
+from gateway import folders, logs, polling, returns
 from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
-from gateway.journal import Journal, JournalDB
+from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.lots import journal_lot
 from protocols.base import IntegrationReports, InvoiceLifecycle, Sender
 from protocols.errors import TransferError
@@ -68,6 +66,13 @@ class Reporter:
         self.alerts = alerts or Alerter(None)
         self.layout = Layout(config.gateway.data_dir)
         self._resubmit = returns.resubmitting(config)
+        #: the connections that also follow each invoice after integration
+        self._lifecycle = {
+            name: source
+            for name, source in sources.items()
+            if isinstance(source, InvoiceLifecycle)
+            and getattr(getattr(source, "capabilities", None), "invoice_lifecycle", False)
+        }
 
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.to_thread(self._clean)
@@ -87,12 +92,13 @@ class Reporter:
         while not stopping.is_set():
             try:
                 await self.round(connection, source, stopping)
-                if isinstance(source, InvoiceLifecycle) and self._follows(source):
-                    await self.lifecycles(connection, source)
+                follower = self._lifecycle.get(connection)
+                if follower is not None:
+                    await self.lifecycles(connection, follower)
             except Exception:  # a bug must not stop the other connections or the gateway
                 log.exception("report.round_failed", connection=connection)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), min(TICK, source.report_interval))
+                await asyncio.wait_for(stopping.wait(), _tick(source))
 
     async def round(
         self, connection: str, source: IntegrationReports, stopping: asyncio.Event | None = None
@@ -198,14 +204,9 @@ class Reporter:
         self.alerts.returned(connection, report.name, outcome)
         if report.resend:
             await self._resend(connection, flow_id, report.state)
-        elif isinstance(source, InvoiceLifecycle) and self._follows(source):
-            await self._follow(flow_id, source)
+        elif (follower := self._lifecycle.get(connection)) is not None:
+            await self._follow(flow_id, follower)
         return 1
-
-    @staticmethod
-    def _follows(source: IntegrationReports) -> bool:
-        capabilities = getattr(source, "capabilities", None)
-        return bool(getattr(capabilities, "invoice_lifecycle", False))
 
     async def _follow(self, flow_id: str, source: InvoiceLifecycle) -> None:
         """Follow the invoices of an integrated deposit (those not all rejected)."""
@@ -270,15 +271,11 @@ class Reporter:
 
     async def _store(self, connection: str, document: bytes, name: str) -> returns.Outcome:
         temp = self.layout.inbox(connection) / f".{naming.safe(name)}.report"
-
-        def write() -> None:
-            with temp.open("wb") as out:
-                out.write(document)
-                out.flush()
-                os.fsync(out.fileno())
-
         try:
-            await asyncio.to_thread(write)
+            # durable before it is moved into the inbox (the folder is synced by the move)
+            await asyncio.to_thread(
+                functools.partial(folders.write_bytes, temp, document, sync_dir=False)
+            )
             return await polling.store(self.layout, connection, temp, name, self._resubmit)
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
@@ -290,10 +287,9 @@ class Reporter:
         )
 
     async def _resend(self, connection: str, flow_id: str, state: str) -> None:
-        again = await self.journal.call(
-            lambda db: resend_flow(db, self.layout, flow_id, f"deposit {state}: sent again")
-        )
-        if again is None:
+        """Send the flow again once, as a new flow carrying a copy of what was sent."""
+        flow = await self.journal.call(lambda db: resendable(db, flow_id))
+        if flow is None:
             action = (
                 "Chorus Pro could not process this flow, and raccord already sent it again "
                 "once: ask the AIFE support, then drop the file again if they say so"
@@ -309,14 +305,36 @@ class Reporter:
                 connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
             )
             return
+        new_id = _ids.new(datetime.now(UTC))
+        target = self.layout.spool(connection) / spool_name(new_id, flow.original_name)
+        try:
+            # the copy is made durable, off the journal thread, before the journal knows it
+            await asyncio.to_thread(folders.copy, Path(flow.final_path or ""), target)
+            await self.journal.call(
+                lambda db: journal_resend(db, flow, new_id, target, f"deposit {state}: sent again")
+            )
+        except Exception as exc:
+            await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
+            action = f"the flow could not be sent again ({exc}): drop its file again by hand"
+            log.error("report.resend_failed", connection=connection, flow_id=flow_id, action=action)
+            self.alerts.deposit_unsettled(
+                connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
+            )
+            return
         log.warning(
             "report.resent",
             connection=connection,
-            flow_id=again,
+            flow_id=new_id,
             resubmit_of=flow_id,
             state=state,
-            action=f"Chorus Pro asks for the whole flow again ({state}): sent once more as {again}",
+            action=f"Chorus Pro asks for the whole flow again ({state}): sent once more as "
+            f"{new_id}",
         )
+
+
+def _tick(source: IntegrationReports) -> float:
+    """The pause between rounds: TICK, shorter for a short report_interval (never 0)."""
+    return max(0.05, min(TICK, source.report_interval))
 
 
 def _wait(source: IntegrationReports, polls: int) -> float:
@@ -324,53 +342,45 @@ def _wait(source: IntegrationReports, polls: int) -> float:
     return float(min(source.report_interval * 2 ** max(0, polls - 1), source.report_max_interval))
 
 
-def resend_flow(db: JournalDB, layout: Layout, flow_id: str, detail: str) -> str | None:
-    """Journal a copy of the sent flow ``flow_id`` as a new flow (``claimed``, for the daemon
-    to send; the duplicate check is skipped: it is meant to go again). Once: None when the flow
-    is itself a resend or was already sent again, or its sent copy is gone."""
+def resendable(db: JournalDB, flow_id: str) -> FlowRow | None:
+    """The sent flow ``flow_id`` if it may be sent again: once, so not when it is itself a
+    resend or was already sent again."""
     flow = db.get(flow_id)
     if flow is None or flow.resubmit_of is not None or db.resubmission_of(flow_id) is not None:
         return None
-    if not flow.final_path or not Path(flow.final_path).exists():
-        log.error(
-            "report.resend_failed",
+    return flow
+
+
+def journal_resend(db: JournalDB, flow: FlowRow, new_id: str, spool: Path, detail: str) -> None:
+    """Journal ``spool`` (a copy of ``flow``'s sent file) as a new flow, ``claimed`` for the
+    daemon to send; the duplicate check is skipped: it is meant to go again."""
+    if flow.packaging is not None:
+        invoices = [
+            (i["file"], i["invoice_number"], i["supplier_id"], i["source_flow"])
+            for i in db.invoices(flow.flow_id)
+        ]
+        journal_lot(
+            db,
+            lot_id=new_id,
             connection=flow.connection,
-            flow_id=flow_id,
-            error=f"the sent copy {flow.final_path} is missing: drop the file again by hand",
+            name=flow.original_name,
+            spool=spool,
+            packaging=flow.packaging,
+            interface_code=flow.interface_code or "",
+            invoices=invoices,
+            resubmit_of=flow.flow_id,
+            detail=detail,
         )
-        return None
-    new_id = _ids.new(datetime.now(UTC))
-    target = layout.spool(flow.connection) / spool_name(new_id, flow.original_name)
-    shutil.copyfile(flow.final_path, target)
-    try:
-        if flow.packaging is not None:
-            invoices = [
-                (i["file"], i["invoice_number"], i["supplier_id"], i["source_flow"])
-                for i in db.invoices(flow_id)
-            ]
-            journal_lot(
-                db,
-                lot_id=new_id,
-                connection=flow.connection,
-                name=flow.original_name,
-                spool=target,
-                packaging=flow.packaging,
-                interface_code=flow.interface_code or "",
-                invoices=invoices,
-                resubmit_of=flow_id,
-                detail=detail,
-            )
-        else:
-            db.insert(
-                new_id,
-                flow.connection,
-                flow.original_name,
-                str(target),
-                forced=1,
-                resubmit_of=flow_id,
-                detail=detail,
-            )
-    except Exception:
-        target.unlink(missing_ok=True)
-        raise
-    return new_id
+    elif (
+        db.insert(
+            new_id,
+            flow.connection,
+            flow.original_name,
+            str(spool),
+            forced=1,
+            resubmit_of=flow.flow_id,
+            detail=detail,
+        )
+        is None
+    ):
+        raise RuntimeError(f"flow id {new_id} is already in the journal")

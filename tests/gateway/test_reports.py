@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flows.returns import PISTE_REPORT_FORMAT
+from flows.returns import PISTE_INVOICES_FORMAT, PISTE_REPORT_FORMAT
 from gateway.alerts import Alert, Alerter
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
 from gateway.reports import Reporter
 from protocols import memory
-from protocols.base import Report
+from protocols.base import Capabilities, Report
 from protocols.errors import RemoteBusy
 from tests.gateway.harness import deliver, memory_config
 from tests.gateway.test_returns import invoice
@@ -82,7 +82,6 @@ async def rounds(config, source: Scripted, count: int, alerts: Alerter | None = 
         done = []
         for _ in range(count):
             done.append(await reporter.round(CONN, source))  # type: ignore[arg-type]
-            await asyncio.sleep(0.01)
         return done
     finally:
         await journal.close()
@@ -213,3 +212,106 @@ def test_an_incident_is_sent_again_once_only(
         db.close()
     out = capsys.readouterr().out
     assert out.count("report.resent") == 1 and out.count("report.incident") == 1
+
+
+def test_a_flow_sent_over_another_protocol_is_looked_at_once_and_never_asked_about(
+    tmp_path: Path,
+) -> None:
+    config, row = setup(tmp_path)
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        receipt = json.loads(db.get(row.flow_id).receipt or "{}")  # type: ignore[union-attr]
+        receipt["protocol"] = "sftp"  # sent before the connection moved to the API
+        db._db.execute(
+            "UPDATE flows SET receipt=? WHERE flow_id=?", (json.dumps(receipt), row.flow_id)
+        )
+    finally:
+        db.close()
+    source = Scripted(final("IN_INTEGRE", row.remote_name or ""))
+    assert asyncio.run(rounds(config, source, 2)) == [0, 0]
+    assert source.asked == []
+    assert deposit(config, row.flow_id)["outcome"] == "not_followed"
+
+
+def test_an_incident_whose_sent_copy_is_gone_says_so_and_sends_nothing(
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    config, row = setup(tmp_path)
+    Path(row.final_path or "").unlink()  # removed from sent/ by hand
+    source = Scripted(final("IN_INCIDENTE", row.remote_name or ""))
+    alerts = Recorded()
+    asyncio.run(rounds(config, source, 1, alerts))
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        assert [r for r in db.search() if r.resubmit_of is not None] == []
+    finally:
+        db.close()
+    assert list(Layout(config.gateway.data_dir).spool(CONN).iterdir()) == []  # no copy left
+    out = capsys.readouterr().out
+    assert "report.resend_failed" in out and "report.incident" not in out
+    assert [a.kind for a in alerts.raised] == ["report_incident"]
+    assert "drop its file again by hand" in alerts.raised[0].summary
+
+
+def test_invoices_are_followed_until_final_and_then_never_asked_about(tmp_path: Path) -> None:
+    config, row = setup(tmp_path)
+
+    class Following(Scripted):
+        capabilities = Capabilities(integration_reports=True, invoice_lifecycle=True)
+        lifecycle_interval = 60.0
+        lifecycle_deadline = 3600.0
+
+        def __init__(self) -> None:
+            super().__init__(final("IN_INTEGRE", row.remote_name or ""))
+            self.searched = 0
+
+        async def lifecycle(self, receipt: Mapping[str, Any]) -> Report:
+            self.searched += 1
+            words = "MISE_A_DISPOSITION" if self.searched == 1 else "MISE_EN_PAIEMENT"
+            answer = {"listeFactures": [{"numeroFacture": "F-100", "statut": words}]}
+            document = {"format": PISTE_INVOICES_FORMAT, "nomFichier": row.remote_name}
+            text = json.dumps({**document, "answer": answer}).encode()
+            return Report(f"F-100={words}", self.searched > 1, text, "FACTURES.json")
+
+    source = Following()
+
+    async def follow() -> list[int]:
+        journal = Journal(Layout(config.gateway.data_dir).journal)
+        await journal.open()
+        try:
+            reporter = Reporter(config, journal, {CONN: source})  # type: ignore[dict-item]
+            await reporter.round(CONN, source)  # type: ignore[arg-type]
+            applied = []
+            for _ in range(3):
+                due_later(config, row.flow_id)
+                applied.append(await reporter.lifecycles(CONN, source))  # type: ignore[arg-type]
+            return applied
+        finally:
+            await journal.close()
+
+    assert asyncio.run(follow()) == [1, 1, 0]
+    assert source.searched == 2  # final at the second search: not asked a third time
+    found = deposit(config, row.flow_id)
+    assert (found["lifecycle_outcome"], found["lifecycle_state"]) == (
+        "final",
+        "F-100=MISE_EN_PAIEMENT",
+    )
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        (invoice_row,) = db.invoices(row.flow_id)
+        assert (invoice_row["status_code"], invoice_row["final"]) == ("11", 1)
+    finally:
+        db.close()
+
+
+def due_later(config, flow_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Let the wait before the next life-cycle question pass."""
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        db._db.execute(
+            "UPDATE deposits SET lifecycle_next=? WHERE flow_id=? AND lifecycle_next IS NOT NULL",
+            ("2000-01-01T00:00:00.000+00:00", flow_id),
+        )
+    finally:
+        db.close()
