@@ -20,7 +20,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,9 +136,13 @@ class _Token:
 class Tokens:
     """The connection's OAuth2 token: fetched when needed, shared by concurrent calls."""
 
-    def __init__(self, settings: PisteSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: PisteSettings,
+        http: Callable[[], Awaitable[aiohttp.ClientSession]],
+    ) -> None:
         self._settings = settings
-        self._session = session
+        self._http = http
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
         self.fetched = 0  # tokens obtained (for the tests and the check)
@@ -170,7 +174,7 @@ class Tokens:
         }
         where = f"PISTE token ({s.oauth_url})"
         with translated(where):
-            async with self._session.post(s.oauth_url, data=form) as answer:
+            async with (await self._http()).post(s.oauth_url, data=form) as answer:
                 body = await answer.read()
                 status = answer.status
         if status in (400, 401, 403):
@@ -202,17 +206,20 @@ class Client:
     @property
     def tokens(self) -> Tokens:
         if self._tokens is None:
-            self._tokens = Tokens(self.settings, self._client())
+            self._tokens = Tokens(self.settings, self._http)
         return self._tokens
 
-    def _client(self) -> aiohttp.ClientSession:
+    async def _http(self) -> aiohttp.ClientSession:
+        """The connection pool, made on first use (a CA bundle is read off the event loop)."""
         if self._session is None:
             s = self.settings
             context: ssl.SSLContext | bool = True
             if s.ca_bundle is not None:
                 try:
-                    context = certs.tls_client_context(s.ca_bundle, None, None)
-                except certs.CertificateProblem as exc:
+                    context = await asyncio.to_thread(
+                        certs.tls_client_context, s.ca_bundle, None, None
+                    )
+                except certs.CertificateProblem as exc:  # the file changed since the check
                     raise CertificateError(f"PISTE: {exc}") from None
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=context, limit=8),
@@ -246,7 +253,8 @@ class Client:
                 "Accept": "application/json",
             }
             with translated(where):
-                async with self._client().post(url, data=json.dumps(body), headers=headers) as r:
+                http = await self._http()
+                async with http.post(url, data=json.dumps(body), headers=headers) as r:
                     payload = await r.read()
                     status = r.status
                     retry_after = r.headers.get("Retry-After")

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flows import codes
@@ -56,6 +57,10 @@ def syntax(interface_code: str) -> str:
     return known.piste_syntax
 
 
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 class PisteSender(Closing):
     protocol = "piste"
     capabilities = Capabilities(integration_reports=True)
@@ -77,9 +82,9 @@ class PisteSender(Closing):
     async def send(self, flow: Outbound) -> Receipt:
         s = self._settings
         syntaxe = syntax(flow.interface_code)
-        data = await asyncio.to_thread(flow.path.read_bytes)
+        encoded = await asyncio.to_thread(_base64, flow.path)  # up to 40 MB: off the loop
         body: dict[str, Any] = {
-            "fichierFlux": base64.b64encode(data).decode("ascii"),
+            "fichierFlux": encoded,
             "nomFichier": flow.remote_name,
             "syntaxeFlux": syntaxe,
             "avecSignature": s.signature,

@@ -146,18 +146,21 @@ def test_a_token_revoked_early_is_refreshed_once_and_the_call_made_again(tmp_pat
     assert statuses == [200, 401, 200]
 
 
-def test_a_token_is_refreshed_before_it_expires(tmp_path: Path) -> None:
-    async def scenario() -> tuple[int, list[int]]:
-        async with _stand_in(tmp_path, token_lifetime=2) as chorus:
-            async with PisteSender(_settings(chorus, token_margin=1.5)) as sender:
-                await sender.send(_flow(tmp_path, "a"))
-                await asyncio.sleep(0.6)  # inside the margin: the token is not used again
-                await sender.send(_flow(tmp_path, "bb"))
-            return chorus.tokens_issued, [status for _, status in chorus.requests]
+def test_a_token_is_renewed_before_it_expires_not_after(tmp_path: Path) -> None:
+    """A 60 s token: with a 60 s margin it is already due for renewal when it comes (each use
+    fetches another, none refused); with a 10 s margin the first one serves both uses."""
 
-    issued, statuses = asyncio.run(scenario())
-    assert issued == 2
-    assert statuses == [200, 200]  # no 401 was needed
+    async def tokens(margin: float) -> tuple[int, set[int]]:
+        async with _stand_in(tmp_path, token_lifetime=60) as chorus:
+            async with PisteSender(_settings(chorus, token_margin=margin)) as sender:
+                first = await sender.client.tokens.get()
+                second = await sender.client.tokens.get()
+                assert (first == second) is (margin < 60)
+                await sender.send(_flow(tmp_path, "a"))
+            return chorus.tokens_issued, {status for _, status in chorus.requests}
+
+    assert asyncio.run(tokens(60.0))[0] >= 3  # renewed at every use
+    assert asyncio.run(tokens(10.0)) == (1, {200})  # one token, never refused
 
 
 def test_rate_limits_are_waited_out_then_given_up_on(tmp_path: Path) -> None:
