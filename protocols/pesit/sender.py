@@ -349,6 +349,19 @@ class PesitSender(Closing):
         except certs.CertificateProblem as exc:  # the files changed since the check
             raise CertificateError(f"{self.where}: {exc}") from None
 
+    async def _again(
+        self, session: Session, exc: Broken, fresh: bool, restarts: int, where: str
+    ) -> int:
+        """After a broken connection, whether to try again on a new one: the restarts used,
+        this one counted (the same number for a kept session the partner had closed before
+        anything was sent). Raises the error when the restarts are spent."""
+        await session.abort(exc.diagnostic or 317)
+        if not exc.started and not fresh:
+            return restarts
+        if exc.started and restarts < self._settings.restarts:
+            return restarts + 1
+        raise broken_error(exc, where) from None
+
     async def _keep(self, session: Session) -> None:
         if session.reusable:
             self._idle.append(session)
@@ -422,14 +435,13 @@ class PesitSender(Closing):
                         return self._receipt(flow, attributes, ident, already=True)
                     raise refusal_error(exc, f"{self.where} {flow.remote_name}") from None
                 except Broken as exc:
-                    await session.abort(exc.diagnostic or 317)
-                    if not exc.started and not fresh:
-                        continue  # a kept session the partner had closed: connect anew
-                    if exc.started and restarts < self._settings.restarts:
-                        restarts += 1
-                        restart = True
-                        continue
-                    raise broken_error(exc, f"{self.where} {flow.remote_name}") from None
+                    where = f"{self.where} {flow.remote_name}"
+                    used, restarts = (
+                        restarts,
+                        await self._again(session, exc, fresh, restarts, where),
+                    )
+                    restart = restart or restarts > used  # resume what was sent
+                    continue
                 except BaseException:
                     await session.abort(312)
                     raise
@@ -534,14 +546,9 @@ class PesitSender(Closing):
                         f"{where}: {exc} (max_file_size); it stays with the partner: take it by "
                         "hand and raccord import it, or raise max_file_size"
                     ) from None
-                except Broken as exc:
-                    await session.abort(exc.diagnostic or 317)
-                    if not exc.started and not fresh:
-                        continue  # a kept session the partner had closed: connect anew
-                    if exc.started and restarts < self._settings.restarts:
-                        restarts += 1
-                        continue  # progress names the transfer: resume it
-                    raise broken_error(exc, where) from None
+                except Broken as exc:  # progress names the transfer: it is resumed
+                    restarts = await self._again(session, exc, fresh, restarts, where)
+                    continue
                 except BaseException:
                     await session.abort(312)
                     raise

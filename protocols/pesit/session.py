@@ -452,9 +452,7 @@ class Session:
         await self._request(
             Kind.READ, Kind.ACK_READ, codec.number(PI.RESTART_POINT, progress.point)
         )
-        with await asyncio.to_thread(target.open, "r+b" if restart else "wb") as out:
-            out.truncate(progress.secured)  # bytes after the restart point come again
-            out.seek(progress.secured)
+        with await asyncio.to_thread(_open_at, target, progress.secured, restart) as out:
             progress.received = progress.secured
             try:
                 await self._receive(out, progress, limit, on_secured)
@@ -511,6 +509,15 @@ class Session:
             await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
         except (Broken, Refused):
             await self.abort(312)
+
+
+def _open_at(target: Path, secured: int, restart: bool) -> BinaryIO:
+    """``target`` open for writing at byte ``secured``: anything after it (a restart's bytes
+    past its point) comes again."""
+    out = target.open("r+b" if restart else "wb")
+    out.truncate(secured)
+    out.seek(secured)
+    return out
 
 
 def sync_file(out: BinaryIO) -> None:
