@@ -241,12 +241,11 @@ class Watcher:
                     elif state == "wait":
                         deferred[path] = connection
             if deferred and self._queue.empty():
-                waiting = list(deferred.items())
-                states = dict(zip(deferred, await self._readinesses(list(deferred)), strict=True))
-                for path, connection in waiting:
-                    state = states[path]
-                    if state != "wait":
-                        deferred.pop(path)
+                paths = list(deferred)
+                for path, state in zip(paths, await self._readinesses(paths), strict=True):
+                    if state == "wait":
+                        continue
+                    connection = deferred.pop(path)
                     if state == "ready":
                         await self._offer(connection, path)
             if time.monotonic() >= next_scan:
