@@ -18,6 +18,7 @@ told "received" only once that decision is journaled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 import tempfile
@@ -107,9 +108,7 @@ class As2Receiver:
         self._resubmit = returns.resubmitting(config)
 
     async def start(self) -> None:
-        for party in self.parties.values():
-            for partial in self.layout.inbox(party.connection).glob(f".*{PARTIAL}"):
-                partial.unlink(missing_ok=True)
+        await asyncio.to_thread(self._clean)
         limit = self.config.gateway.max_file_size * 2 + ENVELOPE
         app = web.Application(client_max_size=limit)
         app.router.add_post("/{tail:.*}", self._handle)
@@ -213,8 +212,10 @@ class As2Receiver:
             try:
                 refusal = await self._keep(inbound)
             finally:
-                if inbound.payload_file is not None:
-                    inbound.payload_file.unlink(missing_ok=True)  # kept: moved away
+                if inbound.payload_file is not None:  # kept: moved away
+                    await asyncio.to_thread(
+                        functools.partial(inbound.payload_file.unlink, missing_ok=True)
+                    )
         elif inbound.duplicate:
             log.info(
                 "as2.duplicate",
@@ -262,6 +263,12 @@ class As2Receiver:
         status, text = _MDN_ANSWERS.get(outcome, (500, f"{outcome}\n"))
         return web.Response(status=status, text=text)
 
+    def _clean(self) -> None:
+        """Remove payloads a stop or crash left half-received (the partner sends them again)."""
+        for party in self.parties.values():
+            for partial in self.layout.inbox(party.connection).glob(f".*{PARTIAL}"):
+                partial.unlink(missing_ok=True)
+
     def _find(self, as2_to: str, as2_from: str) -> Party | None:
         return self.parties.get((as2_to, as2_from))
 
@@ -269,7 +276,7 @@ class As2Receiver:
         """Make a good payload durable and journal it; a refusal message if it cannot be."""
         assert inbound.payload_file is not None and inbound.connection is not None
         limit = self.config.gateway.max_file_size
-        size = inbound.payload_file.stat().st_size
+        size = (await asyncio.to_thread(inbound.payload_file.stat)).st_size
         if size > limit:
             log.error(
                 "as2.refused",
