@@ -39,9 +39,10 @@ from typing import Any
 import structlog
 
 from flows import lots, naming
-from flows.analysis import Analysis, analyze, digest
+from flows.analysis import Analysis, digest
 from gateway import certificates, logs
 from gateway.alerts import Alerter
+from gateway.analyser import Analyser, AnalysisCrashed
 from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
 from gateway.folders import (
@@ -138,6 +139,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
         self._filer: Batcher[Placement, None] = Batcher(place_all)
+        self._analyser = Analyser()
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
         self._using: dict[int, int] = {}  # id(sender) -> sends and settles under way
@@ -245,6 +247,7 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self._analyser.close()
 
     @property
     def busy(self) -> int:
@@ -303,7 +306,10 @@ class Dispatcher:
         if row.packaging is not None:
             return await self._prepare_lot(row, conn)
         limit = self.config.gateway.max_file_size
-        size, analysis = await asyncio.to_thread(_size_and_analysis, Path(row.spool_path), limit)
+        try:
+            size, analysis = await self._analyser.analyse(Path(row.spool_path), limit)
+        except AnalysisCrashed as exc:
+            return await self._refuse(row, "analysis_crashed", str(exc))
         if analysis is None:
             return await self._refuse(
                 row, "too_large", f"{size} bytes is over max_file_size ({limit} bytes)", size=size
@@ -981,12 +987,6 @@ def _unknown_connection(name: str) -> tuple[str, str]:
         f"connection {name} is no longer configured; configure it again and raccord retry "
         "this flow, or drop the file in another connection's outbox",
     )
-
-
-def _size_and_analysis(path: Path, limit: int) -> tuple[int, Analysis | None]:
-    """The file's size, and its analysis unless it is over ``limit`` bytes (not read then)."""
-    size = path.stat().st_size
-    return size, (analyze(path) if size <= limit else None)
 
 
 def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:

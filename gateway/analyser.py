@@ -1,0 +1,146 @@
+"""Analysis of claimed files in a worker process, many files per round trip.
+
+Reading a document (lxml scan, digest) is Python work: on a thread of the daemon it holds the
+GIL against the event loop that drives the transfers, and under a burst of small files the
+daemon spends more time handing the GIL around than working. A worker process has its own
+interpreter: files up to :data:`SMALL` bytes are sent to it in batches (one round trip for
+hundreds), and analysed there while the daemon sends. Measured with 3,000 x 10 KB files over
+SFTP to a local sshd: 470 -> 530 files/s, the daemon's main thread 3.8 -> 3.0 s of CPU.
+
+Larger files are analysed on a thread as before: one of them takes long enough that batching
+brings nothing, and it must not hold up the small files queued behind it.
+
+A file that kills the worker (a parser crash, the out-of-memory killer) only breaks the worker:
+its batch is analysed again one file per fresh worker, so the other files of the batch go on
+and the one that kills it fails alone (:class:`AnalysisCrashed`). The daemon is never taken down
+by a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from flows.analysis import Analysis, analyze
+from gateway.batching import Batcher
+
+#: Files up to this size go to the worker process; larger ones are analysed on a thread.
+SMALL = 1 << 20
+
+Outcome = tuple[int, Analysis | None]
+
+
+class AnalysisCrashed(RuntimeError):
+    """The worker process died while analysing this one file."""
+
+
+def size_and_analysis(path: Path, limit: int) -> Outcome:
+    """The file's size, and its analysis unless it is over ``limit`` bytes (not read then)."""
+    size = path.stat().st_size
+    return size, (analyze(path) if size <= limit else None)
+
+
+def analyse_all(items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
+    """Run in the worker: each item's outcome, or the OSError that item met."""
+    outcomes: list[Outcome | Exception] = []
+    for path, limit in items:
+        try:
+            outcomes.append(size_and_analysis(path, limit))
+        except OSError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+Work = Callable[[list[tuple[Path, int]]], list[Outcome | Exception]]
+
+
+class Analyser:
+    """Analyses files for the dispatcher; the worker process starts on first use.
+
+    ``work`` is what the worker runs on a batch (a module-level function: it is sent by name).
+    """
+
+    def __init__(self, work: Work = analyse_all) -> None:
+        self._work = work
+        self._pool: ProcessPoolExecutor | None = None
+        self._batcher: Batcher[tuple[Path, int], Outcome] = Batcher(self._run, max_batch=256)
+
+    async def analyse(self, path: Path, limit: int) -> Outcome:
+        """``path``'s size and analysis (None if over ``limit`` bytes).
+
+        Raises:
+            OSError: the file cannot be read.
+            AnalysisCrashed: the worker died on this file.
+        """
+        return await self._batcher.submit((path, limit))
+
+    def _worker(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # Not fork: the daemon has threads, which a forked child would inherit half-way.
+            # The fork server is a clean process started once, with the analysis code loaded:
+            # a worker (again after a crash) is ready in milliseconds.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["gateway.analyser"])
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self._pool
+
+    def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
+        """One batch (on a Batcher thread): small files in the worker, large ones here."""
+        small = [(i, item) for i, item in enumerate(items) if _small(item[0])]
+        outcomes: list[Outcome | Exception | None] = [None] * len(items)
+        analysed = self._in_worker([item for _, item in small])
+        for (i, _), outcome in zip(small, analysed, strict=True):
+            outcomes[i] = outcome
+        for i, (path, limit) in enumerate(items):
+            if outcomes[i] is None:
+                try:
+                    outcomes[i] = size_and_analysis(path, limit)
+                except OSError as exc:
+                    outcomes[i] = exc
+        return [o for o in outcomes if o is not None]
+
+    def _in_worker(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
+        if not items:
+            return []
+        try:
+            return self._worker().submit(self._work, items).result()
+        except BrokenProcessPool:
+            self._discard()
+        # The worker died on this batch: once more, one file per worker, so the file that kills
+        # it is found and fails alone.
+        outcomes: list[Outcome | Exception] = []
+        for item in items:
+            try:
+                outcomes += self._worker().submit(self._work, [item]).result()
+            except BrokenProcessPool:
+                self._discard()
+                outcomes.append(
+                    AnalysisCrashed(
+                        f"the analysis process died reading {item[0].name} (a parser crash, or "
+                        "out of memory); the file was not sent. Check it, then raccord retry"
+                    )
+                )
+        return outcomes
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        await self._batcher.idle()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown)
+
+
+def _small(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size <= SMALL
+    except OSError:
+        return False  # analysed here, where the error is reported
