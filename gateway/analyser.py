@@ -19,7 +19,6 @@ by a file.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from flows.analysis import Analysis, analyze
-from gateway.batching import Batcher
+from gateway.batching import Batcher, worker_context
 
 #: Files up to this size go to the worker process; larger ones are analysed on a thread.
 SMALL = 1 << 20
@@ -81,12 +80,7 @@ class Analyser:
 
     def _worker(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # Not fork: the daemon has threads, which a forked child would inherit half-way.
-            # The fork server is a clean process started once, with the analysis code loaded:
-            # a worker (again after a crash) is ready in milliseconds.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["gateway.analyser"])
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=worker_context())
         return self._pool
 
     def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:

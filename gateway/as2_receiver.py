@@ -34,7 +34,7 @@ from gateway.alerts import Alerter
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
 from gateway.httpserver import serve
-from gateway.journal import Journal
+from gateway.journal import Call, Journal, JournalDB
 from protocols.as2 import message
 from protocols.as2.receiver import (
     PARTIAL,
@@ -197,7 +197,7 @@ class As2Receiver:
         message_id: str,
         scratch: Path,
     ) -> web.Response:
-        known = await self.journal.call(lambda db: db.as2_message(as2_from, message_id))
+        known = await self.journal.call(Call(JournalDB.as2_message, as2_from, message_id))
         inbound = await asyncio.to_thread(
             open_file,
             headers,
@@ -292,7 +292,7 @@ class As2Receiver:
         assert sender is not None and message_id is not None and connection is not None
         # Stored first: a crash in between stores the resent message's bytes once (same sha256).
         await self.journal.call(
-            lambda db: db.record_as2_message(sender, message_id, connection, outcome.return_id)
+            Call(JournalDB.record_as2_message, sender, message_id, connection, outcome.return_id)
         )
         log.info(
             "as2.received",

@@ -10,6 +10,8 @@ exception.
 from __future__ import annotations
 
 import asyncio
+import functools
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
@@ -74,3 +76,16 @@ class Batcher(Generic[T, R]):
                 if not future.done():
                     future.cancel()
             self._pending.clear()
+
+
+@functools.cache
+def worker_context() -> multiprocessing.context.ForkServerContext:
+    """How the daemon starts its worker processes (the journal's, the analysis').
+
+    Not fork: the daemon has threads, which a forked child would inherit half-way. A fork server
+    is one clean process, started once with the workers' code loaded; each worker (again after
+    a crash) is forked from it in milliseconds.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["gateway.analyser", "gateway.journal"])
+    return context

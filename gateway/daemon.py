@@ -28,7 +28,7 @@ from gateway.config import Config, ConfigError, Connection
 from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.folders import Layout
 from gateway.intake import Watcher
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Call, Journal, JournalDB
 from gateway.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
 from gateway.polling import Poller, sources
 from gateway.reports import Reporter, reporters
@@ -325,7 +325,7 @@ class Gateway:
     async def _status(self, dispatcher: Dispatcher) -> None:
         """The STATUS line systemctl status shows: the queue and what is being worked on."""
         try:
-            depth = await dispatcher.journal.call(lambda db: db.queue_depth())
+            depth = await dispatcher.journal.call(Call(JournalDB.queue_depth))
         except Exception:  # the health check reports the journal; the status just says less
             notify(f"STATUS=in flight: {dispatcher.busy}")
             return
@@ -372,7 +372,7 @@ class Gateway:
 
     async def _journal_health(self, journal: Journal) -> str | None:
         try:
-            await asyncio.wait_for(journal.call(lambda db: db.ping()), JOURNAL_PATIENCE)
+            await asyncio.wait_for(journal.call(Call(JournalDB.ping)), JOURNAL_PATIENCE)
         except TimeoutError:
             return f"no answer within {JOURNAL_PATIENCE:g} s"
         except Exception as exc:

@@ -54,7 +54,7 @@ from gateway.folders import (
     place_all,
     spool_name,
 )
-from gateway.journal import OPEN, TERMINAL, WAITING, FlowRow, Journal, JournalDB
+from gateway.journal import OPEN, TERMINAL, WAITING, Call, FlowRow, Journal, JournalDB
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
 from gateway.metrics import Metrics
 from protocols.base import AsyncReceipts, Outbound, Receipt, Sender
@@ -258,7 +258,7 @@ class Dispatcher:
     async def _run_flow(self, flow_id: str, claimed: tuple[str, str, str] | None) -> None:
         try:
             if claimed is not None:
-                row = await self.journal.call(lambda db: db.insert(flow_id, *claimed))
+                row = await self.journal.call(Call(JournalDB.insert, flow_id, *claimed))
                 if row is None:
                     # The identifier is already in the journal: only possible if the clock was
                     # set back across a restart. The file takes a new identity.
@@ -267,7 +267,7 @@ class Dispatcher:
                     self._claim_as(connection, Path(spool), name)
                     return
             else:
-                row = await self.journal.call(lambda db: db.get(flow_id))
+                row = await self.journal.call(Call(JournalDB.get, flow_id))
             async with self._in_flight:
                 if row is None:
                     return
@@ -347,26 +347,19 @@ class Dispatcher:
         )
         mode = conn.interfaces[analysis.interface_code or ""].value
 
-        def queue(db: JournalDB) -> tuple[FlowRow | None, FlowRow | None]:
-            queued, earlier = db.queue_unless_duplicate(
+        invoice = (row.original_name, analysis.invoice_number, analysis.supplier_id, row.flow_id)
+        queued, earlier = await self.journal.call(
+            Call(
+                _queue,
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
+                invoice,
                 check=not row.forced,
                 remote_name=remote,
                 mode=mode,
                 **facts,
             )
-            if queued is not None:
-                invoice = (
-                    row.original_name,
-                    analysis.invoice_number,
-                    analysis.supplier_id,
-                    row.flow_id,
-                )
-                db.add_invoices(row.flow_id, [invoice])
-            return queued, earlier
-
-        queued, earlier = await self.journal.call(queue)
+        )
         if earlier is not None or queued is None:
             assert earlier is not None
             return await self._refuse(
@@ -407,7 +400,8 @@ class Dispatcher:
                 **facts,
             )
         batched, earlier = await self.journal.call(
-            lambda db: db.queue_unless_duplicate(
+            Call(
+                JournalDB.queue_unless_duplicate,
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
                 check=not row.forced,
@@ -469,8 +463,8 @@ class Dispatcher:
             ]
             try:
                 await self.journal.call(
-                    lambda db: journal_lot(
-                        db,
+                    Call(
+                        journal_lot,
                         lot_id=lot_id,
                         connection=connection,
                         name=name,
@@ -656,7 +650,8 @@ class Dispatcher:
             document["invoices"] = await self._lot_invoices(row)
         folder = self.layout.sent(conn.name, self._now().date())
         return await self.journal.call(
-            lambda db: db.file_to(
+            Call(
+                JournalDB.file_to,
                 row.flow_id,
                 "delivered",
                 folder,
@@ -699,13 +694,13 @@ class Dispatcher:
 
         The decision is journaled before this returns, so the partner may be told "received".
         """
-        row = await self.journal.call(lambda db: db.awaiting(receipt_key))
+        row = await self.journal.call(Call(JournalDB.awaiting, receipt_key))
         sending = self._flow_tasks.get(row.flow_id) if row and row.state == "sending" else None
         if sending is not None:
             # The acknowledgement overtook the send it answers (the partner posted its MDN
             # before we read its HTTP answer): let that send finish and be journaled.
             await asyncio.wait({sending}, timeout=SETTLE_PATIENCE)
-            row = await self.journal.call(lambda db: db.awaiting(receipt_key))
+            row = await self.journal.call(Call(JournalDB.awaiting, receipt_key))
         if row is None:
             log.warning("flow.receipt_unknown", receipt_key=receipt_key)
             return "unknown"
@@ -765,7 +760,7 @@ class Dispatcher:
     async def expire_receipts(self) -> int:
         """File in ``error/`` the flows whose acknowledgement did not come in time."""
         now = self._now().isoformat(timespec="milliseconds")
-        rows = await self.journal.call(lambda db: db.receipts_due(now))
+        rows = await self.journal.call(Call(JournalDB.receipts_due, now))
         expired = 0
         for row in rows:
             if row.flow_id in self._active:
@@ -819,7 +814,8 @@ class Dispatcher:
     ) -> FlowRow:
         folder = self.layout.error(row.connection)
         return await self.journal.call(
-            lambda db: db.file_to(
+            Call(
+                JournalDB.file_to,
                 row.flow_id,
                 "failing",
                 folder,
@@ -863,7 +859,7 @@ class Dispatcher:
         )
 
     async def _lot_invoices(self, row: FlowRow) -> list[dict[str, Any]]:
-        invoices = await self.journal.call(lambda db: db.invoices(row.flow_id))
+        invoices = await self.journal.call(Call(JournalDB.invoices, row.flow_id))
         return [
             {
                 "file": i["file"],
@@ -876,7 +872,7 @@ class Dispatcher:
 
     async def _fail_safely(self, flow_id: str, message: str) -> None:
         try:
-            row = await self.journal.call(lambda db: db.get(flow_id))
+            row = await self.journal.call(Call(JournalDB.get, flow_id))
             if row is None or row.state in TERMINAL:
                 return  # filed already, or packed: its bytes travel in its lot
             if row.state == "delivered":
@@ -899,7 +895,7 @@ class Dispatcher:
         self, row: FlowRow, state: str, *, expect: tuple[str, ...] | None = None, **values: Any
     ) -> FlowRow:
         return await self.journal.call(
-            lambda db: db.transition(row.flow_id, state, expect=expect, **values)
+            Call(JournalDB.transition, row.flow_id, state, expect=expect, **values)
         )
 
     # -- restart --------------------------------------------------------------------------
@@ -913,7 +909,7 @@ class Dispatcher:
         """
         known = {
             row.spool_path: row
-            for row in await self.journal.call(lambda db: db.in_states(OPEN + WAITING))
+            for row in await self.journal.call(Call(JournalDB.in_states, OPEN + WAITING))
         }
         spooled = await asyncio.to_thread(self._spooled)
         for connection, path in spooled:
@@ -957,7 +953,7 @@ class Dispatcher:
         return sum(1 for row in known.values() if row.state not in WAITING)
 
     async def _journaled(self, flow_id: str) -> bool:
-        return await self.journal.call(lambda db: db.get(flow_id)) is not None
+        return await self.journal.call(Call(JournalDB.get, flow_id)) is not None
 
     def _spooled(self) -> list[tuple[str, Path]]:
         """(connection, path) of every file in the spool folders, also those of connections no
@@ -970,7 +966,7 @@ class Dispatcher:
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
-        rows = await self.journal.call(lambda db: db.in_states(("claimed",)))
+        rows = await self.journal.call(Call(JournalDB.in_states, ("claimed",)))
         started = 0
         for row in rows:
             if row.flow_id in self._active:
@@ -987,6 +983,22 @@ def _unknown_connection(name: str) -> tuple[str, str]:
         f"connection {name} is no longer configured; configure it again and raccord retry "
         "this flow, or drop the file in another connection's outbox",
     )
+
+
+def _queue(
+    db: JournalDB,
+    flow_id: str,
+    identity: tuple[str, str | None, str | None],
+    invoice: tuple[str, str | None, str | None, str],
+    *,
+    check: bool,
+    **values: Any,
+) -> tuple[FlowRow | None, FlowRow | None]:
+    """Queue a routed flow unless it is a duplicate, and record the invoice it carries."""
+    queued, earlier = db.queue_unless_duplicate(flow_id, identity, check=check, **values)
+    if queued is not None:
+        db.add_invoices(flow_id, [invoice])
+    return queued, earlier
 
 
 def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:

@@ -23,14 +23,14 @@ decides, or ``receipt_due`` passes (``error/``, reason ``receipt_timeout``).
 filed where the decision says. ``sending`` after a crash means the outcome is unknown: the flow
 is queued again with ``unknown_outcome`` set, and resent under the same remote name.
 
-All calls run on one dedicated thread (SQLite connections are not shared between threads), so
-``await journal.call(...)`` never blocks the event loop. Calls made while the thread is busy are
-*group-committed*: the thread runs every pending call in one transaction and commits once. A
-call that fails without writing (a state conflict) fails alone; one that fails after writing
-makes the batch roll back and run again one call per transaction, so each call applies entirely
-or not at all. Every SQLite step releases and re-takes the GIL, which a busy event loop makes
-slow, so the common calls are single statements (``UPDATE … RETURNING``) and the history is
-written by triggers. The synchronous :class:`JournalDB` is also used directly by CLI commands.
+The daemon's calls run in the journal's own process (see :class:`Journal`), so
+``await journal.call(...)`` never blocks the event loop, and the SQLite work does not compete
+with it for the GIL. Calls made while a batch runs are *group-committed*: every pending call
+goes in the next batch, which runs in one transaction and commits once. A call that fails
+without writing (a state conflict) fails alone; one that fails after writing makes the batch
+roll back and run again one call per transaction, so each call applies entirely or not at all.
+The common calls are single statements (``UPDATE … RETURNING``) and the history is written by
+triggers. The synchronous :class:`JournalDB` is also used directly by CLI commands.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from gateway.batching import Batcher
+from gateway.batching import Batcher, worker_context
 from gateway.folders import free_name
 
 SCHEMA_VERSION = 7
@@ -852,64 +853,230 @@ T = TypeVar("T")
 JournalCall = Callable[[JournalDB], Any]
 
 
+class Call(Generic[T]):
+    """A journal call that can travel to the journal process: ``function(db, *args, **kwargs)``.
+
+    ``function`` is a :class:`JournalDB` method or a module-level function (sent by name), the
+    arguments plain values. Example: ``await journal.call(Call(JournalDB.get, flow_id))``.
+    """
+
+    __slots__ = ("args", "function", "kwargs")
+
+    def __init__(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self, db: JournalDB) -> T:
+        return self.function(db, *self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_call, (self.function, self.args, self.kwargs))
+
+
+def _call(function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[T]:
+    return Call(function, *args, **kwargs)
+
+
+class JournalUnavailable(RuntimeError):
+    """The journal process could not be reached; whether the calls were applied is unknown."""
+
+
 class Journal:
-    """Async façade: every call runs on the journal's own thread, group-committed."""
+    """Async façade: the calls run in the journal's own process, group-committed.
+
+    The process has its own interpreter: the SQLite work (each step of which releases and
+    re-takes the GIL) no longer competes with the event loop. Measured with 3,000 x 10 KB
+    files over SFTP to a local sshd: the journal thread spent 0.25 ms per call under load,
+    most of it waiting for the GIL the busy event loop held. Calls are pickled by the caller
+    (a call that cannot travel fails there, alone) and sent in batches: one round trip per
+    batch. The process ends when the journal is closed, or when the daemon dies (it finishes
+    the batch under way, whose commit is then found by the next start like any other). If it
+    dies, the batch under way fails with :class:`JournalUnavailable` and the next batch
+    starts a new one.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._db: JournalDB | None = None
-        self._batcher: Batcher[JournalCall, Any] = Batcher(self._run_batch, executor=self._executor)
+        self._process: Any = None
+        self._pipe: Any = None
+        self._open = False
+        self._batcher: Batcher[bytes, Any] = Batcher(self._run_batch, executor=self._executor)
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._db = await loop.run_in_executor(self._executor, JournalDB, self._path)
+        await loop.run_in_executor(self._executor, self._start)
+        self._open = True
+
+    def _start(self) -> None:
+        """Start the journal process and wait until it has opened the database."""
+        ours, theirs = worker_context().Pipe()
+        process = worker_context().Process(
+            target=serve, args=(self._path, theirs), name="raccord-journal", daemon=True
+        )
+        process.start()
+        theirs.close()
+        try:
+            opened = ours.recv()
+        except (EOFError, OSError):
+            process.join(5)
+            raise JournalUnavailable(
+                f"the journal process exited with {process.exitcode} while opening {self._path}"
+            ) from None
+        if isinstance(opened, BaseException):
+            process.join(5)
+            raise opened
+        self._process, self._pipe = process, ours
 
     async def close(self) -> None:
-        if self._db is not None:
+        if self._open:
+            self._open = False
             await self._batcher.idle()
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._stop)
         self._executor.shutdown(wait=True)
 
-    async def call(self, method: Callable[[JournalDB], T]) -> T:
-        """Run ``method(db)`` on the journal thread, atomically (in its own savepoint).
+    def _stop(self) -> None:
+        process, pipe = self._process, self._pipe
+        self._process = self._pipe = None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.send(None)  # close the database and exit
+        if process is not None:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if pipe is not None:
+            pipe.close()
 
-        Example: ``row = await journal.call(lambda db: db.get(flow_id))``.
+    async def call(self, method: Callable[[JournalDB], T]) -> T:
+        """Run ``method(db)`` in the journal process, atomically (in its own savepoint).
+
+        ``method`` is a :class:`Call`, or anything else that pickles.
+
+        Raises:
+            TypeError: ``method`` cannot be sent to the journal process (a programming error).
+            JournalUnavailable: the journal process died while running the batch.
         """
-        if self._db is None:
+        if not self._open:
             raise RuntimeError("journal is not open")
-        result: T = await self._batcher.submit(method)
+        try:
+            sent = pickle.dumps(method, pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"journal call {method!r} cannot be sent: {exc}") from None
+        result: T = await self._batcher.submit(sent)
         return result
 
-    def _run_batch(self, calls: list[JournalCall]) -> list[Any]:
-        """Run a batch in one transaction (on the journal thread); see the module docstring."""
-        db = self._db
-        assert db is not None
-        outcomes: list[Any] = []
+    def _run_batch(self, calls: list[bytes]) -> list[Any]:
+        """Send a batch to the journal process and wait for its outcomes (journal thread)."""
+        if self._process is None or not self._process.is_alive():
+            try:
+                self._restart()
+            except Exception as exc:
+                return [exc] * len(calls)
         try:
-            with db.transaction():
-                for method in calls:
-                    before = db.changes
-                    try:
-                        outcomes.append(method(db))
-                    except Exception as exc:
-                        if db.changes != before:
-                            raise _Dirty from exc
-                        outcomes.append(exc)
-        except _Dirty:
-            return [self._run_alone(db, method) for method in calls]
-        except sqlite3.Error as exc:  # the commit itself failed (disk full, I/O): none applied
-            return [exc] * len(calls)
-        return outcomes
+            self._pipe.send(calls)
+            answers = self._pipe.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self._process = None
+            return [
+                JournalUnavailable(
+                    f"the journal process ended (exit code {code}) during this call; whether "
+                    "it was applied is unknown: the next start reconciles the journal"
+                )
+            ] * len(calls)
+        return [_unpickled(answer) for answer in answers]
 
-    @staticmethod
-    def _run_alone(db: JournalDB, method: JournalCall) -> Any:
-        try:
-            with db.transaction():
-                return method(db)
-        except Exception as exc:
-            return exc
+    def _restart(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+        self._process = self._pipe = None
+        self._start()
+
+
+def _unpickled(answer: bytes) -> Any:
+    try:
+        return pickle.loads(answer)  # noqa: S301 - from our own journal process
+    except Exception as exc:
+        return JournalUnavailable(f"unreadable answer from the journal process: {exc!r}")
+
+
+def serve(path: Path, pipe: Any) -> None:
+    """The journal process: open ``path``, then run the batches that come through ``pipe``."""
+    try:
+        db = JournalDB(path)
+    except Exception as exc:
+        pipe.send(exc)
+        return
+    pipe.send(True)
+    try:
+        while True:
+            try:
+                calls = pipe.recv()
+            except (EOFError, OSError):
+                return  # the daemon is gone
+            if calls is None:
+                return
+            outcomes = run_batch(db, [_loaded(call) for call in calls])
+            try:
+                pipe.send([_pickled(outcome) for outcome in outcomes])
+            except OSError:
+                return
+    finally:
+        db.close()
+
+
+def _loaded(call: bytes) -> JournalCall:
+    try:
+        method: JournalCall = pickle.loads(call)  # noqa: S301 - from the daemon that started us
+    except Exception as exc:
+        return _Failing(exc)
+    return method
+
+
+class _Failing:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, db: JournalDB) -> Any:
+        raise self.exc
+
+
+def _pickled(outcome: Any) -> bytes:
+    try:
+        return pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return pickle.dumps(TypeError(f"journal answer {outcome!r} cannot be sent back: {exc}"))
+
+
+def run_batch(db: JournalDB, calls: list[JournalCall]) -> list[Any]:
+    """Run a batch in one transaction; see the module docstring."""
+    outcomes: list[Any] = []
+    try:
+        with db.transaction():
+            for method in calls:
+                before = db.changes
+                try:
+                    outcomes.append(method(db))
+                except Exception as exc:
+                    if db.changes != before:
+                        raise _Dirty from exc
+                    outcomes.append(exc)
+    except _Dirty:
+        return [_run_alone(db, method) for method in calls]
+    except sqlite3.Error as exc:  # the commit itself failed (disk full, I/O): none applied
+        return [exc] * len(calls)
+    return outcomes
+
+
+def _run_alone(db: JournalDB, method: JournalCall) -> Any:
+    try:
+        with db.transaction():
+            return method(db)
+    except Exception as exc:
+        return exc
 
 
 class _Dirty(Exception):

@@ -38,7 +38,7 @@ from gateway import logs, returns
 from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Journal
+from gateway.journal import Call, Journal, JournalDB
 from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
 from protocols.errors import (
     AuthenticationError,
@@ -164,7 +164,7 @@ class Poller:
 
     async def _seen(self, connection: str, remote: RemoteFile) -> str | None:
         seen = await self.journal.call(
-            lambda db: db.download(connection, remote.name, remote.size, remote.mtime)
+            Call(JournalDB.download, connection, remote.name, remote.size, remote.mtime)
         )
         return str(seen["outcome"]) if seen else None
 
@@ -238,7 +238,8 @@ class Poller:
         self, connection: str, remote: RemoteFile, outcome: str, return_id: str | None = None
     ) -> None:
         await self.journal.call(
-            lambda db: db.record_download(
+            Call(
+                JournalDB.record_download,
                 connection,
                 remote.name,
                 remote.size,

@@ -30,7 +30,7 @@ from gateway import folders, logs, polling, returns
 from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
-from gateway.journal import FlowRow, Journal, JournalDB
+from gateway.journal import Call, FlowRow, Journal, JournalDB
 from gateway.lots import journal_lot
 from protocols.base import IntegrationReports, InvoiceLifecycle, Sender
 from protocols.errors import TransferError
@@ -107,11 +107,11 @@ class Reporter:
         applied."""
         protocol = self.config.connection(connection).protocol
         await self.journal.call(
-            lambda db: db.adopt_deposits(connection, protocol, source.report_interval)
+            Call(JournalDB.adopt_deposits, connection, protocol, source.report_interval)
         )
         now = datetime.now(UTC)
         due = await self.journal.call(
-            lambda db: db.deposits_due(connection, now.isoformat(timespec="milliseconds"))
+            Call(JournalDB.deposits_due, connection, now.isoformat(timespec="milliseconds"))
         )
         applied = 0
         for deposit in due:
@@ -150,7 +150,7 @@ class Reporter:
             return False
         flow_id = str(deposit["flow_id"])
         await self.journal.call(
-            lambda db: db.update_deposit(flow_id, polls=polls, state=state, outcome="expired")
+            Call(JournalDB.update_deposit, flow_id, polls=polls, state=state, outcome="expired")
         )
         action = (
             "no final state within report_deadline: look the deposit up in Chorus Pro "
@@ -185,7 +185,8 @@ class Reporter:
             return 0
         outcome = await self._store(connection, report.document, report.name)
         await self.journal.call(
-            lambda db: db.update_deposit(
+            Call(
+                JournalDB.update_deposit,
                 flow_id,
                 polls=polls,
                 state=report.state,
@@ -210,13 +211,15 @@ class Reporter:
 
     async def _follow(self, flow_id: str, source: InvoiceLifecycle) -> None:
         """Follow the invoices of an integrated deposit (those not all rejected)."""
-        invoices = await self.journal.call(lambda db: db.invoices(flow_id))
+        invoices = await self.journal.call(Call(JournalDB.invoices, flow_id))
         if not any(not i["rejected"] for i in invoices):
             return
         at = datetime.now(UTC) + timedelta(seconds=source.lifecycle_interval)
         await self.journal.call(
-            lambda db: db.update_deposit(
-                flow_id, lifecycle_next=at.isoformat(timespec="milliseconds")
+            Call(
+                JournalDB.update_deposit,
+                flow_id,
+                lifecycle_next=at.isoformat(timespec="milliseconds"),
             )
         )
 
@@ -225,7 +228,7 @@ class Reporter:
         Returns how many documents were applied."""
         now = datetime.now(UTC)
         due = await self.journal.call(
-            lambda db: db.lifecycles_due(connection, now.isoformat(timespec="milliseconds"))
+            Call(JournalDB.lifecycles_due, connection, now.isoformat(timespec="milliseconds"))
         )
         applied = 0
         for deposit in due:
@@ -283,12 +286,12 @@ class Reporter:
     async def _later(self, flow_id: str, polls: int, wait: float, state: str | None) -> None:
         at = (datetime.now(UTC) + timedelta(seconds=wait)).isoformat(timespec="milliseconds")
         await self.journal.call(
-            lambda db: db.update_deposit(flow_id, polls=polls, next_at=at, state=state)
+            Call(JournalDB.update_deposit, flow_id, polls=polls, next_at=at, state=state)
         )
 
     async def _resend(self, connection: str, flow_id: str, state: str) -> None:
         """Send the flow again once, as a new flow carrying a copy of what was sent."""
-        flow = await self.journal.call(lambda db: resendable(db, flow_id))
+        flow = await self.journal.call(Call(resendable, flow_id))
         if flow is None:
             action = (
                 "Chorus Pro could not process this flow, and raccord already sent it again "
@@ -311,7 +314,7 @@ class Reporter:
             # the copy is made durable, off the journal thread, before the journal knows it
             await asyncio.to_thread(folders.copy, Path(flow.final_path or ""), target)
             await self.journal.call(
-                lambda db: journal_resend(db, flow, new_id, target, f"deposit {state}: sent again")
+                Call(journal_resend, flow, new_id, target, f"deposit {state}: sent again")
             )
         except Exception as exc:
             await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))

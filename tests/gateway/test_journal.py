@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.journal import SCHEMA_VERSION, Journal, JournalDB, StateConflict
+from gateway.journal import (
+    SCHEMA_VERSION,
+    Call,
+    Journal,
+    JournalDB,
+    JournalUnavailable,
+    StateConflict,
+)
 
 
 def flow_id(i: int) -> str:
@@ -22,7 +29,7 @@ def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_p
         try:
             inserted = await asyncio.gather(
                 *(
-                    journal.call(lambda db, i=i: db.insert(flow_id(i), "c", f"f{i}.xml", f"/s/{i}"))
+                    journal.call(Call(JournalDB.insert, flow_id(i), "c", f"f{i}.xml", f"/s/{i}"))
                     for i in range(300)
                 )
             )
@@ -30,12 +37,12 @@ def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_p
             return await asyncio.gather(
                 *(
                     journal.call(
-                        lambda db, i=i: db.transition(flow_id(i), "queued", expect=("claimed",))
+                        Call(JournalDB.transition, flow_id(i), "queued", expect=("claimed",))
                     )
                     for i in range(299)
                 ),
                 # A conflict fails alone: the flows around it still move.
-                journal.call(lambda db: db.transition(flow_id(299), "sent", expect=("queued",))),
+                journal.call(Call(JournalDB.transition, flow_id(299), "sent", expect=("queued",))),
                 return_exceptions=True,
             )
         finally:
@@ -50,20 +57,21 @@ def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_p
     db.close()
 
 
-def test_a_call_that_fails_after_writing_is_undone_and_the_others_kept(tmp_path: Path) -> None:
-    def half_done(db: JournalDB) -> None:
-        db.transition(flow_id(1), "queued")
-        raise RuntimeError("failed midway")
+def half_done(db: JournalDB) -> None:
+    db.transition(flow_id(1), "queued")
+    raise RuntimeError("failed midway")
 
+
+def test_a_call_that_fails_after_writing_is_undone_and_the_others_kept(tmp_path: Path) -> None:
     async def main() -> list[object]:
         journal = Journal(tmp_path / "j.sqlite")
         await journal.open()
         try:
-            await journal.call(lambda db: db.insert(flow_id(1), "c", "a.xml", "/s/a"))
+            await journal.call(Call(JournalDB.insert, flow_id(1), "c", "a.xml", "/s/a"))
             return await asyncio.gather(
-                journal.call(lambda db: db.insert(flow_id(2), "c", "b.xml", "/s/b")),
-                journal.call(half_done),
-                journal.call(lambda db: db.insert(flow_id(3), "c", "c.xml", "/s/c")),
+                journal.call(Call(JournalDB.insert, flow_id(2), "c", "b.xml", "/s/b")),
+                journal.call(Call(half_done)),
+                journal.call(Call(JournalDB.insert, flow_id(3), "c", "c.xml", "/s/c")),
                 return_exceptions=True,
             )
         finally:
@@ -175,3 +183,70 @@ def test_a_journal_from_a_newer_raccord_is_refused(tmp_path: Path) -> None:
     newer.close()
     with pytest.raises(RuntimeError, match="newer than this raccord knows"):
         JournalDB(path)
+
+
+def _exit_process(_: JournalDB) -> None:
+    import os
+
+    os._exit(9)
+
+
+def test_a_call_that_cannot_travel_fails_alone_at_its_caller(tmp_path: Path) -> None:
+    async def main() -> tuple[BaseException | None, object]:
+        journal = Journal(tmp_path / "j.sqlite")
+        await journal.open()
+        try:
+            with pytest.raises(TypeError, match="cannot be sent") as caught:
+                await journal.call(lambda db: db.get(flow_id(1)))
+            row = await journal.call(Call(JournalDB.insert, flow_id(1), "c", "a.xml", "/s/a"))
+            return caught.value, row
+        finally:
+            await journal.close()
+
+    _, row = asyncio.run(main())
+    assert row is not None
+
+
+def test_the_journal_process_dying_fails_its_batch_and_the_next_call_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[list[object], object]:
+        journal = Journal(tmp_path / "j.sqlite")
+        await journal.open()
+        try:
+            await journal.call(Call(JournalDB.insert, flow_id(1), "c", "a.xml", "/s/a"))
+            died = await asyncio.gather(
+                journal.call(Call(_exit_process)),
+                journal.call(Call(JournalDB.insert, flow_id(2), "c", "b.xml", "/s/b")),
+                return_exceptions=True,
+            )
+            after = await journal.call(Call(JournalDB.get, flow_id(1)))
+            return died, after
+        finally:
+            await journal.close()
+
+    died, after = asyncio.run(main())
+    assert all(isinstance(outcome, JournalUnavailable) for outcome in died), died
+    assert "whether it was applied is unknown" in str(died[0])
+    assert after is not None and after.flow_id == flow_id(1)  # a new process, the same journal
+    db = JournalDB(tmp_path / "j.sqlite")
+    assert db.get(flow_id(2)) is None  # its batch never committed
+    db.close()
+
+
+def test_a_journal_newer_than_this_raccord_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    JournalDB(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    raw.close()
+
+    async def main() -> None:
+        journal = Journal(path)
+        try:
+            await journal.open()
+        finally:
+            await journal.close()
+
+    with pytest.raises(RuntimeError, match="newer than this raccord knows"):
+        asyncio.run(main())

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config, ConfigError
 from gateway.daemon import Gateway
+from gateway.journal import Call, JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError
 from tests.as2_config import write_as2_config
@@ -101,6 +102,10 @@ def test_certificate_expiry_is_exported(tmp_path: Path, our_keys: Any, partner_k
     }
 
 
+def _stall(_: JournalDB, seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def test_healthz_names_what_is_not_alive(tmp_path: Path) -> None:
     bucket = f"health-{time.monotonic_ns()}"
     config = metered(tmp_path, bucket)
@@ -111,9 +116,7 @@ def test_healthz_names_what_is_not_alive(tmp_path: Path) -> None:
             assert gateway.dispatcher is not None
             # The journal is stuck (a stalled disk): the health check gets no answer in 2 s.
             # The journal serves calls in order: the check's query waits behind this one.
-            stuck = asyncio.create_task(
-                gateway.dispatcher.journal.call(lambda _db: time.sleep(3.5))
-            )
+            stuck = asyncio.create_task(gateway.dispatcher.journal.call(Call(_stall, 3.5)))
             answers.append(await get(gateway, "/healthz"))
             await stuck
             answers.append(await get(gateway, "/healthz"))
