@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from flows.analysis import Analysis, analyze
-from gateway.batching import Batcher, worker_context
+from gateway.batching import Batcher, WorkerDied, WorkerProcess
 
 #: Files up to this size go to the worker process; larger ones are analysed on a thread.
 SMALL = 1 << 20
@@ -66,7 +65,7 @@ class Analyser:
 
     def __init__(self, work: Work = analyse_all) -> None:
         self._work = work
-        self._pool: ProcessPoolExecutor | None = None
+        self._worker = WorkerProcess("raccord-analysis", serve, work)
         self._batcher: Batcher[tuple[Path, int], Outcome] = Batcher(self._run, max_batch=256)
 
     async def analyse(self, path: Path, limit: int) -> Outcome:
@@ -77,11 +76,6 @@ class Analyser:
             AnalysisCrashed: the worker died on this file.
         """
         return await self._batcher.submit((path, limit))
-
-    def _worker(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=worker_context())
-        return self._pool
 
     def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
         """One batch (on a Batcher thread): small files in the worker, large ones here."""
@@ -102,17 +96,17 @@ class Analyser:
         if not items:
             return []
         try:
-            return self._worker().submit(self._work, items).result()
-        except BrokenProcessPool:
-            self._discard()
+            answer: list[Outcome | Exception] = self._worker.run(items)
+            return answer
+        except WorkerDied:
+            pass
         # The worker died on this batch: once more, one file per worker, so the file that kills
         # it is found and fails alone.
         outcomes: list[Outcome | Exception] = []
         for item in items:
             try:
-                outcomes += self._worker().submit(self._work, [item]).result()
-            except BrokenProcessPool:
-                self._discard()
+                outcomes += self._worker.run([item])
+            except WorkerDied:
                 outcomes.append(
                     AnalysisCrashed(
                         f"the analysis process died reading {item[0].name} (a parser crash, or "
@@ -121,16 +115,25 @@ class Analyser:
                 )
         return outcomes
 
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
     async def close(self) -> None:
         await self._batcher.idle()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown)
+        await asyncio.to_thread(self._worker.stop)
+
+
+def serve(work: Work, pipe: Any) -> None:
+    """The analysis process: answer each batch of (path, limit) with ``work``'s outcomes."""
+    pipe.send(True)
+    while True:
+        try:
+            items = pipe.recv()
+        except (EOFError, OSError):
+            return  # the daemon is gone
+        if items is None:
+            return
+        try:
+            pipe.send(work(items))
+        except OSError:
+            return
 
 
 def _small(path: Path) -> bool:

@@ -10,11 +10,12 @@ exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,6 +77,80 @@ class Batcher(Generic[T, R]):
                 if not future.done():
                     future.cancel()
             self._pending.clear()
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended while it held a batch; whether it finished it is unknown."""
+
+
+class WorkerProcess:
+    """A child process that runs batches sent over a pipe, one at a time (blocking calls: use
+    them from a worker thread).
+
+    ``target(*args, pipe)`` runs in the child: it sends one message once ready (True, or the
+    exception that stopped it), then answers each batch it receives, and returns on None or
+    when the pipe is closed. The daemon alone holds the other end, so a child whose daemon
+    dies (even by kill -9) reads end-of-file and exits: no process is left behind.
+    """
+
+    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        self.name = name
+        self._target = target
+        self._args = args
+        self._process: Any = None
+        self._pipe: Any = None
+
+    def start(self) -> None:
+        """Start the child and wait for its first message; re-raise the error it sent."""
+        ours, theirs = worker_context().Pipe()
+        process = worker_context().Process(
+            target=self._target, args=(*self._args, theirs), name=self.name, daemon=True
+        )
+        process.start()
+        theirs.close()
+        try:
+            ready = ours.recv()
+        except (EOFError, OSError):
+            process.join(5)
+            ours.close()
+            raise WorkerDied(f"{self.name} exited with {process.exitcode} as it started") from None
+        if isinstance(ready, BaseException):
+            process.join(5)
+            ours.close()
+            raise ready
+        self._process, self._pipe = process, ours
+
+    def run(self, batch: Any) -> Any:
+        """Send ``batch`` (starting the child first if it is not running) and return its answer.
+
+        Raises:
+            WorkerDied: the child ended before answering (it is started again next time).
+        """
+        if self._process is None or not self._process.is_alive():
+            self.stop()
+            self.start()
+        try:
+            self._pipe.send(batch)
+            return self._pipe.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self.stop()
+            raise WorkerDied(f"{self.name} ended (exit code {code})") from None
+
+    def stop(self) -> None:
+        """Ask the child to end; kill it if it has not within 10 s."""
+        process, pipe = self._process, self._pipe
+        self._process = self._pipe = None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        if process is not None:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if pipe is not None:
+            pipe.close()
 
 
 @functools.cache

@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from gateway.batching import Batcher, worker_context
+from gateway.batching import Batcher, WorkerDied, WorkerProcess
 from gateway.folders import free_name
 
 SCHEMA_VERSION = 7
@@ -899,56 +899,20 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._process: Any = None
-        self._pipe: Any = None
+        self._worker = WorkerProcess("raccord-journal", serve, path)
         self._open = False
         self._batcher: Batcher[bytes, Any] = Batcher(self._run_batch, executor=self._executor)
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._start)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._worker.start)
         self._open = True
-
-    def _start(self) -> None:
-        """Start the journal process and wait until it has opened the database."""
-        ours, theirs = worker_context().Pipe()
-        process = worker_context().Process(
-            target=serve, args=(self._path, theirs), name="raccord-journal", daemon=True
-        )
-        process.start()
-        theirs.close()
-        try:
-            opened = ours.recv()
-        except (EOFError, OSError):
-            process.join(5)
-            raise JournalUnavailable(
-                f"the journal process exited with {process.exitcode} while opening {self._path}"
-            ) from None
-        if isinstance(opened, BaseException):
-            process.join(5)
-            raise opened
-        self._process, self._pipe = process, ours
 
     async def close(self) -> None:
         if self._open:
             self._open = False
             await self._batcher.idle()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._stop)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._worker.stop)
         self._executor.shutdown(wait=True)
-
-    def _stop(self) -> None:
-        process, pipe = self._process, self._pipe
-        self._process = self._pipe = None
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.send(None)  # close the database and exit
-        if process is not None:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        if pipe is not None:
-            pipe.close()
 
     async def call(self, method: Callable[[JournalDB], T]) -> T:
         """Run ``method(db)`` in the journal process, atomically (in its own savepoint).
@@ -970,30 +934,18 @@ class Journal:
 
     def _run_batch(self, calls: list[bytes]) -> list[Any]:
         """Send a batch to the journal process and wait for its outcomes (journal thread)."""
-        if self._process is None or not self._process.is_alive():
-            try:
-                self._restart()
-            except Exception as exc:
-                return [exc] * len(calls)
         try:
-            self._pipe.send(calls)
-            answers = self._pipe.recv()
-        except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            self._process = None
+            answers = self._worker.run(calls)
+        except WorkerDied as exc:
             return [
                 JournalUnavailable(
-                    f"the journal process ended (exit code {code}) during this call; whether "
-                    "it was applied is unknown: the next start reconciles the journal"
+                    f"{exc} during this call; whether it was applied is unknown: the next "
+                    "start reconciles the journal"
                 )
             ] * len(calls)
+        except Exception as exc:  # it could not be started again (e.g. the disk is gone)
+            return [exc] * len(calls)
         return [_unpickled(answer) for answer in answers]
-
-    def _restart(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
-        self._process = self._pipe = None
-        self._start()
 
 
 def _unpickled(answer: bytes) -> Any:

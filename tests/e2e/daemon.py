@@ -29,6 +29,7 @@ class Daemon:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # its worker processes are found by its session id
             )
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -59,6 +60,29 @@ class Daemon:
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
+
+    def session(self) -> list[int]:
+        """Every live process of the daemon's session: itself and its worker processes (also
+        once it is dead: they would then be orphans)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[3]) == self.process.pid:  # state, session id
+                found.append(int(entry.name))
+        return found
+
+    def left_behind(self, timeout: float = 10.0) -> list[int]:
+        """The processes of the daemon's session still alive ``timeout`` s after it ended."""
+        deadline = time.monotonic() + timeout
+        while (found := self.session()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
 
     def stop(self, timeout: float = 30.0) -> tuple[int, float]:
         """SIGTERM; the exit status and how long the exit took."""

@@ -123,8 +123,11 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
             timeout=60,
             poll=0.002,
         )
+        # itself, the journal's and the analysis' processes, their fork server (+ its tracker)
+        assert len(first.session()) >= 4, first.session()
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=10)
+        assert first.left_behind() == [], "worker processes outlived the daemon"
     states = [r.state for r in rows(config)]
     assert states.count("sent") < 200, "the kill came too late to test anything"
 
@@ -136,6 +139,7 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
             poll=0.1,
         )
         status, _ = second.stop()
+        assert second.left_behind(timeout=2) == []
     assert status == 0
 
     all_rows = rows(config)
