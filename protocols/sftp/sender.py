@@ -72,7 +72,7 @@ class SftpSettings:
     passphrase: Secret | None = None
     connect_timeout: float = 15.0
     timeout: float = 120.0
-    max_parallel: int = 8
+    max_parallel: int = 32
     temp_prefix: str = "."
     temp_suffix: str = ".part"
     after_download: str = "delete"
@@ -99,7 +99,7 @@ def parse_settings(section: Section) -> SftpSettings:
         passphrase=section.secret("passphrase", required=False),
         connect_timeout=section.duration("connect_timeout", "15s"),
         timeout=section.duration("timeout", "120s"),
-        max_parallel=section.integer("max_parallel", 8, minimum=1, maximum=64),
+        max_parallel=section.integer("max_parallel", 32, minimum=1, maximum=64),
         temp_prefix=section.string("temp_prefix", "."),
         temp_suffix=section.string("temp_suffix", ".part"),
         after_download=section.choice("after_download", ["delete", "rename", "leave"], "delete"),
