@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.analysis import Analysis, analyze
-from gateway.batching import Batcher, WorkerDied, WorkerProcess
+from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 
 #: Files up to this size go to the worker process; larger ones are analysed on a thread.
 SMALL = 1 << 20
@@ -64,9 +64,8 @@ class Analyser:
     """
 
     def __init__(self, work: Work = analyse_all) -> None:
-        self._work = work
         self._worker = WorkerProcess("raccord-analysis", serve, work)
-        self._batcher: Batcher[tuple[Path, int], Outcome] = Batcher(self._run, max_batch=256)
+        self._batcher: Batcher[tuple[Path, int], Outcome | None] = Batcher(self._run, max_batch=256)
 
     async def analyse(self, path: Path, limit: int) -> Outcome:
         """``path``'s size and analysis (None if over ``limit`` bytes).
@@ -75,22 +74,18 @@ class Analyser:
             OSError: the file cannot be read.
             AnalysisCrashed: the worker died on this file.
         """
-        return await self._batcher.submit((path, limit))
+        outcome = await self._batcher.submit((path, limit))
+        if outcome is None:  # large: on a thread of its own, so the batch is not held up
+            return await asyncio.to_thread(size_and_analysis, path, limit)
+        return outcome
 
-    def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
-        """One batch (on a Batcher thread): small files in the worker, large ones here."""
-        small = [(i, item) for i, item in enumerate(items) if _small(item[0])]
-        outcomes: list[Outcome | Exception | None] = [None] * len(items)
-        analysed = self._in_worker([item for _, item in small])
-        for (i, _), outcome in zip(small, analysed, strict=True):
-            outcomes[i] = outcome
-        for i, (path, limit) in enumerate(items):
-            if outcomes[i] is None:
-                try:
-                    outcomes[i] = size_and_analysis(path, limit)
-                except OSError as exc:
-                    outcomes[i] = exc
-        return [o for o in outcomes if o is not None]
+    def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception | None]:
+        """One batch (on a Batcher thread): the small files' outcomes from the worker, None
+        for the others (large, or not readable: the caller's thread reports why)."""
+        fits = [_small(path) for path, _ in items]
+        small = [item for item, fit in zip(items, fits, strict=True) if fit]
+        analysed = iter(self._in_worker(small))
+        return [next(analysed) if fit else None for fit in fits]
 
     def _in_worker(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
         if not items:
@@ -122,18 +117,7 @@ class Analyser:
 
 def serve(work: Work, pipe: Any) -> None:
     """The analysis process: answer each batch of (path, limit) with ``work``'s outcomes."""
-    pipe.send(True)
-    while True:
-        try:
-            items = pipe.recv()
-        except (EOFError, OSError):
-            return  # the daemon is gone
-        if items is None:
-            return
-        try:
-            pipe.send(work(items))
-        except OSError:
-            return
+    answer_batches(pipe, work)
 
 
 def _small(path: Path) -> bool:

@@ -13,9 +13,14 @@ import asyncio
 import contextlib
 import functools
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar
+
+from gateway import logs
+
+log = logs.get()
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,10 +92,13 @@ class WorkerProcess:
     """A child process that runs batches sent over a pipe, one at a time (blocking calls: use
     them from a worker thread).
 
-    ``target(*args, pipe)`` runs in the child: it sends one message once ready (True, or the
-    exception that stopped it), then answers each batch it receives, and returns on None or
-    when the pipe is closed. The daemon alone holds the other end, so a child whose daemon
-    dies (even by kill -9) reads end-of-file and exits: no process is left behind.
+    ``target(*args, pipe)`` runs in the child: it sets itself up, then calls
+    :func:`answer_batches` (or sends the exception that stopped it). The daemon alone holds the
+    other end of the pipe, so a child whose daemon dies (even by kill -9) reads end-of-file and
+    exits: no process is left behind. For the same reason the child ignores SIGTERM and SIGINT:
+    systemd's stop signals the unit's whole control group, and Ctrl-C the terminal's process
+    group, while the daemon still needs its workers to finish the transfers under way; it ends
+    them itself when it is done.
     """
 
     def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -100,11 +108,16 @@ class WorkerProcess:
         self._process: Any = None
         self._pipe: Any = None
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, None when it is not running."""
+        return None if self._process is None else int(self._process.pid)
+
     def start(self) -> None:
         """Start the child and wait for its first message; re-raise the error it sent."""
         ours, theirs = worker_context().Pipe()
         process = worker_context().Process(
-            target=self._target, args=(*self._args, theirs), name=self.name, daemon=True
+            target=_child, args=(self._target, *self._args, theirs), name=self.name, daemon=True
         )
         process.start()
         theirs.close()
@@ -126,16 +139,25 @@ class WorkerProcess:
         Raises:
             WorkerDied: the child ended before answering (it is started again next time).
         """
-        if self._process is None or not self._process.is_alive():
-            self.stop()
+        # Between batches a live child sends nothing: a readable pipe means it is gone. (Not
+        # Process.is_alive(): that asks the fork server, which a stop signal may have ended
+        # while the child itself lives on.)
+        if self._pipe is not None and self._pipe.poll():
+            self._died("between batches")
+        if self._pipe is None:
             self.start()
         try:
             self._pipe.send(batch)
             return self._pipe.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            self.stop()
+            code = self._died("with a batch")
             raise WorkerDied(f"{self.name} ended (exit code {code})") from None
+
+    def _died(self, when: str) -> int | None:
+        code = self._process.exitcode if self._process is not None else None
+        log.warning("worker.died", worker=self.name, exit_code=code, when=when)
+        self.stop()
+        return code
 
     def stop(self) -> None:
         """Ask the child to end; kill it if it has not within 10 s."""
@@ -151,6 +173,29 @@ class WorkerProcess:
                 process.join()
         if pipe is not None:
             pipe.close()
+
+
+def _child(target: Callable[..., None], *args: Any) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    target(*args)
+
+
+def answer_batches(pipe: Any, handle: Callable[[Any], Any]) -> None:
+    """In a worker process: say it is ready, then answer each batch from ``pipe`` with
+    ``handle(batch)`` until the daemon sends None or is gone."""
+    pipe.send(True)
+    while True:
+        try:
+            batch = pipe.recv()
+        except (EOFError, OSError):
+            return  # the daemon is gone
+        if batch is None:
+            return
+        try:
+            pipe.send(handle(batch))
+        except OSError:
+            return
 
 
 @functools.cache

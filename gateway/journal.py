@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from gateway.batching import Batcher, WorkerDied, WorkerProcess
+from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.folders import free_name
 
 SCHEMA_VERSION = 7
@@ -870,13 +870,6 @@ class Call(Generic[T]):
     def __call__(self, db: JournalDB) -> T:
         return self.function(db, *self.args, **self.kwargs)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_call, (self.function, self.args, self.kwargs))
-
-
-def _call(function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[T]:
-    return Call(function, *args, **kwargs)
-
 
 class JournalUnavailable(RuntimeError):
     """The journal process could not be reached; whether the calls were applied is unknown."""
@@ -962,20 +955,13 @@ def serve(path: Path, pipe: Any) -> None:
     except Exception as exc:
         pipe.send(exc)
         return
-    pipe.send(True)
     try:
-        while True:
-            try:
-                calls = pipe.recv()
-            except (EOFError, OSError):
-                return  # the daemon is gone
-            if calls is None:
-                return
-            outcomes = run_batch(db, [_loaded(call) for call in calls])
-            try:
-                pipe.send([_pickled(outcome) for outcome in outcomes])
-            except OSError:
-                return
+        answer_batches(
+            pipe,
+            lambda calls: [
+                _pickled(outcome) for outcome in run_batch(db, [_loaded(c) for c in calls])
+            ],
+        )
     finally:
         db.close()
 

@@ -1,9 +1,12 @@
 """Signals on a running ``raccord run`` (a real process, a real sshd): SIGTERM in the middle
 of a transfer exits 0 within the grace period and the flow resumes under the same remote name;
-SIGHUP applies a valid configuration and keeps the running one when the new file is invalid."""
+the same signal sent to the whole process group (as systemd's stop and Ctrl-C do) lets the
+transfer under way finish and be filed; SIGHUP applies a valid configuration and keeps the
+running one when the new file is invalid."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -57,6 +60,40 @@ def test_sigterm_mid_transfer_exits_0_and_the_flow_resumes_under_its_remote_name
     [row] = rows(config)
     assert (row.remote_name, row.attempts) == (remote_name, 2)
     assert sshd.uploaded() == {remote_name: big}  # whole, once, no temporary file left
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_group_lets_the_transfer_under_way_finish(
+    tmp_path: Path, sshd: Sshd, signum: signal.Signals
+) -> None:
+    """The journal and analysis processes get the signal too; they must keep serving until the
+    daemon, done with its transfers, ends them."""
+    path = write_sftp_config(tmp_path, sshd)
+    config = config_module.load(path)
+    big = invoice("GROUP-1", padding=28_000_000)
+    with daemon(path, tmp_path / "daemon.log") as running:
+        drop(config, "big.xml", big)
+
+        def partly_uploaded() -> bool:
+            return any(
+                p.name.endswith(".part") and p.stat().st_size > 0 for p in sshd.upload_dir.iterdir()
+            )
+
+        running.wait_for("partial upload", partly_uploaded, poll=0.002)
+        workers = set(running.session()) - {running.process.pid}
+        os.killpg(running.process.pid, signum)
+        assert running.process.wait(timeout=30) == 0, running.tail()
+        assert not running.events("flow.failed") and not running.events("flow.unfiled")
+        assert (
+            running.events("gateway.stopping")[0]["timestamp"]
+            < running.events("flow.sent")[0]["timestamp"]
+        ), "the transfer was over before the signal: nothing was tested"
+        # The workers that got the signal served to the end: none died and was started again.
+        assert not running.events("worker.died"), running.tail()
+        assert workers and running.left_behind() == [], running.tail()
+    [row] = rows(config)
+    assert row.state == "sent"
+    assert sshd.uploaded() == {row.remote_name: big}
 
 
 def test_sighup_applies_a_valid_configuration_and_keeps_the_running_one_otherwise(

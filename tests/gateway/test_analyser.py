@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from flows.analysis import analyze
+from gateway import analyser as analyser_module
 from gateway.analyser import SMALL, Analyser, AnalysisCrashed, Outcome, analyse_all
 from tests.conftest import sample
 
@@ -142,3 +144,40 @@ def test_a_burst_is_answered_in_full_and_in_order(tmp_path: Path, count: int) ->
     outcomes = asyncio.run(scenario())
     numbers = [analysis.invoice_number for _, analysis in outcomes if analysis is not None]
     assert numbers == [f"BURST-{i:04}" for i in range(count)]
+
+
+def test_a_large_file_does_not_hold_up_the_small_ones_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = _documents(tmp_path)[:2]
+    large = tmp_path / "large.xml"
+    large.write_bytes(
+        sample("ubl-invoice.xml").replace(
+            b"</Invoice>", b"<!--" + b"x" * (SMALL + 10) + b"-->\n</Invoice>"
+        )
+    )
+    release = threading.Event()
+    in_process = analyser_module.size_and_analysis
+
+    def slow(path: Path, limit: int) -> Outcome:  # a large file that takes its time here
+        assert release.wait(10), "never released"
+        return in_process(path, limit)
+
+    monkeypatch.setattr(analyser_module, "size_and_analysis", slow)
+
+    async def scenario() -> tuple[list[Outcome], Outcome]:
+        analyser = Analyser()
+        try:
+            late = asyncio.ensure_future(analyser.analyse(large, LIMIT))
+            early = await asyncio.wait_for(
+                asyncio.gather(*(analyser.analyse(path, LIMIT) for path in small)), 5
+            )
+            release.set()
+            return early, await late
+        finally:
+            release.set()
+            await analyser.close()
+
+    early, late = asyncio.run(scenario())
+    assert early == [(path.stat().st_size, analyze(path)) for path in small]
+    assert late == (large.stat().st_size, analyze(large))

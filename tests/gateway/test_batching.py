@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.batching import Batcher
+from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 
 
 def test_items_arriving_during_a_batch_are_run_together_in_the_next() -> None:
@@ -53,3 +58,67 @@ def test_work_that_breaks_fails_every_item_of_its_batch_and_the_batcher_goes_on(
         return await batcher.submit(2)
 
     assert asyncio.run(main()) == 2
+
+
+def _echo(pipe: Any) -> None:
+    """A worker that answers each batch with its process id and the batch; "die" ends it."""
+
+    def answer(batch: Any) -> tuple[int, Any]:
+        if batch == "die":
+            os._exit(3)
+        return os.getpid(), batch
+
+    answer_batches(pipe, answer)
+
+
+def test_a_worker_answers_in_its_own_process_and_survives_stop_signals() -> None:
+    """systemd's stop signals the whole control group and Ctrl-C the whole process group: the
+    worker must stay to serve the daemon until the daemon ends it."""
+    worker = WorkerProcess("test-echo", _echo)
+    worker.start()
+    try:
+        pid, answer = worker.run(["a", 1])
+        assert (pid, answer) == (worker.pid, ["a", 1]) and pid != os.getpid()
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        assert worker.run("again") == (pid, "again")  # the same process answered
+    finally:
+        worker.stop()
+    assert worker.pid is None
+
+
+def test_a_worker_that_dies_with_a_batch_fails_it_and_the_next_batch_gets_a_new_one() -> None:
+    worker = WorkerProcess("test-echo", _echo)
+    worker.start()
+    try:
+        first, _ = worker.run(1)
+        with pytest.raises(WorkerDied, match="test-echo ended"):
+            worker.run("die")
+        second, answer = worker.run(3)
+        assert answer == 3 and second != first
+    finally:
+        worker.stop()
+
+
+def test_a_worker_killed_between_batches_is_replaced_before_the_next_one() -> None:
+    worker = WorkerProcess("test-echo", _echo)
+    worker.start()
+    try:
+        first, _ = worker.run(1)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _running(first):  # its pipe closes when it is gone (a zombie has no files)
+            assert time.monotonic() < deadline, "the killed worker did not end"
+            time.sleep(0.01)
+        second, answer = worker.run(2)  # not lost: sent to a new worker
+        assert answer == 2 and second != first
+    finally:
+        worker.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
