@@ -58,7 +58,8 @@ Work = Callable[[list[tuple[Path, int]]], list[Outcome | Exception]]
 
 
 class Analyser:
-    """Analyses files for the dispatcher; the worker process starts on first use.
+    """Analyses files for the dispatcher; the worker process starts at :meth:`open`, or with
+    the first file.
 
     ``work`` is what the worker runs on a batch (a module-level function: it is sent by name).
     """
@@ -66,6 +67,11 @@ class Analyser:
     def __init__(self, work: Work = analyse_all) -> None:
         self._worker = WorkerProcess("raccord-analysis", serve, work)
         self._batcher: Batcher[tuple[Path, int], Outcome | None] = Batcher(self._run, max_batch=256)
+
+    async def open(self) -> None:
+        """Start the worker now rather than with the first file (it takes ~0.2 s: as any
+        multiprocessing child it imports the daemon's main module)."""
+        await asyncio.to_thread(self._worker.start)
 
     async def analyse(self, path: Path, limit: int) -> Outcome:
         """``path``'s size and analysis (None if over ``limit`` bytes).

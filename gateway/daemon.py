@@ -93,6 +93,8 @@ class Gateway:
                 alerts=self.alerts,
             )
             self.dispatcher = dispatcher
+            stack.push_async_callback(dispatcher.close)
+            await dispatcher.open()
             resumed = await dispatcher.reconcile()
             await asyncio.to_thread(self._finish_returns)
             stack.push_async_callback(self._stop_servers)

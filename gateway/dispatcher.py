@@ -146,6 +146,14 @@ class Dispatcher:
         self._released = asyncio.Condition()
         self.stopping = asyncio.Event()
 
+    async def open(self) -> None:
+        """Start the analysis worker (else it starts with the first file)."""
+        await self._analyser.open()
+
+    async def close(self) -> None:
+        """End the analysis worker (after :meth:`drain`; a later file would start it again)."""
+        await self._analyser.close()
+
     # -- reload ---------------------------------------------------------------------------
 
     def reconfigure(
@@ -247,7 +255,6 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        await self._analyser.close()
 
     @property
     def busy(self) -> int:
