@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.sshd import processes
+
 
 class Daemon:
     def __init__(self, config_path: Path, log: Path, *, pythonpath: Path | None = None) -> None:
@@ -64,18 +66,7 @@ class Daemon:
     def session(self) -> list[int]:
         """Every live process of the daemon's session: itself and its worker processes (also
         once it is dead: they would then be orphans)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[3]) == self.process.pid:  # state, session id
-                found.append(int(entry.name))
-        return found
+        return [p.pid for p in processes() if p.session == self.process.pid and p.state != "Z"]
 
     def left_behind(self, timeout: float = 10.0) -> list[int]:
         """The processes of the daemon's session still alive ``timeout`` s after it ended."""

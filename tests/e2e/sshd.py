@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
@@ -33,18 +34,32 @@ MaxSessions 100
 """
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, read from /proc."""
-    children: dict[int, list[int]] = {}
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    state: str  # "R", "S", "Z" (a zombie: ended, not yet reaped)…
+    parent: int
+    session: int
+
+
+def processes() -> Iterator[ProcessInfo]:
+    """Every process of the machine, read from /proc/<pid>/stat."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+            continue  # ended meanwhile
+        state, parent, _, session = stat.rsplit(")", 1)[1].split()[:4]
+        yield ProcessInfo(int(entry.name), state, int(parent), int(session))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for process in processes():
+        children.setdefault(process.parent, []).append(process.pid)
     found: list[int] = []
     queue = [pid]
     while queue:

@@ -14,10 +14,11 @@ from gateway import config as config_module
 from gateway.cli import main as cli
 from gateway.demo import facturx_pdf
 from gateway.folders import Layout
+from protocols.base import Outbound
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
-from tests.e2e.sshd import SSHD, Sshd, keygen
+from tests.e2e.sshd import Sshd, keygen
 from tests.gateway.harness import deliver, drop, filed, rows, running, until
 
 pytestmark = pytest.mark.e2e
@@ -163,7 +164,6 @@ def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
     tmp_path: Path, sshd: Sshd
 ) -> None:
     """asyncssh waits for ever for answers a stopped server never sends; the sender must not."""
-    from protocols.base import Outbound
     from protocols.errors import TransferTimeout
     from protocols.sftp.sender import ABORT_PATIENCE, SftpSender
 
@@ -172,15 +172,7 @@ def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
     settings = config_module.load(path).connections[0].settings
     big = tmp_path / "big.xml"
     big.write_bytes(invoice("STALL-1") + b"<!--" + b"x" * 20_000_000 + b"-->")
-    flow = Outbound(
-        flow_id="stall",
-        path=big,
-        remote_name="stalled.xml",
-        interface_code="FSO1100A",
-        size=big.stat().st_size,
-        sha256="",
-        resend=False,
-    )
+    flow = outbound(big, "stalled.xml")
 
     async def scenario() -> float:
         async with SftpSender(settings) as sender:
@@ -207,42 +199,40 @@ def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(
     ],
 )
 def test_the_cipher_is_our_first_choice_the_server_also_offers(
-    tmp_path: Path, server_ciphers: str | None, expected: str
+    tmp_path: Path, sshd: Sshd, server_ciphers: str | None, expected: str
 ) -> None:
     """AES-GCM costs the client half the CPU of chacha20 (see protocols/sftp/sender.py), but a
     server that offers only other ciphers must still be reached."""
-    from protocols.base import Outbound
     from protocols.sftp.sender import SftpSender
 
-    if not SSHD.exists():
-        pytest.fail("OpenSSH sshd is not installed (Debian package openssh-server)")
-    server = Sshd(tmp_path / "sshd")
-    config = server.config.read_text().replace("LogLevel ERROR", "LogLevel DEBUG1")
+    sshd.stop()
+    config = sshd.config.read_text().replace("LogLevel ERROR", "LogLevel DEBUG1")
     if server_ciphers is not None:
         config += f"Ciphers {server_ciphers}\n"
-    server.config.write_text(config)
-    server.start()
-    try:
-        settings = config_module.load(write_sftp_config(tmp_path, server)).connections[0].settings
-        source = tmp_path / "in.xml"
-        source.write_bytes(invoice("CIPHER-1"))
-        flow = Outbound(
-            flow_id="cipher",
-            path=source,
-            remote_name="cipher.xml",
-            interface_code="FSO1100A",
-            size=source.stat().st_size,
-            sha256="",
-            resend=False,
-        )
+    sshd.config.write_text(config)
+    sshd.start()
+    settings = config_module.load(write_sftp_config(tmp_path, sshd)).connections[0].settings
+    source = tmp_path / "in.xml"
+    source.write_bytes(invoice("CIPHER-1"))
 
-        async def scenario() -> None:
-            async with SftpSender(settings) as sender:
-                await sender.send(flow)
+    async def scenario() -> None:
+        async with SftpSender(settings) as sender:
+            await sender.send(outbound(source, "cipher.xml"))
 
-        asyncio.run(scenario())
-        assert (server.upload_dir / "cipher.xml").read_bytes() == source.read_bytes()
-        log = (server.folder / "sshd.log").read_text()
-        assert f"kex: client->server cipher: {expected}" in log, log[-2000:]
-    finally:
-        server.stop()
+    asyncio.run(scenario())
+    assert (sshd.upload_dir / "cipher.xml").read_bytes() == source.read_bytes()
+    log = (sshd.folder / "sshd.log").read_text()
+    assert f"kex: client->server cipher: {expected}" in log, log[-2000:]
+
+
+def outbound(path: Path, remote_name: str) -> Outbound:
+    """A first attempt at sending ``path`` as ``remote_name``, straight to a sender."""
+    return Outbound(
+        flow_id=path.stem,
+        path=path,
+        remote_name=remote_name,
+        interface_code="FSO1100A",
+        size=path.stat().st_size,
+        sha256="",
+        resend=False,
+    )

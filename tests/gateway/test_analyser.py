@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,23 @@ def _dies_on_poison(items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
     if any("poison" in path.name for path, _ in items):
         os._exit(70)
     return analyse_all(items)
+
+
+def analysed(
+    paths: list[Path], limit: int = LIMIT, work: Any = analyse_all
+) -> list[Outcome | BaseException]:
+    """Every path through one Analyser, concurrently (so they share batches), in order."""
+
+    async def scenario() -> list[Outcome | BaseException]:
+        analyser = Analyser(work)
+        try:
+            return await asyncio.gather(
+                *(analyser.analyse(path, limit) for path in paths), return_exceptions=True
+            )
+        finally:
+            await analyser.close()
+
+    return asyncio.run(scenario())
 
 
 def _documents(folder: Path) -> list[Path]:
@@ -51,16 +69,9 @@ def test_answers_are_those_of_an_analysis_in_process(tmp_path: Path) -> None:
     )
     paths.append(big)
 
-    async def scenario() -> list[Outcome]:
-        analyser = Analyser()
-        try:
-            return await asyncio.gather(*(analyser.analyse(path, LIMIT) for path in paths))
-        finally:
-            await analyser.close()
-
-    outcomes = asyncio.run(scenario())
+    outcomes = analysed(paths)
     assert outcomes == [(path.stat().st_size, analyze(path)) for path in paths]
-    formats = {analysis.format.value for _, analysis in outcomes if analysis is not None}
+    formats = {o[1].format.value for o in outcomes if isinstance(o, tuple) and o[1] is not None}
     assert formats == {"ubl-invoice", "cii-d16b", "unknown"}
 
 
@@ -68,32 +79,14 @@ def test_over_the_limit_is_not_read(tmp_path: Path) -> None:
     path = tmp_path / "ubl.xml"
     path.write_bytes(sample("ubl-invoice.xml"))
 
-    async def scenario() -> Outcome:
-        analyser = Analyser()
-        try:
-            return await analyser.analyse(path, 100)
-        finally:
-            await analyser.close()
-
-    assert asyncio.run(scenario()) == (path.stat().st_size, None)
+    assert analysed([path], limit=100) == [(path.stat().st_size, None)]
 
 
 def test_a_missing_file_raises_for_its_caller_only(tmp_path: Path) -> None:
     present = tmp_path / "ubl.xml"
     present.write_bytes(sample("ubl-invoice.xml"))
 
-    async def scenario() -> list[Outcome | BaseException]:
-        analyser = Analyser()
-        try:
-            return await asyncio.gather(
-                analyser.analyse(tmp_path / "gone.xml", LIMIT),
-                analyser.analyse(present, LIMIT),
-                return_exceptions=True,
-            )
-        finally:
-            await analyser.close()
-
-    missing, found = asyncio.run(scenario())
+    missing, found = analysed([tmp_path / "gone.xml", present])
     assert isinstance(missing, FileNotFoundError)
     assert found == (present.stat().st_size, analyze(present))
 
@@ -124,9 +117,9 @@ def test_a_file_that_kills_the_worker_fails_alone(tmp_path: Path) -> None:
     assert after == (paths[0].stat().st_size, analyze(paths[0]))
 
 
-@pytest.mark.parametrize("count", [600])
-def test_a_burst_is_answered_in_full_and_in_order(tmp_path: Path, count: int) -> None:
-    """More files than one batch holds: every caller gets its own file's analysis."""
+def test_a_burst_is_answered_in_full_and_in_order(tmp_path: Path) -> None:
+    """More files than one batch holds (256): every caller gets its own file's analysis."""
+    count = 600
     template = sample("ubl-invoice.xml")
     paths = []
     for i in range(count):
@@ -134,15 +127,7 @@ def test_a_burst_is_answered_in_full_and_in_order(tmp_path: Path, count: int) ->
         path.write_bytes(template.replace(b"DEMO-UBL-0001", f"BURST-{i:04}".encode()))
         paths.append(path)
 
-    async def scenario() -> list[Outcome]:
-        analyser = Analyser()
-        try:
-            return await asyncio.gather(*(analyser.analyse(path, LIMIT) for path in paths))
-        finally:
-            await analyser.close()
-
-    outcomes = asyncio.run(scenario())
-    numbers = [analysis.invoice_number for _, analysis in outcomes if analysis is not None]
+    numbers = [o[1].invoice_number for o in analysed(paths) if isinstance(o, tuple) and o[1]]
     assert numbers == [f"BURST-{i:04}" for i in range(count)]
 
 
