@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from aiohttp import web
@@ -27,7 +26,7 @@ from protocols.as2 import message
 from protocols.as2.receiver import Party, open_message
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
-from protocols.base import Outbound
+from protocols.base import Closing, Outbound
 from protocols.certs import KeyPair
 from protocols.errors import TransferError
 
@@ -56,7 +55,7 @@ def partner_settings(
     )
 
 
-class As2Simulator:
+class As2Simulator(Closing):
     """``settings`` is the partner's view: ``as2_from`` the partner, ``as2_to`` the gateway,
     ``url`` the gateway's receiver (where return flows are pushed)."""
 
@@ -93,12 +92,8 @@ class As2Simulator:
         self._runner, self.port = await serve(app, self.host, self.port)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop serving (leaving ``async with`` calls this)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

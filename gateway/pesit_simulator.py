@@ -31,10 +31,10 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, Self
 
 from flows import naming
+from protocols.base import Closing
 from protocols.pesit import codec
 from protocols.pesit.codec import PI, Fpdu, Kind
 from protocols.pesit.machine import Machine, RemoteProtocolError, Role, State
@@ -80,7 +80,7 @@ class Account:
     password: str | None = None  # None: any password
 
 
-class PesitResponder:
+class PesitResponder(Closing):
     """A PeSIT server on ``host:port`` (0 = any free port) storing under ``root``."""
 
     def __init__(
@@ -142,12 +142,8 @@ class PesitResponder:
         self._server = await asyncio.start_server(self._serve, self.host, self._port, ssl=self.tls)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop serving (leaving ``async with`` calls this)."""
         if self._server is not None:
             self._server.close()
             for task in list(self._tasks):

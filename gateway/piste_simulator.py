@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
@@ -38,6 +37,7 @@ from aiohttp import web
 from flows import codes, naming
 from gateway.httpserver import serve
 from gateway.simulator import Rules, judge
+from protocols.base import Closing
 
 UPLOAD_DIR = "depot"
 TOKEN_PATH = "/api/oauth/token"  # noqa: S105 - a path, not a password
@@ -77,7 +77,7 @@ class Deposit:
     searches: int = 0
 
 
-class PisteStandIn:
+class PisteStandIn(Closing):
     """The stand-in on ``host:port`` (0: any free port), storing deposits under ``root``."""
 
     def __init__(
@@ -132,12 +132,8 @@ class PisteStandIn:
         self._runner, self.port = await serve(app, self.host, self._port)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop serving (leaving ``async with`` calls this)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

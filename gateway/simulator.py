@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import asyncssh
 
 from flows import cppstatut, lots, naming
 from flows.analysis import analyze
+from protocols.base import Closing
 
 UPLOAD_DIR = "depot"
 DOWNLOAD_DIR = "retrait"
@@ -71,7 +71,7 @@ class _Server(asyncssh.SSHServer):
         return True
 
 
-class SftpSimulator:
+class SftpSimulator(Closing):
     """An SFTP server on ``host`` (port 0 = any free port) serving ``root``."""
 
     def __init__(self, root: Path, keys: SimulatorKeys, host: str = "127.0.0.1", port: int = 0):
@@ -105,12 +105,8 @@ class SftpSimulator:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop serving (leaving ``async with`` calls this)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -113,7 +113,8 @@ class Sender(Protocol):
 
 class Closing:
     """The ``async with`` part of a sender: entering gives the sender, leaving calls
-    :meth:`aclose` (nothing to close by default). Built-in senders derive from it."""
+    :meth:`aclose` (nothing to close by default). Built-in senders derive from it, and so do
+    the partner simulators (which start serving on entering)."""
 
     async def __aenter__(self) -> Self:
         return self
