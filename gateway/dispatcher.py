@@ -54,7 +54,16 @@ from gateway.folders import (
     place_all,
     spool_name,
 )
-from gateway.journal import OPEN, TERMINAL, WAITING, Call, FlowRow, Journal, JournalDB
+from gateway.journal import (
+    OPEN,
+    TERMINAL,
+    WAITING,
+    Call,
+    FlowRow,
+    Journal,
+    JournalDB,
+    JournalUnavailable,
+)
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
 from gateway.metrics import Metrics
 from protocols.base import AsyncReceipts, Outbound, Receipt, Sender
@@ -482,11 +491,13 @@ class Dispatcher:
                         members=[row.flow_id for row in rows],
                     )
                 )
-            except Exception:
-                # Refused, so nothing was written. (Not on cancellation: the journal may have
-                # committed; reconciliation keeps the archive if so, removes it if not.)
-                await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
-                raise
+            except Exception as exc:
+                # Refused, so nothing was written; or the journal process died with the call,
+                # and the journal says. (Not on cancellation, or when it cannot say: the archive
+                # stays, and reconciliation keeps it if the lot was journaled, removes it if not.)
+                if not isinstance(exc, JournalUnavailable) or not await self.journal.knows(lot_id):
+                    await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
+                    raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -924,7 +935,7 @@ class Dispatcher:
             if parsed is None or str(path) in known:
                 continue
             flow_id, original = parsed
-            if lots.is_lot_name(flow_id, original) and not await self._journaled(flow_id):
+            if lots.is_lot_name(flow_id, original) and not await self.journal.knows(flow_id):
                 # Packed, but the journal never recorded the lot: its invoices are still
                 # batched and will be packed again.
                 await asyncio.to_thread(functools.partial(path.unlink, missing_ok=True))
@@ -958,9 +969,6 @@ class Dispatcher:
                 )
             self.start(row.flow_id)
         return sum(1 for row in known.values() if row.state not in WAITING)
-
-    async def _journaled(self, flow_id: str) -> bool:
-        return await self.journal.call(Call(JournalDB.get, flow_id)) is not None
 
     def _spooled(self) -> list[tuple[str, Path]]:
         """(connection, path) of every file in the spool folders, also those of connections no

@@ -925,6 +925,11 @@ class Journal:
         result: T = await self._batcher.submit(sent)
         return result
 
+    async def knows(self, flow_id: str) -> bool:
+        """Whether ``flow_id`` is in the journal: after a :class:`JournalUnavailable`, whether
+        the call that recorded it was applied."""
+        return await self.call(Call(JournalDB.get, flow_id)) is not None
+
     def _run_batch(self, calls: list[bytes]) -> list[Any]:
         """Send a batch to the journal process and wait for its outcomes (journal thread)."""
         try:

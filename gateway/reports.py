@@ -30,7 +30,7 @@ from gateway import folders, logs, polling, returns
 from gateway.alerts import Alerter
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
-from gateway.journal import Call, FlowRow, Journal, JournalDB
+from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable
 from gateway.lots import journal_lot
 from protocols.base import IntegrationReports, InvoiceLifecycle, Sender
 from protocols.errors import TransferError
@@ -267,9 +267,7 @@ class Reporter:
             else:
                 next_at = now + timedelta(seconds=source.lifecycle_interval)
                 values["lifecycle_next"] = next_at.isoformat(timespec="milliseconds")
-            await self.journal.call(
-                functools.partial(JournalDB.update_deposit, flow_id=flow_id, **values)
-            )
+            await self.journal.call(Call(JournalDB.update_deposit, flow_id, **values))
         return applied
 
     async def _store(self, connection: str, document: bytes, name: str) -> returns.Outcome:
@@ -317,13 +315,18 @@ class Reporter:
                 Call(journal_resend, flow, new_id, target, f"deposit {state}: sent again")
             )
         except Exception as exc:
-            await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
-            action = f"the flow could not be sent again ({exc}): drop its file again by hand"
-            log.error("report.resend_failed", connection=connection, flow_id=flow_id, action=action)
-            self.alerts.deposit_unsettled(
-                connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
-            )
-            return
+            # The journal process may have died with the call (JournalUnavailable): then the
+            # journal says whether the new flow was recorded, and needs its copy if so.
+            if not (isinstance(exc, JournalUnavailable) and await self.journal.knows(new_id)):
+                await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
+                action = f"the flow could not be sent again ({exc}): drop its file again by hand"
+                log.error(
+                    "report.resend_failed", connection=connection, flow_id=flow_id, action=action
+                )
+                self.alerts.deposit_unsettled(
+                    connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
+                )
+                return
         log.warning(
             "report.resent",
             connection=connection,

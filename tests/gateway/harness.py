@@ -14,7 +14,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
-from gateway.journal import TERMINAL, FlowRow, JournalDB
+from gateway.journal import TERMINAL, Call, FlowRow, Journal, JournalDB, JournalUnavailable
 
 MEMORY_CONFIG = """\
 [gateway]
@@ -193,3 +193,20 @@ def sidecar(row: FlowRow, suffix: str) -> dict[str, Any]:
     assert row.final_path is not None
     data: dict[str, Any] = json.loads(Path(row.final_path + suffix).read_text())
     return data
+
+
+def answer_lost_after(function: Callable[..., Any]) -> type[Journal]:
+    """A Journal whose calls of ``function`` are applied, and then answered with
+    JournalUnavailable: the journal process died between its commit and its answer."""
+
+    class AnswerLost(Journal):
+        lost = 0
+
+        async def call(self, method: Callable[[JournalDB], Any]) -> Any:
+            result = await super().call(method)
+            if isinstance(method, Call) and method.function is function:
+                AnswerLost.lost += 1
+                raise JournalUnavailable("the journal process ended (test) during this call")
+            return result
+
+    return AnswerLost

@@ -17,8 +17,9 @@ from gateway.cli import main
 from gateway.config import Config
 from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB
+from gateway.lots import journal_lot
 from protocols import memory
-from tests.gateway.harness import deliver, memory_config, rows, sidecar
+from tests.gateway.harness import answer_lost_after, deliver, memory_config, rows, sidecar
 from tests.gateway.test_returns import cpp_statut, invoice
 
 _buckets = itertools.count()
@@ -281,3 +282,20 @@ def test_a_failed_cleanup_after_packing_neither_fails_nor_duplicates_the_invoice
     deliver(config, {})
     assert list(layout.spool(CONN).iterdir()) == []  # …are removed at the next start
     assert len(memory.bucket(bucket).files) == 1
+
+
+def test_a_lot_journaled_whose_answer_was_lost_is_sent_not_thrown_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal process died after committing the lot: its archive is what the invoices'
+    rows now point to, so it must be kept and sent."""
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+    journal = answer_lost_after(journal_lot)
+    monkeypatch.setattr("gateway.daemon.Journal", journal)
+    found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    assert journal.lost == 1  # type: ignore[attr-defined]
+    (lot,) = lots_of(found)
+    assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
+    assert {r.state for r in found if not r.packaging} == {"packed"}
+    layout = Layout(config.gateway.data_dir)
+    assert not list(layout.error(CONN).iterdir())

@@ -15,11 +15,11 @@ from flows.returns import PISTE_INVOICES_FORMAT, PISTE_REPORT_FORMAT
 from gateway.alerts import Alert, Alerter
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
-from gateway.reports import Reporter
+from gateway.reports import Reporter, journal_resend
 from protocols import memory
 from protocols.base import Capabilities, Report
 from protocols.errors import RemoteBusy
-from tests.gateway.harness import deliver, memory_config
+from tests.gateway.harness import answer_lost_after, deliver, memory_config
 from tests.gateway.test_returns import invoice
 
 _buckets = itertools.count()
@@ -74,8 +74,14 @@ class Recorded(Alerter):
         self.raised.append(alert)
 
 
-async def rounds(config, source: Scripted, count: int, alerts: Alerter | None = None) -> list[int]:  # type: ignore[no-untyped-def]
-    journal = Journal(Layout(config.gateway.data_dir).journal)
+async def rounds(  # type: ignore[no-untyped-def]
+    config,
+    source: Scripted,
+    count: int,
+    alerts: Alerter | None = None,
+    journal_type: type[Journal] = Journal,
+) -> list[int]:
+    journal = journal_type(Layout(config.gateway.data_dir).journal)
     await journal.open()
     try:
         reporter = Reporter(config, journal, {CONN: source}, alerts)  # type: ignore[dict-item]
@@ -252,6 +258,27 @@ def test_an_incident_whose_sent_copy_is_gone_says_so_and_sends_nothing(
     assert "report.resend_failed" in out and "report.incident" not in out
     assert [a.kind for a in alerts.raised] == ["report_incident"]
     assert "drop its file again by hand" in alerts.raised[0].summary
+
+
+def test_a_resend_journaled_whose_answer_was_lost_keeps_its_copy(
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    """The journal process died after recording the resend: the new flow needs its copy."""
+    config, row = setup(tmp_path)
+    source = Scripted(final("IN_INCIDENTE", row.remote_name or ""))
+    journal = answer_lost_after(journal_resend)
+    asyncio.run(rounds(config, source, 1, journal_type=journal))
+    assert journal.lost == 1  # type: ignore[attr-defined]
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        (again,) = [r for r in db.search() if r.resubmit_of == row.flow_id]
+        assert again.state == "claimed"
+        assert Path(again.spool_path).read_bytes() == Path(row.final_path or "").read_bytes()
+    finally:
+        db.close()
+    out = capsys.readouterr().out
+    assert "report.resent" in out and "report.resend_failed" not in out
 
 
 def test_invoices_are_followed_until_final_and_then_never_asked_about(tmp_path: Path) -> None:
