@@ -21,7 +21,6 @@ from flows.analysis import Analysis, analyze
 from gateway import config as config_module
 from gateway import logs, output
 from gateway.config import Config, ConfigError, Connection, Mode, State
-from gateway.dispatcher import route
 from gateway.folders import Layout
 from gateway.journal import STATES, JournalDB
 from protocols import registry
@@ -180,6 +179,8 @@ def cmd_connections(args: argparse.Namespace) -> int:
 
 
 def _routing(result: Analysis, config: Config) -> dict[str, Any]:
+    from gateway.dispatcher import route
+
     today = datetime.now(UTC).date()
     verdicts: dict[str, str] = {}
     carrier = None

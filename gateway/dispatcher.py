@@ -366,10 +366,10 @@ class Dispatcher:
         invoice = (row.original_name, analysis.invoice_number, analysis.supplier_id, row.flow_id)
         queued, earlier = await self.journal.call(
             Call(
-                _queue,
+                JournalDB.queue_unless_duplicate,
                 row.flow_id,
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
-                invoice,
+                invoice=invoice,
                 check=not row.forced,
                 remote_name=remote,
                 mode=mode,
@@ -998,22 +998,6 @@ def _unknown_connection(name: str) -> tuple[str, str]:
         f"connection {name} is no longer configured; configure it again and raccord retry "
         "this flow, or drop the file in another connection's outbox",
     )
-
-
-def _queue(
-    db: JournalDB,
-    flow_id: str,
-    identity: tuple[str, str | None, str | None],
-    invoice: tuple[str, str | None, str | None, str],
-    *,
-    check: bool,
-    **values: Any,
-) -> tuple[FlowRow | None, FlowRow | None]:
-    """Queue a routed flow unless it is a duplicate, and record the invoice it carries."""
-    queued, earlier = db.queue_unless_duplicate(flow_id, identity, check=check, **values)
-    if queued is not None:
-        db.add_invoices(flow_id, [invoice])
-    return queued, earlier
 
 
 def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:

@@ -479,6 +479,7 @@ class JournalDB:
         *,
         check: bool,
         to_state: str = "queued",
+        invoice: tuple[str, str | None, str | None, str] | None = None,
         **values: Any,
     ) -> tuple[FlowRow | None, FlowRow | None]:
         """Queue a claimed flow (or put it in ``batched`` for a lot) unless an earlier flow
@@ -488,14 +489,18 @@ class JournalDB:
 
         Check and transition run back to back on the journal's single thread, so two copies
         dropped at the same instant cannot both pass the check.
-        ``identity`` is (sha256, supplier identifier, invoice number).
+        ``identity`` is (sha256, supplier identifier, invoice number); ``invoice``, the invoice
+        the flow carries, recorded with it (see :meth:`add_invoices`).
         """
         with self.transaction():
             if check:
                 earlier = self.find_duplicate(flow_id, *identity)
                 if earlier is not None:
                     return None, earlier
-            return self.transition(flow_id, to_state, expect=("claimed",), **values), None
+            queued = self.transition(flow_id, to_state, expect=("claimed",), **values)
+            if invoice is not None:
+                self.add_invoices(flow_id, [invoice])
+            return queued, None
 
     # -- invoices and returns ------------------------------------------------------------------
 
