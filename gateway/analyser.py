@@ -22,10 +22,9 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flows.analysis import Analysis, analyze
-from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
+from gateway.batching import WorkerBatches, WorkerDied
 
 #: Files up to this size go to the worker process; larger ones are analysed on a thread.
 SMALL = 1 << 20
@@ -57,7 +56,7 @@ def analyse_all(items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
 Work = Callable[[list[tuple[Path, int]]], list[Outcome | Exception]]
 
 
-class Analyser:
+class Analyser(WorkerBatches[tuple[Path, int], Outcome | None]):
     """Analyses files for the dispatcher; the worker process starts at :meth:`open`, or with
     the first file.
 
@@ -65,13 +64,7 @@ class Analyser:
     """
 
     def __init__(self, work: Work = analyse_all) -> None:
-        self._worker = WorkerProcess("raccord-analysis", serve, work)
-        self._batcher: Batcher[tuple[Path, int], Outcome | None] = Batcher(self._run, max_batch=256)
-
-    async def open(self) -> None:
-        """Start the worker now rather than with the first file (it takes ~0.2 s: as any
-        multiprocessing child it imports the daemon's main module)."""
-        await asyncio.to_thread(self._worker.start)
+        super().__init__("raccord-analysis", work, max_batch=256)
 
     async def analyse(self, path: Path, limit: int) -> Outcome:
         """``path``'s size and analysis (None if over ``limit`` bytes).
@@ -80,12 +73,12 @@ class Analyser:
             OSError: the file cannot be read.
             AnalysisCrashed: the worker died on this file.
         """
-        outcome = await self._batcher.submit((path, limit))
+        outcome = await self.submit((path, limit))
         if outcome is None:  # large: on a thread of its own, so the batch is not held up
             return await asyncio.to_thread(size_and_analysis, path, limit)
         return outcome
 
-    def _run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception | None]:
+    def run(self, items: list[tuple[Path, int]]) -> list[Outcome | Exception | None]:
         """One batch (on a Batcher thread): the small files' outcomes from the worker, None
         for the others (large, or not readable: the caller's thread reports why)."""
         fits = [_small(path) for path, _ in items]
@@ -97,7 +90,7 @@ class Analyser:
         if not items:
             return []
         try:
-            answer: list[Outcome | Exception] = self._worker.run(items)
+            answer: list[Outcome | Exception] = self.worker.run(items)
             return answer
         except WorkerDied:
             pass
@@ -106,7 +99,7 @@ class Analyser:
         outcomes: list[Outcome | Exception] = []
         for item in items:
             try:
-                outcomes += self._worker.run([item])
+                outcomes += self.worker.run([item])
             except WorkerDied:
                 outcomes.append(
                     AnalysisCrashed(
@@ -115,15 +108,6 @@ class Analyser:
                     )
                 )
         return outcomes
-
-    async def close(self) -> None:
-        await self._batcher.idle()
-        await asyncio.to_thread(self._worker.stop)
-
-
-def serve(work: Work, pipe: Any) -> None:
-    """The analysis process: answer each batch of (path, limit) with ``work``'s outcomes."""
-    answer_batches(pipe, work)
 
 
 def _small(path: Path) -> bool:

@@ -181,6 +181,50 @@ def _child(target: Callable[..., None], *args: Any) -> None:
     target(*args)
 
 
+class WorkerBatches(Generic[T, R]):
+    """Items run ``work`` in batches in a worker process of their own: one round trip per batch,
+    and the work competes neither with the event loop nor with the daemon's threads for the GIL.
+
+    ``work`` is a module-level function (sent to the worker by name) from a list of items to
+    one result or exception per item. :meth:`run` is what a batch does on the daemon's side;
+    subclasses override it to decide what the worker's death means for the batch.
+    """
+
+    def __init__(
+        self, name: str, work: Callable[[list[T]], Sequence[R | Exception]], *, max_batch: int
+    ) -> None:
+        self.worker = WorkerProcess(name, serve_batches, work)
+        self._batcher: Batcher[T, R] = Batcher(self.run, max_batch=max_batch)
+
+    async def open(self) -> None:
+        """Start the worker now rather than with the first item (a start takes ~0.2 s: as any
+        multiprocessing child it imports the daemon's main module)."""
+        await asyncio.to_thread(self.worker.start)
+
+    async def submit(self, item: T) -> R:
+        """``item``'s result from the worker; raises its exception."""
+        return await self._batcher.submit(item)
+
+    def run(self, items: list[T]) -> Sequence[R | Exception]:
+        """One batch, on a Batcher thread.
+
+        Raises:
+            WorkerDied: the worker ended before answering.
+        """
+        answer: Sequence[R | Exception] = self.worker.run(items)
+        return answer
+
+    async def close(self) -> None:
+        """End the worker once every submitted item has run (a later item starts it again)."""
+        await self._batcher.idle()
+        await asyncio.to_thread(self.worker.stop)
+
+
+def serve_batches(work: Callable[[list[Any]], Any], pipe: Any) -> None:
+    """A :class:`WorkerBatches` process: answer each batch with ``work(batch)``."""
+    answer_batches(pipe, work)
+
+
 def answer_batches(pipe: Any, handle: Callable[[Any], Any]) -> None:
     """In a worker process: say it is ready, then answer each batch from ``pipe`` with
     ``handle(batch)`` until the daemon sends None or is gone."""
@@ -200,12 +244,12 @@ def answer_batches(pipe: Any, handle: Callable[[Any], Any]) -> None:
 
 @functools.cache
 def worker_context() -> multiprocessing.context.ForkServerContext:
-    """How the daemon starts its worker processes (the journal's, the analysis').
+    """How the daemon starts its worker processes (journal, analysis, filing).
 
     Not fork: the daemon has threads, which a forked child would inherit half-way. A fork server
     is one clean process, started once with the workers' code loaded; each worker (again after
     a crash) is forked from it in milliseconds.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gateway.analyser", "gateway.journal"])
+    context.set_forkserver_preload(["gateway.analyser", "gateway.filer", "gateway.journal"])
     return context

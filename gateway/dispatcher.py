@@ -43,15 +43,14 @@ from flows.analysis import Analysis, digest
 from gateway import certificates, logs
 from gateway.alerts import Alerter
 from gateway.analyser import Analyser, AnalysisCrashed
-from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
+from gateway.filer import Filer
 from gateway.folders import (
     Layout,
     Placement,
     display_name,
     move,
     parse_spool_name,
-    place_all,
     spool_name,
 )
 from gateway.journal import (
@@ -147,7 +146,7 @@ class Dispatcher:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
-        self._filer: Batcher[Placement, None] = Batcher(place_all)
+        self._filer = Filer()
         self._analyser = Analyser()
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
@@ -156,12 +155,12 @@ class Dispatcher:
         self.stopping = asyncio.Event()
 
     async def open(self) -> None:
-        """Start the analysis worker (else it starts with the first file)."""
-        await self._analyser.open()
+        """Start the analysis and filing workers (else they start with the first file)."""
+        await asyncio.gather(self._analyser.open(), self._filer.open())
 
     async def close(self) -> None:
-        """End the analysis worker (after :meth:`drain`; a later file would start it again)."""
-        await self._analyser.close()
+        """End the workers (after :meth:`drain`; a later file would start them again)."""
+        await asyncio.gather(self._analyser.close(), self._filer.close())
 
     # -- reload ---------------------------------------------------------------------------
 
@@ -810,7 +809,7 @@ class Dispatcher:
         assert row.final_path and row.receipt
         target = Path(row.final_path)
         receipt = json.loads(row.receipt)
-        await self._filer.submit(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
+        await self._filer.place(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
         self.metrics.sent.labels(row.connection).inc()
         log.info(
@@ -863,7 +862,7 @@ class Dispatcher:
         }
         if row.packaging is not None:
             document["invoices"] = await self._lot_invoices(row)
-        await self._filer.submit(Placement(Path(row.spool_path), target, ".error.json", document))
+        await self._filer.place(Placement(Path(row.spool_path), target, ".error.json", document))
         await self._transition(row, "error", expect=("failing",))
         self.metrics.failed.labels(row.connection, row.reason or "unknown").inc()
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))

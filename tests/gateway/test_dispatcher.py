@@ -423,23 +423,18 @@ def test_same_name_in_flight_twice_never_overwrites_in_sent(tmp_path: Path, buck
     assert filed_bytes == sorted([invoice("F-50"), invoice("F-51")])
 
 
-def test_flow_delivered_but_not_filed_is_never_put_in_error(
-    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Filing in sent/ fails (say, disk full): the flow stays delivered, then files at restart."""
+def test_flow_delivered_but_not_filed_is_never_put_in_error(tmp_path: Path, bucket: str) -> None:
+    """Filing in sent/ fails (here a file stands where the day's folder goes; say, a full disk):
+    the flow stays delivered, then is filed at the next start."""
     config = memory_config(tmp_path, bucket)
     layout = Layout(config.gateway.data_dir)
-    from gateway import dispatcher
-
-    real_place_all = dispatcher.place_all
-
-    def full_disk(placements: list[Placement]) -> list[Exception | None]:
-        return [OSError(28, "No space left on device") for _ in placements]
-
-    monkeypatch.setattr(dispatcher, "place_all", full_disk)
+    day = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    blocker = layout.sent("qualif-mem", day.date())
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")
 
     async def first() -> None:
-        async with running(config) as gateway:
+        async with running(config, now=lambda: day) as gateway:
             drop(config, "f.xml", invoice("F-60"))
             await until(lambda: [r.state for r in rows(config)] == ["delivered"])
             assert gateway.dispatcher is not None
@@ -451,8 +446,13 @@ def test_flow_delivered_but_not_filed_is_never_put_in_error(
     assert not list(layout.error("qualif-mem").iterdir())
     assert Path(row.spool_path).exists()
 
-    monkeypatch.setattr(dispatcher, "place_all", real_place_all)
-    deliver(config, {})  # a restart with nothing new: reconciliation files it
+    blocker.unlink()
+
+    async def restart() -> None:  # nothing new: reconciliation files it
+        async with running(config, now=lambda: day):
+            await until(filed(config, 1))
+
+    asyncio.run(restart())
     (row,) = rows(config)
     assert row.state == "sent"
     assert Path(row.final_path or "").read_bytes() == invoice("F-60")
