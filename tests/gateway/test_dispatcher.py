@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from flows import naming
 from gateway import cli
 from gateway.dispatcher import Dispatcher, requeue
-from gateway.folders import Layout, Placement, spool_name
+from gateway.folders import Layout, spool_name
 from gateway.journal import FlowRow, JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout

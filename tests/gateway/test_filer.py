@@ -78,3 +78,25 @@ def test_a_file_that_cannot_be_filed_fails_alone(tmp_path: Path) -> None:
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], FileNotFoundError)
     assert placements[0].target.exists() and placements[2].target.exists()
+
+
+def test_filing_again_after_a_crash_rewrites_the_report_only(tmp_path: Path) -> None:
+    """The data file was moved before a crash, the report is stale: filing again is harmless."""
+    (placement,) = _placements(tmp_path, 1)
+    placement.target.parent.mkdir(parents=True)
+    placement.spool.rename(placement.target)
+    report = placement.target.with_name(placement.target.name + ".receipt.json")
+    report.write_text("{half")
+    assert place_all([placement]) == [None]
+    assert json.loads(report.read_text()) == {"flow": 0}
+    assert placement.target.read_bytes() == b"<Invoice>0</Invoice>"
+    assert [p.name for p in report.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_report_that_cannot_be_written_fails_its_flow_only(tmp_path: Path) -> None:
+    first, second = _placements(tmp_path, 2)
+    blocked = Placement(second.spool, tmp_path / "blocked" / "day" / "f1.xml", ".error.json", {})
+    (tmp_path / "blocked").write_bytes(b"")  # a file where the folder should be
+    outcomes = place_all([first, blocked])
+    assert outcomes[0] is None and isinstance(outcomes[1], OSError)
+    assert first.target.exists() and blocked.spool.exists()
