@@ -15,6 +15,7 @@ from gateway.cli import main as cli
 from gateway.demo import facturx_pdf
 from gateway.folders import Layout
 from protocols.base import Outbound
+from protocols.sftp.sender import ONE_WRITE, SMALL_FILE
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
@@ -43,6 +44,26 @@ def test_invoices_arrive_under_their_remote_names(tmp_path: Path, sshd: Sshd) ->
     assert sshd.uploaded() == expected  # exact names and bytes, no temporary files left
     assert by_name["cii.xml"].remote_name.startswith("FSO1106A_VFE056_")  # type: ignore[union-attr]
     assert by_name["fx.pdf"].remote_name.endswith(".pdf")  # type: ignore[union-attr]
+
+
+def padded(number: str, size: int) -> bytes:
+    """An invoice of exactly ``size`` bytes (a comment fills it)."""
+    data = invoice(number)
+    filler = size - len(data) - len(b"<!---->")
+    return data.replace(b"</Invoice>", b"<!--" + b"x" * filler + b"--></Invoice>")
+
+
+def test_sizes_around_the_upload_thresholds_arrive_intact(tmp_path: Path, sshd: Sshd) -> None:
+    """One write request up to ONE_WRITE, asyncssh's parallel writer above it, put() above
+    SMALL_FILE: the same bytes arrive in each case."""
+    sizes = [ONE_WRITE, ONE_WRITE + 1, SMALL_FILE, SMALL_FILE + 1]
+    documents = {f"s{size}.xml": padded(f"SIZE-{size}", size) for size in sizes}
+    assert [len(data) for data in documents.values()] == sizes
+    config = config_module.load(write_sftp_config(tmp_path, sshd))
+    deliver(config, documents)
+    by_name = {row.original_name: row for row in rows(config)}
+    assert all(row.state == "sent" for row in by_name.values()), by_name
+    assert sshd.uploaded() == {by_name[name].remote_name: data for name, data in documents.items()}
 
 
 def test_unknown_host_key_is_refused(
