@@ -8,6 +8,7 @@ hides the value, and :func:`redact` blanks any field named like a secret as a se
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -20,9 +21,16 @@ _SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key_data"
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in event:
-        if any(word in key.lower() for word in _SECRET_WORDS):
+        if _secret(key):
             event[key] = "***"
     return event
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret(key: str) -> bool:
+    """Whether a field named ``key`` may hold a secret (the log's keys are few: remembered)."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 class _Current:
@@ -52,7 +60,7 @@ def configure(stream: TextIO | str | None = None, level: int = logging.INFO) -> 
             structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging; keep their noise out of our JSON stream.
