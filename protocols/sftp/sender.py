@@ -39,6 +39,7 @@ from protocols.errors import (
     TransferTimeout,
 )
 from protocols.settings import Secret, Section, SettingsError
+from protocols.sftp.coalescing import Coalescing
 
 T = TypeVar("T")
 
@@ -237,6 +238,7 @@ class SftpSender(Closing):
                     preferred_auth="publickey",
                     keepalive_interval=30,
                     encryption_algs=list(CIPHERS),
+                    tunnel=Coalescing(),  # see coalescing.py
                 )
                 self._sftp = await asyncio.wait_for(self._conn.start_sftp_client(), s.timeout)
             return self._sftp
