@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import pickle
 import sqlite3
@@ -266,6 +267,24 @@ class FlowRow:
 
 
 _COLUMNS = tuple(f.name for f in fields(FlowRow))
+_COLUMN_SET = frozenset(_COLUMNS)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(columns: tuple[str, ...], expected: int | None) -> str:
+    """The statement of :meth:`JournalDB.transition` that sets ``columns`` (remembered: the
+    calls are few shapes, made thousands of times)."""
+    unknown = set(columns) - _COLUMN_SET
+    assert not unknown, unknown
+    where = "flow_id=?"
+    if expected is not None:
+        where += f" AND state IN ({','.join('?' * expected)})"
+    # Column names come from FlowRow's fields (asserted above), values are parameters.
+    assignments = "".join(f", {name}=?" for name in columns)
+    return (
+        f"UPDATE flows SET state=?, updated_at=?, detail=?{assignments} WHERE {where}"  # noqa: S608
+        " RETURNING *"
+    )
 
 
 class StateConflict(RuntimeError):
@@ -339,7 +358,7 @@ class JournalDB:
     ) -> FlowRow | None:
         """Record a newly claimed flow (with more columns in ``values``: a lot's packaging,
         interface code…); return it, or None if it was already recorded."""
-        unknown = set(values) - set(_COLUMNS)
+        unknown = values.keys() - _COLUMN_SET
         assert not unknown, unknown
         now = _now()
         names = "".join(f", {name}" for name in values)
@@ -368,17 +387,10 @@ class JournalDB:
                 of those states (nothing is written then).
         """
         assert to_state in STATES, to_state
-        unknown = set(values) - set(_COLUMNS)
-        assert not unknown, unknown
         expected = tuple(expect) if expect is not None else None
-        where = "flow_id=?"
-        if expected is not None:
-            where += f" AND state IN ({','.join('?' * len(expected))})"
-        # Column names come from FlowRow's fields (asserted above), values are parameters.
-        assignments = "".join(f", {name}=?" for name in values)
-        sql = f"UPDATE flows SET state=?, updated_at=?, detail=?{assignments} WHERE {where}"  # noqa: S608
+        sql = _update_sql(tuple(values), None if expected is None else len(expected))
         params = (to_state, _now(), detail, *values.values(), flow_id, *(expected or ()))
-        row = self._db.execute(sql + " RETURNING *", params).fetchone()
+        row = self._db.execute(sql, params).fetchone()
         if row is None:
             current = self._db.execute(
                 "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
