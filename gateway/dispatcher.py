@@ -43,6 +43,7 @@ from flows.analysis import Analysis, digest
 from gateway import certificates, logs
 from gateway.alerts import Alerter
 from gateway.analyser import Analyser, AnalysisCrashed
+from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
 from gateway.filer import Filer
 from gateway.folders import (
@@ -79,6 +80,28 @@ Sleep = Callable[[float], Awaitable[None]]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A dropped file to claim: moved from ``source`` (its outbox) to ``spool``."""
+
+    connection: str
+    name: str  # as ops named it (displayable)
+    source: Path
+    spool: Path
+
+
+def rename_all(moves: list[tuple[Path, Path]]) -> list[Exception | None]:
+    """Rename each (source, target); None or the error, per move (on a worker thread)."""
+    outcomes: list[Exception | None] = []
+    for source, target in moves:
+        try:
+            os.rename(source, target)
+            outcomes.append(None)
+        except OSError as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 @dataclass(frozen=True)
@@ -147,6 +170,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
         self._filer = Filer()
+        self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._analyser = Analyser()
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
@@ -208,33 +232,43 @@ class Dispatcher:
     # -- intake ---------------------------------------------------------------------------
 
     async def claim(self, connection: str, path: Path) -> str | None:
-        """Claim ``path`` (in ``outbox/<connection>/``) into the spool; start its flow.
+        """Start the flow of ``path`` (in ``outbox/<connection>/``); return its identifier.
 
-        The rename is the claim; the flow's task journals it. Should the daemon die in
-        between, reconciliation finds the spool file and journals it then.
+        The flow's first step claims the file: an atomic rename into the spool, made on a
+        worker thread (with the renames of the other files of the burst): on the event loop,
+        a rename waited ~0.13 ms for the file system under load. A file claimed meanwhile by
+        an earlier event or scan, or removed by ops, ends its flow there. The claimed file
+        is journaled next; should the daemon die in between, reconciliation finds the spool
+        file and journals it then.
         """
         if self.stopping.is_set():
             return None
-        flow_id = self._claim_as(connection, path, display_name(path.name))
-        if flow_id is not None:
-            self.metrics.received.labels(connection).inc()
-        return flow_id
+        return self._claim_as(connection, path, display_name(path.name))
 
-    def _claim_as(self, connection: str, path: Path, name: str) -> str | None:
+    def _claim_as(self, connection: str, path: Path, name: str) -> str:
         flow_id = self._flow_ids.new(self._now())
         target = self.layout.spool(connection) / spool_name(flow_id, name)
-        try:
-            os.rename(path, target)
-        except FileNotFoundError:
-            return None  # claimed by an earlier event or scan, or removed by ops
-        log.info("flow.claimed", connection=connection, flow_id=flow_id, file=name)
-        self.start(flow_id, claimed=(connection, name, str(target)))
+        self.start(flow_id, claimed=Claim(connection, name, path, target))
         return flow_id
 
-    def start(self, flow_id: str, *, claimed: tuple[str, str, str] | None = None) -> None:
+    async def _take(self, flow_id: str, claim: Claim) -> bool:
+        """Rename the claimed file into the spool; False if it is not there (any more)."""
+        try:
+            await self._renames.submit((claim.source, claim.spool))
+        except FileNotFoundError:
+            return False  # claimed by an earlier event or scan, or removed by ops
+        except OSError:
+            # It stays in the outbox; the next scan offers it again.
+            log.exception("intake.claim_failed", connection=claim.connection, file=claim.name)
+            return False
+        log.info("flow.claimed", connection=claim.connection, flow_id=flow_id, file=claim.name)
+        self.metrics.received.labels(claim.connection).inc()
+        return True
+
+    def start(self, flow_id: str, *, claimed: Claim | None = None) -> None:
         """Run the flow in the background, once (a no-op if it is already running).
 
-        ``claimed`` is (connection, original name, spool path) of a flow not journaled yet.
+        ``claimed``: a file to claim first; the flow is not journaled yet.
         """
         if flow_id in self._active:
             return
@@ -270,16 +304,25 @@ class Dispatcher:
 
     # -- one flow -------------------------------------------------------------------------
 
-    async def _run_flow(self, flow_id: str, claimed: tuple[str, str, str] | None) -> None:
+    async def _run_flow(self, flow_id: str, claimed: Claim | None) -> None:
         try:
             if claimed is not None:
-                row = await self.journal.call(Call(JournalDB.insert, flow_id, *claimed))
+                if not await self._take(flow_id, claimed):
+                    return
+                row = await self.journal.call(
+                    Call(
+                        JournalDB.insert,
+                        flow_id,
+                        claimed.connection,
+                        claimed.name,
+                        str(claimed.spool),
+                    )
+                )
                 if row is None:
                     # The identifier is already in the journal: only possible if the clock was
                     # set back across a restart. The file takes a new identity.
-                    connection, name, spool = claimed
-                    log.error("flow.id_taken", flow_id=flow_id, file=name)
-                    self._claim_as(connection, Path(spool), name)
+                    log.error("flow.id_taken", flow_id=flow_id, file=claimed.name)
+                    self._claim_as(claimed.connection, claimed.spool, claimed.name)
                     return
             else:
                 row = await self.journal.call(Call(JournalDB.get, flow_id))

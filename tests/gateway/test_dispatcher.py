@@ -168,6 +168,57 @@ def test_simultaneous_copies_are_sent_once(tmp_path: Path, bucket: str) -> None:
     assert len(memory.bucket(bucket).files) == 1
 
 
+def test_a_file_offered_several_times_at_once_is_one_flow(tmp_path: Path, bucket: str) -> None:
+    """An inotify event and a scan offer the same file in the same instant: the claims race on
+    a worker thread, one wins, the others end without a trace in the journal."""
+    config = memory_config(tmp_path, bucket)
+    outbox = Layout(config.gateway.data_dir).outbox("qualif-mem")
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            outbox.mkdir(parents=True, exist_ok=True)
+            path = outbox / ".f.xml.part"  # not a candidate: the watcher leaves it to us
+            path.write_bytes(invoice("F-4"))
+            with capture_logs() as logs:
+                ids = [await gateway.dispatcher.claim("qualif-mem", path) for _ in range(3)]
+                assert len(set(ids)) == 3
+                await until(filed(config, 1))
+                await until(lambda: gateway.dispatcher.busy == 0, what="the other claims ended")
+            assert [e["event"] for e in logs if e["log_level"] in ("error", "warning")] == []
+            assert len([e for e in logs if e["event"] == "flow.claimed"]) == 1
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent"
+    assert memory.bucket(bucket).sends == 1
+
+
+def test_a_claim_the_file_system_refuses_leaves_the_file_in_the_outbox(
+    tmp_path: Path, bucket: str
+) -> None:
+    config = memory_config(tmp_path, bucket)
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config):
+            spool = layout.spool("qualif-mem")
+            spool.rmdir()
+            spool.write_bytes(b"")  # the spool is no folder: every rename into it fails
+            with capture_logs() as logs:
+                dropped = drop(config, "f.xml", invoice("F-4b"))
+                await until(lambda: any(e["event"] == "intake.claim_failed" for e in logs))
+            assert dropped.exists()
+            assert rows(config) == []
+            spool.unlink()
+            spool.mkdir()  # repaired: the next scan claims it
+            await until(filed(config, 1))
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and row.original_name == "f.xml"
+
+
 def test_retryable_errors_are_retried_then_sent(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket)
     memory.fail_next(bucket, ConnectError("down"), TransferTimeout("slow"))
