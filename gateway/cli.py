@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Gateway
 
     config = _load(args)
-    logs.configure()
+    logs.configure(background=True)
 
     async def main() -> None:
         stopping = asyncio.Event()
@@ -61,7 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
         await gateway.run(stopping)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        logs.flush()
     return OK
 
 
