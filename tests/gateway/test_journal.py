@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -250,3 +252,30 @@ def test_a_journal_newer_than_this_raccord_is_refused_at_open(tmp_path: Path) ->
 
     with pytest.raises(RuntimeError, match="newer than this raccord knows"):
         asyncio.run(main())
+
+
+def test_rows_travel_between_processes_unchanged(tmp_path: Path) -> None:
+    """FlowRows are built without their generated __init__ and pickled as their values."""
+    db = JournalDB(tmp_path / "journal.sqlite")
+    db.insert(flow_id(1), "qualif", "f.xml", "/spool/f.xml")
+    row = db.transition(flow_id(1), "queued", attempts=2, remote_name="R.xml")
+    again = pickle.loads(pickle.dumps(row, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - our own
+    assert again == row and repr(again) == repr(row)
+    assert dataclasses.asdict(again)["remote_name"] == "R.xml" and again.attempts == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.state = "sent"  # type: ignore[misc]
+    db.close()
+
+
+def test_a_flows_table_with_foreign_columns_is_refused_clearly(tmp_path: Path) -> None:
+    db = JournalDB(tmp_path / "journal.sqlite")
+    db.insert(flow_id(2), "qualif", "f.xml", "/spool/f.xml")
+    raw = sqlite3.connect(tmp_path / "journal.sqlite")
+    raw.execute("ALTER TABLE flows ADD COLUMN surprise TEXT")
+    raw.commit()
+    raw.close()
+    db.close()
+    db = JournalDB(tmp_path / "journal.sqlite")
+    with pytest.raises(RuntimeError, match="surprise"):
+        db.get(flow_id(2))
+    db.close()
