@@ -50,6 +50,10 @@ class _Current:
         getattr(sys, self._name).flush()
 
 
+#: Lines a background writer holds at most before the daemon waits for it.
+QUEUED_LINES = 10_000
+
+
 class _Background:
     """A structlog logger whose lines are written by a thread of their own, in order.
 
@@ -62,7 +66,9 @@ class _Background:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Bounded: a stdout that stops taking lines (a paused pipe) slows the daemon down,
+        # as a direct write would, rather than growing its memory without end.
+        self._lines: queue.Queue[str | None] = queue.Queue(maxsize=QUEUED_LINES)
         self._closed = False
         self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._thread.start()

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 
+import pytest
 import structlog
 
 from gateway import logs
@@ -63,5 +64,46 @@ def test_a_background_line_is_written_soon_without_a_flush() -> None:
         assert stream.flushed.wait(5)
         assert _lines(stream)[0]["event"] == "test.soon"
     finally:
+        logs.flush()
+        structlog.reset_defaults()
+
+
+def test_a_stream_that_stops_taking_lines_makes_the_logger_wait_not_grow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Backpressure, as with a direct write: at most QUEUED_LINES wait in memory."""
+    monkeypatch.setattr(logs, "QUEUED_LINES", 5)
+
+    class Stuck(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.release.wait(10)
+            return super().write(text)
+
+    stream = Stuck()
+    logs.configure(stream, background=True)
+    try:
+        logged = 0
+
+        def burst() -> None:
+            nonlocal logged
+            for i in range(50):
+                logs.get().info("test.stuck", i=i)
+                logged += 1
+
+        writer = threading.Thread(target=burst)
+        writer.start()
+        writer.join(0.5)
+        # at most 5 queued and the 5 being written (taken from the queue as one batch)
+        assert writer.is_alive() and logged <= 5 + 5
+        stream.release.set()
+        writer.join(10)
+        logs.flush()
+        assert [e["i"] for e in _lines(stream)] == list(range(50))
+    finally:
+        stream.release.set()
         logs.flush()
         structlog.reset_defaults()
