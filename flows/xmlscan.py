@@ -157,16 +157,21 @@ def scan(
     paths: Mapping[tuple[str, ...], str] = {}
     root: tuple[str, str] | None = None
     attributes: dict[str, str] = {}
-    for event, element in _events(source):
-        if event == "root":
-            root = _split(element.tag)
-            attributes = _attributes(element)
-            paths = wanted(root) if wanted is not None else {}
-            if not paths:
-                break
-        elif event == "start":
-            stack.append(local_name(element))
-        else:
+    events = _events(source)
+    for _, element in events:  # the root's start
+        root = _split(element.tag)
+        attributes = _attributes(element)
+        paths = wanted(root) if wanted is not None else {}
+        break
+    wanted_keys = len(set(paths.values()))
+    if wanted_keys:
+        # The hot loop of every analysis (~75 events for an invoice's header): names are
+        # taken inline rather than through local_name(), and nothing else is done per event.
+        for event, element in events:
+            tag = element.tag
+            if event == "start":
+                stack.append(tag.rpartition("}")[2] if isinstance(tag, str) else "")
+                continue
             if stack:
                 key = paths.get(tuple(stack))
                 if key is not None and key not in values and element.text:
@@ -175,7 +180,7 @@ def scan(
                         values[key] = text
                 stack.pop()
             _release(element)
-            if len(values) == len(set(paths.values())):
+            if len(values) == wanted_keys:
                 break
     assert root is not None  # _events raises on a document without one
     return XmlScan(root[0], root[1], attributes, values)
