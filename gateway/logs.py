@@ -75,9 +75,7 @@ class _Background:
 
     def msg(self, message: str) -> None:
         if self._closed:  # after flush(), e.g. the last words of a failing exit: write them now
-            with contextlib.suppress(OSError, ValueError):
-                self._stream.write(message + "\n")
-                self._stream.flush()
+            self._emit([message])
             return
         self._lines.put(message)
 
@@ -96,17 +94,29 @@ class _Background:
                 except queue.Empty:
                     break
             if batch:
-                with contextlib.suppress(OSError, ValueError):  # the stream is gone: drop
-                    self._stream.write("\n".join(batch) + "\n")
-                    self._stream.flush()
+                self._emit(batch)
             if line is None:
                 return
+
+    def _emit(self, batch: list[str]) -> None:
+        # Never dies: a writer thread gone would leave the daemon waiting on a full queue.
+        with contextlib.suppress(Exception):  # the stream is closed or broken: the lines are lost
+            self._stream.write("\n".join(batch) + "\n")
+            self._stream.flush()
 
     def close(self) -> None:
         """Write what is queued, then end the thread (later lines are written directly)."""
         self._lines.put(None)
         self._thread.join(10)
         self._closed = True
+        late = []  # put by another thread as the writer ended
+        with contextlib.suppress(queue.Empty):
+            while True:
+                line = self._lines.get_nowait()
+                if line is not None:
+                    late.append(line)
+        if late:
+            self._emit(late)
 
 
 _background: _Background | None = None

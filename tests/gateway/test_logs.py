@@ -107,3 +107,29 @@ def test_a_stream_that_stops_taking_lines_makes_the_logger_wait_not_grow(
         stream.release.set()
         logs.flush()
         structlog.reset_defaults()
+
+
+def test_a_broken_stream_loses_lines_but_never_stops_the_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer thread survives any failure of its stream; the queue keeps draining."""
+    monkeypatch.setattr(logs, "QUEUED_LINES", 5)
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise RuntimeError("the stream broke")
+
+    logs.configure(Broken(), background=True)
+    try:
+        done = threading.Event()
+
+        def burst() -> None:
+            for i in range(200):
+                logs.get().info("test.broken", i=i)
+            done.set()
+
+        threading.Thread(target=burst, daemon=True).start()
+        assert done.wait(10), "logging blocked behind a dead writer"
+    finally:
+        logs.flush()
+        structlog.reset_defaults()
