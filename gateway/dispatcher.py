@@ -74,6 +74,10 @@ log = logs.get()
 #: Seconds an acknowledgement that overtook its send waits for that send to be journaled.
 SETTLE_PATIENCE = 5.0
 
+#: Times a flow is resumed from the journal after the journal process died with its call;
+#: then it is filed in error/ (reason internal_error).
+JOURNAL_LOST_RESUMES = 3
+
 Now = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -265,15 +269,16 @@ class Dispatcher:
         self.metrics.received.labels(claim.connection).inc()
         return True
 
-    def start(self, flow_id: str, *, claimed: Claim | None = None) -> None:
+    def start(self, flow_id: str, *, claimed: Claim | None = None, lost: int = 0) -> None:
         """Run the flow in the background, once (a no-op if it is already running).
 
-        ``claimed``: a file to claim first; the flow is not journaled yet.
+        ``claimed``: a file to claim first; the flow is not journaled yet. ``lost``: how many
+        times the journal's answer was lost for this flow (it is resumed from the journal).
         """
         if flow_id in self._active:
             return
         self._active.add(flow_id)
-        task = asyncio.create_task(self._run_flow(flow_id, claimed), name=f"flow-{flow_id}")
+        task = asyncio.create_task(self._run_flow(flow_id, claimed, lost), name=f"flow-{flow_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._flow_tasks[flow_id] = task
@@ -304,20 +309,13 @@ class Dispatcher:
 
     # -- one flow -------------------------------------------------------------------------
 
-    async def _run_flow(self, flow_id: str, claimed: Claim | None) -> None:
+    async def _run_flow(self, flow_id: str, claimed: Claim | None, lost: int = 0) -> None:
+        resume = False
         try:
-            if claimed is not None:
+            if claimed is not None and not lost:
                 if not await self._take(flow_id, claimed):
                     return
-                row = await self.journal.call(
-                    Call(
-                        JournalDB.insert,
-                        flow_id,
-                        claimed.connection,
-                        claimed.name,
-                        str(claimed.spool),
-                    )
-                )
+                row = await self._journal_claim(flow_id, claimed)
                 if row is None:
                     # The identifier is already in the journal: only possible if the clock was
                     # set back across a restart. The file takes a new identity.
@@ -326,6 +324,8 @@ class Dispatcher:
                     return
             else:
                 row = await self.journal.call(Call(JournalDB.get, flow_id))
+                if row is None and claimed is not None:  # resumed: the claim was not journaled
+                    row = await self._journal_claim(flow_id, claimed)
             async with self._in_flight:
                 if row is None:
                     return
@@ -335,11 +335,28 @@ class Dispatcher:
                     await self._advance(row)
         except asyncio.CancelledError:
             raise
+        except JournalUnavailable as exc:
+            if lost < JOURNAL_LOST_RESUMES:
+                # Whether the call was applied is unknown; the journal (a new process) knows:
+                # the flow goes on from what it says, as it would after a restart (a send
+                # whose outcome is unknown is checked with the partner first).
+                log.warning("flow.journal_lost", flow_id=flow_id, error=str(exc), action="resumed")
+                resume = True
+            else:
+                log.exception("flow.internal_error", flow_id=flow_id)
+                await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
         except Exception as exc:
             log.exception("flow.internal_error", flow_id=flow_id)
             await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
         finally:
             self._active.discard(flow_id)
+        if resume:
+            self.start(flow_id, claimed=claimed, lost=lost + 1)
+
+    async def _journal_claim(self, flow_id: str, claimed: Claim) -> FlowRow | None:
+        return await self.journal.call(
+            Call(JournalDB.insert, flow_id, claimed.connection, claimed.name, str(claimed.spool))
+        )
 
     async def _advance(self, row: FlowRow) -> None:
         if row.state in ("claimed", "batched", "queued", "sending") and (

@@ -195,16 +195,21 @@ def sidecar(row: FlowRow, suffix: str) -> dict[str, Any]:
     return data
 
 
-def answer_lost_after(function: Callable[..., Any]) -> type[Journal]:
-    """A Journal whose calls of ``function`` are applied, and then answered with
-    JournalUnavailable: the journal process died between its commit and its answer."""
+def answer_lost_after(function: Callable[..., Any], times: int | None = None) -> type[Journal]:
+    """A Journal whose calls of ``function`` (the first ``times`` of them, or all) are
+    applied, and then answered with JournalUnavailable: the journal process died between its
+    commit and its answer."""
 
     class AnswerLost(Journal):
         lost = 0
 
         async def call(self, method: Callable[[JournalDB], Any]) -> Any:
             result = await super().call(method)
-            if isinstance(method, Call) and method.function is function:
+            if (
+                isinstance(method, Call)
+                and method.function is function
+                and (times is None or AnswerLost.lost < times)
+            ):
                 AnswerLost.lost += 1
                 raise JournalUnavailable("the journal process ended (test) during this call")
             return result

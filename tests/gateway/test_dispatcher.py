@@ -8,6 +8,7 @@ import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.contextvars import merge_contextvars
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 
 from flows import naming
 from gateway import cli
+from gateway import dispatcher as dispatcher_module
 from gateway.dispatcher import Dispatcher, requeue
 from gateway.folders import Layout, spool_name
 from gateway.journal import FlowRow, JournalDB
@@ -22,6 +24,7 @@ from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
 from tests.conftest import sample
 from tests.gateway.harness import (
+    answer_lost_after,
     deliver,
     drop,
     filed,
@@ -217,6 +220,43 @@ def test_a_claim_the_file_system_refuses_leaves_the_file_in_the_outbox(
     asyncio.run(main())
     (row,) = rows(config)
     assert row.state == "sent" and row.original_name == "f.xml"
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [JournalDB.insert, JournalDB.queue_unless_duplicate, JournalDB.transition, JournalDB.file_to],
+    ids=["claim", "queue", "first-transition", "delivered"],
+)
+def test_a_journal_answer_lost_after_its_commit_resumes_the_flow(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, lost: Any
+) -> None:
+    """The journal process died between a commit and its answer (once): the flow goes on from
+    what the journal says, is sent once and filed in sent/, not put in error/."""
+    config = memory_config(tmp_path, bucket)
+    journal = answer_lost_after(lost, times=1)
+    monkeypatch.setattr("gateway.daemon.Journal", journal)
+    with capture_logs() as logs:
+        (row,) = deliver(config, {"f.xml": invoice("F-90")})
+    assert journal.lost == 1  # type: ignore[attr-defined]
+    assert row.state == "sent", row
+    assert memory.bucket(bucket).sends == 1
+    assert [e["event"] for e in logs if e["event"] == "flow.journal_lost"] == ["flow.journal_lost"]
+    assert not [e for e in logs if e["log_level"] == "error"]
+    assert not list(Layout(config.gateway.data_dir).error("qualif-mem").iterdir())
+
+
+def test_a_journal_that_keeps_losing_answers_ends_the_flow_in_error(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed a few times, then filed in error/ with internal_error rather than looping."""
+    config = memory_config(tmp_path, bucket)
+    monkeypatch.setattr("gateway.daemon.Journal", answer_lost_after(JournalDB.transition))
+    with capture_logs() as logs:
+        (row,) = deliver(config, {"f.xml": invoice("F-91")})
+    assert (row.state, row.reason) == ("error", "internal_error")
+    assert memory.bucket(bucket).sends == 0
+    resumed = [e for e in logs if e["event"] == "flow.journal_lost"]
+    assert len(resumed) == dispatcher_module.JOURNAL_LOST_RESUMES
 
 
 def test_retryable_errors_are_retried_then_sent(tmp_path: Path, bucket: str) -> None:
