@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway import cli
 from tests.e2e.sshd import SSHD, Sshd
 
 
@@ -88,3 +91,11 @@ def write_sftp_config(
         )
     )
     return path
+
+
+def check_connect(path: Path) -> tuple[int, str]:
+    """``raccord check --connect --config path``: its exit code and what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["check", "--connect", "--config", str(path)])
+    return code, out.getvalue()

@@ -5,18 +5,16 @@ responder (and resuming a broken transfer), ``raccord check --connect`` logging 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
 
-from gateway import cli
 from gateway import config as config_module
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.pesit_simulator import Account, PesitResponder
 from tests.conftest import sample
+from tests.e2e.conftest import check_connect
 from tests.gateway.harness import (
     connection_toml,
     drop,
@@ -127,16 +125,10 @@ def test_a_refused_login_files_the_invoice_in_error_with_what_to_do(tmp_path: Pa
 
 
 def test_check_connect_logs_in_to_the_pesit_partner(tmp_path: Path) -> None:
-    def check(path: Path) -> tuple[int, str]:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = cli.main(["check", "--connect", "--config", str(path)])
-        return code, out.getvalue()
-
     async def scenario() -> tuple[int, str, int, str]:
         async with PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")}) as responder:
-            good = await asyncio.to_thread(check, _config(tmp_path, responder.port))
-            bad = await asyncio.to_thread(check, _config(tmp_path, responder.port, "bad"))
+            good = await asyncio.to_thread(check_connect, _config(tmp_path, responder.port))
+            bad = await asyncio.to_thread(check_connect, _config(tmp_path, responder.port, "bad"))
         return good + bad
 
     ok_code, ok_out, bad_code, bad_out = asyncio.run(scenario())

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import cli
 from gateway import config as config_module
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.piste_simulator import Canned, PisteStandIn
 from gateway.simulator import Rules
 from tests.conftest import sample
+from tests.e2e.conftest import check_connect
 from tests.gateway.harness import connection_toml, drop, memory_config_text, rows, running, until
 
 pytestmark = pytest.mark.e2e
@@ -258,17 +256,11 @@ def test_an_incident_is_sent_again_once_and_said(
 def test_check_connect_gets_a_token_and_names_bad_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def check(path: Path) -> tuple[int, str]:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = cli.main(["check", "--connect", "--config", str(path)])
-        return code, out.getvalue()
-
     async def scenario() -> tuple[int, str, int, str]:
         async with _stand_in(tmp_path) as chorus:
-            good = await asyncio.to_thread(check, _config(tmp_path, chorus, monkeypatch))
+            good = await asyncio.to_thread(check_connect, _config(tmp_path, chorus, monkeypatch))
             bad_path = _config(tmp_path, chorus, monkeypatch, secret="wrong-secret")
-            bad = await asyncio.to_thread(check, bad_path)
+            bad = await asyncio.to_thread(check_connect, bad_path)
             assert chorus.deposits == {}
         return good + bad
 
