@@ -97,12 +97,22 @@ class Claim:
 
 
 def rename_all(moves: list[tuple[Path, Path]]) -> list[Exception | None]:
-    """Rename each (source, target); None or the error, per move (on a worker thread)."""
+    """Rename each (source, target); None or the error, per move (on a worker thread).
+
+    FileNotFoundError means the source is gone (claimed meanwhile, or removed); a target
+    folder that is missing is another error, so that it is reported rather than taken for
+    "already claimed" at every scan.
+    """
     outcomes: list[Exception | None] = []
     for source, target in moves:
         try:
             os.rename(source, target)
             outcomes.append(None)
+        except FileNotFoundError as exc:
+            if not os.path.lexists(source):
+                outcomes.append(exc)
+            else:  # a plain OSError (no errno): not mistaken for a vanished source
+                outcomes.append(OSError(f"cannot move {source} to {target}: {exc.strerror}"))
         except OSError as exc:
             outcomes.append(exc)
     return outcomes

@@ -197,9 +197,12 @@ def test_a_file_offered_several_times_at_once_is_one_flow(tmp_path: Path, bucket
     assert memory.bucket(bucket).sends == 1
 
 
+@pytest.mark.parametrize("spool_is", ["a file", "missing"])
 def test_a_claim_the_file_system_refuses_leaves_the_file_in_the_outbox(
-    tmp_path: Path, bucket: str
+    tmp_path: Path, bucket: str, spool_is: str
 ) -> None:
+    """Every rename into the spool fails: reported (not taken for a file claimed meanwhile),
+    the file stays in the outbox and is claimed once the spool is back."""
     config = memory_config(tmp_path, bucket)
     layout = Layout(config.gateway.data_dir)
 
@@ -207,13 +210,14 @@ def test_a_claim_the_file_system_refuses_leaves_the_file_in_the_outbox(
         async with running(config):
             spool = layout.spool("qualif-mem")
             spool.rmdir()
-            spool.write_bytes(b"")  # the spool is no folder: every rename into it fails
+            if spool_is == "a file":
+                spool.write_bytes(b"")
             with capture_logs() as logs:
                 dropped = drop(config, "f.xml", invoice("F-4b"))
                 await until(lambda: any(e["event"] == "intake.claim_failed" for e in logs))
             assert dropped.exists()
             assert rows(config) == []
-            spool.unlink()
+            spool.unlink(missing_ok=True)
             spool.mkdir()  # repaired: the next scan claims it
             await until(filed(config, 1))
 
