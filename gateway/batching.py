@@ -244,12 +244,15 @@ def answer_batches(pipe: Any, handle: Callable[[Any], Any]) -> None:
 
 @functools.cache
 def worker_context() -> multiprocessing.context.ForkServerContext:
-    """How the daemon starts its worker processes (journal, analysis, filing).
+    """How the daemon starts its worker processes (journal, analysis, filing, and the SFTP
+    uploads: :mod:`protocols.offload` uses the same fork server).
 
     Not fork: the daemon has threads, which a forked child would inherit half-way. A fork server
     is one clean process, started once with the workers' code loaded; each worker (again after
     a crash) is forked from it in milliseconds.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gateway.analyser", "gateway.filer", "gateway.journal"])
+    context.set_forkserver_preload(
+        ["gateway.analyser", "gateway.filer", "gateway.journal", "protocols.sftp.sender"]
+    )
     return context

@@ -9,6 +9,9 @@ A sender is an async context manager (it owns its connections) with two operatio
   the sender (or the partner) can recognise it.
 * :meth:`Sender.check` logs in and out, for ``raccord check --connect``.
 
+A sender that connects on first use may implement :class:`Prepares`: told that a file was just
+claimed for its connection, it opens the connection while the file is analysed.
+
 A partner may acknowledge later (an asynchronous AS2 MDN): such a sender implements
 :class:`AsyncReceipts`, whose :meth:`~AsyncReceipts.receipt_key` names what the acknowledgement
 of a flow will refer to (journaled before the send, since it may arrive before the send
@@ -129,6 +132,18 @@ class Closing:
 
     async def aclose(self) -> None:
         """Release connections and sessions; a closed sender may be used again."""
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """A sender that can get ready for a flow before it is routed: the dispatcher calls
+    :meth:`prepare` when a file is claimed for its connection (at most once a second), so that
+    opening the connection overlaps the file's analysis."""
+
+    def prepare(self) -> None:
+        """Start opening the connection in the background if it is not open; return at once.
+        A failure is not raised: the send that follows meets it and reports it."""
+        ...
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ boundary, so the dispatcher decides on ``retryable`` alone and never sniffs thir
     ├── ConnectError              unreachable     yes   network down, refused, DNS, TLS/SSH setup
     ├── TransferTimeout           timeout         yes   no answer in time (outcome may be unknown)
     ├── RemoteBusy                remote_busy     yes   the partner asked us to come back later
+    ├── SenderDied                sender_died     yes   our sending process ended mid-transfer
     ├── AuthenticationError       auth_failed     no    credentials refused
     ├── HostKeyError              host_key        no    unknown or changed SSH host key / bad cert
     ├── RemotePermissionDenied    permission      no    the partner refuses the operation
@@ -51,6 +52,14 @@ class TransferTimeout(TransferError):
 
 class RemoteBusy(TransferError):
     reason = "remote_busy"
+    retryable = True
+
+
+class SenderDied(TransferError):
+    """The process that ran the transfer ended before answering: the outcome is unknown (see
+    :mod:`protocols.offload`); the next attempt is a resend."""
+
+    reason = "sender_died"
     retryable = True
 
 

@@ -28,6 +28,8 @@ class Bucket:
     listings: int = 0  # how many times the returns were listed (polls)
     failures: deque[TransferError] = field(default_factory=deque)
     sends: int = 0
+    #: What the dispatcher and the sender did, in order: "prepare" (a file is coming), "send".
+    calls: list[str] = field(default_factory=list)
     closes: int = 0  # how many times a sender of this bucket was closed
     gate: asyncio.Event | None = None  # when set by a test, sends wait for it to open
 
@@ -81,8 +83,12 @@ class MemorySender(Closing):
         self._bucket = bucket(settings.bucket)
         self.poll_interval = settings.poll_interval
 
+    def prepare(self) -> None:
+        self._bucket.calls.append("prepare")
+
     async def send(self, flow: Outbound) -> Receipt:
         self._bucket.sends += 1
+        self._bucket.calls.append("send")
         if self._settings.delay:
             await asyncio.sleep(self._settings.delay)
         if self._bucket.gate is not None:

@@ -1,7 +1,10 @@
 """SFTP sender (asyncssh): key authentication, strict host keys, upload-then-rename.
 
-One SSH connection and one SFTP session per connection, opened on first use and reused; up to
-``max_parallel`` uploads share the session (SFTP multiplexes requests on one channel). Each file
+The uploads run in a worker process of their own (:mod:`protocols.offload`: asyncssh's CPU
+per file no longer competes with the daemon's event loop), over one SSH connection and one SFTP
+session, opened on first use and reused; up to ``max_parallel`` uploads share the session (SFTP
+multiplexes requests on one channel). ``check`` and the return flows use a session of the
+daemon's own, opened when first needed. Each file
 is written under a temporary name (``temp_prefix`` + remote name + ``temp_suffix``) and renamed
 to its final name with the plain SFTP rename, which never overwrites: a final name that already
 exists is either our own earlier delivery (same size: the resend is recognised and nothing is
@@ -22,7 +25,7 @@ import stat
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncssh
 
@@ -38,6 +41,7 @@ from protocols.errors import (
     TransferError,
     TransferTimeout,
 )
+from protocols.offload import SendingProcess
 from protocols.settings import Secret, Section, SettingsError
 from protocols.sftp.coalescing import Coalescing
 
@@ -168,8 +172,15 @@ class SftpSender(Closing):
     protocol = "sftp"
     capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
 
-    def __init__(self, settings: SftpSettings) -> None:
+    def __init__(self, settings: SftpSettings, *, own_process: bool = True) -> None:
+        """``own_process``: uploads run in a worker process (False: here, as that worker
+        does)."""
         self._settings = settings
+        self._uploads = (
+            SendingProcess(_uploader, settings, f"sftp {settings.username}@{settings.host}")
+            if own_process
+            else None
+        )
         self.poll_interval = settings.poll_interval
         if settings.download_dir is None:  # nothing to poll on this connection
             self.capabilities = Capabilities(atomic_rename=True, detects_resend=True)
@@ -177,8 +188,36 @@ class SftpSender(Closing):
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.max_parallel)
+        self._preparing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._uploads is not None:
+            await self._uploads.start()  # not on the first file's time (~30 ms)
+        return self
+
+    def prepare(self) -> None:
+        """Open the upload session in the background (see :class:`~protocols.base.Prepares`)."""
+        if self._uploads is not None:
+            self._uploads.prepare()
+        elif self._sftp is None and self._preparing is None and not self._lock.locked():
+            self._preparing = asyncio.create_task(self._prepare(), name="sftp-prepare")
+
+    async def _prepare(self) -> None:
+        try:
+            with contextlib.suppress(Exception):  # the send that follows meets it and reports it
+                await self._session()
+        finally:
+            self._preparing = None
 
     async def aclose(self) -> None:
+        if self._uploads is not None:
+            await self._uploads.aclose()
+        if self._preparing is not None:
+            self._preparing.cancel()
+            await asyncio.wait({self._preparing})
+        await self._close_session()
+
+    async def _close_session(self) -> None:
         sftp, conn = self._sftp, self._conn
         self._sftp = self._conn = None
         if sftp is not None:
@@ -222,7 +261,7 @@ class SftpSender(Closing):
         async with self._lock:
             if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
                 return self._sftp
-            await self.aclose()
+            await self._close_session()
             s = self._settings
             with _translated("connect", s):
                 self._conn = await asyncssh.connect(
@@ -247,6 +286,8 @@ class SftpSender(Closing):
         return str(PurePosixPath(self._settings.upload_dir) / name)
 
     async def send(self, flow: Outbound) -> Receipt:
+        if self._uploads is not None:
+            return await self._uploads.send(flow)
         s = self._settings
         final = self._remote(flow.remote_name)
         temp = self._remote(f"{s.temp_prefix}{flow.remote_name}{s.temp_suffix}")
@@ -269,7 +310,7 @@ class SftpSender(Closing):
                         await _quietly_remove(sftp, temp)
                         return receipt
             except (TransferTimeout, ConnectError):
-                await self.aclose()  # the session may be wedged; start afresh next time
+                await self._close_session()  # it may be wedged; start afresh next time
                 raise
         return Receipt(
             self.protocol,
@@ -303,7 +344,7 @@ class SftpSender(Closing):
         sftp = await self._session()
         with _translated("listing upload_dir", s):
             await self._bounded(sftp.stat(s.upload_dir))
-        await self.aclose()
+        await self._close_session()
         return (
             f"sftp://{s.username}@{s.host}:{s.port}{s.upload_dir} (host key verified, key accepted)"
         )
@@ -335,7 +376,7 @@ class SftpSender(Closing):
                 with _translated(f"listing {s.download_dir}", s):
                     entries = await self._bounded(sftp.readdir(s.download_dir))
             except (TransferTimeout, ConnectError):
-                await self.aclose()
+                await self._close_session()
                 raise
         found = []
         for entry in entries:
@@ -358,7 +399,7 @@ class SftpSender(Closing):
                 with _translated(f"download of {remote.name}", s):
                     await self._bounded(sftp.get(source, str(local)))
             except (TransferTimeout, ConnectError):
-                await self.aclose()
+                await self._close_session()
                 raise
         fetched = await asyncio.to_thread(_fsync_size, local)
         if fetched != remote.size:
@@ -380,6 +421,11 @@ class SftpSender(Closing):
                     return "deleted"
                 await self._bounded(sftp.rename(source, source + s.done_suffix))
                 return "renamed"
+
+
+def _uploader(settings: SftpSettings) -> SftpSender:
+    """The sender of the upload worker process (see :class:`SendingProcess`)."""
+    return SftpSender(settings, own_process=False)
 
 
 def _fsync_size(path: Path) -> int:

@@ -152,5 +152,23 @@ class Sshd:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def clients(self) -> list[int]:
+        """The processes holding a TCP connection to this sshd (from /proc/net/tcp and each
+        process's file descriptors)."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == self.port and fields[3] == "01":  # ESTABLISHED
+                    inodes.add(f"socket:[{fields[9]}]")
+        found = []
+        for process in processes():
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{process.pid}/fd")
+                if any(os.readlink(fd) in inodes for fd in fds.iterdir()):
+                    found.append(process.pid)
+        return found
+
     def uploaded(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in self.upload_dir.iterdir()}

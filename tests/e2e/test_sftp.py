@@ -19,7 +19,7 @@ from protocols.sftp.sender import ONE_WRITE, SMALL_FILE
 from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
-from tests.e2e.sshd import Sshd, keygen
+from tests.e2e.sshd import Sshd, descendants, keygen
 from tests.gateway.harness import deliver, drop, filed, rows, running, until
 
 pytestmark = pytest.mark.e2e
@@ -179,6 +179,71 @@ def test_kill_9_during_a_batch_of_200_delivers_each_exactly_once(
     assert not os.listdir(layout.outbox("qualif-sftp"))
     assert not os.listdir(layout.spool("qualif-sftp"))
     assert not os.listdir(layout.error("qualif-sftp"))
+
+
+def test_the_upload_process_killed_mid_batch_is_replaced_and_each_file_arrives_once(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """The uploads run in a process of their own (protocols/offload.py); its death fails the
+    transfers under way as unknown outcomes (sender_died), which are resent, checked first."""
+    path = write_sftp_config(tmp_path, sshd)
+    config = config_module.load(path)
+    log = tmp_path / "daemon.log"
+    documents = {f"up-{i:03}.xml": invoice(f"UP-{i:03}") for i in range(60)}
+    with daemon(path, log) as running_daemon:
+        drop(config, "up-000.xml", documents["up-000.xml"])
+        running_daemon.logged("flow.sent")  # the upload process and its session are up
+        (uploader,) = [
+            pid for pid in sshd.clients() if pid in descendants(running_daemon.process.pid)
+        ]
+        with sshd.frozen():  # the session stops answering: transfers pile up in the process
+            for name, data in list(documents.items())[1:]:
+                drop(config, name, data)
+            running_daemon.wait_for(
+                "transfers under way",
+                lambda: [r.state for r in rows(config)].count("sending") >= 10,
+                timeout=30,
+            )
+            os.kill(uploader, signal.SIGKILL)
+            running_daemon.logged("flow.retry")
+        running_daemon.wait_for(
+            "all filed",
+            lambda: len([r for r in rows(config) if r.state in ("sent", "error")]) >= 60,
+            timeout=120,
+            poll=0.1,
+        )
+        retries = running_daemon.events("flow.retry")
+        status, _ = running_daemon.stop()
+    assert status == 0
+    assert len(retries) >= 10 and {e["reason"] for e in retries} == {"sender_died"}
+    assert all("unknown" in e["error"] for e in retries)
+    assert {r.state for r in rows(config)} == {"sent"}
+    uploaded = sshd.uploaded()
+    assert sorted(uploaded) == sorted(r.remote_name for r in rows(config) if r.remote_name)
+    assert sorted(uploaded.values()) == sorted(documents.values())
+
+
+def test_prepare_opens_the_upload_session_before_any_file(tmp_path: Path, sshd: Sshd) -> None:
+    """Told a file is coming, the sender logs in while the file is analysed."""
+    from protocols.sftp.sender import SftpSender
+
+    settings = config_module.load(write_sftp_config(tmp_path, sshd)).connections[0].settings
+
+    async def scenario() -> None:
+        async with SftpSender(settings) as sender:
+            assert sshd.clients() == []
+            sender.prepare()
+            await until(lambda: len(sshd.clients()) == 1, what="the upload session")
+            (client,) = sshd.clients()
+            assert client != os.getpid()  # the upload process, not the daemon
+            sender.prepare()  # already open: no second session
+            source = tmp_path / "prepared.xml"
+            source.write_bytes(invoice("PREP-1"))
+            await sender.send(outbound(source, "prepared.xml"))
+            assert sshd.clients() == [client]
+
+    asyncio.run(scenario())
+    assert (sshd.upload_dir / "prepared.xml").read_bytes() == invoice("PREP-1")
 
 
 def test_a_partner_that_stops_answering_mid_file_is_a_timeout_not_a_hang(

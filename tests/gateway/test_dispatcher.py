@@ -411,6 +411,28 @@ def test_files_dropped_while_stopped_are_sent_at_start(tmp_path: Path, bucket: s
     assert [r.state for r in rows(config)] == ["sent"] * 3
 
 
+def test_the_sender_is_told_a_file_is_coming_once_a_second_before_its_send(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that an SFTP login overlaps the analysis (protocols.base.Prepares)."""
+    config = memory_config(tmp_path, bucket)
+
+    async def main() -> None:
+        async with running(config):
+            for i in range(5):
+                drop(config, f"burst-{i}.xml", invoice(f"P-{i}"))
+            await until(filed(config, 5))
+            monkeypatch.setattr(dispatcher_module, "PREPARE_EVERY", 0.0)
+            drop(config, "later.xml", invoice("P-9"))
+            await until(filed(config, 6))
+
+    asyncio.run(main())
+    calls = memory.bucket(bucket).calls
+    # The burst told it once, before any send; the later file (no pause required) once more.
+    assert calls[0] == "prepare" and calls.count("send") == 6
+    assert calls.count("prepare") == 2 and calls[-2:] == ["prepare", "send"]
+
+
 def test_unexpected_sender_crash_files_the_flow_and_keeps_running(
     tmp_path: Path, bucket: str
 ) -> None:

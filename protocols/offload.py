@@ -1,0 +1,327 @@
+"""A sender's transfers in a process of their own.
+
+A protocol whose library costs much CPU per file can hand its sends to a worker process: a copy
+of its sender, built there from the same (picklable) settings, runs each ``send`` and answers
+with the receipt or the :class:`~protocols.errors.TransferError`. The daemon's event loop then
+only forwards requests. Measured with 3,000 x 10 KB files over SFTP to a local sshd: asyncssh
+(packets, AES-GCM, and waits for the GIL each time it released it for a system call) took a
+third of the loop thread's time; with the sends in their own process the loop thread's CPU fell
+from 2.3 to 1.4 s, the throughput rose from ~940 to ~1,100-1,160 files/s, and the machine's
+CPU per file fell (1.64 -> 1.49 ms) since the daemon's threads no longer fought over the GIL.
+
+The two processes speak over a socket pair, with length-prefixed pickles, on both sides from
+the event loop (no thread): the daemon sends ``("send", id, Outbound)``, ``("cancel", id)``,
+or ``("prepare",)`` (a flow is coming: a sender with a ``prepare()`` method opens its
+connection now); the worker answers ``(id, True, Receipt)`` or ``(id, False, exception)``, and
+id 0 says it is ready (or why it is not). The messages of one loop turn go in one write.
+
+A worker that ends with transfers under way (killed, crashed, out of memory) fails each of
+them with :class:`~protocols.errors.SenderDied`, which is retryable: whether the partner got
+the file is unknown, and the dispatcher resends under the same remote name, which the sender
+checks first. The next send starts a new worker. The worker ignores SIGTERM and SIGINT (a stop
+signals the whole process group or control group, and the daemon still needs its transfers to
+finish); it ends when the daemon closes the socket, or dies: a worker never outlives its daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from protocols.base import Outbound, Receipt, Sender
+from protocols.errors import SenderDied
+
+S = TypeVar("S")
+
+#: Seconds a new worker gets to say it is ready.
+START_PATIENCE = 60.0
+
+#: Seconds a closing worker gets to end its sessions and exit before it is killed.
+STOP_PATIENCE = 10.0
+
+_HEADER = 4  # bytes of a frame's length, big-endian
+
+
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(_HEADER, "big") + data
+
+
+class _Link(asyncio.Protocol):
+    """Frames in and out of one end of the socket pair; a turn's frames leave in one write."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._received = bytearray()
+        self._out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._received
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER:
+            end = start + _HEADER + int.from_bytes(buffer[start : start + _HEADER], "big")
+            if end > len(buffer):
+                break
+            self.on_message(pickle.loads(buffer[start + _HEADER : end]))  # noqa: S301 - our pair
+            start = end
+        del buffer[:start]
+
+    def on_message(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+    def post(self, message: Any) -> None:
+        """Send ``message`` with the others of this loop turn (dropped once closed)."""
+        if self.closed:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(_frame(message))
+
+    def _flush(self) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+
+class _Requests(_Link):
+    """The daemon's end: a future per request under way."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.exit_code: Callable[[], int | None] = lambda: None
+        self._pending: dict[int, asyncio.Future[Receipt]] = {}
+        self._last = 0
+
+    def on_message(self, message: Any) -> None:
+        key, ok, value = message
+        future = self.ready if key == 0 else self._pending.pop(key, None)
+        if future is None or future.done():
+            return  # answer to a cancelled request
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        code = self.exit_code()
+        ended = f"the sending process ({self.name}) ended" + (
+            f" with exit code {code}" if code is not None else ""
+        )
+        if not self.ready.done():
+            self.ready.set_exception(SenderDied(f"{ended} as it started"))
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    SenderDied(
+                        f"{ended} with this transfer under way; whether the partner got the "
+                        "file is unknown: it is sent again under the same name, the partner "
+                        "checked first"
+                    )
+                )
+        self._pending.clear()
+
+    async def request(self, flow: Outbound) -> Receipt:
+        if self.closed:
+            raise SenderDied(f"the sending process ({self.name}) has ended")
+        self._last += 1
+        key = self._last
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self.post(("send", key, flow))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.pop(key, None) is not None:
+                self.post(("cancel", key))  # the worker cancels the transfer
+            raise
+
+
+class _Answers(_Link):
+    """The worker's end: a task per request, each answered when it ends."""
+
+    def __init__(self, sender: Sender | None) -> None:
+        super().__init__()
+        self.sender = sender
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def on_message(self, message: Any) -> None:
+        verb = message[0]
+        if verb == "send":
+            _, key, flow = message
+            self.tasks[key] = asyncio.get_running_loop().create_task(self._answer(key, flow))
+        elif verb == "cancel":
+            task = self.tasks.get(message[1])
+            if task is not None:
+                task.cancel()
+        elif verb == "prepare":
+            prepare = getattr(self.sender, "prepare", None)
+            if prepare is not None:
+                prepare()
+
+    async def _answer(self, key: int, flow: Outbound) -> None:
+        assert self.sender is not None  # no requests come before the ready answer
+        try:
+            answer: tuple[int, bool, Any] = (key, True, await self.sender.send(flow))
+        except Exception as exc:
+            answer = (key, False, exc)
+        finally:
+            del self.tasks[key]
+        try:
+            self.post(answer)
+        except Exception as exc:  # a result that cannot be pickled: a bug of the sender
+            self.post((key, False, RuntimeError(f"the sender's answer cannot be passed: {exc!r}")))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+
+class SendingProcess(Generic[S]):
+    """Runs ``create(settings).send`` in a worker process, started on the first send (and again
+    after it ended). ``create`` and ``settings`` must pickle: ``create`` is a module-level
+    function or class, ``settings`` plain data."""
+
+    def __init__(self, create: Callable[[S], Sender], settings: S, name: str) -> None:
+        self._create = create
+        self._settings = settings
+        self.name = name
+        self._process: Any = None
+        self._link: _Requests | None = None
+        self._starting = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while one runs (for tests and diagnostics)."""
+        return None if self._process is None else int(self._process.pid)
+
+    async def start(self) -> None:
+        """Start the worker now rather than with the first send (idempotent).
+
+        Raises:
+            SenderDied: it could not start (the reason is in the message).
+        """
+        if self._link is None or self._link.closed:
+            await self._started()
+
+    def prepare(self) -> None:
+        """Tell a running worker that a flow is coming (see :class:`protocols.base.Prepares`);
+        nothing if none runs (the first send starts one)."""
+        link = self._link
+        if link is not None and not link.closed:
+            link.post(("prepare",))
+
+    async def send(self, flow: Outbound) -> Receipt:
+        """``flow`` sent by the worker.
+
+        Raises:
+            protocols.errors.TransferError: the worker's sender raised it; or SenderDied, the
+                worker ended with this transfer under way (outcome unknown).
+        """
+        link = self._link
+        if link is None or link.closed:
+            link = await self._started()
+        return await link.request(flow)
+
+    async def _started(self) -> _Requests:
+        async with self._starting:
+            if self._link is not None and not self._link.closed:
+                return self._link
+            await self._stop()
+            loop = asyncio.get_running_loop()
+            ours, theirs = socket.socketpair()
+            process = multiprocessing.get_context("forkserver").Process(
+                target=_serve,
+                args=(self._create, self._settings, theirs),
+                name=self.name,
+                daemon=True,
+            )
+            try:
+                await asyncio.to_thread(process.start)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self._process = process
+            link = _Requests(self.name)
+            link.exit_code = lambda: process.exitcode
+            await loop.create_unix_connection(lambda: link, sock=ours)
+            self._link = link
+            try:
+                await asyncio.wait_for(asyncio.shield(link.ready), START_PATIENCE)
+            except BaseException:
+                await self._stop()
+                raise
+            return link
+
+    async def aclose(self) -> None:
+        """End the worker (its sessions closed); the next send starts another."""
+        async with self._starting:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        link, process = self._link, self._process
+        self._link = self._process = None
+        if link is not None and link.transport is not None:
+            link.transport.close()  # the worker reads end-of-file, closes its sender, exits
+        if process is not None:
+            await asyncio.to_thread(_join, process)
+
+
+def _join(process: Any) -> None:
+    process.join(STOP_PATIENCE)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _serve(create: Callable[[Any], Sender], settings: Any, sock: socket.socket) -> None:
+    """The worker process: answer sends until the daemon closes the socket or is gone."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    asyncio.run(_answer_sends(create, settings, sock))
+
+
+async def _answer_sends(
+    create: Callable[[Any], Sender], settings: Any, sock: socket.socket
+) -> None:
+    try:
+        sender, failure = create(settings), None
+    except Exception as exc:
+        sender, failure = None, exc
+    link = _Answers(sender)
+    await asyncio.get_running_loop().create_unix_connection(lambda: link, sock=sock)
+    if sender is None:
+        link.post((0, False, SenderDied(f"the sending process could not start: {failure!r}")))
+        await asyncio.sleep(0)  # the answer leaves at the next turn, then the socket closes
+        assert link.transport is not None
+        link.transport.close()
+        await asyncio.sleep(0)
+        return
+    async with sender:
+        link.post((0, True, None))
+        await link.gone
+        for task in list(link.tasks.values()):
+            task.cancel()
+        if link.tasks:
+            await asyncio.wait(list(link.tasks.values()))
