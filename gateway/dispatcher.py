@@ -656,7 +656,12 @@ class Dispatcher:
                 return await self._refuse(row, *unusable)
             resend = bool(row.unknown_outcome) or row.attempts > 0
             # An acknowledgement may overtake the send: findable by its key before it starts.
-            key = sender.receipt_key(row.flow_id) if isinstance(sender, AsyncReceipts) else None
+            # (The capability first: a protocol isinstance() costs ~10 us, at every attempt.)
+            key = (
+                sender.receipt_key(row.flow_id)
+                if sender.capabilities.async_receipts and isinstance(sender, AsyncReceipts)
+                else None
+            )
             row = await self._transition(
                 row,
                 "sending",
