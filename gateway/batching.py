@@ -252,7 +252,5 @@ def worker_context() -> multiprocessing.context.ForkServerContext:
     a crash) is forked from it in milliseconds.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["gateway.analyser", "gateway.filer", "gateway.journal", "protocols.sftp.sender"]
-    )
+    context.set_forkserver_preload(["gateway.analyser", "gateway.filer", "gateway.journal"])
     return context
