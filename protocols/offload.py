@@ -26,6 +26,7 @@ finish); it ends when the daemon closes the socket, or dies: a worker never outl
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import pickle
 import signal
@@ -299,6 +300,9 @@ def _serve(create: Callable[[Any], Sender], settings: Any, sock: socket.socket) 
     """The worker process: answer sends until the daemon closes the socket or is gone."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+    # The worker reports through its answers; the daemon alone writes the (JSON) log, so the
+    # libraries' own log records must not reach the daemon's stderr as plain text.
+    logging.getLogger().addHandler(logging.NullHandler())
     asyncio.run(_answer_sends(create, settings, sock))
 
 
