@@ -65,6 +65,10 @@ def broken(settings: ProbeSettings) -> Probe:
     raise ValueError(f"cannot read {settings.folder / 'key.pem'}")
 
 
+def probe_sends(folder: Path) -> SendingProcess[ProbeSettings]:
+    return SendingProcess(Probe, ProbeSettings(folder), "probe")
+
+
 def flow(path: Path, remote_name: str) -> Outbound:
     return Outbound(path.stem, path, remote_name, "FSO1100A", path.stat().st_size, "")
 
@@ -89,7 +93,7 @@ def test_sends_run_in_one_other_process_and_return_its_receipts(
     tmp_path: Path, source: Path
 ) -> None:
     async def scenario() -> tuple[set[int], int | None]:
-        sends = SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
+        sends = probe_sends(tmp_path)
         try:
             receipts = await asyncio.gather(
                 *(sends.send(flow(source, f"out-{i}.xml")) for i in range(20))
@@ -109,9 +113,7 @@ def test_a_transfer_error_crosses_with_its_class_message_and_retryable_flag(
     tmp_path: Path, source: Path
 ) -> None:
     async def scenario() -> list[BaseException]:
-        async with contextlib.aclosing(
-            SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
-        ) as s:
+        async with contextlib.aclosing(probe_sends(tmp_path)) as s:
             outcomes = await asyncio.gather(
                 s.send(flow(source, "busy-1.xml")),
                 s.send(flow(source, "odd-1.xml")),
@@ -130,9 +132,7 @@ def test_a_worker_killed_mid_transfer_fails_it_as_unknown_and_the_next_send_gets
     tmp_path: Path, source: Path
 ) -> None:
     async def scenario() -> None:
-        async with contextlib.aclosing(
-            SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
-        ) as s:
+        async with contextlib.aclosing(probe_sends(tmp_path)) as s:
             hanging = asyncio.create_task(s.send(flow(source, "hang-1.xml")))
             await until(lambda: (tmp_path / "hang-1.xml.started").exists(), what="send start")
             first = s.pid
@@ -153,9 +153,7 @@ def test_a_worker_killed_mid_transfer_fails_it_as_unknown_and_the_next_send_gets
 
 def test_a_cancelled_send_is_cancelled_in_the_worker(tmp_path: Path, source: Path) -> None:
     async def scenario() -> None:
-        async with contextlib.aclosing(
-            SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
-        ) as s:
+        async with contextlib.aclosing(probe_sends(tmp_path)) as s:
             hanging = asyncio.create_task(s.send(flow(source, "hang-2.xml")))
             await until(lambda: (tmp_path / "hang-2.xml.started").exists(), what="send start")
             hanging.cancel()
@@ -173,7 +171,7 @@ def test_closing_ends_the_worker_after_its_sender_and_a_later_send_starts_anothe
     tmp_path: Path, source: Path
 ) -> None:
     async def scenario() -> None:
-        sends = SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
+        sends = probe_sends(tmp_path)
         await sends.send(flow(source, "one.xml"))
         first = sends.pid
         assert first is not None and alive(first)
@@ -193,7 +191,7 @@ def test_a_worker_whose_daemon_end_is_gone_exits_by_itself(tmp_path: Path, sourc
     """What happens when the daemon dies (kill -9): its end of the socket closes."""
 
     async def scenario() -> None:
-        sends = SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
+        sends = probe_sends(tmp_path)
         await sends.send(flow(source, "one.xml"))
         pid = sends.pid
         assert pid is not None
@@ -210,9 +208,7 @@ def test_the_worker_ignores_stop_signals(tmp_path: Path, source: Path) -> None:
     """systemd signals the whole control group at stop; the daemon still needs its uploads."""
 
     async def scenario() -> None:
-        async with contextlib.aclosing(
-            SendingProcess(Probe, ProbeSettings(tmp_path), "probe")
-        ) as s:
+        async with contextlib.aclosing(probe_sends(tmp_path)) as s:
             await s.send(flow(source, "one.xml"))
             pid = s.pid
             assert pid is not None
