@@ -13,7 +13,12 @@ The two processes speak over a socket pair, with length-prefixed pickles, on bot
 the event loop (no thread): the daemon sends ``("send", id, Outbound)``, ``("cancel", id)``,
 or ``("prepare",)`` (a flow is coming: a sender with a ``prepare()`` method opens its
 connection now); the worker answers ``(id, True, Receipt)`` or ``(id, False, exception)``, and
-id 0 says it is ready (or why it is not). The messages of one loop turn go in one write.
+id 0 says it is ready (or why it is not). The messages of one loop turn go in one write. While
+transfers are under way the daemon also sends ``("ping",)`` whenever the worker has been silent
+for a third of ``patience``; the worker answers ``(-1, True, None)`` from its event loop. A
+worker silent for ``patience`` with transfers under way (stopped, or stuck outside Python) is
+killed, which fails them as below: its own timeouts bound each transfer, nothing bounds a
+frozen process.
 
 A worker that ends with transfers under way (killed, crashed, out of memory) fails each of
 them with :class:`~protocols.errors.SenderDied`, which is retryable: whether the partner got
@@ -31,6 +36,7 @@ import multiprocessing
 import pickle
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +47,10 @@ S = TypeVar("S")
 
 #: Seconds a new worker gets to say it is ready.
 START_PATIENCE = 60.0
+
+#: Seconds a worker with transfers under way may stay silent (no answer, not even to a ping)
+#: before it is taken for frozen and killed.
+PATIENCE = 60.0
 
 #: Seconds a closing worker gets to end its sessions and exit before it is killed.
 STOP_PATIENCE = 10.0
@@ -59,6 +69,7 @@ class _Link(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.heard = time.monotonic()  # when the other end last sent something
         self._received = bytearray()
         self._out: list[bytes] = []
 
@@ -67,6 +78,7 @@ class _Link(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
         buffer = self._received
         buffer += data
         start = 0
@@ -107,12 +119,15 @@ class _Requests(_Link):
         self.name = name
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.exit_code: Callable[[], int | None] = lambda: None
-        self._pending: dict[int, asyncio.Future[Receipt]] = {}
+        self.verdict = "ended"  # or why the daemon ended it
+        self.pending: dict[int, asyncio.Future[Receipt]] = {}
         self._last = 0
 
     def on_message(self, message: Any) -> None:
         key, ok, value = message
-        future = self.ready if key == 0 else self._pending.pop(key, None)
+        if key == -1:
+            return  # an answer to a ping: heard
+        future = self.ready if key == 0 else self.pending.pop(key, None)
         if future is None or future.done():
             return  # answer to a cancelled request
         if ok:
@@ -123,12 +138,12 @@ class _Requests(_Link):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         code = self.exit_code()
-        ended = f"the sending process ({self.name}) ended" + (
-            f" with exit code {code}" if code is not None else ""
+        ended = f"the sending process ({self.name}) {self.verdict}" + (
+            f" (exit code {code})" if code is not None else ""
         )
         if not self.ready.done():
             self.ready.set_exception(SenderDied(f"{ended} as it started"))
-        for future in self._pending.values():
+        for future in self.pending.values():
             if not future.done():
                 future.set_exception(
                     SenderDied(
@@ -137,7 +152,7 @@ class _Requests(_Link):
                         "checked first"
                     )
                 )
-        self._pending.clear()
+        self.pending.clear()
 
     async def request(self, flow: Outbound) -> Receipt:
         if self.closed:
@@ -145,12 +160,12 @@ class _Requests(_Link):
         self._last += 1
         key = self._last
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
+        self.pending[key] = future
         self.post(("send", key, flow))
         try:
             return await future
         except asyncio.CancelledError:
-            if self._pending.pop(key, None) is not None:
+            if self.pending.pop(key, None) is not None:
                 self.post(("cancel", key))  # the worker cancels the transfer
             raise
 
@@ -173,6 +188,8 @@ class _Answers(_Link):
             task = self.tasks.get(message[1])
             if task is not None:
                 task.cancel()
+        elif verb == "ping":
+            self.post((-1, True, None))
         elif verb == "prepare":
             prepare = getattr(self.sender, "prepare", None)
             if prepare is not None:
@@ -202,12 +219,21 @@ class SendingProcess(Generic[S]):
     after it ended). ``create`` and ``settings`` must pickle: ``create`` is a module-level
     function or class, ``settings`` plain data."""
 
-    def __init__(self, create: Callable[[S], Sender], settings: S, name: str) -> None:
+    def __init__(
+        self,
+        create: Callable[[S], Sender],
+        settings: S,
+        name: str,
+        *,
+        patience: float = PATIENCE,
+    ) -> None:
         self._create = create
         self._settings = settings
         self.name = name
+        self.patience = patience
         self._process: Any = None
         self._link: _Requests | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
 
     @property
@@ -268,6 +294,7 @@ class SendingProcess(Generic[S]):
             link.exit_code = lambda: process.exitcode
             await loop.create_unix_connection(lambda: link, sock=ours)
             self._link = link
+            self._watch = loop.create_task(self._watching(link, process), name="offload-watch")
             try:
                 await asyncio.wait_for(asyncio.shield(link.ready), START_PATIENCE)
             except BaseException:
@@ -280,9 +307,25 @@ class SendingProcess(Generic[S]):
         async with self._starting:
             await self._stop()
 
+    async def _watching(self, link: _Requests, process: Any) -> None:
+        """Ping a silent worker that has transfers under way; kill it if it stays silent."""
+        while not link.closed:
+            await asyncio.sleep(self.patience / 6)
+            silent = time.monotonic() - link.heard
+            if not link.pending or silent < self.patience / 3:
+                continue
+            if silent < self.patience:
+                link.post(("ping",))
+                continue
+            link.verdict = f"stopped answering for {silent:.0f} s and was killed"
+            process.kill()  # the socket closes: connection_lost fails what it had
+            return
+
     async def _stop(self) -> None:
-        link, process = self._link, self._process
-        self._link = self._process = None
+        link, process, watch = self._link, self._process, self._watch
+        self._link = self._process = self._watch = None
+        if watch is not None:
+            watch.cancel()
         if link is not None and link.transport is not None:
             link.transport.close()  # the worker reads end-of-file, closes its sender, exits
         if process is not None:

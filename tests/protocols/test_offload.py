@@ -65,8 +65,8 @@ def broken(settings: ProbeSettings) -> Probe:
     raise ValueError(f"cannot read {settings.folder / 'key.pem'}")
 
 
-def probe_sends(folder: Path) -> SendingProcess[ProbeSettings]:
-    return SendingProcess(Probe, ProbeSettings(folder), "probe")
+def probe_sends(folder: Path, patience: float = 60.0) -> SendingProcess[ProbeSettings]:
+    return SendingProcess(Probe, ProbeSettings(folder), "probe", patience=patience)
 
 
 def flow(path: Path, remote_name: str) -> Outbound:
@@ -149,6 +149,28 @@ def test_a_worker_killed_mid_transfer_fails_it_as_unknown_and_the_next_send_gets
 
     asyncio.run(scenario())
     assert (tmp_path / "after.xml").read_bytes() == source.read_bytes()
+
+
+def test_a_frozen_worker_is_killed_after_its_patience_but_a_busy_one_is_not(
+    tmp_path: Path, source: Path
+) -> None:
+    async def scenario() -> None:
+        async with contextlib.aclosing(probe_sends(tmp_path, patience=1.5)) as s:
+            hanging = asyncio.create_task(s.send(flow(source, "hang-3.xml")))
+            await until(lambda: (tmp_path / "hang-3.xml.started").exists(), what="send start")
+            first = s.pid
+            assert first is not None
+            await asyncio.sleep(4)  # a long transfer: the worker answers the pings
+            assert not hanging.done() and s.pid == first and alive(first)
+            os.kill(first, signal.SIGSTOP)  # now it cannot answer anything
+            with pytest.raises(SenderDied) as died:
+                await asyncio.wait_for(hanging, 10)
+            assert "stopped answering" in str(died.value) and "killed" in str(died.value)
+            await until(lambda: not alive(first), what="the frozen worker's end")
+            receipt = await s.send(flow(source, "after-freeze.xml"))
+            assert receipt.details["pid"] not in (None, first)
+
+    asyncio.run(scenario())
 
 
 def test_a_cancelled_send_is_cancelled_in_the_worker(tmp_path: Path, source: Path) -> None:
