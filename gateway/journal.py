@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import operator
 import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -280,11 +281,14 @@ class FlowRow:
         return _made(zip(keys, row, strict=True))
 
     def __reduce__(self) -> tuple[Any, tuple[tuple[Any, ...]]]:
-        """Pickled as its values (to and from the journal process), rebuilt like :meth:`of`."""
-        return _unpickle_flow_row, (tuple(getattr(self, name) for name in _COLUMNS),)
+        """Pickled as its values (to and from the journal process), rebuilt like :meth:`of`.
+        (The values taken by one attrgetter: a generator of 31 getattr() was a tenth of the
+        journal process's time.)"""
+        return _unpickle_flow_row, (_values(self),)
 
 
 _COLUMNS = tuple(f.name for f in fields(FlowRow))
+_values = operator.attrgetter(*_COLUMNS)
 _COLUMN_SET = frozenset(_COLUMNS)
 _CHECKED_KEYS: set[tuple[str, ...]] = set()
 
