@@ -282,8 +282,7 @@ class FlowRow:
 
     def __reduce__(self) -> tuple[Any, tuple[tuple[Any, ...]]]:
         """Pickled as its values (to and from the journal process), rebuilt like :meth:`of`.
-        (The values taken by one attrgetter: a generator of 31 getattr() was a tenth of the
-        journal process's time.)"""
+        (One attrgetter: 1.6 us a row, against 2.6 us for a generator of 31 getattr().)"""
         return _unpickle_flow_row, (_values(self),)
 
 
