@@ -109,10 +109,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temporary(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: a hidden ``.tmp`` name in
+    the same folder, which intake never picks up and a later write of the same file reuses."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_bytes(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
     """Write ``path`` atomically and durably (temp file, fsync, rename, fsync of the folder
     unless the caller does it)."""
-    temp = path.with_name(f".{path.name}.tmp")
+    temp = temporary(path)
     with temp.open("wb") as out:
         out.write(payload)
         out.flush()
@@ -150,7 +156,9 @@ def place_all(placements: list[Placement]) -> list[Exception | None]:
 
     The reports are fsynced all together from a few threads: the file system commits
     concurrent fsyncs together (measured on this project's 2-core VM: 0.18-0.41 ms per file
-    one after the other, 0.08 ms from 16 threads).
+    one after the other, 0.08 ms from 16 threads). They are written, fsynced and renamed in
+    three passes rather than by :func:`write_bytes` on those threads: each thread's writes
+    then waited for the GIL (measured: +0.025 ms of filing CPU per flow).
     """
     outcomes: list[Exception | None] = [None] * len(placements)
     touched: dict[Path, list[int]] = {}  # folder -> placements that need it durable
@@ -162,7 +170,7 @@ def place_all(placements: list[Placement]) -> list[Exception | None]:
                 folder.mkdir(parents=True, exist_ok=True)
                 touched.setdefault(folder.parent, []).append(index)
             report = folder / (item.target.name + item.suffix)
-            temp = report.with_name(f".{report.name}.tmp")
+            temp = temporary(report)
             temp.write_bytes(_json_bytes(item.document))
             staged.append((index, temp, report))
         except OSError as exc:
@@ -236,7 +244,7 @@ def copy(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` durably and atomically (temp file, fsync, rename, fsync
     dir); ``source`` is left as it is."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp")
+    temp = temporary(target)
     with source.open("rb") as src, temp.open("wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
         out.flush()
