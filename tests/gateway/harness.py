@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import config as config_module
+from gateway.batching import WorkerBatches
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
@@ -215,3 +216,23 @@ def answer_lost_after(function: Callable[..., Any], times: int | None = None) ->
             return result
 
     return AnswerLost
+
+
+W = TypeVar("W", bound=WorkerBatches[Any, Any])
+Item = TypeVar("Item")
+R = TypeVar("R")
+
+
+def through(
+    worker: W, call: Callable[[W, Item], Awaitable[R]], items: Iterable[Item]
+) -> list[R | BaseException]:
+    """``call(worker, item)`` for every item at once (so they share batches), in order, each
+    result or exception; the worker process is ended after."""
+
+    async def scenario() -> list[R | BaseException]:
+        try:
+            return await asyncio.gather(*(call(worker, i) for i in items), return_exceptions=True)
+        finally:
+            await worker.close()
+
+    return asyncio.run(scenario())

@@ -15,11 +15,12 @@ from flows.analysis import analyze
 from gateway import analyser as analyser_module
 from gateway.analyser import SMALL, Analyser, AnalysisCrashed, Outcome, analyse_all
 from tests.conftest import sample
+from tests.gateway.harness import through
 
 LIMIT = 30_000 * 1024
 
 
-def _dies_on_poison(items: list[tuple[Path, int]]) -> list[Outcome | Exception]:
+def _dies_on_poison(items: list[tuple[Path, int]]) -> list[Outcome | Exception | None]:
     """Worker work that ends the worker process as a parser crash would."""
     if any("poison" in path.name for path, _ in items):
         os._exit(70)
@@ -30,17 +31,7 @@ def analysed(
     paths: list[Path], limit: int = LIMIT, work: Any = analyse_all
 ) -> list[Outcome | BaseException]:
     """Every path through one Analyser, concurrently (so they share batches), in order."""
-
-    async def scenario() -> list[Outcome | BaseException]:
-        analyser = Analyser(work)
-        try:
-            return await asyncio.gather(
-                *(analyser.analyse(path, limit) for path in paths), return_exceptions=True
-            )
-        finally:
-            await analyser.close()
-
-    return asyncio.run(scenario())
+    return through(Analyser(work), lambda analyser, path: analyser.analyse(path, limit), paths)
 
 
 def _documents(folder: Path) -> list[Path]:

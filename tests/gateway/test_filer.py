@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ import pytest
 
 from gateway.filer import Filer, FilingFailed, Work
 from gateway.folders import Placement, place_all
+from tests.gateway.harness import through
 
 
 def _dies_once(placements: list[Placement]) -> Sequence[Exception | None]:
@@ -40,16 +40,7 @@ def _placements(tmp_path: Path, count: int) -> list[Placement]:
 
 
 def _file(placements: list[Placement], work: Work = place_all) -> list[BaseException | None]:
-    async def scenario() -> list[BaseException | None]:
-        filer = Filer(work)
-        try:
-            return await asyncio.gather(
-                *(filer.place(p) for p in placements), return_exceptions=True
-            )
-        finally:
-            await filer.close()
-
-    return asyncio.run(scenario())
+    return through(Filer(work), Filer.place, placements)
 
 
 @pytest.mark.parametrize("work", [place_all, _dies_once], ids=["plain", "worker-dies-once"])
