@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from protocols.base import Outbound, Receipt, Sender
+from protocols.coalescing import CoalescingTransport
 from protocols.errors import SenderDied
 
 S = TypeVar("S")
@@ -64,18 +65,18 @@ def _frame(message: Any) -> bytes:
 
 
 class _Link(asyncio.Protocol):
-    """Frames in and out of one end of the socket pair; a turn's frames leave in one write."""
+    """Frames in and out of one end of the socket pair; a turn's frames leave in one write
+    (:class:`~protocols.coalescing.CoalescingTransport`)."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: CoalescingTransport | None = None
         self.closed = False
         self.heard = time.monotonic()  # when the other end last sent something
         self._received = bytearray()
-        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = CoalescingTransport(transport)
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
@@ -98,17 +99,8 @@ class _Link(asyncio.Protocol):
 
     def post(self, message: Any) -> None:
         """Send ``message`` with the others of this loop turn (dropped once closed)."""
-        if self.closed:
-            return
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(_frame(message))
-
-    def _flush(self) -> None:
-        data = b"".join(self._out)
-        self._out.clear()
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self.transport.write(_frame(message))
 
 
 class _Requests(_Link):
@@ -360,10 +352,9 @@ async def _answer_sends(
     await asyncio.get_running_loop().create_unix_connection(lambda: link, sock=sock)
     if sender is None:
         link.post((0, False, SenderDied(f"the sending process could not start: {failure!r}")))
-        await asyncio.sleep(0)  # the answer leaves at the next turn, then the socket closes
         assert link.transport is not None
-        link.transport.close()
-        await asyncio.sleep(0)
+        link.transport.close()  # after what was posted
+        await asyncio.sleep(0)  # the socket's own transport writes its buffer, then closes
         return
     async with sender:
         link.post((0, True, None))

@@ -30,6 +30,7 @@ from typing import Any, Self, TypeVar
 import asyncssh
 
 from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
+from protocols.coalescing import Coalescing
 from protocols.errors import (
     AuthenticationError,
     ConnectError,
@@ -43,7 +44,6 @@ from protocols.errors import (
 )
 from protocols.offload import SendingProcess
 from protocols.settings import Secret, Section, SettingsError
-from protocols.sftp.coalescing import Coalescing
 
 T = TypeVar("T")
 

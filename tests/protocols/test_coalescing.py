@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from protocols.sftp.coalescing import Coalescing, CoalescingTransport
+from protocols.coalescing import Coalescing, CoalescingTransport
 
 
 class Recording(asyncio.Transport):
