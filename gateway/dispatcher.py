@@ -1072,13 +1072,13 @@ class Dispatcher:
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
-        rows = await self.journal.call(Call(JournalDB.in_states, ("claimed",)))
+        claimed = await self.journal.call(Call(JournalDB.spools_in, "claimed"))
         started = 0
-        for row in rows:
-            if row.flow_id in self._active:
+        for flow_id, spool_path in claimed:
+            if flow_id in self._active:
                 continue
-            if await asyncio.to_thread(Path(row.spool_path).exists):
-                self.start(row.flow_id)
+            if await asyncio.to_thread(Path(spool_path).exists):
+                self.start(flow_id)
                 started += 1
         return started
 

@@ -12,6 +12,9 @@ import pytest
 
 from gateway.journal import (
     SCHEMA_VERSION,
+    STATES,
+    TERMINAL,
+    UNFILED,
     Call,
     Journal,
     JournalDB,
@@ -278,4 +281,34 @@ def test_a_flows_table_with_foreign_columns_is_refused_clearly(tmp_path: Path) -
     db = JournalDB(tmp_path / "journal.sqlite")
     with pytest.raises(RuntimeError, match="surprise"):
         db.get(flow_id(2))
+    db.close()
+
+
+def test_the_queue_depth_counts_unfiled_flows_from_the_state_index(tmp_path: Path) -> None:
+    """Polled every 2 s by the daemon: it must not read a row per flow ever journaled."""
+    db = JournalDB(tmp_path / "j.sqlite")
+    for i, state in enumerate(STATES):
+        db.insert(flow_id(i), "qualif", f"{state}.xml", f"/spool/{state}.xml")
+        if state != "claimed":
+            db.transition(flow_id(i), state)
+    statements: list[str] = []
+    db._db.set_trace_callback(statements.append)  # the query as run, its values inlined
+    assert db.queue_depth() == len(STATES) - len(TERMINAL) == len(UNFILED)
+    db._db.set_trace_callback(None)
+    plan = db._db.execute(f"EXPLAIN QUERY PLAN {statements[-1]}").fetchall()
+    assert [step[3] for step in plan] == ["SEARCH flows USING COVERING INDEX flows_state (state=?)"]
+    db.close()
+
+
+def test_spools_in_names_the_flows_of_one_state_oldest_first(tmp_path: Path) -> None:
+    db = JournalDB(tmp_path / "j.sqlite")
+    for i, claimed_at in (
+        (1, "2026-11-23T12:00:02"),
+        (2, "2026-11-23T12:00:03"),
+        (3, "2026-11-23T12:00:01"),
+    ):
+        db.insert(flow_id(i), "qualif", f"f{i}.xml", f"/spool/f{i}.xml")
+        db.transition(flow_id(i), "claimed", created_at=claimed_at)
+    db.transition(flow_id(2), "queued")
+    assert db.spools_in("claimed") == [(flow_id(3), "/spool/f3.xml"), (flow_id(1), "/spool/f1.xml")]
     db.close()
