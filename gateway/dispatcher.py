@@ -127,6 +127,16 @@ class Refusal:
     message: str
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A send about to start: where it goes, and what its ``sending`` transition records."""
+
+    conn: Connection
+    sender: Sender
+    resend: bool  # the partner may have the file already (an earlier attempt, or unknown)
+    values: dict[str, Any]
+
+
 def backoff(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter: uniform in [d/2, d], d = initial·2^(attempt-1)."""
     delay = min(maximum, initial * (2 ** max(0, attempt - 1)))
@@ -390,32 +400,36 @@ class Dispatcher:
             self._configured(row.connection) is None
         ):
             row = await self._refuse(row, *_unknown_connection(row.connection))
+        attempt = None
         if row.state == "claimed":
-            row = await self._prepare(row)
+            row, attempt = await self._prepare(row)
         if row.state == "batched":
             self._lots.add(row)
             return
         if row.state in ("queued", "sending"):
-            row = await self._deliver(row)
+            row = await self._deliver(row, attempt)
         if row.state == "delivered":
             await self._file_sent(row)
         elif row.state == "failing":
             await self._file_error(row)
 
-    async def _prepare(self, row: FlowRow) -> FlowRow:
-        """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason."""
+    async def _prepare(self, row: FlowRow) -> tuple[FlowRow, Attempt | None]:
+        """Analyse and route a claimed flow: to ``queued``, or to ``failing`` with a reason.
+
+        A queued flow that can be sent at once (the usual case) goes on to ``sending`` in the
+        same journal call, and its first :class:`Attempt` is returned with it (one call fewer
+        per flow: the daemon's event loop is what bounds a burst of small files)."""
         conn = self.config.connection(row.connection)  # _advance checked it is configured
         if row.packaging is not None:
-            return await self._prepare_lot(row, conn)
+            return await self._prepare_lot(row, conn), None
         limit = self.config.gateway.max_file_size
         try:
             size, analysis = await self._analyser.analyse(Path(row.spool_path), limit)
         except AnalysisCrashed as exc:
-            return await self._refuse(row, "analysis_crashed", str(exc))
+            return await self._refuse(row, "analysis_crashed", str(exc)), None
         if analysis is None:
-            return await self._refuse(
-                row, "too_large", f"{size} bytes is over max_file_size ({limit} bytes)", size=size
-            )
+            too_large = f"{size} bytes is over max_file_size ({limit} bytes)"
+            return await self._refuse(row, "too_large", too_large, size=size), None
         facts: dict[str, Any] = {
             "size": analysis.size,
             "sha256": analysis.sha256,
@@ -428,14 +442,13 @@ class Dispatcher:
         }
         if not analysis.ok:
             assert analysis.problem is not None
-            return await self._refuse(
-                row, analysis.problem.value, analysis.message or analysis.problem.value, **facts
-            )
+            message = analysis.message or analysis.problem.value
+            return await self._refuse(row, analysis.problem.value, message, **facts), None
         refusal = route(conn, analysis, self._now().date())
         if refusal is not None:
-            return await self._refuse(row, refusal.reason, refusal.message, **facts)
+            return await self._refuse(row, refusal.reason, refusal.message, **facts), None
         if conn.lot.max_invoices > 1:
-            return await self._batch(row, conn, analysis, facts)
+            return await self._batch(row, conn, analysis, facts), None
         remote = row.remote_name or naming.remote_name(
             conn.remote_name,
             naming.NameParts(
@@ -448,7 +461,10 @@ class Dispatcher:
             ),
         )
         mode = conn.interfaces[analysis.interface_code or ""].value
-
+        attempt = self._attempt(row)
+        if not isinstance(attempt, Attempt):  # sent later, or refused, by _deliver
+            attempt = None
+        sending = attempt.values if attempt is not None else None
         invoice = (row.original_name, analysis.invoice_number, analysis.supplier_id, row.flow_id)
         queued, earlier = await self.journal.call(
             Call(
@@ -457,6 +473,7 @@ class Dispatcher:
                 (analysis.sha256, analysis.supplier_id, analysis.invoice_number),
                 invoice=invoice,
                 check=not row.forced,
+                sending=sending,
                 remote_name=remote,
                 mode=mode,
                 **facts,
@@ -464,9 +481,8 @@ class Dispatcher:
         )
         if earlier is not None or queued is None:
             assert earlier is not None
-            return await self._refuse(
-                row, "duplicate", _duplicate_message(row, earlier, analysis), **facts
-            )
+            duplicate = _duplicate_message(row, earlier, analysis)
+            return await self._refuse(row, "duplicate", duplicate, **facts), None
         log.info(
             "flow.routed",
             interface_code=analysis.interface_code,
@@ -474,7 +490,7 @@ class Dispatcher:
             invoice_number=analysis.invoice_number,
             format=analysis.format.value,
         )
-        return queued
+        return queued, attempt
 
     async def _batch(
         self, row: FlowRow, conn: Connection, analysis: Analysis, facts: dict[str, Any]
@@ -639,37 +655,48 @@ class Dispatcher:
         log.info("flow.routed", interface_code=code, remote_name=remote, format="lot")
         return queued
 
-    async def _deliver(self, row: FlowRow) -> FlowRow:
+    def _attempt(self, row: FlowRow) -> Attempt | Refusal | None:
+        """The next attempt at sending ``row``; a refusal if it cannot be sent; None if the
+        gateway is stopping (the flow stays queued for the next start)."""
+        if self.stopping.is_set():
+            return None
+        # Looked up at each attempt: a reload may have changed or removed the connection.
+        conn, sender = self._configured(row.connection), self.senders.get(row.connection)
+        if conn is None or sender is None:
+            return Refusal(*_unknown_connection(row.connection))
+        now = self._now()
+        unusable = conn.unusable_reason(now.date()) or certificates.blocking(
+            self.certificates.get(row.connection, []), now
+        )
+        if unusable is not None:
+            return Refusal(*unusable)
+        # An acknowledgement may overtake the send: findable by its key before it starts.
+        # (The capability first: a protocol isinstance() costs ~10 us, at every attempt.)
+        key = (
+            sender.receipt_key(row.flow_id)
+            if sender.capabilities.async_receipts and isinstance(sender, AsyncReceipts)
+            else None
+        )
+        values = {"attempts": row.attempts + 1, "unknown_outcome": 1, "receipt_key": key}
+        return Attempt(conn, sender, bool(row.unknown_outcome) or row.attempts > 0, values)
+
+    async def _deliver(self, row: FlowRow, attempt: Attempt | None = None) -> FlowRow:
+        """Send a queued flow, retrying as configured. ``attempt``: the first attempt, its
+        ``sending`` transition already journaled (see :meth:`_prepare`)."""
         while True:
-            if self.stopping.is_set():
-                return row
-            # Looked up at each attempt: a reload may have changed or removed the connection.
-            conn, sender = self._configured(row.connection), self.senders.get(row.connection)
-            if conn is None or sender is None:
-                return await self._refuse(row, *_unknown_connection(row.connection))
+            if attempt is None:
+                next_attempt = self._attempt(row)
+                if next_attempt is None:
+                    return row
+                if isinstance(next_attempt, Refusal):
+                    return await self._refuse(row, next_attempt.reason, next_attempt.message)
+                attempt = next_attempt
+                row = await self._transition(
+                    row, "sending", expect=("queued", "sending"), **attempt.values
+                )
+            conn, sender, resend = attempt.conn, attempt.sender, attempt.resend
+            attempt = None  # a retry starts another
             retry = self.config.gateway.retry
-            now = self._now()
-            unusable = conn.unusable_reason(now.date()) or certificates.blocking(
-                self.certificates.get(row.connection, []), now
-            )
-            if unusable is not None:
-                return await self._refuse(row, *unusable)
-            resend = bool(row.unknown_outcome) or row.attempts > 0
-            # An acknowledgement may overtake the send: findable by its key before it starts.
-            # (The capability first: a protocol isinstance() costs ~10 us, at every attempt.)
-            key = (
-                sender.receipt_key(row.flow_id)
-                if sender.capabilities.async_receipts and isinstance(sender, AsyncReceipts)
-                else None
-            )
-            row = await self._transition(
-                row,
-                "sending",
-                expect=("queued", "sending"),
-                attempts=row.attempts + 1,
-                unknown_outcome=1,
-                receipt_key=key,
-            )
             outbound = Outbound(
                 flow_id=row.flow_id,
                 path=Path(row.spool_path),

@@ -527,10 +527,12 @@ class JournalDB:
         check: bool,
         to_state: str = "queued",
         invoice: tuple[str, str | None, str | None, str] | None = None,
+        sending: Mapping[str, Any] | None = None,
         **values: Any,
     ) -> tuple[FlowRow | None, FlowRow | None]:
         """Queue a claimed flow (or put it in ``batched`` for a lot) unless an earlier flow
-        makes it a duplicate.
+        makes it a duplicate; with ``sending`` (the values of that transition), a queued flow
+        goes on to ``sending`` at once (both transitions recorded).
 
         Returns ``(queued row, None)``, or ``(None, earlier flow)`` for a duplicate.
 
@@ -547,6 +549,8 @@ class JournalDB:
             queued = self.transition(flow_id, to_state, expect=("claimed",), **values)
             if invoice is not None:
                 self.add_invoices(flow_id, [invoice])
+            if sending is not None:
+                queued = self.transition(flow_id, "sending", expect=(to_state,), **sending)
             return queued, None
 
     # -- invoices and returns ------------------------------------------------------------------

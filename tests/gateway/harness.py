@@ -196,8 +196,8 @@ def sidecar(row: FlowRow, suffix: str) -> dict[str, Any]:
     return data
 
 
-def answer_lost_after(function: Callable[..., Any], times: int | None = None) -> type[Journal]:
-    """A Journal whose calls of ``function`` (the first ``times`` of them, or all) are
+def answer_lost_after(*functions: Callable[..., Any], times: int | None = None) -> type[Journal]:
+    """A Journal whose calls of ``functions`` (the first ``times`` of them, or all) are
     applied, and then answered with JournalUnavailable: the journal process died between its
     commit and its answer."""
 
@@ -208,7 +208,7 @@ def answer_lost_after(function: Callable[..., Any], times: int | None = None) ->
             result = await super().call(method)
             if (
                 isinstance(method, Call)
-                and method.function is function
+                and method.function in functions
                 and (times is None or AnswerLost.lost < times)
             ):
                 AnswerLost.lost += 1

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from gateway import cli
 from gateway import dispatcher as dispatcher_module
 from gateway.dispatcher import Dispatcher, requeue
 from gateway.folders import Layout, spool_name
-from gateway.journal import FlowRow, JournalDB
+from gateway.journal import Call, FlowRow, Journal, JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
 from tests.conftest import sample
@@ -229,7 +230,7 @@ def test_a_claim_the_file_system_refuses_leaves_the_file_in_the_outbox(
 @pytest.mark.parametrize(
     "lost",
     [JournalDB.insert, JournalDB.queue_unless_duplicate, JournalDB.transition, JournalDB.file_to],
-    ids=["claim", "queue", "first-transition", "delivered"],
+    ids=["claim", "routed-and-sending", "sent", "delivered"],
 )
 def test_a_journal_answer_lost_after_its_commit_resumes_the_flow(
     tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, lost: Any
@@ -249,12 +250,43 @@ def test_a_journal_answer_lost_after_its_commit_resumes_the_flow(
     assert not list(Layout(config.gateway.data_dir).error("qualif-mem").iterdir())
 
 
+def test_a_sent_flow_takes_four_journal_calls_and_records_every_transition(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing and the first attempt's ``sending`` go in one call; the history keeps both."""
+    config = memory_config(tmp_path, bucket)
+    calls: list[str] = []
+
+    class Counting(Journal):
+        async def call(self, method: Callable[[JournalDB], Any]) -> Any:
+            if isinstance(method, Call):
+                calls.append(method.function.__name__)
+            return await super().call(method)
+
+    monkeypatch.setattr("gateway.daemon.Journal", Counting)
+    (row,) = deliver(config, {"f.xml": invoice("F-95")})
+    assert row.state == "sent" and row.attempts == 1
+    flow_calls = [
+        name
+        for name in calls
+        if name in {"insert", "queue_unless_duplicate", "transition", "file_to"}
+    ]
+    assert flow_calls == ["insert", "queue_unless_duplicate", "file_to", "transition"]
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    history = [t["to_state"] for t in db.transitions(row.flow_id)]
+    db.close()
+    assert history == ["claimed", "queued", "sending", "delivered", "sent"]
+
+
 def test_a_journal_that_keeps_losing_answers_ends_the_flow_in_error(
     tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Resumed a few times, then filed in error/ with internal_error rather than looping."""
+    """Resumed a few times, then filed in error/ with internal_error rather than looping.
+    (The routing's answer is lost with the flow in ``sending``; each resume's transition to
+    ``sending`` again is lost too, so the flow is never sent.)"""
     config = memory_config(tmp_path, bucket)
-    monkeypatch.setattr("gateway.daemon.Journal", answer_lost_after(JournalDB.transition))
+    journal = answer_lost_after(JournalDB.queue_unless_duplicate, JournalDB.transition)
+    monkeypatch.setattr("gateway.daemon.Journal", journal)
     with capture_logs() as logs:
         (row,) = deliver(config, {"f.xml": invoice("F-91")})
     assert (row.state, row.reason) == ("error", "internal_error")
