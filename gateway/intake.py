@@ -21,6 +21,7 @@ journaled; should the daemon die between the two, reconciliation finds the spool
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fcntl
@@ -96,11 +97,15 @@ class _Handler(FileSystemEventHandler):
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
-            self._offer(event.dest_path, True)
+            # Renamed within the outbox, or into it from another folder (the observer reports
+            # unpaired moves too: a rename is atomic, the file is whole). Moved out of it (a
+            # claim, or ops taking a file back): no destination, nothing to offer.
+            if event.dest_path:
+                self._offer(event.dest_path, True)
         elif isinstance(event, FileClosedEvent):
             self._offer(event.src_path, True)
         elif isinstance(event, FileCreatedEvent):
-            # Either moved in from an unwatched folder, or created and maybe still being written.
+            # Created in place, and maybe still being written.
             self._offer(event.src_path, False)
 
 
@@ -128,9 +133,22 @@ class Watcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        arrived: collections.deque[tuple[str, Path, bool]] = collections.deque()
+        handing_over = False
 
-        def push(connection: str, path: Path, trusted: bool) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, (connection, path, trusted))
+        def hand_over() -> None:  # in the loop
+            nonlocal handing_over
+            handing_over = False  # first: a push from now on schedules another hand-over
+            while arrived:
+                self._queue.put_nowait(arrived.popleft())
+
+        def push(connection: str, path: Path, trusted: bool) -> None:  # in watchdog's thread
+            # One wake-up of the loop for the events of a burst, not one per file.
+            nonlocal handing_over
+            arrived.append((connection, path, trusted))
+            if not handing_over:
+                handing_over = True
+                loop.call_soon_threadsafe(hand_over)
 
         # watchdog holds each IN_MOVED_FROM for `delay` (0.5 s) hoping to pair it with an
         # IN_MOVED_TO, at the head of a FIFO that every later event waits behind. Every claim
@@ -138,7 +156,9 @@ class Watcher:
         # after a claim waited up to 0.5 s (measured: claims arrived in 0.5 s waves). Unpaired,
         # a rename into the outbox arrives as a created event and passes the readiness test.
         InotifyMoveEventGrouper.delay = 0.0
-        observer = InotifyObserver()
+        # Full events: a file renamed into the outbox from elsewhere arrives as a move (whole
+        # by construction) rather than as a creation whose readiness must be tested.
+        observer = InotifyObserver(generate_full_events=True)
         handler = _Handler(push, self._outboxes)
         for path in self._outboxes:
             observer.schedule(

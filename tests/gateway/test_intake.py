@@ -1,0 +1,156 @@
+"""gateway.intake: which inotify events offer a file, when, and how many times."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway import intake
+from gateway.intake import Watcher
+from tests.gateway.harness import until
+
+Offers = list[tuple[str, str]]
+
+
+@asynccontextmanager
+async def watching(
+    outbox: Path, on_candidate: Callable[[str, Path], Awaitable[object]] | None = None
+) -> AsyncIterator[tuple[Watcher, Offers]]:
+    """A watcher on ``outbox`` (connection "c"), rescans an hour apart: what it offers comes
+    from inotify (and the scan at start)."""
+    offers: Offers = []
+
+    async def record(connection: str, path: Path) -> None:
+        offers.append((connection, path.name))
+        if on_candidate is not None:
+            await on_candidate(connection, path)
+
+    watcher = Watcher({"c": outbox}, record, rescan_interval=3600, settle_time=0.2)
+    stopping = asyncio.Event()
+    watcher.start()
+    running = asyncio.create_task(watcher.run(stopping))
+    try:
+        await until(lambda: watcher.scans > 0, what="the first scan")
+        yield watcher, offers
+    finally:
+        stopping.set()
+        watcher.wake()
+        await running
+        watcher.stop()
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    outbox, staging = tmp_path / "outbox", tmp_path / "staging"
+    outbox.mkdir()
+    staging.mkdir()
+    return outbox, staging
+
+
+def test_a_file_renamed_in_is_offered_once_without_a_readiness_test(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renamed in from another folder: whole by construction, no lease taken on it."""
+    outbox, staging = folders
+    tested: list[str] = []
+    real = intake.readiness
+
+    def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
+        tested.append(path.name)
+        return real(path, settle_time, now)
+
+    monkeypatch.setattr(intake, "readiness", readiness)
+
+    async def main() -> Offers:
+        async with watching(outbox) as (_, offers):
+            (staging / "f.xml").write_bytes(b"<Invoice/>")
+            (staging / "f.xml").rename(outbox / "f.xml")
+            await until(lambda: bool(offers), what="the offer")
+            await asyncio.sleep(0.2)  # time for a second offer, if one were coming
+            return offers
+
+    assert asyncio.run(main()) == [("c", "f.xml")]
+    assert tested == []
+
+
+def test_a_rename_within_the_outbox_offers_the_final_name_only(folders: tuple[Path, Path]) -> None:
+    outbox, _ = folders
+
+    async def main() -> Offers:
+        async with watching(outbox) as (_, offers):
+            (outbox / "f.xml.part").write_bytes(b"<Invoice/>")
+            (outbox / "f.xml.part").rename(outbox / "f.xml")
+            await until(lambda: bool(offers), what="the offer")
+            await asyncio.sleep(0.2)
+            return offers
+
+    assert asyncio.run(main()) == [("c", "f.xml")]
+
+
+def test_a_file_written_in_place_is_offered_only_once_closed(folders: tuple[Path, Path]) -> None:
+    outbox, _ = folders
+
+    async def main() -> tuple[Offers, Offers]:
+        async with watching(outbox) as (_, offers):
+            with (outbox / "slow.xml").open("wb") as out:
+                out.write(b"<Invoice>")
+                out.flush()
+                await asyncio.sleep(0.8)  # created, still open: tested and deferred, not offered
+                while_open = list(offers)
+                out.write(b"</Invoice>")
+            await until(lambda: bool(offers), what="the offer after close")
+            return while_open, offers
+
+    while_open, offers = asyncio.run(main())
+    assert while_open == []
+    assert set(offers) == {("c", "slow.xml")}
+
+
+def test_a_file_moved_out_of_the_outbox_is_not_offered_again(folders: tuple[Path, Path]) -> None:
+    """A claim renames the file out: that event offers nothing."""
+    outbox, staging = folders
+    spool = staging.parent / "spool"
+    spool.mkdir()
+
+    async def claim(connection: str, path: Path) -> None:
+        path.rename(spool / path.name)
+
+    async def main() -> Offers:
+        async with watching(outbox, claim) as (_, offers):
+            (staging / "f.xml").write_bytes(b"<Invoice/>")
+            (staging / "f.xml").rename(outbox / "f.xml")
+            await until(lambda: (spool / "f.xml").exists(), what="the claim")
+            await asyncio.sleep(0.3)
+            return offers
+
+    assert asyncio.run(main()) == [("c", "f.xml")]
+
+
+def test_a_burst_of_renames_is_offered_whole_by_inotify(folders: tuple[Path, Path]) -> None:
+    """3,000 files renamed in at once, each claimed (moved out) as it is offered: every file
+    offered, by inotify alone (the rescan is an hour away), and none twice."""
+    outbox, staging = folders
+    spool = staging.parent / "spool"
+    spool.mkdir()
+    names = [f"f{i:05}.xml" for i in range(3000)]
+    for name in names:
+        (staging / name).write_bytes(b"<Invoice/>")
+
+    async def claim(connection: str, path: Path) -> None:
+        path.rename(spool / path.name)
+
+    async def main() -> Offers:
+        async with watching(outbox, claim) as (_, offers):
+            for name in names:
+                (staging / name).rename(outbox / name)
+            await until(lambda: len(offers) >= len(names), timeout=60, what="3,000 offers")
+            await asyncio.sleep(0.3)
+            return offers
+
+    offers = asyncio.run(main())
+    assert sorted(name for _, name in offers) == names
+    assert sorted(p.name for p in spool.iterdir()) == names
