@@ -100,11 +100,20 @@ class Metrics:
             ["connection", "role", "subject"],
             registry=r,
         )
+        self._transfers: dict[str, tuple[Any, Any, Any]] = {}
 
     def transferred(self, connection: str, seconds: float, size: int) -> None:
-        self.transfer_seconds.labels(connection).observe(seconds)
-        self.transfer_bytes.labels(connection).observe(size)
-        self.last_success.labels(connection).set(time.time())
+        children = self._transfers.get(connection)
+        if children is None:  # labels() validates and locks at every call: looked up once
+            children = self._transfers[connection] = (
+                self.transfer_seconds.labels(connection),
+                self.transfer_bytes.labels(connection),
+                self.last_success.labels(connection),
+            )
+        duration, sizes, last_success = children
+        duration.observe(seconds)
+        sizes.observe(size)
+        last_success.set(time.time())
 
     def watch_certificates(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Set the expiry and attention gauges from :func:`gateway.certificates.report`'s
