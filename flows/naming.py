@@ -22,6 +22,7 @@ the upload folder.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import string
@@ -98,6 +99,10 @@ def check_template(template: str) -> None:
         raise TemplateError("the template must not contain '/': it names a file, not a path")
 
 
+#: check_template() of the few templates a configuration has, remembered (a flow renders one).
+_check_once = functools.lru_cache(maxsize=64)(check_template)
+
+
 @dataclass(frozen=True)
 class NameParts:
     interface: str
@@ -115,12 +120,12 @@ DOUBLE_EXTENSIONS = (".tar.gz",)
 def split_extension(name: str) -> tuple[str, str]:
     """``("facture", ".xml")``; ``("lot-…", ".tar.gz")``; ``("README", "")`` (of the last
     component of ``name``)."""
-    name = PurePath(name).name
+    path = PurePath(name)
+    name = path.name
     for double in DOUBLE_EXTENSIONS:
         if name.lower().endswith(double) and len(name) > len(double):
             return name[: -len(double)], name[-len(double) :]
-    path = PurePath(name)
-    return (path.stem, path.suffix) if path.suffix else (path.name, "")
+    return (path.stem, path.suffix) if path.suffix else (name, "")
 
 
 def remote_name(template: str, parts: NameParts) -> str:
@@ -129,7 +134,7 @@ def remote_name(template: str, parts: NameParts) -> str:
     Raises:
         TemplateError: the template is invalid, or the result is empty or too long.
     """
-    check_template(template)
+    _check_once(template)
     stem, ext = split_extension(parts.original_name)
     ext = safe(ext) if ext else ""
     if ext and not ext.startswith("."):
@@ -142,8 +147,9 @@ def remote_name(template: str, parts: NameParts) -> str:
         stem=stem,
         ext=ext,
         name=stem + ext,
-        date=f"{parts.created:%Y%m%d}",
-        time=f"{parts.created:%H%M%S}",
+        # formatted only when used (~1.4 us each; the default template has neither)
+        date=f"{parts.created:%Y%m%d}" if "{date" in template else "",
+        time=f"{parts.created:%H%M%S}" if "{time" in template else "",
         structure=safe(parts.structure),
     )
     rendered = safe(rendered)
