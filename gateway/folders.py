@@ -57,6 +57,13 @@ def parse_spool_name(name: str) -> tuple[str, str] | None:
     return flow_id, original
 
 
+@functools.lru_cache(maxsize=1024)
+def _folder(data_dir: Path, *parts: str) -> Path:
+    """``data_dir`` joined with ``parts``: remembered for the folders every flow names (a Path
+    is immutable; building one costs ~1.5 us a component)."""
+    return data_dir.joinpath(*parts)
+
+
 @dataclass(frozen=True)
 class Layout:
     data_dir: Path
@@ -69,13 +76,13 @@ class Layout:
         return self.data_dir / "outbox" / connection
 
     def spool(self, connection: str) -> Path:
-        return self.data_dir / "spool" / connection
+        return _folder(self.data_dir, "spool", connection)
 
     def sent(self, connection: str, day: date) -> Path:
-        return self.data_dir / "sent" / connection / day.isoformat()
+        return _folder(self.data_dir, "sent", connection, day.isoformat())
 
     def error(self, connection: str) -> Path:
-        return self.data_dir / "error" / connection
+        return _folder(self.data_dir, "error", connection)
 
     def rejected(self, connection: str) -> Path:
         return self.data_dir / "rejected" / connection
