@@ -177,7 +177,7 @@ class Dispatcher:
         now: Now = utc_now,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        max_in_flight: int = 256,
+        max_in_flight: int = 512,
         metrics: Metrics | None = None,
         alerts: Alerter | None = None,
     ) -> None:
@@ -192,6 +192,9 @@ class Dispatcher:
         self._now = now
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        # Flows past their claim (analysed, routed, sent, filed) at once. A flow holds its
+        # place ~0.2 s in a burst (its batches' round trips), so this bounds the throughput
+        # (Little's law): 256 -> 512 measured +6 % on 1,000 x 10 KB over SFTP; 1,024 no more.
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
