@@ -312,3 +312,52 @@ def test_spools_in_names_the_flows_of_one_state_oldest_first(tmp_path: Path) -> 
     db.transition(flow_id(2), "queued")
     assert db.spools_in("claimed") == [(flow_id(3), "/spool/f3.xml"), (flow_id(1), "/spool/f1.xml")]
     db.close()
+
+
+def test_the_journal_process_does_not_write_statement_journals_to_disk(tmp_path: Path) -> None:
+    """Each UPDATE with its history trigger, inside a batch's transaction, first saves the
+    pages it changes (a statement journal): to a temporary file, that was 18 writes a flow for
+    these calls (36 in the daemon's load test), all of them wasted."""
+
+    async def main() -> int:
+        journal = Journal(tmp_path / "j.sqlite")
+        await journal.open()
+        try:
+            pid = journal._worker.pid
+            assert pid is not None
+
+            def writes() -> int:
+                for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                    if line.startswith("syscw:"):
+                        return int(line.split()[1])
+                raise AssertionError("no syscw")
+
+            before = writes()
+            ids = [flow_id(i) for i in range(300)]
+            await asyncio.gather(
+                *(journal.call(Call(JournalDB.insert, f, "c", "f.xml", f"/s/{f}")) for f in ids)
+            )
+            steps = (
+                lambda f: Call(
+                    JournalDB.queue_unless_duplicate,
+                    f,
+                    (f"sha-{f}", "SUP", f"N-{f}"),
+                    check=True,
+                    invoice=("f.xml", f"N-{f}", "SUP", f),
+                    sending={"attempts": 1, "unknown_outcome": 1},
+                    sha256=f"sha-{f}",
+                    supplier_id="SUP",
+                    invoice_number=f"N-{f}",
+                ),
+                lambda f: Call(
+                    JournalDB.file_to, f, "delivered", tmp_path / "sent", f"{f}.xml", receipt="{}"
+                ),
+                lambda f: Call(JournalDB.transition, f, "sent", expect=("delivered",)),
+            )
+            for step in steps:
+                await asyncio.gather(*(journal.call(step(f)) for f in ids))
+            return writes() - before
+        finally:
+            await journal.close()
+
+    assert asyncio.run(main()) < 300 * 3  # 1.5 a flow here; 18 with the temporary file
