@@ -154,7 +154,7 @@ class Watcher:
         # IN_MOVED_TO, at the head of a FIFO that every later event waits behind. Every claim
         # (a rename out of the outbox) leaves such an unpaired event, so each file dropped
         # after a claim waited up to 0.5 s (measured: claims arrived in 0.5 s waves). Unpaired,
-        # a rename into the outbox arrives as a created event and passes the readiness test.
+        # a rename into the outbox arrives as a move without a source (full events, below).
         InotifyMoveEventGrouper.delay = 0.0
         # Full events: a file renamed into the outbox from elsewhere arrives as a move (whole
         # by construction) rather than as a creation whose readiness must be tested.

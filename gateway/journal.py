@@ -936,7 +936,7 @@ class Call(Generic[T]):
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """A JournalDB method travels as its name: pickling a function by reference looks
-        its module and qualified name up at every call (measured: 2.2 -> 0.5 us a call)."""
+        its module and qualified name up at every call (measured: 2.2 -> 1.2 us a call)."""
         name = getattr(self.function, "__name__", "")
         if getattr(JournalDB, name, None) is self.function:
             return _journal_method, (name, self.args, self.kwargs)
