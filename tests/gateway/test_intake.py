@@ -43,6 +43,19 @@ async def watching(
         watcher.stop()
 
 
+MARKER = "zz-marker.xml"
+
+
+async def settled(outbox: Path, staging: Path, offers: Offers) -> None:
+    """Wait until every event before now has been handled: inotify reports in order, so once
+    a marker renamed in now is offered, an earlier event would have offered its file first."""
+    marker = staging / MARKER
+    marker.write_bytes(b"<Invoice/>")
+    marker.rename(outbox / marker.name)
+    await until(lambda: ("c", marker.name) in offers, what="the marker's offer")
+    offers.remove(("c", marker.name))
+
+
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
     outbox, staging = tmp_path / "outbox", tmp_path / "staging"
@@ -70,7 +83,7 @@ def test_a_file_renamed_in_is_offered_once_without_a_readiness_test(
             (staging / "f.xml").write_bytes(b"<Invoice/>")
             (staging / "f.xml").rename(outbox / "f.xml")
             await until(lambda: bool(offers), what="the offer")
-            await asyncio.sleep(0.2)  # time for a second offer, if one were coming
+            await settled(outbox, staging, offers)  # a second offer would have come by now
             return offers
 
     assert asyncio.run(main()) == [("c", "f.xml")]
@@ -78,28 +91,39 @@ def test_a_file_renamed_in_is_offered_once_without_a_readiness_test(
 
 
 def test_a_rename_within_the_outbox_offers_the_final_name_only(folders: tuple[Path, Path]) -> None:
-    outbox, _ = folders
+    outbox, staging = folders
 
     async def main() -> Offers:
         async with watching(outbox) as (_, offers):
             (outbox / "f.xml.part").write_bytes(b"<Invoice/>")
             (outbox / "f.xml.part").rename(outbox / "f.xml")
             await until(lambda: bool(offers), what="the offer")
-            await asyncio.sleep(0.2)
+            await settled(outbox, staging, offers)
             return offers
 
     assert asyncio.run(main()) == [("c", "f.xml")]
 
 
-def test_a_file_written_in_place_is_offered_only_once_closed(folders: tuple[Path, Path]) -> None:
+def test_a_file_written_in_place_is_offered_only_once_closed(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     outbox, _ = folders
+    tested: list[str] = []
+    real = intake.readiness
+
+    def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
+        tested.append(path.name)
+        return real(path, settle_time, now)
+
+    monkeypatch.setattr(intake, "readiness", readiness)
 
     async def main() -> tuple[Offers, Offers]:
         async with watching(outbox) as (_, offers):
             with (outbox / "slow.xml").open("wb") as out:
                 out.write(b"<Invoice>")
                 out.flush()
-                await asyncio.sleep(0.8)  # created, still open: tested and deferred, not offered
+                # Created, still open: tested at its creation and again while deferred.
+                await until(lambda: tested.count("slow.xml") >= 2, what="two readiness tests")
                 while_open = list(offers)
                 out.write(b"</Invoice>")
             await until(lambda: bool(offers), what="the offer after close")
@@ -124,7 +148,7 @@ def test_a_file_moved_out_of_the_outbox_is_not_offered_again(folders: tuple[Path
             (staging / "f.xml").write_bytes(b"<Invoice/>")
             (staging / "f.xml").rename(outbox / "f.xml")
             await until(lambda: (spool / "f.xml").exists(), what="the claim")
-            await asyncio.sleep(0.3)
+            await settled(outbox, staging, offers)  # the claim's event came before
             return offers
 
     assert asyncio.run(main()) == [("c", "f.xml")]
@@ -148,9 +172,9 @@ def test_a_burst_of_renames_is_offered_whole_by_inotify(folders: tuple[Path, Pat
             for name in names:
                 (staging / name).rename(outbox / name)
             await until(lambda: len(offers) >= len(names), timeout=60, what="3,000 offers")
-            await asyncio.sleep(0.3)
+            await settled(outbox, staging, offers)
             return offers
 
     offers = asyncio.run(main())
     assert sorted(name for _, name in offers) == names
-    assert sorted(p.name for p in spool.iterdir()) == names
+    assert sorted(p.name for p in spool.iterdir()) == [*names, MARKER]  # the marker claimed too
