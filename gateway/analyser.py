@@ -36,9 +36,10 @@ class AnalysisCrashed(RuntimeError):
     """The worker process died while analysing this one file."""
 
 
-def size_and_analysis(path: Path, limit: int) -> Outcome:
-    """The file's size, and its analysis unless it is over ``limit`` bytes (not read then)."""
-    size = path.stat().st_size
+def size_and_analysis(path: Path, limit: int, size: int | None = None) -> Outcome:
+    """The file's size (``size`` if already known), and its analysis unless it is over
+    ``limit`` bytes (not read then)."""
+    size = path.stat().st_size if size is None else size
     return size, (analyze(path) if size <= limit else None)
 
 
@@ -50,12 +51,8 @@ def analyse_all(items: list[tuple[Path, int]]) -> list[Outcome | Exception | Non
     for path, limit in items:
         try:
             size = path.stat().st_size
-            if size > limit:
-                outcomes.append((size, None))
-            elif size > SMALL:
-                outcomes.append(None)
-            else:
-                outcomes.append((size, analyze(path)))
+            large = SMALL < size <= limit  # analysed on a thread of the daemon
+            outcomes.append(None if large else size_and_analysis(path, limit, size))
         except OSError as exc:
             outcomes.append(exc)
     return outcomes

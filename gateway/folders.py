@@ -109,7 +109,11 @@ class Layout:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -214,12 +218,9 @@ def _syncers() -> ThreadPoolExecutor:
 
 
 def _fsync_file(path: Path) -> OSError | None:
+    """Make ``path``'s data durable; the error, if any (run on the fsync threads)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_RDONLY)
     except OSError as exc:
         return exc
     return None

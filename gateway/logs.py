@@ -121,7 +121,7 @@ class _Background:
                 return
 
     def _emit(self, batch: list[str]) -> None:
-        # Never dies: a writer thread gone would leave the daemon waiting on a full queue.
+        # Never dies: with the writer thread gone, every later line would pile up unwritten.
         with contextlib.suppress(Exception):  # the stream is closed or broken: the lines are lost
             self._stream.write("\n".join(batch) + "\n")
             self._stream.flush()
