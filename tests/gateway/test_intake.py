@@ -57,6 +57,20 @@ async def settled(outbox: Path, staging: Path, offers: Offers) -> None:
 
 
 @pytest.fixture
+def tested(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names whose readiness the watcher tests (a lease), in order."""
+    names: list[str] = []
+    real = intake.readiness
+
+    def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
+        names.append(path.name)
+        return real(path, settle_time, now)
+
+    monkeypatch.setattr(intake, "readiness", readiness)
+    return names
+
+
+@pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
     outbox, staging = tmp_path / "outbox", tmp_path / "staging"
     outbox.mkdir()
@@ -65,18 +79,10 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_a_file_renamed_in_is_offered_once_without_a_readiness_test(
-    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    folders: tuple[Path, Path], tested: list[str]
 ) -> None:
     """Renamed in from another folder: whole by construction, no lease taken on it."""
     outbox, staging = folders
-    tested: list[str] = []
-    real = intake.readiness
-
-    def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
-        tested.append(path.name)
-        return real(path, settle_time, now)
-
-    monkeypatch.setattr(intake, "readiness", readiness)
 
     async def main() -> Offers:
         async with watching(outbox) as (_, offers):
@@ -105,17 +111,9 @@ def test_a_rename_within_the_outbox_offers_the_final_name_only(folders: tuple[Pa
 
 
 def test_a_file_written_in_place_is_offered_only_once_closed(
-    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    folders: tuple[Path, Path], tested: list[str]
 ) -> None:
     outbox, _ = folders
-    tested: list[str] = []
-    real = intake.readiness
-
-    def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
-        tested.append(path.name)
-        return real(path, settle_time, now)
-
-    monkeypatch.setattr(intake, "readiness", readiness)
 
     async def main() -> tuple[Offers, Offers]:
         async with watching(outbox) as (_, offers):

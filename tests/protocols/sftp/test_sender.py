@@ -1,4 +1,5 @@
-"""protocols.sftp.sender._finished_within: the deadline of every SFTP operation."""
+"""protocols.sftp.sender: _finished_within, the deadline of every SFTP operation (the sender
+against a real sshd is tested in tests/e2e/test_sftp.py)."""
 
 from __future__ import annotations
 
