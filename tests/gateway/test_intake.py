@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from watchdog.events import FileMovedEvent, FileSystemEvent
+from watchdog.utils.delayed_queue import DelayedQueue
 
 from gateway import intake
 from gateway.intake import Watcher
@@ -176,3 +179,70 @@ def test_a_burst_of_renames_is_offered_whole_by_inotify(folders: tuple[Path, Pat
     offers = asyncio.run(main())
     assert sorted(name for _, name in offers) == names
     assert sorted(p.name for p in spool.iterdir()) == [*names, MARKER]  # the marker claimed too
+
+
+def test_moves_out_of_the_outbox_are_not_even_reported(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim renames a file out of the outbox: inotify is not asked for those events
+    (IN_MOVED_FROM), so watchdog has none to read, queue and hand over."""
+    outbox, staging = folders
+    spool = staging.parent / "spool"
+    spool.mkdir()
+    seen: list[FileSystemEvent] = []
+    handle = intake._Handler.on_any_event
+
+    def on_any_event(self: intake._Handler, event: FileSystemEvent) -> None:
+        seen.append(event)
+        handle(self, event)
+
+    monkeypatch.setattr(intake._Handler, "on_any_event", on_any_event)
+
+    async def claim(connection: str, path: Path) -> None:
+        path.rename(spool / path.name)
+
+    async def main() -> Offers:
+        async with watching(outbox, claim) as (_, offers):
+            for i in range(20):
+                (staging / f"f{i}.xml").write_bytes(b"<Invoice/>")
+                (staging / f"f{i}.xml").rename(outbox / f"f{i}.xml")
+            await until(lambda: len(offers) == 20, what="20 offers")
+            await settled(outbox, staging, offers)  # the claims' events would have come
+            return offers
+
+    assert len(asyncio.run(main())) == 20
+    files = [event for event in seen if not event.is_directory]
+    assert len(files) == 21  # the arrivals and the marker's
+    assert all(isinstance(event, FileMovedEvent) and event.dest_path for event in files)
+
+
+def test_a_burst_makes_no_search_of_watchdogs_queue(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watchdog pairs moves by searching its whole queue of pending events for the other half
+    at each IN_MOVED_TO, twice: quadratic in a burst. With no IN_MOVED_FROM subscribed there is
+    nothing to pair and intake turns that search off. If this fails after a watchdog upgrade,
+    its internals changed under intake._ArrivalsEmitter: intake still works, more slowly."""
+    outbox, staging = folders
+    searches: list[str] = []
+    for name in ("find", "remove"):
+        real = getattr(DelayedQueue, name)
+
+        def search(self: DelayedQueue[object], predicate: object, real: Any = real) -> object:
+            searches.append(real.__name__)
+            return real(self, predicate)
+
+        monkeypatch.setattr(DelayedQueue, name, search)
+    names = [f"f{i:03}.xml" for i in range(200)]
+    for name in names:
+        (staging / name).write_bytes(b"<Invoice/>")
+
+    async def main() -> Offers:
+        async with watching(outbox) as (_, offers):
+            for name in names:
+                (staging / name).rename(outbox / name)
+            await until(lambda: len(offers) >= len(names), what="200 offers")
+            return offers
+
+    assert sorted(name for _, name in asyncio.run(main())) == names
+    assert searches == []
