@@ -81,36 +81,25 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return outbox, staging
 
 
-def test_a_file_renamed_in_is_offered_once_without_a_readiness_test(
-    folders: tuple[Path, Path], tested: list[str]
+@pytest.mark.parametrize(("folder", "name"), [("staging", "f.xml"), ("outbox", "f.xml.part")])
+def test_a_file_renamed_to_its_name_is_offered_once_without_a_readiness_test(
+    folders: tuple[Path, Path], tested: list[str], folder: str, name: str
 ) -> None:
-    """Renamed in from another folder: whole by construction, no lease taken on it."""
+    """Renamed in from another folder, or within the outbox from a name intake ignores: whole
+    by construction, offered under its final name only, no lease taken on it."""
     outbox, staging = folders
+    written = (outbox if folder == "outbox" else staging) / name
 
     async def main() -> Offers:
         async with watching(outbox) as (_, offers):
-            (staging / "f.xml").write_bytes(b"<Invoice/>")
-            (staging / "f.xml").rename(outbox / "f.xml")
+            written.write_bytes(b"<Invoice/>")
+            written.rename(outbox / "f.xml")
             await until(lambda: bool(offers), what="the offer")
             await settled(outbox, staging, offers)  # a second offer would have come by now
             return offers
 
     assert asyncio.run(main()) == [("c", "f.xml")]
     assert tested == []
-
-
-def test_a_rename_within_the_outbox_offers_the_final_name_only(folders: tuple[Path, Path]) -> None:
-    outbox, staging = folders
-
-    async def main() -> Offers:
-        async with watching(outbox) as (_, offers):
-            (outbox / "f.xml.part").write_bytes(b"<Invoice/>")
-            (outbox / "f.xml.part").rename(outbox / "f.xml")
-            await until(lambda: bool(offers), what="the offer")
-            await settled(outbox, staging, offers)
-            return offers
-
-    assert asyncio.run(main()) == [("c", "f.xml")]
 
 
 def test_a_file_written_in_place_is_offered_only_once_closed(
