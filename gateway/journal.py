@@ -1,19 +1,11 @@
 """The journal: SQLite (WAL), the single source of truth about every flow.
 
 One row per flow, one state at a time, every transition recorded with its time in
-``transitions``::
-
-    claimed ──▶ queued ──▶ sending ──▶ delivered ──▶ sent        (file in sent/)
-       │          │  ▲        │  │           ▲
-       │          │  │        │  └─▶ awaiting_receipt           (partner acknowledges later)
-       │          │  └────────┘ retryable failure (attempts < max)   │
-       ▼          ▼           ▼                                 ▼
-    failing ◀─────┴───────────┴─────────────────────────────────┘ ──▶ error  (file in error/)
-
-A dropped file is one flow; on a connection that packs lots, it waits as ``batched`` (routed,
-validated, still in the spool) until its lot is packed, then becomes ``packed`` (its bytes are in
-the lot, ``lot_id`` names the lot). The lot is a flow of its own (``packaging`` set) that takes
-the path above; the invoices it carries are rows of ``invoices``.
+``transitions``. The states and the moves allowed between them are the table in
+:mod:`flows.lifecycle`; :meth:`JournalDB.transition` refuses any other move. A dropped file is
+one flow; on a connection that packs lots, it waits as ``batched`` until its lot is packed, then
+becomes ``packed`` (``lot_id`` names the lot). The lot is a flow of its own (``packaging`` set)
+that takes the sending path; the invoices it carries are rows of ``invoices``.
 
 ``awaiting_receipt``: the partner took the flow and will acknowledge it later (an asynchronous
 AS2 MDN, found by ``receipt_key``); the file stays in the spool until the acknowledgement
@@ -49,30 +41,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from flows.lifecycle import OPEN as OPEN  # re-exported: the daemon's modules read them here
+from flows.lifecycle import TERMINAL as TERMINAL
+from flows.lifecycle import TRANSITIONS, FlowState, predecessors
+from flows.lifecycle import UNFILED as UNFILED
+from flows.lifecycle import WAITING as WAITING
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.folders import free_name
 
 SCHEMA_VERSION = 7
-STATES = (
-    "claimed",
-    "queued",
-    "sending",
-    "delivered",
-    "failing",
-    "sent",
-    "error",
-    "batched",
-    "packed",
-    "awaiting_receipt",
-)
-TERMINAL = frozenset({"sent", "error", "packed"})
-#: The other states: flows not yet filed. Counted with ``state IN`` these, a search of the state
-#: index; ``NOT IN`` the terminal states scanned all of it (80 ms for a million-row journal).
-UNFILED = tuple(state for state in STATES if state not in TERMINAL)
-#: States still being worked on (resumed after a restart).
-OPEN = ("claimed", "batched", "queued", "sending", "delivered", "failing")
-#: States in which a flow waits for the partner, with no task running for it.
-WAITING = ("awaiting_receipt",)
+STATES = tuple(FlowState)
 ACTIVE_FOR_DUPLICATES = (
     "batched",
     "packed",
@@ -417,14 +395,22 @@ class JournalDB:
     ) -> FlowRow:
         """Move a flow to ``to_state``, setting ``values`` in the same statement; return it.
 
+        ``expect`` narrows the states the flow may come from; by default, every state from
+        which :data:`flows.lifecycle.TRANSITIONS` allows the move.
+
         Raises:
-            StateConflict: the flow is unknown, or ``expect`` is given and the flow is in none
-                of those states (nothing is written then).
+            StateConflict: the flow is unknown, or in none of the expected states (nothing is
+                written then).
         """
-        assert to_state in STATES, to_state
-        expected = tuple(expect) if expect is not None else None
-        sql = _update_sql(tuple(values), None if expected is None else len(expected))
-        params = (to_state, _now(), detail, *values.values(), flow_id, *(expected or ()))
+        state = FlowState(to_state)
+        if expect is None:
+            expected: tuple[str, ...] = predecessors(state)
+        else:
+            expected = tuple(expect)
+            # A call site may narrow the table, never widen it.
+            assert all(state in TRANSITIONS[FlowState(e)] for e in expected), (expected, state)
+        sql = _update_sql(tuple(values), len(expected))
+        params = (to_state, _now(), detail, *values.values(), flow_id, *expected)
         row = self._db.execute(sql, params).fetchone()
         if row is None:
             current = self._db.execute(
@@ -433,7 +419,7 @@ class JournalDB:
             if current is None:
                 raise StateConflict(f"flow {flow_id} is not in the journal")
             raise StateConflict(
-                f"flow {flow_id} is {current['state']}, expected {sorted(expected or ())}"
+                f"flow {flow_id} is {current['state']}, expected {sorted(expected)}"
             )
         return FlowRow.of(row)
 

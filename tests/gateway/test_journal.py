@@ -47,7 +47,9 @@ def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_p
                     for i in range(299)
                 ),
                 # A conflict fails alone: the flows around it still move.
-                journal.call(Call(JournalDB.transition, flow_id(299), "sent", expect=("queued",))),
+                journal.call(
+                    Call(JournalDB.transition, flow_id(299), "sent", expect=("delivered",))
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -55,7 +57,7 @@ def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(tmp_p
 
     outcomes = asyncio.run(main())
     assert isinstance(outcomes[-1], StateConflict)
-    assert "is claimed, expected ['queued']" in str(outcomes[-1])
+    assert "is claimed, expected ['delivered']" in str(outcomes[-1])
     db = JournalDB(tmp_path / "j.sqlite")
     assert db.counts() == {"queued": 299, "claimed": 1}
     assert [t["to_state"] for t in db.transitions(flow_id(3))] == ["claimed", "queued"]
