@@ -363,3 +363,21 @@ def test_the_journal_process_does_not_write_statement_journals_to_disk(tmp_path:
             await journal.close()
 
     assert asyncio.run(main()) < 300 * 3  # 1.5 a flow here; 18 with the temporary file
+
+
+def test_a_move_the_lifecycle_table_does_not_allow_is_refused_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The journal checks every transition against flows.lifecycle: a claimed flow cannot be
+    marked sent (it was never delivered), and the refused move leaves no trace."""
+    db = JournalDB(tmp_path / "j.sqlite")
+    db.insert(flow_id(1), "c", "f.xml", "/s/1")
+    with pytest.raises(StateConflict, match="is claimed"):
+        db.transition(flow_id(1), "sent")
+    row = db.get(flow_id(1))
+    assert row is not None and row.state == "claimed"
+    assert [t["to_state"] for t in db.transitions(flow_id(1))] == ["claimed"]
+    # The retry edge exists: error -> claimed is allowed by the table.
+    db.transition(flow_id(1), "failing")
+    db.transition(flow_id(1), "error")
+    assert db.transition(flow_id(1), "claimed").state == "claimed"
