@@ -47,7 +47,7 @@ def test_the_journal_values_are_the_ones_stored_by_earlier_versions() -> None:
 
 def test_each_terminal_state_maps_to_one_place() -> None:
     """A file ends in sent/, in error/, or inside a lot; only an operator's retry leaves error."""
-    assert TERMINAL == {FlowState.SENT, FlowState.ERROR, FlowState.PACKED}
+    assert {FlowState.SENT, FlowState.ERROR, FlowState.PACKED} == TERMINAL
     assert TRANSITIONS[FlowState.SENT] == frozenset()
     assert TRANSITIONS[FlowState.PACKED] == frozenset()
     assert TRANSITIONS[FlowState.ERROR] == {FlowState.CLAIMED}
