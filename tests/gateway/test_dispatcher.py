@@ -510,6 +510,8 @@ def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: st
     delivered.write_bytes(invoice("F-32"))
     db.insert("20261123T120000Z-000003", "qualif-mem", "done.xml", str(delivered))
     target = layout.sent("qualif-mem", now.date()) / "done.xml"
+    db.transition("20261123T120000Z-000003", "queued")
+    db.transition("20261123T120000Z-000003", "sending", attempts=1)
     db.transition(
         "20261123T120000Z-000003",
         "delivered",

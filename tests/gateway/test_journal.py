@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.lifecycle import TRANSITIONS, FlowState
 from gateway.journal import (
     SCHEMA_VERSION,
     STATES,
@@ -260,7 +261,7 @@ def test_a_journal_newer_than_this_raccord_is_refused_at_open(tmp_path: Path) ->
 
 
 def test_rows_travel_between_processes_unchanged(tmp_path: Path) -> None:
-    """FlowRows are built without their generated __init__ and pickled as their values."""
+    """A FlowRow that travels to or from the journal process arrives equal and still frozen."""
     db = JournalDB(tmp_path / "journal.sqlite")
     db.insert(flow_id(1), "qualif", "f.xml", "/spool/f.xml")
     row = db.transition(flow_id(1), "queued", attempts=2, remote_name="R.xml")
@@ -286,13 +287,26 @@ def test_a_flows_table_with_foreign_columns_is_refused_clearly(tmp_path: Path) -
     db.close()
 
 
+def path_to(state: str) -> list[str]:
+    """The states a new (claimed) flow goes through to reach ``state``, by the lifecycle table."""
+    paths: dict[str, list[str]] = {"claimed": []}
+    todo = ["claimed"]
+    while todo:
+        here = todo.pop(0)
+        for after in sorted(TRANSITIONS[FlowState(here)]):
+            if after not in paths:
+                paths[after] = [*paths[here], after]
+                todo.append(after)
+    return paths[state]
+
+
 def test_the_queue_depth_counts_unfiled_flows_from_the_state_index(tmp_path: Path) -> None:
     """Polled every 2 s by the daemon: it must not read a row per flow ever journaled."""
     db = JournalDB(tmp_path / "j.sqlite")
     for i, state in enumerate(STATES):
         db.insert(flow_id(i), "qualif", f"{state}.xml", f"/spool/{state}.xml")
-        if state != "claimed":
-            db.transition(flow_id(i), state)
+        for step in path_to(state):
+            db.transition(flow_id(i), step)
     statements: list[str] = []
     db._db.set_trace_callback(statements.append)  # the query as run, its values inlined
     assert db.queue_depth() == len(STATES) - len(TERMINAL) == len(UNFILED)
@@ -310,7 +324,8 @@ def test_spools_in_names_the_flows_of_one_state_oldest_first(tmp_path: Path) -> 
         (3, "2026-11-23T12:00:01"),
     ):
         db.insert(flow_id(i), "qualif", f"f{i}.xml", f"/spool/f{i}.xml")
-        db.transition(flow_id(i), "claimed", created_at=claimed_at)
+        # claimed at that time (a claimed flow cannot move to claimed: set the column itself)
+        db._db.execute("UPDATE flows SET created_at=? WHERE flow_id=?", (claimed_at, flow_id(i)))
     db.transition(flow_id(2), "queued")
     assert db.spools_in("claimed") == [(flow_id(3), "/spool/f3.xml"), (flow_id(1), "/spool/f1.xml")]
     db.close()
