@@ -40,6 +40,23 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from protocols.settings import Section
 
+__all__ = [
+    "AsyncReceipts",
+    "Capabilities",
+    "Closing",
+    "IntegrationReports",
+    "InvoiceLifecycle",
+    "Outbound",
+    "Prepares",
+    "ProtocolPlugin",
+    "Receipt",
+    "RemoteFile",
+    "Report",
+    "ReturnQueue",
+    "ReturnSource",
+    "Sender",
+]
+
 
 @dataclass(frozen=True)
 class Outbound:

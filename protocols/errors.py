@@ -27,6 +27,24 @@ flow's partner says nothing about the flow, which goes on waiting for the real o
 
 from __future__ import annotations
 
+__all__ = [
+    "AuthenticationError",
+    "CertificateError",
+    "ConnectError",
+    "FileTooLarge",
+    "ForeignAnswer",
+    "HostKeyError",
+    "ProtocolError",
+    "ReceiptInvalid",
+    "RemoteBusy",
+    "RemoteNameConflict",
+    "RemotePermissionDenied",
+    "RemoteRejected",
+    "SenderDied",
+    "TransferError",
+    "TransferTimeout",
+]
+
 
 class TransferError(Exception):
     """A transfer failed. ``retryable`` tells whether trying again later may help."""

@@ -16,6 +16,13 @@ from importlib.metadata import entry_points
 from protocols.base import ProtocolPlugin
 from protocols.settings import nearest
 
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "UnknownProtocol",
+    "get",
+    "plugins",
+]
+
 ENTRY_POINT_GROUP = "raccord.protocols"
 
 

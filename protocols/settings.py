@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+__all__ = [
+    "Secret",
+    "Section",
+    "SettingsError",
+    "nearest",
+    "parse_duration",
+    "parse_size",
+]
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)

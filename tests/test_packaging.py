@@ -36,7 +36,7 @@ def test_the_wheel_holds_every_module_and_sample(tmp_path: Path) -> None:
         for path in (ROOT / package).rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
-        and (path.suffix == ".py" or "samples" in path.parts)
+        and (path.suffix == ".py" or "samples" in path.parts or path.name == "py.typed")
     }
     assert expected, "no source files found"
     assert "protocols/pesit/sender.py" in expected
