@@ -24,6 +24,7 @@ from protocols.errors import (
     ConnectError,
     FileTooLarge,
     HostKeyError,
+    ProtocolError,
     RemoteNameConflict,
     TransferError,
     TransferTimeout,
@@ -235,7 +236,6 @@ def test_a_pre_connection_refusal_is_an_authentication_error(tmp_path: Path) -> 
     [
         ("withhold_ack_sync", TransferTimeout, "ACK\\(SYN\\)"),
         ("silent", TransferTimeout, "ACONNECT"),
-        ("garbage", ConnectError, "broke the protocol"),
     ],
 )
 def test_a_misbehaving_partner_ends_in_a_retryable_error_within_the_timer(
@@ -252,6 +252,23 @@ def test_a_misbehaving_partner_ends_in_a_retryable_error_within_the_timer(
 
     asyncio.run(scenario())
     assert not (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").exists()
+
+
+def test_garbage_from_a_partner_it_reached_is_a_protocol_error_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    """The partner answered: the network is fine, what it says is the problem (often a
+    setting: the entity header, the pre-connection, TLS), so the reason says so."""
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            responder.faults.garbage = True
+            with pytest.raises(ProtocolError, match="broke the protocol") as caught:
+                await _send(_settings(responder, timeout=1.0), _flow(tmp_path, b"x"))
+            assert caught.value.reason == "protocol_error"
+            assert "nsdu_header" in str(caught.value)
+
+    asyncio.run(scenario())
 
 
 def test_an_unreachable_partner_is_retryable(tmp_path: Path) -> None:
