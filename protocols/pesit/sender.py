@@ -268,10 +268,14 @@ def refusal_error(exc: Refused, where: str) -> TransferError:
 
 def broken_error(exc: Broken, where: str, *, resuming: bool = True) -> TransferError:
     message = f"{where}: {exc}"
+    if exc.diagnostic and not exc.garbled:  # the partner's own, in its ABORT
+        message += f" — {DIAGNOSTICS.get(exc.diagnostic, 'not in the PeSIT list')}"
     if exc.started and resuming:
         message += "; the transfer will resume from the last acknowledged sync point"
     if exc.diagnostic in _AUTH:
-        return AuthenticationError(f"{message} ({describe(exc.diagnostic)})")
+        return AuthenticationError(
+            f"{message}; check requester, server and password with the partner"
+        )
     if exc.garbled:  # the partner was reached: what it sent is the problem, not the network
         return ProtocolError(
             f"{message}; the partner answered what PeSIT does not allow: check the PeSIT "

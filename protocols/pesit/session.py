@@ -189,7 +189,11 @@ class Session:
         if self._writer.is_closing():
             raise Broken("the connection is closed")
         if self.machine.state is State.INTERRUPTING and kind is not Kind.ACK_IDT:
-            await self._take_interruption()  # the server's IDT came in: it goes first
+            if kind is Kind.ACK_SYN:
+                # a read the server has interrupted: no acknowledgement is due any more, and
+                # its IDT is met in the queue after the data it sent before it
+                return
+            await self._take_interruption()  # a write: the server's IDT goes first
         self._writer.write(self.machine.send(kind, *params, data=data, count=count))
         try:
             await asyncio.wait_for(self._writer.drain(), self.peer.timeout)
