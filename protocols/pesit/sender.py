@@ -495,8 +495,8 @@ class PesitSender(Closing):
                             restarts,
                             await self._again(session, exc, fresh, restarts, where),
                         )
-                    except TransferError as error:
-                        if unsure is not None and error.retryable:
+                    except TransferError:
+                        if unsure is not None:
                             self._remember_unsure(ident, unsure)
                         raise
                     restart = restart or restarts > used  # resume what was sent
@@ -541,8 +541,9 @@ class PesitSender(Closing):
         raise possibly_delivered(unsure, flow, attributes)
 
     def _remember_unsure(self, ident: int, error: TransferError) -> None:
-        """Keep, for the dispatcher's next attempt, that ``ident`` may have been delivered
-        (bounded: a flow that is never attempted again must not hold memory for ever)."""
+        """Keep, for the next attempt (the dispatcher's, or the operator's ``raccord retry``),
+        that ``ident`` may have been delivered (bounded: a flow that is never attempted again
+        must not hold memory for ever)."""
         if len(self._unsure) >= 1000:
             del self._unsure[next(iter(self._unsure))]
         self._unsure[ident] = error
