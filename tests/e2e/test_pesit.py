@@ -329,3 +329,26 @@ def test_a_partner_interruption_puts_its_diagnostic_in_error_json(tmp_path: Path
             assert "interrupted the transfer (IDT" in error["message"]
 
     asyncio.run(scenario())
+
+
+def test_garbage_from_the_partner_is_filed_as_protocol_error_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    """The partner answers CONNECT with bytes that are no PeSIT: it was reached, so the
+    invoice is filed as ``protocol_error`` naming the settings to compare, not
+    ``unreachable``."""
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            responder.faults.garbage = True
+            config = config_module.load(_config(tmp_path, responder.port))
+            async with running(config):
+                drop(config, "a.xml", _invoice("PES-GARBAGE"), CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            (row,) = rows(config)
+            error = sidecar(row, ".error.json")
+            assert error["reason"] == "protocol_error"
+            assert "nsdu_header" in error["message"]
+
+    asyncio.run(scenario())
