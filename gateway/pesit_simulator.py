@@ -5,7 +5,9 @@ It serves the *server* side of the same sans-IO machine the requester uses
 and the EBCDIC pre-connection. Deposits (CREATE … TRANS.END) are written under ``depot/`` in a
 hidden partial file, fsynced at each sync point before its ACK(SYN), and renamed to their final
 name (PI 37 when given, else PI 12 and the transfer id) only once TRANS.END's byte count
-matches. A file name that already exists is refused (diagnostic 204): nothing is overwritten.
+matches. A file name that already exists is refused (diagnostic 204): nothing is overwritten
+— unless ``on_existing = "overwrite"``, as many real servers do, which makes a double delivery
+visible (:attr:`PesitResponder.stores` counts every store of each name).
 Files under ``retrait/`` are served to SELECT (by exact name or name prefix, oldest first) with
 a SYN every sync interval, and removed once the requester's TRANS.END counts all their bytes.
 A read cut short stays: a SELECT with PI 15 = 1 and its PI 13 resumes it from the sync point
@@ -17,21 +19,26 @@ diagnostic 214 when nothing is known of it.
 
 Strictness: any FPDU out of order, with bad lengths or ids, or a data unit over the entity
 size ends the connection with an ABORT carrying the diagnostic, and is recorded in
-:attr:`PesitResponder.violations` (tests assert it stays empty). :class:`Faults` injects what
-real peers do: refuse a login, drop the connection after some bytes, never acknowledge a sync
-point, answer garbage, go silent.
+:attr:`PesitResponder.violations` (tests assert it stays empty). Data or a SYN sent while the
+sync window is full is such a violation; with ``window_violation = "idt"`` the responder
+answers it like the stricter real servers, with IDT diagnostic 217, and waits for ACK(IDT).
+:class:`Faults` injects what real peers do: refuse a login, drop the connection after some
+bytes, never acknowledge a sync point, interrupt a write (IDT), answer garbage, go silent.
+What the requester does in return is recorded too: the ABORTs it sends
+(:attr:`PesitResponder.aborts`) and the IDTs it acknowledges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import BinaryIO, Literal, Self
 
 from flows import naming
 from protocols.base import Closing
@@ -54,6 +61,8 @@ class Faults:
     silent: bool = False  # accept the TCP connection and never answer
     drop_at_end: bool = False  # store a write's file, then drop the connection unanswered (once)
     drop_read_after: int | None = None  # close a read's connection once this many bytes went
+    idt_after: int | None = None  # interrupt a write (IDT) once this many bytes arrived (once)
+    idt_diagnostic: int = 213  # … with this diagnostic
 
 
 @dataclass
@@ -97,6 +106,8 @@ class PesitResponder(Closing):
         sync_interval_kb: int = 64,
         sync_window: int = 4,
         entity_size: int = 65535,
+        on_existing: Literal["refuse", "overwrite"] = "refuse",
+        window_violation: Literal["abort", "idt"] = "abort",
     ) -> None:
         self.root = root
         self.accounts = accounts
@@ -109,7 +120,12 @@ class PesitResponder(Closing):
         self.sync_interval_kb = sync_interval_kb
         self.sync_window = sync_window
         self.entity_size = entity_size
+        self.on_existing = on_existing
+        self.window_violation = window_violation
         self.faults = Faults()
+        self.stores: collections.Counter[str] = collections.Counter()  # name → times stored
+        self.aborts: list[int] = []  # diagnostics of the ABORTs the requester sent
+        self.interruptions: list[int] = []  # diagnostics of our IDTs the requester acknowledged
         self.violations: list[str] = []
         self.restarts: list[tuple[int, int]] = []  # (transfer id, restart point) answered
         self.received_bytes = 0  # data bytes taken in, resends included
@@ -193,7 +209,7 @@ class PesitResponder(Closing):
         if not name or name != label or name.startswith("."):
             return 205
         final = self.deposits / name
-        if final.exists():
+        if final.exists() and self.on_existing == "refuse":
             return 204
         transfer = _Transfer(
             requester, transfer_id, final, self.deposits / f".{name}.partial", holder=holder
@@ -203,9 +219,10 @@ class PesitResponder(Closing):
         return transfer
 
     def _finish(self, transfer: _Transfer) -> int:
-        if transfer.final.exists():
+        if transfer.final.exists() and self.on_existing == "refuse":
             return 204
         os.replace(transfer.partial, transfer.final)
+        self.stores[transfer.final.name] += 1
         self._transfers.pop((transfer.requester, transfer.transfer_id), None)
         return 0
 
@@ -263,6 +280,7 @@ class _Connection:
         self.articles = 0
         self.segment = bytearray()
         self.interval = 0
+        self.interrupting = 0  # the diagnostic of our IDT, until its ACK(IDT)
 
     def close_files(self) -> None:
         if self.out is not None:
@@ -297,9 +315,11 @@ class _Connection:
             return
         try:
             while True:
-                fpdu = await self._next()
+                fpdu = await self._next_or_interrupt()
                 if fpdu is None:
                     return
+                if self.interrupting and fpdu.kind is not Kind.ACK_IDT:
+                    continue  # sent before our IDT reached the requester: dropped
                 if fpdu.kind is Kind.CONNECT and faults.garbage:
                     self.writer.write(b"\x00\x03\xff\xfe\xfd garbage, not PeSIT")
                     await self.writer.drain()
@@ -311,6 +331,32 @@ class _Connection:
             await self._abort(str(exc), exc.diagnostic)
         except _Abort as exc:
             await self._abort(str(exc), exc.diagnostic)
+
+    async def _next_or_interrupt(self) -> Fpdu | None:
+        """The next FPDU; a window violation is answered with IDT 217 when so configured."""
+        try:
+            return await self._next()
+        except RemoteProtocolError as exc:
+            if (
+                exc.diagnostic != 217
+                or self.owner.window_violation != "idt"
+                or self.machine.state is not State.WRITING
+            ):
+                raise
+            self.owner.violations.append(str(exc))
+            await self._interrupt(217)
+            return await self._next_or_interrupt()
+
+    async def _interrupt(self, diagnostic: int) -> None:
+        """IDT (F.CANCEL) for the write under way, error end (PI 19 = 4: a restart may
+        follow): what it wrote stays secured up to its last acknowledged sync point."""
+        self.interrupting = diagnostic
+        self.close_files()
+        await self._send(Kind.IDT, codec.diagnostic(diagnostic), codec.number(PI.END_CODE, 4))
+
+    async def _on_ack_idt(self, fpdu: Fpdu) -> None:
+        self.owner.interruptions.append(self.interrupting)
+        self.interrupting = 0
 
     async def _abort(self, message: str, diagnostic: int) -> None:
         self.owner.violations.append(message)
@@ -392,6 +438,7 @@ class _Connection:
     async def _on_abort(self, fpdu: Fpdu) -> None:
         """The requester gave up: the machine is closed, the connection ends; a write's
         partial file stays, secured up to its last sync point, for a restart."""
+        self.owner.aborts.append(fpdu.diagnostic)
 
     async def _on_release(self, fpdu: Fpdu) -> None:
         await self._send(Kind.RELCONF)
@@ -480,6 +527,8 @@ class _Connection:
         )
 
     async def _take(self, chunk: bytes) -> None:
+        if self.interrupting:
+            return  # the rest of a DTF our IDT cut short
         if len(chunk) > self.article_length:
             raise _Abort(
                 f"article of {len(chunk)} bytes, longer than the {self.article_length} declared",
@@ -495,6 +544,11 @@ class _Connection:
                 222,
             )
         self.owner.received_bytes += len(chunk)
+        faults = self.owner.faults
+        if faults.idt_after is not None and self.owner.received_bytes >= faults.idt_after:
+            faults.idt_after = None
+            await self._interrupt(faults.idt_diagnostic)
+            return
         drop = self.owner.faults.drop_after
         if drop is not None and self.owner.received_bytes >= drop:
             self.owner.faults.drop_after = None
@@ -602,6 +656,8 @@ class _Connection:
                 chunk = await asyncio.to_thread(data.read, min(entity, boundary - at))
                 if not chunk:
                     break
+                while self.machine.window_full:  # data waits for room too, not only SYNs
+                    await self._acknowledged()
                 await self._send(Kind.DTF, data=chunk)
                 at += len(chunk)
                 self.owner.sent_bytes += len(chunk)

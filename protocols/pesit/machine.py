@@ -19,7 +19,18 @@ answers, and data (DTF…, SYN, DTF.END) flows from whoever holds the file: the 
 write, the server in a read. A negative answer (an ACK with a PI 2 diagnostic) moves back to
 the state before the request. ABORT ends everything from anywhere. Sync points are numbered
 here too: a SYN must be the next number, an ACK(SYN) must acknowledge one that was sent, and
-:attr:`Machine.window_full` tells the data sender to wait for an acknowledgement.
+:attr:`Machine.window_full` tells the data sender to stop: while it holds, no data unit and no
+SYN may be sent (a data unit or SYN received then is refused with diagnostic 217, too many
+unacknowledged sync points).
+
+Either side may interrupt a transfer with IDT (F.CANCEL), answered by ACK(IDT). Data units,
+SYN, DTF.END, ACK(SYN) and TRANS.END the other side had already sent when the IDT crossed them
+are let through in ``INTERRUPTING`` and tracked no further: the transfer they belong to is
+over.
+
+ACK(SYN) may reach a requester after it sent TRANS.END (the server answers the SYNs it read
+before it reads the TRANS.END). The machine accepts it there; it is the adapter's business
+never to take it for the answer to TRANS.END (:attr:`Fpdu.kind` says which it is).
 
 A peer that breaks the table, the ids or the lengths raises :class:`RemoteProtocolError` with
 the diagnostic to send back in an ABORT; our own misuse raises :class:`LocalProtocolError`.
@@ -78,6 +89,9 @@ class RemoteProtocolError(Exception):
 
 S, R = Role.SERVER, Role.REQUESTER
 _DATA_UNITS = (Kind.DTF, Kind.DTFDA, Kind.DTFMA, Kind.DTFFA, Kind.SYN)
+#: what the other side may have sent before our IDT reached it
+_CROSSING = frozenset({*_DATA_UNITS, Kind.DTF_END, Kind.ACK_SYN, Kind.TRANS_END})
+_IN_TRANSFER = (State.WRITING, State.READING, State.DATA_ENDED)
 
 TRANSITIONS: dict[tuple[State, Role, Kind], State] = {
     (State.IDLE, R, Kind.CONNECT): State.CONNECTING,
@@ -112,10 +126,8 @@ TRANSITIONS: dict[tuple[State, Role, Kind], State] = {
     (State.ENDING, S, Kind.ACK_SYN): State.ENDING,
     (State.DATA_ENDED, R, Kind.TRANS_END): State.ENDING,
     (State.ENDING, S, Kind.ACK_TRANS_END): State.OPEN,
-    (State.WRITING, R, Kind.IDT): State.INTERRUPTING,
-    (State.WRITING, S, Kind.IDT): State.INTERRUPTING,
-    (State.READING, R, Kind.IDT): State.INTERRUPTING,
-    (State.READING, S, Kind.IDT): State.INTERRUPTING,
+    **{(state, role, Kind.IDT): State.INTERRUPTING for state in _IN_TRANSFER for role in (R, S)},
+    (State.ENDING, S, Kind.IDT): State.INTERRUPTING,  # crossed the TRANS.END
     (State.INTERRUPTING, R, Kind.ACK_IDT): State.OPEN,
     (State.INTERRUPTING, S, Kind.ACK_IDT): State.OPEN,
 }
@@ -257,6 +269,8 @@ class Machine:
         if kind is Kind.ABORT:
             self.state = State.CLOSED
             return
+        if self.state is State.INTERRUPTING and kind in _CROSSING and sender is not self.role:
+            return  # it crossed the IDT: part of a transfer that is over
         following = TRANSITIONS.get((self.state, sender, kind))
         if following is None:
             raise error(
@@ -280,16 +294,23 @@ class Machine:
         elif kind is Kind.ACK_WRITE or kind is Kind.READ:
             start = fpdu.number(PI.RESTART_POINT, 0) or 0
             self.last_sync = self.last_acked = start
-        elif kind is Kind.SYN:
-            number = fpdu.number(PI.SYNC_NUMBER)
-            if number != self.last_sync + 1 or number > MAX_SYNC:
-                raise error(f"SYN {number} after sync point {self.last_sync}")
+        elif kind in _DATA_UNITS:
             if self.window_full:
-                message = f"SYN {number}: {self.window} sync points await acknowledgement"
+                what = (
+                    f"{kind.name} {fpdu.number(PI.SYNC_NUMBER)}" if kind is Kind.SYN else kind.name
+                )
+                message = (
+                    f"{what} after sync point {self.last_sync} while {self.window} sync points "
+                    "await acknowledgement (the window is full)"
+                )
                 if error is RemoteProtocolError:
                     raise RemoteProtocolError(message, 217)
                 raise error(message)
-            self.last_sync = number
+            if kind is Kind.SYN:
+                number = fpdu.number(PI.SYNC_NUMBER)
+                if number != self.last_sync + 1 or number > MAX_SYNC:
+                    raise error(f"SYN {number} after sync point {self.last_sync}")
+                self.last_sync = number
         elif kind is Kind.ACK_SYN:
             number = fpdu.number(PI.SYNC_NUMBER)
             if number is None or not self.last_acked < number <= self.last_sync:

@@ -11,7 +11,17 @@ attempt and across daemon restarts:
 * a resend after an unknown outcome (``flow.resend``) first asks to resume too; a server that
   knows nothing of the transfer (diagnostic 214) gets it anew, and one that already holds the
   file under its name (diagnostic 204) proves it was delivered — raccord relies on the partner
-  refusing to overwrite a name, as it never reuses one.
+  refusing to overwrite a name, as it never reuses one;
+* but a 214 after the partner had acknowledged data of this transfer (an ACK(SYN), a restart
+  point) or after the TRANS.END went is no proof of anything: the partner may have finished
+  the transfer, and a partner that overwrites would store the file twice. The flow is then
+  "possibly delivered": filed in ``error/`` with what to check, never sent again blindly.
+  (What this process saw is remembered between the dispatcher's attempts, not across a
+  daemon restart.)
+
+Once the partner's ACK(TRANS.END) is in, the delivery is done: nothing after it (a late
+ACK(SYN), a failed CRF) reopens it, and no ABORT is sent for it. A partner's IDT is answered
+with ACK(IDT) and its diagnostic named in the error.
 
 With ``return_files`` set, the sender also pulls return flows (a :class:`ReturnQueue`): every
 ``poll_interval`` it SELECTs each name (PI 12) in turn and READs what the server offers, with
@@ -58,6 +68,7 @@ from protocols.pesit.session import (
     DATA_CODES,
     Broken,
     FileAttributes,
+    Interrupted,
     Peer,
     Reading,
     Refused,
@@ -255,15 +266,47 @@ def refusal_error(exc: Refused, where: str) -> TransferError:
     return diagnostic_error(exc.diagnostic, f"{where}: {exc.what.name} refused{detail}")
 
 
-def broken_error(exc: Broken, where: str) -> TransferError:
+def broken_error(exc: Broken, where: str, *, resuming: bool = True) -> TransferError:
     message = f"{where}: {exc}"
-    if exc.started:
+    if exc.diagnostic and not exc.garbled:  # the partner's own, in its ABORT
+        message += f" — {DIAGNOSTICS.get(exc.diagnostic, 'not in the PeSIT list')}"
+    if exc.started and resuming:
         message += "; the transfer will resume from the last acknowledged sync point"
     if exc.diagnostic in _AUTH:
-        return AuthenticationError(f"{message} ({describe(exc.diagnostic)})")
+        return AuthenticationError(
+            f"{message}; check requester, server and password with the partner"
+        )
+    if exc.garbled:  # the partner was reached: what it sent is the problem, not the network
+        return ProtocolError(
+            f"{message}; the partner answered what PeSIT does not allow: check the PeSIT "
+            "settings (nsdu_header, pre_connection, tls) with the partner"
+        )
     if exc.timeout:
         return TransferTimeout(message)
     return ConnectError(message)
+
+
+def interruption_error(exc: Interrupted, where: str) -> TransferError:
+    """The error for a transfer the partner interrupted (IDT), named by its diagnostic."""
+    code = f", end code {exc.end_code}" if exc.end_code is not None else ""
+    detail = f": {exc.detail}" if exc.detail else ""
+    return diagnostic_error(
+        exc.diagnostic, f"{where}: the partner interrupted the transfer (IDT{code}{detail})"
+    )
+
+
+def possibly_delivered(
+    cause: TransferError, flow: Outbound, attributes: FileAttributes
+) -> TransferError:
+    """The error for a transfer whose resume the partner answered 214 after it had
+    acknowledged data: it may hold the file. Same reason as ``cause``, never retried."""
+    held = f"{attributes.label} ({attributes.name})" if attributes.label else attributes.name
+    return type(cause)(
+        f"{cause}; asked to resume, the partner then knew nothing of the transfer (diagnostic "
+        f"214): it may have stored it all the same. Ask the partner whether it holds {held}; "
+        f"raccord retry {flow.flow_id} only if it does not",
+        retryable=False,
+    )
 
 
 @contextlib.contextmanager
@@ -319,6 +362,8 @@ class PesitSender(Closing):
         self._held: tuple[Session, Reading, Path] | None = None
         self._next_name = 0
         self._ids = 0
+        #: transfers (PI 13) an attempt left possibly delivered: the error it ended with
+        self._unsure: dict[int, TransferError] = {}
         self.where = f"pesit://{settings.requester}@{settings.host}:{settings.port}"
 
     async def aclose(self) -> None:
@@ -355,7 +400,7 @@ class PesitSender(Closing):
         """After a broken connection, whether to try again on a new one: the restarts used,
         this one counted (the same number for a kept session the partner had closed before
         anything was sent). Raises the error when the restarts are spent."""
-        await session.abort(exc.diagnostic or 317)
+        await session.abort(exc.diagnostic or (311 if exc.garbled else 317))
         if not exc.started and not fresh:
             return restarts
         if exc.started and restarts < self._settings.restarts:
@@ -398,7 +443,10 @@ class PesitSender(Closing):
         attributes = self.attributes(flow)
         ident = transfer_id(flow.flow_id)
         restart = flow.resend
+        # an earlier attempt lost the connection after the partner had acknowledged data
+        unsure = self._unsure.pop(ident, None) if restart else None
         restarts = waits = 0
+        where = f"{self.where} {flow.remote_name}"
         async with self._slots:
             while True:
                 session, fresh = await self._session()
@@ -413,6 +461,8 @@ class PesitSender(Closing):
                 except Refused as exc:
                     await self._keep(session)
                     if exc.what is Kind.CREATE and exc.diagnostic == 214 and restart:
+                        if unsure is not None:
+                            return await self._probe(session, flow, attributes, ident, unsure)
                         restart = False  # the partner knows nothing of it: send it anew
                         continue
                     if (
@@ -433,13 +483,22 @@ class PesitSender(Closing):
                     ):
                         # an earlier attempt (of this send, or before) completed the delivery
                         return self._receipt(flow, attributes, ident, already=True)
-                    raise refusal_error(exc, f"{self.where} {flow.remote_name}") from None
+                    raise refusal_error(exc, where) from None
+                except Interrupted as exc:
+                    await self._keep(session)
+                    raise interruption_error(exc, where) from None
                 except Broken as exc:
-                    where = f"{self.where} {flow.remote_name}"
-                    used, restarts = (
-                        restarts,
-                        await self._again(session, exc, fresh, restarts, where),
-                    )
+                    if exc.acknowledged:
+                        unsure = broken_error(exc, where, resuming=False)
+                    try:
+                        used, restarts = (
+                            restarts,
+                            await self._again(session, exc, fresh, restarts, where),
+                        )
+                    except TransferError:
+                        if unsure is not None:
+                            self._remember_unsure(ident, unsure)
+                        raise
                     restart = restart or restarts > used  # resume what was sent
                     continue
                 except BaseException:
@@ -455,6 +514,39 @@ class PesitSender(Closing):
                     sync_points=written.sync_points,
                     reconnects=restarts,
                 )
+
+    async def _probe(
+        self,
+        session: Session,
+        flow: Outbound,
+        attributes: FileAttributes,
+        ident: int,
+        unsure: TransferError,
+    ) -> Receipt:
+        """After a 214 that proves nothing (the partner had acknowledged data): a partner
+        that holds the name and refuses to overwrite it answers a new CREATE with 204, which
+        proves the delivery; any other answer leaves the flow possibly delivered (raised).
+        No data is sent either way."""
+        try:
+            await session.would_create(flow.size, attributes, ident)
+        except Refused as exc:
+            await self._keep(session)
+            if exc.what is Kind.CREATE and exc.diagnostic == 204:
+                return self._receipt(flow, attributes, ident, already=True)
+            raise possibly_delivered(unsure, flow, attributes) from None
+        except (Broken, Interrupted):
+            await session.close()
+            raise possibly_delivered(unsure, flow, attributes) from None
+        await self._keep(session)
+        raise possibly_delivered(unsure, flow, attributes)
+
+    def _remember_unsure(self, ident: int, error: TransferError) -> None:
+        """Keep, for the next attempt (the dispatcher's, or the operator's ``raccord retry``),
+        that ``ident`` may have been delivered (bounded: a flow that is never attempted again
+        must not hold memory for ever)."""
+        if len(self._unsure) >= 1000:
+            del self._unsure[next(iter(self._unsure))]
+        self._unsure[ident] = error
 
     def _receipt(
         self,
@@ -541,6 +633,9 @@ class PesitSender(Closing):
                         await asyncio.to_thread(side.unlink, missing_ok=True)
                         continue
                     raise refusal_error(exc, where) from None
+                except Interrupted as exc:
+                    await self._keep(session)
+                    raise interruption_error(exc, where) from None
                 except TooLarge as exc:
                     raise FileTooLarge(
                         f"{where}: {exc} (max_file_size); it stays with the partner: take it by "

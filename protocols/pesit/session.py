@@ -6,7 +6,14 @@ peer's FPDUs; every wait for an answer is bounded by ``timeout`` (the spec's Tp 
 It knows the PeSIT sequences but nothing of raccord's flows: :meth:`Session.write` sends a
 file (with sync points and restart), :meth:`Session.read` receives one. A refusal from the
 peer raises :class:`Refused` with its diagnostic; a peer that breaks the protocol or goes
-quiet ends the session (ABORT when possible) and raises :class:`Broken`.
+quiet ends the session (ABORT when possible) and raises :class:`Broken`; a transfer the
+peer interrupts (IDT) is answered with ACK(IDT) and raises :class:`Interrupted`.
+
+The reader task decodes ahead: by the time the session looks at its queue, the machine may
+already count an ACK(SYN) the session has not taken out yet. So the session keeps its own
+count of the acknowledgements it has *taken* (``_acked``), and every wait for an answer takes
+ACK(SYN)s out of its way: an acknowledgement of a sync point is never the answer to another
+request (it once was, to TRANS.END, and the transfer the server had just stored was resent).
 """
 
 from __future__ import annotations
@@ -43,14 +50,35 @@ class Refused(Exception):
 
 
 class Broken(Exception):
-    """The connection is unusable: lost, timed out, aborted or garbled. ``started``: whether
-    file data had begun to flow (the outcome of the transfer is then unknown)."""
+    """The connection is unusable: lost, timed out, aborted or garbled.
 
-    def __init__(self, message: str, *, timeout: bool = False, diagnostic: int = 0) -> None:
+    ``garbled``: the peer was reached but sent what PeSIT does not allow (bytes that are no
+    FPDU, an FPDU out of turn). ``started``: whether file data had begun to flow (the outcome
+    of the transfer is then unknown). ``acknowledged``: whether the peer had acknowledged some
+    of it (an ACK(SYN), a restart point) or the TRANS.END had gone: the peer knew the transfer,
+    so if it later knows nothing of it, it may have finished it."""
+
+    def __init__(
+        self, message: str, *, timeout: bool = False, diagnostic: int = 0, garbled: bool = False
+    ) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.diagnostic = diagnostic
+        self.garbled = garbled
         self.started = False
+        self.acknowledged = False
+
+
+class Interrupted(Exception):
+    """The peer interrupted the transfer (IDT, F.CANCEL) with a diagnostic; raccord answered
+    ACK(IDT). The transfer did not complete; the session may still be usable."""
+
+    def __init__(self, diagnostic: int, end_code: int | None, detail: str | None) -> None:
+        more = f" ({detail})" if detail else ""
+        super().__init__(f"the server interrupted the transfer with diagnostic {diagnostic}{more}")
+        self.diagnostic = diagnostic
+        self.end_code = end_code  # PI 19: 4 error, 8 suspension, 12 cancelled by the server
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,7 @@ class Session:
         self._pump: asyncio.Future[None] | None = None  # started after the pre-connection
         self.sync_interval = 0  # bytes, as negotiated
         self.window = 0
+        self._acked = 0  # the last sync point whose ACK(SYN) the session has taken
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -145,7 +174,11 @@ class Session:
                     return
         except RemoteProtocolError as exc:
             self._events.put_nowait(
-                Broken(f"the server broke the protocol: {exc}", diagnostic=exc.diagnostic)
+                Broken(
+                    f"the server broke the protocol: {exc}",
+                    diagnostic=exc.diagnostic,
+                    garbled=True,
+                )
             )
         except (OSError, ssl.SSLError) as exc:
             self._events.put_nowait(Broken(f"connection lost: {exc.strerror or exc}"))
@@ -155,6 +188,12 @@ class Session:
     ) -> None:
         if self._writer.is_closing():
             raise Broken("the connection is closed")
+        if self.machine.state is State.INTERRUPTING and kind is not Kind.ACK_IDT:
+            if kind is Kind.ACK_SYN:
+                # a read the server has interrupted: no acknowledgement is due any more, and
+                # its IDT is met in the queue after the data it sent before it
+                return
+            await self._take_interruption()  # a write: the server's IDT goes first
         self._writer.write(self.machine.send(kind, *params, data=data, count=count))
         try:
             await asyncio.wait_for(self._writer.drain(), self.peer.timeout)
@@ -195,8 +234,13 @@ class Session:
 
     async def _answer(self, request: Kind, expected: Kind) -> Fpdu:
         fpdu = await self._next(expected.name)
+        while fpdu.kind is Kind.ACK_SYN:  # a late acknowledgement, never the answer
+            self._heard_ack(fpdu)
+            fpdu = await self._next(expected.name)
+        if fpdu.kind is Kind.IDT:
+            await self._interrupted(fpdu)
         if fpdu.kind is not expected:
-            raise Broken(f"{fpdu.kind.name} in answer to {request.name}")
+            raise Broken(f"{fpdu.kind.name} in answer to {request.name}", garbled=True)
         if fpdu.diagnostic:
             raise Refused(request, fpdu.diagnostic, fpdu.text(PI.DIAGNOSTIC_MORE))
         return fpdu
@@ -204,6 +248,30 @@ class Session:
     async def _request(self, kind: Kind, expected: Kind, *params: Param | None) -> Fpdu:
         await self._send(kind, *params)
         return await self._answer(kind, expected)
+
+    def _heard_ack(self, fpdu: Fpdu) -> None:
+        """An ACK(SYN) taken out of the queue (the machine has checked its number)."""
+        self._acked = max(self._acked, fpdu.number(PI.SYNC_NUMBER, 0) or 0)
+
+    async def _heard(self, fpdu: Fpdu) -> None:
+        """What the server may send while a write's data flows: an ACK(SYN), or an IDT."""
+        if fpdu.kind is Kind.ACK_SYN:
+            self._heard_ack(fpdu)
+        elif fpdu.kind is Kind.IDT:
+            await self._interrupted(fpdu)
+        else:
+            raise Broken(f"{fpdu.kind.name} during the data transfer", garbled=True)
+
+    async def _interrupted(self, idt: Fpdu) -> None:
+        """Answer the server's IDT with ACK(IDT), then raise :class:`Interrupted`."""
+        await self._send(Kind.ACK_IDT)
+        raise Interrupted(idt.diagnostic, idt.number(PI.END_CODE), idt.text(PI.DIAGNOSTIC_MORE))
+
+    async def _take_interruption(self) -> None:
+        """The machine has read an IDT the session has not taken yet: take what comes before
+        it, then answer it (which raises :class:`Interrupted`)."""
+        while True:
+            await self._heard(await self._next("IDT"))
 
     # -- connection -------------------------------------------------------------------------
 
@@ -225,7 +293,7 @@ class Session:
         if answer.kind is Kind.RCONNECT:
             raise Refused(Kind.CONNECT, answer.diagnostic, answer.text(PI.DIAGNOSTIC_MORE))
         if answer.kind is not Kind.ACONNECT:
-            raise Broken(f"{answer.kind.name} in answer to CONNECT")
+            raise Broken(f"{answer.kind.name} in answer to CONNECT", garbled=True)
         interval, window = 0, 0
         options = answer.get(PI.SYNC_OPTIONS)
         if options is not None:
@@ -236,7 +304,8 @@ class Session:
                 raise Broken(
                     f"the server raised the sync options to {interval} KB / window {window} "
                     f"(proposed {peer.sync_interval_kb} KB / {peer.sync_window}); it may only "
-                    "lower them"
+                    "lower them",
+                    garbled=True,
                 )
         self.sync_interval = interval * KB
         self.window = self.machine.window = window
@@ -253,7 +322,7 @@ class Session:
         if answer[-4:] == codec.PRE_NAK:
             raise Refused(Kind.CONNECT, 301, "pre-connection refused (NAK0)")
         if answer[-4:] != codec.PRE_ACK:
-            raise Broken(f"pre-connection answered {answer.hex(' ')}, not ACK0")
+            raise Broken(f"pre-connection answered {answer.hex(' ')}, not ACK0", garbled=True)
 
     async def release(self) -> None:
         """RELEASE → RELCONF, then close. Quiet when the connection is already gone."""
@@ -293,10 +362,62 @@ class Session:
         """Send ``source`` (``size`` bytes); ``restart``: ask to resume transfer
         ``transfer_id`` (PI 15 = 1) from where the server secured it.
 
+        Once the server's ACK(TRANS.END) is in, the file is delivered, whatever else is
+        queued or fails afterwards: closing the file (CRF, DESELECT) is housekeeping, and a
+        failure there only drops the connection, without an ABORT.
+
         Raises:
             Refused: a step was refused (the session is still usable).
-            Broken: the connection is lost; ``started`` says whether data had been sent.
+            Interrupted: the server interrupted the transfer (IDT), answered with ACK(IDT).
+            Broken: the connection is lost; ``started`` says whether data had been sent,
+                ``acknowledged`` whether the server had acknowledged any of it.
         """
+        entity = self.peer.entity_size
+        accepted = await self._create(size, attributes, transfer_id, restart=restart)
+        entity = min(entity, accepted.number(PI.ENTITY_SIZE, entity) or entity)
+        article = min(attributes.article_length or entity - 6, 0xFFFF)
+        await self._request(Kind.ORF, Kind.ACK_ORF)
+        started = await self._request(Kind.WRITE, Kind.ACK_WRITE)
+        point = started.number(PI.RESTART_POINT, 0) or 0
+        offset = point * self.sync_interval
+        if point and (not restart or not self.sync_interval or offset > size):
+            raise Broken(
+                f"the server asked to restart from sync point {point}, which is not one of "
+                "this transfer's",
+                diagnostic=214,
+                garbled=True,
+            )
+        self._acked = point
+        ending = False
+        try:  # from here on, part or all of the file may be at the partner
+            articles = await self._data(source, offset, size, entity, article, attributes)
+            await self._send(Kind.DTF_END, codec.diagnostic(0))
+            # every sync point acknowledged (the data secured) before the transfer ends
+            while self.machine.window and self._acked < self.machine.last_sync:
+                await self._heard(await self._next("ACK(SYN) of the last sync points"))
+            ending = True
+            await self._request(
+                Kind.TRANS_END,
+                Kind.ACK_TRANS_END,
+                codec.number(PI.BYTE_COUNT, size, 8),
+                # articles are counted for a whole transfer only (a restart's is ambiguous)
+                None if offset else codec.number(PI.ARTICLE_COUNT, articles, 4),
+            )
+        except Broken as exc:
+            exc.started = True
+            exc.acknowledged = ending or max(self._acked, self.machine.last_acked) > 0
+            raise
+        except Interrupted:
+            await self._close_file()
+            raise
+        # the partner has the file: closing it is housekeeping, not the delivery
+        await self._close_file()
+        return Written(point, offset, self.machine.last_sync)
+
+    async def _create(
+        self, size: int, attributes: FileAttributes, transfer_id: int, *, restart: bool
+    ) -> Fpdu:
+        """CREATE → its accepted ACK(CREATE). Raises :class:`Refused` with its diagnostic."""
         entity = self.peer.entity_size
         await self._send(
             Kind.CREATE,
@@ -323,43 +444,30 @@ class Session:
             ),
             codec.text(PI.FREE_MESSAGE, attributes.message) if attributes.message else None,
         )
-        accepted = await self._answer(Kind.CREATE, Kind.ACK_CREATE)
-        entity = min(entity, accepted.number(PI.ENTITY_SIZE, entity) or entity)
-        article = min(attributes.article_length or entity - 6, 0xFFFF)
-        await self._request(Kind.ORF, Kind.ACK_ORF)
-        started = await self._request(Kind.WRITE, Kind.ACK_WRITE)
-        point = started.number(PI.RESTART_POINT, 0) or 0
-        offset = point * self.sync_interval
-        if point and (not restart or not self.sync_interval or offset > size):
-            raise Broken(
-                f"the server asked to restart from sync point {point}, which is not one of "
-                "this transfer's",
-                diagnostic=214,
-            )
-        try:  # from here on, part or all of the file may be at the partner
-            articles = await self._data(source, offset, size, entity, article, attributes)
-            await self._send(Kind.DTF_END, codec.diagnostic(0))
-            # every sync point acknowledged (the data secured) before the transfer ends
-            while self.machine.window and self.machine.last_acked < self.machine.last_sync:
-                acked = await self._next("ACK(SYN) of the last sync points")
-                if acked.kind is not Kind.ACK_SYN:
-                    raise Broken(f"{acked.kind.name} while sync points await acknowledgement")
-            await self._request(
-                Kind.TRANS_END,
-                Kind.ACK_TRANS_END,
-                codec.number(PI.BYTE_COUNT, size, 8),
-                # articles are counted for a whole transfer only (a restart's is ambiguous)
-                None if offset else codec.number(PI.ARTICLE_COUNT, articles, 4),
-            )
-        except Broken as exc:
-            exc.started = True
-            raise
-        try:  # the partner has the file: closing it is housekeeping, not the delivery
+        return await self._answer(Kind.CREATE, Kind.ACK_CREATE)
+
+    async def would_create(self, size: int, attributes: FileAttributes, transfer_id: int) -> None:
+        """Ask whether the server would take a new file under this name, sending no data:
+        CREATE (not a restart), then DESELECT at once. A server that holds the name and
+        refuses to overwrite it answers 204 (:class:`Refused`); a server that overwrites
+        accepts, which proves nothing either way.
+
+        Raises:
+            Refused: the CREATE was refused (the session is still usable).
+            Broken: the connection is lost.
+        """
+        await self._create(size, attributes, transfer_id, restart=False)
+        await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
+
+    async def _close_file(self) -> None:
+        """CRF → DESELECT after a transfer that ended (acknowledged or interrupted), so the
+        connection serves the next flow; if that fails, the connection is closed without an
+        ABORT (there is no transfer left to abort) and the next flow connects anew."""
+        try:
             await self._request(Kind.CRF, Kind.ACK_CRF, codec.diagnostic(0))
             await self._request(Kind.DESELECT, Kind.ACK_DESELECT, codec.diagnostic(0))
-        except (Broken, Refused):
-            await self.abort(312)  # not reusable; the next flow connects anew
-        return Written(point, offset, self.machine.last_sync)
+        except (Broken, Refused, Interrupted):
+            await self.close()
 
     async def _data(
         self,
@@ -374,19 +482,11 @@ class Session:
         n always sits at byte n × interval: the restart offset follows from the point)."""
         interval = self.sync_interval
         articles = 0
-
-        def heard(fpdu: Fpdu) -> None:  # the machine has checked its number
-            if fpdu.kind is not Kind.ACK_SYN:
-                raise Broken(f"{fpdu.kind.name} during the data transfer")
-
         with await asyncio.to_thread(source.open, "rb") as data:
             data.seek(offset)
             async for unit in _units(data, offset, size, interval, article, entity, attributes):
+                await self._room()
                 if unit is None:  # a sync point is due
-                    while (fpdu := self._queued()) is not None:
-                        heard(fpdu)
-                    while self.machine.window_full:
-                        heard(await self._next("ACK(SYN)"))
                     number = self.machine.last_sync + 1
                     await self._send(Kind.SYN, codec.number(PI.SYNC_NUMBER, number))
                     continue
@@ -396,9 +496,16 @@ class Session:
                 else:
                     await self._send(kind, data=chunks[0])
                 articles += len(chunks) if kind is Kind.DTF else int(kind is Kind.DTFFA)
-                while (fpdu := self._queued()) is not None:
-                    heard(fpdu)
         return articles
+
+    async def _room(self) -> None:
+        """Take what the server sent so far, then wait while the sync window is full: with
+        ``window`` sync points unacknowledged the data sender stops, data as well as SYNs,
+        until an ACK(SYN) comes (a strict server interrupts a transfer that goes on)."""
+        while (fpdu := self._queued()) is not None:
+            await self._heard(fpdu)
+        while self.machine.window_full:
+            await self._heard(await self._next("ACK(SYN)"))
 
     # -- read -------------------------------------------------------------------------------
 
@@ -424,6 +531,7 @@ class Session:
 
         Raises:
             Refused: refused for another reason (for a restart, 205 or 214: start anew).
+            Interrupted: the server interrupted the read (IDT), answered with ACK(IDT).
             TooLarge: the file grew over ``limit`` bytes (the session is aborted).
             Broken: the connection is lost; ``progress`` says how far the file is secured.
         """
@@ -459,6 +567,9 @@ class Session:
             except Broken as exc:
                 exc.started = True
                 raise
+            except Interrupted:
+                await self._close_file()
+                raise
         return True
 
     async def _receive(
@@ -484,8 +595,10 @@ class Session:
                     await asyncio.to_thread(on_secured, replace(progress))
                 await self._send(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, progress.point))
                 continue
+            if fpdu.kind is Kind.IDT:
+                await self._interrupted(fpdu)
             if fpdu.kind not in (Kind.DTF, Kind.DTFDA, Kind.DTFMA, Kind.DTFFA):
-                raise Broken(f"{fpdu.kind.name} during the data transfer")
+                raise Broken(f"{fpdu.kind.name} during the data transfer", garbled=True)
             data = b"".join(codec.articles(fpdu)) if fpdu.kind is Kind.DTF else fpdu.data
             progress.received += len(data)
             if limit is not None and progress.received > limit:

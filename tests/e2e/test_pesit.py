@@ -5,6 +5,7 @@ responder (and resuming a broken transfer), ``raccord check --connect`` logging 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import pytest
@@ -195,5 +196,159 @@ def test_return_flows_are_pulled_over_pesit_and_applied(tmp_path: Path) -> None:
                 db.close()
             (stored,) = layout.inbox(CONNECTION).iterdir()
             assert stored.read_bytes() == padded
+
+    asyncio.run(scenario())
+
+
+def _just_past_a_sync_point(number: str, points: int, extra: int) -> bytes:
+    """An invoice of ``points`` × 4 KB + ``extra`` bytes: it ends just past a sync point."""
+    base = len(_invoice(number))
+    target = points * 4096 + extra
+    invoice = _invoice(number, padding=target - base)  # base has the empty comment
+    assert len(invoice) == target
+    return invoice
+
+
+def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, dict[str, object]]:
+    """A TLS server context demanding a client certificate, and the connection keys for it."""
+    from gateway import pki
+
+    ca = pki.issue("test CA", ca=True)
+    server = pki.issue("pesit.test", ca, dns_names=["pesit.test"])
+    client = pki.issue("VFE057", ca)
+    ca_file = pki.write_certificates([ca.certificate], tmp_path / "ca.pem", "pem")
+    server_cert = pki.write_certificates([server.certificate], tmp_path / "server.pem", "pem")
+    server_key = pki.write_key(server, tmp_path / "server.key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
+    context.load_cert_chain(str(server_cert), str(server_key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    keys: dict[str, object] = {
+        "tls": True,
+        "ca_bundle": ca_file,
+        "client_certificate": pki.write_certificates(
+            [client.certificate], tmp_path / "client.pem", "pem"
+        ),
+        "client_key": pki.write_key(client, tmp_path / "client.key"),
+        "server_hostname": "pesit.test",
+    }
+    return context, keys
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_files_ending_just_past_a_sync_point_are_stored_exactly_once(
+    tmp_path: Path, transport: str
+) -> None:
+    """Against a partner that overwrites a name it already holds (so a second delivery would
+    show as a second store), invoices ending 1 to 300 bytes past a sync point are each stored
+    exactly once: the late ACK(SYN) of the last sync point is never taken for the answer to
+    TRANS.END, no ABORT is sent for a transfer the partner acknowledged, nothing is resumed."""
+    invoices = {
+        f"inv-{n}.xml": _just_past_a_sync_point(f"PES-SYNC-{n}", points=1 + n % 4, extra=1 + 37 * n)
+        for n in range(9)
+    }
+    tls, keys = _tls_files(tmp_path) if transport == "tls" else (None, {})
+
+    async def scenario() -> None:
+        responder = PesitResponder(
+            tmp_path / "partner",
+            {"VFE057": Account("pw")},
+            tls=tls,
+            sync_interval_kb=4,
+            sync_window=2,
+            on_existing="overwrite",
+            window_violation="idt",
+        )
+        async with responder:
+            config = config_module.load(_config(tmp_path, responder.port, **keys))
+            async with running(config):
+                for name, data in invoices.items():
+                    drop(config, name, data, CONNECTION)
+                await until(filed(config, len(invoices)), what="every invoice filed")
+            assert responder.violations == []
+            assert responder.aborts == []
+            assert responder.restarts == []
+            assert sorted(responder.stores.values()) == [1] * len(invoices)
+            held = {p.read_bytes() for p in responder.deposits.iterdir()}
+            assert held == set(invoices.values())
+            for row in rows(config):
+                assert row.state == "sent", row.last_error
+                assert row.attempts == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_possibly_delivered_invoice_is_filed_with_what_to_check_not_sent_twice(
+    tmp_path: Path,
+) -> None:
+    """The partner stores the invoice, the connection drops before its ACK(TRANS.END), and
+    the resume is answered 214: with a partner that overwrites, raccord cannot tell, so the
+    invoice goes to error/ saying what to check — stored once at the partner, not twice."""
+    data = _just_past_a_sync_point("PES-UNSURE", points=2, extra=5)
+
+    async def scenario() -> None:
+        responder = PesitResponder(
+            tmp_path / "partner", {"VFE057": Account("pw")}, on_existing="overwrite"
+        )
+        async with responder:
+            responder.faults.drop_at_end = True
+            config = config_module.load(_config(tmp_path, responder.port))
+            async with running(config):
+                drop(config, "a.xml", data, CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            assert list(responder.stores.values()) == [1]  # stored once, not twice
+            (row,) = rows(config)
+            assert row.state == "error"
+            error = sidecar(row, ".error.json")
+            assert error["unknown_outcome"] is True
+            assert "diagnostic 214" in error["message"]
+            assert "may have stored it" in error["message"]
+            assert f"raccord retry {row.flow_id}" in error["message"]
+
+    asyncio.run(scenario())
+
+
+def test_a_partner_interruption_puts_its_diagnostic_in_error_json(tmp_path: Path) -> None:
+    """The partner interrupts the transfer (IDT, diagnostic 226 transfer refused): raccord
+    answers ACK(IDT), not ABORT, and error.json names the diagnostic and what it means."""
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            responder.faults.idt_after = 5000
+            responder.faults.idt_diagnostic = 226
+            config = config_module.load(_config(tmp_path, responder.port))
+            async with running(config):
+                drop(config, "a.xml", _invoice("PES-IDT", padding=20_000), CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            assert responder.interruptions == [226]
+            assert responder.aborts == []
+            (row,) = rows(config)
+            error = sidecar(row, ".error.json")
+            assert error["reason"] == "refused"
+            assert "diagnostic 226: transfer refused" in error["message"]
+            assert "interrupted the transfer (IDT" in error["message"]
+
+    asyncio.run(scenario())
+
+
+def test_garbage_from_the_partner_is_filed_as_protocol_error_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    """The partner answers CONNECT with bytes that are no PeSIT: it was reached, so the
+    invoice is filed as ``protocol_error`` naming the settings to compare, not
+    ``unreachable``."""
+
+    async def scenario() -> None:
+        responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})
+        async with responder:
+            responder.faults.garbage = True
+            config = config_module.load(_config(tmp_path, responder.port))
+            async with running(config):
+                drop(config, "a.xml", _invoice("PES-GARBAGE"), CONNECTION)
+                await until(filed(config, 1), what="the invoice filed")
+            (row,) = rows(config)
+            error = sidecar(row, ".error.json")
+            assert error["reason"] == "protocol_error"
+            assert "nsdu_header" in error["message"]
 
     asyncio.run(scenario())

@@ -224,3 +224,106 @@ def test_a_sync_point_may_be_acknowledged_after_the_trans_end_crossed_it() -> No
     pair.to_requester(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, 1))
     pair.to_requester(Kind.ACK_TRANS_END, OK)
     assert pair.requester.state is pair.server.state is State.OPEN
+
+
+def _wire(machine: Machine, kind: Kind, *params: Param, data: bytes = b"") -> bytes:
+    return machine.send(kind, *params, data=data)
+
+
+def _events(machine: Machine, *wires: bytes) -> list[Fpdu]:
+    for wire in wires:
+        machine.receive_data(wire)
+    events = []
+    while (fpdu := machine.next_event()) is not None:
+        events.append(fpdu)
+    return events
+
+
+def test_the_race_of_the_last_ack_syn_and_trans_end_is_told_apart_by_kind() -> None:
+    """The race that delivered files twice, step by step: the file ends just past sync point
+    1; the server's ACK(SYN 1) reaches the requester's machine (which counts it) while the
+    requester ends the transfer; the next two events are ACK(SYN 1) then ACK(TRANS.END).
+    The machine counts the sync point once, ends in OPEN, and the answer to TRANS.END is the
+    second event, recognisable by its kind: an adapter that took the first would resend a
+    transfer the server has stored."""
+    pair = Pair()
+    _connect(pair)
+    pair.requester.window = pair.server.window = 2
+    _open_for_write(pair)
+    pair.to_server(Kind.DTF, data=b"x" * 1000)
+    pair.to_server(Kind.SYN, codec.number(PI.SYNC_NUMBER, 1))
+    pair.to_server(Kind.DTF, data=b"y" * 10)  # just past the sync point
+    ack_syn = _wire(pair.server, Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, 1))
+    pair.requester.receive_data(ack_syn)  # on its way: counted once taken as an event
+    assert pair.requester.last_acked == 0
+    pair.to_server(Kind.DTF_END, OK)
+    pair.to_server(Kind.TRANS_END, codec.number(PI.BYTE_COUNT, 1010, 8))
+    ack_end = _wire(pair.server, Kind.ACK_TRANS_END, OK)
+    events = _events(pair.requester, ack_end)
+    assert [e.kind for e in events] == [Kind.ACK_SYN, Kind.ACK_TRANS_END]
+    assert pair.requester.last_acked == 1
+    assert pair.requester.state is pair.server.state is State.OPEN
+
+
+def test_a_full_window_stops_data_too_not_only_the_next_syn() -> None:
+    """Window 2, SYN 1 and 2 unacknowledged: the sender may send no more data (the machine
+    refuses it locally); a server receiving it answers diagnostic 217."""
+    pair = Pair()
+    _connect(pair)
+    pair.requester.window = pair.server.window = 2
+    _open_for_write(pair)
+    for number in (1, 2):
+        pair.to_server(Kind.DTF, data=b"x" * 100)
+        pair.to_server(Kind.SYN, codec.number(PI.SYNC_NUMBER, number))
+    for kind in (Kind.DTF, Kind.DTFDA):
+        with pytest.raises(LocalProtocolError, match="window is full"):
+            pair.requester.send(kind, data=b"more")
+    loose = Machine(Role.REQUESTER, connection_id=5)  # a requester that ignores the window
+    loose.state, loose.peer_id, loose.window = State.WRITING, 9, 0
+    pair.server.receive_data(loose.send(Kind.DTF, data=b"more"))
+    with pytest.raises(RemoteProtocolError, match="window is full") as caught:
+        pair.server.next_event()
+    assert caught.value.diagnostic == 217
+    pair.to_requester(Kind.ACK_SYN, codec.number(PI.SYNC_NUMBER, 1))
+    pair.to_server(Kind.DTF, data=b"room again")  # one sync point acknowledged: room for data
+
+
+def test_an_idt_from_the_server_is_acknowledged_and_what_crossed_it_is_dropped() -> None:
+    """The server interrupts a write; the requester's DTF and SYN already on the wire reach
+    it after its IDT and are let through without tracking; the requester answers ACK(IDT) and
+    both sides are back in OPEN, ready for CRF."""
+    pair = Pair()
+    _connect(pair)
+    pair.requester.window = pair.server.window = 1
+    _open_for_write(pair)
+    crossing = [
+        _wire(pair.requester, Kind.DTF, data=b"x" * 100),
+        _wire(pair.requester, Kind.SYN, codec.number(PI.SYNC_NUMBER, 1)),
+    ]
+    idt = _wire(pair.server, Kind.IDT, codec.diagnostic(217), codec.number(PI.END_CODE, 4))
+    assert pair.server.state is State.INTERRUPTING
+    assert [e.kind for e in _events(pair.server, *crossing)] == [Kind.DTF, Kind.SYN]
+    assert pair.server.last_sync == 0  # not tracked: that transfer is over
+    (interrupt,) = _events(pair.requester, idt)
+    assert interrupt.kind is Kind.IDT and interrupt.diagnostic == 217
+    with pytest.raises(LocalProtocolError):
+        pair.requester.send(Kind.DTF, data=b"no more")
+    pair.to_server(Kind.ACK_IDT)
+    assert pair.requester.state is pair.server.state is State.OPEN
+    pair.to_server(Kind.CRF, OK)
+    pair.to_requester(Kind.ACK_CRF, OK)
+
+
+@pytest.mark.parametrize("requester_ended", [False, True])
+def test_an_idt_may_come_after_dtf_end_and_cross_the_trans_end(requester_ended: bool) -> None:
+    pair = Pair()
+    _connect(pair)
+    _open_for_write(pair)
+    pair.to_server(Kind.DTF_END, OK)
+    trans_end = _wire(pair.requester, Kind.TRANS_END) if requester_ended else None
+    idt = _wire(pair.server, Kind.IDT, codec.diagnostic(213))
+    if trans_end is not None:
+        assert [e.kind for e in _events(pair.server, trans_end)] == [Kind.TRANS_END]
+    assert [e.kind for e in _events(pair.requester, idt)] == [Kind.IDT]
+    pair.to_server(Kind.ACK_IDT)
+    assert pair.requester.state is pair.server.state is State.OPEN

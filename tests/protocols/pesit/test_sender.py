@@ -24,6 +24,8 @@ from protocols.errors import (
     ConnectError,
     FileTooLarge,
     HostKeyError,
+    ProtocolError,
+    RemoteBusy,
     RemoteNameConflict,
     TransferError,
     TransferTimeout,
@@ -235,7 +237,6 @@ def test_a_pre_connection_refusal_is_an_authentication_error(tmp_path: Path) -> 
     [
         ("withhold_ack_sync", TransferTimeout, "ACK\\(SYN\\)"),
         ("silent", TransferTimeout, "ACONNECT"),
-        ("garbage", ConnectError, "broke the protocol"),
     ],
 )
 def test_a_misbehaving_partner_ends_in_a_retryable_error_within_the_timer(
@@ -252,6 +253,23 @@ def test_a_misbehaving_partner_ends_in_a_retryable_error_within_the_timer(
 
     asyncio.run(scenario())
     assert not (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").exists()
+
+
+def test_garbage_from_a_partner_it_reached_is_a_protocol_error_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    """The partner answered: the network is fine, what it says is the problem (often a
+    setting: the entity header, the pre-connection, TLS), so the reason says so."""
+
+    async def scenario() -> None:
+        async with _responder(tmp_path) as responder:
+            responder.faults.garbage = True
+            with pytest.raises(ProtocolError, match="broke the protocol") as caught:
+                await _send(_settings(responder, timeout=1.0), _flow(tmp_path, b"x"))
+            assert caught.value.reason == "protocol_error"
+            assert "nsdu_header" in str(caught.value)
+
+    asyncio.run(scenario())
 
 
 def test_an_unreachable_partner_is_retryable(tmp_path: Path) -> None:
@@ -543,3 +561,89 @@ def test_a_name_too_long_for_pesit_is_a_clear_permanent_error(tmp_path: Path) ->
     with pytest.raises(TransferError, match="PeSIT allows 80") as caught:
         PesitSender(settings).attributes(flow)
     assert not caught.value.retryable
+
+
+@pytest.mark.parametrize("restarts", [3, 0])
+def test_a_partner_that_overwrites_never_gets_a_stored_file_twice(
+    tmp_path: Path, restarts: int
+) -> None:
+    """The partner stores the file and the connection drops before its ACK(TRANS.END); asked
+    to resume, it answers 214 (that transfer is finished). A partner that overwrites names
+    would store a full resend a second time: the flow is "possibly delivered" instead, with
+    what to check, never retried on its own — in the same send, or at the dispatcher's next
+    attempt. The operator's ``raccord retry`` after that sends it (214 is then believed)."""
+    data = os.urandom(3 * 4096 + 100)  # ends just past sync point 3
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing="overwrite") as responder:
+            settings = _settings(responder, restarts=restarts)
+            async with PesitSender(settings) as sender:
+                responder.faults.drop_at_end = True
+                flow = _flow(tmp_path, data)
+                if not restarts:
+                    with pytest.raises(ConnectError) as lost:
+                        await sender.send(flow)
+                    assert lost.value.retryable  # the dispatcher comes back with a resend
+                    flow = replace(flow, resend=True)
+                with pytest.raises(ConnectError) as unsure:
+                    await sender.send(flow)
+                assert not unsure.value.retryable
+                message = str(unsure.value)
+                assert "diagnostic 214" in message
+                assert "may have stored it" in message
+                assert "FSO1100A_VFE056_a.xml" in message
+                assert "raccord retry flow-a only if it does not" in message
+                assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
+                # the operator checked and retried: sent again, as asked
+                receipt = await sender.send(replace(flow, resend=True))
+                assert not receipt.already_delivered
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 2}
+            assert responder.violations == []
+
+    asyncio.run(scenario())
+
+
+def test_a_partner_that_never_acknowledges_gets_no_data_beyond_the_window(
+    tmp_path: Path,
+) -> None:
+    """Window 2, sync points every 4 KB, no ACK(SYN) ever: raccord sends exactly 8 KB and
+    two SYNs, then waits (and times out); a strict server sees no violation."""
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, window_violation="idt") as responder:
+            responder.faults.withhold_ack_sync = True
+            settings = _settings(responder, restarts=0, timeout=0.5)
+            with pytest.raises(TransferTimeout, match="ACK\\(SYN\\)"):
+                await _send(settings, _flow(tmp_path, os.urandom(40_000)))
+            assert responder.received_bytes == 2 * 4 * 1024
+            assert responder.violations == []
+            assert responder.interruptions == []
+
+    asyncio.run(scenario())
+
+
+def test_a_partner_interruption_is_acknowledged_named_and_resumed_later(tmp_path: Path) -> None:
+    """The partner sends IDT (diagnostic 213, I/O error) mid-write: raccord answers ACK(IDT),
+    sends no ABORT, names the diagnostic in the error (retried as remote_busy), and the next
+    attempt resumes the transfer; the file is stored once, intact."""
+    data = os.urandom(40_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing="overwrite") as responder:
+            responder.faults.idt_after = 20_000
+            settings = _settings(responder)
+            async with PesitSender(settings) as sender:
+                with pytest.raises(RemoteBusy, match="diagnostic 213") as caught:
+                    await sender.send(_flow(tmp_path, data))
+                assert "interrupted the transfer (IDT, end code 4)" in str(caught.value)
+                assert caught.value.reason == "remote_busy"
+                assert responder.interruptions == [213]
+                assert responder.aborts == []
+                receipt = await sender.send(_flow(tmp_path, data, resend=True))
+            assert receipt.details["restart_point"] > 0
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
+            assert responder.violations == []
+            assert responder.connections == 1  # the session survived the interruption
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
