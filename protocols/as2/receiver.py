@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from email import message_from_bytes
 from email.message import Message as MimeMessage
@@ -151,6 +151,13 @@ def _mdn_answer(mdn: pyas2lib.Mdn | None) -> tuple[dict[str, str] | None, bytes 
     return headers, mdn.content, url
 
 
+def header_fields(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """HTTP header fields keyed by their names in lower case: names are case-insensitive
+    (RFC 9110 §5.1), and peers spell them as they like (``AS2-From``, ``As2-From``,
+    ``as2-from``). Everything here and in the gateway looks names up in this form."""
+    return {name.lower(): value for name, value in headers}
+
+
 def open_file(
     headers: Mapping[str, str],
     body: BinaryIO,
@@ -167,7 +174,7 @@ def open_file(
     keep; nothing is left otherwise. Scratch files (decoded and decrypted bodies) go to
     ``scratch`` and are gone when this returns.
     """
-    fields = {name.lower(): value for name, value in headers.items()}
+    fields = header_fields(headers.items())
     as2_from = as2_name(fields.get("as2-from", ""))
     message_id = fields.get("message-id", "").strip().lstrip("<").rstrip(">")
     party = find(as2_name(fields.get("as2-to", "")), as2_from)
