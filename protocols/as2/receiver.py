@@ -15,6 +15,7 @@ answers (the sender, :meth:`protocols.as2.sender.As2Sender.settle`, judges it).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import tempfile
@@ -99,11 +100,14 @@ def open_message(
     raw: bytes,
     find: Callable[[str, str], Party | None],
     seen: Callable[[str, str], bool],
+    *,
+    decrypted: bool = False,
 ) -> Inbound:
     """Parse one inbound request (HTTP headers and body as one MIME document).
 
     ``find(as2_to, as2_from)`` gives the connection for that pair of AS2 names, or None;
     ``seen(message_id, as2_from)`` tells whether that message was stored before.
+    ``decrypted``: the body is the entity an envelope held, already opened.
     """
     found: list[Party] = []
 
@@ -112,7 +116,11 @@ def open_message(
         if party is None:
             return None, None
         found.append(party)
-        return party.pyas2lib_parties
+        org, partner = party.pyas2lib_parties
+        if decrypted:  # encryption was demanded and found: the envelope is open
+            partner = copy.copy(partner)
+            partner.encrypt = False
+        return org, partner
 
     received = pyas2lib.Message()
     status, (exception, _), mdn = received.parse(
@@ -198,7 +206,10 @@ def open_file(
                 out.seek(0)
                 out.truncate()
                 body.seek(0)
-                inbound = open_message(message.raw_http(headers, body.read()), find, seen)
+                if exc.opened is None:
+                    inbound = open_message(message.raw_http(headers, body.read()), find, seen)
+                else:
+                    inbound = _open_decrypted(headers, exc.opened, find, seen)
                 if not inbound.processed or inbound.payload is None:
                     path.unlink()
                     return replace(inbound, fallback=str(exc))
@@ -225,6 +236,28 @@ def open_file(
         mdn_url=mdn_url,
         payload_file=path,
     )
+
+
+def _open_decrypted(
+    headers: Mapping[str, str],
+    entity: bytes,
+    find: Callable[[str, str], Party | None],
+    seen: Callable[[str, str], bool],
+) -> Inbound:
+    """pyas2lib's reading of a message whose envelope the streaming reader opened and pyas2lib
+    cannot (RSAES-OAEP key transport): the decrypted ``entity`` under the request's other
+    headers. Its answer then names the real cause (a signature that does not verify:
+    "authentication-failed"), not pyas2lib's "decryption-failed"."""
+    if BytesHeaderParser().parsebytes(entity).get_content_type() == "text/plain":
+        # No MIME headers: the whole content is the payload, as pyas2lib reads it.
+        entity = b"Content-Type: application/edi-consent\r\n\r\n" + entity
+    outer = {name: value for name, value in headers.items() if name.lower() not in _ENVELOPE}
+    head = message.raw_http(outer, b"").removesuffix(b"\r\n")  # the entity brings its own
+    return open_message(head + entity, find, seen, decrypted=True)
+
+
+#: The request's headers that describe the envelope, not the entity inside it.
+_ENVELOPE = ("content-type", "content-transfer-encoding", "content-disposition", "content-length")
 
 
 def _mdn(
