@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,68 @@ def run(script: str, request: dict[str, Any], timeout: float = 60) -> dict[str, 
     except json.JSONDecodeError:
         raise AssertionError(f"{script} printed no answer: {lines[-5:]} {problem}") from None
     return result
+
+
+class Endpoint:
+    """``receive.js``: a libas2 AS2 endpoint on 127.0.0.1 (AS2 name ``ours["id"]``) that
+    stores payloads in ``folder`` and answers MDNs, signed or not (``mdn_signing``)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        ours: dict[str, str],
+        theirs: dict[str, str],
+        *,
+        mdn_signing: str | bool = False,
+    ) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.request = {"ours": ours, "theirs": theirs, "folder": str(folder)}
+        self.request["mdnSigning"] = mdn_signing  # type: ignore[assignment]
+        self.reports: list[dict[str, Any]] = []
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/as2"
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            node_command("receive.js"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=node_env(),
+        )
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(self.request).encode())
+        self._process.stdin.close()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self._ready.wait(30), "the libas2 endpoint did not start listening"
+        assert self.port, "the libas2 endpoint stopped before listening"
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            if not line.strip().startswith(b"{"):
+                continue
+            report = json.loads(line)
+            if "port" in report:
+                self.port = report["port"]
+                self._ready.set()
+            else:
+                self.reports.append(report)
+        self._ready.set()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+        if self._reader is not None:
+            self._reader.join(10)
+        if self._process is not None and self._process.stdout is not None:
+            self._process.stdout.close()
