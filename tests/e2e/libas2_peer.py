@@ -111,8 +111,12 @@ class Endpoint:
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.request = {"ours": ours, "theirs": theirs, "folder": str(folder)}
-        self.request["mdnSigning"] = mdn_signing  # type: ignore[assignment]
+        self.request: dict[str, Any] = {
+            "ours": ours,
+            "theirs": theirs,
+            "folder": str(folder),
+            "mdnSigning": mdn_signing,
+        }
         self.reports: list[dict[str, Any]] = []
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
