@@ -252,7 +252,8 @@ def _open_decrypted(
         # No MIME headers: the whole content is the payload, as pyas2lib reads it.
         entity = b"Content-Type: application/edi-consent\r\n\r\n" + entity
     outer = {name: value for name, value in headers.items() if name.lower() not in _ENVELOPE}
-    head = message.raw_http(outer, b"").removesuffix(b"\r\n")  # the entity brings its own
+    # No blank line after these headers: the entity goes on with its own header block.
+    head = message.raw_http(outer, b"").removesuffix(b"\r\n")
     return open_message(head + entity, find, seen, decrypted=True)
 
 
