@@ -42,6 +42,7 @@ from protocols.as2.receiver import (
     Inbound,
     Party,
     as2_name,
+    header_fields,
     looks_like_mdn,
     mdn_reference,
     open_file,
@@ -137,9 +138,9 @@ class As2Receiver:
         return web.Response(text="raccord AS2 receiver: POST AS2 messages here\n")
 
     async def _handle(self, request: web.Request) -> web.Response:
-        headers = {name: value for name, value in request.headers.items()}
-        as2_from = as2_name(headers.get("AS2-From", ""))
-        message_id = headers.get("Message-ID", "").strip().strip("<>")
+        headers = header_fields(request.headers.items())
+        as2_from = as2_name(headers.get("as2-from", ""))
+        message_id = headers.get("message-id", "").strip().strip("<>")
         if not as2_from or not message_id:
             log.warning("as2.refused", peer=request.remote, reason="not_as2")
             return web.Response(
@@ -159,7 +160,7 @@ class As2Receiver:
                 )
                 return web.Response(status=413, text="refused: the body is too large\n")
             start = await asyncio.to_thread(_head, body, SNIFF)
-            if looks_like_mdn(headers.get("Content-Type", ""), start):
+            if looks_like_mdn(headers.get("content-type", ""), start):
                 whole = await asyncio.to_thread(_head, body, MDN_LIMIT + 1)
                 if len(whole) > MDN_LIMIT:
                     return web.Response(status=413, text="refused: too large for an MDN\n")

@@ -4,8 +4,11 @@ keys on disk; the partner's mirror view of a connection; a message built as one 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+
+from hypothesis import strategies as st
 
 from gateway import config as config_module
 from gateway import pki
@@ -131,3 +134,20 @@ def stream_message(
             body = out.read()
     assert built.size == len(body)
     return message.Outgoing(built.message_id, built.mic, built.mic_algorithm, built.headers, body)
+
+
+def respelled(name: str) -> st.SearchStrategy[str]:
+    """``name`` with each letter in either case (header names are case-insensitive)."""
+    return st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
+        lambda upper: "".join(
+            c.upper() if u else c.lower() for c, u in zip(name, upper, strict=True)
+        )
+    )
+
+
+def respelled_headers(headers: Mapping[str, str]) -> st.SearchStrategy[dict[str, str]]:
+    """The same header fields, every name respelled independently."""
+    names = list(headers)
+    return st.tuples(*(respelled(name) for name in names)).map(
+        lambda spelled: {new: headers[old] for new, old in zip(spelled, names, strict=True)}
+    )

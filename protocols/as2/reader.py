@@ -15,7 +15,9 @@ the email package and asn1crypto, copying it at each layer: receiving a 30 MB in
 Anything it does not cover or cannot confirm — compression, another key type or cipher, a
 signature that does not verify, a damaged envelope — raises :class:`NotStreamable`, and the
 receiver (:func:`protocols.as2.receiver.open_file`) lets pyas2lib read the message: pyas2lib then
-gives the answer, the payload or the negative disposition, it has always given.
+gives the answer, the payload or the negative disposition, it has always given. An envelope
+this reader opened and pyas2lib cannot (RSAES-OAEP with SHA-256) is handed to pyas2lib opened
+(:attr:`NotStreamable.opened`), so that its answer names the real cause.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ _ENVELOPED_DATA = bytes.fromhex("2a864886f70d010703")
 class NotStreamable(Exception):
     """A message this reader does not cover, or could not confirm: pyas2lib reads it."""
 
+    #: The decrypted entity (its MIME headers and body), when this reader opened an envelope
+    #: pyas2lib cannot open (RSAES-OAEP key transport): pyas2lib then reads that instead.
+    opened: bytes | None = None
+
+
+#: Key transports pyas2lib decrypts (through oscrypto); it fails on the others.
+_PYAS2LIB_TRANSPORTS = ("rsaes_pkcs1v15",)
+
 
 @dataclass(frozen=True)
 class Read:
@@ -106,37 +116,61 @@ def read(
             elif _encoding(head) not in _IDENTITY:
                 raise NotStreamable(f"an envelope in {_encoding(head)} transfer encoding")
             plain = stack.enter_context(tempfile.TemporaryFile(dir=scratch))
-            _decrypt(settings, entity, plain)
-            entity, end = plain, plain.tell()
-            head, start = _read_head(entity, 0, end)
-            kind = head.get_content_type()
-            if kind == "text/plain":
-                raise NotStreamable("a text/plain entity (pyas2lib reads it as the payload)")
-        elif settings.encryption != "none":
+            transport = _decrypt(settings, entity, plain)
+            end = plain.tell()
+            try:
+                return _read_entity(settings, plain, end, out, encrypted=True)
+            except NotStreamable as exc:
+                if transport not in _PYAS2LIB_TRANSPORTS:
+                    # pyas2lib would answer "decryption-failed" for an envelope that opened
+                    # well: it reads the decrypted entity instead, and names the real cause.
+                    exc.opened = b"".join(_span(plain, 0, end))
+                raise
+        if settings.encryption != "none":
             raise NotStreamable("not encrypted")
-        if kind != "multipart/signed":
-            if settings.signature != "none":
-                raise NotStreamable("not signed")
-            if kind.startswith("multipart/") or kind == "application/pkcs7-mime":
-                raise NotStreamable(f"a {kind} payload")
-            size = _write(out, _decoded(head, _span(entity, start, end)))
-            return Read(head.get_filename(), size, None, None, encrypted, signed=False)
-        boundary = head.get_boundary()
-        if not boundary:
-            raise NotStreamable("multipart/signed without a boundary")
-        signed, signature = _parts(entity, start, end, boundary)
-        signers = _signers(signature)
-        digests = _digests(entity, signed, {_digest_name(signer) for signer in signers})
-        algorithm = _verify(settings, signers, digests)
-        part, part_body = _read_head(entity, signed.start, signed.stop)
-        inner = part.get_content_type()
-        if inner == "application/pkcs7-mime":  # compressed-data, most likely
-            raise NotStreamable(f"signed {part.get_param('smime-type') or inner}")
-        if inner.startswith("multipart/") or inner in _SIGNATURE_TYPES:
-            raise NotStreamable(f"a signed {inner} part")
-        size = _write(out, _decoded(part, _span(entity, part_body, signed.stop)))
-        mic = binascii.b2a_base64(digests[algorithm], newline=False).decode("ascii")
-        return Read(part.get_filename(), size, mic, algorithm, encrypted, signed=True)
+        return _read_entity(settings, entity, end, out, head=head, start=start)
+
+
+def _read_entity(
+    settings: As2Settings,
+    entity: BinaryIO,
+    end: int,
+    out: BinaryIO,
+    *,
+    head: MimeMessage | None = None,
+    start: int = 0,
+    encrypted: bool = False,
+) -> Read:
+    """Verify and write out the MIME entity of ``entity`` (up to ``end``): the request body
+    itself (``head``: its headers, from HTTP), or a decrypted one (headers included)."""
+    if head is None:
+        head, start = _read_head(entity, 0, end)
+        if head.get_content_type() == "text/plain":
+            raise NotStreamable("a text/plain entity (pyas2lib reads it as the payload)")
+    kind = head.get_content_type()
+    if kind != "multipart/signed":
+        if settings.signature != "none":
+            raise NotStreamable("not signed")
+        if kind.startswith("multipart/") or kind == "application/pkcs7-mime":
+            raise NotStreamable(f"a {kind} payload")
+        size = _write(out, _decoded(head, _span(entity, start, end)))
+        return Read(head.get_filename(), size, None, None, encrypted, signed=False)
+    boundary = head.get_boundary()
+    if not boundary:
+        raise NotStreamable("multipart/signed without a boundary")
+    signed, signature = _parts(entity, start, end, boundary)
+    signers = _signers(signature)
+    digests = _digests(entity, signed, {_digest_name(signer) for signer in signers})
+    algorithm = _verify(settings, signers, digests)
+    part, part_body = _read_head(entity, signed.start, signed.stop)
+    inner = part.get_content_type()
+    if inner == "application/pkcs7-mime":  # compressed-data, most likely
+        raise NotStreamable(f"signed {part.get_param('smime-type') or inner}")
+    if inner.startswith("multipart/") or inner in _SIGNATURE_TYPES:
+        raise NotStreamable(f"a signed {inner} part")
+    size = _write(out, _decoded(part, _span(entity, part_body, signed.stop)))
+    mic = binascii.b2a_base64(digests[algorithm], newline=False).decode("ascii")
+    return Read(part.get_filename(), size, mic, algorithm, encrypted, signed=True)
 
 
 def _mime_head(headers: Mapping[str, str]) -> MimeMessage:
@@ -407,8 +441,9 @@ class _Ber:
             yield chunk
 
 
-def _decrypt(settings: As2Settings, f: BinaryIO, out: BinaryIO) -> None:
-    """Decrypt the CMS EnvelopedData in ``f`` to ``out``."""
+def _decrypt(settings: As2Settings, f: BinaryIO, out: BinaryIO) -> str:
+    """Decrypt the CMS EnvelopedData in ``f`` to ``out``; the key transport that opened it
+    (``rsaes_pkcs1v15``, ``rsaes_oaep``)."""
     f.seek(0)
     ber = _Ber(f)
     ber.expect(0x30)  # ContentInfo
@@ -424,7 +459,8 @@ def _decrypt(settings: As2Settings, f: BinaryIO, out: BinaryIO) -> None:
         ber.expect(0x30)  # EncryptedContentInfo
         ber.whole(0x06)
         algorithm = cms.EncryptionAlgorithm.load(ber.whole(0x30))
-        cipher, block = _cipher(algorithm, _content_key(settings, recipients))
+        transport, key = _content_key(settings, recipients)
+        cipher, block = _cipher(algorithm, key)
     except (ValueError, TypeError, KeyError) as exc:
         raise NotStreamable(f"an unreadable envelope: {exc}") from None
     unpadder = padding.PKCS7(block * 8).unpadder()
@@ -434,10 +470,12 @@ def _decrypt(settings: As2Settings, f: BinaryIO, out: BinaryIO) -> None:
         out.write(unpadder.update(cipher.finalize()) + unpadder.finalize())
     except ValueError as exc:
         raise NotStreamable(f"the decrypted content is not padded right: {exc}") from None
+    return transport
 
 
-def _content_key(settings: As2Settings, recipients: cms.RecipientInfos) -> bytes:
-    """The content-encryption key, from the first key-transport recipient our key opens."""
+def _content_key(settings: As2Settings, recipients: cms.RecipientInfos) -> tuple[str, bytes]:
+    """The content-encryption key, from the first key-transport recipient our key opens, and
+    the name of that key transport."""
     key = settings.keys.key
     if not isinstance(key, rsa.RSAPrivateKey):
         raise NotStreamable("our key is not RSA")
@@ -457,7 +495,7 @@ def _content_key(settings: As2Settings, recipients: cms.RecipientInfos) -> bytes
         else:
             continue
         with contextlib.suppress(ValueError):
-            return key.decrypt(transport["encrypted_key"].native, scheme)
+            return name, key.decrypt(transport["encrypted_key"].native, scheme)
     raise NotStreamable("no recipient our key opens")
 
 

@@ -15,10 +15,11 @@ answers (the sender, :meth:`protocols.as2.sender.As2Sender.settle`, judges it).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from email import message_from_bytes
 from email.message import Message as MimeMessage
@@ -99,11 +100,14 @@ def open_message(
     raw: bytes,
     find: Callable[[str, str], Party | None],
     seen: Callable[[str, str], bool],
+    *,
+    decrypted: bool = False,
 ) -> Inbound:
     """Parse one inbound request (HTTP headers and body as one MIME document).
 
     ``find(as2_to, as2_from)`` gives the connection for that pair of AS2 names, or None;
     ``seen(message_id, as2_from)`` tells whether that message was stored before.
+    ``decrypted``: the body is the entity an envelope held, already opened.
     """
     found: list[Party] = []
 
@@ -112,7 +116,11 @@ def open_message(
         if party is None:
             return None, None
         found.append(party)
-        return party.pyas2lib_parties
+        org, partner = party.pyas2lib_parties
+        if decrypted:  # encryption was demanded and found: the envelope is open
+            partner = copy.copy(partner)
+            partner.encrypt = False
+        return org, partner
 
     received = pyas2lib.Message()
     status, (exception, _), mdn = received.parse(
@@ -151,6 +159,13 @@ def _mdn_answer(mdn: pyas2lib.Mdn | None) -> tuple[dict[str, str] | None, bytes 
     return headers, mdn.content, url
 
 
+def header_fields(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """HTTP header fields keyed by their names in lower case: names are case-insensitive
+    (RFC 9110 §5.1), and peers spell them as they like (``AS2-From``, ``As2-From``,
+    ``as2-from``). Everything here and in the gateway looks names up in this form."""
+    return {name.lower(): value for name, value in headers}
+
+
 def open_file(
     headers: Mapping[str, str],
     body: BinaryIO,
@@ -167,7 +182,7 @@ def open_file(
     keep; nothing is left otherwise. Scratch files (decoded and decrypted bodies) go to
     ``scratch`` and are gone when this returns.
     """
-    fields = {name.lower(): value for name, value in headers.items()}
+    fields = header_fields(headers.items())
     as2_from = as2_name(fields.get("as2-from", ""))
     message_id = fields.get("message-id", "").strip().lstrip("<").rstrip(">")
     party = find(as2_name(fields.get("as2-to", "")), as2_from)
@@ -191,7 +206,10 @@ def open_file(
                 out.seek(0)
                 out.truncate()
                 body.seek(0)
-                inbound = open_message(message.raw_http(headers, body.read()), find, seen)
+                if exc.opened is None:
+                    inbound = open_message(message.raw_http(headers, body.read()), find, seen)
+                else:
+                    inbound = _open_decrypted(headers, exc.opened, find, seen)
                 if not inbound.processed or inbound.payload is None:
                     path.unlink()
                     return replace(inbound, fallback=str(exc))
@@ -218,6 +236,29 @@ def open_file(
         mdn_url=mdn_url,
         payload_file=path,
     )
+
+
+def _open_decrypted(
+    headers: Mapping[str, str],
+    entity: bytes,
+    find: Callable[[str, str], Party | None],
+    seen: Callable[[str, str], bool],
+) -> Inbound:
+    """pyas2lib's reading of a message whose envelope the streaming reader opened and pyas2lib
+    cannot (RSAES-OAEP key transport): the decrypted ``entity`` under the request's other
+    headers. Its answer then names the real cause (a signature that does not verify:
+    "authentication-failed"), not pyas2lib's "decryption-failed"."""
+    if BytesHeaderParser().parsebytes(entity).get_content_type() == "text/plain":
+        # No MIME headers: the whole content is the payload, as pyas2lib reads it.
+        entity = b"Content-Type: application/edi-consent\r\n\r\n" + entity
+    outer = {name: value for name, value in headers.items() if name.lower() not in _ENVELOPE}
+    # No blank line after these headers: the entity goes on with its own header block.
+    head = message.raw_http(outer, b"").removesuffix(b"\r\n")
+    return open_message(head + entity, find, seen, decrypted=True)
+
+
+#: The request's headers that describe the envelope, not the entity inside it.
+_ENVELOPE = ("content-type", "content-transfer-encoding", "content-disposition", "content-length")
 
 
 def _mdn(

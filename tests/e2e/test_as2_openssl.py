@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import pki
 from gateway.folders import Layout
@@ -206,3 +207,70 @@ def test_raccord_accepts_a_message_built_by_openssl_and_openssl_verifies_the_mdn
         in report.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         or mic in report
     )
+
+
+def test_an_oaep_message_from_openssl_with_a_bad_signature_is_refused_for_that_reason(
+    tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair
+) -> None:
+    """OpenSSL wraps the key with RSAES-OAEP/SHA-256 (as WebCrypto peers do) and a stranger
+    signs; the header names are all lower case. The receiver opens the envelope, stores
+    nothing, and its MDN (verified by OpenSSL) names the real cause, authentication-failed."""
+    port = free_port()
+    config = write_as2_config(tmp_path, our_keys, partner_keys, receiver_port=port)
+    stranger_key, stranger_cert = files(tmp_path, "stranger", pki.issue("stranger"))
+    _, our_cert = files(tmp_path, "our", our_keys)
+    inner = (
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n"
+        b'Content-Disposition: attachment; filename="FEN1200A_oaep.xml"\r\n\r\n' + INVOICE
+    )
+    signed = openssl(
+        "cms", "-sign", "-binary", "-md", "sha256", "-signer", str(stranger_cert),
+        "-inkey", str(stranger_key), "-outform", "SMIME", data=inner,
+    )  # fmt: skip
+    encrypted = openssl(
+        "cms", "-encrypt", "-binary", "-aes-256-cbc", "-outform", "SMIME", "-recip", str(our_cert),
+        "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256",
+        "-keyopt", "rsa_mgf1_md:sha256", data=signed,
+    )  # fmt: skip
+    head, _, body = encrypted.replace(b"\n", b"\r\n").partition(b"\r\n\r\n")
+    mime_headers = dict(email.message_from_bytes(head + b"\r\n\r\n").items())
+    headers = {
+        name.lower(): value
+        for name, value in (
+            mime_headers
+            | {
+                "AS2-Version": "1.2",
+                "AS2-From": "CTAIFEP",
+                "AS2-To": "MYCOMPANY",
+                "Message-ID": "<openssl-oaep@partner.test>",
+                "Disposition-Notification-To": "as2@partner.test",
+                "Disposition-Notification-Options": (
+                    "signed-receipt-protocol=required, pkcs7-signature; "
+                    "signed-receipt-micalg=required, sha-256"
+                ),
+            }
+        ).items()
+    }
+
+    async def scenario() -> tuple[int, dict[str, str], bytes]:
+        url = f"http://127.0.0.1:{port}/"
+        async with (
+            running(config),
+            aiohttp.ClientSession() as client,
+            client.post(url, data=body, headers=headers) as r,
+        ):
+            return r.status, dict(r.headers.items()), await r.read()
+
+    with capture_logs() as logs:
+        status, answer_headers, mdn = asyncio.run(scenario())
+
+    assert status == 200, mdn
+    assert list(Layout(config.gateway.data_dir).inbox("qualif-as2").iterdir()) == []
+    whole = f"Content-Type: {answer_headers['Content-Type']}\r\n\r\n".encode() + mdn
+    report = openssl(
+        "cms", "-verify", "-inform", "SMIME", "-CAfile", str(our_cert), "-partial_chain", data=whole
+    )
+    assert b"processed/Error: authentication-failed" in report, report
+    (refused,) = [e for e in logs if e["event"] == "as2.refused"]
+    assert refused["reason"] == "authentication-failed" and refused["reader"] == "pyas2lib"

@@ -5,6 +5,7 @@ serving. Interoperability with django-pyas2 and ``openssl cms`` is in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway import pki
@@ -22,7 +25,7 @@ from gateway.journal import JournalDB
 from protocols.as2 import message
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
-from tests.as2_config import build_message, mirror, write_as2_config
+from tests.as2_config import build_message, mirror, respelled_headers, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import running
 
@@ -227,3 +230,56 @@ def test_a_body_over_the_limit_is_refused_while_it_streams_in(
     assert len(stored(config)) == 1
     spool = Layout(config.gateway.data_dir).data_dir / "spool"
     assert [p for p in spool.iterdir() if p.is_file()] == []
+
+
+# Each example starts a gateway: few examples, and no shrinking (the failing spelling is shown).
+@settings(
+    max_examples=6,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.data())
+def test_header_names_in_any_case_are_read_as_the_same_names(
+    our_keys: KeyPair, partner_keys: KeyPair, data: st.DataObject
+) -> None:
+    """RFC 9110 §5.1: a message whose AS2 and MIME header names are spelled in other cases
+    (``As2-From`` as nodemailer writes it, ``MESSAGE-ID``, ``content-type``…) is stored once,
+    byte-identical, and answered with the MDN it asks for; an MDN posted with a lower-case
+    ``content-type`` is taken as an MDN, not as a message."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = write_as2_config(
+            Path(folder), our_keys, partner_keys, receiver_port=free_port(), max_file_size="10KB"
+        )
+        view = partner_view(config, partner_keys, our_keys)
+        sent = build(view, STATUS, "m-case")
+        spelled = replace(sent, headers=data.draw(respelled_headers(sent.headers)))
+        stray_mdn = replace(
+            sent,
+            headers=data.draw(
+                respelled_headers(
+                    {
+                        "Content-Type": "multipart/report; boundary=b; "
+                        "report-type=disposition-notification",
+                        "AS2-From": "CTAIFEP",
+                        "AS2-To": "MYCOMPANY",
+                        "Message-ID": "<mdn-1@partner.test>",
+                    }
+                )
+            ),
+            body=b"--b\r\nContent-Type: message/disposition-notification\r\n\r\n"
+            b"Original-Message-ID: <nobody@raccord.test>\r\n"
+            b"Disposition: automatic-action/MDN-sent-automatically; processed\r\n--b--\r\n",
+        )
+
+        async def scenario() -> tuple[Any, Any]:
+            async with running(config):
+                return await post(config, spelled), await post(config, stray_mdn)
+
+        answer, mdn_answer = asyncio.run(scenario())
+
+        report = judged(view, sent, answer)
+        assert report.outcome == "processed" and report.signed and report.mic == sent.mic
+        (path,) = inbox(config)
+        assert path.read_bytes() == STATUS
+        assert mdn_answer[0] == 400 and b"awaits an MDN" in mdn_answer[2]

@@ -295,3 +295,127 @@ def test_it_reads_a_signed_and_encrypted_smime_message_from_openssl(
     assert inbound.filename == "FEN1200A_ossl.xml"
     assert inbound.mdn_body is not None
     assert f"Received-content-MIC: {sent.mic}, sha384".encode() in inbound.mdn_body
+
+
+def oaep_message(
+    tmp_path: Path,
+    signer: KeyPair | None,
+    our_keys: KeyPair,
+    inner: bytes,
+    message_id: str,
+    oaep: str,
+) -> message.Outgoing:
+    """A message OpenSSL builds: ``inner`` signed by ``signer`` (unsigned if None), then
+    enveloped for us with RSAES-OAEP key transport, its hash and MGF1 hash ``oaep`` (pyas2lib
+    decrypts OAEP with SHA-1 only, as libas2 and WebCrypto peers use SHA-256)."""
+    mine = pki.write_certificates([our_keys.certificate], tmp_path / "our.pem", "pem")
+    entity = inner
+    if signer is not None:
+        key = pki.write_key(signer, tmp_path / "signer.key")
+        cert = pki.write_certificates([signer.certificate], tmp_path / "signer.pem", "pem")
+        entity = openssl(
+            "cms", "-sign", "-binary", "-md", "sha256", "-signer", str(cert), "-inkey", str(key),
+            "-outform", "SMIME", data=inner,
+        )  # fmt: skip
+    encrypted = openssl(
+        "cms", "-encrypt", "-binary", "-aes-256-cbc", "-outform", "SMIME",
+        "-recip", str(mine), "-keyopt", "rsa_padding_mode:oaep",
+        "-keyopt", f"rsa_oaep_md:{oaep}", "-keyopt", f"rsa_mgf1_md:{oaep}", data=entity,
+    )  # fmt: skip
+    head, _, body = encrypted.replace(b"\n", b"\r\n").partition(b"\r\n\r\n")
+    fields = dict(line.split(": ", 1) for line in head.decode().split("\r\n") if ": " in line)
+    return message.Outgoing(
+        f"{message_id}@partner.test",
+        base64.b64encode(hashlib.sha256(inner).digest()).decode(),
+        "sha256",
+        fields
+        | {
+            "AS2-From": "CTAIFEP",
+            "AS2-To": "MYCOMPANY",
+            "Message-ID": f"<{message_id}@partner.test>",
+            "Disposition-Notification-To": "as2@partner.test",
+        },
+        body,
+    )
+
+
+OAEP_HASHES = pytest.mark.parametrize("oaep", ["sha1", "sha256"])
+OSSL_PART = (
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: binary\r\n"
+    b'Content-Disposition: attachment; filename="FEN1200A_oaep.xml"\r\n\r\n' + DATA
+)
+
+
+@OAEP_HASHES
+def test_an_oaep_envelope_from_openssl_is_streamed(
+    tmp_path: Path,
+    sides: tuple[As2Settings, As2Settings],
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    oaep: str,
+) -> None:
+    sent = oaep_message(tmp_path, partner_keys, our_keys, OSSL_PART, "oaep-1", oaep)
+    der = base64.b64decode(sent.body)
+    assert b"rsaesOaep" in openssl("cms", "-cmsout", "-print", "-inform", "DER", data=der)
+    inbound = receive(tmp_path, sides[0], sent)
+    assert inbound.fallback is None, inbound.fallback
+    assert inbound.payload_file is not None and inbound.payload_file.read_bytes() == DATA
+    assert inbound.mdn_body is not None
+    assert f"Received-content-MIC: {sent.mic}, sha256".encode() in inbound.mdn_body
+
+
+@OAEP_HASHES
+def test_an_oaep_envelope_whose_signature_fails_is_answered_authentication_failed(
+    tmp_path: Path, sides: tuple[As2Settings, As2Settings], our_keys: KeyPair, oaep: str
+) -> None:
+    """The envelope opens; the signature is a stranger's. RFC 4130 §7.5.3: the disposition
+    names the real cause, "authentication-failed", not "decryption-failed" (pyas2lib's
+    answer, as it cannot open OAEP), and nothing is stored."""
+    sent = oaep_message(tmp_path, pki.issue("stranger"), our_keys, OSSL_PART, "oaep-2", oaep)
+    inbound = receive(tmp_path, sides[0], sent)
+    assert inbound.fallback == "the signature does not verify"
+    assert not inbound.processed and inbound.detail == "authentication-failed", inbound.error
+    assert inbound.mdn_body is not None and b"authentication-failed" in inbound.mdn_body
+    assert b"decryption-failed" not in inbound.mdn_body
+    assert list((tmp_path / "inbox").iterdir()) == []
+
+
+@OAEP_HASHES
+def test_an_oaep_envelope_without_the_signature_asked_is_insufficient_security(
+    tmp_path: Path, sides: tuple[As2Settings, As2Settings], our_keys: KeyPair, oaep: str
+) -> None:
+    sent = oaep_message(tmp_path, None, our_keys, OSSL_PART, "oaep-3", oaep)
+    inbound = receive(tmp_path, sides[0], sent)
+    assert not inbound.processed and inbound.detail == "insufficient-message-security"
+    assert list((tmp_path / "inbox").iterdir()) == []
+
+
+@OAEP_HASHES
+def test_an_oaep_message_the_streaming_reader_does_not_cover_is_read_all_the_same(
+    tmp_path: Path,
+    sides: tuple[As2Settings, As2Settings],
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    oaep: str,
+) -> None:
+    """A quoted-printable part sends the message to pyas2lib, which cannot open OAEP: it reads
+    the entity the streaming reader decrypted, and the message is stored with its MDN."""
+    document = b"<?xml version='1.0'?>\r\n<Status>Fa=C3=A7ade</Status>\r\n"
+    inner = (
+        b"Content-Type: application/xml\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+        b'Content-Disposition: attachment; filename="FEN1200A_qp.xml"\r\n\r\n' + document
+    )
+    sent = oaep_message(tmp_path, partner_keys, our_keys, inner, "oaep-4", oaep)
+    inbound = receive(tmp_path, sides[0], sent)
+    assert inbound.fallback is not None and "quoted-printable" in inbound.fallback
+    assert inbound.processed, inbound.error
+    assert inbound.payload_file is not None
+    assert (
+        inbound.payload_file.read_bytes()
+        == "<?xml version='1.0'?>\r\n<Status>Façade</Status>\r\n".encode()
+    )
+    assert inbound.filename == "FEN1200A_qp.xml"
+    assert inbound.mdn_body is not None and b"processed" in inbound.mdn_body
+    assert f"Received-content-MIC: {sent.mic}, sha256".encode() in inbound.mdn_body
