@@ -72,25 +72,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway import preflight
+
     config = _load(args)
-    today = datetime.now(UTC).date()
-    print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
+    now = datetime.now(UTC)
+    today = now.date()
+    problems = preflight.prove(config, now)
+    for problem in problems:
+        print(f"raccord: {config.path}: {problem}", file=sys.stderr)
+    if problems:
+        print(
+            f"{config.path}: configuration parses ({len(config.connections)} connection(s)) but "
+            f"{len(problems)} problem(s) would stop it working (on stderr)"
+        )
+    else:
+        print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
     for warning in config.warnings:
         print(f"  warning: {warning}")
-    status = OK
+    status = NOT_RIGHT if problems else OK
     for conn in config.connections:
         unusable = conn.unusable_reason(today)
+        own = [p for p in problems if p.key.startswith(f"connection[{conn.name}].")]
         connected = ", ".join(
             f"{code}={mode.value}"
             for code, mode in conn.interfaces.items()
             if mode is not Mode.NONE
         )
         state = "usable" if unusable is None else f"not usable: {unusable[1]}"
+        if own and unusable is None:
+            state = f"not usable: {own[0].message}"
         print(
             f"  {conn.name}: {conn.protocol} {conn.environment}, {state}; "
             f"interfaces: {connected or 'none connected'}"
         )
-        if args.connect and unusable is None:
+        if args.connect and unusable is None and not own:
             ok, message = asyncio.run(_connect(conn))
             print(f"    connect: {'ok' if ok else 'FAILED'} — {message}")
             if not ok:
@@ -350,8 +365,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
     output.render(records, CERT_COLUMNS, _fmt(args))
     troubled = [r for r in records if r["state"] != "valid" or r["chain_problems"]]
     for record in troubled:
+        where = f" in {record['file']}" if record["file"] else ""
         print(
-            f"raccord: {record['connection']}: {record['role']} certificate {record['subject']}: "
+            f"raccord: {record['connection']}: {record['role']} certificate {record['subject']}"
+            f"{where}: "
             + (record["state"] if record["state"] != "valid" else "")
             + (f" ({record['days_left']} days left)" if record["state"] == "expiring" else "")
             + (f" chain: {record['chain_problems']}" if record["chain_problems"] else ""),
