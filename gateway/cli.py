@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 from flows import codes
 from flows.analysis import Analysis, analyze
 from gateway import config as config_module
+from gateway import listing as flowlist
 from gateway import logs, output
 from gateway.config import Config, ConfigError, Connection, Mode, State
 from gateway.folders import Layout
@@ -47,7 +48,7 @@ def _fmt(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon import Gateway
+    from gateway.daemon import Gateway, StartupError
 
     config = _load(args)
     logs.configure(background=True)
@@ -63,6 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except StartupError as exc:
+        logs.get().error("gateway.start_failed", message=str(exc))
+        logs.flush()
+        print(f"raccord: {config.path}: {exc}", file=sys.stderr)
+        return USAGE
     finally:
         logs.flush()
     return OK
@@ -258,21 +264,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # -- flows --------------------------------------------------------------------------------------
 
-FLOW_COLUMNS = [
-    "flow_id",
-    "state",
-    "connection",
-    "original_name",
-    "lot_id",
-    "interface_code",
-    "invoice_number",
-    "remote_name",
-    "attempts",
-    "reason",
-    "message",
-    "return_status",
-    "updated_at",
-]
 RETURN_COLUMNS = [
     "return_id",
     "state",
@@ -285,25 +276,6 @@ RETURN_COLUMNS = [
 ]
 
 
-def _return_status(invoices: list[dict[str, Any]]) -> str | None:
-    """One line for the flow's invoices, as the return flows left them."""
-    if not invoices:
-        return None
-    if len(invoices) == 1:
-        invoice = invoices[0]
-        if invoice["rejected"]:
-            return "rejected (collateral)" if invoice["collateral"] else "rejected"
-        if invoice["status_code"]:
-            return f"{invoice['status_code']} {invoice['status_label'] or ''}".strip()
-        return None
-    rejected = sum(1 for i in invoices if i["rejected"])
-    collateral = sum(1 for i in invoices if i["collateral"])
-    if rejected:
-        return f"{rejected}/{len(invoices)} rejected ({collateral} collateral)"
-    codes = Counter(i["status_code"] for i in invoices if i["status_code"])
-    return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
-
-
 def _journal(config: Config) -> JournalDB:
     layout = Layout(config.gateway.data_dir)
     if not layout.journal.exists():
@@ -313,35 +285,69 @@ def _journal(config: Config) -> JournalDB:
 
 def cmd_flows(args: argparse.Namespace) -> int:
     config = _load(args)
+    fmt = _fmt(args)
+    now = datetime.now(UTC)
+    since = None if args.since is None else flowlist.parse_when("--since", args.since, now)
+    until = None if args.until is None else flowlist.parse_when("--until", args.until, now)
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: expected 0 (all) or a positive number")
     db = _journal(config)
     try:
+        if args.connection:
+            flowlist.check_connection(args.connection, [c.name for c in config.connections], db)
         if args.returns:
             found = db.returns(state=args.return_state, connection=args.connection)
-            output.render(found, RETURN_COLUMNS, _fmt(args))
+            output.render(found, RETURN_COLUMNS, fmt)
             return OK
-        rows = db.search(
-            connection=args.connection,
-            state=args.state,
-            since=args.since,
-            until=args.until,
-            invoice=args.invoice,
-            flow=args.flow,
-            status=args.status,
-        )
-        listed = []
-        for row in rows:
-            # A lot's invoices, or a dropped file's own invoice wherever it travelled.
-            invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
-            data = row.to_dict()
-            data["return_status"] = _return_status(invoices)
-            if args.flow:  # one flow asked for: its invoices and status history too
-                data["invoices"] = invoices
-                data["statuses"] = db.statuses(row.flow_id)
-            listed.append(data)
+        if args.flow and fmt == "table":
+            row = db.get(args.flow)
+            if row is None:
+                raise UsageError(f"--flow {args.flow}: no such flow in the journal")
+            flowlist.write_flow(db, row, sys.stdout)
+            return OK
+        _list_flows(args, db, fmt, since, until)
     finally:
         db.close()
-    output.render(listed, FLOW_COLUMNS, _fmt(args))
     return OK
+
+
+def _list_flows(
+    args: argparse.Namespace, db: JournalDB, fmt: str, since: str | None, until: str | None
+) -> None:
+    """The flows matching the filters: streamed as JSON or CSV, the latest in a table."""
+    implicit = args.limit is None and fmt == "table"
+    limit = flowlist.TABLE_LIMIT if implicit else (args.limit or 0)
+    filters: dict[str, Any] = {
+        "connection": args.connection,
+        "state": args.state,
+        "since": since,
+        "until": until,
+        "invoice": args.invoice,
+        "flow": args.flow,
+        "status": args.status,
+    }
+    if fmt == "table":
+        rows = db.each(**filters, limit=limit + 1 if limit else None, newest_first=True)
+        flowlist.write_table(db, rows, limit, sys.stdout, implicit=implicit)
+        return
+    # Oldest first, as exports always were; with --limit, the latest N (still oldest first).
+    if limit:
+        latest = list(db.each(**filters, limit=limit, newest_first=True))
+        records = flowlist.records(db, reversed(latest))
+    else:
+        records = flowlist.records(db, db.each(**filters))
+    if args.flow:  # one flow asked for: its invoices and status history too
+        records = (_with_history(db, record) for record in records)
+    output.render(records, flowlist.FLOW_COLUMNS, fmt)
+
+
+def _with_history(db: JournalDB, record: dict[str, Any]) -> dict[str, Any]:
+    flow_id = record["flow_id"]
+    row = db.get(flow_id)
+    assert row is not None
+    record["invoices"] = db.invoices(flow_id) if row.packaging else db.carried(flow_id)[-1:]
+    record["statuses"] = db.statuses(flow_id)
+    return record
 
 
 # -- certs --------------------------------------------------------------------------------------
@@ -501,8 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flows", parents=[common, listing], help="list flows from the journal")
     p.add_argument("--connection")
     p.add_argument("--state", choices=STATES)
-    p.add_argument("--since", help="ISO date or time (UTC), inclusive")
-    p.add_argument("--until", help="ISO date or time (UTC), exclusive")
+    p.add_argument(
+        "--since", help="ISO 8601 date or time (UTC unless an offset is given), or 1h, 7d…"
+    )
+    p.add_argument("--until", help="exclusive; same forms as --since")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help=f"the latest N flows (table default {flowlist.TABLE_LIMIT}; 0: all)",
+    )
     p.add_argument("--invoice", help="invoice number")
     p.add_argument(
         "--status", help="invoice status code from return flows (e.g. 05), rejected or collateral"
@@ -549,11 +563,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, flowlist.FilterError) as exc:
         print(f"raccord: {exc}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (flows … | head -1): its choice, not an error. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return OK
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -43,6 +44,25 @@ log = logs.get()
 REQUEUE_POLL = 2.0
 #: How often certificates are checked against ``[gateway] warn_days`` (and logged).
 CERTIFICATE_CHECK = 24 * 3600.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured (a folder it cannot write, an address taken): one
+    sentence naming the key and what to do. ``raccord run`` prints it and exits 2."""
+
+
+async def _listening(start: Awaitable[None], key: str, host: str, port: int) -> None:
+    """Run a server's ``start``; an address it cannot take is a :class:`StartupError`."""
+    try:
+        await start
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "already in use by another program (ss -ltnp shows which)"
+        elif exc.errno == errno.EACCES:
+            why = "a port this user may not listen on (use a port >= 1024)"
+        else:
+            why = f"not available ({exc.strerror or exc})"
+        raise StartupError(f"{key}: {host}:{port} is {why}; choose another address") from None
 
 
 class Gateway:
@@ -75,9 +95,22 @@ class Gateway:
         names = [conn.name for conn in config.connections]
         for warning in config.warnings:
             log.warning("config.warning", message=warning)
-        self.layout.create(names)
+        data_dir = config.gateway.data_dir
+        try:
+            self.layout.create(names)
+        except OSError as exc:
+            raise StartupError(
+                f"gateway.data_dir: cannot create the folders in {data_dir} "
+                f"({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
+                "make it writable by the daemon's user (under systemd: ReadWritePaths=)"
+            ) from None
         journal = Journal(self.layout.journal)
-        await journal.open()
+        try:
+            await journal.open()
+        except Exception as exc:
+            raise StartupError(
+                f"gateway.data_dir: the journal {self.layout.journal} cannot be opened ({exc})"
+            ) from None
         async with AsyncExitStack() as stack:
             stack.push_async_callback(journal.close)
             stack.push_async_callback(self._close_senders)
@@ -171,7 +204,12 @@ class Gateway:
                 receiver = As2Receiver(
                     config, journal, settle=dispatcher.settle, alerts=self.alerts
                 )
-                await receiver.start()
+                await _listening(
+                    receiver.start(),
+                    "as2_receiver.listen",
+                    config.as2_receiver.host,
+                    config.as2_receiver.port,
+                )
                 self.as2_receiver = receiver
         elif self.as2_receiver is not None:
             self.as2_receiver.reconfigure(config)
@@ -192,7 +230,7 @@ class Gateway:
                         "dispatcher": lambda: self._dispatcher_health(dispatcher),
                     },
                 )
-                await server.start()
+                await _listening(server.start(), "gateway.metrics", host, port)
                 self.metrics_server = server
 
     async def _stop_servers(self) -> None:
