@@ -408,6 +408,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                 print(f"raccord: {path}: no such file", file=sys.stderr)
                 status = NOT_RIGHT
                 continue
+            refusal = _no_return_flow(path, connection)
+            if refusal:
+                print(f"raccord: {path}: {refusal}; nothing imported", file=sys.stderr)
+                status = NOT_RIGHT
+                continue
             outcome = returns.receive(
                 db, layout, connection, path, resubmit=returns.resubmitting(config)
             )
@@ -424,11 +429,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     return status
 
 
+def _no_return_flow(path: Path, connection: str) -> str | None:
+    """Why ``path`` is no return flow (an invoice, or no document at all), or None."""
+    from flows.returns import Kind, parse
+
+    analysis = analyze(path)
+    if analysis.interface_code:
+        return (
+            f"this is an invoice ({analysis.format.value}, {analysis.interface_code}), not a "
+            f"return flow: to send it, drop it in outbox/{connection}/"
+        )
+    parsed = parse(path)
+    if parsed.kind is Kind.UNREADABLE:
+        why = "; ".join(parsed.unrecognised) or "unreadable"
+        return f"not a return flow ({why})"
+    return None
+
+
 # -- retry --------------------------------------------------------------------------------------
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.dispatcher import requeue
+    from gateway.dispatcher import CannotSucceed, requeue
 
     config = _load(args)
     if not args.flows and not args.failed:
@@ -440,6 +462,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
         for flow_id in flow_ids:
             try:
                 print(requeue(db, flow_id, force=args.force))
+            except CannotSucceed as exc:
+                print(f"raccord: {exc.args[0]}", file=sys.stderr)
+                # --failed takes back what may now succeed; the rest is said, not an error.
+                status = status if not args.flows else NOT_RIGHT
             except LookupError as exc:
                 print(f"raccord: {exc.args[0]}", file=sys.stderr)
                 status = NOT_RIGHT
@@ -466,9 +492,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+class _Version(argparse.Action):
+    """``--version``: :func:`gateway.version.describe`, as written (several lines)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from gateway import version
+
+        print(version.describe())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raccord", description="Gateway between your systems and Chorus Pro."
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="the version of raccord and its components"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -218,3 +218,12 @@ def statuses(config: config_module.Config, flow_id: str) -> list[dict[str, Any]]
         return db.statuses(flow_id)
     finally:
         db.close()
+
+
+def test_version_names_raccord_and_its_components(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    first, *others = capsys.readouterr().out.splitlines()
+    assert first.startswith("raccord ") and first != "raccord unknown"
+    assert any(line.startswith("  python 3.") for line in others)
