@@ -474,6 +474,30 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return status
 
 
+# -- purge --------------------------------------------------------------------------------------
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from gateway import retention
+
+    config = _load(args)
+    now = datetime.now(UTC)
+    cutoff = datetime.fromisoformat(flowlist.parse_when("--before", args.before, now))
+    refusal = retention.too_recent(cutoff, now)
+    if refusal:
+        raise UsageError(f"--before {args.before}: {refusal}")
+    db = _journal(config)
+    try:
+        purged = retention.purge(db, cutoff, with_files=args.files)
+    finally:
+        db.close()
+    print(
+        f"purged {purged.flows} flow(s) and {purged.returns} return(s) filed before "
+        f"{cutoff:%Y-%m-%d %H:%M} UTC" + (f"; {purged.files} file(s) deleted" if args.files else "")
+    )
+    return OK
+
+
 # -- simulate / demo ----------------------------------------------------------------------------
 
 
@@ -588,6 +612,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="every flow in error")
     p.add_argument("--force", action="store_true", help="send even if it is a duplicate")
     p.set_defaults(handler=cmd_retry)
+    p = sub.add_parser(
+        "purge", parents=[common], help="forget flows filed before a date (see [gateway] retention)"
+    )
+    p.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="ISO 8601 date or time, or a duration back from now (400d); at least 90 days ago",
+    )
+    p.add_argument(
+        "--files", action="store_true", help="also delete their files in sent/ and inbox/"
+    )
+    p.set_defaults(handler=cmd_purge)
     p = sub.add_parser("simulate", parents=[common], help="run the partner simulator alone")
     p.add_argument("--dir", help="folder for its files (default: a temporary folder)")
     p.set_defaults(handler=cmd_simulate)

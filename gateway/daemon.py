@@ -19,10 +19,12 @@ import errno
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from typing import Any
 
 from gateway import certificates, logs
 from gateway import config as config_module
+from gateway import retention as retention_module
 from gateway.alerts import Alerter
 from gateway.as2_receiver import As2Receiver
 from gateway.config import Config, ConfigError, Connection
@@ -42,6 +44,8 @@ log = logs.get()
 #: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
 #: acknowledgement is overdue.
 REQUEUE_POLL = 2.0
+#: How often flows older than [gateway] retention are looked for.
+RETENTION_PERIOD = 3600.0
 #: How often certificates are checked against ``[gateway] warn_days`` (and logged).
 CERTIFICATE_CHECK = 24 * 3600.0
 
@@ -148,6 +152,7 @@ class Gateway:
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
                     group.create_task(self._certificate_loop(stopping))
+                    group.create_task(self._retention_loop(journal, stopping))
                     group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
@@ -370,6 +375,39 @@ class Gateway:
             notify(f"STATUS=in flight: {dispatcher.busy}")
             return
         notify(f"STATUS=queue: {depth} flow(s) not yet filed, {dispatcher.busy} in flight")
+
+    async def _retention_loop(self, journal: Journal, stopping: asyncio.Event) -> None:
+        """``[gateway] retention``: purge flows filed longer ago, hourly, batch by batch (see
+        :mod:`gateway.retention`); the configuration is read afresh at each round (reload)."""
+        while not stopping.is_set():
+            settings = self.config.gateway
+            if settings.retention is not None:
+                try:
+                    await self._purge(journal, settings.retention, settings.retention_files)
+                except Exception:  # the disk, a bug: never the end of the daemon
+                    log.exception("journal.purge_failed", action="trying again in an hour")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+
+    async def _purge(self, journal: Journal, retention: float, with_files: bool) -> None:
+        cutoff = (self._now() - timedelta(seconds=retention)).isoformat(timespec="milliseconds")
+        total = retention_module.Purged()
+        after: str | None = ""
+        while after is not None:
+            batch = await journal.call(
+                Call(retention_module.purge_batch, cutoff, after, with_files)
+            )
+            removed = await asyncio.to_thread(retention_module.remove_files, batch.files)
+            total.add(retention_module.Purged(batch.flows, batch.returns, removed))
+            after = batch.after
+        if total.flows or total.returns:
+            log.info(
+                "journal.purged",
+                before=cutoff,
+                flows=total.flows,
+                returns=total.returns,
+                files=total.files,
+            )
 
     async def _certificate_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -5,6 +5,7 @@ the key at fault (a JSON ``gateway.start_failed`` line on stdout for the journal
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +23,33 @@ def run(config: Path) -> tuple[int, str, str]:
         check=False,
     )
     return done.returncode, done.stdout, done.stderr
+
+
+def test_under_journald_each_line_carries_its_priority(tmp_path: Path) -> None:
+    """With stdout the journal stream systemd names in JOURNAL_STREAM, each JSON line starts
+    with <N> (journald's priority prefix): journalctl -p err shows the errors."""
+    (tmp_path / "plain-file").write_text("")
+    path = tmp_path / "raccord.toml"
+    path.write_text(memory_config_text(tmp_path / "plain-file" / "data", "journald"))
+    log = tmp_path / "stdout"
+    with log.open("w") as stdout:
+        found = os.fstat(stdout.fileno())
+        environment = {**os.environ, "JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"}
+        subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+    lines = log.read_text().splitlines()
+    [failed] = [line for line in lines if "gateway.start_failed" in line]
+    assert failed.startswith('<3>{"')
+    assert json.loads(failed[3:])["level"] == "error"
+    # Elsewhere (a terminal, a file the operator chose): plain JSON lines.
+    _, out, _ = run(path)
+    assert all(line.startswith("{") for line in out.splitlines())
 
 
 def test_a_metrics_address_in_use_is_one_sentence(tmp_path: Path) -> None:
