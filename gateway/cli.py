@@ -14,10 +14,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows import codes
-from flows.analysis import Analysis, analyze
 from gateway import config as config_module
 from gateway import listing as flowlist
 from gateway import logs, output
@@ -27,6 +26,9 @@ from gateway.journal import STATES, JournalDB
 from protocols import registry
 from protocols.errors import TransferError
 from protocols.settings import nearest
+
+if TYPE_CHECKING:
+    from flows.analysis import Analysis
 
 OK, NOT_RIGHT, USAGE = 0, 1, 2
 
@@ -220,6 +222,8 @@ def _routing(result: Analysis, config: Config) -> dict[str, Any]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from flows.analysis import analyze
+
     config = _load(args) if args.config else None
     records = []
     status = OK
@@ -327,15 +331,15 @@ def _list_flows(
         "status": args.status,
     }
     if fmt == "table":
-        rows = db.each(**filters, limit=limit + 1 if limit else None, newest_first=True)
+        rows = db.each_row(**filters, limit=limit + 1 if limit else None, newest_first=True)
         flowlist.write_table(db, rows, limit, sys.stdout, implicit=implicit)
         return
     # Oldest first, as exports always were; with --limit, the latest N (still oldest first).
     if limit:
-        latest = list(db.each(**filters, limit=limit, newest_first=True))
+        latest = list(db.each_row(**filters, limit=limit, newest_first=True))
         records = flowlist.records(db, reversed(latest))
     else:
-        records = flowlist.records(db, db.each(**filters))
+        records = flowlist.records(db, db.each_row(**filters))
     if args.flow:  # one flow asked for: its invoices and status history too
         records = (_with_history(db, record) for record in records)
     output.render(records, flowlist.FLOW_COLUMNS, fmt)
@@ -431,6 +435,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _no_return_flow(path: Path, connection: str) -> str | None:
     """Why ``path`` is no return flow (an invoice, or no document at all), or None."""
+    from flows.analysis import analyze
     from flows.returns import Kind, parse
 
     analysis = analyze(path)

@@ -945,6 +945,34 @@ class JournalDB:
     ) -> Iterator[FlowRow]:
         """:meth:`search`, one row at a time (a listing of a million flows holds one row);
         ``newest_first`` with ``limit``: the latest ``limit`` flows."""
+        for row in self.each_row(
+            connection=connection,
+            state=state,
+            since=since,
+            until=until,
+            invoice=invoice,
+            flow=flow,
+            status=status,
+            limit=limit,
+            newest_first=newest_first,
+        ):
+            yield FlowRow.of(row)
+
+    def each_row(
+        self,
+        *,
+        connection: str | None = None,
+        state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        invoice: str | None = None,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> Iterator[sqlite3.Row]:
+        """:meth:`each` as the database's rows (the listings: a FlowRow per row of a
+        million-flow export costs more than the export itself)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in (
@@ -974,8 +1002,10 @@ class JournalDB:
         sql = f"SELECT * FROM flows{where} ORDER BY created_at {order}"  # noqa: S608 - fixed
         if limit:
             sql += f" LIMIT {int(limit)}"
-        for row in self._db.execute(sql, params):
-            yield FlowRow.of(row)
+        # Not ``yield from``: closing this generator (a reader that stopped) would close the
+        # cursor, which fails once the journal itself is closed.
+        for row in self._db.execute(sql, params):  # noqa: UP028 - see above
+            yield row
 
     def has_connection(self, connection: str) -> bool:
         """Whether any flow of ``connection`` is in the journal (one removed from the
@@ -985,12 +1015,12 @@ class JournalDB:
         ).fetchone()
         return row is not None
 
-    def invoices_of(self, rows: Sequence[FlowRow]) -> dict[str, list[dict[str, Any]]]:
+    def invoices_of(self, rows: Sequence[sqlite3.Row]) -> dict[str, list[dict[str, Any]]]:
         """For a page of listed flows: a lot's invoices, or a dropped file's own invoice where
         it travelled last (as :meth:`invoices` and ``carried(...)[-1:]``), in two queries."""
-        lots = [row.flow_id for row in rows if row.packaging]
-        dropped = [row.flow_id for row in rows if not row.packaging]
-        found: dict[str, list[dict[str, Any]]] = {row.flow_id: [] for row in rows}
+        lots = [row["flow_id"] for row in rows if row["packaging"]]
+        dropped = [row["flow_id"] for row in rows if not row["packaging"]]
+        found: dict[str, list[dict[str, Any]]] = {row["flow_id"]: [] for row in rows}
         if lots:
             marks = ",".join("?" * len(lots))
             for item in self._db.execute(

@@ -10,7 +10,9 @@ flows unless ``--limit`` says otherwise, and says so when it cuts.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -106,19 +108,26 @@ def return_status(invoices: list[dict[str, Any]]) -> str | None:
     return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
 
 
-def records(db: JournalDB, rows: Iterable[FlowRow]) -> Iterator[dict[str, Any]]:
-    """Each flow as listed, with its return status: a page of rows in memory at a time."""
+def records(db: JournalDB, rows: Iterable[sqlite3.Row]) -> Iterator[dict[str, Any]]:
+    """Each flow as listed (:meth:`FlowRow.to_dict`'s keys), with its return status: a page of
+    rows in memory at a time."""
     iterator = iter(rows)
     while page := list(itertools.islice(iterator, PAGE)):
         invoices = db.invoices_of(page)
         for row in page:
-            data = row.to_dict()
-            data["return_status"] = return_status(invoices[row.flow_id])
+            data = dict(row)
+            data["receipt"] = json.loads(data["receipt"]) if data["receipt"] else None
+            data["return_status"] = return_status(invoices[data["flow_id"]])
             yield data
 
 
 def write_table(
-    db: JournalDB, rows: Iterator[FlowRow], limit: int, stream: TextIO, *, implicit: bool
+    db: JournalDB,
+    rows: Iterator[sqlite3.Row],
+    limit: int,
+    stream: TextIO,
+    *,
+    implicit: bool,
 ) -> None:
     """The latest ``limit`` rows (``rows`` newest first, one more than ``limit`` asked), oldest
     first, and a line saying when more matched."""
