@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -284,7 +285,10 @@ def _journal(config: Config) -> JournalDB:
     layout = Layout(config.gateway.data_dir)
     if not layout.journal.exists():
         raise UsageError(f"no journal at {layout.journal}: has raccord run with this data_dir?")
-    return JournalDB(layout.journal)
+    try:
+        return JournalDB(layout.journal)
+    except (sqlite3.Error, OSError, RuntimeError) as exc:  # unreadable, damaged, too new
+        raise UsageError(f"the journal {layout.journal} cannot be opened: {exc}") from None
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
@@ -656,6 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return OK
+    except OSError as exc:  # the file system refused: say which file, not where in raccord
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"raccord: {where}{exc.strerror or exc}", file=sys.stderr)
+        return NOT_RIGHT
 
 
 if __name__ == "__main__":

@@ -152,3 +152,16 @@ def test_a_reader_that_stops_reading_is_no_error(tmp_path: Path) -> None:
         err = process.stderr.read().decode()
         status = process.wait(timeout=60)
     assert (status, err) == (0, "")
+
+
+def test_a_journal_that_cannot_be_opened_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = memory_config(tmp_path, "damaged")
+    journal = Layout(config.gateway.data_dir).journal
+    journal.parent.mkdir(parents=True)
+    journal.write_bytes(b"this is not a database" * 100)
+    status, out, err = flows(config, capsys)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"raccord: the journal {journal} cannot be opened: ")
+    assert err.count("\n") == 1
