@@ -3,6 +3,7 @@ folders or addresses cannot work is exit 1, each problem one sentence naming key
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from datetime import UTC, datetime, timedelta
@@ -11,10 +12,12 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from gateway import pki
+from gateway import pki, preflight
 from gateway.cli import main
 from protocols.certs import KeyPair
 from tests.as2_config import write_as2_config
+from tests.e2e.sshd import free_port
+from tests.gateway.harness import memory_config, running
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "raccord.example.toml"
 
@@ -149,3 +152,18 @@ def test_a_listen_address_held_by_another_program_is_named(
     assert f"gateway.metrics: 127.0.0.1:{port} is already in use by another program" in line
     status, _, err = checked(path, capsys)  # freed
     assert (status, err) == (0, [])
+
+
+def test_the_address_of_the_running_daemon_is_no_problem(tmp_path: Path) -> None:
+    """During a reload (ExecReload runs check), the daemon itself holds its addresses."""
+    config = memory_config(
+        tmp_path,
+        "check-running",
+        gateway_extra=f'metrics = "127.0.0.1:{free_port()}"',
+    )
+
+    async def main() -> list[preflight.Problem]:
+        async with running(config):
+            return await asyncio.to_thread(preflight.listen_problems, config)
+
+    assert asyncio.run(main()) == []
