@@ -392,7 +392,7 @@ class Gateway:
     async def _purge(self, journal: Journal, retention: float, with_files: bool) -> None:
         cutoff = (self._now() - timedelta(seconds=retention)).isoformat(timespec="milliseconds")
         total = retention_module.Purged()
-        after: str | None = ""
+        after: tuple[str, str] | None = retention_module.START
         while after is not None:
             batch = await journal.call(
                 Call(retention_module.purge_batch, cutoff, after, with_files)

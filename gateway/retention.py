@@ -37,8 +37,9 @@ MINIMUM = timedelta(days=90)
 BATCH = 500
 
 _CANDIDATES = """
-SELECT f.flow_id, f.state, f.final_path, f.packaging FROM flows f
-WHERE f.flow_id > :after AND f.state IN ('sent', 'error', 'packed') AND f.updated_at < :cutoff
+SELECT f.flow_id, f.created_at, f.state, f.final_path, f.packaging FROM flows f
+WHERE f.created_at < :cutoff AND (f.created_at, f.flow_id) > (:after_at, :after_id)
+  AND f.state IN ('sent', 'error', 'packed') AND f.updated_at < :cutoff
   AND NOT EXISTS (
     SELECT 1 FROM statuses s JOIN returns r USING (return_id)
     WHERE s.flow_id = f.flow_id AND r.received_at >= :cutoff)
@@ -48,8 +49,10 @@ WHERE f.flow_id > :after AND f.state IN ('sent', 'error', 'packed') AND f.update
   AND NOT EXISTS (
     SELECT 1 FROM flows l WHERE l.flow_id = f.lot_id
     AND (l.state NOT IN ('sent', 'error') OR l.updated_at >= :cutoff))
-  AND NOT EXISTS (SELECT 1 FROM flows m WHERE m.lot_id = f.flow_id AND m.state <> 'packed')
-ORDER BY f.flow_id LIMIT :batch
+  AND NOT EXISTS (
+    -- By the index always: most flows have no lot, and statistics then make it look useless.
+    SELECT 1 FROM flows m INDEXED BY flows_lot WHERE m.lot_id = f.flow_id AND m.state <> 'packed')
+ORDER BY f.created_at, f.flow_id LIMIT :batch
 """
 
 _OLD_RETURNS = """
@@ -77,12 +80,12 @@ class Purged:
 @dataclass(frozen=True)
 class Batch:
     """One batch's outcome: what it removed, the files to delete once it is committed, and
-    where the next batch starts (None: done)."""
+    where the next batch starts (the last flow's creation time and id; None: done)."""
 
     flows: int
     returns: int
     files: tuple[str, ...]
-    after: str | None
+    after: tuple[str, str] | None
 
 
 def too_recent(cutoff: datetime, now: datetime) -> str | None:
@@ -95,14 +98,20 @@ def too_recent(cutoff: datetime, now: datetime) -> str | None:
     return None
 
 
-def purge_batch(db: JournalDB, cutoff: str, after: str, with_files: bool) -> Batch:
-    """Remove the next batch of purgeable flows (flow ids above ``after``), then, once the
-    flows are done, a batch of old returns; one transaction. Runs in the journal process
+#: Where the first batch starts.
+START = ("", "")
+
+
+def purge_batch(db: JournalDB, cutoff: str, after: tuple[str, str], with_files: bool) -> Batch:
+    """Remove the next batch of purgeable flows (created after ``after``, in creation order:
+    the creation-time index keeps each batch to the flows older than the cut-off), then, once
+    the flows are done, a batch of old returns; one transaction. Runs in the journal process
     (daemon) or directly (``raccord purge``)."""
     connection = db._db  # the journal's own module: its connection, one transaction
     with db.transaction():
         rows = connection.execute(
-            _CANDIDATES, {"after": after, "cutoff": cutoff, "batch": BATCH}
+            _CANDIDATES,
+            {"after_at": after[0], "after_id": after[1], "cutoff": cutoff, "batch": BATCH},
         ).fetchall()
         doomed = [
             row["flow_id"]
@@ -137,7 +146,8 @@ def purge_batch(db: JournalDB, cutoff: str, after: str, with_files: bool) -> Bat
                 returns = len(ids)
                 if with_files:
                     files += [row["inbox_path"] for row in old]
-    after_next = rows[-1]["flow_id"] if rows else (after if returns else None)
+    last = (rows[-1]["created_at"], rows[-1]["flow_id"]) if rows else None
+    after_next = last or (after if returns else None)
     return Batch(len(doomed), returns, tuple(files), after_next)
 
 
@@ -159,7 +169,7 @@ def purge(db: JournalDB, cutoff: datetime, *, with_files: bool) -> Purged:
     """Every batch until nothing is left to purge before ``cutoff`` (``raccord purge``)."""
     total = Purged()
     stamp = cutoff.isoformat(timespec="milliseconds")
-    after: str | None = ""
+    after: tuple[str, str] | None = START
     while after is not None:
         batch = purge_batch(db, stamp, after, with_files)
         total.add(Purged(batch.flows, batch.returns, remove_files(batch.files)))
