@@ -59,7 +59,10 @@ def parse_when(flag: str, value: str, now: datetime) -> str:
     """
     relative = _RELATIVE.match(value)
     if relative:
-        moment = now - timedelta(seconds=int(relative.group(1)) * _UNITS[relative.group(2)])
+        try:
+            moment = now - timedelta(seconds=int(relative.group(1)) * _UNITS[relative.group(2)])
+        except OverflowError:
+            raise FilterError(f"{flag} {value!r}: further back than any date") from None
     else:
         try:
             moment = datetime.fromisoformat(value.strip())
@@ -71,7 +74,10 @@ def parse_when(flag: str, value: str, now: datetime) -> str:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    try:
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before the first UTC instant
+        raise FilterError(f"{flag} {value!r}: outside the dates a journal can hold") from None
 
 
 def check_connection(name: str, configured: Sequence[str], db: JournalDB) -> None:

@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.cli import main
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import JournalDB
-from gateway.listing import TABLE_LIMIT
+from gateway.listing import TABLE_LIMIT, FilterError, parse_when
 from tests.gateway.harness import memory_config
 
 
@@ -165,3 +167,20 @@ def test_a_journal_that_cannot_be_opened_is_one_sentence(
     assert (status, out) == (2, "")
     assert err.startswith(f"raccord: the journal {journal} cannot be opened: ")
     assert err.count("\n") == 1
+
+
+@given(st.text(max_size=40) | st.from_regex(r"\A\s*\d{1,30}\s*(s|m|min|h|d|w)\s*\Z"))
+@example("0001-01-01T00:00+14:00")
+@example("99999999999d")
+@settings(max_examples=300, deadline=None)
+def test_any_date_text_is_a_time_or_a_filter_error(text: str) -> None:
+    """Whatever the operator types after --since: a time the journal's can be compared with,
+    or the one-sentence FilterError — never another exception (a traceback)."""
+    now = datetime.now(UTC)
+    try:
+        stamp = parse_when("--since", text, now)
+    except FilterError as exc:
+        assert str(exc).startswith(f"--since {text!r}: ")  # noqa: PT017 - any text, not one
+        return
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.tzinfo is not None and stamp.endswith("+00:00")
