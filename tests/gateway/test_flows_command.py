@@ -184,3 +184,9 @@ def test_any_date_text_is_a_time_or_a_filter_error(text: str) -> None:
         return
     parsed = datetime.fromisoformat(stamp)
     assert parsed.tzinfo is not None and stamp.endswith("+00:00")
+
+
+def test_a_negative_limit_is_exit_2(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = flows(config, capsys, "--limit", "-1")
+    assert (status, out) == (2, "")
+    assert err == "raccord: --limit -1: expected 0 (all) or a positive number\n"
