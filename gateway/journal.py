@@ -421,12 +421,11 @@ class JournalDB:
         scrape cost more than the scrape interval allows, so the counts are kept by triggers
         as flows are recorded, change state or are purged."""
         self._db.execute("CREATE INDEX IF NOT EXISTS flows_created ON flows(created_at)")
-        known = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='flow_counts'"
-        ).fetchone()
-        if known:
+        if self._has_counters():
             return
         with self.transaction():
+            if self._has_counters():  # another process (the daemon, a command) was first
+                return
             for statement in _COUNTERS.split(";\n\n"):
                 if statement.strip():
                     self._db.execute(statement)
@@ -439,6 +438,12 @@ class JournalDB:
                 " SELECT f.connection, s.code, COUNT(*) FROM statuses s"
                 " JOIN flows f ON f.flow_id = s.flow_id GROUP BY f.connection, s.code"
             )
+
+    def _has_counters(self) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='flow_counts'"
+        ).fetchone()
+        return found is not None
 
     def close(self) -> None:
         self._db.close()
