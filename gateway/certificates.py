@@ -28,28 +28,59 @@ class InUse:
     role: str
     certificate: x509.Certificate
     source: Path | None
+    key: str = ""  # the configuration key naming ``source``, e.g. connection[x].as2.certificate
 
 
 def in_use(config: Config) -> Iterator[InUse]:
+    """Every certificate of the configuration, with the file it was read from.
+
+    Raises:
+        certs.CertificateProblem: a TLS certificate file cannot be read.
+    """
     for conn in config.connections:
         settings = conn.settings
+        where = f"connection[{conn.name}].{conn.protocol}"
         if isinstance(settings, As2Settings | PesitSettings) and settings.client_certificate:
             for cert in certs.load_certificates(settings.client_certificate):
-                yield InUse(conn.name, "TLS client", cert, settings.client_certificate)
+                yield InUse(
+                    conn.name,
+                    "TLS client",
+                    cert,
+                    settings.client_certificate,
+                    f"{where}.client_certificate",
+                )
         if not isinstance(settings, As2Settings):
             continue
-        yield InUse(conn.name, "ours", settings.keys.certificate, settings.key_path)
+        # Our certificate (and chain) come from the certificate file, else from the key file.
+        ours, ours_key = settings.certificate_path, f"{where}.certificate"
+        if ours is None:
+            ours, ours_key = settings.key_path, f"{where}.key"
+        yield InUse(conn.name, "ours", settings.keys.certificate, ours, ours_key)
         for cert in settings.keys.chain:
-            yield InUse(conn.name, "our chain", cert, settings.key_path)
+            yield InUse(conn.name, "our chain", cert, ours, ours_key)
         for index, cert in enumerate(settings.partner_chain):
             role = "partner" if index == 0 else "partner chain"
-            yield InUse(conn.name, role, cert, settings.partner_certificate_path)
+            yield InUse(
+                conn.name,
+                role,
+                cert,
+                settings.partner_certificate_path,
+                f"{where}.partner_certificate",
+            )
         for cert in settings.partner_trust:
-            yield InUse(conn.name, "partner CA", cert, None)
+            yield InUse(
+                conn.name, "partner CA", cert, settings.partner_ca_path, f"{where}.partner_ca"
+            )
     receiver = config.as2_receiver
     if receiver is not None and receiver.tls_certificate is not None:
         for cert in certs.load_certificates(receiver.tls_certificate):
-            yield InUse(RECEIVER, "TLS server", cert, receiver.tls_certificate)
+            yield InUse(
+                RECEIVER,
+                "TLS server",
+                cert,
+                receiver.tls_certificate,
+                "as2_receiver.tls_certificate",
+            )
 
 
 def by_connection(config: Config) -> dict[str, list[InUse]]:

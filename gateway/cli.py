@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import sqlite3
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows import codes
-from flows.analysis import Analysis, analyze
 from gateway import config as config_module
+from gateway import listing as flowlist
 from gateway import logs, output
 from gateway.config import Config, ConfigError, Connection, Mode, State
 from gateway.folders import Layout
@@ -26,6 +27,9 @@ from gateway.journal import STATES, JournalDB
 from protocols import registry
 from protocols.errors import TransferError
 from protocols.settings import nearest
+
+if TYPE_CHECKING:
+    from flows.analysis import Analysis
 
 OK, NOT_RIGHT, USAGE = 0, 1, 2
 
@@ -47,7 +51,7 @@ def _fmt(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon import Gateway
+    from gateway.daemon import Gateway, StartupError
 
     config = _load(args)
     logs.configure(background=True)
@@ -63,6 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except StartupError as exc:
+        logs.get().error("gateway.start_failed", message=str(exc))
+        logs.flush()
+        print(f"raccord: {config.path}: {exc}", file=sys.stderr)
+        return USAGE
     finally:
         logs.flush()
     return OK
@@ -72,25 +81,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway import preflight
+
     config = _load(args)
-    today = datetime.now(UTC).date()
-    print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
+    now = datetime.now(UTC)
+    today = now.date()
+    problems = preflight.prove(config, now)
+    for problem in problems:
+        print(f"raccord: {config.path}: {problem}", file=sys.stderr)
+    if problems:
+        print(
+            f"{config.path}: configuration parses ({len(config.connections)} connection(s)) but "
+            f"{len(problems)} problem(s) would stop it working (on stderr)"
+        )
+    else:
+        print(f"{config.path}: configuration is valid ({len(config.connections)} connection(s))")
     for warning in config.warnings:
         print(f"  warning: {warning}")
-    status = OK
+    status = NOT_RIGHT if problems else OK
     for conn in config.connections:
         unusable = conn.unusable_reason(today)
+        own = [p for p in problems if p.key.startswith(f"connection[{conn.name}].")]
         connected = ", ".join(
             f"{code}={mode.value}"
             for code, mode in conn.interfaces.items()
             if mode is not Mode.NONE
         )
         state = "usable" if unusable is None else f"not usable: {unusable[1]}"
+        if own and unusable is None:
+            state = f"not usable: {own[0].message}"
         print(
             f"  {conn.name}: {conn.protocol} {conn.environment}, {state}; "
             f"interfaces: {connected or 'none connected'}"
         )
-        if args.connect and unusable is None:
+        if args.connect and unusable is None and not own:
             ok, message = asyncio.run(_connect(conn))
             print(f"    connect: {'ok' if ok else 'FAILED'} — {message}")
             if not ok:
@@ -199,6 +223,8 @@ def _routing(result: Analysis, config: Config) -> dict[str, Any]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from flows.analysis import analyze
+
     config = _load(args) if args.config else None
     records = []
     status = OK
@@ -243,21 +269,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # -- flows --------------------------------------------------------------------------------------
 
-FLOW_COLUMNS = [
-    "flow_id",
-    "state",
-    "connection",
-    "original_name",
-    "lot_id",
-    "interface_code",
-    "invoice_number",
-    "remote_name",
-    "attempts",
-    "reason",
-    "message",
-    "return_status",
-    "updated_at",
-]
 RETURN_COLUMNS = [
     "return_id",
     "state",
@@ -270,63 +281,81 @@ RETURN_COLUMNS = [
 ]
 
 
-def _return_status(invoices: list[dict[str, Any]]) -> str | None:
-    """One line for the flow's invoices, as the return flows left them."""
-    if not invoices:
-        return None
-    if len(invoices) == 1:
-        invoice = invoices[0]
-        if invoice["rejected"]:
-            return "rejected (collateral)" if invoice["collateral"] else "rejected"
-        if invoice["status_code"]:
-            return f"{invoice['status_code']} {invoice['status_label'] or ''}".strip()
-        return None
-    rejected = sum(1 for i in invoices if i["rejected"])
-    collateral = sum(1 for i in invoices if i["collateral"])
-    if rejected:
-        return f"{rejected}/{len(invoices)} rejected ({collateral} collateral)"
-    codes = Counter(i["status_code"] for i in invoices if i["status_code"])
-    return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
-
-
 def _journal(config: Config) -> JournalDB:
     layout = Layout(config.gateway.data_dir)
     if not layout.journal.exists():
         raise UsageError(f"no journal at {layout.journal}: has raccord run with this data_dir?")
-    return JournalDB(layout.journal)
+    try:
+        return JournalDB(layout.journal)
+    except (sqlite3.Error, OSError, RuntimeError) as exc:  # unreadable, damaged, too new
+        raise UsageError(f"the journal {layout.journal} cannot be opened: {exc}") from None
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
     config = _load(args)
+    fmt = _fmt(args)
+    now = datetime.now(UTC)
+    since = None if args.since is None else flowlist.parse_when("--since", args.since, now)
+    until = None if args.until is None else flowlist.parse_when("--until", args.until, now)
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: expected 0 (all) or a positive number")
     db = _journal(config)
     try:
+        if args.connection:
+            flowlist.check_connection(args.connection, [c.name for c in config.connections], db)
         if args.returns:
             found = db.returns(state=args.return_state, connection=args.connection)
-            output.render(found, RETURN_COLUMNS, _fmt(args))
+            output.render(found, RETURN_COLUMNS, fmt)
             return OK
-        rows = db.search(
-            connection=args.connection,
-            state=args.state,
-            since=args.since,
-            until=args.until,
-            invoice=args.invoice,
-            flow=args.flow,
-            status=args.status,
-        )
-        listed = []
-        for row in rows:
-            # A lot's invoices, or a dropped file's own invoice wherever it travelled.
-            invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
-            data = row.to_dict()
-            data["return_status"] = _return_status(invoices)
-            if args.flow:  # one flow asked for: its invoices and status history too
-                data["invoices"] = invoices
-                data["statuses"] = db.statuses(row.flow_id)
-            listed.append(data)
+        if args.flow and fmt == "table":
+            row = db.get(args.flow)
+            if row is None:
+                raise UsageError(f"--flow {args.flow}: no such flow in the journal")
+            flowlist.write_flow(db, row, sys.stdout)
+            return OK
+        _list_flows(args, db, fmt, since, until)
     finally:
         db.close()
-    output.render(listed, FLOW_COLUMNS, _fmt(args))
     return OK
+
+
+def _list_flows(
+    args: argparse.Namespace, db: JournalDB, fmt: str, since: str | None, until: str | None
+) -> None:
+    """The flows matching the filters: streamed as JSON or CSV, the latest in a table."""
+    implicit = args.limit is None and fmt == "table"
+    limit = flowlist.TABLE_LIMIT if implicit else (args.limit or 0)
+    filters: dict[str, Any] = {
+        "connection": args.connection,
+        "state": args.state,
+        "since": since,
+        "until": until,
+        "invoice": args.invoice,
+        "flow": args.flow,
+        "status": args.status,
+    }
+    if fmt == "table":
+        rows = db.each_row(**filters, limit=limit + 1 if limit else None, newest_first=True)
+        flowlist.write_table(db, rows, limit, sys.stdout, implicit=implicit)
+        return
+    # Oldest first, as exports always were; with --limit, the latest N (still oldest first).
+    if limit:
+        latest = list(db.each_row(**filters, limit=limit, newest_first=True))
+        records = flowlist.records(db, reversed(latest))
+    else:
+        records = flowlist.records(db, db.each_row(**filters))
+    if args.flow:  # one flow asked for: its invoices and status history too
+        records = (_with_history(db, record) for record in records)
+    output.render(records, flowlist.FLOW_COLUMNS, fmt)
+
+
+def _with_history(db: JournalDB, record: dict[str, Any]) -> dict[str, Any]:
+    flow_id = record["flow_id"]
+    row = db.get(flow_id)
+    assert row is not None
+    record["invoices"] = db.invoices(flow_id) if row.packaging else db.carried(flow_id)[-1:]
+    record["statuses"] = db.statuses(flow_id)
+    return record
 
 
 # -- certs --------------------------------------------------------------------------------------
@@ -350,8 +379,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
     output.render(records, CERT_COLUMNS, _fmt(args))
     troubled = [r for r in records if r["state"] != "valid" or r["chain_problems"]]
     for record in troubled:
+        where = f" in {record['file']}" if record["file"] else ""
         print(
-            f"raccord: {record['connection']}: {record['role']} certificate {record['subject']}: "
+            f"raccord: {record['connection']}: {record['role']} certificate {record['subject']}"
+            f"{where}: "
             + (record["state"] if record["state"] != "valid" else "")
             + (f" ({record['days_left']} days left)" if record["state"] == "expiring" else "")
             + (f" chain: {record['chain_problems']}" if record["chain_problems"] else ""),
@@ -385,6 +416,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                 print(f"raccord: {path}: no such file", file=sys.stderr)
                 status = NOT_RIGHT
                 continue
+            refusal = _no_return_flow(path, connection)
+            if refusal:
+                print(f"raccord: {path}: {refusal}; nothing imported", file=sys.stderr)
+                status = NOT_RIGHT
+                continue
             outcome = returns.receive(
                 db, layout, connection, path, resubmit=returns.resubmitting(config)
             )
@@ -401,11 +437,29 @@ def cmd_import(args: argparse.Namespace) -> int:
     return status
 
 
+def _no_return_flow(path: Path, connection: str) -> str | None:
+    """Why ``path`` is no return flow (an invoice, or no document at all), or None."""
+    from flows.analysis import analyze
+    from flows.returns import Kind, parse
+
+    analysis = analyze(path)
+    if analysis.interface_code:
+        return (
+            f"this is an invoice ({analysis.format.value}, {analysis.interface_code}), not a "
+            f"return flow: to send it, drop it in outbox/{connection}/"
+        )
+    parsed = parse(path)
+    if parsed.kind is Kind.UNREADABLE:
+        why = "; ".join(parsed.unrecognised) or "unreadable"
+        return f"not a return flow ({why})"
+    return None
+
+
 # -- retry --------------------------------------------------------------------------------------
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.dispatcher import requeue
+    from gateway.dispatcher import CannotSucceed, requeue
 
     config = _load(args)
     if not args.flows and not args.failed:
@@ -417,12 +471,40 @@ def cmd_retry(args: argparse.Namespace) -> int:
         for flow_id in flow_ids:
             try:
                 print(requeue(db, flow_id, force=args.force))
+            except CannotSucceed as exc:
+                print(f"raccord: {exc.args[0]}", file=sys.stderr)
+                # --failed takes back what may now succeed; the rest is said, not an error.
+                status = status if not args.flows else NOT_RIGHT
             except LookupError as exc:
                 print(f"raccord: {exc.args[0]}", file=sys.stderr)
                 status = NOT_RIGHT
     finally:
         db.close()
     return status
+
+
+# -- purge --------------------------------------------------------------------------------------
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from gateway import retention
+
+    config = _load(args)
+    now = datetime.now(UTC)
+    cutoff = datetime.fromisoformat(flowlist.parse_when("--before", args.before, now))
+    refusal = retention.too_recent(cutoff, now)
+    if refusal:
+        raise UsageError(f"--before {args.before}: {refusal}")
+    db = _journal(config)
+    try:
+        purged = retention.purge(db, cutoff, with_files=args.files)
+    finally:
+        db.close()
+    print(
+        f"purged {purged.flows} flow(s) and {purged.returns} return(s) filed before "
+        f"{cutoff:%Y-%m-%d %H:%M} UTC" + (f"; {purged.files} file(s) deleted" if args.files else "")
+    )
+    return OK
 
 
 # -- simulate / demo ----------------------------------------------------------------------------
@@ -443,9 +525,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+class _Version(argparse.Action):
+    """``--version``: :func:`gateway.version.describe`, as written (several lines)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from gateway import version
+
+        print(version.describe())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raccord", description="Gateway between your systems and Chorus Pro."
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="the version of raccord and its components"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -484,8 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flows", parents=[common, listing], help="list flows from the journal")
     p.add_argument("--connection")
     p.add_argument("--state", choices=STATES)
-    p.add_argument("--since", help="ISO date or time (UTC), inclusive")
-    p.add_argument("--until", help="ISO date or time (UTC), exclusive")
+    p.add_argument(
+        "--since", help="ISO 8601 date or time (UTC unless an offset is given), or 1h, 7d…"
+    )
+    p.add_argument("--until", help="exclusive; same forms as --since")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help=f"the latest N flows (table default {flowlist.TABLE_LIMIT}; 0: all)",
+    )
     p.add_argument("--invoice", help="invoice number")
     p.add_argument(
         "--status", help="invoice status code from return flows (e.g. 05), rejected or collateral"
@@ -518,6 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="every flow in error")
     p.add_argument("--force", action="store_true", help="send even if it is a duplicate")
     p.set_defaults(handler=cmd_retry)
+    p = sub.add_parser(
+        "purge", parents=[common], help="forget flows filed before a date (see [gateway] retention)"
+    )
+    p.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="ISO 8601 date or time, or a duration back from now (400d); at least 90 days ago",
+    )
+    p.add_argument(
+        "--files", action="store_true", help="also delete their files in sent/ and inbox/"
+    )
+    p.set_defaults(handler=cmd_purge)
     p = sub.add_parser("simulate", parents=[common], help="run the partner simulator alone")
     p.add_argument("--dir", help="folder for its files (default: a temporary folder)")
     p.set_defaults(handler=cmd_simulate)
@@ -532,11 +648,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, flowlist.FilterError) as exc:
         print(f"raccord: {exc}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (flows … | head -1): its choice, not an error. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return OK
+    except OSError as exc:  # the file system refused: say which file, not where in raccord
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"raccord: {where}{exc.strerror or exc}", file=sys.stderr)
+        return NOT_RIGHT
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ class GatewaySettings:
     retry: Retry = field(default_factory=Retry)
     shutdown_grace: float = 20.0
     warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
+    retention: float | None = None  # seconds; flows filed longer ago are purged (None: never)
+    retention_files: bool = False  # also delete their files in sent/ and inbox/
 
 
 @dataclass(frozen=True)
@@ -384,9 +386,30 @@ def _gateway(section: Section) -> GatewaySettings:
         retry=retry,
         shutdown_grace=section.duration("shutdown_grace", "20s"),
         warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),
+        retention=_retention(section),
+        retention_files=section.boolean("retention_files", False),
     )
     section.finish()
     return settings
+
+
+#: The shortest [gateway] retention (see gateway/retention.py: returns may come months later).
+MINIMUM_RETENTION_DAYS = 90
+
+
+def _retention(section: Section) -> float | None:
+    """``retention = "400d"``: how long filed flows are kept; absent or "off": for ever."""
+    value = section.raw("retention")
+    if value is None or value == "off":
+        return None
+    seconds = section.duration("retention", "0s")
+    if seconds < MINIMUM_RETENTION_DAYS * 86400:
+        raise SettingsError(
+            section.key("retention"),
+            f"at least {MINIMUM_RETENTION_DAYS}d (return flows may still name younger flows), "
+            'or "off"',
+        )
+    return seconds
 
 
 def _connection(section: Section) -> Connection:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from typing import Any
 
 from gateway import certificates, logs
 from gateway import config as config_module
+from gateway import retention as retention_module
 from gateway.alerts import Alerter
 from gateway.as2_receiver import As2Receiver
 from gateway.config import Config, ConfigError, Connection
@@ -41,8 +44,29 @@ log = logs.get()
 #: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
 #: acknowledgement is overdue.
 REQUEUE_POLL = 2.0
+#: How often flows older than [gateway] retention are looked for.
+RETENTION_PERIOD = 3600.0
 #: How often certificates are checked against ``[gateway] warn_days`` (and logged).
 CERTIFICATE_CHECK = 24 * 3600.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured (a folder it cannot write, an address taken): one
+    sentence naming the key and what to do. ``raccord run`` prints it and exits 2."""
+
+
+async def _listening(start: Awaitable[None], key: str, host: str, port: int) -> None:
+    """Run a server's ``start``; an address it cannot take is a :class:`StartupError`."""
+    try:
+        await start
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "already in use by another program (ss -ltnp shows which)"
+        elif exc.errno == errno.EACCES:
+            why = "a port this user may not listen on (use a port >= 1024)"
+        else:
+            why = f"not available ({exc.strerror or exc})"
+        raise StartupError(f"{key}: {host}:{port} is {why}; choose another address") from None
 
 
 class Gateway:
@@ -75,9 +99,22 @@ class Gateway:
         names = [conn.name for conn in config.connections]
         for warning in config.warnings:
             log.warning("config.warning", message=warning)
-        self.layout.create(names)
+        data_dir = config.gateway.data_dir
+        try:
+            self.layout.create(names)
+        except OSError as exc:
+            raise StartupError(
+                f"gateway.data_dir: cannot create the folders in {data_dir} "
+                f"({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
+                "make it writable by the daemon's user (under systemd: ReadWritePaths=)"
+            ) from None
         journal = Journal(self.layout.journal)
-        await journal.open()
+        try:
+            await journal.open()
+        except Exception as exc:
+            raise StartupError(
+                f"gateway.data_dir: the journal {self.layout.journal} cannot be opened ({exc})"
+            ) from None
         async with AsyncExitStack() as stack:
             stack.push_async_callback(journal.close)
             stack.push_async_callback(self._close_senders)
@@ -115,6 +152,7 @@ class Gateway:
                     group.create_task(self._requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
                     group.create_task(self._certificate_loop(stopping))
+                    group.create_task(self._retention_loop(journal, stopping))
                     group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
@@ -171,7 +209,12 @@ class Gateway:
                 receiver = As2Receiver(
                     config, journal, settle=dispatcher.settle, alerts=self.alerts
                 )
-                await receiver.start()
+                await _listening(
+                    receiver.start(),
+                    "as2_receiver.listen",
+                    config.as2_receiver.host,
+                    config.as2_receiver.port,
+                )
                 self.as2_receiver = receiver
         elif self.as2_receiver is not None:
             self.as2_receiver.reconfigure(config)
@@ -192,7 +235,7 @@ class Gateway:
                         "dispatcher": lambda: self._dispatcher_health(dispatcher),
                     },
                 )
-                await server.start()
+                await _listening(server.start(), "gateway.metrics", host, port)
                 self.metrics_server = server
 
     async def _stop_servers(self) -> None:
@@ -332,6 +375,39 @@ class Gateway:
             notify(f"STATUS=in flight: {dispatcher.busy}")
             return
         notify(f"STATUS=queue: {depth} flow(s) not yet filed, {dispatcher.busy} in flight")
+
+    async def _retention_loop(self, journal: Journal, stopping: asyncio.Event) -> None:
+        """``[gateway] retention``: purge flows filed longer ago, hourly, batch by batch (see
+        :mod:`gateway.retention`); the configuration is read afresh at each round (reload)."""
+        while not stopping.is_set():
+            settings = self.config.gateway
+            if settings.retention is not None:
+                try:
+                    await self._purge(journal, settings.retention, settings.retention_files)
+                except Exception:  # the disk, a bug: never the end of the daemon
+                    log.exception("journal.purge_failed", action="trying again in an hour")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+
+    async def _purge(self, journal: Journal, retention: float, with_files: bool) -> None:
+        cutoff = (self._now() - timedelta(seconds=retention)).isoformat(timespec="milliseconds")
+        total = retention_module.Purged()
+        after: tuple[str, str] | None = retention_module.START
+        while after is not None:
+            batch = await journal.call(
+                Call(retention_module.purge_batch, cutoff, after, with_files)
+            )
+            removed = await asyncio.to_thread(retention_module.remove_files, batch.files)
+            total.add(retention_module.Purged(batch.flows, batch.returns, removed))
+            after = batch.after
+        if total.flows or total.returns:
+            log.info(
+                "journal.purged",
+                before=cutoff,
+                flows=total.flows,
+                returns=total.returns,
+                files=total.files,
+            )
 
     async def _certificate_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -1140,6 +1140,48 @@ def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: 
     return ""
 
 
+#: Reasons that belong to the file itself: retried unchanged, it fails the same way.
+FILE_REASONS = frozenset(
+    {
+        "empty",
+        "malformed_xml",
+        "unknown_format",
+        "no_interface_code",
+        "not_a_regular_file",
+        "invalid_invoice",
+    }
+)
+
+
+class CannotSucceed(LookupError):
+    """``raccord retry`` of a flow that would fail again the same way (exit 1, saying why)."""
+
+
+def _would_succeed(row: FlowRow, source: Path, *, force: bool) -> None:
+    """Refuse a retry whose outcome is known: a duplicate without ``force``, or a file whose
+    own content was the problem and has not changed since (the operator may fix a file in
+    ``error/`` in place and retry it: its new content is analysed afresh).
+
+    Raises:
+        CannotSucceed: saying why and what to do instead.
+    """
+    name = f"flow {row.flow_id} ({row.original_name})"
+    if row.reason == "duplicate" and not force:
+        raise CannotSucceed(
+            f"{name} is a duplicate"
+            + (f" of flow {row.duplicate_of}" if row.duplicate_of else "")
+            + "; retrying would refuse it again: use raccord retry --force to send it anyway"
+        )
+    if row.reason in FILE_REASONS:
+        unchanged = row.sha256 is None or not source.is_file() or digest(source)[0] == row.sha256
+        if unchanged:
+            raise CannotSucceed(
+                f"{name} is in error for {row.reason}, which is the file's own content: "
+                "retried unchanged it would fail again; fix the file (in error/ or drop a "
+                f"corrected one in outbox/{row.connection}/)"
+            )
+
+
 def _in_error_folder(row: FlowRow) -> bool:
     return row.final_path is not None and Path(row.final_path).exists()
 
@@ -1191,6 +1233,7 @@ def requeue(db: JournalDB, flow_id: str, *, force: bool) -> str:
     if not _in_error_folder(row):
         raise LookupError(f"flow {flow_id}: its file {row.final_path} is no longer in error/")
     source, spool = Path(row.final_path or ""), Path(row.spool_path)
+    _would_succeed(row, source, force=force)
     # Move first: a crash before the journal write leaves the file in the spool with its row
     # in error, which reconcile finishes (_recover); the other order could report it lost.
     move(source, spool)

@@ -207,6 +207,52 @@ END;
 """
 
 
+#: Flows by (connection, state) and statuses by (connection, code), kept by triggers for the
+#: metrics (see JournalDB._counted). Statements separated by a blank line.
+_COUNTERS = """
+CREATE TABLE flow_counts (
+    connection TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (connection, state)
+) WITHOUT ROWID;
+
+CREATE TABLE status_counts (
+    connection TEXT NOT NULL,
+    code       TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (connection, code)
+) WITHOUT ROWID;
+
+CREATE TRIGGER flows_counted AFTER INSERT ON flows BEGIN
+    INSERT INTO flow_counts (connection, state, n) VALUES (NEW.connection, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER flows_recounted AFTER UPDATE OF state, connection ON flows
+WHEN OLD.state IS NOT NEW.state OR OLD.connection IS NOT NEW.connection BEGIN
+    UPDATE flow_counts SET n = n - 1 WHERE connection = OLD.connection AND state = OLD.state;
+    INSERT INTO flow_counts (connection, state, n) VALUES (NEW.connection, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER flows_uncounted AFTER DELETE ON flows BEGIN
+    UPDATE flow_counts SET n = n - 1 WHERE connection = OLD.connection AND state = OLD.state;
+END;
+
+CREATE TRIGGER statuses_counted AFTER INSERT ON statuses BEGIN
+    INSERT INTO status_counts (connection, code, n)
+    SELECT connection, NEW.code, 1 FROM flows WHERE flow_id = NEW.flow_id
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER statuses_uncounted AFTER DELETE ON statuses BEGIN
+    UPDATE status_counts SET n = n - 1 WHERE code = OLD.code
+    AND connection = (SELECT connection FROM flows WHERE flow_id = OLD.flow_id);
+END
+"""
+
+
 @dataclass(frozen=True)
 class FlowRow:
     flow_id: str
@@ -303,6 +349,7 @@ class JournalDB:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._counted()
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older journal up to date (idempotent)."""
@@ -324,6 +371,38 @@ class JournalDB:
         if version and version < 4:  # one dropped file, one flow: it is its own source
             self._db.execute("UPDATE invoices SET source_flow=flow_id WHERE source_flow IS NULL")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _counted(self) -> None:
+        """The listing index and the counts the metrics read (idempotent, outside the schema
+        version: a journal of any version gets them at its first open, filled once).
+
+        ``/metrics`` is scraped every few seconds: a GROUP BY over a million flows at each
+        scrape cost more than the scrape interval allows, so the counts are kept by triggers
+        as flows are recorded, change state or are purged."""
+        self._db.execute("CREATE INDEX IF NOT EXISTS flows_created ON flows(created_at)")
+        if self._has_counters():
+            return
+        with self.transaction():
+            if self._has_counters():  # another process (the daemon, a command) was first
+                return
+            for statement in _COUNTERS.split(";\n\n"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(
+                "INSERT INTO flow_counts (connection, state, n)"
+                " SELECT connection, state, COUNT(*) FROM flows GROUP BY connection, state"
+            )
+            self._db.execute(
+                "INSERT INTO status_counts (connection, code, n)"
+                " SELECT f.connection, s.code, COUNT(*) FROM statuses s"
+                " JOIN flows f ON f.flow_id = s.flow_id GROUP BY f.connection, s.code"
+            )
+
+    def _has_counters(self) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='flow_counts'"
+        ).fetchone()
+        return found is not None
 
     def close(self) -> None:
         self._db.close()
@@ -810,9 +889,65 @@ class JournalDB:
         status: str | None = None,
         limit: int | None = None,
     ) -> list[FlowRow]:
-        """Flows matching every filter given; ``invoice`` also finds the lots and dropped files
-        carrying that invoice; ``status`` is an invoice status code (``05``), ``rejected`` or
-        ``collateral``."""
+        """Flows matching every filter given, oldest first; ``invoice`` also finds the lots and
+        dropped files carrying that invoice; ``status`` is an invoice status code (``05``),
+        ``rejected`` or ``collateral``."""
+        return list(
+            self.each(
+                connection=connection,
+                state=state,
+                since=since,
+                until=until,
+                invoice=invoice,
+                flow=flow,
+                status=status,
+                limit=limit,
+            )
+        )
+
+    def each(
+        self,
+        *,
+        connection: str | None = None,
+        state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        invoice: str | None = None,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> Iterator[FlowRow]:
+        """:meth:`search`, one row at a time (a listing of a million flows holds one row);
+        ``newest_first`` with ``limit``: the latest ``limit`` flows."""
+        for row in self.each_row(
+            connection=connection,
+            state=state,
+            since=since,
+            until=until,
+            invoice=invoice,
+            flow=flow,
+            status=status,
+            limit=limit,
+            newest_first=newest_first,
+        ):
+            yield FlowRow.of(row)
+
+    def each_row(
+        self,
+        *,
+        connection: str | None = None,
+        state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        invoice: str | None = None,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> Iterator[sqlite3.Row]:
+        """:meth:`each` as the database's rows (the listings: a FlowRow per row of a
+        million-flow export costs more than the export itself)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in (
@@ -838,10 +973,46 @@ class JournalDB:
             )
             params += [status, status, status]
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = f"SELECT * FROM flows{where} ORDER BY created_at"  # noqa: S608 - fixed columns
+        order = "DESC" if newest_first else ""
+        sql = f"SELECT * FROM flows{where} ORDER BY created_at {order}"  # noqa: S608 - fixed
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [FlowRow.of(row) for row in self._db.execute(sql, params).fetchall()]
+        # Not ``yield from``: closing this generator (a reader that stopped) would close the
+        # cursor, which fails once the journal itself is closed.
+        for row in self._db.execute(sql, params):  # noqa: UP028 - see above
+            yield row
+
+    def has_connection(self, connection: str) -> bool:
+        """Whether any flow of ``connection`` is in the journal (one removed from the
+        configuration still lists)."""
+        row = self._db.execute(
+            "SELECT 1 FROM flow_counts WHERE connection=? AND n > 0 LIMIT 1", (connection,)
+        ).fetchone()
+        return row is not None
+
+    def invoices_of(self, rows: Sequence[sqlite3.Row]) -> dict[str, list[dict[str, Any]]]:
+        """For a page of listed flows: a lot's invoices, or a dropped file's own invoice where
+        it travelled last (as :meth:`invoices` and ``carried(...)[-1:]``), in two queries."""
+        lots = [row["flow_id"] for row in rows if row["packaging"]]
+        dropped = [row["flow_id"] for row in rows if not row["packaging"]]
+        found: dict[str, list[dict[str, Any]]] = {row["flow_id"]: [] for row in rows}
+        if lots:
+            marks = ",".join("?" * len(lots))
+            for item in self._db.execute(
+                f"SELECT * FROM invoices WHERE flow_id IN ({marks})"  # noqa: S608 - marks
+                " ORDER BY flow_id, position",
+                lots,
+            ):
+                found[item["flow_id"]].append(dict(item))
+        if dropped:
+            marks = ",".join("?" * len(dropped))
+            sql = (
+                "SELECT i.* FROM invoices i JOIN flows f USING (flow_id)"  # noqa: S608 - marks
+                f" WHERE i.source_flow IN ({marks}) ORDER BY f.created_at"
+            )
+            for item in self._db.execute(sql, dropped):
+                found[item["source_flow"]][:] = [dict(item)]  # the latest carrier wins
+        return found
 
     def transitions(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -857,11 +1028,10 @@ class JournalDB:
     def metrics(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
         """Flows by (connection, state), and return statuses by (connection, code)."""
         flows = self._db.execute(
-            "SELECT connection, state, COUNT(*) AS n FROM flows GROUP BY connection, state"
+            "SELECT connection, state, n FROM flow_counts WHERE n > 0"
         ).fetchall()
         statuses = self._db.execute(
-            "SELECT f.connection, s.code, COUNT(*) AS n FROM statuses s"
-            " JOIN flows f ON f.flow_id = s.flow_id GROUP BY f.connection, s.code"
+            "SELECT connection, code, n FROM status_counts WHERE n > 0"
         ).fetchall()
         return (
             {(row[0], row[1]): row[2] for row in flows},

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -50,6 +51,36 @@ def render(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
     event = _stamp(logger, method, structlog.processors.add_log_level(logger, method, event))
     event = structlog.processors.format_exc_info(logger, method, redact(logger, method, event))
     return _encoder.encode(event)
+
+
+#: syslog priorities of the log levels, for journald (``<3>`` error … ``<7>`` debug).
+PRIORITIES = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+}
+
+
+def render_for_journal(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """:func:`render` with the ``<N>`` prefix journald reads as the line's priority (and
+    strips), so that ``journalctl -p err -u raccord`` shows the errors."""
+    return f"<{PRIORITIES.get(method, 6)}>{render(logger, method, event)}"
+
+
+def to_journal(stream: Any) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected us to (``JOURNAL_STREAM`` is
+    ``device:inode`` of it; a stdout redirected elsewhere by the operator is not)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        found = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (found.st_dev, found.st_ino) == (device, inode)
 
 
 class _Current:
@@ -175,8 +206,12 @@ def configure(
         factory = lambda *_: writer  # noqa: E731 - one writer for every logger
     else:
         factory = structlog.WriteLoggerFactory(given or _Current(name))  # type: ignore[arg-type]
+    journald = to_journal(given or getattr(sys, name))
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, render],
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            render_for_journal if journald else render,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         cache_logger_on_first_use=False,

@@ -28,12 +28,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway import logs
+from gateway import logs, version
 from gateway.httpserver import serve
 from gateway.journal import TERMINAL, JournalDB
 
@@ -43,12 +46,30 @@ log = logs.get()
 JOURNAL_PATIENCE = 2.0
 
 
+#: A counter's ``_created`` series (when it was first used) doubles every counter for what
+#: Prometheus' own ``process_start_time_seconds`` already tells.
+disable_created_metrics()  # type: ignore[no-untyped-call] # the library's own, unannotated
+
+
 class Metrics:
-    """The counters and histograms the gateway feeds, in a registry of their own."""
+    """The counters and histograms the gateway feeds, in a registry of their own, with the
+    process' own series (``process_*``: CPU, memory, open files, start time), the Python
+    runtime's and ``raccord_build_info``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "raccord_build_info",
+            "Always 1; the labels say which raccord (and components) this is.",
+            ["version", *(name for name, _ in version.components())],
+            registry=r,
+        )
+        self.build_info.labels(
+            version.raccord(), *(value for _, value in version.components())
+        ).set(1)
         self.received = Counter(
             "raccord_files_received", "Files claimed from an outbox.", ["connection"], registry=r
         )

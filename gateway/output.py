@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 FORMATS = ("table", "json", "csv")
@@ -24,22 +24,32 @@ def _cell(value: Any) -> str:
 
 
 def render(
-    records: Sequence[Mapping[str, Any]],
+    records: Iterable[Mapping[str, Any]],
     columns: Sequence[str],
     fmt: str,
     stream: TextIO | None = None,
 ) -> None:
-    """Write ``records`` (to stdout by default): JSON gets every key, table and CSV ``columns``."""
+    """Write ``records`` (to stdout by default): JSON gets every key, table and CSV ``columns``.
+
+    JSON and CSV are written record by record (an iterator of a million records is never held);
+    the table, whose widths depend on every row, takes them all first."""
     stream = stream or sys.stdout
     if fmt == "json":
-        json.dump(list(records), stream, indent=2, ensure_ascii=False, default=str)
-        stream.write("\n")
+        # What json.dump(list, indent=2) writes, one element at a time.
+        stream.write("[")
+        empty = True
+        for record in records:
+            text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
+            stream.write(("\n  " if empty else ",\n  ") + text.replace("\n", "\n  "))
+            empty = False
+        stream.write("]\n" if empty else "\n]\n")
     elif fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(columns)
         for record in records:
             writer.writerow([_cell(record.get(column)) for column in columns])
     else:
+        records = list(records)
         rows = [[_cell(record.get(column)) for column in columns] for record in records]
         widths = [
             min(60, max([len(column)] + [len(row[i]) for row in rows]))

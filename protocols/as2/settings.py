@@ -59,6 +59,9 @@ class As2Settings:
     ca_bundle: Path | None = None
     client_certificate: Path | None = None
     client_key: Path | None = None
+    #: Where our certificate and the partner's CAs were read (None: in the key file; none).
+    certificate_path: Path | None = None
+    partner_ca_path: Path | None = None
     connect_timeout: float = 15.0
     timeout: float = 300.0
 
@@ -136,6 +139,8 @@ def parse_settings(section: Section) -> As2Settings:
         ca_bundle=section.path("ca_bundle", required=False),
         client_certificate=client_certificate,
         client_key=client_key,
+        certificate_path=certificate_path,
+        partner_ca_path=trust_path,
         connect_timeout=section.duration("connect_timeout", "15s"),
         timeout=section.duration("timeout", "300s"),
     )

@@ -33,6 +33,7 @@ from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Rece
 from protocols.coalescing import Coalescing
 from protocols.errors import (
     AuthenticationError,
+    CertificateError,
     ConnectError,
     HostKeyError,
     ProtocolError,
@@ -44,6 +45,7 @@ from protocols.errors import (
 )
 from protocols.offload import SendingProcess
 from protocols.settings import Secret, Section, SettingsError
+from protocols.sftp import files
 
 T = TypeVar("T")
 
@@ -168,6 +170,26 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
         raise ProtocolError(f"{what} on {where}: {exc}") from None
 
 
+def _local_files(settings: SftpSettings) -> None:
+    """Refuse to connect without our key or known_hosts: asyncssh would report a missing file
+    as a connection failure (retried for hours) where only the operator can help.
+
+    Raises:
+        CertificateError: the private key is missing, unreadable or not a key.
+        HostKeyError: known_hosts is missing or unreadable.
+    """
+    problem = files.key_problem(settings.private_key, settings.passphrase)
+    if problem:
+        raise CertificateError(
+            f"{problem}; fix private_key of this connection, then raccord retry --failed"
+        )
+    problem = files.unreadable(settings.known_hosts, "known_hosts file")
+    if problem:
+        raise HostKeyError(
+            f"{problem}; fix known_hosts of this connection, then raccord retry --failed"
+        )
+
+
 class SftpSender(Closing):
     protocol = "sftp"
     capabilities = Capabilities(atomic_rename=True, detects_resend=True, receives_returns=True)
@@ -265,6 +287,7 @@ class SftpSender(Closing):
                 return self._sftp
             await self._close_session()
             s = self._settings
+            _local_files(s)
             with _translated("connect", s):
                 self._conn = await asyncssh.connect(
                     s.host,

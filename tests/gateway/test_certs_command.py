@@ -57,6 +57,7 @@ def test_expiring_expired_and_broken_chains_fail_and_are_named(
     expired = pki.issue("CTAIFEP old", valid_from=past, days=30)
     code, records, err = certs(write_as2_config(tmp_path / "c", our_keys, expired).path, capsys)
     assert code == 1 and by_role(records)["partner"]["state"] == "expired"
+    assert f"in {tmp_path / 'c' / 'keys' / 'partner.p7b'}: expired" in err  # the file to replace
     assert by_role(records)["partner"]["days_left"] < -300
 
     ca = pki.issue("Partner CA", ca=True)

@@ -21,6 +21,7 @@ from gateway.journal import JournalDB
 from protocols import memory
 from tests.conftest import sample
 from tests.gateway.harness import drop, filed, memory_config, rows, running, until
+from tests.gateway.test_check import sftp_config
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "raccord.example.toml"
 
@@ -80,15 +81,15 @@ def test_bad_configuration_is_exit_2_with_one_sentence(
     assert "Traceback" not in err
 
 
-def test_check_of_valid_configuration(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--config", str(EXAMPLE)]) == 0
+def test_check_of_valid_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(sftp_config(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "configuration is valid (1 connection(s))" in out
     assert "FSO1100A=complete" in out
 
 
-def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RACCORD_CONFIG", str(EXAMPLE))
+def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RACCORD_CONFIG", str(sftp_config(tmp_path)))
     assert main(["check"]) == 0
 
 
@@ -217,3 +218,12 @@ def statuses(config: config_module.Config, flow_id: str) -> list[dict[str, Any]]
         return db.statuses(flow_id)
     finally:
         db.close()
+
+
+def test_version_names_raccord_and_its_components(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    first, *others = capsys.readouterr().out.splitlines()
+    assert first.startswith("raccord ") and first != "raccord unknown"
+    assert any(line.startswith("  python 3.") for line in others)

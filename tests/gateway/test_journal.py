@@ -396,3 +396,42 @@ def test_a_move_the_lifecycle_table_does_not_allow_is_refused_and_writes_nothing
     db.transition(flow_id(1), "failing")
     db.transition(flow_id(1), "error")
     assert db.transition(flow_id(1), "claimed").state == "claimed"
+def test_the_metrics_counts_follow_every_insert_transition_and_old_journal(tmp_path: Path) -> None:
+    """The counts /metrics reads (kept by triggers, not a GROUP BY at each scrape) are those of
+    the flows themselves, and a journal from before them gets them filled at its first open."""
+    path = tmp_path / "journal.sqlite"
+    db = JournalDB(path)
+    for index in range(6):
+        db.insert(f"f{index}", "a" if index % 2 else "b", "x.xml", "/spool/x")
+    db.transition("f0", "queued")
+    db.transition("f1", "queued")
+    db.transition("f1", "sending")
+    db._db.execute(
+        "INSERT INTO returns (return_id, connection, file, inbox_path, sha256, state, received_at)"
+        " VALUES ('r', 'a', 'r.xml', '/inbox/r.xml', 'h', 'applied', 'now')"
+    )
+    db._db.execute("INSERT INTO statuses (return_id, flow_id, code) VALUES ('r', 'f1', '05')")
+
+    def truth() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        flows = db._db.execute(
+            "SELECT connection, state, COUNT(*) FROM flows GROUP BY connection, state"
+        ).fetchall()
+        statuses = db._db.execute(
+            "SELECT f.connection, s.code, COUNT(*) FROM statuses s JOIN flows f USING (flow_id)"
+            " GROUP BY f.connection, s.code"
+        ).fetchall()
+        return ({(r[0], r[1]): r[2] for r in flows}, {(r[0], r[1]): r[2] for r in statuses})
+
+    assert db.metrics() == truth()
+    assert db.metrics()[0][("a", "sending")] == 1
+    db._db.executescript(
+        "DROP TABLE flow_counts; DROP TABLE status_counts;"
+        " DROP TRIGGER flows_counted; DROP TRIGGER flows_recounted; DROP TRIGGER flows_uncounted;"
+        " DROP TRIGGER statuses_counted; DROP TRIGGER statuses_uncounted;"
+    )
+    db.close()
+    db = JournalDB(path)  # an older journal: filled once
+    try:
+        assert db.metrics() == truth()
+    finally:
+        db.close()

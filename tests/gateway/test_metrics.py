@@ -84,6 +84,12 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert samples[("raccord_flows", (*conn, ("state", "sent")))] == 2
     assert samples[("raccord_flows", (*conn, ("state", "error")))] == 1
     assert samples[("raccord_queue_depth", conn)] == 0
+    # The process' own series and what build this is; no counter doubled by a _created series.
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert samples[("process_start_time_seconds", ())] > 0
+    [(name, labels)] = [key for key in samples if key[0] == "raccord_build_info"]
+    assert dict(labels)["version"] and samples[(name, labels)] == 1
+    assert not [key for key in samples if key[0].endswith("_created")]
 
 
 def test_certificate_expiry_is_exported(tmp_path: Path, our_keys: Any, partner_keys: Any) -> None:

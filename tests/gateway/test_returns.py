@@ -129,17 +129,30 @@ def test_a_return_for_no_known_flow_is_kept_and_listed(
     assert "20250101T000000Z-abcdef is not a flow of qualif-mem" in listed["message"]
 
 
-def test_unreadable_return_is_kept_and_reported(
+def test_an_import_that_is_no_return_flow_is_refused_and_said(
     tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
 ) -> None:  # type: ignore[no-untyped-def]
+    """By hand, a file that is no return flow is a mistake to say, not a return to keep (a
+    partner's unreadable return, fetched by the daemon, is still kept)."""
     config, _ = sent_flow
     bad = tmp_path / "garbage.xml"
     bad.write_bytes(b"\x00\x01 not xml")
+    an_invoice = tmp_path / "invoice.xml"
+    an_invoice.write_bytes(sample("ubl-invoice.xml"))
     missing = tmp_path / "missing.xml"
-    assert main(["import", "--config", str(config.path), str(bad), str(missing)]) == 1
+    command = ["import", "--config", str(config.path), str(bad), str(an_invoice), str(missing)]
+    assert main(command) == 1
     captured = capsys.readouterr()
-    assert "garbage.xml: unreadable" in captured.out and "not readable as XML" in captured.out
-    assert "missing.xml: no such file" in captured.err
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"raccord: {bad}: not a return flow (not readable as XML: "
+        + captured.err.split("not readable as XML: ")[1].split("\n")[0],
+        f"raccord: {an_invoice}: this is an invoice (ubl-invoice, FSO1100A), not a return "
+        "flow: to send it, drop it in outbox/qualif-mem/; nothing imported",
+        f"raccord: {missing}: no such file",
+    ]
+    assert captured.err.splitlines()[0].endswith("; nothing imported")
+    assert not list(Layout(config.gateway.data_dir).inbox("qualif-mem").iterdir())
 
 
 def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]

@@ -44,7 +44,27 @@ def test_the_unit_declares_what_the_daemon_relies_on() -> None:
     service = parser["Service"]
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert service["WatchdogSec"] == "30s"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # raccord run reloads on SIGHUP
+    # A reload proves the configuration first (a failing check fails `systemctl reload`),
+    # then signals: raccord run reloads on SIGHUP.
+    reloads = [line for line in UNIT.read_text().splitlines() if line.startswith("ExecReload=")]
+    assert reloads == [
+        "ExecReload=/opt/raccord/venv/bin/raccord check",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ]
     assert service["Restart"] == "on-failure"
     assert service["User"] == "raccord" and service["StateDirectory"] == "raccord"
     assert service["ConfigurationDirectory"] == "raccord"
+
+
+def test_the_documentation_the_unit_names_is_installed_by_the_readme() -> None:
+    """Documentation= names a file that exists once installed as the README says (it named a
+    README that was never copied)."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(UNIT)
+    named = parser["Unit"]["Documentation"]
+    assert named == "file:///opt/raccord/doc/operations.md"
+    root = UNIT.parents[1]
+    assert (root / "docs" / "operations.md").is_file()
+    install = "install -D -m 0644 docs/operations.md /opt/raccord/doc/operations.md"
+    assert install in (root / "README.md").read_text()
+    assert install in (root / "docs" / "operations.md").read_text()
