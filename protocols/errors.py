@@ -33,11 +33,18 @@ class TransferError(Exception):
 
     reason = "transfer_failed"
     retryable = False
+    #: True when the failure proves the partner was given nothing in this attempt (the
+    #: dispatcher then does not count it as a transfer of unknown outcome).
+    nothing_sent = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, nothing_sent: bool | None = None
+    ) -> None:
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+        if nothing_sent is not None:
+            self.nothing_sent = nothing_sent
 
 
 class ConnectError(TransferError):
