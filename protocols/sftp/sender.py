@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -115,6 +116,9 @@ def parse_settings(section: Section) -> SftpSettings:
             section.key("temp_suffix"),
             "temp_prefix and temp_suffix cannot both be empty: the partner would see half files",
         )
+    problem = _key_problem(settings.private_key, settings.passphrase)
+    if problem is not None:
+        raise SettingsError(section.key(problem[0]), problem[1])
     if settings.after_download == "rename" and not settings.done_suffix.strip("."):
         raise SettingsError(
             section.key("done_suffix"),
@@ -122,6 +126,27 @@ def parse_settings(section: Section) -> SftpSettings:
         )
     section.finish()
     return settings
+
+
+def _key_problem(path: Path, passphrase: Secret | None) -> tuple[str, str] | None:
+    """Why the private key cannot be used with this passphrase: (the key to fix, the reason);
+    None when it can, or cannot be read at all (that is reported where the file is checked,
+    and by the connection itself)."""
+    try:
+        asyncssh.read_private_key(path, passphrase.value if passphrase else None)
+    except OSError:
+        return None
+    except asyncssh.KeyEncryptionError as exc:  # a wrong passphrase, or no bcrypt
+        return "passphrase", f"cannot decrypt the private key {path} with this passphrase ({exc})"
+    except asyncssh.KeyImportError as exc:
+        if passphrase is None and "assphrase" in str(exc):
+            return (
+                "passphrase",
+                f"the private key {path} is protected by a passphrase: set passphrase "
+                '(as { env = "NAME" } or { file = "/path" })',
+            )
+        return "private_key", f"{path} is not a private key raccord can read ({exc})"
+    return None
 
 
 @contextlib.contextmanager
@@ -152,16 +177,20 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
         ) from None
     except (asyncssh.SFTPQuotaExceeded, asyncssh.SFTPNoSpaceOnFilesystem) as exc:
         raise RemoteBusy(f"{what} on {where}: partner out of space ({exc.reason})") from None
+    except asyncssh.SFTPFailure as exc:
+        raise RemoteBusy(_failure(f"{what} on {where}", exc.reason, settings)) from None
     except asyncssh.SFTPError as exc:
         raise RemoteBusy(f"{what} on {where} failed: {exc.reason}") from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
-        raise TransferTimeout(f"{what} on {where}: {exc or 'timed out'}") from None
+        said = str(exc) or "timed out"
+        raise TransferTimeout(f"{what} on {where}: {said}") from None
     except asyncssh.DisconnectError as exc:
         raise ConnectError(f"{what} on {where}: disconnected ({exc.reason})") from None
-    except asyncssh.KeyImportError as exc:
-        raise AuthenticationError(
-            f"cannot load private key {settings.private_key}: {exc}"
-        ) from None
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError):
+        # The key or its passphrase changed since the configuration was read.
+        problem = _key_problem(settings.private_key, settings.passphrase)
+        said = problem[1] if problem else f"cannot load the private key {settings.private_key}"
+        raise AuthenticationError(f"{said}; check private_key and passphrase") from None
     except OSError as exc:
         raise ConnectError(f"{what} on {where}: {exc.strerror or exc}") from None
     except asyncssh.Error as exc:
@@ -238,20 +267,42 @@ class SftpSender(Closing):
         if conn is not None:
             conn.abort()
 
-    async def _bounded(self, operation: Coroutine[Any, Any, T]) -> T:
-        """``operation`` within the settings' ``timeout``, and cancellable.
+    async def _bounded(
+        self, operation: Coroutine[Any, Any, T], progress: Progress | None = None
+    ) -> T:
+        """``operation``, as long as it does not stall for the settings' ``timeout``; and
+        cancellable.
+
+        With ``progress`` (a transfer), each block the partner acknowledges starts the
+        ``timeout`` afresh: a slow link delivers a large file, however long it takes; without,
+        the operation (one request) must end within ``timeout``.
 
         asyncssh does not give up a request the server stopped answering: a cancelled put()
         waits for the answers to the writes it sent (measured against an sshd stopped with
         SIGSTOP: for ever, so neither the timeout nor a SIGTERM ended the transfer). On a
-        timeout or a cancellation the connection is aborted, which fails those requests; the
+        stall or a cancellation the connection is aborted, which fails those requests; the
         operation then ends within ABORT_PATIENCE, and the next one connects afresh.
         """
         task = asyncio.ensure_future(operation)
+        timeout = self._settings.timeout
         try:
-            if not await _finished_within(task, self._settings.timeout):
-                raise TimeoutError
-            return task.result()
+            last = time.monotonic()
+            while True:
+                if progress is not None:
+                    last = progress.last
+                remaining = last + timeout - time.monotonic()
+                if remaining > 0 and await _finished_within(task, remaining):
+                    return task.result()
+                if progress is not None and progress.last > last:
+                    continue  # the partner took more meanwhile
+                if progress is None:
+                    raise TimeoutError(f"no answer from the partner for {timeout:g} s")
+                raise TimeoutError(
+                    f"stalled: no data acknowledged by the partner for {timeout:g} s "
+                    f"({progress.done} of {progress.total} bytes written); the network or the "
+                    "partner stopped, it will be tried again (timeout sets how long a transfer "
+                    "may make no progress)"
+                )
         except BaseException:
             if not task.done():
                 self._abort()
@@ -301,7 +352,14 @@ class SftpSender(Closing):
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is not None:
                             return receipt
-                    if not await self._bounded(_upload_and_rename(sftp, flow, temp, final)):
+                    progress = Progress(flow.size)
+                    uploaded = _upload(sftp, flow, temp, progress)
+                    await self._bounded(uploaded, progress)
+                    if not await self._bounded(_rename(sftp, temp, final)):
+                        if not await self._bounded(_exists(sftp, final)):
+                            # Not a name taken: the partner's disk or folder refused it.
+                            said = _failure(f"rename of {flow.remote_name}", "Failure", s)
+                            raise RemoteBusy(said) from None
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is None:
                             await _quietly_remove(sftp, temp)
@@ -444,27 +502,85 @@ SMALL_FILE = 256 * 1024
 ONE_WRITE = 32 * 1024
 
 
-async def _upload_and_rename(
-    sftp: asyncssh.SFTPClient, flow: Outbound, temp: str, final: str
-) -> bool:
-    """Write the flow's file to ``temp`` (created or truncated), then rename it to ``final``;
-    False if the rename failed (the plain SFTP rename fails when ``final`` exists)."""
+class Progress:
+    """How far a transfer got, and when it last moved (the partner acknowledged a block)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.last = time.monotonic()
+
+    def advance(self, done: int) -> None:
+        self.done = done
+        self.last = time.monotonic()
+
+    def handler(self, _source: bytes, _target: bytes, done: int, _total: int) -> None:
+        """asyncssh's ``progress_handler``."""
+        self.advance(done)
+
+
+async def _upload(sftp: asyncssh.SFTPClient, flow: Outbound, temp: str, progress: Progress) -> None:
+    """Write the flow's file to ``temp`` (created or truncated), telling ``progress`` of every
+    block the partner acknowledges."""
     if flow.size > SMALL_FILE:
-        await sftp.put(str(flow.path), temp)
-    else:
-        # A small read from the spool, on the event loop as asyncssh's own put() does; it saves
-        # the put()'s extra stat and chunking round trips, which dominate for invoice-sized
-        # files. Up to ONE_WRITE bytes go in one request, without asyncssh's parallel writer
-        # (a task per block): 0.29 -> 0.26 ms of client CPU per 10 KB file.
-        data = flow.path.read_bytes()
-        block_size = 0 if len(data) <= ONE_WRITE else -1
-        async with sftp.open(temp, "wb", block_size=block_size) as out:
+        # ONE_WRITE blocks: each acknowledged block is progress, so even a slow link shows
+        # some well within any sensible timeout (asyncssh's default blocks may be 255 KB).
+        await sftp.put(
+            str(flow.path), temp, block_size=ONE_WRITE, progress_handler=progress.handler
+        )
+        return
+    # A small read from the spool, on the event loop as asyncssh's own put() does; it saves
+    # the put()'s extra stat and chunking round trips, which dominate for invoice-sized
+    # files. Up to ONE_WRITE bytes go in one request, without asyncssh's parallel writer
+    # (a task per block): 0.29 -> 0.26 ms of client CPU per 10 KB file.
+    data = flow.path.read_bytes()
+    async with sftp.open(temp, "wb", block_size=0) as out:
+        if len(data) <= ONE_WRITE:
             await out.write(data)
+        else:  # pipelined ONE_WRITE requests, each acknowledgement counted as progress
+            await asyncio.gather(
+                *(_write(out, data, offset, progress) for offset in range(0, len(data), ONE_WRITE))
+            )
+    progress.advance(len(data))
+
+
+async def _write(
+    out: asyncssh.SFTPClientFile, data: bytes, offset: int, progress: Progress
+) -> None:
+    await out.write(data[offset : offset + ONE_WRITE], offset)
+    progress.advance(progress.done + min(ONE_WRITE, len(data) - offset))
+
+
+async def _rename(sftp: asyncssh.SFTPClient, temp: str, final: str) -> bool:
+    """Rename ``temp`` to ``final``; False if the rename failed (the plain SFTP rename fails
+    when ``final`` exists)."""
     try:
         await sftp.rename(temp, final)
     except asyncssh.SFTPFailure:
         return False
     return True
+
+
+async def _exists(sftp: asyncssh.SFTPClient, path: str) -> bool:
+    try:
+        await sftp.stat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return False
+    return True
+
+
+def _failure(what: str, reason: str, settings: SftpSettings) -> str:
+    """What SFTP's bare "Failure" probably means, and what to check.
+
+    OpenSSH's sftp-server answers SSH_FX_FAILURE for every error it has no code for, notably a
+    full disk (ENOSPC), an exhausted quota (EDQUOT) and a read-only filesystem (EROFS).
+    """
+    return (
+        f"{what} failed: the partner's SFTP server says only {reason!r}, which usually means "
+        "its disk is full, our account's quota is exhausted, or the folder is on a read-only "
+        f"filesystem; ask the partner to check space, quota and write access on "
+        f"{settings.upload_dir}; it will be tried again"
+    )
 
 
 def _sha256(path: Path) -> str:
