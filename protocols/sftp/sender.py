@@ -150,8 +150,9 @@ def _key_problem(path: Path, passphrase: Secret | None) -> tuple[str, str] | Non
 
 
 @contextlib.contextmanager
-def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
-    """Translate asyncssh and socket errors into :mod:`protocols.errors`."""
+def _translated(what: str, settings: SftpSettings, folder: str | None = None) -> Iterator[None]:
+    """Translate asyncssh and socket errors into :mod:`protocols.errors` (``folder``: the
+    remote folder concerned, ``upload_dir`` unless said)."""
     where = f"{settings.username}@{settings.host}:{settings.port}"
     try:
         yield
@@ -178,7 +179,8 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
     except (asyncssh.SFTPQuotaExceeded, asyncssh.SFTPNoSpaceOnFilesystem) as exc:
         raise RemoteBusy(f"{what} on {where}: partner out of space ({exc.reason})") from None
     except asyncssh.SFTPFailure as exc:
-        raise RemoteBusy(_failure(f"{what} on {where}", exc.reason, settings)) from None
+        said = _failure(f"{what} on {where}", exc.reason, folder or settings.upload_dir)
+        raise RemoteBusy(said) from None
     except asyncssh.SFTPError as exc:
         raise RemoteBusy(f"{what} on {where} failed: {exc.reason}") from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
@@ -358,7 +360,9 @@ class SftpSender(Closing):
                     if not await self._bounded(_rename(sftp, temp, final)):
                         if not await self._bounded(_exists(sftp, final)):
                             # Not a name taken: the partner's disk or folder refused it.
-                            said = _failure(f"rename of {flow.remote_name}", "Failure", s)
+                            said = _failure(
+                                f"rename of {flow.remote_name}", "Failure", s.upload_dir
+                            )
                             raise RemoteBusy(said) from None
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is None:
@@ -433,7 +437,7 @@ class SftpSender(Closing):
         async with self._slots:
             try:
                 sftp = await self._session()
-                with _translated(f"listing {s.download_dir}", s):
+                with _translated(f"listing {s.download_dir}", s, s.download_dir):
                     entries = await self._bounded(sftp.readdir(s.download_dir))
             except (TransferTimeout, ConnectError):
                 await self._close_session()
@@ -456,7 +460,7 @@ class SftpSender(Closing):
         async with self._slots:
             try:
                 sftp = await self._session()
-                with _translated(f"download of {remote.name}", s):
+                with _translated(f"download of {remote.name}", s, s.download_dir):
                     await self._bounded(sftp.get(source, str(local)))
             except (TransferTimeout, ConnectError):
                 await self._close_session()
@@ -475,7 +479,7 @@ class SftpSender(Closing):
         source = self._download(remote.name)
         async with self._slots:
             sftp = await self._session()
-            with _translated(f"{s.after_download} of {remote.name}", s):
+            with _translated(f"{s.after_download} of {remote.name}", s, s.download_dir):
                 if s.after_download == "delete":
                     await self._bounded(sftp.remove(source))
                     return "deleted"
@@ -569,7 +573,7 @@ async def _exists(sftp: asyncssh.SFTPClient, path: str) -> bool:
     return True
 
 
-def _failure(what: str, reason: str, settings: SftpSettings) -> str:
+def _failure(what: str, reason: str, folder: str) -> str:
     """What SFTP's bare "Failure" probably means, and what to check.
 
     OpenSSH's sftp-server answers SSH_FX_FAILURE for every error it has no code for, notably a
@@ -578,8 +582,8 @@ def _failure(what: str, reason: str, settings: SftpSettings) -> str:
     return (
         f"{what} failed: the partner's SFTP server says only {reason!r}, which usually means "
         "its disk is full, our account's quota is exhausted, or the folder is on a read-only "
-        f"filesystem; ask the partner to check space, quota and write access on "
-        f"{settings.upload_dir}; it will be tried again"
+        f"filesystem; ask the partner to check space, quota and write access on {folder}; "
+        "it will be tried again"
     )
 
 

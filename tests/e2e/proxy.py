@@ -30,6 +30,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -75,6 +76,8 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         await self._cut()
+        if self._serving:  # each ends once its connections are aborted
+            await asyncio.wait(self._serving, timeout=10)
 
     async def _cut(self) -> None:
         for writer in list(self._writers):
@@ -82,6 +85,10 @@ class FaultProxy:
         self._writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
