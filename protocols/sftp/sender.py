@@ -23,7 +23,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Self, TypeVar
@@ -220,6 +220,7 @@ class SftpSender(Closing):
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.max_parallel)
         self._preparing: asyncio.Task[None] | None = None
+        self._keys: Sequence[asyncssh.SSHKeyPair] | None = None  # loaded once, off the loop
 
     async def __aenter__(self) -> Self:
         if self._uploads is not None:
@@ -319,12 +320,24 @@ class SftpSender(Closing):
             await self._close_session()
             s = self._settings
             with _translated("connect", s):
+                if self._keys is None:
+                    # Decrypting a passphrase-protected key costs ~0.4 s of CPU (bcrypt KDF):
+                    # once per sender, in a thread, not at every connection on the loop.
+                    passphrase = s.passphrase.value if s.passphrase else None
+                    try:
+                        self._keys = await asyncio.to_thread(
+                            asyncssh.load_keypairs, [str(s.private_key)], passphrase
+                        )
+                    except OSError as exc:
+                        raise AuthenticationError(
+                            f"cannot read the private key {s.private_key} "
+                            f"({exc.strerror or exc}); check private_key"
+                        ) from None
                 self._conn = await asyncssh.connect(
                     s.host,
                     s.port,
                     username=s.username,
-                    client_keys=[str(s.private_key)],
-                    passphrase=s.passphrase.value if s.passphrase else None,
+                    client_keys=self._keys,
                     known_hosts=str(s.known_hosts),
                     connect_timeout=s.connect_timeout,
                     agent_path=None,

@@ -297,3 +297,22 @@ def test_the_message_of_a_failure_on_a_sender_is_retryable(tmp_path: Path, sshd:
             assert busy.value.retryable and "read-only" in str(busy.value)
 
         asyncio.run(scenario())
+
+
+def test_a_key_file_gone_under_a_running_daemon_is_auth_failed_naming_it(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """Not "connect on …: No such file or directory", retried as if the network were down."""
+    gone = tmp_path / "gone_key"
+    settings = replace(settings_of(write_sftp_config(tmp_path, sshd)), private_key=gone)
+    source = tmp_path / "g.xml"
+    source.write_bytes(padded("KEY-3", 2_000))
+
+    async def scenario() -> str:
+        async with SftpSender(settings) as sender:
+            with pytest.raises(AuthenticationError) as refused:
+                await sender.send(outbound(source, "g.xml"))
+        return str(refused.value)
+
+    said = asyncio.run(scenario())
+    assert f"cannot read the private key {gone}" in said and "private_key" in said, said
