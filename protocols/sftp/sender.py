@@ -301,8 +301,8 @@ class SftpSender(Closing):
                 if progress is None:
                     raise TimeoutError(f"no answer from the partner for {timeout:g} s")
                 raise TimeoutError(
-                    f"stalled: no data acknowledged by the partner for {timeout:g} s "
-                    f"({progress.done} of {progress.total} bytes written); the network or the "
+                    f"stalled: no progress for {timeout:g} s ({progress.done} of "
+                    f"{progress.total} bytes {progress.what}); the network or the "
                     "partner stopped, it will be tried again (timeout sets how long a transfer "
                     "may make no progress)"
                 )
@@ -407,7 +407,8 @@ class SftpSender(Closing):
         # Same size is not same file: read it back (only on a resend or a name conflict, both
         # rare) and compare digests, so other bytes are never taken for ours.
         expected = flow.sha256 or await asyncio.to_thread(_sha256, flow.path)
-        if await self._bounded(_remote_sha256(sftp, final)) != expected:
+        progress = Progress(flow.size, "read back")
+        if await self._bounded(_remote_sha256(sftp, final, progress), progress) != expected:
             return None
         return Receipt(
             self.protocol,
@@ -474,7 +475,11 @@ class SftpSender(Closing):
             try:
                 sftp = await self._session()
                 with _translated(f"download of {remote.name}", s, s.download_dir):
-                    await self._bounded(sftp.get(source, str(local)))
+                    progress = Progress(remote.size, "received")
+                    download = sftp.get(
+                        source, str(local), block_size=ONE_WRITE, progress_handler=progress.handler
+                    )
+                    await self._bounded(download, progress)
             except (TransferTimeout, ConnectError):
                 await self._close_session()
                 raise
@@ -520,10 +525,11 @@ ONE_WRITE = 32 * 1024
 
 
 class Progress:
-    """How far a transfer got, and when it last moved (the partner acknowledged a block)."""
+    """How far a transfer got, and when it last moved (a block was acknowledged or came)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, what: str = "written") -> None:
         self.total = total
+        self.what = what  # what is done with the bytes: written, received, read back
         self.done = 0
         self.last = time.monotonic()
 
@@ -608,12 +614,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _remote_sha256(sftp: asyncssh.SFTPClient, path: str) -> str:
+async def _remote_sha256(sftp: asyncssh.SFTPClient, path: str, progress: Progress) -> str:
     digest = hashlib.sha256()
     async with sftp.open(path, "rb") as remote:
         while chunk := await remote.read(1 << 18):
             assert isinstance(chunk, bytes)  # opened "rb"; asyncssh types reads as AnyStr
             digest.update(chunk)
+            progress.advance(progress.done + len(chunk))
     return digest.hexdigest()
 
 
