@@ -305,6 +305,28 @@ def test_a_file_over_the_deposit_limit_is_refused_before_anything_is_sent(tmp_pa
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(("over", "refused"), [(0, False), (1, True)])
+def test_a_file_of_exactly_the_limit_is_deposited_one_byte_more_is_not(
+    tmp_path: Path, over: int, refused: bool
+) -> None:
+    limit = 5_000
+    invoice = sample("ubl-invoice.xml")
+    filler = b"x" * (limit + over - len(invoice) - len(b"<!---->"))
+    data = invoice.replace(b"</Invoice>", b"<!--" + filler + b"--></Invoice>")
+    assert len(data) == limit + over
+
+    async def scenario() -> bool:
+        async with _stand_in(tmp_path, max_deposit_size=limit) as chorus:
+            async with PisteSender(_settings(chorus, max_deposit_size=limit)) as sender:
+                try:
+                    await sender.send(_flow(tmp_path, "edge", data))
+                except FileTooLarge:
+                    return True
+            return False
+
+    assert asyncio.run(scenario()) is refused
+
+
 def test_the_deposit_limit_is_10_mb_unless_set() -> None:
     assert _parse({}).max_deposit_size == 10_000_000
     assert _parse({"max_deposit_size": "5MB"}).max_deposit_size == 5_000_000
