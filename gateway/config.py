@@ -285,7 +285,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         tuple(connections),
         as2_receiver,
         alerts,
-        _production_without_qualification(connections),
+        _production_without_qualification(connections) + _over_deposit_limit(gateway, connections),
     )
 
 
@@ -333,6 +333,18 @@ def _production_without_qualification(connections: list[Connection]) -> tuple[st
         if conn.environment == "production"
         and conn.state is not State.DISABLED
         and conn.structure not in qualified
+    )
+
+
+def _over_deposit_limit(gateway: GatewaySettings, connections: list[Connection]) -> tuple[str, ...]:
+    """The PISTE API takes smaller files than the gateway may: those fail on that connection."""
+    return tuple(
+        f"connection {conn.name}: max_file_size ({gateway.max_file_size} bytes) is over what "
+        f"the PISTE API takes per file (max_deposit_size, {conn.settings.max_deposit_size} "
+        "bytes): larger files will go to error/ with reason too_large; send them over an EDI "
+        "connection"
+        for conn in connections
+        if conn.protocol == "piste" and gateway.max_file_size > conn.settings.max_deposit_size
     )
 
 

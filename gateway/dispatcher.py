@@ -135,6 +135,7 @@ class Attempt:
     sender: Sender
     resend: bool  # the partner may have the file already (an earlier attempt, or unknown)
     values: dict[str, Any]
+    unknown_before: bool = False  # an earlier attempt's outcome was unknown
 
 
 def backoff(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -681,7 +682,13 @@ class Dispatcher:
             else None
         )
         values = {"attempts": row.attempts + 1, "unknown_outcome": 1, "receipt_key": key}
-        return Attempt(conn, sender, bool(row.unknown_outcome) or row.attempts > 0, values)
+        return Attempt(
+            conn,
+            sender,
+            bool(row.unknown_outcome) or row.attempts > 0,
+            values,
+            bool(row.unknown_outcome),
+        )
 
     async def _deliver(self, row: FlowRow, attempt: Attempt | None = None) -> FlowRow:
         """Send a queued flow, retrying as configured. ``attempt``: the first attempt, its
@@ -698,6 +705,7 @@ class Dispatcher:
                     row, "sending", expect=("queued", "sending"), **attempt.values
                 )
             conn, sender, resend = attempt.conn, attempt.sender, attempt.resend
+            unknown_before = attempt.unknown_before
             attempt = None  # a retry starts another
             retry = self.config.gateway.retry
             outbound = Outbound(
@@ -715,10 +723,17 @@ class Dispatcher:
                 async with self._use(sender):
                     receipt = await sender.send(outbound)
             except TransferError as exc:
+                # An attempt proven to have given the partner nothing adds no uncertainty.
+                known = {"unknown_outcome": int(unknown_before)} if exc.nothing_sent else {}
                 if exc.retryable and row.attempts < retry.max_attempts:
                     delay = backoff(row.attempts, retry.initial, retry.maximum, self._rng)
                     row = await self._transition(
-                        row, "queued", expect=("sending",), reason=exc.reason, message=str(exc)
+                        row,
+                        "queued",
+                        expect=("sending",),
+                        reason=exc.reason,
+                        message=str(exc),
+                        **known,
                     )
                     self.metrics.retried.labels(row.connection, exc.reason).inc()
                     self.alerts.transfer_failed(row.connection, exc.reason, str(exc))
@@ -735,7 +750,7 @@ class Dispatcher:
                 self.alerts.transfer_failed(row.connection, exc.reason, message)
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
-                return await self._refuse(row, exc.reason, message, expect=("sending",))
+                return await self._refuse(row, exc.reason, message, expect=("sending",), **known)
             self.metrics.transferred(row.connection, time.monotonic() - started, outbound.size)
             self.alerts.transfer_succeeded(row.connection)
             if receipt.awaiting:

@@ -15,12 +15,17 @@ It serves, over HTTP on loopback, the three requests raccord makes, in their doc
   ``listeErreurDP``), IN_REJETE (complete mode with a fault, or nothing readable).
 
 :class:`PisteFaults` makes it misbehave as the real one may: revoke every token (the next call
-gets 401), queue canned answers (429 with ``Retry-After``, 500, bytes that are no JSON), and
-declare the next deposit IN_INCIDENTE. It is for demos and tests, never for production traffic.
+gets 401), queue canned answers (429 with ``Retry-After``, 500, bytes that are no JSON),
+declare the next deposit IN_INCIDENTE, leave token requests unanswered, or store the next
+deposit and never answer it. It can be as strict as the real API or looser: a wrong technical
+account gets 403 or, as the real gateway answers, 401 (``account_status``); files over
+``max_deposit_size`` (10 MB, None: no limit) are refused with ``GDP_MSG_11.022``. It is for
+demos and tests, never for production traffic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import itertools
@@ -38,6 +43,7 @@ from flows import codes, naming
 from gateway.httpserver import serve
 from gateway.simulator import Rules, judge
 from protocols.base import Closing
+from protocols.piste.api import DEPOSIT_LIMIT
 
 UPLOAD_DIR = "depot"
 TOKEN_PATH = "/api/oauth/token"  # noqa: S105 - a path, not a password
@@ -61,6 +67,8 @@ class Canned:
 class PisteFaults:
     canned: list[Canned] = field(default_factory=list)  # consumed one per API request
     incident_next: bool = False  # the next deposit ends IN_INCIDENTE
+    token_silent: bool = False  # token requests get no answer (until the stand-in closes)
+    silent_after_storing: bool = False  # the next deposit is stored, then never answered
 
 
 @dataclass
@@ -93,6 +101,8 @@ class PisteStandIn(Closing):
         port: int = 0,
         token_lifetime: float = 3600.0,
         processing_polls: int = 1,
+        account_status: int = 403,
+        max_deposit_size: int | None = DEPOSIT_LIMIT,
     ) -> None:
         self.root = root
         self.rules = rules
@@ -102,6 +112,9 @@ class PisteStandIn(Closing):
         self._account = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
         self.token_lifetime = token_lifetime
         self.processing_polls = processing_polls
+        self.account_status = account_status
+        self.max_deposit_size = max_deposit_size
+        self._closing = asyncio.Event()  # releases the requests left unanswered
         #: the statut each integrated invoice shows at the 1st, 2nd… search (the last stays)
         self.lifecycle_steps = ["MISE_A_DISPOSITION", "MISE_EN_PAIEMENT"]
         self.faults = PisteFaults()
@@ -134,6 +147,7 @@ class PisteStandIn(Closing):
 
     async def aclose(self) -> None:
         """Stop serving (leaving ``async with`` calls this)."""
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -146,6 +160,8 @@ class PisteStandIn(Closing):
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        if self.faults.token_silent:
+            await self._closing.wait()
         pair = (str(form.get("client_id", "")), str(form.get("client_secret", "")))
         if form.get("grant_type") != "client_credentials" or pair != self._credentials:
             return web.json_response(
@@ -185,7 +201,7 @@ class PisteStandIn(Closing):
         if request.headers.get("cpro-account") != self._account:
             return web.json_response(
                 {"codeRetour": 20001, "libelle": "compte technique inconnu ou mot de passe erroné"},
-                status=403,
+                status=self.account_status,
             )
         if not request.content_type.startswith("application/json"):
             return _refused(20002, f"Content-Type {request.content_type} : JSON attendu")
@@ -218,10 +234,16 @@ class PisteStandIn(Closing):
             return self._answered(request, _refused(20006, "fichierFlux : base64 invalide"))
         if not data:
             return self._answered(request, _refused(20006, "fichierFlux vide"))
+        if self.max_deposit_size is not None and len(data) > self.max_deposit_size:
+            words = "GDP_MSG_11.022 : la taille du fichier dépasse la taille maximale autorisée"
+            return self._answered(request, _refused(20008, words))
         (self.root / UPLOAD_DIR / name).write_bytes(data)
         number = f"DF{datetime.now(UTC):%Y%m%d}{next(self._numbers):06d}"
         deposit = self._judged(number, name, str(syntax), data)
         self.deposits[number] = deposit
+        if self.faults.silent_after_storing:
+            self.faults.silent_after_storing = False
+            await self._closing.wait()
         return self._answered(
             request,
             web.json_response(

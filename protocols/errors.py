@@ -16,7 +16,11 @@ boundary, so the dispatcher decides on ``retryable`` alone and never sniffs thir
     ├── CertificateError          certificate     no    a key or certificate is expired or unusable
     ├── RemoteRejected            refused         no    the partner received and refused the flow
     ├── ReceiptInvalid            receipt_invalid no    the acknowledgement proves nothing (MIC…)
-    └── FileTooLarge              too_large       no    a file offered to us is over our limit
+    └── FileTooLarge              too_large       no    a file over a limit (ours, or the API's)
+
+``nothing_sent`` says the failure proves the partner was given nothing in that attempt (a
+token refused before the call, a 401, a file refused before sending): the attempt then adds
+no uncertainty about whether the partner has the flow.
 
 ``reason`` becomes the ``reason`` of ``error.json``; ``str(error)`` is the one-sentence message
 an operator reads, saying what to do where the sender knows.
@@ -51,11 +55,18 @@ class TransferError(Exception):
 
     reason = "transfer_failed"
     retryable = False
+    #: True when the failure proves the partner was given nothing in this attempt (the
+    #: dispatcher then does not count it as a transfer of unknown outcome).
+    nothing_sent = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, nothing_sent: bool | None = None
+    ) -> None:
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+        if nothing_sent is not None:
+            self.nothing_sent = nothing_sent
 
 
 class ConnectError(TransferError):
@@ -122,7 +133,8 @@ class ReceiptInvalid(TransferError):
 
 
 class FileTooLarge(TransferError):
-    """A return flow the partner hands out is larger than ``max_file_size``: not taken."""
+    """A return flow the partner hands out is larger than ``max_file_size``: not taken; or a
+    flow larger than the partner takes (the PISTE API's 10 MB): not sent."""
 
     reason = "too_large"
 

@@ -7,9 +7,11 @@ the JSON content type. Every answer carries ``codeRetour`` (0 = done) and ``libe
 
 :class:`Tokens` keeps one token per connection and refreshes it ``token_margin`` before it
 expires, one refresh at a time however many calls wait for it; a 401 on a call discards that
-token (once) and the call is made again with a fresh one. A 429 is honoured (``Retry-After``,
-else a doubling pause) up to ``max_retries`` times. Everything else becomes a
-:mod:`protocols.errors` type with the partner's ``libelle`` in its message — never a secret.
+token (once) and the call is made again with a fresh one. A token that cannot be had (refused,
+timed out) fails the call as ``nothing_sent``: a 401 proves the API took nothing. A 429 is
+honoured (``Retry-After``, else a doubling pause) up to ``max_retries`` times. Everything
+else becomes a :mod:`protocols.errors` type with the partner's ``libelle`` in its message —
+never a secret.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ HOSTS = {
         "https://api.piste.gouv.fr",
     ),
 }
+#: The API refuses files over 10 MB (AIFE API annex, GDP_MSG_11.022): such a file is refused
+#: here, before it is encoded and sent.
+DEPOSIT_LIMIT = 10_000_000
 RETRY_AFTER_CAP = 120.0  # seconds: a longer Retry-After is left to the dispatcher's retries
 
 
@@ -71,6 +76,7 @@ class PisteSettings:
     timeout: float = 60.0
     token_margin: float = 60.0
     max_retries: int = 4
+    max_deposit_size: int = DEPOSIT_LIMIT
     report_interval: float = 30.0
     report_max_interval: float = 900.0
     report_deadline: float = 3 * 86400.0
@@ -102,6 +108,7 @@ def parse_settings(section: Section) -> PisteSettings:
         timeout=section.duration("timeout", "60s"),
         token_margin=section.duration("token_margin", "60s"),
         max_retries=section.integer("max_retries", 4, minimum=0, maximum=10),
+        max_deposit_size=section.size("max_deposit_size", "10MB"),
         report_interval=section.duration("report_interval", "30s"),
         report_max_interval=section.duration("report_max_interval", "15m"),
         report_deadline=section.duration("report_deadline", "3d"),
@@ -148,6 +155,19 @@ class Tokens:
         self.fetched = 0  # tokens obtained (for the tests and the check)
 
     async def get(self) -> str:
+        """The token to call with.
+
+        Raises:
+            protocols.errors.TransferError: no token came; marked ``nothing_sent`` (the call
+            that needed it was not made).
+        """
+        try:
+            return await self._get()
+        except TransferError as exc:
+            exc.nothing_sent = True
+            raise
+
+    async def _get(self) -> str:
         margin = self._settings.token_margin
         token = self._token
         if token is not None and time.monotonic() < token.expires - margin:
@@ -282,19 +302,27 @@ def _pause(retry_after: str | None, pauses: int) -> float:
 
 def _judge(status: int, payload: bytes, where: str) -> dict[str, Any]:
     if status == 401:
+        # The token was just issued for client_id and client_secret: what the API refuses is
+        # the technical account of the cpro-account header (or the application's subscription).
         raise AuthenticationError(
             f"{where}: refused even with a fresh token (HTTP 401{_error_words(payload)}); "
-            "check client_id and client_secret"
+            "the PISTE token was issued, so check technical_login and technical_password (the "
+            "Chorus Pro technical account), and that the PISTE application subscribes to the "
+            "Chorus Pro API",
+            nothing_sent=True,
         )
     if status == 403:
         raise AuthenticationError(
             f"{where}: forbidden (HTTP 403{_error_words(payload)}); check technical_login and "
-            "technical_password, and that the PISTE application subscribes to the Chorus Pro API"
+            "technical_password, and that the PISTE application subscribes to the Chorus Pro API",
+            nothing_sent=True,
         )
     if status >= 500:
         raise RemoteBusy(f"{where}: HTTP {status}{_error_words(payload)}; tried again later")
     if status == 404:
-        raise ProtocolError(f"{where}: HTTP 404, no such endpoint; check api_url")
+        raise ProtocolError(
+            f"{where}: HTTP 404, no such endpoint; check api_url", nothing_sent=True
+        )
     document = _json(payload, where, status)
     code = document.get("codeRetour")
     words = document.get("libelle")

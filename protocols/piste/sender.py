@@ -8,7 +8,9 @@ state is final (:data:`FINAL_STATES`), and applies the report like a return flow
 
 A deposit whose answer never came (a timeout, a dropped connection) may have been taken: it is
 not deposited again blindly — the API offers no way to find a deposit by file name — but filed
-in ``error/`` with what to check.
+in ``error/`` with what to check. A deposit that got no further than a 401 (then no fresh
+token) took nothing: it is retried like any retryable failure. A file over
+``max_deposit_size`` (10 MB, the API's limit) is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from flows.returns import (
     PISTE_REPORT_FORMAT,
 )
 from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, Report
-from protocols.errors import ProtocolError, RemoteRejected, TransferTimeout
+from protocols.errors import FileTooLarge, ProtocolError, RemoteRejected, TransferTimeout
 from protocols.piste.api import Client, PisteSettings, parse_settings
 
 DEPOSIT = "/cpro/factures/v1/deposer/flux"
@@ -82,6 +84,15 @@ class PisteSender(Closing):
     async def send(self, flow: Outbound) -> Receipt:
         s = self._settings
         syntaxe = syntax(flow.interface_code)
+        size = flow.size or flow.path.stat().st_size
+        if size > s.max_deposit_size:
+            raise FileTooLarge(
+                f"{flow.remote_name} is {size} bytes, over the {s.max_deposit_size} bytes the "
+                "PISTE API takes per file (max_deposit_size; Chorus Pro refuses larger files "
+                "with GDP_MSG_11.022); nothing was sent: deposit it over an EDI connection "
+                "(SFTP, AS2, PeSIT) or split it into smaller files",
+                nothing_sent=True,
+            )
         encoded = await asyncio.to_thread(_base64, flow.path)  # up to 40 MB: off the loop
         body: dict[str, Any] = {
             "fichierFlux": encoded,
@@ -95,13 +106,14 @@ class PisteSender(Closing):
             "; it may have been deposited all the same: look for "
             f"{flow.remote_name} in Chorus Pro (suivi des flux) before raccord retry"
         )
-        await self.client.tokens.get()  # a token that does not come: nothing was deposited
         try:
             answer = await self.client.call(DEPOSIT, body, f"deposit of {flow.remote_name}")
-        except TransferTimeout as exc:  # the request went: its outcome is unknown
-            raise TransferTimeout(f"{exc}{unknown}", retryable=False) from None
-        except ProtocolError as exc:  # an answer came, but not one that can be read
-            raise ProtocolError(f"{exc}{unknown}") from None
+        except (TransferTimeout, ProtocolError) as exc:
+            if exc.nothing_sent:  # e.g. a 401, then no fresh token: a plain retryable failure
+                raise
+            if isinstance(exc, TransferTimeout):  # the request went: its outcome is unknown
+                raise TransferTimeout(f"{exc}{unknown}", retryable=False) from None
+            raise ProtocolError(f"{exc}{unknown}") from None  # an answer no one can read
         number = answer.get("numeroFluxDepot")
         if not isinstance(number, str | int) or not str(number):
             raise ProtocolError(f"PISTE deposit of {flow.remote_name}: no numeroFluxDepot{unknown}")

@@ -22,7 +22,8 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Self, TypeVar
@@ -117,6 +118,9 @@ def parse_settings(section: Section) -> SftpSettings:
             section.key("temp_suffix"),
             "temp_prefix and temp_suffix cannot both be empty: the partner would see half files",
         )
+    problem = _key_problem(settings.private_key, settings.passphrase)
+    if problem is not None:
+        raise SettingsError(section.key(problem[0]), problem[1])
     if settings.after_download == "rename" and not settings.done_suffix.strip("."):
         raise SettingsError(
             section.key("done_suffix"),
@@ -126,9 +130,31 @@ def parse_settings(section: Section) -> SftpSettings:
     return settings
 
 
+def _key_problem(path: Path, passphrase: Secret | None) -> tuple[str, str] | None:
+    """Why the private key cannot be used with this passphrase: (the key to fix, the reason);
+    None when it can, or cannot be read at all (that is reported where the file is checked,
+    and by the connection itself)."""
+    try:
+        asyncssh.read_private_key(path, passphrase.value if passphrase else None)
+    except OSError:
+        return None
+    except asyncssh.KeyEncryptionError as exc:  # a wrong passphrase, or no bcrypt
+        return "passphrase", f"cannot decrypt the private key {path} with this passphrase ({exc})"
+    except asyncssh.KeyImportError as exc:
+        if passphrase is None and "assphrase" in str(exc):
+            return (
+                "passphrase",
+                f"the private key {path} is protected by a passphrase: set passphrase "
+                '(as { env = "NAME" } or { file = "/path" })',
+            )
+        return "private_key", f"{path} is not a private key raccord can read ({exc})"
+    return None
+
+
 @contextlib.contextmanager
-def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
-    """Translate asyncssh and socket errors into :mod:`protocols.errors`."""
+def _translated(what: str, settings: SftpSettings, folder: str | None = None) -> Iterator[None]:
+    """Translate asyncssh and socket errors into :mod:`protocols.errors` (``folder``: the
+    remote folder concerned, ``upload_dir`` unless said)."""
     where = f"{settings.username}@{settings.host}:{settings.port}"
     try:
         yield
@@ -154,16 +180,21 @@ def _translated(what: str, settings: SftpSettings) -> Iterator[None]:
         ) from None
     except (asyncssh.SFTPQuotaExceeded, asyncssh.SFTPNoSpaceOnFilesystem) as exc:
         raise RemoteBusy(f"{what} on {where}: partner out of space ({exc.reason})") from None
+    except asyncssh.SFTPFailure as exc:
+        said = _failure(f"{what} on {where}", exc.reason, folder or settings.upload_dir)
+        raise RemoteBusy(said) from None
     except asyncssh.SFTPError as exc:
         raise RemoteBusy(f"{what} on {where} failed: {exc.reason}") from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
-        raise TransferTimeout(f"{what} on {where}: {exc or 'timed out'}") from None
+        said = str(exc) or "timed out"
+        raise TransferTimeout(f"{what} on {where}: {said}") from None
     except asyncssh.DisconnectError as exc:
         raise ConnectError(f"{what} on {where}: disconnected ({exc.reason})") from None
-    except asyncssh.KeyImportError as exc:
-        raise AuthenticationError(
-            f"cannot load private key {settings.private_key}: {exc}"
-        ) from None
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError):
+        # The key or its passphrase changed since the configuration was read.
+        problem = _key_problem(settings.private_key, settings.passphrase)
+        said = problem[1] if problem else f"cannot load the private key {settings.private_key}"
+        raise AuthenticationError(f"{said}; check private_key and passphrase") from None
     except OSError as exc:
         raise ConnectError(f"{what} on {where}: {exc.strerror or exc}") from None
     except asyncssh.Error as exc:
@@ -211,6 +242,7 @@ class SftpSender(Closing):
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.max_parallel)
         self._preparing: asyncio.Task[None] | None = None
+        self._keys: Sequence[asyncssh.SSHKeyPair] | None = None  # loaded once, off the loop
 
     async def __aenter__(self) -> Self:
         if self._uploads is not None:
@@ -260,20 +292,42 @@ class SftpSender(Closing):
         if conn is not None:
             conn.abort()
 
-    async def _bounded(self, operation: Coroutine[Any, Any, T]) -> T:
-        """``operation`` within the settings' ``timeout``, and cancellable.
+    async def _bounded(
+        self, operation: Coroutine[Any, Any, T], progress: Progress | None = None
+    ) -> T:
+        """``operation``, as long as it does not stall for the settings' ``timeout``; and
+        cancellable.
+
+        With ``progress`` (a transfer), each block the partner acknowledges starts the
+        ``timeout`` afresh: a slow link delivers a large file, however long it takes; without,
+        the operation (one request) must end within ``timeout``.
 
         asyncssh does not give up a request the server stopped answering: a cancelled put()
         waits for the answers to the writes it sent (measured against an sshd stopped with
         SIGSTOP: for ever, so neither the timeout nor a SIGTERM ended the transfer). On a
-        timeout or a cancellation the connection is aborted, which fails those requests; the
+        stall or a cancellation the connection is aborted, which fails those requests; the
         operation then ends within ABORT_PATIENCE, and the next one connects afresh.
         """
         task = asyncio.ensure_future(operation)
+        timeout = self._settings.timeout
         try:
-            if not await _finished_within(task, self._settings.timeout):
-                raise TimeoutError
-            return task.result()
+            last = time.monotonic()
+            while True:
+                if progress is not None:
+                    last = progress.last
+                remaining = last + timeout - time.monotonic()
+                if remaining > 0 and await _finished_within(task, remaining):
+                    return task.result()
+                if progress is not None and progress.last > last:
+                    continue  # the partner took more meanwhile
+                if progress is None:
+                    raise TimeoutError(f"no answer from the partner for {timeout:g} s")
+                raise TimeoutError(
+                    f"stalled: no progress for {timeout:g} s ({progress.done} of "
+                    f"{progress.total} bytes {progress.what}); the network or the "
+                    "partner stopped, it will be tried again (timeout sets how long a transfer "
+                    "may make no progress)"
+                )
         except BaseException:
             if not task.done():
                 self._abort()
@@ -289,12 +343,24 @@ class SftpSender(Closing):
             s = self._settings
             _local_files(s)
             with _translated("connect", s):
+                if self._keys is None:
+                    # Decrypting a passphrase-protected key costs ~0.4 s of CPU (bcrypt KDF):
+                    # once per sender, in a thread, not at every connection on the loop.
+                    passphrase = s.passphrase.value if s.passphrase else None
+                    try:
+                        self._keys = await asyncio.to_thread(
+                            asyncssh.load_keypairs, [str(s.private_key)], passphrase
+                        )
+                    except OSError as exc:
+                        raise AuthenticationError(
+                            f"cannot read the private key {s.private_key} "
+                            f"({exc.strerror or exc}); check private_key"
+                        ) from None
                 self._conn = await asyncssh.connect(
                     s.host,
                     s.port,
                     username=s.username,
-                    client_keys=[str(s.private_key)],
-                    passphrase=s.passphrase.value if s.passphrase else None,
+                    client_keys=self._keys,
                     known_hosts=str(s.known_hosts),
                     connect_timeout=s.connect_timeout,
                     agent_path=None,
@@ -324,7 +390,16 @@ class SftpSender(Closing):
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is not None:
                             return receipt
-                    if not await self._bounded(_upload_and_rename(sftp, flow, temp, final)):
+                    progress = Progress(flow.size)
+                    uploaded = _upload(sftp, flow, temp, progress)
+                    await self._bounded(uploaded, progress)
+                    if not await self._bounded(_rename(sftp, temp, final)):
+                        if not await self._bounded(_exists(sftp, final)):
+                            # Not a name taken: the partner's disk or folder refused it.
+                            said = _failure(
+                                f"rename of {flow.remote_name}", "Failure", s.upload_dir
+                            )
+                            raise RemoteBusy(said) from None
                         receipt = await self._already_there(sftp, flow, final)
                         if receipt is None:
                             await _quietly_remove(sftp, temp)
@@ -355,7 +430,8 @@ class SftpSender(Closing):
         # Same size is not same file: read it back (only on a resend or a name conflict, both
         # rare) and compare digests, so other bytes are never taken for ours.
         expected = flow.sha256 or await asyncio.to_thread(_sha256, flow.path)
-        if await self._bounded(_remote_sha256(sftp, final)) != expected:
+        progress = Progress(flow.size, "read back")
+        if await self._bounded(_remote_sha256(sftp, final, progress), progress) != expected:
             return None
         return Receipt(
             self.protocol,
@@ -398,7 +474,7 @@ class SftpSender(Closing):
         async with self._slots:
             try:
                 sftp = await self._session()
-                with _translated(f"listing {s.download_dir}", s):
+                with _translated(f"listing {s.download_dir}", s, s.download_dir):
                     entries = await self._bounded(sftp.readdir(s.download_dir))
             except (TransferTimeout, ConnectError):
                 await self._close_session()
@@ -421,8 +497,12 @@ class SftpSender(Closing):
         async with self._slots:
             try:
                 sftp = await self._session()
-                with _translated(f"download of {remote.name}", s):
-                    await self._bounded(sftp.get(source, str(local)))
+                with _translated(f"download of {remote.name}", s, s.download_dir):
+                    progress = Progress(remote.size, "received")
+                    download = sftp.get(
+                        source, str(local), block_size=ONE_WRITE, progress_handler=progress.handler
+                    )
+                    await self._bounded(download, progress)
             except (TransferTimeout, ConnectError):
                 await self._close_session()
                 raise
@@ -440,7 +520,7 @@ class SftpSender(Closing):
         source = self._download(remote.name)
         async with self._slots:
             sftp = await self._session()
-            with _translated(f"{s.after_download} of {remote.name}", s):
+            with _translated(f"{s.after_download} of {remote.name}", s, s.download_dir):
                 if s.after_download == "delete":
                     await self._bounded(sftp.remove(source))
                     return "deleted"
@@ -467,27 +547,86 @@ SMALL_FILE = 256 * 1024
 ONE_WRITE = 32 * 1024
 
 
-async def _upload_and_rename(
-    sftp: asyncssh.SFTPClient, flow: Outbound, temp: str, final: str
-) -> bool:
-    """Write the flow's file to ``temp`` (created or truncated), then rename it to ``final``;
-    False if the rename failed (the plain SFTP rename fails when ``final`` exists)."""
+class Progress:
+    """How far a transfer got, and when it last moved (a block was acknowledged or came)."""
+
+    def __init__(self, total: int, what: str = "written") -> None:
+        self.total = total
+        self.what = what  # what is done with the bytes: written, received, read back
+        self.done = 0
+        self.last = time.monotonic()
+
+    def advance(self, done: int) -> None:
+        self.done = done
+        self.last = time.monotonic()
+
+    def handler(self, _source: bytes, _target: bytes, done: int, _total: int) -> None:
+        """asyncssh's ``progress_handler``."""
+        self.advance(done)
+
+
+async def _upload(sftp: asyncssh.SFTPClient, flow: Outbound, temp: str, progress: Progress) -> None:
+    """Write the flow's file to ``temp`` (created or truncated), telling ``progress`` of every
+    block the partner acknowledges."""
     if flow.size > SMALL_FILE:
-        await sftp.put(str(flow.path), temp)
-    else:
-        # A small read from the spool, on the event loop as asyncssh's own put() does; it saves
-        # the put()'s extra stat and chunking round trips, which dominate for invoice-sized
-        # files. Up to ONE_WRITE bytes go in one request, without asyncssh's parallel writer
-        # (a task per block): 0.29 -> 0.26 ms of client CPU per 10 KB file.
-        data = flow.path.read_bytes()
-        block_size = 0 if len(data) <= ONE_WRITE else -1
-        async with sftp.open(temp, "wb", block_size=block_size) as out:
+        # ONE_WRITE blocks: each acknowledged block is progress, so even a slow link shows
+        # some well within any sensible timeout (asyncssh's default blocks may be 255 KB).
+        await sftp.put(
+            str(flow.path), temp, block_size=ONE_WRITE, progress_handler=progress.handler
+        )
+        return
+    # A small read from the spool, on the event loop as asyncssh's own put() does; it saves
+    # the put()'s extra stat and chunking round trips, which dominate for invoice-sized
+    # files. Up to ONE_WRITE bytes go in one request, without asyncssh's parallel writer
+    # (a task per block): 0.29 -> 0.26 ms of client CPU per 10 KB file.
+    data = flow.path.read_bytes()
+    async with sftp.open(temp, "wb", block_size=0) as out:
+        if len(data) <= ONE_WRITE:
             await out.write(data)
+        else:  # pipelined ONE_WRITE requests, each acknowledgement counted as progress
+            await asyncio.gather(
+                *(_write(out, data, offset, progress) for offset in range(0, len(data), ONE_WRITE))
+            )
+    progress.advance(len(data))
+
+
+async def _write(
+    out: asyncssh.SFTPClientFile, data: bytes, offset: int, progress: Progress
+) -> None:
+    await out.write(data[offset : offset + ONE_WRITE], offset)
+    progress.advance(progress.done + min(ONE_WRITE, len(data) - offset))
+
+
+async def _rename(sftp: asyncssh.SFTPClient, temp: str, final: str) -> bool:
+    """Rename ``temp`` to ``final``; False if the rename failed (the plain SFTP rename fails
+    when ``final`` exists)."""
     try:
         await sftp.rename(temp, final)
     except asyncssh.SFTPFailure:
         return False
     return True
+
+
+async def _exists(sftp: asyncssh.SFTPClient, path: str) -> bool:
+    try:
+        await sftp.stat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return False
+    return True
+
+
+def _failure(what: str, reason: str, folder: str) -> str:
+    """What SFTP's bare "Failure" probably means, and what to check.
+
+    OpenSSH's sftp-server answers SSH_FX_FAILURE for every error it has no code for, notably a
+    full disk (ENOSPC), an exhausted quota (EDQUOT) and a read-only filesystem (EROFS).
+    """
+    return (
+        f"{what} failed: the partner's SFTP server says only {reason!r}, which usually means "
+        "its disk is full, our account's quota is exhausted, or the folder is on a read-only "
+        f"filesystem; ask the partner to check space, quota and write access on {folder}; "
+        "it will be tried again"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -498,12 +637,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def _remote_sha256(sftp: asyncssh.SFTPClient, path: str) -> str:
+async def _remote_sha256(sftp: asyncssh.SFTPClient, path: str, progress: Progress) -> str:
     digest = hashlib.sha256()
     async with sftp.open(path, "rb") as remote:
         while chunk := await remote.read(1 << 18):
             assert isinstance(chunk, bytes)  # opened "rb"; asyncssh types reads as AnyStr
             digest.update(chunk)
+            progress.advance(progress.done + len(chunk))
     return digest.hexdigest()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from gateway.piste_simulator import Canned, PisteStandIn
 from gateway.simulator import Rules
 from tests.conftest import sample
 from tests.e2e.conftest import check_connect
-from tests.gateway.harness import connection_toml, drop, memory_config_text, rows, running, until
+from tests.gateway.harness import (
+    connection_toml,
+    drop,
+    filed,
+    memory_config_text,
+    rows,
+    running,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,12 +56,13 @@ def _config(
     *,
     secret: str = CLIENT_SECRET,
     lot: bool = False,
+    attempts: int = 4,
     **settings: Any,
 ) -> Path:
     secret_file = tmp_path / "client_secret"
     secret_file.write_text(secret + "\n")
     monkeypatch.setenv("RACCORD_TEST_TECH_PASSWORD", PASSWORD)
-    text = memory_config_text(tmp_path / "data", "unused") + connection_toml(
+    text = memory_config_text(tmp_path / "data", "unused", attempts=attempts) + connection_toml(
         CONNECTION,
         "piste",
         {
@@ -310,3 +320,71 @@ def test_the_invoices_are_followed_after_integration_until_paid(
         assert {r["kind"] for r in db.returns()} == {"piste_report", "piste_invoices"}
     finally:
         db.close()
+
+
+def test_a_401_then_a_token_endpoint_that_times_out_is_no_unknown_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 proves nothing was deposited: each attempt is a plain retryable failure, and the
+    flow given up on says so in error.json (no "may have been deposited", unknown_outcome
+    false) — while a deposit the API stored and never answered is an unknown outcome."""
+
+    async def scenario() -> PisteStandIn:
+        async with _stand_in(tmp_path) as chorus:
+            path = _config(tmp_path, chorus, monkeypatch, attempts=2, timeout="500ms")
+            config = config_module.load(path)
+            async with running(config):
+                drop(config, "first.xml", _invoice("API-T0"), CONNECTION)
+                await until(filed(config, 1), what="the first deposit (a token is held)")
+                chorus.revoke_tokens()
+                chorus.faults.token_silent = True
+                drop(config, "u.xml", _invoice("API-T1"), CONNECTION)
+                await until(filed(config, 2), what="the second flow given up on")
+                chorus.faults.token_silent = False
+                chorus.faults.silent_after_storing = True
+                drop(config, "s.xml", _invoice("API-T2"), CONNECTION)
+                await until(filed(config, 3), what="the third flow filed")
+            return chorus
+
+    chorus = asyncio.run(scenario())
+    config = config_module.load(tmp_path / "raccord.toml")
+    by_name = {r.original_name: r for r in rows(config) if r.connection == CONNECTION}
+    assert len(chorus.deposits) == 2  # first.xml, and s.xml stored without an answer
+    errors = Layout(config.gateway.data_dir).error(CONNECTION)
+    refused = json.loads((errors / "u.xml.error.json").read_text())
+    assert (refused["reason"], refused["attempts"], refused["unknown_outcome"]) == (
+        "timeout",
+        2,
+        False,
+    )
+    assert "may have been deposited" not in refused["message"]
+    assert "PISTE token" in refused["message"]
+    unknown = json.loads((errors / "s.xml.error.json").read_text())
+    assert (unknown["reason"], unknown["attempts"], unknown["unknown_outcome"]) == (
+        "timeout",
+        1,
+        True,
+    )
+    assert "may have been deposited" in unknown["message"]
+    assert by_name["s.xml"].state == "error"
+
+
+def test_check_warns_of_files_over_the_api_limit_and_names_the_technical_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_file_size (30 MB by default) over the API's 10 MB: a warning; a technical account
+    refused with 401, as the real gateway does: check --connect names it, not client_id."""
+
+    async def scenario() -> tuple[int, str]:
+        async with _stand_in(tmp_path) as chorus:
+            chorus.account_status = 401
+            path = _config(tmp_path, chorus, monkeypatch)
+            monkeypatch.setenv("RACCORD_TEST_TECH_PASSWORD", "wrong-password")
+            return await asyncio.to_thread(check_connect, path)
+
+    code, out = asyncio.run(scenario())
+    assert code != 0
+    assert "max_file_size (30000000 bytes) is over what the PISTE API takes" in out
+    failed = next(line for line in out.splitlines() if "connect: FAILED" in line)
+    assert "technical_login and technical_password" in failed, failed
+    assert "client_secret" not in failed and "wrong-password" not in out

@@ -18,12 +18,14 @@ from protocols.base import Outbound
 from protocols.errors import (
     AuthenticationError,
     ConnectError,
+    FileTooLarge,
     ProtocolError,
     RemoteBusy,
     RemoteRejected,
+    TransferTimeout,
 )
 from protocols.piste.api import HOSTS, PisteSettings, parse_settings
-from protocols.piste.sender import PisteSender
+from protocols.piste.sender import DEPOSIT, PisteSender
 from protocols.settings import Secret, Section, SettingsError
 from tests.conftest import sample
 
@@ -235,6 +237,119 @@ def test_refused_credentials_say_which_to_check_and_never_show_them(tmp_path: Pa
     assert "technical_password" in account and "compte technique" in account
     for secret in ("nope-app", "nope-tech", CLIENT_SECRET, PASSWORD, LOGIN):
         assert secret not in app + account
+
+
+def test_a_401_then_no_fresh_token_is_a_plain_retryable_failure(tmp_path: Path) -> None:
+    """A 401 proves the API took nothing: when the token endpoint then times out, the deposit
+    is retried like any retryable failure, never filed as "may have been deposited"."""
+
+    async def scenario() -> None:
+        async with _stand_in(tmp_path) as chorus:
+            async with PisteSender(_settings(chorus, timeout=0.5)) as sender:
+                await sender.client.tokens.get()
+                chorus.revoke_tokens()  # the next deposit gets 401
+                chorus.faults.token_silent = True  # and its renewal no answer
+                with pytest.raises(TransferTimeout) as raised:
+                    await sender.send(_flow(tmp_path, "a"))
+            assert chorus.requests == [(DEPOSIT, 401)] and chorus.deposits == {}
+            error = raised.value
+            assert error.retryable and error.nothing_sent
+            assert "PISTE token" in str(error) and "may have been deposited" not in str(error)
+
+    asyncio.run(scenario())
+
+
+def test_a_deposit_stored_then_unanswered_is_an_unknown_outcome(tmp_path: Path) -> None:
+    """The opposite case: the request went and the API kept the file; raccord cannot know,
+    so it is not sent again blindly but filed with what to check."""
+
+    async def scenario() -> None:
+        async with _stand_in(tmp_path) as chorus:
+            chorus.faults.silent_after_storing = True
+            async with PisteSender(_settings(chorus, timeout=0.5)) as sender:
+                with pytest.raises(TransferTimeout) as raised:
+                    await sender.send(_flow(tmp_path, "a"))
+            assert len(chorus.deposits) == 1
+            error = raised.value
+            assert not error.retryable and not error.nothing_sent
+            assert "may have been deposited" in str(error)
+
+    asyncio.run(scenario())
+
+
+def test_a_file_over_the_deposit_limit_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """The API refuses files over 10 MB; the sender says so before encoding and sending."""
+    limit = 4_000
+    data = sample("ubl-invoice.xml").replace(
+        b"</Invoice>", b"<!--" + b"x" * limit + b"--></Invoice>"
+    )
+
+    async def scenario() -> None:
+        async with _stand_in(tmp_path, max_deposit_size=limit) as chorus:
+            async with PisteSender(_settings(chorus, max_deposit_size=limit)) as sender:
+                with pytest.raises(FileTooLarge) as raised:
+                    await sender.send(_flow(tmp_path, "big", data))
+                assert chorus.requests == [] and chorus.tokens_issued == 0
+                error = raised.value
+                assert not error.retryable and error.nothing_sent
+                assert f"{len(data)} bytes" in str(error) and "max_deposit_size" in str(error)
+            # Raised above what the API takes, the limit lets the strict API say no itself;
+            # the looser stand-in (no limit) takes the file.
+            async with PisteSender(_settings(chorus, max_deposit_size=10 * limit)) as sender:
+                with pytest.raises(RemoteRejected, match=r"GDP_MSG_11\.022"):
+                    await sender.send(_flow(tmp_path, "big", data))
+                chorus.max_deposit_size = None
+                await sender.send(_flow(tmp_path, "big", data))
+            assert len(chorus.deposits) == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("over", "refused"), [(0, False), (1, True)])
+def test_a_file_of_exactly_the_limit_is_deposited_one_byte_more_is_not(
+    tmp_path: Path, over: int, refused: bool
+) -> None:
+    limit = 5_000
+    invoice = sample("ubl-invoice.xml")
+    filler = b"x" * (limit + over - len(invoice) - len(b"<!---->"))
+    data = invoice.replace(b"</Invoice>", b"<!--" + filler + b"--></Invoice>")
+    assert len(data) == limit + over
+
+    async def scenario() -> bool:
+        async with _stand_in(tmp_path, max_deposit_size=limit) as chorus:
+            async with PisteSender(_settings(chorus, max_deposit_size=limit)) as sender:
+                try:
+                    await sender.send(_flow(tmp_path, "edge", data))
+                except FileTooLarge:
+                    return True
+            return False
+
+    assert asyncio.run(scenario()) is refused
+
+
+def test_the_deposit_limit_is_10_mb_unless_set() -> None:
+    assert _parse({}).max_deposit_size == 10_000_000
+    assert _parse({"max_deposit_size": "5MB"}).max_deposit_size == 5_000_000
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_technical_account_names_technical_login_and_password(
+    tmp_path: Path, status: int
+) -> None:
+    """The real gateway answers 401 to a wrong cpro-account even with a fresh token: the token
+    was issued, so the client credentials are right and the account is what to check."""
+
+    async def scenario() -> str:
+        async with _stand_in(tmp_path, account_status=status) as chorus:
+            wrong = _settings(chorus, technical_password=Secret("nope-tech", "literal"))
+            async with PisteSender(wrong) as sender:
+                with pytest.raises(AuthenticationError) as refused:
+                    await sender.check()
+            return str(refused.value)
+
+    said = asyncio.run(scenario())
+    assert "technical_login" in said and "technical_password" in said
+    assert "client_secret" not in said and "nope-tech" not in said
 
 
 def test_an_interface_code_without_a_piste_syntax_is_refused_before_any_call(
