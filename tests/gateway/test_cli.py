@@ -149,6 +149,11 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert "Demo complete: the same fault sank the whole UBL lot under Complète" in done.stdout
     assert "4 invoices: 0 deposited, 4 rejected (3 only because of another invoice)" in done.stdout
     assert "3 invoices: 2 deposited, 1 rejected" in done.stdout  # Partielle
+    # validation = "block": the invoice without the buyer's address is held back, rule named.
+    assert "ubl-invoice-invalid.xml      error   FSO1100A  invalid_invoice" in done.stdout
+    assert "BR-10  An Invoice shall contain the Buyer postal address (BG-8).  /Invoice" in (
+        done.stdout
+    )
     uploaded = list((tmp_path / "demo" / "partner" / "depot").iterdir())
     assert len(uploaded) == 4  # UBL, CII and Factur-X lots, and the UBL resubmission
     # Over AS2: both invoices deposited at the simulator, their statuses pushed back over AS2.
