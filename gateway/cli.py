@@ -325,6 +325,7 @@ FLOW_COLUMNS = [
     "attempts",
     "reason",
     "message",
+    "checked",
     "return_status",
     "updated_at",
 ]
@@ -359,6 +360,18 @@ def _return_status(invoices: list[dict[str, Any]]) -> str | None:
     return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
 
 
+def _checked(validation: dict[str, Any] | None) -> str | None:
+    """One cell for a flow's validation: ``valid``, ``invalid BR-10 (+2)``, ``not_checked``."""
+    if not validation:
+        return None
+    status = str(validation["status"])
+    errors = validation.get("errors") or []
+    if not errors:
+        return status
+    more = f" (+{len(errors) - 1})" if len(errors) > 1 else ""
+    return f"{status} {errors[0]['rule']}{more}"
+
+
 def _journal(config: Config) -> JournalDB:
     layout = Layout(config.gateway.data_dir)
     if not layout.journal.exists():
@@ -389,6 +402,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
             data = row.to_dict()
             data["return_status"] = _return_status(invoices)
+            data["checked"] = _checked(data["validation"])
             if args.flow:  # one flow asked for: its invoices and status history too
                 data["invoices"] = invoices
                 data["statuses"] = db.statuses(row.flow_id)
