@@ -118,6 +118,7 @@ class GatewaySettings:
     shutdown_grace: float = 20.0
     warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
     analysis_timeout: float = 20.0  # one file's analysis (and validation) at most, seconds
+    validation_workers: int = 0  # processes running the rule sets; 0: one per two cores
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ def _gateway(section: Section) -> GatewaySettings:
         shutdown_grace=section.duration("shutdown_grace", "20s"),
         warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),
         analysis_timeout=section.duration("analysis_timeout", "20s"),
+        validation_workers=section.integer("validation_workers", 0, minimum=0, maximum=64),
     )
     section.finish()
     return settings

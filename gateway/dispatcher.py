@@ -210,7 +210,10 @@ class Dispatcher:
         self._filer = Filer()
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._analyser = Analyser()
-        self._validator = Validator(timeout=config.gateway.analysis_timeout)
+        self._validator = Validator(
+            workers=config.gateway.validation_workers or None,
+            timeout=config.gateway.analysis_timeout,
+        )
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
         self._using: dict[int, int] = {}  # id(sender) -> sends and settles under way

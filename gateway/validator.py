@@ -22,6 +22,7 @@ dies on a file (a crash, the out-of-memory killer) fails that file alone
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import importlib.metadata
@@ -243,8 +244,9 @@ def _parser() -> etree.XMLParser:
 
 
 def serve(pipe: Any, folder: str, preload: Sequence[str]) -> None:
-    """A worker process: compile, say ready (or send what stopped it), then answer each
-    ``(path, rules)`` with a Validation dict, an OSError, until None or end-of-file."""
+    """A worker process: compile, say ready (or send what stopped it), then take batches of
+    ``(path, rules)`` and send one answer per file as soon as it is made (a Validation dict,
+    or an OSError), until None or end-of-file."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The daemon ends its workers itself, after the flows under way (see batching).
         signal.signal(signum, signal.SIG_IGN)
@@ -257,26 +259,30 @@ def serve(pipe: Any, folder: str, preload: Sequence[str]) -> None:
     pipe.send(True)
     while True:
         try:
-            request = pipe.recv()
+            batch = pipe.recv()
         except (EOFError, OSError):
             return
-        if request is None:
+        if batch is None:
             return
-        path, wanted = request
-        answer: Any
-        try:
-            answer = engine.validate(Path(path), wanted).to_dict()
-        except OSError as exc:
-            answer = OSError(exc.errno, exc.strerror, str(path))
-        except Exception as exc:  # the rules' processor failed on this file: say so, go on
-            answer = rules.not_checked(f"the rule sets could not be run: {exc}").to_dict()
-        try:
-            pipe.send(answer)
-        except OSError:
-            return
+        for path, wanted in batch:
+            try:
+                pipe.send(_answer(engine, Path(path), wanted))
+            except OSError:
+                return
+
+
+def _answer(engine: Engine, path: Path, wanted: Sequence[str]) -> Any:
+    try:
+        return engine.validate(path, wanted).to_dict()
+    except OSError as exc:
+        return OSError(exc.errno, exc.strerror, str(path))
+    except Exception as exc:  # the rules' processor failed on this file: say so, go on
+        return rules.not_checked(f"the rule sets could not be run: {exc}").to_dict()
 
 
 # -- in the daemon ---------------------------------------------------------------------------
+
+Request = tuple[Path, tuple[str, ...]]
 
 
 class _Worker:
@@ -310,29 +316,45 @@ class _Worker:
         return self.process.pid or 0
 
     def ask(self, path: Path, wanted: Sequence[str], timeout: float) -> Any:
-        """The worker's answer for one file (blocking).
+        """The worker's answer for one file (blocking); see :meth:`ask_all`."""
+        (answer,), _ = self.ask_all([(path, tuple(wanted))], timeout)
+        if isinstance(answer, (ValidationTimeout, ValidationCrashed)):
+            raise answer
+        return answer
 
-        Raises:
-            ValidationTimeout: no answer within ``timeout`` seconds (the worker is killed).
-            ValidationCrashed: the worker ended before answering.
-        """
+    def ask_all(self, batch: Sequence[Request], timeout: float) -> tuple[list[Any], bool]:
+        """The answers for a batch, in order (blocking), each within ``timeout`` seconds of the
+        one before, and whether the worker is gone. A file over its budget gets a
+        ValidationTimeout (the worker is killed), a file the worker died on a
+        ValidationCrashed; the files after it get no answer (fewer answers than files)."""
+        answers: list[Any] = []
         try:
-            self.pipe.send((str(path), tuple(wanted)))
-            if not self.pipe.poll(timeout):
-                self.kill()
-                raise ValidationTimeout(
-                    f"validating {path.name} took more than {timeout:g} s (analysis_timeout); "
-                    "the validation was stopped and the file not sent. Check the file (a huge "
-                    "or pathological invoice?), then raccord retry"
-                )
-            return self.pipe.recv()
+            self.pipe.send([(str(path), wanted) for path, wanted in batch])
+            for path, _ in batch:
+                if not self.pipe.poll(timeout):
+                    self.kill()
+                    answers.append(
+                        ValidationTimeout(
+                            f"validating {path.name} took more than {timeout:g} s "
+                            "(analysis_timeout); the validation was stopped and the file not "
+                            "sent. Check the file (a huge or pathological invoice?), then "
+                            "raccord retry"
+                        )
+                    )
+                    return answers, True
+                answers.append(self.pipe.recv())
         except (EOFError, OSError):
             code = self.process.exitcode
             self.kill()
-            raise ValidationCrashed(
-                f"the validation process died on {path.name} (exit code {code}); the file was "
-                "not sent. Check it, then raccord retry"
-            ) from None
+            failed = batch[len(answers)][0].name
+            answers.append(
+                ValidationCrashed(
+                    f"the validation process died on {failed} (exit code {code}); the file "
+                    "was not sent. Check it, then raccord retry"
+                )
+            )
+            return answers, True
+        return answers, False
 
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -357,11 +379,18 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+#: Files sent to a worker in one round trip. Under a burst, validated files come back in
+#: groups, so that the steps after validation (journal, filing, uploads) still work in batches;
+#: a lone file goes at once.
+MAX_BATCH = 64
+
+
 class Validator:
     """A pool of validation workers, started on first use (or :meth:`open`).
 
-    ``timeout`` is the time budget of one file; ``preload`` the stylesheets each worker
-    compiles when it starts (the others are compiled on first use).
+    ``timeout`` is the time budget of one file; ``preload`` the artefacts each worker compiles
+    when it starts (the others are compiled on first use). Files wait in one queue; each worker
+    slot takes them in batches (:data:`MAX_BATCH`) while there are some.
     """
 
     def __init__(
@@ -375,51 +404,37 @@ class Validator:
         self.timeout = timeout
         self._preload = tuple(preload)
         self._executor: ThreadPoolExecutor | None = None
-        self._idle: asyncio.Queue[_Worker | None] | None = None
-        self._workers: set[_Worker] = set()
+        self._slots: list[_Worker | None] = [None] * self.size
+        self._busy: set[int] = set()  # slots with a drainer running
+        self._pending: collections.deque[tuple[Request, asyncio.Future[Any]]] = collections.deque()
+        self._drainers: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
 
     @property
     def pids(self) -> list[int]:
         """The running workers' process ids (for tests and the benchmark)."""
         with self._lock:
-            return [w.pid for w in self._workers]
+            return [w.pid for w in self._slots if w is not None]
+
+    def _run(self, function: Any, *args: Any) -> asyncio.Future[Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="validation")
+        return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def open(self) -> None:
-        """Start the workers now (they compile the rule sets: about a second each)."""
-        await self._ensure()
-        assert self._idle is not None
-        # Take every worker once so that each has started.
-        taken = [await self._take() for _ in range(self.size)]
-        for worker in taken:
-            self._idle.put_nowait(worker)
+        """Start the workers now (they compile the rule sets: seconds each).
 
-    async def _ensure(self) -> None:
-        if self._idle is None:
-            self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="validation")
-            self._idle = asyncio.Queue()
-            for _ in range(self.size):
-                self._idle.put_nowait(None)  # a place for a worker not started yet
-
-    async def _take(self) -> _Worker:
-        assert self._idle is not None
-        worker = await self._idle.get()
-        if worker is None:
-            try:
-                worker = await self._run(self._start)
-            except BaseException:
-                self._idle.put_nowait(None)
-                raise
-        return worker
+        Raises:
+            ValidatorUnavailable: the rule sets cannot be used on this machine.
+        """
+        missing = [slot for slot in range(self.size) if self._slots[slot] is None]
+        started = await asyncio.gather(*(self._run(self._start) for _ in missing))
+        with self._lock:
+            for slot, worker in zip(missing, started, strict=True):
+                self._slots[slot] = worker
 
     def _start(self) -> _Worker:
-        worker = _Worker(artefacts(), self._preload)
-        with self._lock:
-            self._workers.add(worker)
-        return worker
-
-    async def _run(self, function: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return _Worker(artefacts(), self._preload)
 
     async def validate(self, path: Path, wanted: Sequence[str]) -> Validation:
         """Validate the file at ``path`` against the rule sets ``wanted``.
@@ -430,29 +445,73 @@ class Validator:
             ValidationCrashed: the worker died on this file.
             ValidatorUnavailable: the rule sets cannot be used on this machine.
         """
-        await self._ensure()
-        assert self._idle is not None
-        worker = await self._take()
-        keep: _Worker | None = worker
-        try:
-            answer = await self._run(worker.ask, path, tuple(wanted), self.timeout)
-        except (ValidationTimeout, ValidationCrashed):
-            keep = None  # killed; its place starts a fresh one on the next file
-            with self._lock:
-                self._workers.discard(worker)
-            log.warning("validation.worker_replaced", pid=worker.pid, file=path.name)
-            raise
-        finally:
-            self._idle.put_nowait(keep)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(((path, tuple(wanted)), future))
+        self._kick()
+        answer = await future
         if isinstance(answer, Exception):
             raise answer
         return Validation.from_dict(answer)
 
+    def _kick(self) -> None:
+        for slot in range(self.size):
+            if not self._pending:
+                return
+            if slot not in self._busy:
+                self._busy.add(slot)
+                task = asyncio.create_task(self._drain(slot), name=f"validation-{slot}")
+                self._drainers.add(task)
+                task.add_done_callback(self._drainers.discard)
+
+    async def _drain(self, slot: int) -> None:
+        """Feed the worker of ``slot`` batches while files wait."""
+        batch: list[tuple[Request, asyncio.Future[Any]]] = []
+        try:
+            while self._pending:
+                batch = []
+                while self._pending and len(batch) < MAX_BATCH:
+                    item = self._pending.popleft()
+                    if not item[1].done():  # its flow was cancelled meanwhile
+                        batch.append(item)
+                if not batch:
+                    continue
+                worker = self._slots[slot]
+                if worker is None:
+                    try:
+                        worker = await self._run(self._start)
+                    except Exception as exc:
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_result(exc)
+                        continue
+                    with self._lock:
+                        self._slots[slot] = worker
+                requests = [request for request, _ in batch]
+                answers, gone = await self._run(worker.ask_all, requests, self.timeout)
+                if gone:
+                    with self._lock:
+                        self._slots[slot] = None  # a fresh one is started for the next batch
+                    log.warning("validation.worker_replaced", pid=worker.pid)
+                for (_, future), answer in zip(batch, answers, strict=False):
+                    if not future.done():
+                        future.set_result(answer)
+                # Files after one that killed the worker go back first in line.
+                self._pending.extendleft(reversed(batch[len(answers) :]))
+                batch = []
+        finally:
+            self._busy.discard(slot)
+            for _, future in batch:  # only if this task was cancelled mid-batch
+                if not future.done():
+                    future.cancel()
+
     async def close(self) -> None:
-        """End the workers (a later file starts them again)."""
+        """End the workers once the files submitted are answered (a later file starts them
+        again)."""
+        if self._drainers:
+            await asyncio.wait(set(self._drainers))
         with self._lock:
-            workers = list(self._workers)
-            self._workers.clear()
+            workers = [w for w in self._slots if w is not None]
+            self._slots = [None] * self.size
         if workers:
 
             def stop_all() -> None:
@@ -463,7 +522,6 @@ class Validator:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         self._executor = None
-        self._idle = None
 
 
 #: The formats the rule sets apply to.

