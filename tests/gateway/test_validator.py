@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.validation import PRELOAD, Status, Validation
 from gateway import validator as validator_module
@@ -192,3 +195,28 @@ def test_the_files_batched_after_a_timeout_are_validated_by_the_new_worker(
     assert isinstance(a, Validation) and a.status is Status.VALID
     assert isinstance(b, Validation) and b.status is Status.VALID
     assert isinstance(c, Validation) and [e.rule for e in c.errors] == ["BR-10"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=300).map(lambda b: b"%PDF-1.7\n" + b),
+        st.binary(max_size=300).map(
+            lambda b: (
+                b'<Invoice xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2">'
+                + b
+                + b"</Invoice>"
+            )
+        ),
+    )
+)
+def test_any_bytes_get_an_answer_and_leave_the_worker_working(worker: _Worker, data: bytes) -> None:
+    """A file the daemon hands over, whatever it holds, gets a validation (most often
+    not_checked) and never stops the worker."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f.xml"
+        path.write_bytes(data)
+        checked = check(worker, path)
+    assert checked.status in set(Status)
+    assert worker.process.is_alive()
