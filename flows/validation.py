@@ -103,7 +103,8 @@ class Validation:
         more = len(self.errors) - 1
         others = f" (and {more} more rule{'s' if more > 1 else ''} broken)" if more else ""
         return (
-            f"the invoice breaks rule {first.rule}: {first.message}{others}; Chorus Pro would "
+            f"the invoice breaks rule {first.rule}: {first.message.rstrip('. ')}{others}; "
+            "Chorus Pro would "
             "reject it. Correct it in the invoicing system and drop it again"
         )
 

@@ -531,6 +531,7 @@ class Dispatcher:
         Under ``block`` an invalid invoice is refused; under ``warn`` it is sent, except into a
         lot under Complète, where one invalid invoice would sink every invoice of the lot.
         """
+        facts["validation"] = None  # a retried flow keeps no outcome of an earlier check
         if conn.validation is Checking.OFF or analysis.format not in CHECKED_FORMATS:
             return None
         try:

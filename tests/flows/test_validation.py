@@ -71,7 +71,7 @@ def test_the_error_sentence_names_the_first_broken_rule() -> None:
     broken = [v.Finding("BR-10", "Buyer postal address missing."), v.Finding("BR-8", "")]
     checked = v.outcome(["EN16931"], broken, [])
     sentence = checked.sentence()
-    assert sentence.startswith("the invoice breaks rule BR-10: Buyer postal address missing.")
+    assert sentence.startswith("the invoice breaks rule BR-10: Buyer postal address missing (")
     assert "1 more rule" in sentence and "drop it again" in sentence
 
 
