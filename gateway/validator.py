@@ -505,18 +505,25 @@ class Validator:
                     future.cancel()
 
     async def close(self) -> None:
-        """End the workers once the files submitted are answered (a later file starts them
-        again)."""
+        """End the workers (a later file starts them again). Called once the flows are done
+        or cancelled: a worker still busy with a batch (files of cancelled flows) is killed
+        rather than waited for, so that a stop never waits for a slow validation."""
+        busy = set(self._busy)
+        for task in list(self._drainers):
+            task.cancel()
         if self._drainers:
             await asyncio.wait(set(self._drainers))
         with self._lock:
-            workers = [w for w in self._slots if w is not None]
+            workers = [(slot in busy, w) for slot, w in enumerate(self._slots) if w is not None]
             self._slots = [None] * self.size
         if workers:
 
             def stop_all() -> None:
-                for worker in workers:
-                    worker.stop()
+                for killed, worker in workers:
+                    if killed:
+                        worker.kill()
+                    else:
+                        worker.stop()
 
             await asyncio.to_thread(stop_all)
         if self._executor is not None:

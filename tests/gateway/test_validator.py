@@ -220,3 +220,25 @@ def test_any_bytes_get_an_answer_and_leave_the_worker_working(worker: _Worker, d
         checked = check(worker, path)
     assert checked.status in set(Status)
     assert worker.process.is_alive()
+
+
+def test_closing_does_not_wait_for_a_slow_validation(tmp_path: Path) -> None:
+    """A stop (after the flows were cancelled) ends a busy worker at once instead of waiting
+    for its batch: a daemon's stop is bounded by its shutdown grace, not by the rule sets."""
+    slow = tmp_path / "slow.xml"
+    slow.write_bytes(invoices.large_ubl(12000))
+
+    async def scenario() -> tuple[float, int]:
+        pool = Validator(workers=1, timeout=120.0)
+        await pool.open()
+        (pid,) = pool.pids
+        flow = asyncio.create_task(pool.validate(slow, ("en16931",)))
+        await asyncio.sleep(0.5)  # the worker has the file (no answer for many seconds)
+        flow.cancel()
+        started = asyncio.get_running_loop().time()
+        await pool.close()
+        return asyncio.get_running_loop().time() - started, pid
+
+    took, pid = asyncio.run(scenario())
+    assert took < 8.0
+    assert not _alive(pid)
