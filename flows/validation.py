@@ -68,14 +68,16 @@ class Validation:
     def invalid(self) -> bool:
         return self.status is Status.INVALID
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_note: bool = False) -> dict[str, Any]:
+        """The JSON contract's object (exactly these four keys); ``with_note`` adds why it was
+        not checked (between raccord's own processes)."""
         data: dict[str, Any] = {
             "status": self.status.value,
             "rules": list(self.rules),
             "errors": [f.to_dict() for f in self.errors],
             "warnings": [f.to_dict() for f in self.warnings],
         }
-        if self.note:
+        if with_note and self.note:
             data["note"] = self.note
         return data
 

@@ -266,6 +266,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if config is not None:
             record.update(_routing(result, config))
         record["validation"] = checked.to_dict()
+        if checked.note:
+            record["validation_note"] = checked.note
         record["valid"] = checked.status.value
         if not result.ok or checked.invalid:
             status = NOT_RIGHT
@@ -275,14 +277,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for record in records:
             print(record["file"])
             for key, value in record.items():
-                if key in ("file", "validation", "valid") or value in (None, {}):
+                skip = ("file", "validation", "valid", "validation_note")
+                if key in skip or value in (None, {}):
                     continue
                 if isinstance(value, dict):
                     for sub, text in value.items():
                         print(f"  {key}.{sub}: {text}")
                 else:
                     print(f"  {key}: {value}")
-            _print_validation(record["validation"])
+            _print_validation(record["validation"], record.get("validation_note"))
     else:
         columns = [
             "file",
@@ -301,11 +304,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return status
 
 
-def _print_validation(checked: dict[str, Any]) -> None:
+def _print_validation(checked: dict[str, Any], note: str | None) -> None:
     rules = ", ".join(checked["rules"])
     print(f"  validation: {checked['status']}" + (f" ({rules})" if rules else ""))
-    if checked.get("note"):
-        print(f"    {checked['note']}")
+    if note:
+        print(f"    {note}")
     for kind, items in (("", checked["errors"]), ("warning ", checked["warnings"])):
         for item in items:
             print(f"    {kind}{item['rule']}  {item['message']}  {item['location']}".rstrip())

@@ -273,11 +273,11 @@ def serve(pipe: Any, folder: str, preload: Sequence[str]) -> None:
 
 def _answer(engine: Engine, path: Path, wanted: Sequence[str]) -> Any:
     try:
-        return engine.validate(path, wanted).to_dict()
+        return engine.validate(path, wanted).to_dict(with_note=True)
     except OSError as exc:
         return OSError(exc.errno, exc.strerror, str(path))
     except Exception as exc:  # the rules' processor failed on this file: say so, go on
-        return rules.not_checked(f"the rule sets could not be run: {exc}").to_dict()
+        return rules.not_checked(f"the rule sets could not be run: {exc}").to_dict(with_note=True)
 
 
 # -- in the daemon ---------------------------------------------------------------------------

@@ -65,6 +65,9 @@ def test_the_json_object_has_the_contract_names_and_round_trips() -> None:
         "warnings": [],
     }
     assert v.Validation.from_dict(data) == checked
+    unchecked = v.not_checked("unreadable PDF")
+    assert set(unchecked.to_dict()) == {"status", "rules", "errors", "warnings"}
+    assert v.Validation.from_dict(unchecked.to_dict(with_note=True)) == unchecked
 
 
 def test_the_error_sentence_names_the_first_broken_rule() -> None:

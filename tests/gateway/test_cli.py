@@ -251,6 +251,7 @@ def test_analyze_validates_each_file_and_exits_1_for_an_invalid_invoice(
         }
     ]
     assert records["notes.txt"]["validation"]["status"] == "not_checked"
+    assert "neither XML nor PDF" in records["notes.txt"]["validation_note"]
     assert main(["analyze", "--format", "table", "--rules", "en16931,br-fr", str(bad)]) == 1
     table = capsys.readouterr().out
     assert "validation: invalid (XSD, EN16931, BR-FR)" in table
