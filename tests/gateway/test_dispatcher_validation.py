@@ -149,3 +149,12 @@ def test_a_file_over_the_analysis_timeout_is_filed_alone_with_analysis_timeout(
     assert huge.state == "error" and huge.reason == "analysis_timeout"
     assert "analysis_timeout" in (huge.message or "")
     assert not bucket_of(config).files
+
+
+def test_under_off_nothing_is_validated(tmp_path: Path) -> None:
+    config = config_for(tmp_path, "off")
+    found, counted = run(config, {"bad.xml": invoices.ubl_without_buyer_address()}, settled=1)
+    (bad,) = found
+    assert bad.state == "sent" and bad.validation is None
+    assert sidecar(bad, ".receipt.json")["validation"] is None
+    assert counted == 0
