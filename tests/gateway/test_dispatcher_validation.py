@@ -118,11 +118,12 @@ def test_under_warn_an_invalid_invoice_is_sent_and_its_receipt_carries_the_rules
     assert counted == 1
 
 
-def test_a_complete_lot_leaves_without_its_invalid_invoice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("validation", ["warn", "block"])
+def test_a_complete_lot_leaves_without_its_invalid_invoice(tmp_path: Path, validation: str) -> None:
     """Under Complète one invalid invoice would reject every invoice of its lot: it is filed
     alone (even under warn) and the lot goes with the others."""
     lot = 'lot = { max_invoices = 3, max_wait = "30s", packaging = "tar.gz" }'
-    config = config_for(tmp_path, "warn", extra=lot)
+    config = config_for(tmp_path, validation, extra=lot)
     documents = {
         "a.xml": invoices.ubl("L-1"),
         "b.xml": invoices.ubl_wrong_total("L-2"),
@@ -133,7 +134,9 @@ def test_a_complete_lot_leaves_without_its_invalid_invoice(tmp_path: Path) -> No
     flows = by_name(found)
     assert flows["b.xml"].state == "error" and flows["b.xml"].reason == "invalid_invoice"
     assert "BR-CO-15" in (flows["b.xml"].message or "")
-    assert "whole lot" in (flows["b.xml"].message or "")
+    if validation == "warn":
+        assert "whole lot" in (flows["b.xml"].message or "")
+    assert sidecar(flows["b.xml"], ".error.json")["validation"]["errors"][0]["rule"] == "BR-CO-15"
     (sent_lot,) = [row for row in found if row.packaging is not None]
     assert sent_lot.state == "sent"
     members = sorted(row.original_name for row in found if row.lot_id == sent_lot.flow_id)
