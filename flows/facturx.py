@@ -7,6 +7,7 @@ usually named ``factur-x.xml``. The PDF is only read here; raccord deposits it u
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import IO
 
 from pypdf import PdfReader
@@ -23,6 +24,33 @@ class FacturXError(ValueError):
     """The PDF cannot be read or carries no invoice XML."""
 
 
+@dataclass(frozen=True)
+class Document:
+    """What a Factur-X PDF carries for validation: its invoice XML and its XMP metadata."""
+
+    name: str  # the attachment's name
+    xml: bytes
+    xmp: bytes | None  # the document's XMP packet (declares the profile), None if absent
+
+
+def read(pdf: IO[bytes]) -> Document:
+    """The invoice XML and the XMP metadata of ``pdf``.
+
+    Raises:
+        FacturXError: unreadable PDF, or no XML attachment.
+    """
+    try:
+        reader = PdfReader(pdf)
+        name, xml = _embedded(reader)
+        xmp: bytes | None = None
+        metadata = reader.root_object.get("/Metadata")
+        if metadata is not None:
+            xmp = metadata.get_object().get_data()
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FacturXError(f"unreadable PDF: {exc}") from None
+    return Document(name, xml, xmp)
+
+
 def embedded_xml(pdf: IO[bytes]) -> tuple[str, bytes]:
     """Return (attachment name, bytes) of the invoice XML embedded in ``pdf``.
 
@@ -30,7 +58,15 @@ def embedded_xml(pdf: IO[bytes]) -> tuple[str, bytes]:
         FacturXError: unreadable PDF, or no XML attachment.
     """
     try:
-        attachments = PdfReader(pdf).attachments
+        reader = PdfReader(pdf)
+    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        raise FacturXError(f"unreadable PDF: {exc}") from None
+    return _embedded(reader)
+
+
+def _embedded(reader: PdfReader) -> tuple[str, bytes]:
+    try:
+        attachments = reader.attachments
         names = list(attachments.keys())
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise FacturXError(f"unreadable PDF: {exc}") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import codes, naming
+from flows import validation as rulebook
 from protocols import registry
 from protocols.settings import Secret, Section, SettingsError, nearest
 
@@ -45,6 +46,14 @@ class State(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class Checking(enum.StrEnum):
+    """What a connection does with an invoice that breaks the rules (``validation``)."""
+
+    OFF = "off"  # not validated
+    WARN = "warn"  # sent; its receipt carries what would be rejected
+    BLOCK = "block"  # not sent: error/ with reason invalid_invoice
+
+
 @dataclass(frozen=True)
 class Lot:
     max_invoices: int = 1
@@ -71,6 +80,9 @@ class Connection:
     settings: Any  # the protocol's own settings object
     lot: Lot = field(default_factory=Lot)
     resubmit_collateral: bool = False
+    # Absent means warn: configurations written before validation existed keep sending.
+    validation: Checking = Checking.WARN
+    validation_rules: tuple[str, ...] = rulebook.DEFAULT_RULES
 
     def unusable_reason(self, today: date) -> tuple[str, str] | None:
         """``(reason, message)`` if this connection may not carry flows ``today``."""
@@ -107,6 +119,8 @@ class GatewaySettings:
     warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
     retention: float | None = None  # seconds; flows filed longer ago are purged (None: never)
     retention_files: bool = False  # also delete their files in sent/ and inbox/
+    analysis_timeout: float = 20.0  # one file's analysis (and validation) at most, seconds
+    validation_workers: int = 0  # processes running the rule sets; 0: one per two cores
 
 
 @dataclass(frozen=True)
@@ -400,6 +414,8 @@ def _gateway(section: Section) -> GatewaySettings:
         warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),
         retention=_retention(section),
         retention_files=section.boolean("retention_files", False),
+        analysis_timeout=section.duration("analysis_timeout", "20s"),
+        validation_workers=section.integer("validation_workers", 0, minimum=0, maximum=64),
     )
     section.finish()
     return settings
@@ -469,10 +485,32 @@ def _connection(section: Section) -> Connection:
         settings=plugin.parse_settings(protocol_section),
         lot=_lot(section.table("lot")),
         resubmit_collateral=section.boolean("resubmit_collateral", False),
+        validation=Checking(section.choice("validation", [c.value for c in Checking], "warn")),
+        validation_rules=_validation_rules(section),
     )
     # Other protocols' tables would be silently ignored; say so instead.
     section.finish()
     return connection
+
+
+def _validation_rules(section: Section) -> tuple[str, ...]:
+    if section.raw("validation_rules") is None:
+        return rulebook.DEFAULT_RULES
+    wanted = section.strings("validation_rules")
+    for name in wanted:
+        if name not in rulebook.RULE_SETS:
+            hint = nearest(name, rulebook.RULE_SETS)
+            did_you_mean = f"did you mean {hint!r}? " if hint else ""
+            raise SettingsError(
+                section.key("validation_rules"),
+                f"unknown rule set {name!r}; {did_you_mean}known: {', '.join(rulebook.RULE_SETS)}",
+            )
+    if not wanted:
+        raise SettingsError(
+            section.key("validation_rules"),
+            'name at least one rule set, e.g. ["en16931"] (or set validation = "off")',
+        )
+    return tuple(dict.fromkeys(wanted))
 
 
 def _interfaces(section: Section | None) -> dict[str, Mode]:

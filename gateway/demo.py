@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import secrets
 import signal
 import socket
@@ -77,8 +78,10 @@ structure = "12345678200010"
 state = "active"
 valid_from = 2017-06-21
 valid_to = 2099-06-30
+validation = "block"             # invalid invoices (EN 16931) are held back in error/
+validation_rules = ["en16931"]
 remote_name = "{{interface}}_{{partner_code}}_{{flow_id}}{{ext}}"
-lot = {{ max_invoices = 10, max_wait = "1s", packaging = "tar.gz" }}
+lot = {{ max_invoices = 10, max_wait = "2s", packaging = "tar.gz" }}
 resubmit_collateral = true
 
 [connection.interfaces]
@@ -105,6 +108,8 @@ structure = "12345678200028"  # another establishment: one connection per code e
 state = "active"
 valid_from = 2017-06-21
 valid_to = 2099-06-30
+validation = "block"             # invalid invoices (EN 16931) are held back in error/
+validation_rules = ["en16931"]
 
 [connection.interfaces]
 FSO1100A = "complete"
@@ -132,6 +137,8 @@ structure = "12345678200036"  # a third establishment
 state = "active"
 valid_from = 2017-06-21
 valid_to = 2099-06-30
+validation = "block"             # invalid invoices (EN 16931) are held back in error/
+validation_rules = ["en16931"]
 
 [connection.interfaces]
 FSO1100A = "complete"
@@ -159,6 +166,8 @@ structure = "12345678200044"  # a fourth establishment
 state = "active"
 valid_from = 2017-06-21
 valid_to = 2099-06-30
+validation = "block"             # invalid invoices (EN 16931) are held back in error/
+validation_rules = ["en16931"]
 
 [connection.interfaces]
 FSO1100A = "complete"
@@ -181,6 +190,8 @@ listen = "127.0.0.1:{receiver_port}"
 
 #: The simulator rejects invoices whose number matches this (one per lot in the demo).
 REJECT_PATTERN = "REJ"
+#: The drop that breaks an EN 16931 rule: held back by validation, never sent.
+INVALID = "ubl-invoice-invalid.xml"
 
 
 def sample_documents(token: str) -> dict[str, bytes]:
@@ -200,6 +211,13 @@ def sample_documents(token: str) -> dict[str, bytes]:
                 sample, number, f"{kind.upper()}-{suffix}"
             )
     documents["ubl-creditnote.xml"] = variant("ubl-creditnote.xml", "", "")
+    # Without the buyer's postal address: breaks EN 16931 rule BR-10, held back before sending.
+    documents[INVALID] = re.sub(
+        rb"(<cac:AccountingCustomerParty>.*?)<cac:PostalAddress>.*?</cac:PostalAddress>",
+        rb"\1",
+        variant("ubl-invoice.xml", "UBL-0001", "UBL-0004"),
+        flags=re.DOTALL,
+    )
     documents["facturx-invoice.pdf"] = facturx_pdf(
         variant("cii-invoice.xml", "CII-0001", "FX-0001")
     )
@@ -219,15 +237,17 @@ def as2_documents(token: str) -> dict[str, bytes]:
 
 
 def facturx_pdf(xml: bytes) -> bytes:
-    """A one-page PDF carrying ``xml`` as ``factur-x.xml`` (enough for the demo; not PDF/A-3)."""
+    """A one-page PDF carrying ``xml`` as ``factur-x.xml``, with the XMP metadata that declares
+    its profile, made by the factur-x package's own generator."""
+    from facturx import generate_from_binary
     from pypdf import PdfWriter
 
     writer = PdfWriter()
     writer.add_blank_page(width=595, height=842)
-    writer.add_attachment("factur-x.xml", xml)
     buffer = io.BytesIO()
     writer.write(buffer)
-    return buffer.getvalue()
+    pdf: bytes = generate_from_binary(buffer.getvalue(), xml, check_xsd=False)
+    return pdf
 
 
 def drop(outbox: Path, name: str, data: bytes) -> None:
@@ -517,9 +537,19 @@ def _summary(journal: Path, folder: Path, expected: int, expected_as2: int) -> i
     complete = [lot for lot in lots if lot.mode == "complete" and not lot.resubmit_of]
     partial = [lot for lot in lots if lot.interface_code == "FSO1106A"]
     resubmitted = [lot for lot in lots if lot.resubmit_of]
+    held = [row for row in files if row.reason == "invalid_invoice"]
+    for row in held:
+        checked = json.loads(row.validation or "{}")
+        print()
+        print(f"Held back by validation (EN 16931): {row.original_name}, in error/{CONNECTION}/")
+        for error in checked.get("errors", []):
+            print(f"  {error['rule']}  {error['message']}  {error['location']}")
+    failed = sorted(row.original_name for row in files if row.state == "error")
     ok = (
         len(files) == expected
-        and [row.original_name for row in files if row.state == "error"] == ["not-an-invoice.txt"]
+        and failed == sorted(["not-an-invoice.txt", INVALID])
+        and [row.original_name for row in held] == [INVALID]
+        and "BR-10" in (held[0].message or "")
         and len(complete) == 1
         and all(i["rejected"] for i in invoices[complete[0].flow_id])
         and len(partial) == 1
@@ -535,7 +565,8 @@ def _summary(journal: Path, folder: Path, expected: int, expected_as2: int) -> i
         print(
             "Demo complete: the same fault sank the whole UBL lot under Complète (its innocent "
             "invoices were resubmitted and integrated) and only the faulty CII invoice under "
-            "Partielle; the file that is no invoice was set aside in error/; over AS2, each "
+            "Partielle; the file that is no invoice was set aside in error/, and so was the "
+            "invoice that breaks EN 16931 rule BR-10 (validation = block); over AS2, each "
             "invoice's signed MDN was verified (MIC included) and its status came back over AS2. "
             f"Try: raccord flows --config {folder / 'raccord.toml'}"
         )

@@ -40,11 +40,12 @@ import structlog
 
 from flows import lots, naming
 from flows.analysis import Analysis, digest
+from flows.validation import Status, Validation
 from gateway import certificates, logs
 from gateway.alerts import Alerter
 from gateway.analyser import Analyser, AnalysisCrashed
 from gateway.batching import Batcher
-from gateway.config import Config, Connection, Lot, Mode
+from gateway.config import Checking, Config, Connection, Lot, Mode
 from gateway.filer import Filer
 from gateway.folders import (
     Layout,
@@ -66,6 +67,13 @@ from gateway.journal import (
 )
 from gateway.lots import Assembler, journal_lot, remove_members, write_lot
 from gateway.metrics import Metrics
+from gateway.validator import (
+    CHECKED_FORMATS,
+    ValidationCrashed,
+    ValidationTimeout,
+    Validator,
+    ValidatorUnavailable,
+)
 from protocols.base import AsyncReceipts, Outbound, Prepares, Receipt, Sender
 from protocols.errors import ForeignAnswer, TransferError
 
@@ -203,6 +211,10 @@ class Dispatcher:
         self._filer = Filer()
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._analyser = Analyser()
+        self._validator = Validator(
+            workers=config.gateway.validation_workers or None,
+            timeout=config.gateway.analysis_timeout,
+        )
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
         self._using: dict[int, int] = {}  # id(sender) -> sends and settles under way
@@ -211,12 +223,22 @@ class Dispatcher:
         self.stopping = asyncio.Event()
 
     async def open(self) -> None:
-        """Start the analysis and filing workers (else they start with the first file)."""
-        await asyncio.gather(self._analyser.open(), self._filer.open())
+        """Start the analysis and filing workers (else they start with the first file), and
+        the validation workers if a connection validates: they compile the rule sets as they
+        start (seconds), which had better not hold up the first files."""
+        await asyncio.gather(self._analyser.open(), self._filer.open(), self._open_validator())
+
+    async def _open_validator(self) -> None:
+        if all(conn.validation is Checking.OFF for conn in self.config.connections):
+            return
+        try:
+            await self._validator.open()
+        except ValidatorUnavailable as exc:
+            log.error("validation.unavailable", error=str(exc))
 
     async def close(self) -> None:
         """End the workers (after :meth:`drain`; a later file would start them again)."""
-        await asyncio.gather(self._analyser.close(), self._filer.close())
+        await asyncio.gather(self._analyser.close(), self._filer.close(), self._validator.close())
 
     # -- reload ---------------------------------------------------------------------------
 
@@ -236,6 +258,7 @@ class Dispatcher:
         self.config = config
         self.senders = senders
         self.certificates = in_use
+        self._validator.timeout = config.gateway.analysis_timeout
         for name in removed:
             self._lots.flush_connection(name)
 
@@ -451,6 +474,9 @@ class Dispatcher:
         refusal = route(conn, analysis, self._now().date())
         if refusal is not None:
             return await self._refuse(row, refusal.reason, refusal.message, **facts), None
+        refusal = await self._validate(row, conn, analysis, facts)
+        if refusal is not None:
+            return await self._refuse(row, refusal.reason, refusal.message, **facts), None
         if conn.lot.max_invoices > 1:
             return await self._batch(row, conn, analysis, facts), None
         remote = row.remote_name or naming.remote_name(
@@ -495,6 +521,57 @@ class Dispatcher:
             format=analysis.format.value,
         )
         return queued, attempt
+
+    async def _validate(
+        self, row: FlowRow, conn: Connection, analysis: Analysis, facts: dict[str, Any]
+    ) -> Refusal | None:
+        """Check the invoice against the connection's rule sets (``validation``): record the
+        outcome in ``facts`` (journaled with the flow: receipt, ``.error.json``, ``raccord
+        flows``); a Refusal when it must not be sent.
+
+        Under ``block`` an invalid invoice is refused; under ``warn`` it is sent, except into a
+        lot under Complète, where one invalid invoice would sink every invoice of the lot.
+        """
+        facts["validation"] = None  # a retried flow keeps no outcome of an earlier check
+        if conn.validation is Checking.OFF or analysis.format not in CHECKED_FORMATS:
+            return None
+        try:
+            checked = await self._validator.validate(Path(row.spool_path), conn.validation_rules)
+        except ValidationTimeout as exc:
+            return Refusal("analysis_timeout", str(exc))
+        except ValidationCrashed as exc:
+            return Refusal("analysis_crashed", str(exc))
+        except ValidatorUnavailable as exc:
+            checked = Validation(Status.NOT_CHECKED, note=str(exc))
+        facts["validation"] = json.dumps(checked.to_dict(), ensure_ascii=False)
+        if checked.status is Status.NOT_CHECKED:
+            log.warning("flow.not_validated", note=checked.note)
+            if conn.validation is Checking.BLOCK:
+                return Refusal(
+                    "analysis_crashed",
+                    f"the invoice could not be validated ({checked.note}); under validation = "
+                    f'"block" on {conn.name} it was not sent. Check it, then raccord retry',
+                )
+            return None
+        if not checked.invalid:
+            return None
+        for rule in dict.fromkeys(finding.rule for finding in checked.errors):
+            self.metrics.invalid.labels(conn.name, rule).inc()
+        first = checked.errors[0]
+        log.warning(
+            "flow.invalid", rule=first.rule, errors=len(checked.errors), action=conn.validation
+        )
+        code = analysis.interface_code or ""
+        in_complete_lot = conn.lot.max_invoices > 1 and conn.interfaces[code] is Mode.COMPLETE
+        if conn.validation is Checking.BLOCK:
+            return Refusal("invalid_invoice", checked.sentence())
+        if in_complete_lot:
+            return Refusal(
+                "invalid_invoice",
+                f"{checked.sentence()} (under Complète, {code} on {conn.name}, one invalid "
+                "invoice rejects its whole lot, so it was not packed)",
+            )
+        return None
 
     async def _batch(
         self, row: FlowRow, conn: Connection, analysis: Analysis, facts: dict[str, Any]
@@ -787,6 +864,7 @@ class Dispatcher:
             "attempts": row.attempts,
             "claimed_at": row.created_at,
             "sent_at": earlier.get("sent_at") or self._now().isoformat(timespec="milliseconds"),
+            "validation": json.loads(row.validation) if row.validation else None,
         }
 
     async def _delivered(
@@ -997,6 +1075,8 @@ class Dispatcher:
             "failed_at": self._now().isoformat(timespec="milliseconds"),
             "retry": f"raccord retry {row.flow_id}",
         }
+        if row.validation:
+            document["validation"] = json.loads(row.validation)
         if row.packaging is not None:
             document["invoices"] = await self._lot_invoices(row)
         await self._filer.place(Placement(Path(row.spool_path), target, ".error.json", document))

@@ -48,7 +48,7 @@ from flows.lifecycle import WAITING as WAITING
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STATES = tuple(FlowState)
 ACTIVE_FOR_DUPLICATES = (
     "batched",
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS flows (
     packaging       TEXT,
     resubmit_of     TEXT,
     receipt_key     TEXT,
-    receipt_due     TEXT
+    receipt_due     TEXT,
+    validation      TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
@@ -286,10 +287,12 @@ class FlowRow:
     resubmit_of: str | None = None  # a lot resubmitting the collateral invoices of that flow
     receipt_key: str | None = None  # what a late acknowledgement refers to (set when sending)
     receipt_due: str | None = None  # awaiting_receipt: when waiting ends (ISO 8601 UTC)
+    validation: str | None = None  # the validation object (JSON) when the invoice was checked
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["receipt"] = json.loads(self.receipt) if self.receipt else None
+        data["validation"] = json.loads(self.validation) if self.validation else None
         return data
 
     @classmethod

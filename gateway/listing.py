@@ -42,6 +42,7 @@ FLOW_COLUMNS = [
     "attempts",
     "reason",
     "message",
+    "checked",
     "return_status",
     "updated_at",
 ]
@@ -114,6 +115,18 @@ def return_status(invoices: list[dict[str, Any]]) -> str | None:
     return ", ".join(f"{n}× {code}" for code, n in sorted(codes.items())) or None
 
 
+def checked(validation: dict[str, Any] | None) -> str | None:
+    """One cell for a flow's validation: ``valid``, ``invalid BR-10 (+2)``, ``not_checked``."""
+    if not validation:
+        return None
+    status = str(validation["status"])
+    errors = validation.get("errors") or []
+    if not errors:
+        return status
+    more = f" (+{len(errors) - 1})" if len(errors) > 1 else ""
+    return f"{status} {errors[0]['rule']}{more}"
+
+
 def records(db: JournalDB, rows: Iterable[sqlite3.Row]) -> Iterator[dict[str, Any]]:
     """Each flow as listed (:meth:`FlowRow.to_dict`'s keys), with its return status: a page of
     rows in memory at a time."""
@@ -123,6 +136,8 @@ def records(db: JournalDB, rows: Iterable[sqlite3.Row]) -> Iterator[dict[str, An
         for row in page:
             data = dict(row)
             data["receipt"] = json.loads(data["receipt"]) if data["receipt"] else None
+            data["validation"] = json.loads(data["validation"]) if data["validation"] else None
+            data["checked"] = checked(data["validation"])
             data["return_status"] = return_status(invoices[data["flow_id"]])
             yield data
 
@@ -154,6 +169,7 @@ def write_flow(db: JournalDB, row: FlowRow, stream: TextIO) -> None:
     and the statuses return flows gave it)."""
     data = row.to_dict()
     invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
+    data["checked"] = checked(data["validation"])
     data["return_status"] = return_status(invoices)
     width = max(len(key) for key in data)
     for key, value in data.items():

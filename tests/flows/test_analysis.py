@@ -12,6 +12,7 @@ from flows.analysis import Problem, analyze
 from flows.codes import Format
 from gateway.demo import facturx_pdf
 from tests.conftest import sample
+from tests.invoices import pdf_attaching
 
 
 def test_ubl_invoice_facts_are_extracted(write) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +76,7 @@ def test_pdf_without_xml_attachment_is_unknown_format(write) -> None:  # type: i
 
 
 def test_pdf_embedding_ubl_is_not_facturx(write) -> None:  # type: ignore[no-untyped-def]
-    result = analyze(write("x.pdf", facturx_pdf(sample("ubl-invoice.xml"))))
+    result = analyze(write("x.pdf", pdf_attaching(sample("ubl-invoice.xml"))))
     assert result.problem is Problem.UNKNOWN_FORMAT
     assert "not a CII" in (result.message or "")
 

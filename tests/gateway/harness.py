@@ -34,6 +34,7 @@ partner_code = "VFE056"
 state = "{state}"
 valid_from = 2017-06-21
 valid_to = {valid_to}
+validation = "{validation}"
 {connection_extra}
 
 [connection.interfaces]
@@ -60,6 +61,8 @@ def memory_config_text(data_dir: Path, bucket: str, **overrides: Any) -> str:
         "mode": "complete",
         "delay": "0s",
         "memory_extra": "",
+        # Tests of other things do not wait for validation workers (their own tests do).
+        "validation": "off",
     }
     values.update(overrides)
     return MEMORY_CONFIG.format(**values)
@@ -74,6 +77,7 @@ def connection_toml(
     structure: str = "00000000000230",
     interfaces: dict[str, str] | None = None,
     extra: str = "",
+    validation: str = "off",
 ) -> str:
     """One more ``[[connection]]`` (qualification, active, valid 2017–2099) to append to a
     configuration: ``settings`` fill its ``[connection.<protocol>]`` table, ``extra`` lines go
@@ -88,6 +92,7 @@ def connection_toml(
         f'structure = "{structure}"',
         "valid_from = 2017-06-21",
         "valid_to = 2099-06-30",
+        f'validation = "{validation}"',
         extra,
         "",
         "[connection.interfaces]",

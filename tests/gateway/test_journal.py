@@ -396,6 +396,8 @@ def test_a_move_the_lifecycle_table_does_not_allow_is_refused_and_writes_nothing
     db.transition(flow_id(1), "failing")
     db.transition(flow_id(1), "error")
     assert db.transition(flow_id(1), "claimed").state == "claimed"
+
+
 def test_the_metrics_counts_follow_every_insert_transition_and_old_journal(tmp_path: Path) -> None:
     """The counts /metrics reads (kept by triggers, not a GROUP BY at each scrape) are those of
     the flows themselves, and a journal from before them gets them filled at its first open."""

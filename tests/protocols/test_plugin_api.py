@@ -23,8 +23,10 @@ def test_all_names_exactly_the_public_things_the_module_defines(name: str) -> No
         for attr, value in vars(module).items()
         if not attr.startswith("_")
         and (
-            ((inspect.isclass(value) or callable(value))
-            and getattr(value, "__module__", None) == name)
+            (
+                (inspect.isclass(value) or callable(value))
+                and getattr(value, "__module__", None) == name
+            )
             or attr.isupper()
         )
     }
