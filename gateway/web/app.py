@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -87,6 +88,7 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["when"] = _when
+        self.templates.filters["plain"] = _plain
 
     def reconfigure(self, config: Config) -> None:
         """Users, ``public_read`` and connections as the reloaded configuration says (the
@@ -502,6 +504,13 @@ def _cell(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return "" if value is None else value
+
+
+def _plain(value: Any) -> str:
+    """A receipt's value as text: nested ones (the partner's answer) as JSON."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)
 
 
 def _when(value: str | None) -> str:
