@@ -27,7 +27,7 @@ T = TypeVar("T")
 PAGE = 50
 #: A status filter that matches fewer invoices than this lists their flows directly; above it,
 #: the flows are walked newest first and each is checked (many matches: a page fills quickly).
-_FEW = 20_000
+_FEW = 5_000
 #: Flow columns the tables show (not the spool paths and hashes).
 _LISTED = (
     "flow_id, connection, original_name, state, interface_code, invoice_number, remote_name,"
@@ -87,6 +87,15 @@ class Filters:
         return {key: value for key, value in values.items() if value}
 
 
+_LAST = "\U0010ffff"  # sorts after any character: "abc" to "abc" + _LAST is every "abc…"
+
+
+def _at_least(db: sqlite3.Connection, source: str, values: list[Any]) -> bool:
+    """Whether ``SELECT … FROM source`` has :data:`_FEW` rows or more (it stops counting there)."""
+    sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} LIMIT {_FEW})"  # noqa: S608
+    return bool(db.execute(sql, values).fetchone()[0] >= _FEW)
+
+
 def _invoice_match(status: str) -> tuple[str, list[Any]]:
     if status == "rejected":
         return "rejected = 1", []
@@ -112,20 +121,23 @@ def flows(db: sqlite3.Connection, filters: Filters, page: int = 0) -> list[dict[
     if filters.text:
         text = filters.text.strip()
         # Each alternative is an index search: the flow id, the invoice number (the flow's own
-        # or one its lot carries), and a file name that starts with the text.
-        clauses.append(
-            "(flow_id = ? OR invoice_number = ? OR (original_name >= ? AND original_name < ?)"
-            " OR flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
-            " OR flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
+        # or one its lot carries), and a file name that starts with the text. A prefix that
+        # many names share ("invoice-") is checked row by row along the date order instead
+        # (the unary + keeps SQLite from sorting every match): a page then fills quickly.
+        many = _at_least(
+            db, "flows WHERE original_name >= ? AND original_name < ?", [text, text + _LAST]
         )
-        params += [text, text, text, text + "\U0010ffff", text, text]
+        p = "+" if many else ""
+        clauses.append(
+            f"({p}flow_id = ? OR {p}invoice_number = ?"  # noqa: S608 - p is "" or "+"
+            f" OR ({p}original_name >= ? AND {p}original_name < ?)"
+            f" OR {p}flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
+            f" OR {p}flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
+        )
+        params += [text, text, text, text + _LAST, text, text]
     if filters.status:
         match, values = _invoice_match(filters.status)
-        few = db.execute(
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM invoices WHERE {match} LIMIT {_FEW})",  # noqa: S608
-            values,
-        ).fetchone()[0]
-        if few < _FEW:
+        if not _at_least(db, f"invoices WHERE {match}", values):
             clauses.append(
                 f"(flow_id IN (SELECT flow_id FROM invoices WHERE {match})"  # noqa: S608
                 f" OR flow_id IN (SELECT source_flow FROM invoices WHERE {match}))"
