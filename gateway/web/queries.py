@@ -106,9 +106,11 @@ def _invoice_match(status: str, plus: str = "") -> tuple[str, list[Any]]:
     return f"{plus}status_code = ?", [status]
 
 
-def flows(db: sqlite3.Connection, filters: Filters, page: int = 0) -> list[dict[str, Any]]:
-    """One page of flows, newest first (or oldest); one row more than :data:`PAGE` when a next
-    page exists. Each row has its invoices' current return status (``invoices``)."""
+def flows(
+    db: sqlite3.Connection, filters: Filters, page: int = 0, size: int = PAGE
+) -> list[dict[str, Any]]:
+    """One page of ``size`` flows, newest first (or oldest); one row more when a next page
+    exists. Each row has its invoices' current return status (``invoices``, ``status``)."""
     clauses: list[str] = []
     params: list[Any] = []
     for column, op, value in (
@@ -158,7 +160,7 @@ def flows(db: sqlite3.Connection, filters: Filters, page: int = 0) -> list[dict[
     order = "ASC" if filters.oldest_first else "DESC"
     sql = (
         f"SELECT {_LISTED} FROM flows{where} ORDER BY created_at {order}"  # noqa: S608
-        f" LIMIT {PAGE + 1} OFFSET {max(page, 0) * PAGE}"
+        f" LIMIT {int(size) + 1} OFFSET {max(page, 0) * int(size)}"
     )
     rows = [dict(row) for row in db.execute(sql, params)]
     for row in rows:

@@ -16,8 +16,11 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from gateway import config as config_module
+from gateway import pki
 from gateway.config import Config
 from gateway.daemon import Gateway
+from gateway.folders import Layout
+from gateway.journal import JournalDB
 from gateway.web.auth import hash_password
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
@@ -234,5 +237,57 @@ def test_pages_speak_the_browsers_language_and_the_switch_wins(tmp_path: Path) -
                 async with http.get(base + "/lang/en?next=/flows") as response:
                     html = await response.text()
                 assert 'lang="en"' in html and "Flows" in html
+
+    asyncio.run(main())
+
+
+def test_a_file_outside_the_data_folder_is_never_served(tmp_path: Path) -> None:
+    """Even if the journal named one (a damaged or tampered journal): 404, not its bytes."""
+    config = web_config(tmp_path)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not for the browser")
+
+    async def main() -> None:
+        async with console(config) as (_, browser):
+            drop(config, "a.xml", invoice("WEB-0003"))
+            await until(lambda: any(r.state == "sent" for r in rows(config)), what="sent")
+            (row,) = rows(config)
+            db = JournalDB(Layout(config.gateway.data_dir).journal)
+            try:
+                db._db.execute(
+                    "UPDATE flows SET final_path=? WHERE flow_id=?", (str(secret), row.flow_id)
+                )
+            finally:
+                db.close()
+            assert await browser.sign_in() == 303
+            status, body, _ = await browser.get(f"/flows/{row.flow_id}/file")
+            assert status == 404 and "not for the browser" not in body
+
+    asyncio.run(main())
+
+
+def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
+    pair = pki.issue("127.0.0.1", days=2)
+    key = pki.write_key(pair, tmp_path / "web.key")
+    certificate = pki.write_certificates([pair.certificate], tmp_path / "web.crt", "pem")
+    path = tmp_path / "raccord.toml"
+    path.write_text(
+        memory_config_text(tmp_path / "data", f"tls-{time.monotonic_ns()}")
+        + f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\n'
+        + f'certificate = "{certificate}"\nkey = "{key}"\n'
+    )
+    config = config_module.load(path)
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.console is not None
+            url = f"https://127.0.0.1:{gateway.console.port}/login"
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(url, ssl=False) as response,  # a self-signed test certificate
+            ):
+                assert response.status == 200
+                cookie = response.headers["Set-Cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie
 
     asyncio.run(main())
