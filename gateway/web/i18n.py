@@ -74,9 +74,10 @@ _WORDS: dict[str, tuple[str, str]] = {
         "selon la configuration actuelle, puis envoyé sous le même nom distant.",
     ),
     "duplicate_warning": (
-        "This flow was refused as a duplicate of",
-        "Ce flux a été refusé comme doublon de",
+        "This flow was refused as a duplicate of an earlier one (see the last error).",
+        "Ce flux a été refusé comme doublon d'un flux antérieur (voir la dernière erreur).",
     ),
+    "duplicate_of": ("Duplicate of", "Doublon de"),
     "confirm": ("Confirm", "Confirmer"),
     "cancel": ("Cancel", "Annuler"),
     "environment": ("Environment", "Environnement"),

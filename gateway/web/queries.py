@@ -305,7 +305,8 @@ def rejected(
 
 
 def connection_activity(db: sqlite3.Connection, name: str) -> dict[str, Any]:
-    """A connection's last success and how many of its latest flows failed in a row."""
+    """A connection's last success and how many of its latest flows failed in a row (those it
+    tried to send: a duplicate or a file that is no invoice says nothing of the connection)."""
     last = db.execute(
         "SELECT updated_at FROM flows WHERE connection = ? AND state = 'sent'"
         " ORDER BY created_at DESC LIMIT 1",
@@ -314,7 +315,7 @@ def connection_activity(db: sqlite3.Connection, name: str) -> dict[str, Any]:
     failures = 0
     for row in db.execute(
         "SELECT state FROM flows WHERE connection = ? AND state IN ('sent', 'error')"
-        " ORDER BY created_at DESC LIMIT 1000",
+        " AND attempts > 0 ORDER BY created_at DESC LIMIT 1000",
         (name,),
     ):
         if row[0] != "error":

@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.journal import JournalDB
 from gateway.web import queries
+from gateway.web.app import _day
 from gateway.web.queries import Filters
 
 
@@ -138,3 +141,31 @@ def test_a_prefix_many_names_share_walks_the_date_order(
         assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
         # each flow's check reads its own invoices, not every invoice with that status
         assert not any("invoices_status" in step for step in plan), plan
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.none() | st.text(max_size=40),
+    status=st.none() | st.text(max_size=12),
+    connection=st.none() | st.text(max_size=12),
+    page=st.integers(min_value=-5, max_value=10**6),
+)
+def test_any_filter_from_a_url_is_answered_never_a_crash(
+    journal: sqlite3.Connection,
+    text: str | None,
+    status: str | None,
+    connection: str | None,
+    page: int,
+) -> None:
+    """What a browser sends is untrusted: quotes, %, NUL, surrogates' neighbours, huge pages."""
+    filters = Filters(connection=connection, status=status, text=text)
+    found = queries.flows(journal, filters, page)
+    assert len(found) <= queries.PAGE + 1
+
+
+@given(st.text(max_size=40))
+def test_a_date_filter_is_a_date_or_nothing(value: str) -> None:
+    day = _day(value)
+    assert day is None or day[:4].isdigit()
