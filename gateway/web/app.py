@@ -95,7 +95,11 @@ class Console:
         """Users, ``public_read`` and connections as the reloaded configuration says (the
         address and TLS files need a restart of the console: see the daemon)."""
         assert config.web is not None
+        before = self.settings.users
+        gone = {name for name, hashed in before.items() if config.web.users.get(name) != hashed}
         self.config, self.settings = config, config.web
+        if gone and self.sessions.end_users(gone):  # removed, or a new password: signed out
+            log.info("web.signed_out", users=sorted(gone), why="configuration reloaded")
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)

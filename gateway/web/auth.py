@@ -120,6 +120,13 @@ class Sessions:
     def end(self, session: Session) -> None:
         self._sessions.pop(session.token, None)
 
+    def end_users(self, users: set[str]) -> int:
+        """Sign ``users`` out everywhere (removed, or their password changed); how many."""
+        ended = [s for s in self._sessions.values() if s.user in users]
+        for session in ended:
+            del self._sessions[session.token]
+        return len(ended)
+
 
 def same_token(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())

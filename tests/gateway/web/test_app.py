@@ -291,3 +291,22 @@ def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
                 assert "Secure" in cookie and "HttpOnly" in cookie
 
     asyncio.run(main())
+
+
+def test_a_reload_adds_users_and_signs_out_removed_ones(tmp_path: Path) -> None:
+    config = web_config(tmp_path)
+
+    async def main() -> None:
+        async with console(config) as (gateway, browser):
+            assert await browser.sign_in() == 303
+            assert (await browser.get("/flows"))[0] == 200
+            text = config.path.read_text().replace("[web.users.alice]", "[web.users.bob]")
+            config.path.write_text(text)
+            gateway.request_reload()
+            await until(lambda: gateway.config is not config, what="the reload")
+            status, _, response = await browser.get("/flows")
+            assert status == 303 and response.headers["Location"].startswith("/login")
+            assert await browser.sign_in("bob") == 303
+            assert await browser.sign_in("alice") == 401
+
+    asyncio.run(main())
