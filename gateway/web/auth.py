@@ -13,6 +13,7 @@ carries; signing in replaces the session, so a token planted before sign-in is w
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -79,9 +80,12 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(tried, key)
 
 
-#: A hash nobody's password matches, checked when the user name is unknown, so that the
-#: answer takes as long as for a known user with a wrong password.
-DUMMY_HASH = hash_password(secrets.token_hex(16), salt=b"raccord-dummy-00")
+@functools.cache
+def dummy_hash() -> str:
+    """A hash nobody's password matches, checked when the user name is unknown, so that the
+    answer takes as long as for a known user with a wrong password (made on first use: a
+    hash costs tens of milliseconds, which no other command should pay)."""
+    return hash_password(secrets.token_hex(16))
 
 
 @dataclass
