@@ -244,11 +244,10 @@ def _web(section: Section | None) -> WebSettings | None:
         raise SettingsError(section.key("key"), "give both certificate and key (or neither)")
     public_read = section.boolean("public_read", False)
     users: dict[str, str] = {}
-    users_section = section.table("users")
-    for name in users_section.keys() if users_section else []:
-        assert users_section is not None
+    users_section = section.table("users") or Section({}, section.key("users"))
+    for name in users_section.keys():  # noqa: SIM118 - a Section is not a dict
         user = users_section.table(name)
-        assert user is not None
+        assert user is not None  # a key it has
         password_hash = user.string("password_hash", required=True)
         try:
             check_hash(password_hash)
@@ -258,8 +257,7 @@ def _web(section: Section | None) -> WebSettings | None:
             ) from None
         user.finish()
         users[name] = password_hash
-    if users_section is not None:
-        users_section.finish()
+    users_section.finish()
     section.finish()
     return WebSettings(host, port, certificate, key, public_read, users)
 
