@@ -11,6 +11,7 @@ _WORDS: dict[str, tuple[str, str]] = {
     "overview": ("Overview", "Vue d'ensemble"),
     "flows": ("Flows", "Suivi des flux"),
     "flow": ("Flow", "Flux"),
+    "flow_id": ("Flow id", "N° de flux"),
     "rejected": ("Rejected invoices", "Factures rejetées"),
     "connections": ("Connections", "Fiches de raccordement"),
     "certificates": ("Certificates", "Certificats"),
