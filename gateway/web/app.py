@@ -24,7 +24,7 @@ import jinja2
 from aiohttp import web
 
 from gateway import certificates, logs
-from gateway.config import Config, WebSettings
+from gateway.config import Config, ConfigError, WebSettings
 from gateway.folders import Layout
 from gateway.httpserver import serve
 from gateway.journal import STATES, JournalDB
@@ -122,14 +122,33 @@ class Console:
         return app
 
     async def start(self) -> None:
+        """Listen on ``[web] listen``.
+
+        Raises:
+            ConfigError: the TLS files cannot be used, or the address cannot be listened on
+                (the sentence names the key); ``raccord run`` exits 2 with it.
+        """
+        where = self.config.path
         context = None
         if self.settings.certificate is not None and self.settings.key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(self.settings.certificate, self.settings.key)
-        self._runner, self.port = await serve(
-            self.application(), self.settings.host, self.settings.port, context
-        )
+            try:
+                context.load_cert_chain(self.settings.certificate, self.settings.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"{where}: web.certificate {self.settings.certificate} and web.key "
+                    f"{self.settings.key} cannot be used for TLS: {exc.strerror or exc}"
+                ) from None
+        try:
+            self._runner, self.port = await serve(
+                self.application(), self.settings.host, self.settings.port, context
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: web.listen {self.settings.host}:{self.settings.port}: cannot listen "
+                f"there: {exc.strerror or exc}"
+            ) from None
         log.info(
             "web.started",
             url=f"{'https' if context else 'http'}://{self.settings.host}:{self.port}/",

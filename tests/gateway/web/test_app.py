@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -310,3 +313,25 @@ def test_a_reload_adds_users_and_signs_out_removed_ones(tmp_path: Path) -> None:
             assert await browser.sign_in("alice") == 401
 
     asyncio.run(main())
+
+
+def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "raccord.toml"
+        path.write_text(
+            memory_config_text(tmp_path / "data", f"taken-{time.monotonic_ns()}")
+            + f'\n[web]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    err = done.stderr
+    assert f"web.listen 127.0.0.1:{port}: cannot listen there" in err
+    assert "Traceback" not in err
