@@ -580,6 +580,28 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return OK
 
 
+# -- web-passwd ---------------------------------------------------------------------------------
+
+
+def cmd_web_passwd(args: argparse.Namespace) -> int:
+    """A password hash for ``[web.users.<name>] password_hash``: the password is read from the
+    terminal (twice) or, when piped, from the first line of stdin, and never echoed."""
+    import getpass
+
+    from gateway.web.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the two passwords differ; nothing printed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise UsageError("the password is shorter than 8 characters; nothing printed")
+    print(hash_password(password))
+    return OK
+
+
 # -- simulate / demo ----------------------------------------------------------------------------
 
 
@@ -716,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--files", action="store_true", help="also delete their files in sent/ and inbox/"
     )
     p.set_defaults(handler=cmd_purge)
+    p = sub.add_parser(
+        "web-passwd", help="print a password hash for [web.users.<name>] password_hash"
+    )
+    p.set_defaults(handler=cmd_web_passwd)
     p = sub.add_parser("simulate", parents=[common], help="run the partner simulator alone")
     p.add_argument("--dir", help="folder for its files (default: a temporary folder)")
     p.set_defaults(handler=cmd_simulate)

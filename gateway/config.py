@@ -228,12 +228,83 @@ def _smtp(section: Section | None) -> SmtpSettings | None:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: the console (docs/web.md). Off when the section is absent."""
+
+    host: str = "127.0.0.1"
+    port: int = 9480
+    certificate: Path | None = None  # TLS: both or neither
+    key: Path | None = None
+    public_read: bool = False  # read-only pages without signing in
+    users: dict[str, str] = field(default_factory=dict)  # name -> password hash
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _web(section: Section | None) -> WebSettings | None:
+    if section is None:
+        return None
+    from gateway.web.auth import HashError, check_hash  # the hash format is the console's
+
+    host, port = _address(
+        section, "listen", section.string("listen", "127.0.0.1:9480"), "127.0.0.1:9480"
+    )
+    certificate = section.path("certificate", required=False)
+    key = section.path("key", required=False)
+    if (certificate is None) != (key is None):
+        raise SettingsError(section.key("key"), "give both certificate and key (or neither)")
+    public_read = section.boolean("public_read", False)
+    users: dict[str, str] = {}
+    users_section = section.table("users") or Section({}, section.key("users"))
+    for name in users_section.keys():  # noqa: SIM118 - a Section is not a dict
+        user = users_section.table(name)
+        assert user is not None  # a key it has
+        password_hash = user.string("password_hash", required=True)
+        try:
+            check_hash(password_hash)
+        except HashError as exc:
+            raise SettingsError(
+                user.key("password_hash"), f"{exc}; make one with raccord web-passwd"
+            ) from None
+        user.finish()
+        users[name] = password_hash
+    users_section.finish()
+    section.finish()
+    return WebSettings(host, port, certificate, key, public_read, users)
+
+
+def _web_warnings(web: WebSettings | None) -> tuple[str, ...]:
+    if web is None:
+        return ()
+    warnings = []
+    if web.host not in _LOOPBACK and not web.tls:
+        warnings.append(
+            f"[web] listen = {web.host}:{web.port} is reachable from other machines without "
+            "TLS: passwords and session cookies would cross the network in clear; set [web] "
+            "certificate and key, or listen on 127.0.0.1"
+        )
+    if not web.users:
+        warnings.append(
+            "[web] has no [web.users.<name>]: nobody can sign in"
+            + ("" if web.public_read else " nor see any page")
+            + " (add one with a hash from raccord web-passwd)"
+        )
+    return tuple(warnings)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
     connections: tuple[Connection, ...]
     as2_receiver: As2ReceiverSettings | None = None
     alerts: AlertSettings | None = None
+    web: WebSettings | None = None
     #: Things that are allowed but probably wrong, one sentence each (``raccord check`` prints
     #: them, the daemon logs them as ``config.warning``).
     warnings: tuple[str, ...] = ()
@@ -289,6 +360,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         connections.append(conn)
     as2_receiver = _as2_receiver(top.table("as2_receiver"))
     alerts = _alerts(top.table("alerts"))
+    web = _web(top.table("web"))
     top.finish()
     _one_connection_per_as2_pair(connections)
     _async_mdns_need_the_receiver(connections, as2_receiver)
@@ -299,7 +371,10 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         tuple(connections),
         as2_receiver,
         alerts,
-        _production_without_qualification(connections) + _over_deposit_limit(gateway, connections),
+        web,
+        _production_without_qualification(connections)
+        + _over_deposit_limit(gateway, connections)
+        + _web_warnings(web),
     )
 
 

@@ -36,6 +36,7 @@ from gateway.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
 from gateway.polling import Poller, sources
 from gateway.reports import Reporter, reporters
 from gateway.systemd import keep_alive, notify
+from gateway.web.app import Console
 from protocols import registry
 from protocols.base import Sender
 
@@ -81,6 +82,7 @@ class Gateway:
         self.metrics = Metrics()
         self.alerts = Alerter(config.alerts, now=now)
         self.metrics_server: MetricsServer | None = None
+        self.console: Console | None = None
         self.ready = asyncio.Event()
         self._housekept_at = time.monotonic()
         self._housekeeping_problem: str | None = None
@@ -237,12 +239,51 @@ class Gateway:
                 )
                 await _listening(server.start(), "gateway.metrics", host, port)
                 self.metrics_server = server
+        await self._start_console(config, journal, dispatcher, old)
+
+    async def _start_console(
+        self, config: Config, journal: Journal, dispatcher: Dispatcher, old: Config | None
+    ) -> None:
+        """The web console (``[web]``): restarted when its address or TLS files change; a
+        reload otherwise only gives it the new users and connections."""
+        web = config.web
+        before = old.web if old is not None else None
+        moved = (
+            web is None
+            or before is None
+            or (web.host, web.port, web.certificate, web.key)
+            != (
+                before.host,
+                before.port,
+                before.certificate,
+                before.key,
+            )
+        )
+        if self.console is not None and not moved:
+            self.console.reconfigure(config)
+            return
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
+        if web is not None:
+            console = Console(
+                config,
+                {
+                    "watcher": self._watcher_health,
+                    "journal": lambda: self._journal_health(journal),
+                    "dispatcher": lambda: self._dispatcher_health(dispatcher),
+                },
+            )
+            await console.start()
+            self.console = console
 
     async def _stop_servers(self) -> None:
         if self.as2_receiver is not None:
             await self.as2_receiver.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.console is not None:
+            await self.console.stop()
 
     async def _close_senders(self) -> None:
         """Close the senders in use, after those a reload retired (drained by now)."""
@@ -318,7 +359,9 @@ class Gateway:
         try:
             await self._start_servers(new, journal, dispatcher, old)
         except Exception:  # e.g. the new address is taken: the rest of the reload stands
-            log.exception("config.reload_incomplete", what="AS2 receiver or metrics endpoint")
+            log.exception(
+                "config.reload_incomplete", what="AS2 receiver, metrics endpoint or web console"
+            )
         intake = self._start_intake(new, journal, dispatcher, group)
         await self._check_certificates()
         log.info(

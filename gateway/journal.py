@@ -48,7 +48,7 @@ from flows.lifecycle import WAITING as WAITING
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 STATES = tuple(FlowState)
 ACTIVE_FOR_DUPLICATES = (
     "batched",
@@ -102,6 +102,12 @@ CREATE INDEX IF NOT EXISTS flows_final_path ON flows(final_path);
 CREATE INDEX IF NOT EXISTS flows_lot ON flows(lot_id);
 CREATE INDEX IF NOT EXISTS flows_resubmit ON flows(resubmit_of);
 CREATE INDEX IF NOT EXISTS flows_receipt_key ON flows(receipt_key);
+-- The filters of the web console's flows table, each with the table's order (date).
+CREATE INDEX IF NOT EXISTS flows_created ON flows(created_at);
+CREATE INDEX IF NOT EXISTS flows_connection_created ON flows(connection, created_at);
+CREATE INDEX IF NOT EXISTS flows_state_created ON flows(state, created_at);
+CREATE INDEX IF NOT EXISTS flows_name ON flows(original_name);
+CREATE INDEX IF NOT EXISTS flows_number ON flows(invoice_number);
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY,
     flow_id     TEXT NOT NULL,
@@ -131,6 +137,9 @@ CREATE TABLE IF NOT EXISTS invoices (
 );
 CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
 CREATE INDEX IF NOT EXISTS invoices_source ON invoices(source_flow);
+CREATE INDEX IF NOT EXISTS invoices_status ON invoices(status_code);
+CREATE INDEX IF NOT EXISTS invoices_rejected ON invoices(status_at) WHERE rejected = 1;
+CREATE INDEX IF NOT EXISTS invoices_collateral ON invoices(flow_id) WHERE collateral = 1;
 -- Return flows received (integration reports, FEN1200A/FEN1201A, others).
 CREATE TABLE IF NOT EXISTS returns (
     return_id       TEXT PRIMARY KEY,

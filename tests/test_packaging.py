@@ -1,6 +1,7 @@
 """What ``pip install .`` (the demo command's install) actually ships: every module of the
-source tree, and the samples ``raccord demo`` drops. An editable install hides a package
-missing from the build configuration; this builds the real wheel."""
+source tree, the samples ``raccord demo`` drops, and the web console's templates and
+stylesheet. An editable install hides a package missing from the build configuration; this
+builds the real wheel."""
 
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ def test_the_wheel_holds_every_module_and_sample(tmp_path: Path) -> None:
         for path in (ROOT / package).rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
-        and (path.suffix == ".py" or "samples" in path.parts or path.name == "py.typed")
+        and (
+            path.suffix == ".py"
+            or {"samples", "templates", "static"} & set(path.parts)
+            or path.name == "py.typed"
+        )
     }
     assert expected, "no source files found"
     assert "protocols/pesit/sender.py" in expected
+    assert "gateway/web/templates/flows.html" in expected  # the console's pages and stylesheet
     assert sorted(expected - shipped) == []

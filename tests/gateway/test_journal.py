@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from flows.lifecycle import TRANSITIONS, FlowState
 from gateway.journal import (
     SCHEMA_VERSION,
     STATES,
@@ -22,6 +21,7 @@ from gateway.journal import (
     JournalUnavailable,
     StateConflict,
 )
+from tests.lifecycle import path_to
 
 
 def flow_id(i: int) -> str:
@@ -285,19 +285,6 @@ def test_a_flows_table_with_foreign_columns_is_refused_clearly(tmp_path: Path) -
     with pytest.raises(RuntimeError, match="surprise"):
         db.get(flow_id(2))
     db.close()
-
-
-def path_to(state: str) -> list[str]:
-    """The states a new (claimed) flow goes through to reach ``state``, by the lifecycle table."""
-    paths: dict[str, list[str]] = {"claimed": []}
-    todo = ["claimed"]
-    while todo:
-        here = todo.pop(0)
-        for after in sorted(TRANSITIONS[FlowState(here)]):
-            if after not in paths:
-                paths[after] = [*paths[here], after]
-                todo.append(after)
-    return paths[state]
 
 
 def test_the_queue_depth_counts_unfiled_flows_from_the_state_index(tmp_path: Path) -> None:
