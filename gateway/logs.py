@@ -1,4 +1,4 @@
-"""structlog set-up: one JSON object per line on stdout (CONTRACT.md, "Logs").
+"""structlog set-up: one JSON object per line on stdout (docs/operations.md, "Logs").
 
 Keys: ``timestamp`` (ISO 8601 UTC), ``level``, ``event`` (``<subsystem>.<step>``), then the
 context bound for the flow at hand (``connection``, ``flow_id``, ``file``) and the event's fields.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue
@@ -39,20 +38,6 @@ def _secret(key: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
-_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
-#: One encoder for every line: json.dumps() with options builds a new one per call.
-_encoder = json.JSONEncoder(ensure_ascii=False, default=str)
-
-
-def render(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    """structlog's add_log_level, TimeStamper (ISO 8601 UTC), then :func:`redact`,
-    format_exc_info and the JSON line, as one processor: the daemon writes four lines per
-    flow, and a processor is a call per line (measured: 11.2 -> 9.7 us a line)."""
-    event = _stamp(logger, method, structlog.processors.add_log_level(logger, method, event))
-    event = structlog.processors.format_exc_info(logger, method, redact(logger, method, event))
-    return _encoder.encode(event)
-
-
 #: syslog priorities of the log levels, for journald (``<3>`` error … ``<7>`` debug).
 PRIORITIES = {
     "debug": 7,
@@ -65,10 +50,10 @@ PRIORITIES = {
 }
 
 
-def render_for_journal(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    """:func:`render` with the ``<N>`` prefix journald reads as the line's priority (and
-    strips), so that ``journalctl -p err -u raccord`` shows the errors."""
-    return f"<{PRIORITIES.get(method, 6)}>{render(logger, method, event)}"
+def journal_priority(_: Any, method: str, line: str) -> str:
+    """The ``<N>`` prefix journald reads as a line's priority (and strips), so that
+    ``journalctl -p err -u raccord`` shows the errors; last, after the JSON is made."""
+    return f"<{PRIORITIES.get(method, 6)}>{line}"
 
 
 def to_journal(stream: Any) -> bool:
@@ -104,7 +89,7 @@ class _Background:
     """A structlog logger whose lines are written by a thread of their own, in order.
 
     The daemon's event loop hands a line over (a queue put) instead of writing it: a write
-    to a log file waited ~26 us for the file system under load, four lines per flow. Lines
+    to a log file waits for the file system, and the daemon writes several lines per flow. Lines
     that pile up while one is written go out together; each batch is flushed at once, so
     ``tail -f`` sees a line within milliseconds. :func:`flush` (also run at exit) writes
     whatever is queued; a kill -9 loses at most the lines of those milliseconds.
@@ -112,9 +97,8 @@ class _Background:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        # A SimpleQueue (C, no locks in Python: ~1 us a line less than queue.Queue), bounded
-        # by msg(): a stdout that stops taking lines (a paused pipe) slows the daemon down, as
-        # a direct write would, rather than growing its memory without end.
+        # Bounded by msg(): a stdout that stops taking lines (a paused pipe) slows the daemon
+        # down, as a direct write would, rather than growing its memory without end.
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._room = threading.Event()  # set by the writer each time it has taken lines
         self._closed = False
@@ -207,11 +191,18 @@ def configure(
     else:
         factory = structlog.WriteLoggerFactory(given or _Current(name))  # type: ignore[arg-type]
     journald = to_journal(given or getattr(sys, name))
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        redact,
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
+    ]
+    if journald:
+        processors.append(journal_priority)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            render_for_journal if journald else render,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         cache_logger_on_first_use=False,
