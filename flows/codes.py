@@ -3,7 +3,8 @@
 An interface code names a flow type × format (E1 structured invoice in UBL, E2 mixed invoice in
 CII, …). The table below is the single place that knows them; it is data so that new codes (E4/E5
 works invoices, whose codes are not in our sources) are a one-line addition. Facts marked
-``confirmed=False`` come from a single or indirect source (see shared/DESIGN.md).
+``confirmed=False`` come from a single or indirect source: still usable, to be checked
+against the connection sheet.
 """
 
 from __future__ import annotations

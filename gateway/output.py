@@ -1,4 +1,4 @@
-"""Rendering lists of records as a table (terminals), JSON or CSV (CONTRACT.md: --format)."""
+"""Rendering lists of records as a table (terminals), JSON or CSV (the commands' --format)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ itself but submits a transfer with ``CFTUTIL`` and waits for CFT's verdict::
 
     CFTUTIL SEND PART=<partner>, IDF=<idf>, FNAME=<file>, NFNAME=<remote name>, IDA=<flow id>
 
-Waiting is one of two documented ways (PESIT.md §4.2), per connection:
+Waiting is one of two documented ways (in CFT's documentation), per connection:
 
 * ``wait = "sync"``: the SEND itself waits (``WSTATES=TX, WTIMEOUT=<timeout>``); CFTUTIL says
   ``CFTU00I SEND _ Correct (…IDTU=…)`` once the transfer ended, or ``CFTU25E … TIMEOUT reached``;

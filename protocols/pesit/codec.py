@@ -13,7 +13,7 @@ zero bytes stripped (at least one byte). Aggregates (PI 2, 7, 21) keep their fix
 Over TCP, peers differ on one point: most put a 2-byte length before each transport entity
 (holding one or more FPDUs), some send bare FPDUs. :class:`FrameReader` and :func:`frame` take
 that as a flag. The optional *pre-connection* (24 EBCDIC bytes, answered ``ACK0``/``NAK0``) is
-encoded here too. Facts and sources: ``PESIT.md`` beside the project.
+encoded here too. The protocol facts relied on: ``docs/pesit.md``.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def group(code: int, *members: Param | None) -> Param:
 
 def diagnostic(reason: int = 0) -> Param:
     """PI 2 for a 3-digit reason (0 = success, 301 = requester unknown…): type then reason,
-    the full number in the two reason bytes (PESIT.md §2.9: ``03 01 2d`` for 301)."""
+    the full number in the two reason bytes (``03 01 2d`` for 301)."""
     return Param(PI.DIAGNOSTIC, bytes([reason // 100]) + reason.to_bytes(2, "big"))
 
 

@@ -29,7 +29,7 @@ sync points; a connection lost mid-read is reconnected and the read resumed (PI 
 PI 18 = the last sync point raccord secured). The TRANS.END that lets the server forget the
 file is sent only once the gateway has stored it.
 
-What peers do differently is in the settings (PESIT.md): the entity header, the pre-connection,
+What peers do differently is in the settings (docs/pesit.md): the entity header, the pre-connection,
 what PI 12 / PI 37 / PI 99 carry, entity size, sync interval and window, article format.
 """
 

@@ -1,4 +1,4 @@
-"""raccord connections: the connection sheets, filtered and exported as CONTRACT.md says."""
+"""raccord connections: the connection sheets, filtered and exported as docs/operations.md says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Byte-exact FPDUs from PESIT.md: the IBM Connect:Express capture (§2.11) and the constructed
+"""Byte-exact FPDUs from public sources: an IBM Connect:Express capture and the constructed
 CONNECT example, both ways (encode gives the bytes, decode gives the parameters back)."""
 
 from __future__ import annotations
