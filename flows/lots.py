@@ -23,7 +23,7 @@ from flows.analysis import Analysis
 
 #: Packaging → the extension of the flow's file.
 EXTENSIONS = {"tar.gz": ".tar.gz", "zip": ".zip"}
-#: Third parties cite at most 500 invoices per E1 flow (a figure seen in third-party connectors, not a Chorus Pro document).
+#: Third-party connectors cite at most 500 invoices per E1 flow (not a Chorus Pro document).
 MAX_MEMBERS = 500
 #: What a member may add to a lot beyond its own bytes (tar header, padding, long-name
 #: record), for keeping a lot under ``max_bytes`` before it is packed.
