@@ -102,6 +102,7 @@ class GatewaySettings:
     metrics: tuple[str, int] | None = None  # host, port of /metrics and /healthz
     rescan_interval: float = 30.0
     settle_time: float = 2.0
+    analysis_timeout: float = 20.0  # seconds one file's analysis may take, in its worker
     retry: Retry = field(default_factory=Retry)
     shutdown_grace: float = 20.0
     warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
@@ -375,12 +376,16 @@ def _gateway(section: Section) -> GatewaySettings:
     )
     retry_section.finish()
     metrics = section.optional_str("metrics")
+    analysis_timeout = section.duration("analysis_timeout", "20s")
+    if analysis_timeout <= 0:
+        raise SettingsError(section.key("analysis_timeout"), "must be more than 0s")
     settings = GatewaySettings(
         data_dir=data_dir,
         max_file_size=section.size("max_file_size", "30000KB"),
         metrics=_address(section, "metrics", metrics, "127.0.0.1:9464") if metrics else None,
         rescan_interval=section.duration("rescan_interval", "30s"),
         settle_time=section.duration("settle_time", "2s"),
+        analysis_timeout=analysis_timeout,
         retry=retry,
         shutdown_grace=section.duration("shutdown_grace", "20s"),
         warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),

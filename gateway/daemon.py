@@ -150,6 +150,8 @@ class Gateway:
             dispatcher.claim,
             rescan_interval=config.gateway.rescan_interval,
             settle_time=config.gateway.settle_time,
+            root=self.layout.data_dir / "outbox",
+            on_ignored=lambda where: self.metrics.ignored.labels(where).inc(),
         )
         self.watcher = watcher
         poller = Poller(config, journal, sources(self._senders), self.alerts)

@@ -42,7 +42,7 @@ from flows import lots, naming
 from flows.analysis import Analysis, digest
 from gateway import certificates, logs
 from gateway.alerts import Alerter
-from gateway.analyser import Analyser, AnalysisCrashed
+from gateway.analyser import Analyser, AnalysisCrashed, AnalysisTimedOut, NotARegularFile
 from gateway.batching import Batcher
 from gateway.config import Config, Connection, Lot, Mode
 from gateway.filer import Filer
@@ -201,7 +201,7 @@ class Dispatcher:
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
         self._filer = Filer()
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
-        self._analyser = Analyser()
+        self._analyser = Analyser(config.gateway.analysis_timeout)
         self._flow_ids = naming.FlowIds()
         self._lots = Assembler(self._lot_limits, self._on_lot)
         self._using: dict[int, int] = {}  # id(sender) -> sends and settles under way
@@ -235,6 +235,7 @@ class Dispatcher:
         self.config = config
         self.senders = senders
         self.certificates = in_use
+        self._analyser.timeout = config.gateway.analysis_timeout
         for name in removed:
             self._lots.flush_connection(name)
 
@@ -430,6 +431,12 @@ class Dispatcher:
             size, analysis = await self._analyser.analyse(Path(row.spool_path), limit)
         except AnalysisCrashed as exc:
             return await self._refuse(row, "analysis_crashed", str(exc)), None
+        except AnalysisTimedOut as exc:
+            return await self._refuse(row, "analysis_timeout", str(exc)), None
+        except NotARegularFile as exc:
+            return await self._refuse(row, "not_a_regular_file", str(exc)), None
+        except PermissionError as exc:
+            return await self._refuse(row, "unreadable", _unreadable(row, exc)), None
         if analysis is None:
             too_large = f"{size} bytes is over max_file_size ({limit} bytes)"
             return await self._refuse(row, "too_large", too_large, size=size), None
@@ -1111,6 +1118,14 @@ class Dispatcher:
                 self.start(flow_id)
                 started += 1
         return started
+
+
+def _unreadable(row: FlowRow, exc: OSError) -> str:
+    return (
+        f"raccord may not read {row.original_name} ({exc.strerror}): it was dropped with "
+        "permissions that leave the daemon's user out (an umask of 077?). Give the file read "
+        "permission for raccord's group (chmod g+r), then raccord retry"
+    )
 
 
 def _unknown_connection(name: str) -> tuple[str, str]:
