@@ -164,38 +164,36 @@ class _Worker(WorkerProcess):
     """An analysis worker whose answers the daemon waits for one file at a time, each at most
     the time budget; a worker that overran it is killed at once (it is stuck in a parser)."""
 
+    #: Set when the daemon stops: files not analysed yet are abandoned, no worker restarted.
+    closing = False
+
     def analyse(
         self, items: list[tuple[Path, int, bool]], timeout: float
     ) -> list[Outcome | Exception | None]:
         outcomes: list[Outcome | Exception | None] = []
         while len(outcomes) < len(items):
             rest = items[len(outcomes) :]
+            if self.closing:
+                stopping = AnalysisCrashed("raccord stopped before this file was analysed")
+                return outcomes + [stopping] * len(rest)
             if self._pipe is not None and self._pipe.poll():
                 self._died("between batches")
             if self._pipe is None:
                 self.start()
+            pipe = self._pipe
             try:
-                self._pipe.send(rest)
-                for _ in rest:
-                    if not self._pipe.poll(timeout):
-                        self._kill()
-                        outcomes.append(AnalysisTimedOut(_timed_out(rest[0][0], timeout)))
+                pipe.send(rest)
+                for path, _, _ in rest:
+                    if not pipe.poll(timeout):
+                        self.kill()
+                        outcomes.append(AnalysisTimedOut(_timed_out(path, timeout)))
                         break
-                    outcomes.append(self._pipe.recv())
-                    rest = rest[1:]
+                    outcomes.append(pipe.recv())
             except (EOFError, OSError):
-                self._died("with a batch")
-                outcomes.append(AnalysisCrashed(_crashed(rest[0][0])))
+                if not self.closing:
+                    self._died("with a batch")
+                outcomes.append(AnalysisCrashed(_crashed(items[len(outcomes)][0])))
         return outcomes
-
-    def _kill(self) -> None:
-        process, pipe = self._process, self._pipe
-        self._process = self._pipe = None
-        if process is not None:
-            process.kill()
-            process.join(5)
-        if pipe is not None:
-            pipe.close()
 
 
 def _timed_out(path: Path, timeout: float) -> str:
@@ -258,7 +256,11 @@ class Analyser:
         return self.large.analyse(items, self.timeout)
 
     async def close(self) -> None:
-        """End the workers once every submitted file has been analysed."""
+        """End the workers at once. Called once the daemon's flows are done or cancelled: a
+        file still under analysis belongs to a cancelled flow (it is analysed again at the next
+        start), and waiting for it could take the whole time budget."""
+        for worker in (self.small, self.large):
+            worker.closing = True
+        await asyncio.gather(asyncio.to_thread(self.small.kill), asyncio.to_thread(self.large.kill))
         await self._small.idle()
         await self._large.idle()
-        await asyncio.gather(asyncio.to_thread(self.small.stop), asyncio.to_thread(self.large.stop))
