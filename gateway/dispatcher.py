@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -199,6 +201,7 @@ class Dispatcher:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
+        self._healing: dict[str, int] = {}  # flow -> local faults met in a row (disk full...)
         self._filer = Filer()
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._analyser = Analyser(config.gateway.analysis_timeout)
@@ -289,9 +292,20 @@ class Dispatcher:
             await self._renames.submit((claim.source, claim.spool))
         except FileNotFoundError:
             return False  # claimed by an earlier event or scan, or removed by ops
-        except OSError:
+        except OSError as exc:
             # It stays in the outbox; the next scan offers it again.
-            log.exception("intake.claim_failed", connection=claim.connection, file=claim.name)
+            reason, action = local_fault(exc) or (
+                "claim_failed",
+                "check the permissions of the outbox and spool folders; the next scan tries again",
+            )
+            log.error(
+                "intake.claim_failed",
+                connection=claim.connection,
+                file=claim.name,
+                reason=reason,
+                error=str(exc),
+                action=action,
+            )
             return False
         log.info("flow.claimed", connection=claim.connection, flow_id=flow_id, file=claim.name)
         self.metrics.received.labels(claim.connection).inc()
@@ -387,12 +401,43 @@ class Dispatcher:
                 log.exception("flow.internal_error", flow_id=flow_id)
                 await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
         except Exception as exc:
-            log.exception("flow.internal_error", flow_id=flow_id)
-            await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
+            fault = local_fault(exc)
+            if fault is None:
+                log.exception("flow.internal_error", flow_id=flow_id)
+                await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
+            else:
+                heal = self._healing.get(flow_id, 0) + 1
+                self._healing[flow_id] = heal
+                log.error(
+                    "flow.local_fault",
+                    flow_id=flow_id,
+                    reason=fault[0],
+                    error=str(exc),
+                    action=fault[1],
+                    retry_in=_heal_delay(heal),
+                )
+        else:
+            self._healing.pop(flow_id, None)
         finally:
             self._active.discard(flow_id)
         if resume:
             self.start(flow_id, claimed=claimed, lost=lost + 1)
+        elif flow_id in self._healing and not self.stopping.is_set():
+            self._heal_later(flow_id, claimed, max(lost, 1) if claimed is not None else lost)
+
+    def _heal_later(self, flow_id: str, claimed: Claim | None, lost: int) -> None:
+        """Resume the flow from the journal once a local fault may have healed (space freed):
+        it goes on from its journaled state, as after a restart."""
+
+        async def later() -> None:
+            await self._wait(_heal_delay(self._healing.get(flow_id, 1)))
+            if not self.stopping.is_set():  # else the next start resumes it
+                # ``lost`` >= 1: a claimed file is in the spool already, not taken again.
+                self.start(flow_id, claimed=claimed, lost=lost)
+
+        task = asyncio.create_task(later(), name=f"heal-{flow_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _journal_claim(self, flow_id: str, claimed: Claim) -> FlowRow | None:
         return await self.journal.call(
@@ -1118,6 +1163,39 @@ class Dispatcher:
                 self.start(flow_id)
                 started += 1
         return started
+
+
+#: Seconds before a flow stopped by a local fault is tried again: doubled each time, at most.
+HEAL_FIRST, HEAL_MAX = 2.0, 60.0
+
+
+def _heal_delay(faults: int) -> float:
+    return min(HEAL_MAX, HEAL_FIRST * 2.0 ** min(faults - 1, 10))
+
+
+def local_fault(exc: BaseException) -> tuple[str, str] | None:
+    """``(reason, what to do)`` when ``exc`` is a fault of data_dir's own file system that
+    ops can heal (and raccord then gets over by itself: the flow is tried again), else None."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower() if isinstance(exc, sqlite3.OperationalError) else ""
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return (
+            "local_disk_full",
+            "data_dir's file system is full: free space there; raccord tries again by itself",
+        )
+    if code == errno.EROFS or "readonly" in text or "read-only" in text:
+        return (
+            "local_read_only",
+            "data_dir's file system is read-only: remount it read-write; raccord tries again "
+            "by itself",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            "local_permission_denied",
+            f"raccord may not write {getattr(exc, 'filename', None) or 'in data_dir'}: give "
+            "raccord's user write permission on data_dir; raccord tries again by itself",
+        )
+    return None
 
 
 def _unreadable(row: FlowRow, exc: OSError) -> str:

@@ -5,18 +5,24 @@ entries in the wrong place are reported."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from gateway import dispatcher as dispatcher_module
 from gateway.config import Config
 from gateway.daemon import Gateway
-from gateway.folders import Layout
+from gateway.filer import Filer
+from gateway.folders import Layout, Placement
+from gateway.journal import Journal, JournalDB
 from protocols import memory
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
@@ -322,3 +328,59 @@ def test_entries_in_the_wrong_place_are_reported_once_each_and_counted(
     }
     assert counted == {"outbox_root": 1.0, "unknown_folder": 1.0}
     assert (root / "at-root.xml").exists() and (typo / "in-typo.xml").exists()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        sqlite3.OperationalError("database or disk is full"),
+        OSError(errno.EROFS, "Read-only file system"),
+    ],
+    ids=["filing-enospc", "journal-full", "read-only"],
+)
+def test_a_full_data_dir_is_a_named_fault_retried_by_itself_when_space_returns(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, fault: Exception
+) -> None:
+    """Disk full (or read-only) on the local side is never internal_error: the flow waits,
+    logs the named reason with what to do, and goes on by itself once the fault heals."""
+    config = memory_config(tmp_path, bucket)
+    monkeypatch.setattr(dispatcher_module, "HEAL_FIRST", 0.05)
+    faults = {"left": 3}
+    if isinstance(fault, OSError):
+        real_place = Filer.place
+
+        async def place(self: Filer, placement: Placement) -> None:
+            if faults["left"]:
+                faults["left"] -= 1
+                raise fault
+            await real_place(self, placement)
+
+        monkeypatch.setattr(Filer, "place", place)
+    else:
+        real_call = Journal.call
+
+        async def call(self: Journal, method: Any) -> Any:
+            if getattr(method, "function", None) is JournalDB.insert and faults["left"]:
+                faults["left"] -= 1
+                raise fault
+            return await real_call(self, method)
+
+        monkeypatch.setattr(Journal, "call", call)
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "inv.xml", invoice("F-full"))
+            await until(filed(config, 1), timeout=30, what="the flow filed once healed")
+
+    with capture_logs() as events:
+        asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and faults["left"] == 0
+    names = [e["event"] for e in events]
+    assert "flow.internal_error" not in names
+    local = [e for e in events if e["event"] == "flow.local_fault"]
+    assert len(local) == 3
+    expected = "local_read_only" if "Read-only" in str(fault) else "local_disk_full"
+    assert {e["reason"] for e in local} == {expected}
+    assert all("by itself" in e["action"] for e in local)
