@@ -36,6 +36,7 @@ from typing import Any
 from flows.analysis import Analysis, analyze_stream
 from gateway import logs
 from gateway.batching import Batcher, WorkerProcess
+from gateway.folders import display_name, parse_spool_name
 
 log = logs.get()
 
@@ -75,14 +76,20 @@ def kind_of(mode: int) -> str:
     return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
+def shown(path: Path) -> str:
+    """The name ops gave the file at ``path`` (its spool name less its flow identifier)."""
+    parsed = parse_spool_name(path.name)
+    return display_name(parsed[1] if parsed else path.name)
+
+
 def describe(path: Path, mode: int) -> str:
     """One sentence on the entry ``path`` that is not a regular file."""
     what = kind_of(mode)
     if stat.S_ISLNK(mode):
         with contextlib.suppress(OSError):
-            what += f" to {os.readlink(path)}"
+            what += f" to {display_name(os.readlink(path))}"
     return (
-        f"{path.name} is {what}, not a regular file: raccord reads only regular files from an "
+        f"{shown(path)} is {what}, not a regular file: raccord reads only regular files from an "
         "outbox and never follows links; the entry itself was moved here, nothing it points "
         "to was read. Drop the file itself (a copy, or a rename of the real file)"
     )
@@ -198,7 +205,7 @@ class _Worker(WorkerProcess):
 
 def _timed_out(path: Path, timeout: float) -> str:
     return (
-        f"the analysis of {path.name} took more than analysis_timeout ({timeout:g} s): a "
+        f"the analysis of {shown(path)} took more than analysis_timeout ({timeout:g} s): a "
         "pathological document (such as an element with a huge number of attributes); the "
         "file was not sent. Check it; raise [gateway] analysis_timeout if it is a genuine "
         "invoice, then raccord retry"
@@ -207,7 +214,7 @@ def _timed_out(path: Path, timeout: float) -> str:
 
 def _crashed(path: Path) -> str:
     return (
-        f"the analysis process died reading {path.name} (a parser crash, or out of memory); "
+        f"the analysis process died reading {shown(path)} (a parser crash, or out of memory); "
         "the file was not sent. Check it, then raccord retry"
     )
 

@@ -1159,7 +1159,8 @@ class Dispatcher:
         for flow_id, spool_path in claimed:
             if flow_id in self._active:
                 continue
-            if await asyncio.to_thread(Path(spool_path).exists):
+            # lexists: the entry itself (a link put back is refused by analysis, not skipped).
+            if await asyncio.to_thread(os.path.lexists, spool_path):
                 self.start(flow_id)
                 started += 1
         return started

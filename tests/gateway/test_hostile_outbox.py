@@ -18,6 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import dispatcher as dispatcher_module
+from gateway.analyser import Analyser
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.filer import Filer
@@ -26,7 +27,7 @@ from gateway.journal import Journal, JournalDB
 from protocols import memory
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import drop, filed, memory_config, rows, running, sidecar, until
+from tests.gateway.harness import deliver, drop, filed, memory_config, rows, running, sidecar, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -384,3 +385,23 @@ def test_a_full_data_dir_is_a_named_fault_retried_by_itself_when_space_returns(
     expected = "local_read_only" if "Read-only" in str(fault) else "local_disk_full"
     assert {e["reason"] for e in local} == {expected}
     assert all("by itself" in e["action"] for e in local)
+
+
+def test_a_file_raccord_may_not_read_is_refused_as_unreadable_with_what_to_do(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file dropped with an umask of 077 by another user: not internal_error, but
+    unreadable, saying which permission to give. (Simulated: the tests run as root, whom
+    permissions do not stop.)"""
+    config = memory_config(tmp_path, bucket)
+
+    async def denied(self: Analyser, path: Path, limit: int) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(Analyser, "analyse", denied)
+    with capture_logs() as events:
+        deliver(config, {"private.xml": invoice("F-private")})
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", "unreadable")
+    assert "chmod g+r" in (row.message or "") and "raccord retry" in (row.message or "")
+    assert "flow.internal_error" not in [e["event"] for e in events]
