@@ -151,7 +151,10 @@ def test_a_legitimate_invoice_with_a_huge_attachment_is_sent(tmp_path: Path, buc
         + b"</cbc:EmbeddedDocumentBinaryObject></cac:Attachment>"
         b"</cac:AdditionalDocumentReference>"
     )
-    document = invoice("F-huge").replace(b"</Invoice>", attachment + b"</Invoice>")
+    # Where UBL puts it: before the parties, so the scan must read through it.
+    document = invoice("F-huge").replace(
+        b"<cac:AccountingSupplierParty>", attachment + b"<cac:AccountingSupplierParty>", 1
+    )
     assert len(document) > 12_000_000
 
     async def main() -> None:
@@ -162,6 +165,7 @@ def test_a_legitimate_invoice_with_a_huge_attachment_is_sent(tmp_path: Path, buc
     asyncio.run(main())
     (row,) = rows(config)
     assert (row.state, row.reason, row.invoice_number) == ("sent", None, "F-huge")
+    assert row.supplier_id  # read after the attachment
 
 
 @pytest.mark.parametrize("levels", [0, 9], ids=["plain-dtd", "billion-laughs"])
