@@ -982,7 +982,7 @@ class Dispatcher:
     async def _file_sent(self, row: FlowRow) -> None:
         assert row.final_path and row.receipt
         target = Path(row.final_path)
-        receipt = json.loads(row.receipt)
+        receipt = json.loads(row.receipt) | _filed_as(row.original_name, target)
         await self._filer.place(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
         self.metrics.sent.labels(row.connection).inc()
@@ -1034,6 +1034,7 @@ class Dispatcher:
             "failed_at": self._now().isoformat(timespec="milliseconds"),
             "retry": f"raccord retry {row.flow_id}",
         }
+        document |= _filed_as(row.original_name, target)
         if row.packaging is not None:
             document["invoices"] = await self._lot_invoices(row)
         await self._filer.place(Placement(Path(row.spool_path), target, ".error.json", document))
@@ -1164,6 +1165,19 @@ class Dispatcher:
                 self.start(flow_id)
                 started += 1
         return started
+
+
+def _filed_as(original: str, target: Path) -> dict[str, str]:
+    """What a report says when the file is filed under another name than it was dropped as."""
+    if target.name == original:
+        return {}
+    return {
+        "filed_as": target.name,
+        "filed_as_because": (
+            "the name as dropped is too long for the file system with its report beside it "
+            "(shortened, ~ marks the cut), or was taken in this folder (the flow id added)"
+        ),
+    }
 
 
 #: Seconds before a flow stopped by a local fault is tried again: doubled each time, at most.

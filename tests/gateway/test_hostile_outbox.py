@@ -292,7 +292,11 @@ def test_any_name_the_file_system_allows_is_claimed_and_filed(
     final = Path(row.final_path or "")
     assert final.read_bytes() == data
     assert len(os.fsencode(final.name)) <= 235
-    assert final.name == name or "~" in final.name
+    receipt = sidecar(row, ".receipt.json")
+    assert receipt["file"] == name
+    if final.name != name:
+        assert "~" in final.name and receipt["filed_as"] == final.name
+        assert "too long" in receipt["filed_as_because"]
 
 
 def test_entries_in_the_wrong_place_are_reported_once_each_and_counted(
