@@ -143,12 +143,19 @@ def size_and_analysis(path: Path, limit: int, *, small_only: bool = False) -> Ou
 
 
 def analyse_one(item: tuple[Path, int, bool]) -> Outcome | Exception | None:
-    """Run in a worker: one item's outcome, or the OSError it met."""
+    """Run in a worker: one item's outcome, or the OSError it met; any other exception (a bug
+    of a parser on a hostile document) fails this file alone, as analysis_crashed, rather than
+    ending the worker with a traceback on the daemon's output."""
     path, limit, small_only = item
     try:
         return size_and_analysis(path, limit, small_only=small_only)
     except OSError as exc:
         return exc
+    except Exception as exc:
+        return AnalysisCrashed(
+            f"the analysis of {shown(path)} failed ({type(exc).__name__}: {exc}); the file was "
+            "not sent. Check it, then raccord retry"
+        )
 
 
 Item = tuple[Path, int, bool]  # (path, max_file_size, whether only small files are analysed)

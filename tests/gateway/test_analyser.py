@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flows.analysis import analyze
+from gateway import analyser as analyser_module
 from gateway.analyser import (
     SMALL,
     Analyser,
@@ -290,3 +291,20 @@ def test_the_daemon_thread_stays_free_during_a_runaway_analysis(tmp_path: Path) 
     assert isinstance(outcome, AnalysisTimedOut)
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < 1.0
+
+
+def test_a_parser_bug_fails_its_file_alone_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception a parser should not raise (a hostile PDF, say) is this file's
+    analysis_crashed, not the end of the worker with a traceback on the daemon's output."""
+    path = tmp_path / "odd.pdf"
+    path.write_bytes(b"%PDF-1.4 odd")
+
+    def bug(stream: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(analyser_module, "analyze_stream", bug)
+    outcome = analyse_one((path, LIMIT, False))
+    assert isinstance(outcome, AnalysisCrashed)
+    assert "odd.pdf" in str(outcome) and "RecursionError" in str(outcome)
