@@ -14,7 +14,10 @@ import pytest
 
 from gateway import config as config_module
 from gateway.daemon import LOCK_FILE
+from tests.conftest import sample
+from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
+from tests.e2e.sshd import Sshd
 from tests.gateway.harness import drop, memory_config_text, rows
 from tests.gateway.test_hostile_outbox import many_attributes
 
@@ -87,3 +90,34 @@ def test_during_a_runaway_parse_the_daemon_stops_and_leaves_nothing_behind(
     by_name = {row.original_name: row for row in rows(config)}
     assert by_name["hostile.xml"].state == "claimed"  # analysed again at the next start
     assert os.path.exists(by_name["hostile.xml"].spool_path)
+
+
+def test_over_sftp_a_link_or_fifo_is_never_sent_and_the_real_invoice_is(
+    tmp_path: Path, sshd: Sshd
+) -> None:
+    """Through a real raccord run and a real OpenSSH sshd: a link to an invoice outside
+    data_dir is filed itself in error/, never uploaded; a FIFO does not wedge the daemon; the
+    invoice dropped after them is uploaded."""
+    path = write_sftp_config(tmp_path, sshd)
+    config = config_module.load(path)
+    outside = tmp_path / "outside.xml"
+    outside.write_bytes(sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", b"OUTSIDE"))
+    outbox = Path(config.gateway.data_dir) / "outbox" / config.connections[0].name
+    with daemon(path, tmp_path / "daemon.log") as running:
+        (outbox / "link.xml").symlink_to(outside)
+        os.mkfifo(outbox / "fifo.xml")
+        drop(config, "real.xml", sample("ubl-invoice.xml"))
+        running.wait_for(
+            "three flows filed",
+            lambda: len([r for r in rows(config) if r.state in ("sent", "error")]) == 3,
+            timeout=60,
+        )
+        status, _ = running.stop()
+    assert status == 0
+    by_name = {row.original_name: row for row in rows(config)}
+    assert by_name["real.xml"].state == "sent"
+    for name in ("link.xml", "fifo.xml"):
+        assert (by_name[name].state, by_name[name].reason) == ("error", "not_a_regular_file")
+    uploaded = sshd.uploaded()
+    assert len(uploaded) == 1 and b"OUTSIDE" not in b"".join(uploaded.values())
+    assert (outbox.parent.parent / "error" / config.connections[0].name / "link.xml").is_symlink()
