@@ -246,8 +246,10 @@ def test_the_daemon_keeps_answering_and_logging_during_a_hostile_parse(
     boxes: list[Gateway] = []
     with capture_logs() as events:
         widest, statuses, count = asyncio.run(main(boxes))
-    assert widest < 1.0, f"the event loop stalled {widest:.1f} s"
-    assert set(statuses) == {200} and count > 20
+    # Before, the daemon froze for the whole parse (44 s for 120,000 attributes); 2 s leaves
+    # room for a loaded CI machine.
+    assert widest < 2.0, f"the event loop stalled {widest:.1f} s"
+    assert set(statuses) == {200} and count > 10
     by_name = {row.original_name: row for row in rows(config)}
     assert by_name["after.xml"].state == "sent"
     assert (by_name["hostile.xml"].state, by_name["hostile.xml"].reason) == (
