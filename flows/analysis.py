@@ -214,26 +214,38 @@ def _analyze_xml(
 
 
 def analyze(path: Path) -> Analysis:
-    """Analyse the file at ``path``; reads it twice at most (digest, then a streaming scan).
+    """Analyse the file at ``path`` (see :func:`analyze_stream`).
 
     Raises:
         OSError: the file cannot be read (a missing file is the caller's affair, not a format).
     """
-    sha256, size, head = digest(path)
+    with path.open("rb") as stream:
+        return analyze_stream(stream)
+
+
+def analyze_stream(stream: IO[bytes]) -> Analysis:
+    """Analyse the document read from ``stream`` (seekable, at its start): read twice at most
+    (digest, then a streaming scan). The caller opened it, so it decides what may be opened (the
+    gateway opens only regular files, never through a symbolic link).
+
+    Raises:
+        OSError: the stream cannot be read.
+    """
+    sha256, size, head = _digest_stream(stream)
     if size == 0:
         return Analysis(Format.UNKNOWN, 0, sha256, problem=Problem.EMPTY, message="empty file")
+    stream.seek(0)
     if head.startswith(_PDF_MAGIC):
-        with path.open("rb") as pdf:
-            try:
-                name, xml = facturx.embedded_xml(pdf)
-            except facturx.FacturXError as exc:
-                return Analysis(
-                    Format.UNKNOWN,
-                    size,
-                    sha256,
-                    problem=Problem.UNKNOWN_FORMAT,
-                    message=str(exc),
-                )
+        try:
+            name, xml = facturx.embedded_xml(stream)
+        except facturx.FacturXError as exc:
+            return Analysis(
+                Format.UNKNOWN,
+                size,
+                sha256,
+                problem=Problem.UNKNOWN_FORMAT,
+                message=str(exc),
+            )
         found = _analyze_xml(io.BytesIO(xml), size, sha256, container=Format.FACTURX)
         return _with_embedded(found, name)
     if not _looks_like_xml(head):
@@ -244,8 +256,7 @@ def analyze(path: Path) -> Analysis:
             problem=Problem.UNKNOWN_FORMAT,
             message="neither XML nor PDF (a UBL, CII or Factur-X invoice was expected)",
         )
-    with path.open("rb") as stream:
-        return _analyze_xml(stream, size, sha256)
+    return _analyze_xml(stream, size, sha256)
 
 
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
@@ -265,13 +276,17 @@ def _with_embedded(found: Analysis, name: str) -> Analysis:
 
 def digest(path: Path) -> tuple[str, int, bytes]:
     """(sha256 hex, size, first 64 bytes) of a file, read once in 1 MiB chunks."""
+    with path.open("rb") as stream:
+        return _digest_stream(stream)
+
+
+def _digest_stream(stream: IO[bytes]) -> tuple[str, int, bytes]:
     sha = hashlib.sha256()
     size = 0
     head = b""
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            if not head:
-                head = chunk[:64]
-            sha.update(chunk)
-            size += len(chunk)
+    while chunk := stream.read(1 << 20):
+        if not head:
+            head = chunk[:64]
+        sha.update(chunk)
+        size += len(chunk)
     return sha.hexdigest(), size, head

@@ -8,6 +8,13 @@ Hostile input: a document type declaration (DTD) is refused outright — Chorus 
 use one, and refusing it closes the door on external entities (XXE) and entity expansion bombs
 ("billion laughs") whatever the parser's defaults. Entities are never resolved and the network is
 never reached.
+
+Large invoices: a UBL invoice may carry its PDF as one base64 text node of tens of megabytes,
+over libxml2's default 10 MB limit on a text node. A seekable source is therefore read in
+libxml2's huge mode, whose limits are bounded instead by the size of the source (the gateway
+reads nothing over ``max_file_size``). Huge mode also lifts libxml2's guard against entity
+amplification, so the prolog is first read once in the default mode, up to the root's start: a
+DTD is refused there, before any huge parse can begin.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def _split(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-def _iterparse(source: IO[bytes]) -> Any:
+def _iterparse(source: IO[bytes], *, huge: bool = False) -> Any:
     """lxml's iterparse with every door shut: no entities, no network, no DTD loading."""
     return etree.iterparse(
         source,
@@ -51,7 +58,7 @@ def _iterparse(source: IO[bytes]) -> Any:
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
-        huge_tree=False,
+        huge_tree=huge,
         remove_comments=True,
         remove_pis=True,
     )
@@ -64,8 +71,13 @@ def _events(source: IO[bytes]) -> Iterator[tuple[str, Any]]:
         XmlError: not well-formed, empty, or carries a DTD.
     """
     seen_root = False
+    huge = _seekable(source)
     try:
-        for event, element in _iterparse(source):
+        if huge:
+            start = source.tell()
+            _refuse_dtd(source)
+            source.seek(start)
+        for event, element in _iterparse(source, huge=huge):
             if seen_root:
                 yield event, element
                 continue
@@ -77,6 +89,26 @@ def _events(source: IO[bytes]) -> Iterator[tuple[str, Any]]:
         raise XmlError(_syntax_message(exc)) from None
     if not seen_root:
         raise XmlError("no root element (empty document)")
+
+
+def _seekable(source: IO[bytes]) -> bool:
+    try:
+        return bool(source.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _refuse_dtd(source: IO[bytes]) -> None:
+    """Read ``source`` in libxml2's default mode up to the root's start tag.
+
+    Raises:
+        XmlError: it carries a DTD (or is malformed before its root, or has none).
+        etree.XMLSyntaxError: from the parser.
+    """
+    for _, element in _iterparse(source):
+        if element.getroottree().docinfo.doctype:
+            raise XmlError("document type declarations (DTD) are refused")
+        return
 
 
 def _attributes(element: Any) -> dict[str, str]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import multiprocessing
+import os
+import select
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -107,6 +110,7 @@ class WorkerProcess:
         self._args = args
         self._process: Any = None
         self._pipe: Any = None
+        self._life: Any = None  # the daemon's end of the child's life line (see _child)
 
     @property
     def pid(self) -> int | None:
@@ -116,22 +120,29 @@ class WorkerProcess:
     def start(self) -> None:
         """Start the child and wait for its first message; re-raise the error it sent."""
         ours, theirs = worker_context().Pipe()
+        life_child, life = worker_context().Pipe(duplex=False)
         process = worker_context().Process(
-            target=_child, args=(self._target, *self._args, theirs), name=self.name, daemon=True
+            target=_child,
+            args=(life_child, self._target, *self._args, theirs),
+            name=self.name,
+            daemon=True,
         )
         process.start()
         theirs.close()
+        life_child.close()
         try:
             ready = ours.recv()
         except (EOFError, OSError):
             process.join(5)
             ours.close()
+            life.close()
             raise WorkerDied(f"{self.name} exited with {process.exitcode} as it started") from None
         if isinstance(ready, BaseException):
             process.join(5)
             ours.close()
+            life.close()
             raise ready
-        self._process, self._pipe = process, ours
+        self._process, self._pipe, self._life = process, ours, life
 
     def run(self, batch: Any) -> Any:
         """Send ``batch`` (starting the child first if it is not running) and return its answer.
@@ -161,8 +172,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Ask the child to end; kill it if it has not within 10 s."""
-        process, pipe = self._process, self._pipe
-        self._process = self._pipe = None
+        process, pipe, life = self._process, self._pipe, self._life
+        self._process = self._pipe = self._life = None
         if pipe is not None:
             with contextlib.suppress(OSError):
                 pipe.send(None)
@@ -173,12 +184,45 @@ class WorkerProcess:
                 process.join()
         if pipe is not None:
             pipe.close()
+        if life is not None:  # after the join: closing it ends the child (see _child)
+            life.close()
+
+    def kill(self) -> None:
+        """End the child now, whatever it is doing (it may be stuck: nothing is asked of it)."""
+        process, pipe, life = self._process, self._pipe, self._life
+        self._process = self._pipe = self._life = None
+        if process is not None:
+            process.kill()
+            process.join(5)
+        for end in (pipe, life):
+            if end is not None:
+                end.close()
 
 
-def _child(target: Callable[..., None], *args: Any) -> None:
+def _child(life: Any, target: Callable[..., None], *args: Any) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+    end_with_the_daemon(life)
     target(*args)
+
+
+def end_with_the_daemon(life: Any) -> None:
+    """Have the kernel end this process as soon as the daemon's end of ``life`` (a pipe the
+    daemon never writes to, and holds alone) is closed: when the daemon ends, by kill -9 too.
+
+    A worker notices its daemon's death by reading end-of-file on its pipe, but only between
+    two batches: one busy in a runaway parse (which holds its interpreter: no thread of its own
+    could act) or blocked in a system call would outlive the daemon, and keep the fork server
+    and its resource tracker alive with it (each lives while one of its children does). So the
+    life line is in asynchronous mode, owned by this process: when its last writer closes, the
+    kernel sends SIGIO, whose default action ends the process at once and silently (no Python
+    code runs: no traceback of a broken pipe on the daemon's output).
+    """
+    fd = life.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([fd], [], [], 0)[0]:  # the daemon died before the line was set up
+        os._exit(0)
 
 
 class WorkerBatches(Generic[T, R]):

@@ -114,12 +114,12 @@ class GatewaySettings:
     metrics: tuple[str, int] | None = None  # host, port of /metrics and /healthz
     rescan_interval: float = 30.0
     settle_time: float = 2.0
+    analysis_timeout: float = 20.0  # seconds one file's analysis (or validation) may take
     retry: Retry = field(default_factory=Retry)
     shutdown_grace: float = 20.0
     warn_days: int = 30  # certificates: warn (log, metric, alert) this many days before expiry
     retention: float | None = None  # seconds; flows filed longer ago are purged (None: never)
     retention_files: bool = False  # also delete their files in sent/ and inbox/
-    analysis_timeout: float = 20.0  # one file's analysis (and validation) at most, seconds
     validation_workers: int = 0  # processes running the rule sets; 0: one per two cores
 
 
@@ -478,18 +478,21 @@ def _gateway(section: Section) -> GatewaySettings:
     )
     retry_section.finish()
     metrics = section.optional_str("metrics")
+    analysis_timeout = section.duration("analysis_timeout", "20s")
+    if analysis_timeout <= 0:
+        raise SettingsError(section.key("analysis_timeout"), "must be more than 0s")
     settings = GatewaySettings(
         data_dir=data_dir,
         max_file_size=section.size("max_file_size", "30000KB"),
         metrics=_address(section, "metrics", metrics, "127.0.0.1:9464") if metrics else None,
         rescan_interval=section.duration("rescan_interval", "30s"),
         settle_time=section.duration("settle_time", "2s"),
+        analysis_timeout=analysis_timeout,
         retry=retry,
         shutdown_grace=section.duration("shutdown_grace", "20s"),
         warn_days=section.integer("warn_days", 30, minimum=0, maximum=3650),
         retention=_retention(section),
         retention_files=section.boolean("retention_files", False),
-        analysis_timeout=section.duration("analysis_timeout", "20s"),
         validation_workers=section.integer("validation_workers", 0, minimum=0, maximum=64),
     )
     section.finish()

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from gateway import certificates, logs
@@ -70,6 +73,44 @@ async def _listening(start: Awaitable[None], key: str, host: str, port: int) -> 
         raise StartupError(f"{key}: {host}:{port} is {why}; choose another address") from None
 
 
+#: The file in data_dir that the running gateway holds locked, with its pid in it.
+LOCK_FILE = "raccord.lock"
+
+
+class DataDirLocked(ConfigError):
+    """Another gateway already runs on this data_dir; the message names its pid."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Lock ``data_dir`` for this process (an exclusive ``flock`` on its lock file, which then
+    holds this pid) and return the lock's descriptor: closing it, or the end of the process
+    however it ends (kill -9 too), releases the lock. The descriptor is close-on-exec and the
+    workers are forked from a fork server that never had it: an orphaned worker cannot keep a
+    dead daemon's lock.
+
+    Raises:
+        DataDirLocked: another process holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirLocked(
+            f"another raccord run (pid {holder}) is already working on {data_dir}; stop it "
+            "first (two daemons on one data_dir would claim and send the same files)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Gateway:
     def __init__(self, config: Config, *, now: Now = utc_now, sleep: Sleep = asyncio.sleep) -> None:
         self.config = config
@@ -95,6 +136,20 @@ class Gateway:
         self._reload_requested.set()
 
     async def run(
+        self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        """Run until ``stopping`` is set.
+
+        Raises:
+            DataDirLocked: another gateway runs on the same data_dir.
+        """
+        lock = lock_data_dir(self.layout.data_dir)
+        try:
+            await self._run(stopping, on_ready)
+        finally:
+            os.close(lock)
+
+    async def _run(
         self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
     ) -> None:
         config = self.config
@@ -190,6 +245,8 @@ class Gateway:
             dispatcher.claim,
             rescan_interval=config.gateway.rescan_interval,
             settle_time=config.gateway.settle_time,
+            root=self.layout.data_dir / "outbox",
+            on_ignored=lambda where: self.metrics.ignored.labels(where).inc(),
         )
         self.watcher = watcher
         poller = Poller(config, journal, sources(self._senders), self.alerts)

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from flows.analysis import Analysis, digest
 from flows.validation import Status, Validation
 from gateway import certificates, logs
 from gateway.alerts import Alerter
-from gateway.analyser import Analyser, AnalysisCrashed
+from gateway.analyser import Analyser, AnalysisCrashed, AnalysisTimedOut, NotARegularFile
 from gateway.batching import Batcher
 from gateway.config import Checking, Config, Connection, Lot, Mode
 from gateway.filer import Filer
@@ -208,9 +210,10 @@ class Dispatcher:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._flow_tasks: dict[str, asyncio.Task[None]] = {}  # the running task of each flow
+        self._healing: dict[str, int] = {}  # flow -> local faults met in a row (disk full...)
         self._filer = Filer()
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
-        self._analyser = Analyser()
+        self._analyser = Analyser(config.gateway.analysis_timeout)
         self._validator = Validator(
             workers=config.gateway.validation_workers or None,
             timeout=config.gateway.analysis_timeout,
@@ -259,6 +262,7 @@ class Dispatcher:
         self.senders = senders
         self.certificates = in_use
         self._validator.timeout = config.gateway.analysis_timeout
+        self._analyser.timeout = config.gateway.analysis_timeout
         for name in removed:
             self._lots.flush_connection(name)
 
@@ -312,9 +316,20 @@ class Dispatcher:
             await self._renames.submit((claim.source, claim.spool))
         except FileNotFoundError:
             return False  # claimed by an earlier event or scan, or removed by ops
-        except OSError:
+        except OSError as exc:
             # It stays in the outbox; the next scan offers it again.
-            log.exception("intake.claim_failed", connection=claim.connection, file=claim.name)
+            reason, action = local_fault(exc) or (
+                "claim_failed",
+                "check the permissions of the outbox and spool folders; the next scan tries again",
+            )
+            log.error(
+                "intake.claim_failed",
+                connection=claim.connection,
+                file=claim.name,
+                reason=reason,
+                error=str(exc),
+                action=action,
+            )
             return False
         log.info("flow.claimed", connection=claim.connection, flow_id=flow_id, file=claim.name)
         self.metrics.received.labels(claim.connection).inc()
@@ -410,12 +425,43 @@ class Dispatcher:
                 log.exception("flow.internal_error", flow_id=flow_id)
                 await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
         except Exception as exc:
-            log.exception("flow.internal_error", flow_id=flow_id)
-            await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
+            fault = local_fault(exc)
+            if fault is None:
+                log.exception("flow.internal_error", flow_id=flow_id)
+                await self._fail_safely(flow_id, f"internal error: {exc!r}; please report it")
+            else:
+                heal = self._healing.get(flow_id, 0) + 1
+                self._healing[flow_id] = heal
+                log.error(
+                    "flow.local_fault",
+                    flow_id=flow_id,
+                    reason=fault[0],
+                    error=str(exc),
+                    action=fault[1],
+                    retry_in=_heal_delay(heal),
+                )
+        else:
+            self._healing.pop(flow_id, None)
         finally:
             self._active.discard(flow_id)
         if resume:
             self.start(flow_id, claimed=claimed, lost=lost + 1)
+        elif flow_id in self._healing and not self.stopping.is_set():
+            self._heal_later(flow_id, claimed, max(lost, 1) if claimed is not None else lost)
+
+    def _heal_later(self, flow_id: str, claimed: Claim | None, lost: int) -> None:
+        """Resume the flow from the journal once a local fault may have healed (space freed):
+        it goes on from its journaled state, as after a restart."""
+
+        async def later() -> None:
+            await self._wait(_heal_delay(self._healing.get(flow_id, 1)))
+            if not self.stopping.is_set():  # else the next start resumes it
+                # ``lost`` >= 1: a claimed file is in the spool already, not taken again.
+                self.start(flow_id, claimed=claimed, lost=lost)
+
+        task = asyncio.create_task(later(), name=f"heal-{flow_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _journal_claim(self, flow_id: str, claimed: Claim) -> FlowRow | None:
         return await self.journal.call(
@@ -454,6 +500,12 @@ class Dispatcher:
             size, analysis = await self._analyser.analyse(Path(row.spool_path), limit)
         except AnalysisCrashed as exc:
             return await self._refuse(row, "analysis_crashed", str(exc)), None
+        except AnalysisTimedOut as exc:
+            return await self._refuse(row, "analysis_timeout", str(exc)), None
+        except NotARegularFile as exc:
+            return await self._refuse(row, "not_a_regular_file", str(exc)), None
+        except PermissionError as exc:
+            return await self._refuse(row, "unreadable", _unreadable(row, exc)), None
         if analysis is None:
             too_large = f"{size} bytes is over max_file_size ({limit} bytes)"
             return await self._refuse(row, "too_large", too_large, size=size), None
@@ -1023,7 +1075,7 @@ class Dispatcher:
     async def _file_sent(self, row: FlowRow) -> None:
         assert row.final_path and row.receipt
         target = Path(row.final_path)
-        receipt = json.loads(row.receipt)
+        receipt = json.loads(row.receipt) | _filed_as(row.original_name, target)
         await self._filer.place(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
         await self._transition(row, "sent", expect=("delivered",), unknown_outcome=0)
         self.metrics.sent.labels(row.connection).inc()
@@ -1077,6 +1129,7 @@ class Dispatcher:
         }
         if row.validation:
             document["validation"] = json.loads(row.validation)
+        document |= _filed_as(row.original_name, target)
         if row.packaging is not None:
             document["invoices"] = await self._lot_invoices(row)
         await self._filer.place(Placement(Path(row.spool_path), target, ".error.json", document))
@@ -1202,10 +1255,65 @@ class Dispatcher:
         for flow_id, spool_path in claimed:
             if flow_id in self._active:
                 continue
-            if await asyncio.to_thread(Path(spool_path).exists):
+            # lexists: the entry itself (a link put back is refused by analysis, not skipped).
+            if await asyncio.to_thread(os.path.lexists, spool_path):
                 self.start(flow_id)
                 started += 1
         return started
+
+
+def _filed_as(original: str, target: Path) -> dict[str, str]:
+    """What a report says when the file is filed under another name than it was dropped as."""
+    if target.name == original:
+        return {}
+    return {
+        "filed_as": target.name,
+        "filed_as_because": (
+            "the name as dropped is too long for the file system with its report beside it "
+            "(shortened, ~ marks the cut), or was taken in this folder (the flow id added)"
+        ),
+    }
+
+
+#: Seconds before a flow stopped by a local fault is tried again: doubled each time, at most.
+HEAL_FIRST, HEAL_MAX = 2.0, 60.0
+
+
+def _heal_delay(faults: int) -> float:
+    return min(HEAL_MAX, HEAL_FIRST * 2.0 ** min(faults - 1, 10))
+
+
+def local_fault(exc: BaseException) -> tuple[str, str] | None:
+    """``(reason, what to do)`` when ``exc`` is a fault of data_dir's own file system that
+    ops can heal (and raccord then gets over by itself: the flow is tried again), else None."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower() if isinstance(exc, sqlite3.OperationalError) else ""
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return (
+            "local_disk_full",
+            "data_dir's file system is full: free space there; raccord tries again by itself",
+        )
+    if code == errno.EROFS or "readonly" in text or "read-only" in text:
+        return (
+            "local_read_only",
+            "data_dir's file system is read-only: remount it read-write; raccord tries again "
+            "by itself",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            "local_permission_denied",
+            f"raccord may not write {getattr(exc, 'filename', None) or 'in data_dir'}: give "
+            "raccord's user write permission on data_dir; raccord tries again by itself",
+        )
+    return None
+
+
+def _unreadable(row: FlowRow, exc: OSError) -> str:
+    return (
+        f"raccord may not read {row.original_name} ({exc.strerror}): it was dropped with "
+        "permissions that leave the daemon's user out (an umask of 077?). Give the file read "
+        "permission for raccord's group (chmod g+r), then raccord retry"
+    )
 
 
 def _unknown_connection(name: str) -> tuple[str, str]:

@@ -45,8 +45,34 @@ def display_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+#: Bytes a file name may have on Linux file systems.
+NAME_MAX = 255
+
+#: Bytes kept free in a data file's name for what is added to it: the report beside it
+#: (``.receipt.json``) and that report's temporary name (``.<name>.receipt.json.tmp``).
+REPORT_ROOM = 20
+
+
+def fit_name(name: str, room: int) -> str:
+    """``name`` if it has at most ``room`` bytes, else shortened to fit: its end is cut before
+    the extension (kept when short), and ``~`` marks the cut. Never splits a character."""
+    if len(os.fsencode(name)) <= room:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem or len(os.fsencode(suffix)) > 16:
+        stem, suffix = name, ""
+    tail = ("~." + suffix) if suffix else "~"
+    budget = room - len(os.fsencode(tail))
+    # A character cut in the middle is dropped whole ("ignore").
+    return os.fsencode(stem)[: max(0, budget)].decode("utf-8", "ignore") + tail
+
+
 def spool_name(flow_id: str, original_name: str) -> str:
-    return f"{flow_id}{SPOOL_SEPARATOR}{original_name}"
+    """The claimed file's name in the spool: its flow identifier, then its original name,
+    shortened if the whole would be too long for the file system (the journal keeps the
+    original)."""
+    head = f"{flow_id}{SPOOL_SEPARATOR}"
+    return head + fit_name(original_name, NAME_MAX - len(os.fsencode(head)))
 
 
 def parse_spool_name(name: str) -> tuple[str, str] | None:
@@ -194,10 +220,11 @@ def place_all(placements: list[Placement]) -> list[Exception | None]:
                 raise error
             os.replace(temp, report)
             touched.setdefault(report.parent, []).append(index)
-            if item.spool.exists():
+            # lexists: the entry itself (a symbolic link is filed as a link, never followed).
+            if os.path.lexists(item.spool):
                 os.rename(item.spool, item.target)
                 touched.setdefault(item.spool.parent, []).append(index)
-            elif not item.target.exists():
+            elif not os.path.lexists(item.target):
                 raise FileNotFoundError(
                     f"{item.spool} vanished before it was filed to {item.target}"
                 )
@@ -229,10 +256,13 @@ def _fsync_file(path: Path) -> OSError | None:
 def free_name(
     folder: Path, name: str, flow_id: str, taken: Callable[[Path], bool] = Path.exists
 ) -> Path:
-    """``folder/name``, or ``folder/<stem>.<flow_id>.<suffix>`` if ``taken`` says it is."""
+    """``folder/name``, or ``folder/<stem>.<flow_id>.<suffix>`` if ``taken`` says it is; a
+    name too long for the file system (with its report beside it) is shortened first."""
+    name = fit_name(name, NAME_MAX - REPORT_ROOM)
     target = folder / name
     if not taken(target):
         return target
+    name = fit_name(name, NAME_MAX - REPORT_ROOM - len(flow_id) - 1)
     stem, dot, suffix = name.rpartition(".")
     if not dot or not stem:
         return folder / f"{name}.{flow_id}"

@@ -16,6 +16,16 @@ permitted (another owner, another file system) the file must instead be unchange
 Claiming is one atomic rename into ``spool/<connection>/<flow_id>--<name>``; a file that vanished
 meanwhile (claimed by another scan, removed by ops) is simply skipped. The claim is then
 journaled; should the daemon die between the two, reconciliation finds the spool file.
+
+Every entry of an outbox is claimed, whatever it is: a symbolic link, a FIFO, a socket, a
+device or a folder is renamed (the entry itself, never what it points to) into the spool like a
+file, and the analysis refuses it as ``not_a_regular_file`` without reading it, so it ends in
+``error/`` rather than lying in the outbox forever. Nothing here opens what a link points to:
+entries are examined with ``lstat`` and opened with ``O_NOFOLLOW | O_NONBLOCK``.
+
+Entries where no connection reads (the outbox root itself, a folder that is not a configured
+connection's) are reported once each by the scans as ``intake.ignored``, with the connection a
+misspelt folder probably meant, and counted.
 """
 
 from __future__ import annotations
@@ -26,11 +36,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileMovedEvent,
@@ -45,7 +58,8 @@ from watchdog.observers.inotify_move_event_grouper import (
 )
 
 from gateway import logs
-from gateway.folders import is_candidate
+from gateway.folders import display_name, is_candidate
+from protocols.settings import nearest
 
 log = logs.get()
 
@@ -55,11 +69,14 @@ BATCH = 256
 #: Called with (connection, path in the outbox) for every file ready to be claimed.
 OnCandidate = Callable[[str, Path], Awaitable[object]]
 
+#: Called with where an ignored entry lies ("outbox_root" or "unknown_folder"), once per entry.
+OnIgnored = Callable[[str], None]
+
 
 def open_for_writing(path: Path) -> bool | None:
     """True if some process has ``path`` open for writing, False if not, None if unknowable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -75,12 +92,22 @@ def open_for_writing(path: Path) -> bool | None:
 
 def readiness(path: Path, settle_time: float, now: float | None = None) -> str:
     """``"ready"``, ``"wait"`` (still being written) or ``"gone"`` for a file seen by a scan or
-    a bare create event. Blocking: call it off the event loop."""
+    a bare create event. Blocking: call it off the event loop.
+
+    An entry that is not a regular file is ready at once (it will not be read, only filed in
+    error/), except a folder, which may still be being filled: it must be left alone
+    ``settle_time`` first."""
     try:
-        mtime = path.stat().st_mtime
+        info = os.lstat(path)
     except OSError:
         return "gone"
-    writing = open_for_writing(path)
+    mtime = info.st_mtime
+    if stat.S_ISDIR(info.st_mode):
+        writing: bool | None = None
+    elif not stat.S_ISREG(info.st_mode):
+        return "ready"
+    else:
+        writing = open_for_writing(path)
     if writing is None:  # not knowable here: fall back on the file being left alone a while
         writing = ((now if now is not None else time.time()) - mtime) < settle_time
     return "wait" if writing else "ready"
@@ -98,9 +125,9 @@ class _Handler(FileSystemEventHandler):
             self._push(connection, path, trusted)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            return
-        if isinstance(event, FileMovedEvent):
+        # Folders too: whatever lands in an outbox is claimed, and one that is not a regular
+        # file is filed in error/ (see the module's docstring).
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             # Renamed within the outbox, or into it from another folder: a rename is atomic,
             # the file is whole. (Moves out of it are not subscribed; one without a
             # destination would have nothing to offer.)
@@ -108,7 +135,7 @@ class _Handler(FileSystemEventHandler):
                 self._offer(event.dest_path, True)
         elif isinstance(event, FileClosedEvent):
             self._offer(event.src_path, True)
-        elif isinstance(event, FileCreatedEvent):
+        elif isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
             # Created in place, and maybe still being written.
             self._offer(event.src_path, False)
 
@@ -164,8 +191,13 @@ class Watcher:
         *,
         rescan_interval: float,
         settle_time: float,
+        root: Path | None = None,
+        on_ignored: OnIgnored | None = None,
     ) -> None:
         self._outboxes = {path: name for name, path in outboxes.items()}
+        self._root = root  # the outbox root, where misplaced entries are looked for
+        self._on_ignored = on_ignored
+        self._reported: set[Path] = set()  # ignored entries already reported
         self._on_candidate = on_candidate
         self._rescan_interval = rescan_interval
         self._settle_time = settle_time
@@ -207,7 +239,13 @@ class Watcher:
                 handler,
                 str(path),
                 recursive=False,
-                event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent],
+                event_filter=[
+                    FileClosedEvent,
+                    FileMovedEvent,
+                    FileCreatedEvent,
+                    DirMovedEvent,
+                    DirCreatedEvent,
+                ],
             )
         observer.start()
         self._observer = observer
@@ -232,19 +270,63 @@ class Watcher:
             self._observer.join(timeout=5)
             self._observer = None
 
-    def _list(self) -> list[tuple[str, Path]]:
-        """Every candidate now in the outboxes (blocking: runs on a worker thread)."""
+    def _list(self) -> tuple[list[tuple[str, Path]], list[tuple[Path, str, str | None]]]:
+        """Every candidate now in the outboxes, whatever its kind (see the module's docstring),
+        and every misplaced entry not reported yet with where it lies and the connection it
+        probably meant (blocking: runs on a worker thread)."""
         found = []
         for path, connection in self._outboxes.items():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 for entry in os.scandir(path):
-                    if entry.is_file(follow_symlinks=False) and is_candidate(entry.name):
+                    if is_candidate(entry.name):
                         found.append((connection, Path(entry.path)))
-        return found
+        return found, self._misplaced()
+
+    def _misplaced(self) -> list[tuple[Path, str, str | None]]:
+        if self._root is None:
+            return []
+        seen: list[tuple[Path, str, str | None]] = []
+        names = sorted(self._outboxes.values())
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self._root):
+                if not is_candidate(entry.name) or Path(entry.path) in self._outboxes:
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    seen.append((Path(entry.path), "outbox_root", None))
+                    continue
+                meant = nearest(entry.name, names)
+                with contextlib.suppress(OSError):
+                    for inner in os.scandir(entry.path):
+                        if is_candidate(inner.name):
+                            seen.append((Path(inner.path), "unknown_folder", meant))
+        present = {path for path, _, _ in seen}
+        self._reported &= present  # one that went and came back is reported again
+        fresh = [item for item in seen if item[0] not in self._reported]
+        self._reported |= {path for path, _, _ in fresh}
+        return fresh
+
+    def _report_ignored(self, misplaced: list[tuple[Path, str, str | None]]) -> None:
+        for path, where, meant in misplaced:
+            if where == "outbox_root":
+                why = "it lies in the outbox root; files go in outbox/<connection>/"
+            else:
+                why = f"no connection is named {display_name(path.parent.name)!r}"
+                if meant:
+                    why += f" (did you mean {meant!r}?)"
+            log.warning(
+                "intake.ignored",
+                path=display_name(str(path)),
+                reason=why,
+                probably_meant=meant,
+                action="move it into outbox/<connection>/ of a configured connection",
+            )
+            if self._on_ignored is not None:
+                self._on_ignored(where)
 
     async def scan(self) -> int:
         """Queue every candidate now in the outboxes; return how many were queued."""
-        found = await asyncio.to_thread(self._list)
+        found, misplaced = await asyncio.to_thread(self._list)
+        self._report_ignored(misplaced)
         for connection, path in found:
             self._queue.put_nowait((connection, path, False))
         self.scans += 1

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -516,7 +517,7 @@ class JournalDB:
         """
 
         def taken(path: Path) -> bool:
-            if path.exists():
+            if os.path.lexists(path):  # a link there is taken too, even a dangling one
                 return True
             held = self._db.execute(
                 "SELECT 1 FROM flows WHERE final_path=? AND flow_id<>? LIMIT 1",

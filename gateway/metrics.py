@@ -88,6 +88,13 @@ class Metrics:
             ["connection", "rule"],
             registry=r,
         )
+        self.ignored = Counter(
+            "raccord_intake_ignored",
+            "Entries in the outbox tree that no connection reads (reported once each), by "
+            "where they lie: outbox_root, unknown_folder.",
+            ["where"],
+            registry=r,
+        )
         self.retried = Counter(
             "raccord_files_retried",
             "Transfers tried again after a retryable error, by reason.",

@@ -48,6 +48,7 @@ from flows.analysis import format_of_root
 from flows.codes import Format
 from flows.validation import Finding, Profile, Validation
 from gateway import logs
+from gateway.batching import end_with_the_daemon
 
 log = logs.get()
 
@@ -243,10 +244,12 @@ def _parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
-def serve(pipe: Any, folder: str, preload: Sequence[str]) -> None:
+def serve(pipe: Any, life: Any, folder: str, preload: Sequence[str]) -> None:
     """A worker process: compile, say ready (or send what stopped it), then take batches of
     ``(path, rules)`` and send one answer per file as soon as it is made (a Validation dict,
-    or an OSError), until None or end-of-file."""
+    or an OSError), until None or end-of-file. ``life``: ends the worker with the daemon, even
+    in the middle of a file (see :func:`gateway.batching.end_with_the_daemon`)."""
+    end_with_the_daemon(life)
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The daemon ends its workers itself, after the flows under way (see batching).
         signal.signal(signum, signal.SIG_IGN)
@@ -291,14 +294,16 @@ class _Worker:
     def __init__(self, folder: Path, preload: Sequence[str]) -> None:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
+        life, self._life = context.Pipe(duplex=False)  # never written: closed when we end
         self.process = context.Process(
             target=serve,
-            args=(theirs, str(folder), tuple(preload)),
+            args=(theirs, life, str(folder), tuple(preload)),
             name="raccord-validation",
             daemon=True,
         )
         self.process.start()
         theirs.close()
+        life.close()
         self.pipe = ours
         try:
             ready = ours.recv()
@@ -362,11 +367,13 @@ class _Worker:
         self.process.join(5)
         with contextlib.suppress(OSError):
             self.pipe.close()
+        self._life.close()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
             self.pipe.send(None)
         self.process.join(5)
+        self._life.close()
         if self.process.is_alive():
             self.kill()
         with contextlib.suppress(OSError):

@@ -25,6 +25,7 @@ def test_example_configuration_loads() -> None:
     assert conn.settings.known_hosts == Path("/etc/raccord/known_hosts")
     assert loaded.gateway.max_file_size == 30_000_000
     assert loaded.gateway.retry.maximum == 600.0
+    assert loaded.gateway.analysis_timeout == 20.0
 
 
 def load_text(tmp_path: Path, text: str) -> config.Config:
@@ -86,6 +87,11 @@ def with_change(old: str, new: str) -> str:
         ('known_hosts = "/etc/raccord/known_hosts"', "", r"sftp\.known_hosts: is required"),
         ("[gateway]", "[gateway]\nmax_fil_size = 3", r"did you mean 'max_file_size'"),
         ('state = "active"', 'state = "actif"', r"'actif' is not one of"),
+        (
+            'analysis_timeout = "20s"',
+            'analysis_timeout = "0s"',
+            r"gateway\.analysis_timeout: must be more than 0s",
+        ),
     ],
 )
 def test_mistakes_are_named_precisely(tmp_path: Path, old: str, new: str, expected: str) -> None:

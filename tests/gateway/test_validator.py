@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +243,20 @@ def test_closing_does_not_wait_for_a_slow_validation(tmp_path: Path) -> None:
     took, pid = asyncio.run(scenario())
     assert took < 8.0
     assert not _alive(pid)
+
+
+def test_a_worker_ends_by_itself_when_its_daemon_dies_even_mid_file(tmp_path: Path) -> None:
+    """kill -9 of the daemon leaves no validation worker behind, not even one busy with a long
+    file: the daemon's end of the life line closing (as the kernel does at its death) ends it."""
+    slow = tmp_path / "slow.xml"
+    slow.write_bytes(invoices.large_ubl(12000))
+    started = _Worker(artefacts(), PRELOAD)
+    try:
+        started.pipe.send([(slow, ("en16931",))])  # busy for seconds with this file
+        started._life.close()  # what the kernel does to every descriptor of a dead daemon
+        deadline = time.monotonic() + 5
+        while _alive(started.pid) and time.monotonic() < deadline:
+            started.process.join(0.05)
+        assert not _alive(started.pid)
+    finally:
+        started.kill()
