@@ -2,7 +2,7 @@
 
 The rules themselves are not written here: they are the official artefacts (the CEN EN 16931
 Schematron compiled to XSLT, the French BR-FR rules, the Factur-X profiles, the XML Schemas),
-run by :mod:`gateway.validator`. This module holds what is pure about them:
+run by :mod:`gateway.flow.validator`. This module holds what is pure about them:
 
 - which artefacts apply to a document (:func:`plan`): its syntax, its Factur-X profile and the
   rule sets a connection asks for;

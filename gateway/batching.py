@@ -296,5 +296,7 @@ def worker_context() -> multiprocessing.context.ForkServerContext:
     a crash) is forked from it in milliseconds.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["gateway.analyser", "gateway.filer", "gateway.journal"])
+    context.set_forkserver_preload(
+        ["gateway.flow.analyser", "gateway.flow.filer", "gateway.journal"]
+    )
     return context

@@ -499,7 +499,7 @@ def _gateway(section: Section) -> GatewaySettings:
     return settings
 
 
-#: The shortest [gateway] retention (see gateway/retention.py: returns may come months later).
+#: The shortest [gateway] retention (see gateway/ops/retention.py: returns may come months later).
 MINIMUM_RETENTION_DAYS = 90
 
 

@@ -25,20 +25,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway import certificates, logs
 from gateway import config as config_module
-from gateway import retention as retention_module
-from gateway.alerts import Alerter
-from gateway.as2_receiver import As2Receiver
+from gateway import logs
 from gateway.config import Config, ConfigError, Connection
-from gateway.dispatcher import Dispatcher, Now, Sleep, utc_now
+from gateway.flow.dispatcher import Dispatcher, Now, Sleep, utc_now
+from gateway.flow.intake import Watcher
 from gateway.folders import Layout
-from gateway.intake import Watcher
 from gateway.journal import Call, Journal, JournalDB
-from gateway.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
-from gateway.polling import Poller, sources
-from gateway.reports import Reporter, reporters
-from gateway.systemd import keep_alive, notify
+from gateway.ops import certificates
+from gateway.ops import retention as retention_module
+from gateway.ops.alerts import Alerter
+from gateway.ops.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
+from gateway.ops.systemd import keep_alive, notify
+from gateway.returns.as2_receiver import As2Receiver
+from gateway.returns.polling import Poller, sources
+from gateway.returns.reports import Reporter, reporters
 from gateway.web.app import Console
 from protocols import registry
 from protocols.base import Sender
@@ -294,7 +295,7 @@ class Gateway:
                         "dispatcher": lambda: self._dispatcher_health(dispatcher),
                     },
                 )
-                await _listening(server.start(), "gateway.metrics", host, port)
+                await _listening(server.start(), "gateway.ops.metrics", host, port)
                 self.metrics_server = server
         await self._start_console(config, journal, dispatcher, old)
 
@@ -434,7 +435,7 @@ class Gateway:
 
     def _finish_returns(self) -> None:
         """Apply return flows a stop or crash interrupted (worker thread, own connection)."""
-        from gateway import returns
+        from gateway.returns import pipeline as returns
 
         db = JournalDB(self.layout.journal)
         try:
@@ -478,7 +479,7 @@ class Gateway:
 
     async def _retention_loop(self, journal: Journal, stopping: asyncio.Event) -> None:
         """``[gateway] retention``: purge flows filed longer ago, hourly, batch by batch (see
-        :mod:`gateway.retention`); the configuration is read afresh at each round (reload)."""
+        :mod:`gateway.ops.retention`); the configuration is read afresh at each round (reload)."""
         while not stopping.is_set():
             settings = self.config.gateway
             if settings.retention is not None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 from gateway import config as config_module
-from gateway import pki
 from gateway.config import Config
+from gateway.sandbox import pki
 from protocols.as2 import message, stream
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pki
+from gateway.sandbox import pki
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
 
@@ -15,8 +15,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def sample(name: str) -> bytes:
-    """A sample shipped with raccord (gateway/samples), as bytes."""
-    return (resources.files("gateway") / "samples" / name).read_bytes()
+    """A sample shipped with raccord (gateway/sandbox/samples), as bytes."""
+    return (resources.files("gateway.sandbox") / "samples" / name).read_bytes()
 
 
 @pytest.fixture

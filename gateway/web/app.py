@@ -23,11 +23,12 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
-from gateway import certificates, logs
+from gateway import logs
 from gateway.config import Config, ConfigError, WebSettings
 from gateway.folders import Layout
-from gateway.httpserver import serve
 from gateway.journal import STATES, JournalDB
+from gateway.ops import certificates
+from gateway.ops.httpserver import serve
 from gateway.web import auth, charts, queries
 from gateway.web.i18n import LANGUAGES, Words, choose
 
@@ -442,7 +443,7 @@ class Console:
         )
 
     async def connections(self, request: web.Request) -> web.StreamResponse:
-        from gateway.cli import connection_sheet  # the `raccord connections` view itself
+        from gateway.cli.commands import connection_sheet  # the `raccord connections` view itself
 
         today = datetime.now(UTC).date()
         sheets = []
@@ -484,7 +485,7 @@ def _csv(db: sqlite3.Connection, filters: queries.Filters) -> str:
 
 
 def _requeue(journal: Path, flow_id: str, force: bool) -> str:
-    from gateway.dispatcher import requeue
+    from gateway.flow.dispatcher import requeue
 
     db = JournalDB(journal)
     try:

@@ -2,8 +2,8 @@
 
 :func:`open_file` turns a request (its headers, its body in a file) into an :class:`Inbound`
 (the payload in a file if it is good, the reason if not) and the MDN to answer with; the gateway
-(:mod:`gateway.as2_receiver`) makes the payload durable *before* it sends that MDN. The common
-message (encrypted and signed with RSA keys, uncompressed) is read by the streaming reader
+(:mod:`gateway.returns.as2_receiver`) makes the payload durable *before* it sends that MDN. The
+common message (encrypted and signed with RSA keys, uncompressed) is read by the streaming reader
 (:mod:`protocols.as2.reader`), the payload never in memory; pyas2lib reads the others, and
 answers for all that the streaming reader cannot confirm. :func:`open_message` is pyas2lib's
 reading of a request held in memory, for the simulated partner and the tests.

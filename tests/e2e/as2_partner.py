@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import protocols.as2.compat
-from gateway import pki
+from gateway.sandbox import pki
 from protocols.certs import KeyPair, to_pem
 from tests.e2e.sshd import free_port
 

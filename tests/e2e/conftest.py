@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
+from gateway.cli import commands as cli
 from tests.e2e.sshd import SSHD, Sshd
 
 

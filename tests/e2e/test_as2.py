@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway import pki
-from gateway.cli import main
+from gateway.cli.commands import main
 from gateway.folders import Layout
-from gateway.httpserver import serve
+from gateway.ops.httpserver import serve
+from gateway.sandbox import pki
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway import pki
 from gateway.folders import Layout
+from gateway.sandbox import pki
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound, Receipt

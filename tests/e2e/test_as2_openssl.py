@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import pki
 from gateway.folders import Layout
+from gateway.sandbox import pki
 from protocols.certs import KeyPair
 from tests.as2_config import build_message, stream_message, write_as2_config
 from tests.e2e.sshd import free_port

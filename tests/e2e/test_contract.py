@@ -129,8 +129,8 @@ def test_a_sender_that_overwrites_is_caught(tmp_path: Path) -> None:
 def test_as2_keeps_the_contract_with_the_simulated_partner(tmp_path: Path) -> None:
     """AS2 against the in-package partner simulator (raccord's AS2 code on both sides: the
     django-pyas2 and openssl tests are the outside opinion; this one checks the contract)."""
-    from gateway import pki
-    from gateway.as2_simulator import As2Simulator
+    from gateway.sandbox import pki
+    from gateway.sandbox.as2_partner import As2Simulator
     from protocols.as2.sender import As2Sender
     from tests.as2_config import mirror, write_as2_config
 
@@ -166,7 +166,7 @@ def test_as2_keeps_the_contract_with_the_simulated_partner(tmp_path: Path) -> No
 
 
 def test_pesit_keeps_the_contract_with_the_strict_responder(tmp_path: Path) -> None:
-    from gateway.pesit_simulator import Account, PesitResponder
+    from gateway.sandbox.pesit_partner import Account, PesitResponder
     from protocols.pesit.sender import PesitSender, PesitSettings
     from protocols.settings import Secret
 
@@ -200,8 +200,8 @@ def test_pesit_keeps_the_contract_with_the_strict_responder(tmp_path: Path) -> N
 
 
 def test_piste_keeps_the_contract_with_the_stand_in(tmp_path: Path) -> None:
-    from gateway.piste_simulator import PisteStandIn
-    from gateway.simulator import Rules
+    from gateway.sandbox.chorus import Rules
+    from gateway.sandbox.piste_partner import PisteStandIn
     from protocols.piste.api import PisteSettings
     from protocols.piste.sender import PisteSender
     from protocols.settings import Secret

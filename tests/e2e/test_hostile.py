@@ -33,7 +33,7 @@ def _config(tmp_path: Path, **gateway: str) -> Path:
 
 def _raccord(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.cli.commands", *args],
         capture_output=True,
         text=True,
         timeout=60,

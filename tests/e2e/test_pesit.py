@@ -13,7 +13,7 @@ import pytest
 from gateway import config as config_module
 from gateway.folders import Layout
 from gateway.journal import JournalDB
-from gateway.pesit_simulator import Account, PesitResponder
+from gateway.sandbox.pesit_partner import Account, PesitResponder
 from tests.conftest import sample
 from tests.e2e.conftest import check_connect
 from tests.gateway.harness import (
@@ -144,7 +144,8 @@ def test_check_connect_logs_in_to_the_pesit_partner(tmp_path: Path) -> None:
 def test_an_expired_tls_client_certificate_blocks_the_pesit_connection(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from gateway import certificates, pki
+    from gateway.ops import certificates
+    from gateway.sandbox import pki
 
     old = pki.issue("VFE057", valid_from=datetime.now(UTC) - timedelta(days=30), days=10)
     cert = pki.write_certificates([old.certificate], tmp_path / "client.pem", "pem")
@@ -211,7 +212,7 @@ def _just_past_a_sync_point(number: str, points: int, extra: int) -> bytes:
 
 def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, dict[str, object]]:
     """A TLS server context demanding a client certificate, and the connection keys for it."""
-    from gateway import pki
+    from gateway.sandbox import pki
 
     ca = pki.issue("test CA", ca=True)
     server = pki.issue("pesit.test", ca, dns_names=["pesit.test"])

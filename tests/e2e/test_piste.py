@@ -16,8 +16,8 @@ import pytest
 from gateway import config as config_module
 from gateway.folders import Layout
 from gateway.journal import JournalDB
-from gateway.piste_simulator import Canned, PisteStandIn
-from gateway.simulator import Rules
+from gateway.sandbox.chorus import Rules
+from gateway.sandbox.piste_partner import Canned, PisteStandIn
 from tests.conftest import sample
 from tests.e2e.conftest import check_connect
 from tests.gateway.harness import (

@@ -14,7 +14,7 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import FlowRow, JournalDB
-from gateway.simulator import Desk, Rules
+from gateway.sandbox.chorus import Desk, Rules
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.sshd import Sshd
 from tests.gateway.harness import drop, running, until

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_module
-from gateway.cli import main as cli
-from gateway.demo import facturx_pdf
+from gateway.cli.commands import main as cli
 from gateway.folders import Layout
+from gateway.sandbox.demo import facturx_pdf
 from protocols.base import Outbound
 from protocols.sftp.sender import ONE_WRITE, SMALL_FILE
 from tests.conftest import sample

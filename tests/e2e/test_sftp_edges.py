@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_module
-from gateway.cli import main as cli
+from gateway.cli.commands import main as cli
 from gateway.folders import Layout
 from protocols.errors import AuthenticationError, RemoteBusy, TransferError, TransferTimeout
 from protocols.settings import Secret

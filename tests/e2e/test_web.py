@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import (
+from gateway.folders import Layout
+from gateway.journal import JournalDB
+from gateway.sandbox.demo import (
     AS2_CONNECTION,
     CONNECTION,
     REJECT_PATTERN,
@@ -29,8 +31,6 @@ from gateway.demo import (
     sample_documents,
     wait_until_settled,
 )
-from gateway.folders import Layout
-from gateway.journal import JournalDB
 from gateway.web.auth import hash_password
 from tests.e2e.daemon import daemon
 from tests.e2e.sshd import free_port
@@ -67,7 +67,7 @@ def simulator(tmp_path: Path) -> Iterator[Path]:
     out = tmp_path / "simulate.out"
     with out.open("wb") as stdout:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "simulate", "--dir", str(folder)],
+            [sys.executable, "-m", "gateway.cli.commands", "simulate", "--dir", str(folder)],
             stdout=stdout,
             stderr=subprocess.STDOUT,
         )

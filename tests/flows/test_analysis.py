@@ -10,7 +10,7 @@ import pytest
 
 from flows.analysis import Problem, analyze
 from flows.codes import Format
-from gateway.demo import facturx_pdf
+from gateway.sandbox.demo import facturx_pdf
 from tests.conftest import sample
 from tests.invoices import pdf_attaching
 

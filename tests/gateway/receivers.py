@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.httpserver import serve
+from gateway.ops.httpserver import serve
 
 
 @dataclass

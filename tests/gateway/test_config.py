@@ -180,7 +180,7 @@ def test_a_lot_of_several_invoices_needs_an_archive_format(tmp_path: Path) -> No
 
 
 def test_the_commented_as2_example_loads_once_uncommented(tmp_path: Path) -> None:
-    from gateway import pki
+    from gateway.sandbox import pki
 
     ours, theirs = pki.issue("MYCOMPANY AS2"), pki.issue("CTAIFEP AS2")
     text = EXAMPLE.read_text()

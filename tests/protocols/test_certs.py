@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pki
+from gateway.sandbox import pki
 from protocols import certs
 
 

@@ -19,11 +19,11 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from gateway import config as config_module
-from gateway import pki
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import JournalDB
+from gateway.sandbox import pki
 from gateway.web.auth import hash_password
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
@@ -326,7 +326,7 @@ def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> 
             + f'\n[web]\nlisten = "127.0.0.1:{port}"\n'
         )
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "gateway.cli.commands", "run", "--config", str(path)],
             capture_output=True,
             text=True,
             timeout=60,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
 from gateway import config as config_module
+from gateway.cli import commands as cli
 from gateway.config import ConfigError
 from gateway.web.auth import hash_password, verify_password
 from tests.gateway.harness import memory_config_text

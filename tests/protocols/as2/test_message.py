@@ -115,7 +115,7 @@ def test_an_mdn_altered_in_transit_fails_its_signature(
 
 
 def test_an_mdn_signed_by_someone_else_is_refused(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
-    from gateway import pki
+    from gateway.sandbox import pki
 
     impostor = pki.issue("CTAIFEP AS2")  # same name, other key
     sent = _send(as2_settings)

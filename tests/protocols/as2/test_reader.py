@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pki
+from gateway.sandbox import pki
 from protocols.as2 import message, reader
 from protocols.as2.receiver import Inbound, Party, open_file, open_message
 from protocols.as2.settings import As2Settings

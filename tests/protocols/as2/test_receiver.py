@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import pki
+from gateway.sandbox import pki
 from protocols.as2 import message
 from protocols.as2.receiver import (
     Party,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway import pki
-from gateway.httpserver import serve
+from gateway.ops.httpserver import serve
+from gateway.sandbox import pki
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
 from protocols.base import Outbound

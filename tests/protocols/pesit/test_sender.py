@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway import pki
-from gateway.pesit_simulator import Account, PesitResponder
+from gateway.sandbox import pki
+from gateway.sandbox.pesit_partner import Account, PesitResponder
 from protocols.base import Outbound
 from protocols.errors import (
     AuthenticationError,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.pesit_simulator import Account, PesitResponder
+from gateway.sandbox.pesit_partner import Account, PesitResponder
 from protocols.pesit.codec import Kind, Param
 from protocols.pesit.session import Broken, FileAttributes, Interrupted, Peer, Session, connect
 from tests.gateway.harness import until

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.piste_simulator import Canned, PisteStandIn
-from gateway.simulator import Rules
+from gateway.sandbox.chorus import Rules
+from gateway.sandbox.piste_partner import Canned, PisteStandIn
 from protocols.base import Outbound
 from protocols.errors import (
     AuthenticationError,

@@ -1,0 +1,1 @@
+"""A flow's way through the gateway: intake, analysis, routing, delivery, filing, lots."""

@@ -1,0 +1,1 @@
+"""Running in production: metrics, certificates, systemd, alerts, the small HTTP server."""

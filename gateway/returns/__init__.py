@@ -1,0 +1,1 @@
+"""Return flows: fetched, received, stored, parsed and applied."""

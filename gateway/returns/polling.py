@@ -1,0 +1,251 @@
+"""Polling partners for return flows: fetch, store durably, hand to the return pipeline.
+
+For every connection whose sender is also a :class:`~protocols.base.ReturnSource`, every
+``poll_interval``::
+
+    list ─▶ (already done? skip) ─▶ fetch to inbox/<connection>/.<name>.download (fsynced)
+         ─▶ gateway.returns.pipeline.receive (moved into the inbox, journaled, applied)
+         ─▶ journal: downloads(stored) ─▶ remote delete | rename | leave ─▶ downloads(done)
+
+A crash anywhere in that line is harmless: a file fetched again is recognised by its bytes
+(the return pipeline applies the same bytes once), and one stored but not yet removed is only
+removed. Files left at the partner (``after_download = "leave"``) are remembered by name, size
+and time, and never fetched twice. A file over ``max_file_size`` is not fetched: it is
+remembered as ``refused`` and logged once.
+
+A partner that hands out files one at a time (a :class:`~protocols.base.ReturnQueue`, such as a
+PeSIT server) is drained instead, up to ``PULL_LIMIT`` files a round::
+
+    next_return ─▶ .pull.download (fsynced, held unacknowledged) ─▶ gateway.returns.pipeline.receive
+         ─▶ journal: downloads(stored) ─▶ acknowledge_return ─▶ downloads(done)
+
+There is nothing to list, so nothing is skipped by name: a file handed out again after a crash
+is recognised by its bytes. Any failure ends the round (the next file would most likely be the
+same one) and leaves the held file with the partner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Container
+from pathlib import Path
+from typing import cast
+
+from flows import naming
+from gateway import logs
+from gateway.config import Config
+from gateway.folders import Layout
+from gateway.journal import Call, Journal, JournalDB
+from gateway.ops.alerts import Alerter
+from gateway.returns import pipeline as returns
+from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
+from protocols.errors import (
+    AuthenticationError,
+    ConnectError,
+    FileTooLarge,
+    HostKeyError,
+    TransferError,
+    TransferTimeout,
+)
+
+log = logs.get()
+
+#: Errors that say the partner cannot be talked to at all, rather than about one file.
+SESSION_ERRORS = (ConnectError, TransferTimeout, AuthenticationError, HostKeyError)
+
+#: Files taken from a ReturnQueue in one round, at most (the round then waits its interval).
+PULL_LIMIT = 500
+PULL_FILE = ".pull.download"  # in inbox/<connection>/: where a ReturnQueue's file is received
+
+Source = ReturnSource | ReturnQueue
+
+
+def sources(senders: dict[str, Sender]) -> dict[str, Source]:
+    """The connections that can be polled for return flows, with their source."""
+    return {
+        name: cast(Source, sender)
+        for name, sender in senders.items()
+        if sender.capabilities.receives_returns
+    }
+
+
+async def store(
+    layout: Layout, connection: str, temp: Path, name: str, resubmit: Container[str]
+) -> returns.Outcome:
+    """Move the fetched file ``temp`` into the connection's inbox as the return ``name``,
+    journal it and apply it (on a worker thread, with its own journal connection)."""
+    return await asyncio.to_thread(
+        functools.partial(
+            returns.receive_download, layout, connection, temp, name=name, resubmit=resubmit
+        )
+    )
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        sources: dict[str, Source],
+        alerts: Alerter | None = None,
+    ) -> None:
+        self.config = config
+        self.alerts = alerts or Alerter(None)
+        self.layout = Layout(config.gateway.data_dir)
+        self.journal = journal
+        self.sources = sources
+        self._resubmit = returns.resubmitting(config)
+        self._too_large: set[str] = set()  # queue files over the limit, already reported
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await asyncio.to_thread(self._clean)
+        async with asyncio.TaskGroup() as group:
+            for connection, source in self.sources.items():
+                group.create_task(self._loop(connection, source, stopping))
+
+    async def _loop(self, connection: str, source: Source, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.poll(connection, source, stopping)
+            except TransferError as exc:
+                log.warning(
+                    "returns.poll_failed",
+                    connection=connection,
+                    reason=exc.reason,
+                    error=str(exc),
+                    retry_in=source.poll_interval,
+                )
+            except Exception:  # a bug must not stop the other connections or the gateway
+                log.exception("returns.poll_error", connection=connection)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), source.poll_interval)
+
+    async def poll(
+        self, connection: str, source: Source, stopping: asyncio.Event | None = None
+    ) -> int:
+        """One round for one connection; returns the number of files newly stored."""
+        if isinstance(source, ReturnQueue):
+            return await self._drain(connection, source, stopping)
+        stored = 0
+        for remote in await source.list_returns():
+            if stopping is not None and stopping.is_set():
+                break
+            try:
+                stored += await self._take(connection, source, remote)
+            except SESSION_ERRORS:
+                raise  # the partner is unreachable: the whole round waits for the next poll
+            except TransferError as exc:  # this file only: the others are not held behind it
+                log.warning(
+                    "return.fetch_failed",
+                    connection=connection,
+                    remote_name=remote.name,
+                    reason=exc.reason,
+                    error=str(exc),
+                    retry_in=source.poll_interval,
+                )
+        return stored
+
+    async def _take(self, connection: str, source: ReturnSource, remote: RemoteFile) -> int:
+        """Store one remote file (unless done before) and clear it at the partner; 1 if it
+        was stored now."""
+        outcome = await self._seen(connection, remote)
+        if outcome in ("done", "refused"):
+            return 0
+        stored = 0
+        if outcome is None:
+            if not await self._store(connection, source, remote):
+                return 0
+            stored = 1
+        action = await source.finish_return(remote)
+        await self._remember(connection, remote, "done")
+        log.info("return.fetched", connection=connection, remote_name=remote.name, action=action)
+        return stored
+
+    async def _seen(self, connection: str, remote: RemoteFile) -> str | None:
+        seen = await self.journal.call(
+            Call(JournalDB.download, connection, remote.name, remote.size, remote.mtime)
+        )
+        return str(seen["outcome"]) if seen else None
+
+    async def _store(self, connection: str, source: ReturnSource, remote: RemoteFile) -> bool:
+        limit = self.config.gateway.max_file_size
+        if remote.size > limit:
+            await self._remember(connection, remote, "refused")
+            log.error(
+                "return.too_large",
+                connection=connection,
+                remote_name=remote.name,
+                size=remote.size,
+                action=f"not fetched: over max_file_size ({limit} bytes); fetch it by hand "
+                "and use raccord import if it must be applied",
+            )
+            return False
+        inbox = self.layout.inbox(connection)
+        temp = inbox / f".{naming.safe(remote.name)}.download"
+        try:
+            await source.fetch_return(remote, temp)
+            outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
+        finally:
+            await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
+        await self._remember(connection, remote, "stored", outcome.return_id)
+        self.alerts.returned(connection, remote.name, outcome)
+        return True
+
+    async def _drain(
+        self, connection: str, source: ReturnQueue, stopping: asyncio.Event | None
+    ) -> int:
+        """Take what the queue hands out. Its file is received in PULL_FILE, which is left
+        when a read fails: the source may resume it (it truncates what it does not)."""
+        limit = self.config.gateway.max_file_size
+        temp = self.layout.inbox(connection) / PULL_FILE
+        stored = 0
+        while stored < PULL_LIMIT and not (stopping is not None and stopping.is_set()):
+            try:
+                remote = await source.next_return(temp, limit)
+            except FileTooLarge as exc:  # handed out again at every round: said once
+                if str(exc) not in self._too_large:
+                    self._too_large.add(str(exc))
+                    log.error("return.too_large", connection=connection, error=str(exc))
+                break
+            if remote is None:
+                break
+            try:
+                outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
+            except BaseException:
+                await source.release_return(remote)
+                raise
+            stored += 1
+            await self._remember(connection, remote, "stored", outcome.return_id)
+            self.alerts.returned(connection, remote.name, outcome)
+            action = await source.acknowledge_return(remote)
+            await self._remember(connection, remote, "done")
+            log.info(
+                "return.fetched", connection=connection, remote_name=remote.name, action=action
+            )
+        return stored
+
+    def _clean(self) -> None:
+        """Remove downloads a stop or crash interrupted (they are fetched again). A queue's
+        read is left: its source may resume it from what it secured."""
+        for connection, source in self.sources.items():
+            keep = PULL_FILE if isinstance(source, ReturnQueue) else None
+            for temp in self.layout.inbox(connection).glob(".*.download"):
+                if temp.name != keep:
+                    temp.unlink(missing_ok=True)
+
+    async def _remember(
+        self, connection: str, remote: RemoteFile, outcome: str, return_id: str | None = None
+    ) -> None:
+        await self.journal.call(
+            Call(
+                JournalDB.record_download,
+                connection,
+                remote.name,
+                remote.size,
+                remote.mtime,
+                outcome=outcome,
+                return_id=return_id,
+            )
+        )

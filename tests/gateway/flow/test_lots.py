@@ -1,0 +1,302 @@
+"""Lots through the gateway (memory sender): packing, validation under Complète, the return
+that rejects a lot, resubmission of the collateral invoices, and recovery after a crash."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows import lots
+from gateway import config as config_module
+from gateway.cli.commands import main
+from gateway.config import Config
+from gateway.flow import dispatcher
+from gateway.flow.lots import journal_lot
+from gateway.folders import Layout, spool_name
+from gateway.journal import TERMINAL, FlowRow, JournalDB
+from gateway.returns import pipeline as returns
+from protocols import memory
+from tests.gateway.harness import answer_lost_after, deliver, memory_config, rows, sidecar
+from tests.gateway.test_returns import cpp_statut, invoice
+
+_buckets = itertools.count()
+CONN = "qualif-mem"
+#: Done, or waiting for the rest of a lot.
+WAITING = TERMINAL | {"batched"}
+
+
+def lot_config(tmp_path: Path, mode: str = "complete", **lot: Any) -> tuple[Config, str]:
+    bucket = f"lots-{next(_buckets)}"
+    memory.BUCKETS.pop(bucket, None)
+    settings = {"max_invoices": 20, "max_wait": '"30s"', "packaging": '"tar.gz"', **lot}
+    resubmit = settings.pop("resubmit", False)
+    inline = ", ".join(f"{key} = {value}" for key, value in settings.items())
+    extra = f"lot = {{ {inline} }}\nresubmit_collateral = {str(resubmit).lower()}"
+    return memory_config(tmp_path, bucket, connection_extra=extra, mode=mode), bucket
+
+
+def twenty() -> dict[str, bytes]:
+    return {f"f{i:02}.xml": invoice(f"F-{i:03}") for i in range(20)}
+
+
+def lots_of(found: list[FlowRow]) -> list[FlowRow]:
+    return [row for row in found if row.packaging is not None]
+
+
+def test_twenty_invoices_leave_as_one_lot_and_each_is_journaled(tmp_path: Path) -> None:
+    config, bucket = lot_config(tmp_path)
+    found = deliver(config, twenty())
+    (lot,) = lots_of(found)
+    members = [row for row in found if row.packaging is None]
+    assert lot.state == "sent" and lot.format == "lot" and lot.mode == "complete"
+    assert len(members) == 20 and {m.state for m in members} == {"packed"}
+    assert {m.lot_id for m in members} == {lot.flow_id}
+    (remote,) = memory.bucket(bucket).files
+    assert remote == lot.remote_name and remote.endswith(f"{lot.flow_id}.tar.gz")
+    unpacked = dict(lots.read_members(memory.bucket(bucket).files[remote]))
+    assert unpacked == twenty()
+    receipt = sidecar(lot, ".receipt.json")
+    numbers = sorted(i["invoice_number"] for i in receipt["invoices"])
+    assert numbers == [f"F-{i:03}" for i in range(20)]
+    assert {i["dropped_as"] for i in receipt["invoices"]} == {m.flow_id for m in members}
+    assert Path(lot.final_path or "").read_bytes() == memory.bucket(bucket).files[remote]
+    spool = Layout(config.gateway.data_dir).spool(CONN)
+    assert list(spool.iterdir()) == []  # the members' bytes live in the lot only
+
+
+def test_a_lot_leaves_after_max_wait_and_splits_at_max_bytes(tmp_path: Path) -> None:
+    config, bucket = lot_config(tmp_path, max_wait='"300ms"', max_bytes='"13KB"')
+    size = len(invoice("F-000"))
+    assert 2 * (size + lots.MEMBER_OVERHEAD) <= 13000 < 3 * (size + lots.MEMBER_OVERHEAD)
+    found = deliver(config, {f"f{i}.xml": invoice(f"F-{i:03}") for i in range(5)})
+    sizes = sorted(len([m for m in found if m.lot_id == lot.flow_id]) for lot in lots_of(found))
+    assert sizes == [1, 2, 2]
+    assert len(memory.bucket(bucket).files) == 3
+
+
+def test_under_complete_an_unfit_invoice_goes_to_error_instead_of_sinking_the_lot(
+    tmp_path: Path,
+) -> None:
+    config, _ = lot_config(tmp_path, max_invoices=3)
+    no_number = invoice("F-002").replace(b"<cbc:ID>F-002</cbc:ID>", b"")
+    assert no_number != invoice("F-002")
+    found = deliver(
+        config,
+        {"a.xml": invoice("F-000"), "b.xml": invoice("F-001"), "c.xml": no_number},
+        settled=WAITING,
+    )
+    (refused,) = [row for row in found if row.state == "error"]
+    assert refused.original_name == "c.xml" and refused.reason == "unfit_for_lot"
+    assert "no invoice number" in (refused.message or "")
+    assert sidecar(refused, ".error.json")["reason"] == "unfit_for_lot"
+    # The two good ones wait for a third; nothing is lost at the stop.
+    assert sorted(row.state for row in found if row.state != "error") == ["batched", "batched"]
+
+
+def test_invoices_batched_at_a_stop_are_packed_after_the_restart(tmp_path: Path) -> None:
+    config, bucket = lot_config(tmp_path, max_invoices=3)
+    deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")}, settled=WAITING)
+    found = deliver(config, {"c.xml": invoice("F-002")})
+    (lot,) = lots_of(found)
+    assert lot.state == "sent"
+    assert len(dict(lots.read_members(memory.bucket(bucket).files[lot.remote_name or ""]))) == 3
+
+
+def test_a_crash_in_the_middle_of_packing_loses_nothing(tmp_path: Path) -> None:
+    """Archive written but never journaled: removed at start, invoices packed again. Members
+    journaled packed but their spool copy still there: the copy is removed."""
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+    deliver(config, {"a.xml": invoice("F-000")}, settled=WAITING)
+    layout = Layout(config.gateway.data_dir)
+    spool = layout.spool(CONN)
+    orphan_id = "20261123T090000Z-00abcd"
+    orphan = spool / spool_name(orphan_id, lots.lot_name(orphan_id, "tar.gz"))
+    orphan.write_bytes(b"half a lot")
+    found = deliver(config, {"b.xml": invoice("F-001")})
+    assert not orphan.exists()
+    (lot,) = lots_of(found)
+    assert lot.state == "sent" and orphan_id not in {r.flow_id for r in found}
+    assert len(memory.bucket(bucket).files) == 1
+
+    (member,) = [r for r in found if r.original_name == "a.xml"]
+    leftover = Path(member.spool_path)
+    leftover.write_bytes(invoice("F-000"))  # as if the removal had not happened
+    deliver(config, {})
+    assert not leftover.exists()
+    assert rows(config) == found  # nothing new was journaled or sent
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_an_invoice_already_in_a_lot_is_a_duplicate(tmp_path: Path) -> None:
+    config, _ = lot_config(tmp_path, max_invoices=2)
+    found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    found = deliver(config, {"again.xml": invoice("F-001")})
+    (dup,) = [r for r in found if r.original_name == "again.xml"]
+    assert dup.state == "error" and dup.reason == "duplicate"
+
+
+def apply_return(config: Config, data: bytes) -> returns.Outcome:
+    layout = Layout(config.gateway.data_dir)
+    path = config.path.parent / "FEN1200A.xml"
+    path.write_bytes(data)
+    resubmit = {c.name for c in config.connections if c.resubmit_collateral}
+    db = JournalDB(layout.journal)
+    try:
+        return returns.receive(db, layout, CONN, path, resubmit=resubmit)
+    finally:
+        db.close()
+
+
+def rejecting_seven(lot: FlowRow, flow_code: str) -> bytes:
+    statuses = tuple((f"F-{i:03}", "05" if i == 7 else "01") for i in range(20))
+    return cpp_statut(flow_ref=lot.remote_name or "", flow_code=flow_code, invoices=statuses)
+
+
+@pytest.mark.parametrize(
+    ("mode", "flow_code", "rejected", "collateral"),
+    [("complete", "93", 20, 19), ("partial", "96", 1, 0)],
+)
+def test_one_bad_invoice_in_a_lot_of_twenty(
+    tmp_path: Path,
+    mode: str,
+    flow_code: str,
+    rejected: int,
+    collateral: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config, _ = lot_config(tmp_path, mode=mode)
+    (lot,) = lots_of(deliver(config, twenty()))
+    outcome = apply_return(config, rejecting_seven(lot, flow_code))
+    assert (outcome.state, outcome.rejected, outcome.collateral) == (
+        "applied",
+        rejected,
+        collateral,
+    )
+    layout = Layout(config.gateway.data_dir)
+    reports = sorted(layout.rejected(CONN).glob("*.rejection.json"))
+    assert len(reports) == rejected
+    documents = [json.loads(p.read_text()) for p in reports]
+    assert [d["invoice_number"] for d in documents if not d["collateral"]] == ["F-007"]
+    assert sum(d["collateral"] for d in documents) == collateral
+    # Each rejected invoice is there as it was dropped, taken out of the lot.
+    assert (layout.rejected(CONN) / "f07.xml").read_bytes() == invoice("F-007")
+    status = sidecar(lot, ".status.json")
+    assert sum(i["rejected"] for i in status["invoices"]) == rejected
+    db = JournalDB(layout.journal)
+    assert [r.flow_id for r in db.search(invoice="F-007") if r.packaging] == [lot.flow_id]
+    db.close()
+    assert not [r for r in rows(config) if r.resubmit_of]  # the policy is off by default
+
+    capsys.readouterr()
+    listing = ["flows", "--config", str(config.path), "--format", "json"]
+    assert main([*listing, "--invoice", "F-007"]) == 0
+    found = {("lot" if r["packaging"] else "file"): r for r in json.loads(capsys.readouterr().out)}
+    assert found["lot"]["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
+    assert found["file"]["return_status"] == "rejected"
+    assert found["file"]["lot_id"] == lot.flow_id and found["file"]["state"] == "packed"
+    assert main([*listing, "--invoice", "F-003"]) == 0
+    (innocent,) = [r for r in json.loads(capsys.readouterr().out) if not r["packaging"]]
+    assert innocent["return_status"] == ("rejected (collateral)" if collateral else "01 déposée")
+    assert main([*listing, "--status", "collateral"]) == 0
+    assert [r["flow_id"] for r in json.loads(capsys.readouterr().out)] == (
+        [lot.flow_id] if collateral else []
+    )
+
+
+def test_resubmission_sends_the_collateral_invoices_once_in_a_new_lot(tmp_path: Path) -> None:
+    config, bucket = lot_config(tmp_path, resubmit=True)
+    (lot,) = lots_of(deliver(config, twenty()))
+    ret = rejecting_seven(lot, "93")
+    outcome = apply_return(config, ret)
+    assert (outcome.rejected, outcome.collateral) == (20, 19)
+    found = deliver(config, {})  # the daemon sends the new lot
+    (again,) = [r for r in lots_of(found) if r.resubmit_of == lot.flow_id]
+    assert outcome.resubmitted == (again.flow_id,)
+    assert again.state == "sent"
+    sent = dict(lots.read_members(memory.bucket(bucket).files[again.remote_name or ""]))
+    assert len(sent) == 19 and "f07.xml" not in sent
+    assert sent["f03.xml"] == invoice("F-003")
+
+    # The new lot is integrated; a second rejection of the old lot resubmits nothing more.
+    integrated = tuple((f"F-{i:03}", "01") for i in range(20) if i != 7)
+    outcome = apply_return(
+        config, cpp_statut(flow_ref=again.remote_name or "", flow_code="90", invoices=integrated)
+    )
+    assert (outcome.flows, outcome.rejected) == ((again.flow_id,), 0)
+    apply_return(config, ret.replace(b"2026-11-23T10:00:00", b"2026-11-23T11:00:00"))
+    assert len(lots_of(rows(config))) == 2
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    assert [i["status_code"] for i in db.invoices(again.flow_id)] == ["01"] * 19
+    assert db.resubmission_of(lot.flow_id) == again.flow_id
+    db.close()
+
+
+def test_a_rejected_invoice_may_be_dropped_again_after_correction(tmp_path: Path) -> None:
+    config, _ = lot_config(tmp_path, max_invoices=2, mode="partial")
+    (lot,) = lots_of(deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")}))
+    statuses = (("F-000", "01"), ("F-001", "05"))
+    apply_return(config, cpp_statut(flow_ref=lot.remote_name or "", invoices=statuses))
+    fixed = invoice("F-001").replace(b"</Invoice>", b"<!-- corrected --></Invoice>")
+    found = deliver(
+        config, {"b-fixed.xml": fixed, "a-again.xml": invoice("F-000")}, settled=WAITING
+    )
+    states = {r.original_name: (r.state, r.reason) for r in found}
+    assert states["b-fixed.xml"][0] == "batched"  # not a duplicate: the partner rejected it
+    assert states["a-again.xml"] == ("error", "duplicate")  # F-000 was integrated
+
+
+def test_invoices_waiting_on_a_connection_removed_from_the_configuration_go_to_error(
+    tmp_path: Path,
+) -> None:
+    config, _ = lot_config(tmp_path, max_invoices=3)
+    (waiting,) = deliver(config, {"a.xml": invoice("F-000")}, settled=WAITING)
+    assert waiting.state == "batched"
+    text = config.path.read_text().replace('name = "qualif-mem"', 'name = "other-mem"')
+    config.path.write_text(text)
+    found = deliver(config_module.load(config.path), {})
+    (row,) = [r for r in found if r.flow_id == waiting.flow_id]
+    assert (row.state, row.reason) == ("error", "unknown_connection")
+    assert Path(row.final_path or "").read_bytes() == invoice("F-000")  # in error/qualif-mem/
+
+
+def test_a_failed_cleanup_after_packing_neither_fails_nor_duplicates_the_invoices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+
+    def cannot_remove(paths: object) -> None:
+        raise PermissionError("spool is read-only for a moment")
+
+    monkeypatch.setattr(dispatcher, "remove_members", cannot_remove)
+    found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    (lot,) = lots_of(found)
+    assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
+    assert {r.state for r in found if not r.packaging} == {"packed"}  # not in error/ as well
+    layout = Layout(config.gateway.data_dir)
+    assert not list(layout.error(CONN).iterdir())
+    assert len(list(layout.spool(CONN).iterdir())) == 2  # the copies left behind…
+    monkeypatch.undo()
+    deliver(config, {})
+    assert list(layout.spool(CONN).iterdir()) == []  # …are removed at the next start
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_a_lot_journaled_whose_answer_was_lost_is_sent_not_thrown_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal process died after committing the lot: its archive is what the invoices'
+    rows now point to, so it must be kept and sent."""
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+    journal = answer_lost_after(journal_lot)
+    monkeypatch.setattr("gateway.daemon.Journal", journal)
+    found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    assert journal.lost == 1  # type: ignore[attr-defined]
+    (lot,) = lots_of(found)
+    assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
+    assert {r.state for r in found if not r.packaging} == {"packed"}
+    layout = Layout(config.gateway.data_dir)
+    assert not list(layout.error(CONN).iterdir())

@@ -1,0 +1,102 @@
+"""The daemon's certificate watch: a daily log line (and gauge) for every certificate that
+needs a person, and a connection blocked with a clear error while one of its certificates is
+outside its validity period."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import generate_latest
+from structlog.testing import capture_logs
+
+from gateway.daemon import Gateway
+from gateway.sandbox import pki
+from protocols.certs import KeyPair
+from tests.as2_config import write_as2_config
+from tests.conftest import sample
+from tests.gateway.harness import drop, filed, rows, running, until
+from tests.gateway.test_metrics import parse
+
+
+def test_an_expired_partner_certificate_blocks_the_connection_before_any_attempt(
+    tmp_path: Path, our_keys: KeyPair
+) -> None:
+    past = datetime.now(UTC) - timedelta(days=400)
+    expired = pki.issue("CTAIFEP old", valid_from=past, days=30)
+    config = write_as2_config(tmp_path, our_keys, expired)  # its url: nothing listens there
+
+    async def scenario() -> None:
+        async with running(config):
+            drop(config, "invoice.xml", sample("ubl-invoice.xml"))
+            await until(filed(config, 1), what="the invoice filed")
+
+    asyncio.run(scenario())
+    [row] = rows(config)
+    assert (row.state, row.reason, row.attempts) == ("error", "certificate_expired", 0)
+    assert row.message is not None
+    assert row.message.startswith(
+        "connection qualif-as2 is blocked: its partner certificate CN=CTAIFEP old,O=raccord demo ("
+    )
+    assert f"expired on {expired.certificate.not_valid_after_utc:%Y-%m-%d}" in row.message
+    assert "raccord retry --failed" in row.message
+
+
+def test_a_certificate_expiring_while_the_daemon_runs_blocks_it_from_then_on(
+    tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair
+) -> None:
+    """The check is made at each send with the gateway's clock, not once at start."""
+    config = write_as2_config(tmp_path, our_keys, partner_keys)
+    later = our_keys.certificate.not_valid_after_utc + timedelta(hours=1)
+
+    async def scenario() -> None:
+        async with running(config, now=lambda: later):
+            drop(config, "invoice.xml", sample("ubl-invoice.xml"))
+            await until(filed(config, 1), what="the invoice filed")
+
+    asyncio.run(scenario())
+    [row] = rows(config)
+    assert (row.reason, row.attempts) == ("certificate_expired", 0)
+    assert row.message is not None
+    assert row.message.startswith("connection qualif-as2 is blocked: its own certificate CN=")
+
+
+def logged(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == name]
+
+
+def test_the_check_logs_and_flags_what_needs_a_person_and_nothing_else(
+    tmp_path: Path, our_keys: KeyPair
+) -> None:
+    soon = pki.issue("CTAIFEP soon", days=10)
+    config = write_as2_config(tmp_path, our_keys, soon)
+    gateway = Gateway(config)
+
+    with capture_logs() as events:
+        gateway.check_certificates()
+
+    [expiring] = logged(events, "certificate.expiring")
+    assert expiring["connection"] == "qualif-as2"
+    assert expiring["role"] == "partner"
+    assert expiring["days_left"] == 9 and expiring["warn_days"] == 30
+    assert expiring["file"].endswith("partner.p7b")
+    assert len([e for e in events if e["event"].startswith("certificate.")]) == 1
+    attention = {
+        dict(labels)["role"]: value
+        for (name, labels), value in parse(
+            generate_latest(gateway.metrics.registry).decode()
+        ).items()
+        if name == "raccord_certificate_attention"
+    }
+    assert attention == {"ours": 0.0, "partner": 1.0}
+
+    # A year on, both are expired: errors that say what stops.
+    a_year_on = datetime.now(UTC) + timedelta(days=400)
+    with capture_logs() as events:
+        Gateway(config, now=lambda: a_year_on).check_certificates()
+    expired = logged(events, "certificate.expired")
+    assert {e["role"] for e in expired} == {"ours", "partner"}
+    assert all(e["log_level"] == "error" for e in expired)
+    assert all("carries nothing" in e["consequence"] for e in expired)
