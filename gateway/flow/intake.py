@@ -167,7 +167,7 @@ class _ArrivalsEmitter(InotifyFullEmitter):
         # The watch group's queue, now without the pairing. Its class is changed in place:
         # events may already be queued in it (the watch is active), none is lost. Should a
         # watchdog release rename these internals, the stock queue stays: slower, still right
-        # (tests/gateway/test_intake.py tells when that happens).
+        # (tests/gateway/flow/test_intake.py tells when that happens).
         grouper = getattr(self._inotify, "_move_event_grouper", None)
         if type(grouper) is InotifyMoveEventGrouper:
             grouper.__class__ = _Unpaired
