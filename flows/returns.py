@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from flows import xmlscan
+from flows import statuses, xmlscan
 
 #: Flow-level statuses (CPPFluxStatutUnitaire/DonneesStatut/IdStatut).
 FLOW_STATUS_LABELS = {
@@ -73,25 +73,11 @@ PISTE_INVOICE_STATUSES = {
 }
 
 #: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
-#: without a published label.
-INVOICE_STATUS_LABELS = {
-    "01": "déposée",
-    "02": "en cours d'acheminement",
-    "03": "mise à disposition",
-    "04": "rejetée (erreur dans les données d'acheminement, à recycler)",
-    "05": "rejetée (autre motif)",
-    "06": "suspendue",
-    "07": "service fait",
-    "08": "mandatée",
-    "09": "mise à disposition du comptable",
-    "10": "comptabilisée",
-    "11": "mise en paiement",
-    "12": "complétée",
-}
-INVOICE_REJECTED = frozenset({"04", "05"})
-#: After these, no further life-cycle status is expected (raccord's choice: rejection or
-#: payment ends the story; kept as data so that it is easy to change).
-INVOICE_FINAL = INVOICE_REJECTED | {"11"}
+#: without a published label. The lifecycle table (stage, final or not) is :mod:`flows.statuses`.
+INVOICE_STATUS_LABELS = {code: row.label for code, row in statuses.TABLE.items()}
+INVOICE_REJECTED = frozenset(code for code, row in statuses.TABLE.items() if row.rejected)
+#: After these, no further life-cycle status is expected (rejection or payment ends the story).
+INVOICE_FINAL = frozenset(code for code, row in statuses.TABLE.items() if row.final)
 
 _FLOW_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
 _RECORDS = frozenset(
