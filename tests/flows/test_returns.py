@@ -144,7 +144,12 @@ def test_aife_statut_and_reports_are_read_tolerantly(tmp_path: Path) -> None:
     assert ret.flow_ids == (FLOW_ID,)
     assert ret.invoice_numbers == ("F-1",)
     assert ret.status_words == ("INTEGRE", "REJETEE")
-    assert "not known to raccord" in ret.unrecognised[0]
+    assert [(s.invoice_number, s.code, s.rejected) for s in ret.invoice_statuses] == [
+        ("F-1", "05", True)
+    ]
+    assert ret.unrecognised == (
+        "status INTEGRE names no invoice and is not a flow status (not applied)",
+    )
 
     report = parse(write(tmp_path, "<CSO1100A><Ligne>ok</Ligne></CSO1100A>", "cso.xml"))
     assert report.kind is Kind.INTEGRATION_REPORT and report.flow_ids == ()
@@ -244,3 +249,56 @@ def test_a_piste_invoice_search_becomes_invoice_statuses(tmp_path: Path) -> None
 def test_json_that_is_not_raccords_report_is_read_as_no_known_schema(tmp_path: Path) -> None:
     ret = _piste(tmp_path, {"etatCourantDepotFlux": "IN_INTEGRE"})  # no format: not ours
     assert ret.kind is Kind.UNREADABLE
+
+
+def test_aife_statut_statuses_are_read_record_by_record(tmp_path: Path) -> None:
+    """A FEN1201A rejection used to be journaled `applied` while changing nothing: each element
+    carrying a status (and an invoice number) is now one status, read as CPP Statut's are."""
+    document = f"""<AIFEStatut>
+      <Entete><IdFlux>{FLOW_ID}</IdFlux></Entete>
+      <StatutFlux><CodeStatut>93</CodeStatut><Horodatage>2026-03-02T10:00:00</Horodatage>
+        <IdFlux>{FLOW_ID}</IdFlux></StatutFlux>
+      <StatutFacture><NumeroFacture>FA-1</NumeroFacture><CodeStatut>01</CodeStatut>
+        <Horodatage>2026-03-02T10:01:00</Horodatage><Commentaire>ok</Commentaire>
+        <IdentifiantFournisseur>12345678200010</IdentifiantFournisseur></StatutFacture>
+      <StatutFacture><CodeStatut>05</CodeStatut><NumeroFacture>FA-12</NumeroFacture>
+        <Motif>SIRET inconnu</Motif></StatutFacture>
+      <StatutFacture><NumeroFacture>FA-123</NumeroFacture></StatutFacture>
+      <StatutFacture><NumeroFacture>FA-2</NumeroFacture><Statut>INVENTE</Statut></StatutFacture>
+    </AIFEStatut>"""
+    ret = parse(write(tmp_path, document))
+    assert ret.kind is Kind.AIFE_STATUT and ret.flow_ids == (FLOW_ID,)
+    assert [(s.code, s.label, s.timestamp, s.flow_ref) for s in ret.flow_statuses] == [
+        ("93", "erreur réception", "2026-03-02T10:00:00", FLOW_ID)
+    ]
+    assert ret.flow_statuses[0].failed
+    found = [
+        (s.invoice_number, s.code, s.timestamp, s.comment, s.supplier_id)
+        for s in ret.invoice_statuses
+    ]
+    assert found == [
+        ("FA-1", "01", "2026-03-02T10:01:00", "ok", "12345678200010"),
+        ("FA-12", "05", None, "SIRET inconnu", None),
+        ("FA-2", "INVENTE", None, None, None),
+    ]
+    assert ret.unrecognised == (
+        "invoice FA-123 without a status (not applied)",
+        "unknown invoice status INVENTE for invoice FA-2",
+    )
+
+
+def test_aife_statut_with_nothing_readable_says_so_first(tmp_path: Path) -> None:
+    ret = parse(write(tmp_path, f"<AIFEStatut><Nom>{FLOW_ID}</Nom></AIFEStatut>"))
+    assert ret.kind is Kind.AIFE_STATUT and not ret.flow_statuses and not ret.invoice_statuses
+    assert ret.unrecognised == (
+        "schema of AIFEStatut is not known to raccord and no status could be read from it: "
+        "stored as received; found 1 flow id(s), 0 invoice number(s), 0 status word(s)",
+    )
+
+
+def test_other_unknown_documents_are_reported_never_applied(tmp_path: Path) -> None:
+    document = "<CSO1100A><L><NumeroFacture>F-1</NumeroFacture><Statut>05</Statut></L></CSO1100A>"
+    ret = parse(write(tmp_path, document, "cso.xml"))
+    assert ret.kind is Kind.INTEGRATION_REPORT
+    assert not ret.invoice_statuses and ret.invoice_numbers == ("F-1",)
+    assert "integration_report documents are reported, never applied" in ret.unrecognised
