@@ -52,7 +52,7 @@ from typing import Any, Generic, TypeVar
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.folders import free_name
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STATES = (
     "claimed",
     "queued",
@@ -149,6 +149,8 @@ CREATE TABLE IF NOT EXISTS invoices (
     reasons         TEXT,
     rejected_path   TEXT,
     source_flow     TEXT,
+    -- the flow failed before integration (93/94/95) and its error does not name this invoice
+    flow_not_received INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (flow_id, position)
 );
 CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
@@ -355,7 +357,10 @@ class JournalDB:
             )
         if version == SCHEMA_VERSION:
             return
-        for table, wanted in (("flows", _COLUMNS), ("invoices", ("source_flow",))):
+        for table, wanted in (
+            ("flows", _COLUMNS),
+            ("invoices", ("source_flow", "flow_not_received")),
+        ):
             columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if columns:  # an existing journal: add the (nullable) columns later schemas brought
                 for name in wanted:
@@ -670,6 +675,7 @@ class JournalDB:
             "final",
             "reasons",
             "rejected_path",
+            "flow_not_received",
         }
         assert set(values) <= allowed, set(values) - allowed
         assignments = ", ".join(f"{name}=?" for name in values)
@@ -804,7 +810,7 @@ class JournalDB:
     def statuses(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT s.*, r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"
-            " WHERE s.flow_id=? ORDER BY r.received_at, s.position",
+            " WHERE s.flow_id=? ORDER BY r.received_at, s.rowid",
             (flow_id,),
         ).fetchall()
         return [

@@ -299,3 +299,49 @@ def test_a_lot_journaled_whose_answer_was_lost_is_sent_not_thrown_away(
     assert {r.state for r in found if not r.packaging} == {"packed"}
     layout = Layout(config.gateway.data_dir)
     assert not list(layout.error(CONN).iterdir())
+
+
+@pytest.mark.parametrize("flow_code", ["93", "94", "95"])
+def test_a_flow_level_failure_under_partial_fails_every_invoice_and_resubmits_the_unnamed(
+    tmp_path: Path, flow_code: str
+) -> None:
+    """A 93 naming one invoice of a Partielle lot used to leave the four others `sent` with no
+    status ever to come: the flow was not received. All five fail; the four the error does not
+    name are marked flow_not_received and go again under resubmit_collateral."""
+    config, bucket = lot_config(tmp_path, mode="partial", max_invoices=5, resubmit=True)
+    five = {f"f{i:02}.xml": invoice(f"S2B-{i}") for i in (1, 12, 2, 3, 4)}
+    (lot,) = lots_of(deliver(config, five))
+    outcome = apply_return(
+        config,
+        cpp_statut(
+            flow_ref=lot.remote_name or "", flow_code=flow_code, errors=("Facture S2B-12 : XSD",)
+        ),
+    )
+    assert (outcome.rejected, outcome.collateral) == (5, 0)
+    layout = Layout(config.gateway.data_dir)
+    documents = {
+        d["invoice_number"]: d
+        for d in (json.loads(p.read_text()) for p in layout.rejected(CONN).glob("*.rejection.json"))
+    }
+    assert set(documents) == {"S2B-1", "S2B-12", "S2B-2", "S2B-3", "S2B-4"}
+    assert [n for n, d in documents.items() if not d["flow_not_received"]] == ["S2B-12"]
+    assert all(d["reasons"][-1].startswith(f"flow status {flow_code}") for d in documents.values())
+    found = deliver(config, {})
+    (again,) = [r for r in lots_of(found) if r.resubmit_of == lot.flow_id]
+    sent = dict(lots.read_members(memory.bucket(bucket).files[again.remote_name or ""]))
+    assert sorted(sent) == ["f01.xml", "f02.xml", "f03.xml", "f04.xml"]  # never S2B-12's f12
+
+
+def test_a_partial_integration_rejects_only_the_named_invoice_not_its_prefix(
+    tmp_path: Path,
+) -> None:
+    """A 96 naming S2B-12 rejected S2B-1 as well (substring match)."""
+    config, _ = lot_config(tmp_path, mode="partial", max_invoices=2)
+    (lot,) = lots_of(deliver(config, {"a.xml": invoice("S2B-1"), "b.xml": invoice("S2B-12")}))
+    outcome = apply_return(
+        config,
+        cpp_statut(flow_ref=lot.remote_name or "", flow_code="96", errors=("Facture S2B-12",)),
+    )
+    assert (outcome.rejected, outcome.collateral) == (1, 0)
+    (report,) = Layout(config.gateway.data_dir).rejected(CONN).glob("*.rejection.json")
+    assert json.loads(report.read_text())["invoice_number"] == "S2B-12"
