@@ -71,6 +71,8 @@ class Connection:
     settings: Any  # the protocol's own settings object
     lot: Lot = field(default_factory=Lot)
     resubmit_collateral: bool = False
+    #: Seconds after which a sent flow with no return status raises ``return_overdue`` (0: off).
+    return_deadline: float = 3 * 86400.0
 
     def unusable_reason(self, today: date) -> tuple[str, str] | None:
         """``(reason, message)`` if this connection may not carry flows ``today``."""
@@ -434,6 +436,7 @@ def _connection(section: Section) -> Connection:
         settings=plugin.parse_settings(protocol_section),
         lot=_lot(section.table("lot")),
         resubmit_collateral=section.boolean("resubmit_collateral", False),
+        return_deadline=section.duration("return_deadline", "3d"),
     )
     # Other protocols' tables would be silently ignored; say so instead.
     section.finish()

@@ -904,6 +904,35 @@ class JournalDB:
             {(row[0], row[1]): row[2] for row in statuses},
         )
 
+    def overdue(self, connection: str, sent_before: str) -> list[FlowRow]:
+        """Flows of ``connection`` sent before ``sent_before`` that no return has spoken of yet
+        (neither the flow nor any invoice it carries has a status), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM flows f WHERE connection=? AND state='sent' AND updated_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM statuses s WHERE s.flow_id=f.flow_id)"
+            " ORDER BY updated_at",
+            (connection, sent_before),
+        ).fetchall()
+        return [FlowRow.of(row) for row in rows]
+
+    def invoice_metrics(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """Invoices by (connection, current status code; ``rejected`` for a rejection without
+        a code of its own, ``none`` before any), and returns by (connection, state)."""
+        invoices = self._db.execute(
+            "SELECT f.connection, CASE WHEN i.status_code IS NOT NULL THEN i.status_code"
+            " WHEN i.rejected = 1 THEN 'rejected' ELSE 'none' END AS code, COUNT(*) AS n"
+            " FROM invoices i JOIN flows f ON f.flow_id = i.flow_id GROUP BY 1, 2"
+        ).fetchall()
+        states = self._db.execute(
+            "SELECT connection, state, COUNT(*) AS n FROM returns GROUP BY connection, state"
+        ).fetchall()
+        return (
+            {(row[0], row[1]): row[2] for row in invoices},
+            {(row[0], row[1]): row[2] for row in states},
+        )
+
     def queue_depth(self) -> int:
         """Flows not yet filed (the same count as the raccord_queue_depth metric, summed)."""
         marks = ", ".join("?" for _ in UNFILED)

@@ -14,6 +14,7 @@ from gateway import returns
 from gateway.cli import main
 from gateway.folders import Layout
 from gateway.journal import JournalDB
+from gateway.metrics import JournalCollector
 from protocols import memory
 from tests.conftest import sample
 from tests.gateway.harness import deliver, memory_config, rows, sidecar
@@ -381,3 +382,30 @@ def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
     assert listed["state"] == "unrecognised" and "not known to raccord" in listed["message"]
     assert "return_status" not in sidecar(row, ".receipt.json")
     assert not Path(row.final_path + ".status.json").exists()  # type: ignore[operator]
+
+
+def test_metrics_count_invoices_by_current_status_and_returns_by_state(
+    tmp_path: Path, sent_flow
+) -> None:  # type: ignore[no-untyped-def]
+    """Metrics read the current status (11 after a stale 01), and count every return's
+    outcome, unmatched and unrecognised ones included."""
+    config, row = sent_flow
+    import_returns(
+        config,
+        tmp_path,
+        stamped(row.remote_name, ("F-100", "11", "2026-11-23T15:00:00")),
+        stamped(row.remote_name, ("F-100", "01", "2026-11-23T10:00:00")),
+        stamped("20250101T000000Z-abcdef", ("F-999", "01", "2026-11-23T10:00:00")),
+        b"<AIFEStatut/>",
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in JournalCollector(Layout(config.gateway.data_dir).journal).collect()
+        for s in family.samples
+    }
+    conn = ("connection", "qualif-mem")
+    assert samples[("raccord_invoices", (("code", "11"), conn))] == 1
+    assert ("raccord_invoices", (("code", "01"), conn)) not in samples
+    assert samples[("raccord_returns", (conn, ("state", "applied")))] == 2
+    assert samples[("raccord_returns", (conn, ("state", "unmatched")))] == 1
+    assert samples[("raccord_returns", (conn, ("state", "unrecognised")))] == 1
