@@ -19,7 +19,7 @@ from typing import Any
 from flows import codes
 from flows.analysis import Analysis, analyze
 from gateway import config as config_module
-from gateway import logs, output
+from gateway import invoice_listing, logs, output
 from gateway.config import Config, ConfigError, Connection, Mode, State
 from gateway.folders import Layout
 from gateway.journal import STATES, JournalDB
@@ -304,6 +304,9 @@ def cmd_flows(args: argparse.Namespace) -> int:
             found = db.returns(state=args.return_state, connection=args.connection)
             output.render(found, RETURN_COLUMNS, _fmt(args))
             return OK
+        if (args.status or args.invoice) and not args.flow:
+            output.render(_invoices(db, args), invoice_listing.COLUMNS, _fmt(args))
+            return OK
         rows = db.search(
             connection=args.connection,
             state=args.state,
@@ -327,6 +330,20 @@ def cmd_flows(args: argparse.Namespace) -> int:
         db.close()
     output.render(listed, FLOW_COLUMNS, _fmt(args))
     return OK
+
+
+def _invoices(db: JournalDB, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--status``/``--invoice``: the invoices themselves (see gateway.invoice_listing)."""
+    return invoice_listing.records(
+        db,
+        invoice=args.invoice,
+        status=args.status,
+        connection=args.connection,
+        state=args.state,
+        since=args.since,
+        until=args.until,
+        table=_fmt(args) != "json",
+    )
 
 
 # -- certs --------------------------------------------------------------------------------------
@@ -486,15 +503,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=STATES)
     p.add_argument("--since", help="ISO date or time (UTC), inclusive")
     p.add_argument("--until", help="ISO date or time (UTC), exclusive")
-    p.add_argument("--invoice", help="invoice number")
     p.add_argument(
-        "--status", help="invoice status code from return flows (e.g. 05), rejected or collateral"
+        "--invoice", help="invoice number: that invoice in every flow that carried it, and history"
+    )
+    p.add_argument(
+        "--status",
+        help="list invoices by current status: a code (e.g. 05), rejected, collateral or "
+        "not_received",
     )
     p.add_argument("--flow", help="flow id (also shows its invoices and status history)")
     p.add_argument("--returns", action="store_true", help="list return flows instead")
     p.add_argument(
         "--return-state",
-        choices=["applied", "unmatched", "unreadable", "received", "applying"],
+        choices=["applied", "unmatched", "unreadable", "unrecognised", "received", "applying"],
         help="with --returns: only those (e.g. unmatched)",
     )
     p.set_defaults(handler=cmd_flows)

@@ -904,6 +904,38 @@ class JournalDB:
             {(row[0], row[1]): row[2] for row in statuses},
         )
 
+    def invoice_rows(
+        self,
+        *,
+        invoice: str | None = None,
+        status: str | None = None,
+        connection: str | None = None,
+        state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Invoices (one row per flow carrying each) with their flow's connection, state,
+        packaging and resubmit_of. ``status``: a current status code (``05``), ``rejected``,
+        ``collateral`` or ``not_received``."""
+        rows = self._db.execute(
+            "SELECT i.*, f.connection, f.state, f.packaging, f.resubmit_of, f.created_at"
+            " FROM invoices i JOIN flows f USING (flow_id)"
+            " WHERE (? IS NULL OR i.invoice_number = ?)"
+            " AND (? IS NULL OR i.status_code = ? OR (? = 'rejected' AND i.rejected = 1)"
+            " OR (? = 'collateral' AND i.collateral = 1)"
+            " OR (? = 'not_received' AND i.flow_not_received = 1))"
+            " AND (? IS NULL OR f.connection = ?) AND (? IS NULL OR f.state = ?)"
+            " AND (? IS NULL OR f.created_at >= ?) AND (? IS NULL OR f.created_at < ?)"
+            " ORDER BY f.created_at, i.position",
+            (
+                *(invoice, invoice),
+                *[status] * 5,
+                *(connection, connection, state, state),
+                *(since, since, until, until),
+            ),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
     def overdue(self, connection: str, sent_before: str) -> list[FlowRow]:
         """Flows of ``connection`` sent before ``sent_before`` that no return has spoken of yet
         (neither the flow nor any invoice it carries has a status), oldest first."""

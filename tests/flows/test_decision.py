@@ -210,3 +210,25 @@ def test_a_status_for_another_supplier_with_the_same_number_is_not_this_invoice(
     assert decide("partial", LOT[:1], same)[0].rejected
     unknown = replace(ret, invoice_statuses=(invoice_status("F-000", "05", None),))
     assert decide("partial", LOT[:1], unknown)[0].rejected
+
+
+def test_reasons_say_each_fault_exactly_as_the_return_words_it() -> None:
+    """What an operator reads in .rejection.json: every error of the flow, every invoice at
+    fault, the invoice's own status label, and no dangling colon when there is no detail."""
+    ret = ReturnFlow(
+        Kind.CPP_STATUT,
+        "CPPStatut",
+        flow_statuses=(flow_status("93", "F-000 : XSD", "F-001 : SIRET"),),
+        invoice_statuses=(
+            InvoiceStatus("05", "rejetée", None, "F-002", None, None, None, None, None, None),
+        ),
+    )
+    verdicts = decide("complete", LOT[:4], ret)
+    assert verdicts[2].reasons[0] == "invoice status 05 (rejetée)"
+    assert verdicts[2].status_label == "rejetée" and verdicts[3].status_label is None
+    assert verdicts[3].reasons == (
+        "collateral: the complete-mode flow was rejected for F-000, F-001, F-002",
+        "flow status 93 (unknown code): E1 — F-000 : XSD; E1 — F-001 : SIRET",
+    )
+    bare = ReturnFlow(Kind.CPP_STATUT, "CPPStatut", flow_statuses=(flow_status("95"),))
+    assert decide("partial", LOT[:1], bare)[0].reasons == ("flow status 95 (unknown code)",)

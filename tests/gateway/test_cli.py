@@ -115,7 +115,7 @@ def test_flows_lists_the_journal_in_every_format(
     assert [(r["original_name"], r["reason"]) for r in table] == [("bad.xml", "unknown_format")]
     assert main(["flows", "--config", cfg, "--format", "table", "--invoice", "DEMO-UBL-0001"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("FLOW_ID") and len(lines) == 2 and "good.xml" in lines[1]
+    assert lines[0].startswith("INVOICE_NUMBER") and len(lines) == 2 and "good.xml" in lines[1]
 
 
 def test_retry_needs_flows_or_failed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -192,18 +192,25 @@ def test_one_bad_invoice_in_a_lot_of_twenty(
 
     capsys.readouterr()
     listing = ["flows", "--config", str(config.path), "--format", "json"]
+    # The invoices themselves, each with its own status, its dropped file's flow and its lot.
     assert main([*listing, "--invoice", "F-007"]) == 0
-    found = {("lot" if r["packaging"] else "file"): r for r in json.loads(capsys.readouterr().out)}
-    assert found["lot"]["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
-    assert found["file"]["return_status"] == "rejected"
-    assert found["file"]["lot_id"] == lot.flow_id and found["file"]["state"] == "packed"
+    (guilty,) = json.loads(capsys.readouterr().out)
+    assert guilty["status"] == "05 rejetée (autre motif)" and guilty["lot_id"] == lot.flow_id
+    assert guilty["file"] == "f07.xml" and guilty["flow_id"] != lot.flow_id
+    assert [h["code"] for h in guilty["history"]] == [flow_code, "05"]
     assert main([*listing, "--invoice", "F-003"]) == 0
-    (innocent,) = [r for r in json.loads(capsys.readouterr().out) if not r["packaging"]]
-    assert innocent["return_status"] == ("rejected (collateral)" if collateral else "01 déposée")
+    (innocent,) = json.loads(capsys.readouterr().out)
+    assert innocent["status"] == ("rejected (collateral)" if collateral else "01 déposée")
     assert main([*listing, "--status", "collateral"]) == 0
-    assert [r["flow_id"] for r in json.loads(capsys.readouterr().out)] == (
-        [lot.flow_id] if collateral else []
-    )
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == collateral and {r["lot_id"] for r in listed} <= {lot.flow_id}
+    assert "f07.xml" not in {r["file"] for r in listed}
+    assert main([*listing, "--status", "05"]) == 0
+    assert [r["file"] for r in json.loads(capsys.readouterr().out)] == ["f07.xml"]
+    # The flows view of the lot still sums its invoices up.
+    assert main([*listing, "--flow", lot.flow_id]) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
 
 
 def test_resubmission_sends_the_collateral_invoices_once_in_a_new_lot(tmp_path: Path) -> None:
@@ -345,3 +352,42 @@ def test_a_partial_integration_rejects_only_the_named_invoice_not_its_prefix(
     assert (outcome.rejected, outcome.collateral) == (1, 0)
     (report,) = Layout(config.gateway.data_dir).rejected(CONN).glob("*.rejection.json")
     assert json.loads(report.read_text())["invoice_number"] == "S2B-12"
+
+
+def test_an_invoice_history_across_lots_and_resubmission_in_table_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raccord flows --invoice N` shows where an invoice travelled — its lot, the lot that
+    resubmitted it — and every status it got, in a table as in JSON."""
+    config, _ = lot_config(tmp_path, max_invoices=2, resubmit=True)
+    (lot,) = lots_of(deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")}))
+    apply_return(
+        config,
+        cpp_statut(flow_ref=lot.remote_name or "", invoices=(("F-000", "05"), ("F-001", "01"))),
+    )
+    (again,) = [r for r in lots_of(deliver(config, {})) if r.resubmit_of == lot.flow_id]
+    apply_return(config, cpp_statut(flow_ref=again.remote_name or "", invoices=(("F-001", "03"),)))
+
+    capsys.readouterr()
+    listing = ["flows", "--config", str(config.path), "--invoice", "F-001"]
+    assert main([*listing, "--format", "json"]) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert (first["lot_id"], first["resubmitted_in"], first["status"]) == (
+        lot.flow_id,
+        again.flow_id,
+        "rejected (collateral)",
+    )
+    assert (second["lot_id"], second["resubmit_of"], second["status"]) == (
+        again.flow_id,
+        lot.flow_id,
+        "03 mise à disposition",
+    )
+    assert first["flow_id"] == second["flow_id"]  # one dropped file, two lots
+    assert main([*listing, "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["INVOICE_NUMBER", "FILE", "FLOW_ID"]
+    assert len(lines) == 5  # header, the first lot's row and its 01, the second's and its 03
+    assert "rejected (collateral)" in lines[1] and "↳ invoice status" in lines[2]
+    assert "01 déposée" in lines[2] and "03 mise à disposition" in lines[4]
+    assert main([*listing, "--format", "csv", "--status", "03"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # header, the invoice, its status
