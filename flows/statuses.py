@@ -39,7 +39,6 @@ class Stage(enum.StrEnum):
     PROCESSING = "processing"
     REJECTED = "rejected"
     PAID = "paid"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -54,33 +53,27 @@ class StatusInfo:
         return self.stage is Stage.REJECTED
 
 
-def _row(code: str, label: str, stage: Stage, *, final: bool = False) -> StatusInfo:
-    return StatusInfo(code, label, stage, final)
-
-
 #: Invoice-level statuses (CPP Statut ``IdStatut``; PISTE words are mapped to these codes when
 #: read). Codes 13–41 exist without a published label: they are not in the table, so not final.
+#: (Written out row by row, without a helper: the table is data, built once at import.)
 TABLE: dict[str, StatusInfo] = {
-    row.code: row
-    for row in (
-        _row("01", "déposée", Stage.DEPOSITED),
-        _row("02", "en cours d'acheminement", Stage.ROUTING),
-        _row("03", "mise à disposition", Stage.WITH_BUYER),
-        _row(
-            "04",
-            "rejetée (erreur dans les données d'acheminement, à recycler)",
-            Stage.REJECTED,
-            final=True,
-        ),
-        _row("05", "rejetée (autre motif)", Stage.REJECTED, final=True),
-        _row("06", "suspendue", Stage.SUSPENDED),
-        _row("07", "service fait", Stage.PROCESSING),
-        _row("08", "mandatée", Stage.PROCESSING),
-        _row("09", "mise à disposition du comptable", Stage.PROCESSING),
-        _row("10", "comptabilisée", Stage.PROCESSING),
-        _row("11", "mise en paiement", Stage.PAID, final=True),
-        _row("12", "complétée", Stage.WITH_BUYER),
-    )
+    "01": StatusInfo("01", "déposée", Stage.DEPOSITED, False),
+    "02": StatusInfo("02", "en cours d'acheminement", Stage.ROUTING, False),
+    "03": StatusInfo("03", "mise à disposition", Stage.WITH_BUYER, False),
+    "04": StatusInfo(
+        "04",
+        "rejetée (erreur dans les données d'acheminement, à recycler)",
+        Stage.REJECTED,
+        True,
+    ),
+    "05": StatusInfo("05", "rejetée (autre motif)", Stage.REJECTED, True),
+    "06": StatusInfo("06", "suspendue", Stage.SUSPENDED, False),
+    "07": StatusInfo("07", "service fait", Stage.PROCESSING, False),
+    "08": StatusInfo("08", "mandatée", Stage.PROCESSING, False),
+    "09": StatusInfo("09", "mise à disposition du comptable", Stage.PROCESSING, False),
+    "10": StatusInfo("10", "comptabilisée", Stage.PROCESSING, False),
+    "11": StatusInfo("11", "mise en paiement", Stage.PAID, True),
+    "12": StatusInfo("12", "complétée", Stage.WITH_BUYER, False),
 }
 
 

@@ -251,11 +251,12 @@ def _flow_of_invoice(
 ) -> str | None:
     if status.invoice_number is None:
         return None
+    number = normalise(status.invoice_number)
     for flow_id in named:
         for invoice in db.invoices(flow_id):
-            if invoice["invoice_number"] == status.invoice_number:
+            if normalise(invoice["invoice_number"] or "") == number:
                 return flow_id
-    found = db.flows_of_invoice(connection, status.invoice_number, status.supplier_id)
+    found = db.flows_of_invoice(connection, number, status.supplier_id)
     return found[0] if found else None
 
 

@@ -130,3 +130,38 @@ def test_once_final_the_current_status_never_changes(history: list[Entry]) -> No
             assert result.current == history[first_final]
         assert all(a.index < end for a in result.anomalies)
         assert all(is_final(a.current.code) for a in result.anomalies)
+
+
+def test_an_anomaly_says_both_statuses_and_what_was_done() -> None:
+    result = lifecycle([Entry("05", H.format(1)), Entry("11", None)])
+    assert result.anomalies[0].text() == (
+        "status 11 (no timestamp) contradicts final status 05 (2026-03-02T10:01:00): kept in "
+        "the history, not applied"
+    )
+    reverse = lifecycle([Entry("11", None), Entry("05", H.format(2))])
+    assert reverse.anomalies[0].text() == (
+        "status 05 (2026-03-02T10:02:00) contradicts final status 11 (no timestamp): kept in "
+        "the history, not applied"
+    )
+
+
+def test_the_table_rows_in_full() -> None:
+    rows = {code: (row.label, row.stage.value, row.final) for code, row in statuses.TABLE.items()}
+    assert rows == {
+        "01": ("déposée", "deposited", False),
+        "02": ("en cours d'acheminement", "routing", False),
+        "03": ("mise à disposition", "with_buyer", False),
+        "04": (
+            "rejetée (erreur dans les données d'acheminement, à recycler)",
+            "rejected",
+            True,
+        ),
+        "05": ("rejetée (autre motif)", "rejected", True),
+        "06": ("suspendue", "suspended", False),
+        "07": ("service fait", "processing", False),
+        "08": ("mandatée", "processing", False),
+        "09": ("mise à disposition du comptable", "processing", False),
+        "10": ("comptabilisée", "processing", False),
+        "11": ("mise en paiement", "paid", True),
+        "12": ("complétée", "with_buyer", False),
+    }
