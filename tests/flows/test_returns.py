@@ -502,3 +502,90 @@ def test_cpp_statut_written_then_read_keeps_every_field_and_timestamp(tmp_path: 
     empty = parse(write(tmp_path, cppstatut.build(cppstatut.Statut("x", "y")), "e.xml"))
     assert "CPPFluxStatuts" not in cppstatut.build(cppstatut.Statut("x", "y")).decode()
     assert empty.flow_statuses == () and empty.invoice_statuses == ()
+
+
+# -- CPP Statut: records without their usual wrapping, boundaries of the code ranges ----------
+
+
+def test_cpp_statut_records_read_outside_donnees_statut_and_every_gap_reported(
+    tmp_path: Path,
+) -> None:
+    document = f"""<CPPStatut>
+      <Enveloppe><EnveloppeUnitaire><Parametres>
+        <ParametreIndiv><Code>IdFlx</Code></ParametreIndiv>
+      </Parametres><Partenaires><Emetteur/></Partenaires></EnveloppeUnitaire></Enveloppe>
+      <CPPFluxStatuts>
+        <CPPFluxStatutUnitaire><IdStatut>97</IdStatut><IdFlux>{FLOW_ID}</IdFlux>
+        </CPPFluxStatutUnitaire>
+        <CPPFluxStatutUnitaire><DonneesStatut><IdStatut>90</IdStatut></DonneesStatut>
+          <IdFlux>{FLOW_ID}</IdFlux></CPPFluxStatutUnitaire>
+        <CPPFluxStatutUnitaire><DonneesStatut/></CPPFluxStatutUnitaire>
+      </CPPFluxStatuts>
+      <CPPFactureStatuts>
+        <CPPFactureStatutUnitaire><IdStatut>13</IdStatut><IdFacture>F-1</IdFacture>
+          <Horodatage>2026-11-23T10:00:00</Horodatage></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>41</IdStatut></DonneesStatut>
+          <IdFacture>F-2</IdFacture></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>12</IdStatut>
+          <IdFacture/></DonneesStatut></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>42</IdStatut>
+          <IdFacture>F-4</IdFacture></DonneesStatut></CPPFactureStatutUnitaire>
+      </CPPFactureStatuts>
+    </CPPStatut>"""
+    ret = parse(write(tmp_path, document))
+    assert ret.root == "CPPStatut" and ret.version is None
+    assert ret.parameters == {"IdFlx": ""} and ret.sender == "" and ret.recipient is None
+    assert [(s.code, s.label, s.flow_ref) for s in ret.flow_statuses] == [
+        ("97", None, FLOW_ID),
+        ("90", "reçu", FLOW_ID),
+    ]
+    assert ret.flow_ids == (FLOW_ID,)
+    assert [(s.code, s.invoice_number, s.timestamp) for s in ret.invoice_statuses] == [
+        ("13", "F-1", "2026-11-23T10:00:00"),
+        ("41", "F-2", None),
+        ("12", None, None),
+        ("42", "F-4", None),
+    ]
+    assert ret.unrecognised == (
+        "unknown flow status code 97",
+        "CPPFluxStatutUnitaire without IdStatut (ignored)",
+        "invoice status code 13 has no published label",
+        "invoice status code 41 has no published label",
+        "invoice status 12 without IdFacture",
+        "unknown invoice status code 42",
+    )
+
+
+@pytest.mark.parametrize(
+    ("root", "kind"),
+    [
+        ("AIFEStatut", Kind.AIFE_STATUT),
+        ("StatutAIFE", Kind.AIFE_STATUT),
+        ("AIFEFlux", Kind.UNKNOWN),
+        ("Statut", Kind.UNKNOWN),
+        ("CSO1100A", Kind.INTEGRATION_REPORT),
+        ("CRDetaille", Kind.INTEGRATION_REPORT),
+        ("RapportDepot", Kind.INTEGRATION_REPORT),
+        ("CompteRenduIntegration", Kind.INTEGRATION_REPORT),
+        ("Facture", Kind.UNKNOWN),
+    ],
+)
+def test_documents_of_unknown_schema_are_classed_by_their_root(
+    tmp_path: Path, root: str, kind: Kind
+) -> None:
+    ret = parse(write(tmp_path, f"<{root}><x>1</x></{root}>"))
+    assert (ret.kind, ret.root) == (kind, root)
+
+
+def test_a_tolerant_field_left_empty_is_no_value(tmp_path: Path) -> None:
+    document = (
+        "<AIFEStatut><Facture><NumeroFacture>F-1</NumeroFacture><CodeStatut/></Facture>"
+        "<Facture><NumeroFacture> </NumeroFacture><CodeStatut>05</CodeStatut></Facture>"
+        "</AIFEStatut>"
+    )
+    ret = parse(write(tmp_path, document))
+    assert ret.invoice_statuses == () and ret.flow_statuses == ()
+    assert ret.unrecognised[1:] == (
+        "invoice F-1 without a status (not applied)",
+        "status 05 names no invoice and is not a flow status (not applied)",
+    )

@@ -165,3 +165,10 @@ def test_the_table_rows_in_full() -> None:
         "11": ("mise en paiement", "paid", True),
         "12": ("complétée", "with_buyer", False),
     }
+
+
+def test_a_repeated_final_status_does_not_hide_a_contradiction_after_it() -> None:
+    history = [Entry("05", H.format(1)), Entry("05", H.format(2)), Entry("11", H.format(3))]
+    result = lifecycle(history)
+    assert result.current == history[0]
+    assert [a.index for a in result.anomalies] == [2]
