@@ -589,3 +589,27 @@ def test_a_tolerant_field_left_empty_is_no_value(tmp_path: Path) -> None:
         "invoice F-1 without a status (not applied)",
         "status 05 names no invoice and is not a flow status (not applied)",
     )
+
+
+def test_what_a_return_without_content_says_of_itself(tmp_path: Path) -> None:
+    from flows.returns import ErrorDetail
+
+    assert ErrorDetail(None, None, None, None).text() == "(no detail)"
+    assert parse(write(tmp_path, b"<nope", "bad.xml")).root == ""
+    assert parse(tmp_path / "missing.xml").root == ""
+    no_answer = _piste(tmp_path, {"format": REPORT})
+    assert no_answer.root == "json" and no_answer.parameters == {}
+    unnumbered = _piste(tmp_path, {"format": REPORT, "answer": {"etatCourantDepotFlux": "X"}})
+    assert unnumbered.parameters == {"numeroFluxDepot": ""}
+    searched = _piste(tmp_path, {"format": SEARCH, "answer": {}})
+    assert searched.parameters == {"numeroFluxDepot": ""}
+
+
+def test_an_aife_status_gets_the_label_of_its_code(tmp_path: Path) -> None:
+    document = (
+        "<AIFEStatut><F><NumeroFacture>F-1</NumeroFacture><Statut>REJETEE</Statut></F>"
+        "<G><Etat>93</Etat></G></AIFEStatut>"
+    )
+    ret = parse(write(tmp_path, document))
+    assert ret.invoice_statuses[0].label == "rejetée (autre motif)"
+    assert (ret.flow_statuses[0].code, ret.flow_statuses[0].label) == ("93", "erreur réception")
