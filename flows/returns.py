@@ -13,8 +13,11 @@
   CPP Statut code of the same meaning (:data:`PISTE_INVOICE_STATUSES`).
 * **AIFE Statut** (FEN1201A), integration reports (CSO…) and anything else: their schemas are
   not public here, so the document is read tolerantly — raccord flow ids found in any text or
-  attribute, invoice numbers and status words under element names that say so — and what could
-  not be understood is reported in ``unrecognised``. Never an exception for an unknown shape.
+  attribute; invoice numbers, status codes or words, timestamps and comments under element names
+  that say so, one status per element whose children carry them (a status with an invoice
+  number is that invoice's; a 90–96 code without one is the flow's). AIFE Statut's statuses are
+  applied like CPP Statut's; other kinds are only reported. What could not be understood is
+  reported in ``unrecognised``. Never an exception for an unknown shape.
 
 Parsing is streaming and hardened like every XML read in raccord (see :mod:`flows.xmlscan`).
 """
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from flows import xmlscan
+from flows import statuses, xmlscan
 
 #: Flow-level statuses (CPPFluxStatutUnitaire/DonneesStatut/IdStatut).
 FLOW_STATUS_LABELS = {
@@ -73,35 +76,26 @@ PISTE_INVOICE_STATUSES = {
 }
 
 #: Invoice-level statuses (CPPFactureStatutUnitaire/DonneesStatut/IdStatut); 13–41 exist
-#: without a published label.
-INVOICE_STATUS_LABELS = {
-    "01": "déposée",
-    "02": "en cours d'acheminement",
-    "03": "mise à disposition",
-    "04": "rejetée (erreur dans les données d'acheminement, à recycler)",
-    "05": "rejetée (autre motif)",
-    "06": "suspendue",
-    "07": "service fait",
-    "08": "mandatée",
-    "09": "mise à disposition du comptable",
-    "10": "comptabilisée",
-    "11": "mise en paiement",
-    "12": "complétée",
-}
-INVOICE_REJECTED = frozenset({"04", "05"})
-#: After these, no further life-cycle status is expected (raccord's choice: rejection or
-#: payment ends the story; kept as data so that it is easy to change).
-INVOICE_FINAL = INVOICE_REJECTED | {"11"}
+#: without a published label. The lifecycle table (stage, final or not) is :mod:`flows.statuses`.
+INVOICE_STATUS_LABELS = {code: row.label for code, row in statuses.TABLE.items()}
+INVOICE_REJECTED = frozenset(code for code, row in statuses.TABLE.items() if row.rejected)
+#: After these, no further life-cycle status is expected (rejection or payment ends the story).
+INVOICE_FINAL = frozenset(code for code, row in statuses.TABLE.items() if row.final)
 
 _FLOW_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
 _RECORDS = frozenset(
     {"ParametreIndiv", "Emetteur", "Recepteur", "CPPFluxStatutUnitaire", "CPPFactureStatutUnitaire"}
 )
-# For documents of unknown schema: element names that carry these facts in the AIFE flows we
-# know of. A guess, and reported as such: matches are listed, nothing is decided on a word.
-_FLOW_REF_NAMES = frozenset({"idflx", "idflux", "numeroflux", "identifiantflux", "nomfichier"})
-_INVOICE_NAMES = frozenset({"idfacture", "numerofacture", "numfacture"})
-_STATUS_NAMES = frozenset({"idstatut", "statut", "codestatut", "etat", "etatcourant"})
+# For documents of unknown schema (AIFE Statut among them): element names (lower case) that
+# carry these facts in the AIFE flows we know of, by the field they fill in a status record.
+_TOLERANT_FIELDS = {
+    **dict.fromkeys(("idflx", "idflux", "numeroflux", "identifiantflux", "nomfichier"), "flow"),
+    **dict.fromkeys(("idfacture", "numerofacture", "numfacture", "numerodp"), "invoice"),
+    **dict.fromkeys(("idstatut", "statut", "codestatut", "etat", "etatcourant"), "status"),
+    **dict.fromkeys(("horodatage", "dateheureetatcourant", "datestatut"), "at"),
+    **dict.fromkeys(("commentaire", "motif", "libellestatut"), "comment"),
+    **dict.fromkeys(("identifiantfournisseur", "siretfournisseur"), "supplier"),
+}
 
 
 class Kind(enum.StrEnum):
@@ -300,7 +294,46 @@ def _parse_cpp_statut(source: IO[bytes]) -> ReturnFlow:
     )
 
 
+def _status_code(word: str) -> tuple[str, str | None]:
+    """A status as a tolerant read finds it (a code, or an API word) → (code, label)."""
+    code = PISTE_INVOICE_STATUSES.get(word.upper(), word)
+    return code, FLOW_STATUS_LABELS.get(code) or INVOICE_STATUS_LABELS.get(code)
+
+
+def _record_statuses(
+    fields: dict[str, str], notes: list[str]
+) -> tuple[FlowStatus | None, InvoiceStatus | None]:
+    """The status one element's fields state, if they state one whole."""
+    word, number = fields.get("status"), fields.get("invoice")
+    if word is None:
+        if number is not None:
+            notes.append(f"invoice {number} without a status (not applied)")
+        return None, None
+    code, label = _status_code(word)
+    if number is not None:
+        if label is None:
+            notes.append(f"unknown invoice status {word} for invoice {number}")
+        return None, InvoiceStatus(
+            code=code,
+            label=label,
+            timestamp=fields.get("at"),
+            invoice_number=number,
+            supplier_id=fields.get("supplier"),
+            supplier_id_type=None,
+            supplier_name=None,
+            debtor_id=None,
+            debtor_service=None,
+            comment=fields.get("comment"),
+        )
+    if code in FLOW_STATUS_LABELS:
+        return FlowStatus(code, label, fields.get("at"), fields.get("flow")), None
+    notes.append(f"status {word} names no invoice and is not a flow status (not applied)")
+    return None, None
+
+
 def _parse_tolerantly(source: IO[bytes], root: str) -> ReturnFlow:
+    """Documents of unknown schema: each element whose children carry a status (and, for an
+    invoice, its number) is read as one status record; the rest is reported, never guessed."""
     lowered = root.lower()
     if "aife" in lowered and "statut" in lowered:
         kind = Kind.AIFE_STATUT
@@ -311,27 +344,45 @@ def _parse_tolerantly(source: IO[bytes], root: str) -> ReturnFlow:
     flow_ids: list[str] = []
     invoices: list[str] = []
     words: list[str] = []
-    for name, text, attributes in xmlscan.texts(source):
+    notes: list[str] = []
+    flow_statuses: list[FlowStatus] = []
+    invoice_statuses: list[InvoiceStatus] = []
+    records: dict[int, dict[str, str]] = {}  # open parents → the fields their children gave
+    for serial, parent, name, text, attributes in xmlscan.nodes(source):
         for value in (text, *attributes.values()):
             flow_ids += _FLOW_ID.findall(value)
-        key = name.lower()
-        if text and key in _INVOICE_NAMES:
+        fields = records.pop(serial, None)
+        if fields is not None:
+            flow, invoice = _record_statuses(fields, notes)
+            flow_statuses += [flow] if flow else []
+            invoice_statuses += [invoice] if invoice else []
+        field_name = _TOLERANT_FIELDS.get(name.lower())
+        if not text or field_name is None:
+            continue
+        if field_name == "invoice":
             invoices.append(text)
-        elif text and key in _STATUS_NAMES:
+        elif field_name == "status":
             words.append(text)
-        elif text and key in _FLOW_REF_NAMES:
-            flow_ids += _FLOW_ID.findall(text)
+        records.setdefault(parent, {}).setdefault(field_name, text)
+    if kind is not Kind.AIFE_STATUT and (flow_statuses or invoice_statuses):
+        notes.append(f"{kind.value} documents are reported, never applied")
+        flow_statuses, invoice_statuses = [], []
+    if not flow_statuses and not invoice_statuses:
+        notes.insert(
+            0,
+            f"schema of {root} is not known to raccord and no status could be read from it: "
+            f"stored as received; found {len(set(flow_ids))} flow id(s), "
+            f"{len(set(invoices))} invoice number(s), {len(set(words))} status word(s)",
+        )
     return ReturnFlow(
         kind=kind,
         root=root,
+        flow_statuses=tuple(flow_statuses),
+        invoice_statuses=tuple(invoice_statuses),
         flow_ids=_unique(flow_ids),
         invoice_numbers=_unique(invoices),
         status_words=_unique(words),
-        unrecognised=(
-            f"schema of {root} is not known to raccord: stored as received; found "
-            f"{len(set(flow_ids))} flow id(s), {len(set(invoices))} invoice number(s), "
-            f"{len(set(words))} status word(s)",
-        ),
+        unrecognised=tuple(notes),
     )
 
 

@@ -166,6 +166,35 @@ def texts(source: IO[bytes]) -> Iterator[tuple[str, str, dict[str, str]]]:
             _release(element)
 
 
+def nodes(source: IO[bytes]) -> Iterator[tuple[int, int, str, str, dict[str, str]]]:
+    """Stream ``(serial, parent serial, local name, stripped text, attributes)`` of every element
+    as it ends (children before their parent; the root is serial 0, its parent -1), each released
+    once read: for reading documents of unknown schema record by record.
+
+    Raises:
+        XmlError: not well-formed, empty, or carries a DTD.
+    """
+    stack: list[int] = []
+    serial = 0
+    for event, element in _events(source):
+        if event == "root":
+            stack.append(0)
+        elif event == "start":
+            serial += 1
+            stack.append(serial)
+        else:
+            mine = stack.pop()
+            parent = stack[-1] if stack else -1
+            yield (
+                mine,
+                parent,
+                local_name(element),
+                (element.text or "").strip(),
+                _attributes(element),
+            )
+            _release(element)
+
+
 def local_name(element: Any) -> str:
     return _split(element.tag)[1] if isinstance(element.tag, str) else ""
 

@@ -83,6 +83,8 @@ class Connection:
     # Absent means warn: configurations written before validation existed keep sending.
     validation: Checking = Checking.WARN
     validation_rules: tuple[str, ...] = rulebook.DEFAULT_RULES
+    #: Seconds after which a sent flow with no return status raises ``return_overdue`` (0: off).
+    return_deadline: float = 3 * 86400.0
 
     def unusable_reason(self, today: date) -> tuple[str, str] | None:
         """``(reason, message)`` if this connection may not carry flows ``today``."""
@@ -565,6 +567,7 @@ def _connection(section: Section) -> Connection:
         resubmit_collateral=section.boolean("resubmit_collateral", False),
         validation=Checking(section.choice("validation", [c.value for c in Checking], "warn")),
         validation_rules=_validation_rules(section),
+        return_deadline=section.duration("return_deadline", "3d"),
     )
     # Other protocols' tables would be silently ignored; say so instead.
     section.finish()

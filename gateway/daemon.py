@@ -143,8 +143,16 @@ class Gateway:
 
         Raises:
             DataDirLocked: another gateway runs on the same data_dir.
+            StartupError: data_dir cannot be created or locked.
         """
-        lock = lock_data_dir(self.layout.data_dir)
+        try:
+            lock = lock_data_dir(self.layout.data_dir)
+        except OSError as exc:
+            raise StartupError(
+                f"gateway.data_dir: cannot create the folders in {self.layout.data_dir} "
+                f"({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
+                "make it writable by the daemon's user (under systemd: ReadWritePaths=)"
+            ) from None
         try:
             await self._run(stopping, on_ready)
         finally:
@@ -295,7 +303,7 @@ class Gateway:
                         "dispatcher": lambda: self._dispatcher_health(dispatcher),
                     },
                 )
-                await _listening(server.start(), "gateway.ops.metrics", host, port)
+                await _listening(server.start(), "gateway.metrics", host, port)
                 self.metrics_server = server
         await self._start_console(config, journal, dispatcher, old)
 

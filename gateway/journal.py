@@ -134,6 +134,8 @@ CREATE TABLE IF NOT EXISTS invoices (
     reasons         TEXT,
     rejected_path   TEXT,
     source_flow     TEXT,
+    -- the flow failed before integration (93/94/95) and its error does not name this invoice
+    flow_not_received INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (flow_id, position)
 );
 CREATE INDEX IF NOT EXISTS invoices_number ON invoices(invoice_number, supplier_id);
@@ -374,7 +376,10 @@ class JournalDB:
             )
         if version == SCHEMA_VERSION:
             return
-        for table, wanted in (("flows", _COLUMNS), ("invoices", ("source_flow",))):
+        for table, wanted in (
+            ("flows", _COLUMNS),
+            ("invoices", ("source_flow", "flow_not_received")),
+        ):
             columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if columns:  # an existing journal: add the (nullable) columns later schemas brought
                 for name in wanted:
@@ -732,6 +737,7 @@ class JournalDB:
             "final",
             "reasons",
             "rejected_path",
+            "flow_not_received",
         }
         assert set(values) <= allowed, set(values) - allowed
         assignments = ", ".join(f"{name}=?" for name in values)
@@ -866,7 +872,7 @@ class JournalDB:
     def statuses(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT s.*, r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"
-            " WHERE s.flow_id=? ORDER BY r.received_at, s.position",
+            " WHERE s.flow_id=? ORDER BY r.received_at, s.rowid",
             (flow_id,),
         ).fetchall()
         return [
@@ -1049,6 +1055,67 @@ class JournalDB:
         return (
             {(row[0], row[1]): row[2] for row in flows},
             {(row[0], row[1]): row[2] for row in statuses},
+        )
+
+    def invoice_rows(
+        self,
+        *,
+        invoice: str | None = None,
+        status: str | None = None,
+        connection: str | None = None,
+        state: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Invoices (one row per flow carrying each) with their flow's connection, state,
+        packaging and resubmit_of. ``status``: a current status code (``05``), ``rejected``,
+        ``collateral`` or ``not_received``."""
+        rows = self._db.execute(
+            "SELECT i.*, f.connection, f.state, f.packaging, f.resubmit_of, f.created_at"
+            " FROM invoices i JOIN flows f USING (flow_id)"
+            " WHERE (? IS NULL OR i.invoice_number = ?)"
+            " AND (? IS NULL OR i.status_code = ? OR (? = 'rejected' AND i.rejected = 1)"
+            " OR (? = 'collateral' AND i.collateral = 1)"
+            " OR (? = 'not_received' AND i.flow_not_received = 1))"
+            " AND (? IS NULL OR f.connection = ?) AND (? IS NULL OR f.state = ?)"
+            " AND (? IS NULL OR f.created_at >= ?) AND (? IS NULL OR f.created_at < ?)"
+            " ORDER BY f.created_at, i.position",
+            (
+                *(invoice, invoice),
+                *[status] * 5,
+                *(connection, connection, state, state),
+                *(since, since, until, until),
+            ),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def overdue(self, connection: str, sent_before: str) -> list[FlowRow]:
+        """Flows of ``connection`` sent before ``sent_before`` that no return has spoken of yet
+        (neither the flow nor any invoice it carries has a status), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM flows f WHERE connection=? AND state='sent' AND updated_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM statuses s WHERE s.flow_id=f.flow_id)"
+            " ORDER BY updated_at",
+            (connection, sent_before),
+        ).fetchall()
+        return [FlowRow.of(row) for row in rows]
+
+    def invoice_metrics(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """Invoices by (connection, current status code; ``rejected`` for a rejection without
+        a code of its own, ``none`` before any), and returns by (connection, state)."""
+        invoices = self._db.execute(
+            "SELECT f.connection, CASE WHEN i.status_code IS NOT NULL THEN i.status_code"
+            " WHEN i.rejected = 1 THEN 'rejected' ELSE 'none' END AS code, COUNT(*) AS n"
+            " FROM invoices i JOIN flows f ON f.flow_id = i.flow_id GROUP BY 1, 2"
+        ).fetchall()
+        states = self._db.execute(
+            "SELECT connection, state, COUNT(*) AS n FROM returns GROUP BY connection, state"
+        ).fetchall()
+        return (
+            {(row[0], row[1]): row[2] for row in invoices},
+            {(row[0], row[1]): row[2] for row in states},
         )
 
     def queue_depth(self) -> int:

@@ -21,8 +21,8 @@ from flows import codes
 from flows import validation as rulebook
 from gateway import config as config_module
 from gateway import logs
+from gateway.cli import invoice_listing, output
 from gateway.cli import listing as flowlist
-from gateway.cli import output
 from gateway.config import Config, ConfigError, Connection, Mode, State
 from gateway.folders import Layout
 from gateway.journal import STATES, JournalDB
@@ -381,6 +381,9 @@ def cmd_flows(args: argparse.Namespace) -> int:
             found = db.returns(state=args.return_state, connection=args.connection)
             output.render(found, RETURN_COLUMNS, fmt)
             return OK
+        if (args.status or args.invoice) and not args.flow:
+            output.render(_invoices(db, args, since, until), invoice_listing.COLUMNS, fmt)
+            return OK
         if args.flow and fmt == "table":
             row = db.get(args.flow)
             if row is None:
@@ -430,6 +433,22 @@ def _with_history(db: JournalDB, record: dict[str, Any]) -> dict[str, Any]:
     record["invoices"] = db.invoices(flow_id) if row.packaging else db.carried(flow_id)[-1:]
     record["statuses"] = db.statuses(flow_id)
     return record
+
+
+def _invoices(
+    db: JournalDB, args: argparse.Namespace, since: str | None, until: str | None
+) -> list[dict[str, Any]]:
+    """``--status``/``--invoice``: the invoices themselves (see gateway.cli.invoice_listing)."""
+    return invoice_listing.records(
+        db,
+        invoice=args.invoice,
+        status=args.status,
+        connection=args.connection,
+        state=args.state,
+        since=since,
+        until=until,
+        table=_fmt(args) != "json",
+    )
 
 
 # -- certs --------------------------------------------------------------------------------------
@@ -694,15 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"the latest N flows (table default {flowlist.TABLE_LIMIT}; 0: all)",
     )
-    p.add_argument("--invoice", help="invoice number")
     p.add_argument(
-        "--status", help="invoice status code from return flows (e.g. 05), rejected or collateral"
+        "--invoice", help="invoice number: that invoice in every flow that carried it, and history"
+    )
+    p.add_argument(
+        "--status",
+        help="list invoices by current status: a code (e.g. 05), rejected, collateral or "
+        "not_received",
     )
     p.add_argument("--flow", help="flow id (also shows its invoices and status history)")
     p.add_argument("--returns", action="store_true", help="list return flows instead")
     p.add_argument(
         "--return-state",
-        choices=["applied", "unmatched", "unreadable", "received", "applying"],
+        choices=["applied", "unmatched", "unreadable", "unrecognised", "received", "applying"],
         help="with --returns: only those (e.g. unmatched)",
     )
     p.set_defaults(handler=cmd_flows)

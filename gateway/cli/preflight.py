@@ -179,7 +179,7 @@ def listen_problems(config: Config) -> list[Problem]:
     if metrics is not None:
         problem = address_problem(*metrics, probe_path="/healthz", marker=b'"checks"')
         if problem:
-            found.append(Problem("gateway.ops.metrics", problem))
+            found.append(Problem("gateway.metrics", problem))
     receiver = config.as2_receiver
     if receiver is not None:
         problem = address_problem(

@@ -4,6 +4,11 @@ What alerts (``kind``):
 
 - ``flow_failed``: a flow was filed in ``error/`` (its reason, message and the retry command);
 - ``invoices_rejected``: a return flow rejected invoices (Complète lots: with their collateral);
+- ``return_unmatched``, ``return_unreadable``, ``return_unrecognised``: a return flow matches no
+  flow, cannot be read, or holds no status raccord understands (kept in the inbox, nothing lost);
+- ``return_anomaly``: a status contradicts an invoice's final one (kept in its history only);
+- ``return_overdue``: flows sent longer than the connection's ``return_deadline`` ago with no
+  return status;
 - ``certificate``: a certificate expires within ``[gateway] warn_days``, is expired or not yet
   valid (from the daily check, so at most one reminder a day);
 - ``connection_failing``: a connection's transfers have failed for longer than ``failing_for``
@@ -44,6 +49,14 @@ QUEUE_SIZE = 1000
 DELIVERY_TIMEOUT = 10.0
 #: Seconds the digests still owed get at shutdown.
 FLUSH_AT_STOP = 5.0
+
+
+#: Return states a person must look at, with what each means.
+_UNACCOUNTED = {
+    "unmatched": "it names no flow raccord sent on this connection",
+    "unreadable": "it cannot be read (not well-formed XML, or not readable)",
+    "unrecognised": "raccord could not read any status in it, so nothing was applied",
+}
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,29 @@ class Alerter:
         )
 
     def returned(self, connection: str, file: str, outcome: returns.Outcome) -> None:
-        """A return flow was applied: alert if it rejected invoices."""
+        """A return flow was received: alert if it rejected invoices, contradicted a final
+        status, or could not be matched, read or understood."""
+        for anomaly in outcome.anomalies:
+            self.alert(
+                Alert(
+                    "return_anomaly",
+                    connection,
+                    f"return flow {file} on {connection}: {anomaly}; check the invoice in "
+                    "Chorus Pro",
+                    {"file": file, "return_id": outcome.return_id, "anomaly": anomaly},
+                )
+            )
+        if outcome.state in _UNACCOUNTED:
+            self.alert(
+                Alert(
+                    f"return_{outcome.state}",
+                    connection,
+                    f"return flow {file} on {connection} is {outcome.state}: "
+                    f"{_UNACCOUNTED[outcome.state]}; it is kept in inbox/{connection}/ "
+                    f"(raccord flows --returns)",
+                    {"file": file, "return_id": outcome.return_id, "message": outcome.message},
+                )
+            )
         if not outcome.rejected:
             return
         collateral = (
@@ -137,6 +172,20 @@ class Alerter:
                     "rejected": outcome.rejected,
                     "collateral": outcome.collateral,
                 },
+            )
+        )
+
+    def returns_overdue(self, connection: str, flows: list[tuple[str, str]]) -> None:
+        """Flows sent longer than ``return_deadline`` ago without any return status."""
+        names = ", ".join(f"{file} ({flow_id})" for flow_id, file in flows[:10])
+        more = f" and {len(flows) - 10} more" if len(flows) > 10 else ""
+        self.alert(
+            Alert(
+                "return_overdue",
+                connection,
+                f"{len(flows)} flow(s) sent on {connection} have had no return within "
+                f"return_deadline: {names}{more}; look them up in Chorus Pro",
+                {"flows": [flow_id for flow_id, _ in flows]},
             )
         )
 

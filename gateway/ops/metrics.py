@@ -182,11 +182,26 @@ class JournalCollector(Collector):
             "Statuses return flows gave flows and invoices, by code.",
             labels=["connection", "code"],
         )
+        invoices = GaugeMetricFamily(
+            "raccord_invoices",
+            "Invoices sent, by their current status (derived from their whole status history).",
+            labels=["connection", "code"],
+        )
+        returned = GaugeMetricFamily(
+            "raccord_returns",
+            "Return flows received, by state (applied, unmatched, unreadable, unrecognised…).",
+            labels=["connection", "state"],
+        )
         db = JournalDB(self.journal)
         try:
             by_state, by_code = db.metrics()
+            by_current, by_return_state = db.invoice_metrics()
         finally:
             db.close()
+        for (connection, code), count in sorted(by_current.items()):
+            invoices.add_metric([connection, code], count)
+        for (connection, state), count in sorted(by_return_state.items()):
+            returned.add_metric([connection, state], count)
         depth: dict[str, int] = {}
         for (connection, state), count in sorted(by_state.items()):
             flows.add_metric([connection, state], count)
@@ -197,7 +212,7 @@ class JournalCollector(Collector):
             queue.add_metric([connection], count)
         for (connection, code), count in sorted(by_code.items()):
             statuses.add_metric([connection, code], count)
-        yield from (flows, queue, statuses)
+        yield from (flows, queue, statuses, invoices, returned)
 
 
 class MetricsServer:

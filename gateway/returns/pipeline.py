@@ -11,11 +11,16 @@ receiver, ``raccord import``)::
   invoice status by (supplier, invoice number) among the connection's sent flows.
 * The same bytes received twice on a connection are journaled once and applied once.
 * A return that matches no flow is kept in the inbox and journaled ``unmatched`` (listed by
-  ``raccord flows --returns``); one that cannot be read is ``unreadable``. Nothing is dropped.
+  ``raccord flows --returns``); one that cannot be read is ``unreadable``; one read but with no
+  status raccord understands is ``unrecognised`` (never ``applied``). Nothing is dropped.
+* Each invoice's current status comes from its whole status history (:mod:`flows.statuses`):
+  ordered by the statuses' own timestamps, a final status never replaced; a contradiction is
+  kept in the history and logged as ``return.anomaly``.
 * Applying is idempotent: the journal is written first (state ``applying``), then the files,
   then ``applied``; a return found ``received`` or ``applying`` at start is applied again.
-* A rejected invoice of a lot is copied out of the lot. Under Complète, a connection with
-  ``resubmit_collateral`` packs the collateral invoices of a rejected lot into a new lot, once
+* A rejected invoice of a lot is copied out of the lot. A connection with
+  ``resubmit_collateral`` packs the innocent invoices of a rejected lot (collateral under
+  Complète, or not named by a flow-level failure under either mode) into a new lot, once
   (never for a lot that is itself a resubmission); the daemon sends it like any claimed flow.
 
 Synchronous on purpose (its own journal connection): the daemon runs it in a worker thread,
@@ -33,10 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows import lots, naming
+from flows import lots, naming, statuses
 from flows.analysis import digest
-from flows.decision import InvoiceRef, Verdict, decide
+from flows.decision import InvoiceRef, Verdict, decide, normalise
 from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
+from flows.statuses import Entry, is_final, is_rejected, lifecycle
 from gateway import logs
 from gateway.config import Config
 from gateway.flow.lots import journal_lot, write_lot
@@ -62,12 +68,13 @@ REJECTION = ".rejection.json"
 @dataclass(frozen=True)
 class Outcome:
     return_id: str
-    state: str  # applied | unmatched | unreadable | duplicate
+    state: str  # applied | unmatched | unreadable | unrecognised | duplicate
     flows: tuple[str, ...]
     rejected: int
     collateral: int
     message: str
     resubmitted: tuple[str, ...] = ()  # new lots carrying collateral invoices again
+    anomalies: tuple[str, ...] = ()  # statuses contradicting a final one, kept out
 
 
 def _take(source: Path, target: Path) -> None:
@@ -164,10 +171,14 @@ def apply(
     notes = list(ret.unrecognised)
     if ret.kind is Kind.UNREADABLE:
         return _finish(db, row, ret, "unreadable", {}, notes, 0, 0)
+    if not ret.flow_statuses and not ret.invoice_statuses:
+        # Nothing raccord could read as a status: never "applied" while nothing was.
+        return _finish(db, row, ret, "unrecognised", {}, notes, 0, 0)
     targets = _correlate(db, connection, ret, notes)
     if not targets:
         return _finish(db, row, ret, "unmatched", {}, notes, 0, 0)
     verdicts: dict[str, list[Verdict]] = {}
+    anomalies: list[str] = []
     with db.transaction():
         db.update_return(return_id, kind=ret.kind.value, state="applying")
         for flow_id, part in targets.items():
@@ -178,7 +189,19 @@ def apply(
                 InvoiceRef(i["position"], i["invoice_number"], i["supplier_id"]) for i in invoices
             ]
             verdicts[flow_id] = decide(flow.mode or "complete", refs, part)
-            _journal_statuses(db, return_id, flow_id, part, verdicts[flow_id], invoices)
+            anomalies += _journal_statuses(
+                db, return_id, flow_id, part, verdicts[flow_id], invoices
+            )
+    for anomaly in anomalies:
+        log.warning(
+            "return.anomaly",
+            connection=connection,
+            file=row["file"],
+            return_id=return_id,
+            anomaly=anomaly,
+            action="a status contradicts a final one: it is kept in the history, not applied; "
+            "check the invoice in Chorus Pro",
+        )
     rejected = collateral = 0
     resubmitted = []
     for flow_id, flow_verdicts in verdicts.items():
@@ -188,7 +211,7 @@ def apply(
         if connection in resubmit and (again := resubmit_collateral(db, layout, flow_id)):
             resubmitted.append(again)
     outcome = _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
-    return replace(outcome, resubmitted=tuple(resubmitted))
+    return replace(outcome, resubmitted=tuple(resubmitted), anomalies=tuple(anomalies))
 
 
 def _correlate(
@@ -228,11 +251,12 @@ def _flow_of_invoice(
 ) -> str | None:
     if status.invoice_number is None:
         return None
+    number = normalise(status.invoice_number)
     for flow_id in named:
         for invoice in db.invoices(flow_id):
-            if invoice["invoice_number"] == status.invoice_number:
+            if normalise(invoice["invoice_number"] or "") == number:
                 return flow_id
-    found = db.flows_of_invoice(connection, status.invoice_number, status.supplier_id)
+    found = db.flows_of_invoice(connection, number, status.supplier_id)
     return found[0] if found else None
 
 
@@ -243,7 +267,9 @@ def _journal_statuses(
     part: ReturnFlow,
     verdicts: list[Verdict],
     invoices: list[dict[str, Any]],
-) -> None:
+) -> list[str]:
+    """Journal the statuses ``part`` gives ``flow_id`` and each invoice's current status, as
+    its whole history says (:mod:`flows.statuses`); return the anomalies found."""
     for flow_status in part.flow_statuses:
         detail = "; ".join(e.text() for e in flow_status.errors) or None
         db.record_status(
@@ -255,9 +281,9 @@ def _journal_statuses(
             flow_status.timestamp,
             detail,
         )
-    numbers = {i["invoice_number"]: i["position"] for i in invoices}
+    numbers = {normalise(i["invoice_number"] or ""): i["position"] for i in invoices}
     for status in part.invoice_statuses:
-        position = numbers.get(status.invoice_number)
+        position = numbers.get(normalise(status.invoice_number or ""))
         if position is not None:
             db.record_status(
                 return_id,
@@ -268,23 +294,59 @@ def _journal_statuses(
                 status.timestamp,
                 status.comment,
             )
+    histories: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in db.statuses(flow_id):
+        if row["position"] is not None:
+            histories[row["position"]].append(row)
     current = {i["position"]: i for i in invoices}
+    anomalies: list[str] = []
     for verdict in verdicts:
         before = current[verdict.position]
+        history = histories[verdict.position]
+        # This return's statuses come after every earlier one, even on a second application
+        # after a crash (they are journaled by then).
+        earlier = [Entry(r["code"], r["at"]) for r in history if r["return_id"] != return_id]
+        now = [Entry(r["code"], r["at"]) for r in history if r["return_id"] == return_id]
+        was, became = lifecycle(earlier), lifecycle(earlier + now)
+        found = [a.text() for a in became.anomalies[len(was.anomalies) :]]
         values: dict[str, Any] = {}
-        if verdict.status_code is not None:
-            values.update(status_code=verdict.status_code, status_label=verdict.status_label)
-        if verdict.rejected and not before["rejected"]:
+        code = became.current.code if became.current else None
+        settled = bool(before["final"]) and not before["rejected"]  # paid: never rejected now
+        if verdict.rejected and settled:
+            found.append(
+                f"rejection not applied: the invoice is already final with status "
+                f"{before['status_code']} ({'; '.join(verdict.reasons)})"
+            )
+        elif before["rejected"] and code is not None and is_final(code) and not is_rejected(code):
+            found.append(f"status {code} not applied: the invoice was rejected before")
+            code = None
+        if code is not None and code != before["status_code"]:
+            label = statuses.info(code)
+            values.update(
+                status_code=code,
+                status_label=label.label if label else _label_in(history, code),
+            )
+        if verdict.rejected and not before["rejected"] and not settled:
             values.update(
                 rejected=1,
                 collateral=int(verdict.collateral),
+                flow_not_received=int(verdict.flow_not_received),
                 reasons=json.dumps(verdict.reasons, ensure_ascii=False),
             )
-        if verdict.final:
+        if (became.final or values.get("rejected")) and not before["final"]:
             values["final"] = 1
         if values:
             values["status_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
             db.set_invoice_status(flow_id, verdict.position, **values)
+        anomalies += [
+            f"invoice {before['invoice_number']} of flow {flow_id}: {text}" for text in found
+        ]
+    return anomalies
+
+
+def _label_in(history: list[dict[str, Any]], code: str) -> str | None:
+    """The label a return gave a code raccord's table does not know (e.g. an API word)."""
+    return next((r["label"] for r in reversed(history) if r["code"] == code), None)
 
 
 def _file_outputs(
@@ -337,6 +399,7 @@ def _file_outputs(
             "status_code": invoice["status_code"],
             "status_label": invoice["status_label"],
             "collateral": bool(invoice["collateral"]),
+            "flow_not_received": bool(invoice["flow_not_received"]),
             "reasons": json.loads(invoice["reasons"] or "[]"),
             "statuses": [s for s in history if s["position"] in (None, invoice["position"])],
             "remote_name": flow.remote_name,
@@ -394,7 +457,8 @@ def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | No
     earlier = db.resubmission_of(flow_id)
     if earlier is not None:
         return earlier
-    collateral = [i for i in db.invoices(flow_id) if i["collateral"]]
+    # The innocent: collateral of a Complète rejection, or not named by a flow-level failure.
+    collateral = [i for i in db.invoices(flow_id) if i["collateral"] or i["flow_not_received"]]
     if not collateral:
         return None
     if not flow.final_path or not Path(flow.final_path).exists():
@@ -454,6 +518,7 @@ def _invoice_view(invoice: dict[str, Any]) -> dict[str, Any]:
         "status_label": invoice["status_label"],
         "rejected": bool(invoice["rejected"]),
         "collateral": bool(invoice["collateral"]),
+        "flow_not_received": bool(invoice["flow_not_received"]),
         "final": bool(invoice["final"]),
         "reasons": json.loads(invoice["reasons"] or "[]"),
     }

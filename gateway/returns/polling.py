@@ -22,6 +22,10 @@ PeSIT server) is drained instead, up to ``PULL_LIMIT`` files a round::
 There is nothing to list, so nothing is skipped by name: a file handed out again after a crash
 is recognised by its bytes. Any failure ends the round (the next file would most likely be the
 same one) and leaves the held file with the partner.
+
+Every connection, whatever brings its returns (polled, pushed over AS2, imported by hand): a
+flow sent longer than ``return_deadline`` ago (default 3 days) that no return has spoken of is
+logged ``return.overdue`` and alerted ``return_overdue``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Container
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -58,6 +63,8 @@ SESSION_ERRORS = (ConnectError, TransferTimeout, AuthenticationError, HostKeyErr
 #: Files taken from a ReturnQueue in one round, at most (the round then waits its interval).
 PULL_LIMIT = 500
 PULL_FILE = ".pull.download"  # in inbox/<connection>/: where a ReturnQueue's file is received
+#: Seconds between two looks for sent flows whose return is overdue (deadlines are in days).
+OVERDUE_CHECK = 600.0
 
 Source = ReturnSource | ReturnQueue
 
@@ -98,12 +105,58 @@ class Poller:
         self.sources = sources
         self._resubmit = returns.resubmitting(config)
         self._too_large: set[str] = set()  # queue files over the limit, already reported
+        self._overdue: set[str] = set()  # flows already reported overdue by this process
 
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.to_thread(self._clean)
         async with asyncio.TaskGroup() as group:
             for connection, source in self.sources.items():
                 group.create_task(self._loop(connection, source, stopping))
+            group.create_task(self._overdue_loop(stopping))
+
+    # -- returns that never come ----------------------------------------------------------
+
+    async def _overdue_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.check_overdue()
+            except Exception:  # e.g. the journal's disk is full: try again next round
+                log.exception("return.overdue_check_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), OVERDUE_CHECK)
+
+    async def check_overdue(self, now: datetime | None = None) -> dict[str, list[str]]:
+        """Flows sent longer than their connection's ``return_deadline`` ago with no return
+        status: logged (``return.overdue``) and alerted (``return_overdue``) once each per run
+        of the gateway. Returns the flow ids newly found overdue, by connection."""
+        now = now or datetime.now(UTC)
+        found: dict[str, list[str]] = {}
+        for conn in self.config.connections:
+            if conn.return_deadline <= 0:
+                continue
+            before = (now - timedelta(seconds=conn.return_deadline)).isoformat(
+                timespec="milliseconds"
+            )
+            late = await self.journal.call(Call(JournalDB.overdue, conn.name, before))
+            fresh = [row for row in late if row.flow_id not in self._overdue]
+            if not fresh:
+                continue
+            self._overdue.update(row.flow_id for row in fresh)
+            found[conn.name] = [row.flow_id for row in fresh]
+            for row in fresh:
+                log.warning(
+                    "return.overdue",
+                    connection=conn.name,
+                    flow_id=row.flow_id,
+                    file=row.original_name,
+                    remote_name=row.remote_name,
+                    sent_at=row.updated_at,
+                    action=f"no return flow within return_deadline: look the flow up in Chorus "
+                    f"Pro (Suivi des flux), then `raccord import` its return if it came by "
+                    f"other means; `raccord flows --flow {row.flow_id}` shows what raccord knows",
+                )
+            self.alerts.returns_overdue(conn.name, [(r.flow_id, r.original_name) for r in fresh])
+        return found
 
     async def _loop(self, connection: str, source: Source, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -132,8 +132,9 @@ def parse_settings(section: Section) -> SftpSettings:
 
 def _key_problem(path: Path, passphrase: Secret | None) -> tuple[str, str] | None:
     """Why the private key cannot be used with this passphrase: (the key to fix, the reason);
-    None when it can, or cannot be read at all (that is reported where the file is checked,
-    and by the connection itself)."""
+    None when it can, or when the file itself is missing, unreadable or no key at all (those
+    are reported where the file is checked, ``raccord check`` with exit 1, and by the
+    connection itself)."""
     try:
         asyncssh.read_private_key(path, passphrase.value if passphrase else None)
     except OSError:
@@ -147,7 +148,6 @@ def _key_problem(path: Path, passphrase: Secret | None) -> tuple[str, str] | Non
                 f"the private key {path} is protected by a passphrase: set passphrase "
                 '(as { env = "NAME" } or { file = "/path" })',
             )
-        return "private_key", f"{path} is not a private key raccord can read ({exc})"
     return None
 
 

@@ -27,7 +27,7 @@ class Daemon:
             )
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli.commands", "run", "--config", str(config_path)],
+                [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -18,8 +18,8 @@ from tests.conftest import sample
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.daemon import daemon
 from tests.e2e.sshd import Sshd
+from tests.gateway.flow.test_hostile_outbox import many_attributes
 from tests.gateway.harness import drop, memory_config_text, rows
-from tests.gateway.test_hostile_outbox import many_attributes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -33,7 +33,7 @@ def _config(tmp_path: Path, **gateway: str) -> Path:
 
 def _raccord(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli.commands", *args],
+        [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

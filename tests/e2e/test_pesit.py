@@ -163,7 +163,7 @@ def test_return_flows_are_pulled_over_pesit_and_applied(tmp_path: Path) -> None:
     """The partner offers a life-cycle status that rejects one of the invoices sent; the read
     is cut mid-file once and resumed; the rejection lands in rejected/ and the partner's copy
     is gone only after it was stored."""
-    from tests.gateway.test_returns import cpp_statut
+    from tests.gateway.returns.test_returns import cpp_statut
 
     async def scenario() -> None:
         responder = PesitResponder(tmp_path / "partner", {"VFE057": Account("pw")})

@@ -5,12 +5,15 @@ gateway fetches the answer over SFTP and applies Complète or Partielle."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from flows import cppstatut
 from gateway import config as config_module
+from gateway.cli.commands import main
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import FlowRow, JournalDB
@@ -18,7 +21,7 @@ from gateway.sandbox.chorus import Desk, Rules
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.sshd import Sshd
 from tests.gateway.harness import drop, running, until
-from tests.gateway.test_returns import invoice
+from tests.gateway.returns.test_returns import invoice
 
 pytestmark = pytest.mark.e2e
 CONN = "qualif-sftp"
@@ -165,3 +168,88 @@ def test_a_duplicate_return_is_applied_once_and_an_unknown_one_kept(
     assert codes == ["96"]  # the copy was recognised, not applied again
     # Left at the partner (after_download = leave) and remembered: nothing fetched twice.
     assert len(list(sshd.download_dir.iterdir())) == 3
+
+
+def test_returns_written_outside_raccord_out_of_order_and_contradictory_under_partial(
+    tmp_path: Path, sshd: Sshd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Return files not written by raccord's simulator, fetched over real SFTP one by one:
+    a 96 naming S2B-12 (whose prefix S2B-1 is in the same lot), a payment, a stale status
+    arriving after it, an AIFE Statut rejection contradicting a payment. Each invoice ends
+    exactly where the rules say, in status.json, rejected/ and `raccord flows` alike."""
+    path = write_sftp_config(
+        tmp_path,
+        sshd,
+        mode="partial",
+        connection_extra='lot = { max_invoices = 3, max_wait = "30s", packaging = "tar.gz" }',
+        sftp_extra=f'download_dir = "{sshd.download_dir}"\npoll_interval = "200ms"',
+    )
+    config = config_module.load(path)
+    h = "2026-11-23T1{}:00:00"
+
+    def statut(lot: FlowRow, *lines: tuple[str, str, str], flow: str | None = None) -> bytes:
+        return cppstatut.build(
+            cppstatut.Statut(
+                flow_ref=lot.remote_name or "",
+                produced_at=h.format(9),
+                flow=[cppstatut.FlowLine(flow, h.format(0), [("E1", "Facture S2B-12 : TVA")])]
+                if flow
+                else [],
+                invoices=[cppstatut.InvoiceLine(n, c, at=at) for n, c, at in lines],
+            )
+        )
+
+    def returns_done(count: int) -> bool:
+        with Journal(config) as db:
+            found = db.returns()
+            return len(found) == count and all(r["state"] != "received" for r in found)
+
+    async def scenario() -> FlowRow:
+        async with running(config):
+            for i, name in enumerate(("S2B-1", "S2B-12", "S2B-2")):
+                drop(config, f"f{i}.xml", invoice(name))
+            await until(
+                lambda: any(lot.state == "sent" for lot in lots_of(config)), what="lot sent"
+            )
+            (lot,) = lots_of(config)
+            aife = (
+                f"<AIFEStatut><IdFlux>{lot.remote_name}</IdFlux><Facture><NumeroFacture>S2B-2"
+                f"</NumeroFacture><CodeStatut>05</CodeStatut><Horodatage>{h.format(6)}"
+                "</Horodatage></Facture></AIFEStatut>"
+            ).encode()
+            answers = [
+                statut(lot, ("S2B-1", "01", h.format(1)), ("S2B-2", "01", h.format(1)), flow="96"),
+                statut(lot, ("S2B-1", "11", h.format(5)), ("S2B-2", "11", h.format(5))),
+                statut(lot, ("S2B-1", "01", h.format(0))),  # stale
+                aife,  # a rejection after the payment: a contradiction
+            ]
+            for n, data in enumerate(answers, start=1):
+                (sshd.download_dir / f"FEN120{n}.xml.part").write_bytes(data)
+                (sshd.download_dir / f"FEN120{n}.xml.part").rename(
+                    sshd.download_dir / f"FEN120{n}.xml"
+                )
+                await until(lambda n=n: returns_done(n), what=f"return {n} applied")
+            return lot
+
+    lot = asyncio.run(scenario())
+    with Journal(config) as db:
+        invoices = {i["invoice_number"]: i for i in db.invoices(lot.flow_id)}
+        states = [r["state"] for r in db.returns()]
+    assert states == ["applied"] * 4
+    assert (invoices["S2B-1"]["status_code"], invoices["S2B-1"]["rejected"]) == ("11", 0)
+    assert (invoices["S2B-12"]["rejected"], invoices["S2B-12"]["flow_not_received"]) == (1, 0)
+    assert (invoices["S2B-2"]["status_code"], invoices["S2B-2"]["rejected"]) == ("11", 0)
+    status = json.loads(Path((lot.final_path or "") + ".status.json").read_text())
+    assert {i["invoice_number"]: i["status_code"] for i in status["invoices"]} == {
+        "S2B-1": "11",
+        "S2B-12": None,
+        "S2B-2": "11",
+    }
+    rejected = Layout(config.gateway.data_dir).rejected(CONN)
+    assert [p.name for p in rejected.glob("*.rejection.json")] == ["f1.xml.rejection.json"]
+    capsys.readouterr()
+    listing = ["flows", "--config", str(config.path), "--format", "json", "--status"]
+    assert main([*listing, "11"]) == 0
+    assert sorted(r["file"] for r in json.loads(capsys.readouterr().out)) == ["f0.xml", "f2.xml"]
+    assert main([*listing, "rejected"]) == 0
+    assert [r["file"] for r in json.loads(capsys.readouterr().out)] == ["f1.xml"]

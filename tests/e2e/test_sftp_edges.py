@@ -298,10 +298,11 @@ def test_the_message_of_a_failure_on_a_sender_is_retryable(tmp_path: Path, sshd:
         asyncio.run(scenario())
 
 
-def test_a_key_file_gone_under_a_running_daemon_is_auth_failed_naming_it(
+def test_a_key_file_gone_under_a_running_daemon_fails_at_once_naming_it(
     tmp_path: Path, sshd: Sshd
 ) -> None:
-    """Not "connect on …: No such file or directory", retried as if the network were down."""
+    """Not "connect on …: No such file or directory", retried as if the network were down: a
+    permanent error naming the key file and the setting to fix."""
     gone = tmp_path / "gone_key"
     settings = replace(settings_of(write_sftp_config(tmp_path, sshd)), private_key=gone)
     source = tmp_path / "g.xml"
@@ -309,9 +310,10 @@ def test_a_key_file_gone_under_a_running_daemon_is_auth_failed_naming_it(
 
     async def scenario() -> str:
         async with SftpSender(settings) as sender:
-            with pytest.raises(AuthenticationError) as refused:
+            with pytest.raises(TransferError) as refused:
                 await sender.send(outbound(source, "g.xml"))
+        assert not refused.value.retryable
         return str(refused.value)
 
     said = asyncio.run(scenario())
-    assert f"cannot read the private key {gone}" in said and "private_key" in said, said
+    assert f"private key {gone}" in said and "private_key" in said, said

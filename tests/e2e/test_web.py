@@ -67,7 +67,7 @@ def simulator(tmp_path: Path) -> Iterator[Path]:
     out = tmp_path / "simulate.out"
     with out.open("wb") as stdout:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.commands", "simulate", "--dir", str(folder)],
+            [sys.executable, "-m", "gateway.cli", "simulate", "--dir", str(folder)],
             stdout=stdout,
             stderr=subprocess.STDOUT,
         )

@@ -215,3 +215,114 @@ def test_to_dict_is_stable_and_json_ready(write) -> None:  # type: ignore[no-unt
     assert data["format"] == "ubl-invoice"
     assert data["format_label"] == "UBL 2.1 Invoice"
     assert {"sha256", "size", "problem", "message", "supplier_id", "buyer_id"} <= set(data)
+
+
+# -- what each outcome says, and the fall-back places a party's identity is read from ----------
+
+UBL_NS = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
+CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
+CII_NS = "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
+
+
+def put(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_ubl_parties_fall_back_to_legal_entity_and_party_name(tmp_path: Path) -> None:
+    def party(role: str, company: str, name: str) -> str:
+        return (
+            f"<cac:{role}><cac:Party><cac:PartyName><cbc:Name>{name}</cbc:Name></cac:PartyName>"
+            f"<cac:PartyLegalEntity><cbc:CompanyID>{company}</cbc:CompanyID>"
+            f"</cac:PartyLegalEntity></cac:Party></cac:{role}>"
+        )
+
+    document = (
+        f'<Invoice xmlns="{UBL_NS}" xmlns:cac="{CAC}" xmlns:cbc="{CBC}"><cbc:ID>F-1</cbc:ID>'
+        + party("AccountingSupplierParty", "S-LEGAL", "Supplier Ltd")
+        + party("AccountingCustomerParty", "B-LEGAL", "Buyer Org")
+        + "</Invoice>"
+    )
+    found = analyze(put(tmp_path, "u.xml", document.encode()))
+    assert (found.supplier_id, found.supplier_name) == ("S-LEGAL", "Supplier Ltd")
+    assert (found.buyer_id, found.buyer_name) == ("B-LEGAL", "Buyer Org")
+    assert found.root == f"{{{UBL_NS}}}Invoice"
+
+
+@pytest.mark.parametrize("where", ["GlobalID", "ID"])
+def test_cii_parties_fall_back_to_global_id_then_id(tmp_path: Path, where: str) -> None:
+    agreement = "".join(
+        f"<ram:{role}><ram:{where}>{who}</ram:{where}></ram:{role}>"
+        for role, who in (("SellerTradeParty", "S-1"), ("BuyerTradeParty", "B-1"))
+    )
+    document = (
+        f'<rsm:CrossIndustryInvoice xmlns:rsm="{CII_NS}" xmlns:ram="urn:ram">'
+        "<rsm:ExchangedDocument><ram:ID>F-1</ram:ID></rsm:ExchangedDocument>"
+        "<rsm:SupplyChainTradeTransaction><ram:ApplicableHeaderTradeAgreement>"
+        f"{agreement}</ram:ApplicableHeaderTradeAgreement></rsm:SupplyChainTradeTransaction>"
+        "</rsm:CrossIndustryInvoice>"
+    )
+    found = analyze(put(tmp_path, "c.xml", document.encode()))
+    assert (found.supplier_id, found.buyer_id) == ("S-1", "B-1")
+
+
+def test_each_refusal_keeps_size_and_digest_and_says_what_it_found(tmp_path: Path) -> None:
+    empty = analyze(put(tmp_path, "e.xml", b""))
+    assert (empty.format, empty.size, empty.problem, empty.message) == (
+        Format.UNKNOWN,
+        0,
+        Problem.EMPTY,
+        "empty file",
+    )
+    assert empty.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    text = analyze(put(tmp_path, "t.txt", b"hello"))
+    assert (text.format, text.size, text.message) == (
+        Format.UNKNOWN,
+        5,
+        "neither XML nor PDF (a UBL, CII or Factur-X invoice was expected)",
+    )
+    assert len(text.sha256) == 64
+    other = analyze(put(tmp_path, "o.xml", b"  \n<other/>"))
+    assert (other.format, other.size, other.root, other.message) == (
+        Format.UNKNOWN,
+        11,
+        "other",
+        "unrecognised root element other",
+    )
+    statut = analyze(put(tmp_path, "s.xml", b"<CPPStatut/>"))
+    assert (statut.format, statut.problem, statut.root, statut.size) == (
+        Format.CPP_STATUT,
+        Problem.NO_INTERFACE_CODE,
+        "CPPStatut",
+        12,
+    )
+    assert statut.message == "CPPStatut documents have no outbound interface code"
+    assert len(statut.sha256) == 64
+    broken = analyze(put(tmp_path, "b.pdf", pdf_attaching(b"<rsm:CrossIndustryInvoice")))
+    assert broken.format is Format.FACTURX and broken.problem is Problem.MALFORMED_XML
+    assert (broken.message or "").startswith("embedded XML: ")
+    assert broken.size == (tmp_path / "b.pdf").stat().st_size and len(broken.sha256) == 64
+    plain = analyze(put(tmp_path, "p.xml", b"<a>"))
+    assert plain.problem is Problem.MALFORMED_XML and not (plain.message or "").startswith("emb")
+    assert plain.size == 3 and len(plain.sha256) == 64
+    ubl_in_pdf = analyze(put(tmp_path, "u.pdf", pdf_attaching(sample("ubl-invoice.xml"))))
+    assert ubl_in_pdf.size > 0 and len(ubl_in_pdf.sha256) == 64
+
+
+def test_utf16_and_bom_documents_are_given_to_the_parser(tmp_path: Path) -> None:
+    ubl = sample("ubl-invoice.xml")
+    utf16 = ubl.decode().replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16-le")
+    assert analyze(put(tmp_path, "16.xml", utf16)).format is Format.UBL_INVOICE
+    undeclared = ubl.split(b"?>", 1)[1].lstrip()
+    assert analyze(put(tmp_path, "tab.xml", b"\t\r\n " + undeclared)).format is Format.UBL_INVOICE
+    assert analyze(put(tmp_path, "x.xml", b"X<a/>")).problem is Problem.UNKNOWN_FORMAT
+
+
+def test_the_analysis_as_json_names_format_and_problem_by_value(tmp_path: Path) -> None:
+    found = analyze(put(tmp_path, "e.xml", b""))
+    data = found.to_dict()
+    assert (data["format"], data["problem"]) == ("unknown", "empty")
+    ok = analyze(put(tmp_path, "u.xml", sample("ubl-invoice.xml"))).to_dict()
+    assert (ok["format"], ok["problem"]) == ("ubl-invoice", None)

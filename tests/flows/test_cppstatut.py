@@ -30,3 +30,43 @@ def test_what_is_written_is_what_the_parser_reads(tmp_path: Path) -> None:
     assert (first.invoice_number, first.code, first.supplier_id) == ("F-7", "05", "12345678200010")
     assert first.comment == "montant < 0 & faux" and first.rejected
     assert (second.invoice_number, second.supplier_id, second.rejected) == ("F-8", None, False)
+
+
+def test_the_document_has_the_shape_of_the_cpp_statut_schema() -> None:
+    """A strict reader finds each value at the path the CPPStatutPivot schema gives it."""
+    from lxml import etree
+
+    statut = cppstatut.Statut(
+        flow_ref="R",
+        produced_at="P",
+        flow=[cppstatut.FlowLine("93", "T", [("E1", "L")])],
+        invoices=[cppstatut.InvoiceLine("F-1", "05", "S", "T2", "C")],
+        version="1.20",
+    )
+    root = etree.fromstring(cppstatut.build(statut))
+    assert root.tag == "CPPStatut" and root.get("Version") == "1.20"
+
+    def at(path: str) -> list[str]:
+        return [e.text for e in root.xpath(path)]
+
+    params = "Enveloppe/EnveloppeUnitaire/Parametres/ParametreIndiv"
+    assert at(f"{params}/Code") == ["DtPrd", "IdFlx"]
+    assert at(f"{params}/Valeurparametre") == ["P", "R"]
+    flow = "CPPFluxStatuts/CPPFluxStatutUnitaire/DonneesStatut"
+    assert at(f"{flow}/IdStatut") == ["93"] and at(f"{flow}/Horodatage") == ["T"]
+    assert at(f"{flow}/Details/LigneErreurDetail/CodeErreur") == ["E1"]
+    assert at(f"{flow}/Details/LigneErreurDetail/LibelleErreur") == ["L"]
+    unit = "CPPFactureStatuts/CPPFactureStatutUnitaire"
+    assert at(f"{unit}/Fournisseur/TypeIdentifiant") == ["1"]
+    assert at(f"{unit}/Fournisseur/Identifiant") == ["S"]
+    assert [e.tag for e in root.xpath(f"{unit}/DonneesStatut/*")] == [
+        "IdStatut",
+        "IdFacture",
+        "Horodatage",
+        "Commentaire",
+    ]
+    assert at(f"{unit}/DonneesStatut/*") == ["05", "F-1", "T2", "C"]
+    bare = etree.fromstring(cppstatut.build(cppstatut.Statut("R", "P")))
+    assert bare.get("Version") == "1.19" and [e.tag for e in bare] == ["Enveloppe"]
+    no_error = cppstatut.Statut("R", "P", flow=[cppstatut.FlowLine("90", "T")])
+    assert not etree.fromstring(cppstatut.build(no_error)).xpath(f"{flow}/Details")

@@ -81,3 +81,46 @@ def test_odd_names_become_safe(name: str, expected: str) -> None:
 def test_bad_templates_are_refused(template: str, message: str) -> None:
     with pytest.raises(naming.TemplateError, match=message):
         naming.check_template(template)
+
+
+def test_template_errors_say_what_to_use() -> None:
+    with pytest.raises(naming.TemplateError) as caught:
+        naming.check_template("{flow_id}{nope}")
+    assert str(caught.value) == (
+        "unknown placeholder {nope}; use one of {date}, {ext}, {flow_id}, {interface}, {name}, "
+        "{partner_code}, {stem}, {structure}, {time}"
+    )
+    with pytest.raises(naming.TemplateError) as caught:
+        naming.check_template("{stem}")
+    assert str(caught.value) == ("the template must contain {flow_id} so that every flow is unique")
+    with pytest.raises(naming.TemplateError) as caught:
+        naming.check_template("out/{flow_id}")
+    assert str(caught.value) == ("the template must not contain '/': it names a file, not a path")
+
+
+def test_remote_names_keep_the_extension_whole_and_stay_under_the_limit() -> None:
+    created = datetime(2026, 11, 23, 10, 15, 0, tzinfo=UTC)
+    flow = "20261123T101500Z-00a1b2"
+
+    def render(name: str, template: str = "{stem}{ext}_{flow_id}") -> str:
+        return naming.remote_name(template, naming.NameParts("I", "P", flow, name, created))
+
+    assert render("a._x") == f"a.x_{flow}" and render("a.xml_") == f"a.xml__{flow}"
+    fits = "x" * (naming.MAX_REMOTE_NAME - len(flow) - 1)
+    assert len(render(fits, "{stem}_{flow_id}")) == naming.MAX_REMOTE_NAME
+    with pytest.raises(naming.TemplateError) as caught:
+        render(fits + "x", "{stem}_{flow_id}")
+    assert str(caught.value).startswith(
+        f"remote name longer than {naming.MAX_REMOTE_NAME} characters: xxx"
+    )
+
+
+def test_safe_names_never_start_with_a_dot_nor_come_out_empty() -> None:
+    assert naming.safe("...") == "_" and naming.safe(".x") == "x" and naming.safe("") == "_"
+    assert naming.split_extension(".tar.gz") == (".tar", ".gz")
+
+
+def test_flow_ids_count_up_one_by_one() -> None:
+    ids = naming.FlowIds(start=0xFFFFFE)
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    assert [ids.new(now)[-6:] for _ in range(3)] == ["fffffe", "ffffff", "000000"]

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.returns import Kind, ReturnFlow, parse
+import pytest
+
+from flows import cppstatut
+from flows.returns import FLOW_FAILED, PISTE_STATE_LABELS, Kind, ReturnFlow, parse
 
 FLOW_ID = "20261123T101500Z-00a1b2"
 
@@ -144,7 +147,12 @@ def test_aife_statut_and_reports_are_read_tolerantly(tmp_path: Path) -> None:
     assert ret.flow_ids == (FLOW_ID,)
     assert ret.invoice_numbers == ("F-1",)
     assert ret.status_words == ("INTEGRE", "REJETEE")
-    assert "not known to raccord" in ret.unrecognised[0]
+    assert [(s.invoice_number, s.code, s.rejected) for s in ret.invoice_statuses] == [
+        ("F-1", "05", True)
+    ]
+    assert ret.unrecognised == (
+        "status INTEGRE names no invoice and is not a flow status (not applied)",
+    )
 
     report = parse(write(tmp_path, "<CSO1100A><Ligne>ok</Ligne></CSO1100A>", "cso.xml"))
     assert report.kind is Kind.INTEGRATION_REPORT and report.flow_ids == ()
@@ -244,3 +252,364 @@ def test_a_piste_invoice_search_becomes_invoice_statuses(tmp_path: Path) -> None
 def test_json_that_is_not_raccords_report_is_read_as_no_known_schema(tmp_path: Path) -> None:
     ret = _piste(tmp_path, {"etatCourantDepotFlux": "IN_INTEGRE"})  # no format: not ours
     assert ret.kind is Kind.UNREADABLE
+
+
+def test_aife_statut_statuses_are_read_record_by_record(tmp_path: Path) -> None:
+    """A FEN1201A rejection used to be journaled `applied` while changing nothing: each element
+    carrying a status (and an invoice number) is now one status, read as CPP Statut's are."""
+    document = f"""<AIFEStatut>
+      <Entete><IdFlux>{FLOW_ID}</IdFlux></Entete>
+      <StatutFlux><CodeStatut>93</CodeStatut><Horodatage>2026-03-02T10:00:00</Horodatage>
+        <IdFlux>{FLOW_ID}</IdFlux></StatutFlux>
+      <StatutFacture><NumeroFacture>FA-1</NumeroFacture><CodeStatut>01</CodeStatut>
+        <Horodatage>2026-03-02T10:01:00</Horodatage><Commentaire>ok</Commentaire>
+        <IdentifiantFournisseur>12345678200010</IdentifiantFournisseur></StatutFacture>
+      <StatutFacture><CodeStatut>05</CodeStatut><NumeroFacture>FA-12</NumeroFacture>
+        <Motif>SIRET inconnu</Motif></StatutFacture>
+      <StatutFacture><NumeroFacture>FA-123</NumeroFacture></StatutFacture>
+      <StatutFacture><NumeroFacture>FA-2</NumeroFacture><Statut>INVENTE</Statut></StatutFacture>
+    </AIFEStatut>"""
+    ret = parse(write(tmp_path, document))
+    assert ret.kind is Kind.AIFE_STATUT and ret.flow_ids == (FLOW_ID,)
+    assert [(s.code, s.label, s.timestamp, s.flow_ref) for s in ret.flow_statuses] == [
+        ("93", "erreur réception", "2026-03-02T10:00:00", FLOW_ID)
+    ]
+    assert ret.flow_statuses[0].failed
+    found = [
+        (s.invoice_number, s.code, s.timestamp, s.comment, s.supplier_id)
+        for s in ret.invoice_statuses
+    ]
+    assert found == [
+        ("FA-1", "01", "2026-03-02T10:01:00", "ok", "12345678200010"),
+        ("FA-12", "05", None, "SIRET inconnu", None),
+        ("FA-2", "INVENTE", None, None, None),
+    ]
+    assert ret.unrecognised == (
+        "invoice FA-123 without a status (not applied)",
+        "unknown invoice status INVENTE for invoice FA-2",
+    )
+
+
+def test_aife_statut_with_nothing_readable_says_so_first(tmp_path: Path) -> None:
+    ret = parse(write(tmp_path, f"<AIFEStatut><Nom>{FLOW_ID}</Nom></AIFEStatut>"))
+    assert ret.kind is Kind.AIFE_STATUT and not ret.flow_statuses and not ret.invoice_statuses
+    assert ret.unrecognised == (
+        "schema of AIFEStatut is not known to raccord and no status could be read from it: "
+        "stored as received; found 1 flow id(s), 0 invoice number(s), 0 status word(s)",
+    )
+
+
+def test_other_unknown_documents_are_reported_never_applied(tmp_path: Path) -> None:
+    document = "<CSO1100A><L><NumeroFacture>F-1</NumeroFacture><Statut>05</Statut></L></CSO1100A>"
+    ret = parse(write(tmp_path, document, "cso.xml"))
+    assert ret.kind is Kind.INTEGRATION_REPORT
+    assert not ret.invoice_statuses and ret.invoice_numbers == ("F-1",)
+    assert "integration_report documents are reported, never applied" in ret.unrecognised
+
+
+# -- PISTE: every state, every field, a junk entry never hides the rest ----------------------
+
+REPORT = "raccord/piste-consulterCRDetaille"
+SEARCH = "raccord/piste-rechercherFactureParFournisseur"
+
+
+@pytest.mark.parametrize("state", sorted(PISTE_STATE_LABELS))
+def test_every_known_piste_state_is_read_with_its_label_and_only_in_rejete_fails(
+    tmp_path: Path, state: str
+) -> None:
+    ret = _piste(tmp_path, {"format": REPORT, "answer": {"etatCourantDepotFlux": state}})
+    (status,) = ret.flow_statuses
+    assert (status.code, status.label) == (state, PISTE_STATE_LABELS[state])
+    assert status.failed is (state == "IN_REJETE") and ret.unrecognised == ()
+
+
+def test_the_piste_states_are_the_documented_ones() -> None:
+    assert PISTE_STATE_LABELS == {
+        "IN_RECU": "reçu",
+        "IN_TRAITE_SE_CPP": "traité par le service d'échange",
+        "IN_EN_ATTENTE_TRAITEMENT_CPP": "en attente de traitement",
+        "IN_EN_COURS_TRAITEMENT_CPP": "en cours de traitement",
+        "IN_EN_ATTENTE_RETRAITEMENT_CPP": "en attente de retraitement",
+        "IN_INTEGRE": "intégré",
+        "IN_INTEGRE_PARTIEL": "intégré partiellement",
+        "IN_REJETE": "rejeté",
+        "IN_INCIDENTE": "en incident (à redéposer)",
+    }
+    assert set(FLOW_FAILED) == {"93", "94", "95", "IN_REJETE"}
+
+
+def test_a_piste_report_keeps_its_time_number_and_errors_past_junk_entries(
+    tmp_path: Path,
+) -> None:
+    ret = _piste(
+        tmp_path,
+        {
+            "format": REPORT,
+            "numeroFluxDepot": " DF42 ",
+            "answer": {
+                "etatCourantDepotFlux": "IN_REJETE",
+                "dateHeureEtatCourantFlux": "2026-11-23T10:00:00.000+01:00",
+                "nomFichier": f"FSO1100A_VFE056_{FLOW_ID}.xml",
+                "listeErreurDP": [
+                    "junk",
+                    {"numeroDP": "F-1", "libelleErreurDP": "montant"},
+                    {"numeroDP": "F-2"},
+                ],
+                "listeErreurTechnique": [
+                    7,
+                    {"codeErreur": "T1", "libelleErreur": "vide", "natureErreur": "F"},
+                    {"codeErreur": "T2"},
+                ],
+            },
+        },
+    )
+    (status,) = ret.flow_statuses
+    assert status.timestamp == "2026-11-23T10:00:00.000+01:00" and status.flow_ref == "DF42"
+    assert ret.parameters == {"numeroFluxDepot": "DF42"} and ret.flow_ids == (FLOW_ID,)
+    assert [(e.nature, e.code, e.label, e.description) for e in status.errors] == [
+        ("DP", "F-1", "montant", None),
+        ("DP", "F-2", None, None),
+        ("F", "T1", "vide", None),
+        (None, "T2", None, None),
+    ]
+    assert ret.kind is Kind.PISTE_REPORT and ret.root == "json"
+
+
+def test_a_piste_report_without_answer_or_state_says_so(tmp_path: Path) -> None:
+    bare = _piste(tmp_path, {"format": REPORT, "answer": "oops"})
+    assert (bare.kind, bare.flow_statuses, bare.unrecognised) == (
+        Kind.PISTE_REPORT,
+        (),
+        ("no answer in the report",),
+    )
+    stateless = _piste(tmp_path, {"format": REPORT, "answer": {}})
+    assert stateless.flow_statuses == ()
+    assert stateless.unrecognised == ("unknown deposit state (none)",)
+
+
+def test_a_junk_entry_in_a_piste_invoice_search_never_drops_the_invoices_after_it(
+    tmp_path: Path,
+) -> None:
+    ret = _piste(
+        tmp_path,
+        {
+            "format": SEARCH,
+            "numeroFluxDepot": "DF42",
+            "nomFichier": f"FSO1100A_VFE056_{FLOW_ID}.xml",
+            "answer": {
+                "listeFactures": [
+                    "junk",
+                    {
+                        "numeroFacture": " F-1 ",
+                        "statut": "REJETEE",
+                        "dateHeureEtatCourant": "2026-11-24T09:00:00",
+                        "identifiantDestinataire": "11000201100044",
+                        "identifiantFactureCPP": 4242,
+                    },
+                    None,
+                    {"numeroFacture": "F-2", "statut": "MISE_EN_PAIEMENT"},
+                    {"numeroFacture": "F-3"},
+                ]
+            },
+        },
+    )
+    first, second, third = ret.invoice_statuses
+    assert (first.invoice_number, first.code, first.label) == (
+        "F-1",
+        "05",
+        "rejetée (autre motif)",
+    )
+    assert (first.timestamp, first.debtor_id, first.comment) == (
+        "2026-11-24T09:00:00",
+        "11000201100044",
+        "identifiantFactureCPP 4242",
+    )
+    assert (first.supplier_id, first.supplier_id_type, first.supplier_name) == (None, None, None)
+    assert first.debtor_service is None
+    assert (second.invoice_number, second.code) == ("F-2", "11")
+    assert (third.code, third.label) == ("", None)
+    assert ret.unrecognised == ("unknown invoice status (none)",)
+    # The link back to our flow: the deposit's file name and number.
+    assert ret.flow_ids == (FLOW_ID,) and ret.parameters == {"numeroFluxDepot": "DF42"}
+    assert ret.kind is Kind.PISTE_INVOICES and ret.root == "json"
+
+
+def test_a_piste_invoice_search_with_no_invoice_says_so(tmp_path: Path) -> None:
+    for answer in ({"listeFactures": []}, {"listeFactures": "x"}, "x"):
+        ret = _piste(tmp_path, {"format": SEARCH, "answer": answer})
+        assert ret.invoice_statuses == ()
+        assert ret.unrecognised == ("no invoice in listeFactures",)
+
+
+def test_an_unknown_piste_word_keeps_its_own_label(tmp_path: Path) -> None:
+    ret = _piste(
+        tmp_path,
+        {"format": SEARCH, "answer": {"listeFactures": [{"numeroFacture": "F", "statut": "X"}]}},
+    )
+    assert (ret.invoice_statuses[0].code, ret.invoice_statuses[0].label) == ("X", "X")
+
+
+def test_json_is_recognised_past_leading_space_and_broken_json_is_unreadable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spaced.json"
+    path.write_text("   \n" + json.dumps({"format": REPORT, "answer": {}}))
+    assert parse(path).kind is Kind.PISTE_REPORT
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "raccord/piste-consulterCRDetaille", ')
+    assert parse(broken).kind is Kind.UNREADABLE
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "something else"}))
+    assert parse(other).kind is Kind.UNREADABLE
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"format": "\xff"}')
+    assert parse(latin).kind is Kind.UNREADABLE
+
+
+# -- CPP Statut: what raccord's own simulator writes, read back whole --------------------------
+
+
+def test_cpp_statut_written_then_read_keeps_every_field_and_timestamp(tmp_path: Path) -> None:
+    """Horodatage is what orders an invoice's statuses: it must survive writing and reading."""
+    document = cppstatut.build(
+        cppstatut.Statut(
+            flow_ref=f"FSO1100A_VFE056_{FLOW_ID}.xml",
+            produced_at="2026-11-23T10:00:00",
+            flow=[cppstatut.FlowLine("93", "2026-11-23T10:01:00", [("E1", "Facture F-1")])],
+            invoices=[
+                cppstatut.InvoiceLine("F-1", "05", "12345678200010", "2026-11-23T10:02:00", "c"),
+                cppstatut.InvoiceLine("F-2", "01"),
+            ],
+        )
+    )
+    assert document.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    ret = parse(write(tmp_path, document))
+    assert ret.version == "1.19" and ret.production_date == "2026-11-23T10:00:00"
+    assert ret.flow_ref == f"FSO1100A_VFE056_{FLOW_ID}.xml" and ret.flow_ids == (FLOW_ID,)
+    (flow,) = ret.flow_statuses
+    assert (flow.code, flow.timestamp) == ("93", "2026-11-23T10:01:00")
+    assert [(e.code, e.label) for e in flow.errors] == [("E1", "Facture F-1")]
+    first, second = ret.invoice_statuses
+    assert (first.invoice_number, first.code, first.timestamp, first.comment) == (
+        "F-1",
+        "05",
+        "2026-11-23T10:02:00",
+        "c",
+    )
+    assert (first.supplier_id, first.supplier_id_type) == ("12345678200010", "1")
+    assert (second.supplier_id, second.timestamp, second.comment) == (None, None, None)
+    assert ret.unrecognised == ()
+    empty = parse(write(tmp_path, cppstatut.build(cppstatut.Statut("x", "y")), "e.xml"))
+    assert "CPPFluxStatuts" not in cppstatut.build(cppstatut.Statut("x", "y")).decode()
+    assert empty.flow_statuses == () and empty.invoice_statuses == ()
+
+
+# -- CPP Statut: records without their usual wrapping, boundaries of the code ranges ----------
+
+
+def test_cpp_statut_records_read_outside_donnees_statut_and_every_gap_reported(
+    tmp_path: Path,
+) -> None:
+    document = f"""<CPPStatut>
+      <Enveloppe><EnveloppeUnitaire><Parametres>
+        <ParametreIndiv><Code>IdFlx</Code></ParametreIndiv>
+      </Parametres><Partenaires><Emetteur/></Partenaires></EnveloppeUnitaire></Enveloppe>
+      <CPPFluxStatuts>
+        <CPPFluxStatutUnitaire><IdStatut>97</IdStatut><IdFlux>{FLOW_ID}</IdFlux>
+        </CPPFluxStatutUnitaire>
+        <CPPFluxStatutUnitaire><DonneesStatut><IdStatut>90</IdStatut></DonneesStatut>
+          <IdFlux>{FLOW_ID}</IdFlux></CPPFluxStatutUnitaire>
+        <CPPFluxStatutUnitaire><DonneesStatut/></CPPFluxStatutUnitaire>
+      </CPPFluxStatuts>
+      <CPPFactureStatuts>
+        <CPPFactureStatutUnitaire><IdStatut>13</IdStatut><IdFacture>F-1</IdFacture>
+          <Horodatage>2026-11-23T10:00:00</Horodatage></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>41</IdStatut></DonneesStatut>
+          <IdFacture>F-2</IdFacture></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>12</IdStatut>
+          <IdFacture/></DonneesStatut></CPPFactureStatutUnitaire>
+        <CPPFactureStatutUnitaire><DonneesStatut><IdStatut>42</IdStatut>
+          <IdFacture>F-4</IdFacture></DonneesStatut></CPPFactureStatutUnitaire>
+      </CPPFactureStatuts>
+    </CPPStatut>"""
+    ret = parse(write(tmp_path, document))
+    assert ret.root == "CPPStatut" and ret.version is None
+    assert ret.parameters == {"IdFlx": ""} and ret.sender == "" and ret.recipient is None
+    assert [(s.code, s.label, s.flow_ref) for s in ret.flow_statuses] == [
+        ("97", None, FLOW_ID),
+        ("90", "reçu", FLOW_ID),
+    ]
+    assert ret.flow_ids == (FLOW_ID,)
+    assert [(s.code, s.invoice_number, s.timestamp) for s in ret.invoice_statuses] == [
+        ("13", "F-1", "2026-11-23T10:00:00"),
+        ("41", "F-2", None),
+        ("12", None, None),
+        ("42", "F-4", None),
+    ]
+    assert ret.unrecognised == (
+        "unknown flow status code 97",
+        "CPPFluxStatutUnitaire without IdStatut (ignored)",
+        "invoice status code 13 has no published label",
+        "invoice status code 41 has no published label",
+        "invoice status 12 without IdFacture",
+        "unknown invoice status code 42",
+    )
+
+
+@pytest.mark.parametrize(
+    ("root", "kind"),
+    [
+        ("AIFEStatut", Kind.AIFE_STATUT),
+        ("StatutAIFE", Kind.AIFE_STATUT),
+        ("AIFEFlux", Kind.UNKNOWN),
+        ("Statut", Kind.UNKNOWN),
+        ("CSO1100A", Kind.INTEGRATION_REPORT),
+        ("CRDetaille", Kind.INTEGRATION_REPORT),
+        ("RapportDepot", Kind.INTEGRATION_REPORT),
+        ("CompteRenduIntegration", Kind.INTEGRATION_REPORT),
+        ("Facture", Kind.UNKNOWN),
+    ],
+)
+def test_documents_of_unknown_schema_are_classed_by_their_root(
+    tmp_path: Path, root: str, kind: Kind
+) -> None:
+    ret = parse(write(tmp_path, f"<{root}><x>1</x></{root}>"))
+    assert (ret.kind, ret.root) == (kind, root)
+
+
+def test_a_tolerant_field_left_empty_is_no_value(tmp_path: Path) -> None:
+    document = (
+        "<AIFEStatut><Facture><NumeroFacture>F-1</NumeroFacture><CodeStatut/></Facture>"
+        "<Facture><NumeroFacture> </NumeroFacture><CodeStatut>05</CodeStatut></Facture>"
+        "</AIFEStatut>"
+    )
+    ret = parse(write(tmp_path, document))
+    assert ret.invoice_statuses == () and ret.flow_statuses == ()
+    assert ret.unrecognised[1:] == (
+        "invoice F-1 without a status (not applied)",
+        "status 05 names no invoice and is not a flow status (not applied)",
+    )
+
+
+def test_what_a_return_without_content_says_of_itself(tmp_path: Path) -> None:
+    from flows.returns import ErrorDetail
+
+    assert ErrorDetail(None, None, None, None).text() == "(no detail)"
+    assert parse(write(tmp_path, b"<nope", "bad.xml")).root == ""
+    assert parse(tmp_path / "missing.xml").root == ""
+    no_answer = _piste(tmp_path, {"format": REPORT})
+    assert no_answer.root == "json" and no_answer.parameters == {}
+    unnumbered = _piste(tmp_path, {"format": REPORT, "answer": {"etatCourantDepotFlux": "X"}})
+    assert unnumbered.parameters == {"numeroFluxDepot": ""}
+    searched = _piste(tmp_path, {"format": SEARCH, "answer": {}})
+    assert searched.parameters == {"numeroFluxDepot": ""}
+
+
+def test_an_aife_status_gets_the_label_of_its_code(tmp_path: Path) -> None:
+    document = (
+        "<AIFEStatut><F><NumeroFacture>F-1</NumeroFacture><Statut>REJETEE</Statut></F>"
+        "<G><Etat>93</Etat></G></AIFEStatut>"
+    )
+    ret = parse(write(tmp_path, document))
+    assert ret.invoice_statuses[0].label == "rejetée (autre motif)"
+    assert (ret.flow_statuses[0].code, ret.flow_statuses[0].label) == ("93", "erreur réception")

@@ -57,7 +57,7 @@ def raccord(site: Path | None, *args: str, **kwargs: object) -> subprocess.Popen
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.commands", *args],
+        [sys.executable, "-m", "gateway.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -150,7 +150,7 @@ def test_a_listen_address_held_by_another_program_is_named(
         status, _, err = checked(path, capsys)
     assert status == 1
     [line] = err
-    assert f"gateway.ops.metrics: 127.0.0.1:{port} is already in use by another program" in line
+    assert f"gateway.metrics: 127.0.0.1:{port} is already in use by another program" in line
     status, _, err = checked(path, capsys)  # freed
     assert (status, err) == (0, [])
 

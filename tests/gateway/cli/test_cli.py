@@ -20,8 +20,8 @@ from gateway.folders import Layout
 from gateway.journal import JournalDB
 from protocols import memory
 from tests.conftest import sample
+from tests.gateway.cli.test_check import sftp_config
 from tests.gateway.harness import drop, filed, memory_config, rows, running, until
-from tests.gateway.test_check import sftp_config
 
 EXAMPLE = Path(__file__).parents[3] / "config" / "raccord.example.toml"
 
@@ -116,7 +116,7 @@ def test_flows_lists_the_journal_in_every_format(
     assert [(r["original_name"], r["reason"]) for r in table] == [("bad.xml", "unknown_format")]
     assert main(["flows", "--config", cfg, "--format", "table", "--invoice", "DEMO-UBL-0001"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("FLOW_ID") and len(lines) == 2 and "good.xml" in lines[1]
+    assert lines[0].startswith("INVOICE_NUMBER") and len(lines) == 2 and "good.xml" in lines[1]
 
 
 def test_retry_needs_flows_or_failed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_unknown_flow_retry_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli.commands", "demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -172,7 +172,7 @@ def test_simulate_serves_sftp_as2_and_pesit_to_the_configuration_it_prints(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "sim"
-    command = [sys.executable, "-m", "gateway.cli.commands", "simulate", "--dir", str(folder)]
+    command = [sys.executable, "-m", "gateway.cli", "simulate", "--dir", str(folder)]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as simulator:

@@ -144,7 +144,7 @@ def test_one_flow_in_a_table_shows_its_invoices_and_history(
 def test_a_reader_that_stops_reading_is_no_error(tmp_path: Path) -> None:
     config = memory_config(tmp_path, "pipe")
     journal_with(config, [timedelta(seconds=5000 - i) for i in range(3000)])
-    command = [sys.executable, "-m", "gateway.cli.commands", "flows", "--config", str(config.path)]
+    command = [sys.executable, "-m", "gateway.cli", "flows", "--config", str(config.path)]
     with subprocess.Popen(
         [*command, "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as process:

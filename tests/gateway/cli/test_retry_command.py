@@ -9,8 +9,8 @@ import pytest
 
 from gateway.cli.commands import main
 from protocols import memory
+from tests.gateway.flow.test_dispatcher import invoice
 from tests.gateway.harness import deliver, memory_config
-from tests.gateway.test_dispatcher import invoice
 
 
 def retry(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

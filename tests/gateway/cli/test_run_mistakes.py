@@ -16,7 +16,7 @@ from tests.gateway.harness import memory_config_text
 
 def run(config: Path) -> tuple[int, str, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli.commands", "run", "--config", str(config)],
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -36,7 +36,7 @@ def test_under_journald_each_line_carries_its_priority(tmp_path: Path) -> None:
         found = os.fstat(stdout.fileno())
         environment = {**os.environ, "JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"}
         subprocess.run(
-            [sys.executable, "-m", "gateway.cli.commands", "run", "--config", str(path)],
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
             stdout=stdout,
             stderr=subprocess.DEVNULL,
             env=environment,
@@ -66,7 +66,7 @@ def test_a_metrics_address_in_use_is_one_sentence(tmp_path: Path) -> None:
         status, out, err = run(path)
     assert status == 2
     assert err == (
-        f"raccord: {path}: gateway.ops.metrics: 127.0.0.1:{port} is already in use by another "
+        f"raccord: {path}: gateway.metrics: 127.0.0.1:{port} is already in use by another "
         "program (ss -ltnp shows which); choose another address\n"
     )
     [failed] = [json.loads(line) for line in out.splitlines() if "start_failed" in line]

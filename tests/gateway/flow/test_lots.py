@@ -21,7 +21,7 @@ from gateway.journal import TERMINAL, FlowRow, JournalDB
 from gateway.returns import pipeline as returns
 from protocols import memory
 from tests.gateway.harness import answer_lost_after, deliver, memory_config, rows, sidecar
-from tests.gateway.test_returns import cpp_statut, invoice
+from tests.gateway.returns.test_returns import cpp_statut, invoice
 
 _buckets = itertools.count()
 CONN = "qualif-mem"
@@ -193,18 +193,25 @@ def test_one_bad_invoice_in_a_lot_of_twenty(
 
     capsys.readouterr()
     listing = ["flows", "--config", str(config.path), "--format", "json"]
+    # The invoices themselves, each with its own status, its dropped file's flow and its lot.
     assert main([*listing, "--invoice", "F-007"]) == 0
-    found = {("lot" if r["packaging"] else "file"): r for r in json.loads(capsys.readouterr().out)}
-    assert found["lot"]["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
-    assert found["file"]["return_status"] == "rejected"
-    assert found["file"]["lot_id"] == lot.flow_id and found["file"]["state"] == "packed"
+    (guilty,) = json.loads(capsys.readouterr().out)
+    assert guilty["status"] == "05 rejetée (autre motif)" and guilty["lot_id"] == lot.flow_id
+    assert guilty["file"] == "f07.xml" and guilty["flow_id"] != lot.flow_id
+    assert [h["code"] for h in guilty["history"]] == [flow_code, "05"]
     assert main([*listing, "--invoice", "F-003"]) == 0
-    (innocent,) = [r for r in json.loads(capsys.readouterr().out) if not r["packaging"]]
-    assert innocent["return_status"] == ("rejected (collateral)" if collateral else "01 déposée")
+    (innocent,) = json.loads(capsys.readouterr().out)
+    assert innocent["status"] == ("rejected (collateral)" if collateral else "01 déposée")
     assert main([*listing, "--status", "collateral"]) == 0
-    assert [r["flow_id"] for r in json.loads(capsys.readouterr().out)] == (
-        [lot.flow_id] if collateral else []
-    )
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == collateral and {r["lot_id"] for r in listed} <= {lot.flow_id}
+    assert "f07.xml" not in {r["file"] for r in listed}
+    assert main([*listing, "--status", "05"]) == 0
+    assert [r["file"] for r in json.loads(capsys.readouterr().out)] == ["f07.xml"]
+    # The flows view of the lot still sums its invoices up.
+    assert main([*listing, "--flow", lot.flow_id]) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["return_status"] == f"{rejected}/20 rejected ({collateral} collateral)"
 
 
 def test_resubmission_sends_the_collateral_invoices_once_in_a_new_lot(tmp_path: Path) -> None:
@@ -300,3 +307,88 @@ def test_a_lot_journaled_whose_answer_was_lost_is_sent_not_thrown_away(
     assert {r.state for r in found if not r.packaging} == {"packed"}
     layout = Layout(config.gateway.data_dir)
     assert not list(layout.error(CONN).iterdir())
+
+
+@pytest.mark.parametrize("flow_code", ["93", "94", "95"])
+def test_a_flow_level_failure_under_partial_fails_every_invoice_and_resubmits_the_unnamed(
+    tmp_path: Path, flow_code: str
+) -> None:
+    """A 93 naming one invoice of a Partielle lot used to leave the four others `sent` with no
+    status ever to come: the flow was not received. All five fail; the four the error does not
+    name are marked flow_not_received and go again under resubmit_collateral."""
+    config, bucket = lot_config(tmp_path, mode="partial", max_invoices=5, resubmit=True)
+    five = {f"f{i:02}.xml": invoice(f"S2B-{i}") for i in (1, 12, 2, 3, 4)}
+    (lot,) = lots_of(deliver(config, five))
+    outcome = apply_return(
+        config,
+        cpp_statut(
+            flow_ref=lot.remote_name or "", flow_code=flow_code, errors=("Facture S2B-12 : XSD",)
+        ),
+    )
+    assert (outcome.rejected, outcome.collateral) == (5, 0)
+    layout = Layout(config.gateway.data_dir)
+    documents = {
+        d["invoice_number"]: d
+        for d in (json.loads(p.read_text()) for p in layout.rejected(CONN).glob("*.rejection.json"))
+    }
+    assert set(documents) == {"S2B-1", "S2B-12", "S2B-2", "S2B-3", "S2B-4"}
+    assert [n for n, d in documents.items() if not d["flow_not_received"]] == ["S2B-12"]
+    assert all(d["reasons"][-1].startswith(f"flow status {flow_code}") for d in documents.values())
+    found = deliver(config, {})
+    (again,) = [r for r in lots_of(found) if r.resubmit_of == lot.flow_id]
+    sent = dict(lots.read_members(memory.bucket(bucket).files[again.remote_name or ""]))
+    assert sorted(sent) == ["f01.xml", "f02.xml", "f03.xml", "f04.xml"]  # never S2B-12's f12
+
+
+def test_a_partial_integration_rejects_only_the_named_invoice_not_its_prefix(
+    tmp_path: Path,
+) -> None:
+    """A 96 naming S2B-12 rejected S2B-1 as well (substring match)."""
+    config, _ = lot_config(tmp_path, mode="partial", max_invoices=2)
+    (lot,) = lots_of(deliver(config, {"a.xml": invoice("S2B-1"), "b.xml": invoice("S2B-12")}))
+    outcome = apply_return(
+        config,
+        cpp_statut(flow_ref=lot.remote_name or "", flow_code="96", errors=("Facture S2B-12",)),
+    )
+    assert (outcome.rejected, outcome.collateral) == (1, 0)
+    (report,) = Layout(config.gateway.data_dir).rejected(CONN).glob("*.rejection.json")
+    assert json.loads(report.read_text())["invoice_number"] == "S2B-12"
+
+
+def test_an_invoice_history_across_lots_and_resubmission_in_table_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raccord flows --invoice N` shows where an invoice travelled — its lot, the lot that
+    resubmitted it — and every status it got, in a table as in JSON."""
+    config, _ = lot_config(tmp_path, max_invoices=2, resubmit=True)
+    (lot,) = lots_of(deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")}))
+    apply_return(
+        config,
+        cpp_statut(flow_ref=lot.remote_name or "", invoices=(("F-000", "05"), ("F-001", "01"))),
+    )
+    (again,) = [r for r in lots_of(deliver(config, {})) if r.resubmit_of == lot.flow_id]
+    apply_return(config, cpp_statut(flow_ref=again.remote_name or "", invoices=(("F-001", "03"),)))
+
+    capsys.readouterr()
+    listing = ["flows", "--config", str(config.path), "--invoice", "F-001"]
+    assert main([*listing, "--format", "json"]) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert (first["lot_id"], first["resubmitted_in"], first["status"]) == (
+        lot.flow_id,
+        again.flow_id,
+        "rejected (collateral)",
+    )
+    assert (second["lot_id"], second["resubmit_of"], second["status"]) == (
+        again.flow_id,
+        lot.flow_id,
+        "03 mise à disposition",
+    )
+    assert first["flow_id"] == second["flow_id"]  # one dropped file, two lots
+    assert main([*listing, "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["INVOICE_NUMBER", "FILE", "FLOW_ID"]
+    assert len(lines) == 5  # header, the first lot's row and its 01, the second's and its 03
+    assert "rejected (collateral)" in lines[1] and "↳ invoice status" in lines[2]
+    assert "01 déposée" in lines[2] and "03 mise à disposition" in lines[4]
+    assert main([*listing, "--format", "csv", "--status", "03"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # header, the invoice, its status

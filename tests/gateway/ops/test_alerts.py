@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway import config as config_module
 from gateway.config import AlertSettings, ConfigError
-from gateway.ops.alerts import Alerter
+from gateway.ops.alerts import Alert, Alerter
 from tests.gateway.harness import drop, filed, memory_config, rows, running, until
 from tests.gateway.receivers import Mailbox, Webhook
 
@@ -260,7 +260,7 @@ def test_the_commented_example_loads_once_uncommented(tmp_path: Path) -> None:
 
 def test_a_return_flow_rejecting_an_invoice_alerts(tmp_path: Path) -> None:
     from protocols import memory
-    from tests.gateway.test_returns import cpp_statut, invoice
+    from tests.gateway.returns.test_returns import cpp_statut, invoice
 
     bucket = f"alerts-returns-{time.monotonic_ns()}"
     memory.BUCKETS.pop(bucket, None)
@@ -288,3 +288,40 @@ def test_a_return_flow_rejecting_an_invoice_alerts(tmp_path: Path) -> None:
         "return flow FEN1200A_9.xml on qualif-mem rejected 1 invoice(s); see rejected/qualif-mem/"
     )
     assert document["details"]["rejected"] == 1 and document["details"]["collateral"] == 0
+
+
+class Recorder(Alerter):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[Alert] = []
+
+    def alert(self, alert: Alert) -> None:
+        self.sent.append(alert)
+
+
+@pytest.mark.parametrize("state", ["unmatched", "unreadable", "unrecognised"])
+def test_a_return_not_accounted_for_alerts(state: str) -> None:
+    """Every return accounted for: one that matches no flow, cannot be read, or holds no
+    status raccord understands reaches a person, not only the log."""
+    from gateway.returns.pipeline import Outcome
+
+    recorder = Recorder()
+    recorder.returned("qualif-mem", "FEN1201A_1.xml", Outcome("R1", state, (), 0, 0, "why"))
+    (alert,) = recorder.sent
+    assert alert.kind == f"return_{state}" and alert.connection == "qualif-mem"
+    assert alert.summary.startswith(f"return flow FEN1201A_1.xml on qualif-mem is {state}: ")
+    assert "inbox/qualif-mem/" in alert.summary and alert.details["message"] == "why"
+
+
+def test_an_anomaly_alerts_and_an_applied_return_without_rejection_does_not() -> None:
+    from gateway.returns.pipeline import Outcome
+
+    recorder = Recorder()
+    recorder.returned("c", "f.xml", Outcome("R1", "applied", ("F1",), 0, 0, ""))
+    recorder.returned("c", "f.xml", Outcome("R1", "duplicate", (), 0, 0, ""))
+    assert recorder.sent == []
+    recorder.returned(
+        "c", "f.xml", Outcome("R2", "applied", ("F1",), 0, 0, "", anomalies=("contradiction",))
+    )
+    (alert,) = recorder.sent
+    assert alert.kind == "return_anomaly" and "contradiction" in alert.summary

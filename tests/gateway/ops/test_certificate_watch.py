@@ -18,7 +18,7 @@ from protocols.certs import KeyPair
 from tests.as2_config import write_as2_config
 from tests.conftest import sample
 from tests.gateway.harness import drop, filed, rows, running, until
-from tests.gateway.test_metrics import parse
+from tests.gateway.ops.test_metrics import parse
 
 
 def test_an_expired_partner_certificate_blocks_the_connection_before_any_attempt(

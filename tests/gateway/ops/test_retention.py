@@ -146,7 +146,7 @@ def test_retention_is_at_least_90_days_or_off(tmp_path: Path, value: str, ok: bo
     if ok:
         load(path)
     else:
-        with pytest.raises(ConfigError, match=r"gateway.ops.retention: at least 90d"):
+        with pytest.raises(ConfigError, match=r"gateway.retention: at least 90d"):
             load(path)
 
 

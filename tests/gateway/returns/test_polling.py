@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gateway.folders import Layout
 from gateway.journal import Journal, JournalDB
+from gateway.ops.alerts import Alert, Alerter
 from gateway.returns import pipeline as returns
 from gateway.returns.polling import Poller, sources
 from gateway.sandbox.pesit_partner import Account, PesitResponder
@@ -18,7 +20,7 @@ from protocols import memory
 from protocols.errors import ConnectError, RemotePermissionDenied, TransferTimeout
 from protocols.pesit.sender import PesitSender, PesitSettings
 from tests.gateway.harness import deliver, memory_config, running, until
-from tests.gateway.test_returns import cpp_statut, invoice
+from tests.gateway.returns.test_returns import cpp_statut, invoice
 
 _buckets = itertools.count()
 CONN = "qualif-mem"
@@ -298,3 +300,64 @@ def test_at_start_a_queues_interrupted_read_is_kept_and_other_downloads_removed(
 
     asyncio.run(main())
     assert sorted(p.name for p in inbox.glob(".*")) == [".pull.download"]
+
+
+# -- returns that never come: return_deadline -------------------------------------------------
+
+
+class Recorder(Alerter):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[Alert] = []
+
+    def alert(self, alert: Alert) -> None:
+        self.sent.append(alert)
+
+
+def test_a_flow_with_no_return_after_return_deadline_is_overdue_once(tmp_path: Path) -> None:
+    """A lot sent over SFTP, AS2 or PeSIT whose return never comes used to go unnoticed."""
+    config, _, row = setup(tmp_path)
+    assert config.connections[0].return_deadline == 3 * 86400  # the default, "3d"
+    recorder = Recorder()
+    sent_at = datetime.fromisoformat(row.updated_at)
+
+    async def check(*offsets: timedelta) -> list[dict[str, list[str]]]:
+        journal_ = Journal(Layout(config.gateway.data_dir).journal)
+        await journal_.open()
+        try:
+            poller = Poller(config, journal_, {}, recorder)
+            return [await poller.check_overdue(sent_at + offset) for offset in offsets]
+        finally:
+            await journal_.close()
+
+    early, late, again = asyncio.run(
+        check(timedelta(days=2, hours=23), timedelta(days=3, seconds=1), timedelta(days=4))
+    )
+    assert (early, late, again) == ({}, {CONN: [row.flow_id]}, {})
+    (alert,) = recorder.sent
+    assert alert.kind == "return_overdue" and alert.connection == CONN
+    assert "facture.xml" in alert.summary and alert.details["flows"] == [row.flow_id]
+
+    # Once a return speaks of the flow, it is no longer overdue (a new gateway run included).
+    db = journal(config)
+    path = tmp_path / "status.xml"
+    path.write_bytes(cpp_statut(flow_ref=row.remote_name or "", flow_code="90"))
+    returns.receive(db, Layout(config.gateway.data_dir), CONN, path)
+    db.close()
+    assert asyncio.run(check(timedelta(days=5))) == [{}]
+
+
+def test_return_deadline_zero_turns_the_check_off(tmp_path: Path) -> None:
+    config, _, _ = setup(tmp_path, connection_extra='return_deadline = "0s"')
+    assert config.connections[0].return_deadline == 0
+
+    async def check() -> dict[str, list[str]]:
+        journal_ = Journal(Layout(config.gateway.data_dir).journal)
+        await journal_.open()
+        try:
+            poller = Poller(config, journal_, {}, Recorder())
+            return await poller.check_overdue(datetime.now(UTC) + timedelta(days=365))
+        finally:
+            await journal_.close()
+
+    assert asyncio.run(check()) == {}

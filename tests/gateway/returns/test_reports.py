@@ -20,7 +20,7 @@ from protocols import memory
 from protocols.base import Capabilities, Report
 from protocols.errors import RemoteBusy
 from tests.gateway.harness import answer_lost_after, deliver, memory_config
-from tests.gateway.test_returns import invoice
+from tests.gateway.returns.test_returns import invoice
 
 _buckets = itertools.count()
 CONN = "qualif-mem"

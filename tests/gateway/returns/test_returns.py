@@ -13,6 +13,7 @@ from flows import cppstatut
 from gateway.cli.commands import main
 from gateway.folders import Layout
 from gateway.journal import JournalDB
+from gateway.ops.metrics import JournalCollector
 from gateway.returns import pipeline as returns
 from protocols import memory
 from tests.conftest import sample
@@ -256,3 +257,168 @@ def test_a_return_stored_but_not_journaled_before_a_crash_is_applied_at_start(
     )
     assert invoice_row["rejected"] == 1
     assert orphan.exists() and not copy.exists()
+
+
+# -- the status history: current status derived, final never replaced ------------------------
+
+
+def stamped(flow_ref: str, *lines: tuple[str, str, str]) -> bytes:
+    """A CPP Statut with (invoice number, code, Horodatage) lines."""
+    return cppstatut.build(
+        cppstatut.Statut(
+            flow_ref=flow_ref,
+            produced_at="2026-11-23T12:00:00",
+            invoices=[
+                cppstatut.InvoiceLine(number, code, "12345678200010", at=at)
+                for number, code, at in lines
+            ],
+        )
+    )
+
+
+def import_returns(config, tmp_path: Path, *documents: bytes) -> None:  # type: ignore[no-untyped-def]
+    for n, data in enumerate(documents):
+        path = tmp_path / f"FEN1200A_{n}.xml"
+        path.write_bytes(data)
+        assert main(["import", "--config", str(config.path), str(path)]) == 0
+
+
+def current(config, capsys: pytest.CaptureFixture[str], *args: str) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+    capsys.readouterr()
+    assert main(["flows", "--config", str(config.path), "--format", "json", *args]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_a_stale_status_arriving_after_payment_never_replaces_it(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """11 (mise en paiement, h+5) then 01 (déposée, h+0) in a later file: the invoice stays paid
+    in status.json and `raccord flows`; the 01 is in the history."""
+    config, row = sent_flow
+    import_returns(
+        config,
+        tmp_path,
+        stamped(row.remote_name, ("F-100", "11", "2026-11-23T15:00:00")),
+        stamped(row.remote_name, ("F-100", "01", "2026-11-23T10:00:00")),
+    )
+    status = sidecar(row, ".status.json")
+    assert status["invoices"][0]["status_code"] == "11" and status["invoices"][0]["final"]
+    assert [h["code"] for h in status["history"]] == ["11", "01"]
+    (listed,) = current(config, capsys)
+    assert listed["return_status"] == "11 mise en paiement"
+    assert [r["flow_id"] for r in current(config, capsys, "--status", "11")] == [row.flow_id]
+    assert current(config, capsys, "--status", "01") == []
+
+
+def test_a_stale_status_after_a_rejection_keeps_it_rejected_and_listed(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    import_returns(
+        config,
+        tmp_path,
+        stamped(row.remote_name, ("F-100", "05", "2026-11-23T15:00:00")),
+        stamped(row.remote_name, ("F-100", "01", "2026-11-23T10:00:00")),
+    )
+    invoice_view = sidecar(row, ".status.json")["invoices"][0]
+    assert (invoice_view["status_code"], invoice_view["rejected"]) == ("05", True)
+    assert [r["flow_id"] for r in current(config, capsys, "--status", "05")] == [row.flow_id]
+
+
+def test_a_payment_after_a_rejection_is_an_anomaly_not_applied(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """11 after 05: kept in the history, logged as return.anomaly, the rejection stands."""
+    config, row = sent_flow
+    import_returns(
+        config, tmp_path, stamped(row.remote_name, ("F-100", "05", "2026-11-23T10:00:00"))
+    )
+    layout = Layout(config.gateway.data_dir)
+    path = tmp_path / "late.xml"
+    path.write_bytes(stamped(row.remote_name, ("F-100", "11", "2026-11-23T15:00:00")))
+    db = JournalDB(layout.journal)
+    try:
+        outcome = returns.receive(db, layout, "qualif-mem", path)
+    finally:
+        db.close()
+    assert outcome.state == "applied" and len(outcome.anomalies) == 1
+    assert "status 11" in outcome.anomalies[0] and "final status 05" in outcome.anomalies[0]
+    status = sidecar(row, ".status.json")
+    assert (status["invoices"][0]["status_code"], status["invoices"][0]["rejected"]) == (
+        "05",
+        True,
+    )
+    assert [h["code"] for h in status["history"]] == ["05", "11"]
+
+
+def test_a_rejection_after_payment_is_an_anomaly_and_files_nothing(
+    tmp_path: Path, sent_flow
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    import_returns(
+        config,
+        tmp_path,
+        stamped(row.remote_name, ("F-100", "11", "2026-11-23T10:00:00")),
+        stamped(row.remote_name, ("F-100", "05", "2026-11-23T15:00:00")),
+    )
+    status = sidecar(row, ".status.json")
+    assert (status["invoices"][0]["status_code"], status["invoices"][0]["rejected"]) == (
+        "11",
+        False,
+    )
+    assert not list(Layout(config.gateway.data_dir).rejected("qualif-mem").iterdir())
+
+
+def test_aife_statut_rejection_is_applied(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+    """A FEN1201A rejection used to be journaled `applied` and change nothing."""
+    config, row = sent_flow
+    document = (
+        f"<AIFEStatut><IdFlux>{row.remote_name}</IdFlux><Facture>"
+        "<NumeroFacture>F-100</NumeroFacture><CodeStatut>05</CodeStatut>"
+        "<Motif>SIRET inconnu</Motif></Facture></AIFEStatut>"
+    )
+    import_returns(config, tmp_path, document.encode())
+    status = sidecar(row, ".status.json")
+    assert status["invoices"][0]["status_code"] == "05" and status["invoices"][0]["rejected"]
+    assert len(list(Layout(config.gateway.data_dir).rejected("qualif-mem").iterdir())) == 2
+
+
+def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
+    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    config, row = sent_flow
+    path = tmp_path / "FEN1201A.xml"
+    path.write_bytes(f"<AIFEStatut><Truc>{row.remote_name}</Truc></AIFEStatut>".encode())
+    assert main(["import", "--config", str(config.path), str(path)]) == 0
+    assert "FEN1201A.xml: unrecognised" in capsys.readouterr().out
+    (listed,) = current(config, capsys, "--returns")
+    assert listed["state"] == "unrecognised" and "not known to raccord" in listed["message"]
+    assert "return_status" not in sidecar(row, ".receipt.json")
+    assert not Path(row.final_path + ".status.json").exists()  # type: ignore[operator]
+
+
+def test_metrics_count_invoices_by_current_status_and_returns_by_state(
+    tmp_path: Path, sent_flow
+) -> None:  # type: ignore[no-untyped-def]
+    """Metrics read the current status (11 after a stale 01), and count every return's
+    outcome, unmatched and unrecognised ones included."""
+    config, row = sent_flow
+    import_returns(
+        config,
+        tmp_path,
+        stamped(row.remote_name, ("F-100", "11", "2026-11-23T15:00:00")),
+        stamped(row.remote_name, ("F-100", "01", "2026-11-23T10:00:00")),
+        stamped("20250101T000000Z-abcdef", ("F-999", "01", "2026-11-23T10:00:00")),
+        b"<AIFEStatut/>",
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in JournalCollector(Layout(config.gateway.data_dir).journal).collect()
+        for s in family.samples
+    }
+    conn = ("connection", "qualif-mem")
+    assert samples[("raccord_invoices", (("code", "11"), conn))] == 1
+    assert ("raccord_invoices", (("code", "01"), conn)) not in samples
+    assert samples[("raccord_returns", (conn, ("state", "applied")))] == 2
+    assert samples[("raccord_returns", (conn, ("state", "unmatched")))] == 1
+    assert samples[("raccord_returns", (conn, ("state", "unrecognised")))] == 1

@@ -15,7 +15,7 @@ from gateway.sandbox.chorus import Desk, Rules
 from tests.as2_config import mirror, write_as2_config
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import drop, rows, running, until
-from tests.gateway.test_returns import invoice
+from tests.gateway.returns.test_returns import invoice
 
 
 def test_an_invoice_goes_out_and_its_status_comes_back_over_as2(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from flows import lots
 from flows.returns import parse
 from gateway.sandbox.chorus import Desk, Rules, answer
-from tests.gateway.test_returns import invoice
+from tests.gateway.returns.test_returns import invoice
 
 RULES = Rules({"FSO1100A": "complete"}, reject_pattern="REJ")
 

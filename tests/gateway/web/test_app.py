@@ -326,7 +326,7 @@ def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> 
             + f'\n[web]\nlisten = "127.0.0.1:{port}"\n'
         )
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli.commands", "run", "--config", str(path)],
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
             capture_output=True,
             text=True,
             timeout=60,
