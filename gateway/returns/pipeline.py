@@ -282,6 +282,7 @@ def _journal_statuses(
             detail,
         )
     numbers = {normalise(i["invoice_number"] or ""): i["position"] for i in invoices}
+    numbers.pop("", None)  # an invoice without a number is never matched by number
     for status in part.invoice_statuses:
         position = numbers.get(normalise(status.invoice_number or ""))
         if position is not None:
