@@ -241,7 +241,7 @@ class WorkerBatches(Generic[T, R]):
         self._batcher: Batcher[T, R] = Batcher(self.run, max_batch=max_batch)
 
     async def open(self) -> None:
-        """Start the worker now rather than with the first item (a start takes ~0.2 s: as any
+        """Start the worker now rather than with the first item (a start is slow: as any
         multiprocessing child it imports the daemon's main module)."""
         await asyncio.to_thread(self.worker.start)
 

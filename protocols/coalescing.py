@@ -6,9 +6,9 @@ asyncssh hands each SSH packet to its transport as soon as it is built, and puts
 twelve writes, each of which asyncio turns into its own ``send()`` system call (and the local
 sshd into as many wake-ups). :class:`Coalescing` is passed as asyncssh's ``tunnel``: it opens
 the TCP connection itself and gives asyncssh a transport that gathers the writes made during one
-turn of the loop and sends them together at the start of the next. Measured with 3,000 x 10 KB
-uploads to the local sshd: the client's CPU per file 0.26 -> 0.22 ms, the server's 0.16 ->
-0.10 ms. Nothing waits longer than the end of the current turn.
+turn of the loop and sends them together at the start of the next: fewer system calls for the
+client, fewer wake-ups for the server (docs/performance.md, "What was measured"). Nothing waits
+longer than the end of the current turn.
 
 :class:`CoalescingTransport` wraps any transport: :mod:`protocols.offload` sends the messages
 of one turn to and from its worker process the same way.

@@ -3,11 +3,10 @@
 A protocol whose library costs much CPU per file can hand its sends to a worker process: a copy
 of its sender, built there from the same (picklable) settings, runs each ``send`` and answers
 with the receipt or the :class:`~protocols.errors.TransferError`. The daemon's event loop then
-only forwards requests. Measured with 3,000 x 10 KB files over SFTP to a local sshd: asyncssh
-(packets, AES-GCM, and waits for the GIL each time it released it for a system call) took a
-third of the loop thread's time; with the sends in their own process the loop thread's CPU fell
-from 2.3 to 1.4 s, the throughput rose from ~940 to ~1,100-1,160 files/s, and the machine's
-CPU per file fell (1.64 -> 1.49 ms) since the daemon's threads no longer fought over the GIL.
+only forwards requests. asyncssh (packets, AES-GCM, and a wait for the GIL each time it
+released it for a system call) took a large share of the loop thread's time; in their own
+process the sends leave the loop thread to the daemon, and the daemon's threads no longer
+fight over the GIL (docs/performance.md, "What was measured").
 
 The two processes speak over a socket pair, with length-prefixed pickles, on both sides from
 the event loop (no thread): the daemon sends ``("send", id, Outbound)``, ``("cancel", id)``,

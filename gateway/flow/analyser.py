@@ -2,20 +2,20 @@
 
 Reading a document (lxml scan, digest) is the daemon's only contact with untrusted bytes, and a
 hostile document can make a parser run for minutes (libxml2's check of duplicate attributes is
-quadratic: 120,000 attributes on one element took 44 s) while holding its interpreter's lock.
-On a thread of the daemon that would freeze the event loop, the logs, SIGTERM and the systemd
-watchdog alike. So every file is analysed in a worker process, never in the daemon: the daemon
-waits for each answer at most ``[gateway] analysis_timeout``; past that it kills the worker,
-starts another for the files that come after, and the file is refused as ``analysis_timeout``.
+quadratic in the attributes of one element) while holding its interpreter's lock. On a thread
+of the daemon that would freeze the event loop, the logs, SIGTERM and the systemd watchdog
+alike. So every file is analysed in a worker process, never in the daemon: the daemon waits
+for each answer at most ``[gateway] analysis_timeout``; past that it kills the worker, starts
+another for the files that come after, and the file is refused as ``analysis_timeout``.
 
 Two workers: files up to :data:`SMALL` bytes are sent to one in batches (one round trip for
-hundreds; measured with 3,000 x 10 KB files over SFTP to a local sshd: 470 -> 530 files/s, the
-daemon's main thread 3.8 -> 3.0 s of CPU); larger ones go to the other (the first, which reads
-each file's size anyway, says which), so that a large file does not hold up the small files
-queued behind it. A worker answers a batch in parts, at least every :data:`FLUSH_EVERY`
-seconds, so the daemon knows which files are done when it died or overran its budget: the file
-that did it alone fails (:class:`AnalysisCrashed`, :class:`AnalysisTimedOut`), the others of its
-batch go on in a fresh worker (see :class:`_Worker`).
+hundreds, rather than a round trip's fixed cost to the daemon's main thread per file); larger
+ones go to the other (the first, which reads each file's size anyway, says which), so that a
+large file does not hold up the small files queued behind it. A worker answers a batch in
+parts, at least every :data:`FLUSH_EVERY` seconds, so the daemon knows which files are done
+when it died or overran its budget: the file that did it alone fails
+(:class:`AnalysisCrashed`, :class:`AnalysisTimedOut`), the others of its batch go on in a fresh
+worker (see :class:`_Worker`).
 
 Only regular files are read. A claimed entry is opened with ``O_NOFOLLOW | O_NONBLOCK`` (a
 symbolic link is never followed, a FIFO never blocks the opener) and checked with ``fstat``
@@ -165,8 +165,9 @@ Work = Callable[[Item], Outcome | Exception | None]
 
 
 #: Seconds a worker keeps finished answers before it sends them, at most: answers travel in
-#: few messages under a burst (one per file cost the daemon ~0.08 ms of CPU per file), and the
-#: daemon still hears from a working worker at least this often (plus one file's time).
+#: few messages under a burst (each message costs the daemon's main thread a read and an
+#: unpickling, whatever it carries), and the daemon still hears from a working worker at least
+#: this often (plus one file's time).
 FLUSH_EVERY = 0.1
 
 
@@ -277,8 +278,8 @@ class Analyser:
         )
 
     async def open(self) -> None:
-        """Start the workers now rather than with the first file (a start takes ~0.2 s: as
-        any multiprocessing child it imports the daemon's main module)."""
+        """Start the workers now rather than with the first file (a start is slow: as any
+        multiprocessing child each imports the daemon's main module)."""
         await asyncio.gather(
             asyncio.to_thread(self.small.start), asyncio.to_thread(self.large.start)
         )

@@ -3,11 +3,9 @@ worker process, many flows per round trip.
 
 Filing is a handful of system calls per flow (write and fsync the report, rename the file) and
 an fsync per folder per batch. On a thread of the daemon, each of those calls hands the GIL to
-the event loop and waits to get it back: measured with 3,000 x 10 KB files over SFTP to a local
-sshd, the filing thread took 1.16 ms per flow, and was the slowest stage of the gateway. In a
-process of its own it took 0.83 ms per flow (mostly waiting for the disk; 0.58 ms since
-:func:`~gateway.folders.place_all` fsyncs a batch's reports together), the daemon's CPU per
-flow fell from 1.26 to 0.98 ms, and the throughput rose from 646 to 788 files/s.
+the event loop and waits to get it back, which made filing the slowest stage of the gateway
+in a burst. In a process of its own it waits for the disk only, and the daemon's GIL is left
+to the event loop (docs/performance.md, "What was measured").
 
 :func:`~gateway.folders.place_all` is idempotent, so a batch whose worker died is run once more
 in a new worker; a second death fails the batch, and its flows stay journaled as decided

@@ -143,8 +143,9 @@ class _Handler(FileSystemEventHandler):
 class _Unpaired(InotifyMoveEventGrouper):
     """watchdog's queue of inotify events, without its pairing of moves: with no IN_MOVED_FROM
     subscribed there is never a pair to find, and watchdog looked for one through its whole
-    queue of pending events, twice, at every IN_MOVED_TO (quadratic in a burst: measured, 82 %
-    of its reader thread's time and ~45 us of the daemon's GIL per file)."""
+    queue of pending events, twice, at every IN_MOVED_TO: a cost per file that grows with the
+    backlog of a burst (quadratic at worst), paid under the daemon's GIL. Turned off, intake
+    spends a fraction of the CPU on a burst (docs/performance.md, "What was measured")."""
 
     def get_queued_moved_from_event(self, cookie: int) -> PathedInotifyEvent | None:
         return None
@@ -156,8 +157,9 @@ class _Unpaired(InotifyMoveEventGrouper):
 class _ArrivalsEmitter(InotifyFullEmitter):
     """watchdog's inotify emitter (full events: a move without its other half is still a move)
     subscribed to files arriving only: IN_MOVED_TO without IN_MOVED_FROM, which watchdog's event
-    filter cannot tell apart. Every claim renames a file out of the outbox: each was an event to
-    read, queue, dispatch and ignore (measured: 22 us of the daemon's CPU per file)."""
+    filter cannot tell apart. Every claim renames a file out of the outbox: each would be one
+    more event per file to read, queue, dispatch and ignore, and one watchdog would hold back to
+    pair (see :meth:`Watcher.start`)."""
 
     def get_event_mask_from_filter(self) -> Mask:
         return Mask(super().get_event_mask_from_filter() & ~InotifyConstants.IN_MOVED_FROM)

@@ -1,8 +1,8 @@
 """Inbound AS2 messages read from a file to a file, never holding the payload in memory.
 
 The mirror of :mod:`protocols.as2.stream`. pyas2lib parses an inbound message from bytes through
-the email package and asn1crypto, copying it at each layer: receiving a 30 MB invoice cost about
-19 times its size in memory. This reader takes the request body from a file and
+the email package and asn1crypto, copying it at each layer, so that receiving a large invoice
+costs many times its size in memory. This reader takes the request body from a file and
 
 1. decodes a base64 body, and decrypts CMS ``EnvelopedData`` (DER or BER; RSA key transport;
    AES or 3DES in CBC mode) to a scratch file, reading the ASN.1 around the ciphertext itself so

@@ -1,8 +1,8 @@
 """Outgoing AS2 messages built from a file to a file, never holding the payload in memory.
 
 pyas2lib builds a message from bytes through Python's email package and asn1crypto, copying the
-payload at each layer (MIME, signature, MIME again, encryption, MIME again): a 30 MB invoice
-costs about 16 times its size in memory. This builder makes the same message (RFC 4130 over
+payload at each layer (MIME, signature, MIME again, encryption, MIME again), so that a large
+invoice costs many times its size in memory. This builder makes the same message (RFC 4130 over
 RFC 5751 S/MIME: a binary MIME part, signed as ``multipart/signed`` with a detached CMS
 signature, enveloped in CMS ``EnvelopedData``) in two streaming passes over the file:
 
