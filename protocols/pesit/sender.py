@@ -36,34 +36,34 @@ what PI 12 / PI 37 / PI 99 carry, entity size, sync interval and window, article
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import ssl
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from protocols import certs
 from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
 from protocols.errors import (
-    AuthenticationError,
     CertificateError,
-    ConnectError,
     FileTooLarge,
-    HostKeyError,
     ProtocolError,
-    RemoteBusy,
-    RemoteNameConflict,
-    RemotePermissionDenied,
-    RemoteRejected,
     TransferError,
-    TransferTimeout,
 )
 from protocols.pesit.codec import Kind
+from protocols.pesit.diagnostics import (
+    BUSY,
+    DIAGNOSTICS,
+    broken_error,
+    connecting,
+    describe,
+    diagnostic_error,
+    interruption_error,
+    possibly_delivered,
+    refusal_error,
+)
 from protocols.pesit.session import (
     DATA_CODES,
     Broken,
@@ -76,258 +76,26 @@ from protocols.pesit.session import (
     TooLarge,
 )
 from protocols.pesit.session import connect as open_session
-from protocols.settings import Secret, Section, SettingsError
+from protocols.pesit.settings import (
+    TEMPLATE_FIELDS,
+    PesitSettings,
+    name_fields,
+    parse_settings,
+    transfer_id,
+)
 
-#: PeSIT diagnostics (spec annex D), as an operator reads them.
-DIAGNOSTICS = {
-    200: "file characteristics insufficient",
-    201: "resources temporarily insufficient",
-    204: "the file already exists",
-    205: "file not found (unknown file identifier)",
-    207: "file busy",
-    211: "the file cannot be opened",
-    213: "input/output error at the partner",
-    214: "restart point negotiation failed",
-    217: "too many unacknowledged sync points",
-    222: "too much data without a sync point",
-    223: "abnormal end of transfer",
-    226: "transfer refused",
-    299: "other file or transfer error",
-    301: "requester unknown or password refused",
-    304: "requester not authorised",
-    308: "protocol version not supported",
-    311: "protocol error",
-    312: "connection closed by the partner's user",
-    313: "idle timeout",
-    317: "timer expired",
-    318: "mandatory parameter missing or illegal",
-    319: "byte or article count mismatch",
-    399: "other connection error",
-}
-_BUSY = frozenset({201, 207, 211, 213, 223, 299, 312, 313, 317, 399})
-_AUTH = frozenset({301, 304})
-TEMPLATE_FIELDS = ("interface", "remote_name", "flow_id", "stem")
-
-
-@dataclass(frozen=True)
-class PesitSettings:
-    host: str
-    port: int
-    requester: str
-    server: str
-    password: Secret | None = None
-    tls: bool = False
-    ca_bundle: Path | None = None
-    client_certificate: Path | None = None
-    client_key: Path | None = None
-    server_hostname: str | None = None
-    nsdu_header: bool = True
-    pre_connection: bool = False
-    file_name: str = "{interface}"  # PI 12
-    file_label: str = "{remote_name}"  # PI 37; "" leaves it out
-    message: str = ""  # PI 99; "" leaves it out
-    entity_size: int = 32768
-    sync_interval: int = 32  # KB; 0: no sync points
-    sync_window: int = 2
-    article_format: str = "variable"
-    article_length: int = 0  # 0: the entity size less the FPDU header
-    multi_article: bool = False
-    data_code: str = "binary"
-    connect_timeout: float = 15.0
-    timeout: float = 30.0
-    restarts: int = 3
-    max_parallel: int = 1
-    return_files: tuple[str, ...] = ()  # PI 12 names to SELECT for return flows
-    poll_interval: float = 60.0
-
-
-def _template(section: Section, key: str, default: str) -> str:
-    """A name template; its length limit is checked per flow, once it is filled in."""
-    value = section.template(key, default, TEMPLATE_FIELDS)
-    if not value.isascii():
-        raise SettingsError(section.key(key), "PeSIT names are ASCII")
-    return value
-
-
-def name_fields(flow: Outbound) -> dict[str, str]:
-    """The values of TEMPLATE_FIELDS for ``flow``."""
-    return {
-        "interface": flow.interface_code,
-        "remote_name": flow.remote_name,
-        "flow_id": flow.flow_id,
-        "stem": Path(flow.remote_name).stem,
-    }
-
-
-def _identifier(section: Section, key: str) -> str:
-    value = section.string(key, required=True)
-    if not 1 <= len(value) <= 24 or not value.isascii():
-        raise SettingsError(section.key(key), f"1 to 24 ASCII characters, got {value!r}")
-    return value
-
-
-def parse_settings(section: Section) -> PesitSettings:
-    tls = section.boolean("tls", False)
-    settings = PesitSettings(
-        host=section.string("host", required=True),
-        port=_port(section),
-        requester=_identifier(section, "requester"),
-        server=_identifier(section, "server"),
-        password=section.secret("password", required=False),
-        tls=tls,
-        ca_bundle=section.path("ca_bundle", required=False),
-        client_certificate=section.path("client_certificate", required=False),
-        client_key=section.path("client_key", required=False),
-        server_hostname=section.optional_str("server_hostname"),
-        nsdu_header=section.boolean("nsdu_header", True),
-        pre_connection=section.boolean("pre_connection", False),
-        file_name=_template(section, "file_name", "{interface}"),
-        file_label=_template(section, "file_label", "{remote_name}"),
-        message=_template(section, "message", ""),
-        entity_size=section.integer("entity_size", 32768, minimum=128, maximum=65535),
-        sync_interval=section.integer("sync_interval", 32, minimum=0, maximum=65534),
-        sync_window=section.integer("sync_window", 2, minimum=0, maximum=255),
-        article_format=section.choice("article_format", ["variable", "fixed"], "variable"),
-        article_length=section.integer("article_length", 0, minimum=0, maximum=65535),
-        multi_article=section.boolean("multi_article", False),
-        data_code=section.choice("data_code", list(DATA_CODES), "binary"),
-        connect_timeout=section.duration("connect_timeout", "15s"),
-        timeout=section.duration("timeout", "30s"),
-        restarts=section.integer("restarts", 3, minimum=0, maximum=20),
-        max_parallel=section.integer("max_parallel", 1, minimum=1, maximum=16),
-        return_files=tuple(section.strings("return_files")),
-        poll_interval=section.duration("poll_interval", "60s"),
-    )
-    for name in settings.return_files:
-        if len(name) > 76 or not name.isascii():
-            raise SettingsError(
-                section.key("return_files"), f"{name!r}: PI 12 holds 76 ASCII characters"
-            )
-    password = settings.password.value if settings.password else ""
-    if len(password) > 16 or not password.isascii():
-        raise SettingsError(section.key("password"), "PI 5 holds at most 16 ASCII characters")
-    if settings.pre_connection and (len(settings.requester) > 8 or len(password) > 8):
-        raise SettingsError(
-            section.key("pre_connection"),
-            "the pre-connection carries the requester and password on 8 characters each",
-        )
-    if (settings.client_certificate is None) != (settings.client_key is None):
-        raise SettingsError(
-            section.key("client_key"), "give both client_certificate and client_key"
-        )
-    if not tls and (settings.ca_bundle or settings.client_certificate):
-        raise SettingsError(section.key("tls"), "certificates are given but tls = false")
-    problem = tls and certs.tls_problem(
-        settings.ca_bundle, settings.client_certificate, settings.client_key
-    )
-    if problem:
-        raise SettingsError(section.key(problem[0]), problem[1])
-    section.finish()
-    return settings
-
-
-def _port(section: Section) -> int:
-    if not section.has("port"):
-        raise SettingsError(section.key("port"), "is required (no PeSIT port is standard)")
-    return section.integer("port", 0, minimum=1, maximum=65535)
-
-
-def transfer_id(flow_id: str) -> int:
-    """PI 13 for a flow: the same at every attempt, non-zero, on 3 bytes."""
-    return int.from_bytes(hashlib.sha256(flow_id.encode()).digest()[:3], "big") or 1
-
-
-def describe(diagnostic: int) -> str:
-    return f"diagnostic {diagnostic}: {DIAGNOSTICS.get(diagnostic, 'not in the PeSIT list')}"
-
-
-def diagnostic_error(diagnostic: int, message: str) -> TransferError:
-    """The :mod:`protocols.errors` type for a PeSIT diagnostic (from the partner, or reported
-    by Transfer CFT), with what it means and what to check added to ``message``."""
-    d = diagnostic
-    message = f"{message}: {describe(d)}"
-    if d in _AUTH:
-        return AuthenticationError(
-            f"{message}; check requester, server and password with the partner"
-        )
-    if d == 204:
-        return RemoteNameConflict(f"{message}; it was not overwritten")
-    if d == 205:
-        return RemotePermissionDenied(f"{message}; check the file name (PI 12) setting")
-    if d in _BUSY:
-        return RemoteBusy(message)
-    if d == 226:
-        return RemoteRejected(message)
-    return ProtocolError(message, retryable=d in (214, 217, 222, 319))
-
-
-def refusal_error(exc: Refused, where: str) -> TransferError:
-    detail = f" ({exc.detail})" if exc.detail else ""
-    return diagnostic_error(exc.diagnostic, f"{where}: {exc.what.name} refused{detail}")
-
-
-def broken_error(exc: Broken, where: str, *, resuming: bool = True) -> TransferError:
-    message = f"{where}: {exc}"
-    if exc.diagnostic and not exc.garbled:  # the partner's own, in its ABORT
-        message += f" — {DIAGNOSTICS.get(exc.diagnostic, 'not in the PeSIT list')}"
-    if exc.started and resuming:
-        message += "; the transfer will resume from the last acknowledged sync point"
-    if exc.diagnostic in _AUTH:
-        return AuthenticationError(
-            f"{message}; check requester, server and password with the partner"
-        )
-    if exc.garbled:  # the partner was reached: what it sent is the problem, not the network
-        return ProtocolError(
-            f"{message}; the partner answered what PeSIT does not allow: check the PeSIT "
-            "settings (nsdu_header, pre_connection, tls) with the partner"
-        )
-    if exc.timeout:
-        return TransferTimeout(message)
-    return ConnectError(message)
-
-
-def interruption_error(exc: Interrupted, where: str) -> TransferError:
-    """The error for a transfer the partner interrupted (IDT), named by its diagnostic."""
-    code = f", end code {exc.end_code}" if exc.end_code is not None else ""
-    detail = f": {exc.detail}" if exc.detail else ""
-    return diagnostic_error(
-        exc.diagnostic, f"{where}: the partner interrupted the transfer (IDT{code}{detail})"
-    )
-
-
-def possibly_delivered(
-    cause: TransferError, flow: Outbound, attributes: FileAttributes
-) -> TransferError:
-    """The error for a transfer whose resume the partner answered 214 after it had
-    acknowledged data: it may hold the file. Same reason as ``cause``, never retried."""
-    held = f"{attributes.label} ({attributes.name})" if attributes.label else attributes.name
-    return type(cause)(
-        f"{cause}; asked to resume, the partner then knew nothing of the transfer (diagnostic "
-        f"214): it may have stored it all the same. Ask the partner whether it holds {held}; "
-        f"raccord retry {flow.flow_id} only if it does not",
-        retryable=False,
-    )
-
-
-@contextlib.contextmanager
-def _connecting(where: str) -> Iterator[None]:
-    try:
-        yield
-    except Refused as exc:
-        raise refusal_error(exc, where) from None
-    except Broken as exc:
-        raise broken_error(exc, where) from None
-    except ssl.SSLCertVerificationError as exc:
-        raise HostKeyError(
-            f"{where}: the partner's TLS certificate is not trusted ({exc.verify_message}); "
-            "check ca_bundle and server_hostname"
-        ) from None
-    except ssl.SSLError as exc:
-        raise ConnectError(f"{where}: TLS failed ({exc.reason or exc})") from None
-    except TimeoutError:
-        raise ConnectError(f"{where}: no connection in time") from None
-    except OSError as exc:
-        raise ConnectError(f"{where}: {exc.strerror or exc}") from None
+__all__ = [
+    "DIAGNOSTICS",
+    "PLUGIN",
+    "TEMPLATE_FIELDS",
+    "PesitSender",
+    "PesitSettings",
+    "describe",
+    "diagnostic_error",
+    "name_fields",
+    "parse_settings",
+    "transfer_id",
+]
 
 
 class PesitSender(Closing):
@@ -384,7 +152,7 @@ class PesitSender(Closing):
         self._ids = self._ids % 255 + 1
         if self._settings.tls and self._peer.tls is None:
             self._peer = replace(self._peer, tls=await asyncio.to_thread(self._tls_context))
-        with _connecting(self.where):
+        with connecting(self.where):
             return await open_session(self._peer, self._ids), True
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -467,7 +235,7 @@ class PesitSender(Closing):
                         continue
                     if (
                         exc.what is Kind.CREATE
-                        and exc.diagnostic in _BUSY
+                        and exc.diagnostic in BUSY
                         and restart
                         and waits < self._settings.restarts
                     ):
