@@ -84,6 +84,8 @@ def _validations(
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """``raccord analyze``: each file's facts, validation and (with ``--config``) routing."""
+
     from flows.analysis import analyze
 
     config = load_config(args) if args.config else None

@@ -18,6 +18,8 @@ from protocols.settings import nearest
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """``raccord check``: the configuration parses and would work; ``--connect`` also logs in."""
+
     from gateway.cli import preflight
 
     config = load_config(args)
@@ -120,6 +122,7 @@ def _selected(conn: Connection, args: argparse.Namespace) -> bool:
 
 
 def cmd_connections(args: argparse.Namespace) -> int:
+    """``raccord connections``: the connection sheets, filtered, each usable today or not."""
     config = load_config(args)
     if args.interface and args.interface not in codes.BY_CODE:
         hint = nearest(args.interface, codes.BY_CODE)
@@ -153,6 +156,8 @@ CERT_COLUMNS = (
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    """``raccord certs``: every certificate in use; exit 1 if one needs a person."""
+
     from gateway.ops import certificates
 
     config = load_config(args)

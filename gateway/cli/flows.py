@@ -26,6 +26,7 @@ RETURN_COLUMNS = [
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
+    """``raccord flows``: the journal's flows, invoices (``--status``/``--invoice``) or returns."""
     config = load_config(args)
     fmt = output_format(args)
     now = datetime.now(UTC)
@@ -115,6 +116,8 @@ def _invoices(
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    """``raccord purge``: forget flows and returns filed before ``--before``."""
+
     from gateway.ops import retention
 
     config = load_config(args)

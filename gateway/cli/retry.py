@@ -13,6 +13,8 @@ from gateway.journal import JournalDB
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """``raccord import``: return flows received by other means, applied as if polled."""
+
     from gateway.returns import pipeline as returns
 
     config = load_config(args)
@@ -77,6 +79,8 @@ def _no_return_flow(path: Path, connection: str) -> str | None:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """``raccord retry``: failed flows put back in the queue (the daemon picks them up)."""
+
     from gateway.flow.dispatcher import CannotSucceed, requeue
 
     config = load_config(args)

@@ -13,6 +13,8 @@ from gateway.cli.common import OK, USAGE, UsageError, load_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``raccord run``: the daemon in the foreground until SIGTERM or SIGINT; SIGHUP reloads."""
+
     from gateway.daemon import Gateway, StartupError
 
     config = load_config(args)
@@ -65,12 +67,16 @@ def cmd_web_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``raccord simulate``: the partner simulators alone, until interrupted."""
+
     from gateway.sandbox.demo import simulate
 
     return asyncio.run(simulate(Path(args.dir) if args.dir else None))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``raccord demo``: simulators, a gateway and sample invoices, end to end."""
+
     from gateway.sandbox.demo import demo
 
     return asyncio.run(demo(Path(args.dir) if args.dir else None, wait=args.timeout))
