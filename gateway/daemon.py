@@ -9,19 +9,19 @@ and they resend under the same remote name at the next start), senders and journ
 Reload (SIGHUP, :meth:`Gateway.request_reload`): see :meth:`Gateway._reload`. What is replaced
 is what reads the configuration — intake, the senders of added or changed connections, the
 servers whose address moved; the journal and the dispatcher (with its flows) stay.
+
+The listening servers are :mod:`gateway.servers`, the periodic duties (requeued flows,
+retention, certificates) :mod:`gateway.housekeeping`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,48 +31,38 @@ from gateway.config import Config, ConfigError, Connection
 from gateway.flow.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.flow.intake import Watcher
 from gateway.folders import Layout
-from gateway.journal import Call, Journal, JournalDB
+from gateway.housekeeping import (
+    CERTIFICATE_CHECK,
+    REQUEUE_POLL,
+    RETENTION_PERIOD,
+    Housekeeping,
+    journal_health,
+)
+from gateway.journal import Journal, JournalDB
 from gateway.ops import certificates
-from gateway.ops import retention as retention_module
 from gateway.ops.alerts import Alerter
-from gateway.ops.metrics import JOURNAL_PATIENCE, Metrics, MetricsServer
+from gateway.ops.metrics import Metrics, MetricsServer
 from gateway.ops.systemd import keep_alive, notify
 from gateway.returns.as2_receiver import As2Receiver
 from gateway.returns.polling import Poller, sources
 from gateway.returns.reports import Reporter, reporters
+from gateway.servers import Check, Servers, StartupError
 from gateway.web.app import Console
 from protocols import registry
 from protocols.base import Sender
 
+__all__ = [
+    "CERTIFICATE_CHECK",
+    "LOCK_FILE",
+    "REQUEUE_POLL",
+    "RETENTION_PERIOD",
+    "DataDirLocked",
+    "Gateway",
+    "StartupError",
+    "lock_data_dir",
+]
+
 log = logs.get()
-
-#: How often the journal is polled for flows put back by ``raccord retry``, and for flows whose
-#: acknowledgement is overdue.
-REQUEUE_POLL = 2.0
-#: How often flows older than [gateway] retention are looked for.
-RETENTION_PERIOD = 3600.0
-#: How often certificates are checked against ``[gateway] warn_days`` (and logged).
-CERTIFICATE_CHECK = 24 * 3600.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start as configured (a folder it cannot write, an address taken): one
-    sentence naming the key and what to do. ``raccord run`` prints it and exits 2."""
-
-
-async def _listening(start: Awaitable[None], key: str, host: str, port: int) -> None:
-    """Run a server's ``start``; an address it cannot take is a :class:`StartupError`."""
-    try:
-        await start
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            why = "already in use by another program (ss -ltnp shows which)"
-        elif exc.errno == errno.EACCES:
-            why = "a port this user may not listen on (use a port >= 1024)"
-        else:
-            why = f"not available ({exc.strerror or exc})"
-        raise StartupError(f"{key}: {host}:{port} is {why}; choose another address") from None
-
 
 #: The file in data_dir that the running gateway holds locked, with its pid in it.
 LOCK_FILE = "raccord.lock"
@@ -120,14 +110,13 @@ class Gateway:
         self._sleep = sleep
         self.dispatcher: Dispatcher | None = None
         self.watcher: Watcher | None = None
-        self.as2_receiver: As2Receiver | None = None
         self.metrics = Metrics()
         self.alerts = Alerter(config.alerts, now=now)
-        self.metrics_server: MetricsServer | None = None
-        self.console: Console | None = None
+        self.servers = Servers(self.metrics, self.alerts, self.layout.journal)
+        self.housekeeping = Housekeeping(
+            lambda: self.config, now=now, metrics=self.metrics, alerts=self.alerts
+        )
         self.ready = asyncio.Event()
-        self._housekept_at = time.monotonic()
-        self._housekeeping_problem: str | None = None
         self._reload_requested = asyncio.Event()
         self._senders: dict[str, Sender] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -200,8 +189,9 @@ class Gateway:
             await dispatcher.open()
             resumed = await dispatcher.reconcile()
             await asyncio.to_thread(self._finish_returns)
-            stack.push_async_callback(self._stop_servers)
-            await self._start_servers(config, journal, dispatcher)
+            stack.push_async_callback(self.servers.stop)
+            health = self._health(journal, dispatcher)
+            await self.servers.start(config, journal, dispatcher, health)
             try:
                 log.info(
                     "gateway.ready",
@@ -215,10 +205,11 @@ class Gateway:
                     self.ready.set()
                     if on_ready is not None:
                         on_ready()
-                    group.create_task(self._requeue_loop(dispatcher, stopping))
+                    chores = self.housekeeping
+                    group.create_task(chores.requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
-                    group.create_task(self._certificate_loop(stopping))
-                    group.create_task(self._retention_loop(journal, stopping))
+                    group.create_task(chores.certificate_loop(stopping))
+                    group.create_task(chores.retention_loop(journal, stopping))
                     group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
@@ -263,93 +254,6 @@ class Gateway:
         intake = _Intake(watcher, poller, reporter)
         intake.start(group)
         return intake
-
-    async def _start_servers(
-        self, config: Config, journal: Journal, dispatcher: Dispatcher, old: Config | None = None
-    ) -> None:
-        """The AS2 receiver and the metrics endpoint of ``config``; with ``old`` (a reload),
-        only what moved is restarted: a receiver at the same address keeps its connections."""
-        if old is None or old.as2_receiver != config.as2_receiver:
-            if self.as2_receiver is not None:
-                await self.as2_receiver.stop()
-                self.as2_receiver = None
-            if config.as2_receiver is not None:
-                receiver = As2Receiver(
-                    config, journal, settle=dispatcher.settle, alerts=self.alerts
-                )
-                await _listening(
-                    receiver.start(),
-                    "as2_receiver.listen",
-                    config.as2_receiver.host,
-                    config.as2_receiver.port,
-                )
-                self.as2_receiver = receiver
-        elif self.as2_receiver is not None:
-            self.as2_receiver.reconfigure(config)
-        if old is None or old.gateway.metrics != config.gateway.metrics:
-            if self.metrics_server is not None:
-                await self.metrics_server.stop()
-                self.metrics_server = None
-            if config.gateway.metrics is not None:
-                host, port = config.gateway.metrics
-                server = MetricsServer(
-                    host,
-                    port,
-                    self.metrics,
-                    self.layout.journal,
-                    {
-                        "watcher": self._watcher_health,
-                        "journal": lambda: self._journal_health(journal),
-                        "dispatcher": lambda: self._dispatcher_health(dispatcher),
-                    },
-                )
-                await _listening(server.start(), "gateway.metrics", host, port)
-                self.metrics_server = server
-        await self._start_console(config, journal, dispatcher, old)
-
-    async def _start_console(
-        self, config: Config, journal: Journal, dispatcher: Dispatcher, old: Config | None
-    ) -> None:
-        """The web console (``[web]``): restarted when its address or TLS files change; a
-        reload otherwise only gives it the new users and connections."""
-        web = config.web
-        before = old.web if old is not None else None
-        moved = (
-            web is None
-            or before is None
-            or (web.host, web.port, web.certificate, web.key)
-            != (
-                before.host,
-                before.port,
-                before.certificate,
-                before.key,
-            )
-        )
-        if self.console is not None and not moved:
-            self.console.reconfigure(config)
-            return
-        if self.console is not None:
-            await self.console.stop()
-            self.console = None
-        if web is not None:
-            console = Console(
-                config,
-                {
-                    "watcher": self._watcher_health,
-                    "journal": lambda: self._journal_health(journal),
-                    "dispatcher": lambda: self._dispatcher_health(dispatcher),
-                },
-            )
-            await console.start()
-            self.console = console
-
-    async def _stop_servers(self) -> None:
-        if self.as2_receiver is not None:
-            await self.as2_receiver.stop()
-        if self.metrics_server is not None:
-            await self.metrics_server.stop()
-        if self.console is not None:
-            await self.console.stop()
 
     async def _close_senders(self) -> None:
         """Close the senders in use, after those a reload retired (drained by now)."""
@@ -423,13 +327,14 @@ class Gateway:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         try:
-            await self._start_servers(new, journal, dispatcher, old)
+            health = self._health(journal, dispatcher)
+            await self.servers.start(new, journal, dispatcher, health, old)
         except Exception:  # e.g. the new address is taken: the rest of the reload stands
             log.exception(
                 "config.reload_incomplete", what="AS2 receiver, metrics endpoint or web console"
             )
         intake = self._start_intake(new, journal, dispatcher, group)
-        await self._check_certificates()
+        await self.housekeeping.check_certificates_now()
         log.info(
             "config.reloaded",
             added=added,
@@ -438,7 +343,7 @@ class Gateway:
             in_flight=dispatcher.busy,
         )
         notify("READY=1")
-        await self._status(dispatcher)
+        await self.housekeeping.status(dispatcher)
         return intake
 
     def _finish_returns(self) -> None:
@@ -459,127 +364,36 @@ class Gateway:
         finally:
             db.close()
 
-    async def _requeue_loop(self, dispatcher: Dispatcher, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), REQUEUE_POLL)
-            if stopping.is_set():
-                break
-            try:
-                await dispatcher.pick_up_requeued()
-                await dispatcher.expire_receipts()
-            except Exception as exc:  # e.g. the journal's disk is full: try again next round
-                log.exception("gateway.housekeeping_failed")
-                self._housekeeping_problem = f"housekeeping failed: {exc}"
-            else:
-                self._housekeeping_problem = None
-            self._housekept_at = time.monotonic()
-            await self._status(dispatcher)
+    # -- what the servers and the health checks see --------------------------------------------
 
-    async def _status(self, dispatcher: Dispatcher) -> None:
-        """The STATUS line systemctl status shows: the queue and what is being worked on."""
-        try:
-            depth = await dispatcher.journal.call(Call(JournalDB.queue_depth))
-        except Exception:  # the health check reports the journal; the status just says less
-            notify(f"STATUS=in flight: {dispatcher.busy}")
-            return
-        notify(f"STATUS=queue: {depth} flow(s) not yet filed, {dispatcher.busy} in flight")
+    @property
+    def as2_receiver(self) -> As2Receiver | None:
+        return self.servers.as2_receiver
 
-    async def _retention_loop(self, journal: Journal, stopping: asyncio.Event) -> None:
-        """``[gateway] retention``: purge flows filed longer ago, hourly, batch by batch (see
-        :mod:`gateway.ops.retention`); the configuration is read afresh at each round (reload)."""
-        while not stopping.is_set():
-            settings = self.config.gateway
-            if settings.retention is not None:
-                try:
-                    await self._purge(journal, settings.retention, settings.retention_files)
-                except Exception:  # the disk, a bug: never the end of the daemon
-                    log.exception("journal.purge_failed", action="trying again in an hour")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        return self.servers.metrics_server
 
-    async def _purge(self, journal: Journal, retention: float, with_files: bool) -> None:
-        cutoff = (self._now() - timedelta(seconds=retention)).isoformat(timespec="milliseconds")
-        total = retention_module.Purged()
-        after: tuple[str, str] | None = retention_module.START
-        while after is not None:
-            batch = await journal.call(
-                Call(retention_module.purge_batch, cutoff, after, with_files)
-            )
-            removed = await asyncio.to_thread(retention_module.remove_files, batch.files)
-            total.add(retention_module.Purged(batch.flows, batch.returns, removed))
-            after = batch.after
-        if total.flows or total.returns:
-            log.info(
-                "journal.purged",
-                before=cutoff,
-                flows=total.flows,
-                returns=total.returns,
-                files=total.files,
-            )
-
-    async def _certificate_loop(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            await self._check_certificates()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), CERTIFICATE_CHECK)
-
-    async def _check_certificates(self) -> None:
-        try:
-            records = await asyncio.to_thread(self.check_certificates)
-        except Exception:  # e.g. a TLS certificate file gone: say so, try again tomorrow
-            log.exception("certificate.check_failed")
-            return
-        for record in records:
-            if record["state"] != "valid":
-                self.alerts.certificate(record)
+    @property
+    def console(self) -> Console | None:
+        return self.servers.console
 
     def check_certificates(self) -> list[dict[str, Any]]:
-        """Log every certificate that needs a person (expiring within ``warn_days``, expired,
-        not yet valid) and refresh the certificate gauges; the daemon does this daily."""
-        config = self.config
-        records = certificates.report(config, config.gateway.warn_days, self._now())
-        self.metrics.watch_certificates(records)
-        for record in records:
-            fields = {
-                key: record[key]
-                for key in ("connection", "role", "subject", "not_after", "days_left", "file")
-            }
-            if record["state"] == "expiring":
-                log.warning("certificate.expiring", warn_days=config.gateway.warn_days, **fields)
-            elif record["state"] != "valid":
-                log.error(
-                    f"certificate.{record['state']}",
-                    consequence="the connection carries nothing until it is replaced"
-                    if record["connection"] != certificates.RECEIVER
-                    else "inbound TLS connections fail until it is replaced",
-                    **fields,
-                )
-        return records
+        """See :meth:`Housekeeping.check_certificates`; the daemon does this daily."""
+        return self.housekeeping.check_certificates()
 
-    async def _journal_health(self, journal: Journal) -> str | None:
-        try:
-            await asyncio.wait_for(journal.call(Call(JournalDB.ping)), JOURNAL_PATIENCE)
-        except TimeoutError:
-            return f"no answer within {JOURNAL_PATIENCE:g} s"
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+    def _health(self, journal: Journal, dispatcher: Dispatcher) -> dict[str, Check]:
+        """The checks behind /healthz and the console's status page."""
+        return {
+            "watcher": self._watcher_health,
+            "journal": lambda: journal_health(journal),
+            "dispatcher": lambda: self.housekeeping.dispatcher_health(dispatcher),
+        }
 
     async def _watcher_health(self) -> str | None:
         if self.watcher is None:
             return "not running (the configuration is being reloaded)"
         return self.watcher.health()
-
-    async def _dispatcher_health(self, dispatcher: Dispatcher) -> str | None:
-        if dispatcher.stopping.is_set():
-            return "stopping"
-        if self._housekeeping_problem is not None:
-            return self._housekeeping_problem
-        age = time.monotonic() - self._housekept_at
-        if age > 3 * REQUEUE_POLL + 5:
-            return f"its housekeeping last ran {age:.0f} s ago"
-        return None
 
 
 class _Intake:
