@@ -27,7 +27,7 @@ from gateway.cli.check import (
     connection_sheet,
 )
 from gateway.cli.common import NOT_RIGHT, OK, USAGE, UsageError
-from gateway.cli.flows import RETURN_COLUMNS, cmd_flows, cmd_purge
+from gateway.cli.flows_command import RETURN_COLUMNS, cmd_flows, cmd_purge
 from gateway.cli.retry import cmd_import, cmd_retry
 from gateway.cli.run import cmd_demo, cmd_run, cmd_simulate, cmd_web_passwd
 from gateway.config import ConfigError, Mode, State
