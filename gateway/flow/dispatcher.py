@@ -1,24 +1,32 @@
 """The dispatcher: takes each claimed flow through analysis, routing, sending and filing.
 
-For one flow (see the state diagram in :mod:`gateway.journal`)::
+For one flow (see the state diagram in :mod:`flows.lifecycle`)::
 
     claim ─▶ analyse (flows/) ─▶ route (connection + mode) ─▶ duplicate check ─▶ queued
           ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
     any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
 
+The dispatcher supervises: it claims files, runs one task per flow, and advances each flow by
+looking its state up in :attr:`Dispatcher.steps`, a table from :class:`FlowState` to the
+coroutine that moves it on, until the flow waits or is done. The work of each step is done by a
+collaborator, all sharing one :class:`~gateway.flow.context.Context`:
+
+* :mod:`~gateway.flow.routing` — analysis, validation, routing, remote name (``claimed``);
+* :mod:`~gateway.flow.lotting` — invoices waiting ``batched`` for their lot, and packing;
+* :mod:`~gateway.flow.delivery` — attempts and retries over the connection's sender;
+* :mod:`~gateway.flow.receipts` — what the partner answered, at once or later (``settle``);
+* :mod:`~gateway.flow.filing` — refusals, and filing in ``sent/`` or ``error/``;
+* :mod:`~gateway.flow.recovery` — reconciliation at start, ``raccord retry``, local faults.
+
 A partner that acknowledges later (asynchronous AS2 MDN) leaves the flow ``awaiting_receipt``
 with no task running: :meth:`Dispatcher.settle` finishes it when the acknowledgement arrives,
 :meth:`Dispatcher.expire_receipts` files it in ``error/`` when the wait is over.
 
-On a connection that packs lots (``lot.max_invoices`` > 1) a routed invoice is validated (under
-Complète it must carry what Chorus Pro checks first, so that it cannot sink its lot), then waits
-``batched`` in the :class:`~gateway.flow.lots.Assembler`; a full lot is packed into one archive
-in the spool and becomes a flow of its own, which takes the path above.
-
 Every decision is journaled *before* the file moves, so a crash between the two is finished by
 :meth:`Dispatcher.reconcile` at the next start. A flow's task never lets an exception escape:
 an unexpected error files the flow in ``error/`` with reason ``internal_error`` and the daemon
-goes on.
+goes on; a fault of data_dir's own file system (disk full...) is tried again once it may have
+healed.
 """
 
 from __future__ import annotations
