@@ -55,7 +55,7 @@ from gateway.flow.lotting import Lotting
 from gateway.flow.receipts import SETTLE_PATIENCE, Receipts
 from gateway.flow.recovery import FILE_REASONS, CannotSucceed, Recovery, local_fault, requeue
 from gateway.flow.refusals import Refusal, unknown_connection
-from gateway.flow.routing import Router, remote_name_for, route, route_code
+from gateway.flow.routing import Router, route, route_code
 from gateway.flow.senders import SenderPool
 from gateway.flow.validator import Validator, ValidatorUnavailable
 from gateway.folders import Layout, display_name, spool_name
@@ -79,7 +79,6 @@ __all__ = [
     "Sleep",
     "backoff",
     "local_fault",
-    "remote_name_for",
     "rename_all",
     "requeue",
     "route",
