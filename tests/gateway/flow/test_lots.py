@@ -14,7 +14,7 @@ from flows import lots
 from gateway import config as config_module
 from gateway.cli.commands import main
 from gateway.config import Config
-from gateway.flow import dispatcher
+from gateway.flow import lotting as dispatcher
 from gateway.flow.lots import journal_lot
 from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB

@@ -1,0 +1,247 @@
+"""Recovery: getting over a stop, a crash, a local fault or an operator's ``raccord retry``.
+
+At start, :meth:`Recovery.reconcile` makes journal and spool agree (a crash between a decision
+and the file's move is finished where the journal says). :func:`requeue` is ``raccord retry``:
+it puts a flow in ``error`` back to ``claimed``, refusing retries whose outcome is known
+(:class:`CannotSucceed`); :meth:`Recovery.pick_up_requeued` starts them in the running daemon.
+:func:`local_fault` tells a fault of data_dir's own file system, which heals, from a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from flows import lots
+from flows.analysis import digest
+from gateway import logs
+from gateway.flow.context import Context
+from gateway.folders import move, parse_spool_name
+from gateway.journal import OPEN, WAITING, Call, FlowRow, JournalDB
+
+log = logs.get()
+
+
+class Recovery:
+    """Resumes the flows a stop, a crash or ``raccord retry`` left unfinished."""
+
+    def __init__(
+        self, ctx: Context, *, start: Callable[[str], None], running: Callable[[str], bool]
+    ) -> None:
+        self._ctx = ctx
+        self._start = start  # runs a flow from its journaled state
+        self._running = running  # whether a flow is being worked on here
+
+    async def reconcile(self) -> int:
+        """Make journal and spool agree after a stop or a crash; restart unfinished flows.
+
+        Spool files unknown to the journal (claimed just before a crash) are journaled; rows
+        still open are resumed; those awaiting an acknowledgement go on waiting. Returns the
+        number of flows resumed.
+        """
+        known = {
+            row.spool_path: row
+            for row in await self._ctx.journal.call(Call(JournalDB.in_states, OPEN + WAITING))
+        }
+        spooled = await asyncio.to_thread(self._spooled)
+        for connection, path in spooled:
+            parsed = parse_spool_name(path.name)
+            if parsed is None or str(path) in known:
+                continue
+            flow_id, original = parsed
+            if lots.is_lot_name(flow_id, original) and not await self._ctx.journal.knows(flow_id):
+                # Packed, but the journal never recorded the lot: its invoices are still
+                # batched and will be packed again.
+                await asyncio.to_thread(functools.partial(path.unlink, missing_ok=True))
+                log.warning("lot.unfinished_removed", connection=connection, path=str(path))
+                continue
+            recovered = await self._ctx.journal.call(
+                functools.partial(
+                    _recover, flow_id=flow_id, connection=connection, name=original, spool=path
+                )
+            )
+            if recovered:
+                log.warning(recovered, connection=connection, flow_id=flow_id, file=original)
+                self._start(flow_id)
+        present = {str(path) for _, path in spooled}
+        for row in known.values():
+            if row.spool_path not in present and row.state not in ("delivered", "failing"):
+                await self._ctx.transition(
+                    row,
+                    "error",
+                    reason="lost",
+                    message=f"spool file {row.spool_path} is missing; it was removed by hand",
+                    final_path=None,
+                )
+                log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
+                continue
+            if row.state in WAITING:
+                continue  # settled by the partner's acknowledgement, or expired
+            if row.state == "sending":
+                log.warning(
+                    "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
+                )
+            self._start(row.flow_id)
+        return sum(1 for row in known.values() if row.state not in WAITING)
+
+    def _spooled(self) -> list[tuple[str, Path]]:
+        """(connection, path) of every file in the spool folders, also those of connections no
+        longer configured (their flows are filed in error/ as ``unknown_connection``)."""
+        found = []
+        for connection in self._ctx.layout.spooled_connections():
+            folder = self._ctx.layout.spool(connection)
+            found += [(connection, folder / entry) for entry in sorted(os.listdir(folder))]
+        return found
+
+    async def pick_up_requeued(self) -> int:
+        """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
+        claimed = await self._ctx.journal.call(Call(JournalDB.spools_in, "claimed"))
+        started = 0
+        for flow_id, spool_path in claimed:
+            if self._running(flow_id):
+                continue
+            # lexists: the entry itself (a link put back is refused by analysis, not skipped).
+            if await asyncio.to_thread(os.path.lexists, spool_path):
+                self._start(flow_id)
+                started += 1
+        return started
+
+
+def local_fault(exc: BaseException) -> tuple[str, str] | None:
+    """``(reason, what to do)`` when ``exc`` is a fault of data_dir's own file system that
+    ops can heal (and raccord then gets over by itself: the flow is tried again), else None."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc).lower() if isinstance(exc, sqlite3.OperationalError) else ""
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        return (
+            "local_disk_full",
+            "data_dir's file system is full: free space there; raccord tries again by itself",
+        )
+    if code == errno.EROFS or "readonly" in text or "read-only" in text:
+        return (
+            "local_read_only",
+            "data_dir's file system is read-only: remount it read-write; raccord tries again "
+            "by itself",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            "local_permission_denied",
+            f"raccord may not write {getattr(exc, 'filename', None) or 'in data_dir'}: give "
+            "raccord's user write permission on data_dir; raccord tries again by itself",
+        )
+    return None
+
+
+def _recover(db: JournalDB, *, flow_id: str, connection: str, name: str, spool: Path) -> str:
+    """Journal a spool file the journal does not account for; return the log event, or "".
+
+    Either it was claimed just before a crash (no row yet), or ``raccord retry`` moved it back
+    from error/ and was stopped before recording that (row still in ``error``, its file in
+    error/ gone): both resume as ``claimed``.
+    """
+    if db.insert(flow_id, connection, name, str(spool)):
+        return "flow.recovered"
+    row = db.get(flow_id)
+    if row is not None and row.state == "packed":  # its lot was journaled; the copy is spare
+        spool.unlink(missing_ok=True)
+        return ""
+    if row is not None and row.state == "error" and not _in_error_folder(row):
+        _back_to_claimed(db, row, "retry finished after restart", forced=bool(row.forced))
+        return "flow.retry_recovered"
+    return ""
+
+
+#: Reasons that belong to the file itself: retried unchanged, it fails the same way.
+FILE_REASONS = frozenset(
+    {
+        "empty",
+        "malformed_xml",
+        "unknown_format",
+        "no_interface_code",
+        "not_a_regular_file",
+        "invalid_invoice",
+    }
+)
+
+
+class CannotSucceed(LookupError):
+    """``raccord retry`` of a flow that would fail again the same way (exit 1, saying why)."""
+
+
+def _would_succeed(row: FlowRow, source: Path, *, force: bool) -> None:
+    """Refuse a retry whose outcome is known: a duplicate without ``force``, or a file whose
+    own content was the problem and has not changed since (the operator may fix a file in
+    ``error/`` in place and retry it: its new content is analysed afresh).
+
+    Raises:
+        CannotSucceed: saying why and what to do instead.
+    """
+    name = f"flow {row.flow_id} ({row.original_name})"
+    if row.reason == "duplicate" and not force:
+        raise CannotSucceed(
+            f"{name} is a duplicate"
+            + (f" of flow {row.duplicate_of}" if row.duplicate_of else "")
+            + "; retrying would refuse it again: use raccord retry --force to send it anyway"
+        )
+    if row.reason in FILE_REASONS:
+        unchanged = row.sha256 is None or not source.is_file() or digest(source)[0] == row.sha256
+        if unchanged:
+            raise CannotSucceed(
+                f"{name} is in error for {row.reason}, which is the file's own content: "
+                "retried unchanged it would fail again; fix the file (in error/ or drop a "
+                f"corrected one in outbox/{row.connection}/)"
+            )
+
+
+def _in_error_folder(row: FlowRow) -> bool:
+    return row.final_path is not None and Path(row.final_path).exists()
+
+
+def _back_to_claimed(db: JournalDB, row: FlowRow, detail: str, *, forced: bool) -> None:
+    """Queue a flow in error again: analysed and routed afresh, same remote name."""
+    db.transition(
+        row.flow_id,
+        "claimed",
+        expect=("error",),
+        detail=detail,
+        forced=int(forced),
+        reason=None,
+        message=None,
+        final_path=None,
+        attempts=0,
+        # An earlier attempt may have reached the partner: the resend must check first.
+        unknown_outcome=1 if row.attempts else 0,
+    )
+
+
+def requeue(db: JournalDB, flow_id: str, *, force: bool) -> str:
+    """Put a flow in ``error`` back into the queue (``raccord retry``); return what was done.
+
+    The file returns from ``error/`` to its spool path; the flow is analysed and routed again
+    (so a fixed configuration applies), keeps its remote name (so a resend after an unknown
+    outcome is recognised), and with ``force`` skips the duplicate check.
+
+    Raises:
+        LookupError: unknown flow, or not in ``error``, or its file is no longer in error/.
+    """
+    row = db.get(flow_id)
+    if row is None:
+        raise LookupError(f"no flow {flow_id} in the journal")
+    if row.state != "error":
+        raise LookupError(f"flow {flow_id} is {row.state}; only flows in error can be retried")
+    if not _in_error_folder(row):
+        raise LookupError(f"flow {flow_id}: its file {row.final_path} is no longer in error/")
+    source, spool = Path(row.final_path or ""), Path(row.spool_path)
+    _would_succeed(row, source, force=force)
+    # Move first: a crash before the journal write leaves the file in the spool with its row
+    # in error, which reconcile finishes (_recover); the other order could report it lost.
+    move(source, spool)
+    source.with_name(source.name + ".error.json").unlink(missing_ok=True)
+    detail = "raccord retry" + (" --force" if force else "")
+    _back_to_claimed(db, row, detail, forced=force or bool(row.forced))
+    return f"{flow_id} ({row.original_name}) queued again" + (" (forced)" if force else "")
