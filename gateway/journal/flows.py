@@ -1,0 +1,270 @@
+"""The ``flows`` table: recording a flow, moving it between states, finding it again.
+
+Every move is one ``UPDATE … RETURNING`` guarded by the states the flow may come from (the
+table in :mod:`flows.lifecycle`); the ``transitions`` history is written by the schema's
+triggers, not here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.lifecycle import TRANSITIONS, FlowState, predecessors
+from gateway.folders import free_name
+from gateway.journal.base import timestamp
+from gateway.journal.invoices import InvoiceQueries
+from gateway.journal.rows import COLUMN_SET, FlowRow, StateConflict
+
+#: The states in which an earlier flow makes a new one a duplicate.
+ACTIVE_FOR_DUPLICATES = (
+    "batched",
+    "packed",
+    "queued",
+    "sending",
+    "awaiting_receipt",
+    "delivered",
+    "sent",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(columns: tuple[str, ...], expected: int | None) -> str:
+    """The statement of :meth:`FlowQueries.transition` that sets ``columns`` (remembered: the
+    calls are few shapes, made thousands of times)."""
+    unknown = set(columns) - COLUMN_SET
+    assert not unknown, unknown
+    where = "flow_id=?"
+    if expected is not None:
+        where += f" AND state IN ({','.join('?' * expected)})"
+    # Column names come from FlowRow's fields (asserted above), values are parameters.
+    assignments = "".join(f", {name}=?" for name in columns)
+    return (
+        f"UPDATE flows SET state=?, updated_at=?, detail=?{assignments} WHERE {where}"  # noqa: S608
+        " RETURNING *"
+    )
+
+
+class FlowQueries(InvoiceQueries):
+    """A flow's row and its moves. Built on :class:`InvoiceQueries`: a flow is queued together
+    with the invoice it carries, in one transaction."""
+
+    def insert(
+        self, /, flow_id: str, connection: str, original_name: str, spool_path: str, **values: Any
+    ) -> FlowRow | None:
+        """Record a newly claimed flow (with more columns in ``values``: a lot's packaging,
+        interface code…); return it, or None if it was already recorded."""
+        unknown = values.keys() - COLUMN_SET
+        assert not unknown, unknown
+        now = timestamp()
+        names = "".join(f", {name}" for name in values)
+        marks = ", ?" * len(values)
+        row = self._db.execute(
+            "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
+            f" state, created_at, updated_at{names}) VALUES (?, ?, ?, ?, 'claimed', ?, ?{marks})"
+            " RETURNING *",
+            (flow_id, connection, original_name, spool_path, now, now, *values.values()),
+        ).fetchone()
+        return FlowRow.of(row) if row else None
+
+    def transition(
+        self,
+        /,
+        flow_id: str,
+        to_state: str,
+        *,
+        expect: Iterable[str] | None = None,
+        detail: str | None = None,
+        **values: Any,
+    ) -> FlowRow:
+        """Move a flow to ``to_state``, setting ``values`` in the same statement; return it.
+
+        ``expect`` narrows the states the flow may come from; by default, every state from
+        which :data:`flows.lifecycle.TRANSITIONS` allows the move.
+
+        Raises:
+            StateConflict: the flow is unknown, or in none of the expected states (nothing is
+                written then).
+        """
+        state = FlowState(to_state)
+        if expect is None:
+            expected: tuple[str, ...] = predecessors(state)
+        else:
+            expected = tuple(expect)
+            # A call site may narrow the table, never widen it.
+            assert all(state in TRANSITIONS[FlowState(e)] for e in expected), (expected, state)
+        sql = _update_sql(tuple(values), len(expected))
+        params = (to_state, timestamp(), detail, *values.values(), flow_id, *expected)
+        row = self._db.execute(sql, params).fetchone()
+        if row is None:
+            current = self._db.execute(
+                "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
+            ).fetchone()
+            if current is None:
+                raise StateConflict(f"flow {flow_id} is not in the journal")
+            raise StateConflict(
+                f"flow {flow_id} is {current['state']}, expected {sorted(expected)}"
+            )
+        return FlowRow.of(row)
+
+    def file_to(
+        self,
+        /,
+        flow_id: str,
+        to_state: str,
+        folder: Path,
+        name: str,
+        *,
+        expect: Iterable[str] | None = None,
+        **values: Any,
+    ) -> FlowRow:
+        """Decide where a flow's file goes (``final_path``) and move it to ``to_state``.
+
+        The name is ``folder/name`` unless a file is there or another flow already holds that
+        path (then the flow id is inserted before the extension). Choosing and recording run
+        back to back on the journal's single thread, so two flows filed at the same instant
+        under one name can never be given the same path (a rename would overwrite one).
+        """
+
+        def taken(path: Path) -> bool:
+            if os.path.lexists(path):  # a link there is taken too, even a dangling one
+                return True
+            held = self._db.execute(
+                "SELECT 1 FROM flows WHERE final_path=? AND flow_id<>? LIMIT 1",
+                (str(path), flow_id),
+            ).fetchone()
+            return held is not None
+
+        with self.transaction():
+            target = free_name(folder, name, flow_id, taken)
+            return self.transition(
+                flow_id, to_state, expect=expect, final_path=str(target), **values
+            )
+
+    def get(self, flow_id: str) -> FlowRow | None:
+        row = self._db.execute("SELECT * FROM flows WHERE flow_id=?", (flow_id,)).fetchone()
+        return FlowRow.of(row) if row else None
+
+    def awaiting(self, receipt_key: str) -> FlowRow | None:
+        """The latest flow whose acknowledgement refers to ``receipt_key``, in any state."""
+        row = self._db.execute(
+            "SELECT * FROM flows WHERE receipt_key=? ORDER BY updated_at DESC LIMIT 1",
+            (receipt_key,),
+        ).fetchone()
+        return FlowRow.of(row) if row else None
+
+    def receipts_due(self, now: str) -> list[FlowRow]:
+        """Flows still awaiting an acknowledgement whose wait ended at or before ``now``."""
+        rows = self._db.execute(
+            "SELECT * FROM flows WHERE state='awaiting_receipt' AND receipt_due<=?"
+            " ORDER BY receipt_due",
+            (now,),
+        ).fetchall()
+        return [FlowRow.of(row) for row in rows]
+
+    def find_duplicate(
+        self, flow_id: str, sha256: str, supplier_id: str | None, invoice_number: str | None
+    ) -> FlowRow | None:
+        """An earlier live or sent flow with the same bytes, or the same supplier and invoice.
+
+        An invoice the partner rejected, and that no later flow carries again, is not a
+        duplicate: it may be corrected and sent again under its number.
+        """
+        states = ",".join("?" * len(ACTIVE_FOR_DUPLICATES))
+        row = self._db.execute(
+            f"SELECT * FROM flows f WHERE flow_id<>? AND state IN ({states}) AND (sha256=?"  # noqa: S608 - placeholders only
+            " OR (? IS NOT NULL AND ? IS NOT NULL AND supplier_id=? AND invoice_number=?))"
+            " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=f.flow_id"
+            " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
+            " WHERE i.source_flow=f.flow_id AND i.rejected=0))"
+            " ORDER BY created_at LIMIT 1",
+            (
+                flow_id,
+                *ACTIVE_FOR_DUPLICATES,
+                sha256,
+                supplier_id,
+                invoice_number,
+                supplier_id,
+                invoice_number,
+            ),
+        ).fetchone()
+        return FlowRow.of(row) if row else None
+
+    def queue_unless_duplicate(
+        self,
+        /,
+        flow_id: str,
+        identity: tuple[str, str | None, str | None],
+        *,
+        check: bool,
+        to_state: str = "queued",
+        invoice: tuple[str, str | None, str | None, str] | None = None,
+        sending: Mapping[str, Any] | None = None,
+        **values: Any,
+    ) -> tuple[FlowRow | None, FlowRow | None]:
+        """Queue a claimed flow (or put it in ``batched`` for a lot) unless an earlier flow
+        makes it a duplicate; with ``sending`` (the values of that transition), a queued flow
+        goes on to ``sending`` at once (both transitions recorded).
+
+        Returns ``(queued row, None)``, or ``(None, earlier flow)`` for a duplicate.
+
+        Check and transition run back to back on the journal's single thread, so two copies
+        dropped at the same instant cannot both pass the check.
+        ``identity`` is (sha256, supplier identifier, invoice number); ``invoice``, the invoice
+        the flow carries, recorded with it (see :meth:`add_invoices`).
+        """
+        with self.transaction():
+            if check:
+                earlier = self.find_duplicate(flow_id, *identity)
+                if earlier is not None:
+                    return None, earlier
+            queued = self.transition(flow_id, to_state, expect=("claimed",), **values)
+            if invoice is not None:
+                self.add_invoices(flow_id, [invoice])
+            if sending is not None:
+                queued = self.transition(flow_id, "sending", expect=(to_state,), **sending)
+            return queued, None
+
+    def resubmission_of(self, flow_id: str) -> str | None:
+        """The flow that resubmitted ``flow_id``'s collateral invoices, if any."""
+        row = self._db.execute(
+            "SELECT flow_id FROM flows WHERE resubmit_of=? LIMIT 1", (flow_id,)
+        ).fetchone()
+        return row["flow_id"] if row else None
+
+    def in_states(self, states: Sequence[str]) -> list[FlowRow]:
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(
+            f"SELECT * FROM flows WHERE state IN ({marks}) ORDER BY created_at",  # noqa: S608
+            tuple(states),
+        ).fetchall()
+        return [FlowRow.of(row) for row in rows]
+
+    def spools_in(self, state: str) -> list[tuple[str, str]]:
+        """(flow_id, spool_path) of the flows in ``state``, oldest first: for a poll that may
+        find thousands during a burst, a fraction of the cost of whole rows."""
+        rows = self._db.execute(
+            "SELECT flow_id, spool_path FROM flows WHERE state=? ORDER BY created_at", (state,)
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def transitions(self, flow_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT from_state, to_state, at, detail FROM transitions WHERE flow_id=? ORDER BY id",
+            (flow_id,),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def overdue(self, connection: str, sent_before: str) -> list[FlowRow]:
+        """Flows of ``connection`` sent before ``sent_before`` that no return has spoken of yet
+        (neither the flow nor any invoice it carries has a status), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM flows f WHERE connection=? AND state='sent' AND updated_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM statuses s WHERE s.flow_id=f.flow_id)"
+            " ORDER BY updated_at",
+            (connection, sent_before),
+        ).fetchall()
+        return [FlowRow.of(row) for row in rows]
