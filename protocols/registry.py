@@ -18,6 +18,7 @@ from protocols.base import ProtocolPlugin
 from protocols.settings import nearest
 
 __all__ = [
+    "BUILTINS",
     "ENTRY_POINT_GROUP",
     "UnknownProtocol",
     "get",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from gateway import logs
 from gateway.sandbox import pki
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
@@ -17,6 +19,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def sample(name: str) -> bytes:
     """A sample shipped with raccord (gateway/sandbox/samples), as bytes."""
     return (resources.files("gateway.sandbox") / "samples" / name).read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def _logs_where_the_daemon_writes_them() -> Iterator[None]:
+    """After each test, the logs go to stdout again: a command that moved them (``analyze``
+    sends them to stderr, a gateway may start a background writer) must not change what a
+    later test captures."""
+    yield
+    logs.configure()
 
 
 @pytest.fixture
