@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from protocols.certs import KeyPair
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+Write = Callable[[str, bytes], Path]
+"""The type of the ``write`` fixture, for tests that take it."""
+
 
 def sample(name: str) -> bytes:
     """A sample shipped with raccord (gateway/sandbox/samples), as bytes."""
@@ -20,7 +24,7 @@ def sample(name: str) -> bytes:
 
 
 @pytest.fixture
-def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write(tmp_path: Path) -> Write:
     """write(name, data) -> Path: a file in a fresh folder."""
 
     def _write(name: str, data: bytes) -> Path:
