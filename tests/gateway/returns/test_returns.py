@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,10 +290,11 @@ def import_returns(config: Config, tmp_path: Path, *documents: bytes) -> None:
         assert main(["import", "--config", str(config.path), str(path)]) == 0
 
 
-def current(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> list[dict]:  # type: ignore[type-arg]
+def current(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
     capsys.readouterr()
     assert main(["flows", "--config", str(config.path), "--format", "json", *args]) == 0
-    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+    listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return listed
 
 
 def test_a_stale_status_arriving_after_payment_never_replaces_it(
