@@ -23,6 +23,9 @@ from tests.gateway.harness import deliver, memory_config, rows, sidecar
 
 _buckets = itertools.count()
 
+SentFlow = tuple[Config, FlowRow]
+"""The ``sent_flow`` fixture: a configuration and its one flow, sent."""
+
 
 def invoice(number: str) -> bytes:
     return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
@@ -57,7 +60,7 @@ def cpp_statut(
 
 
 @pytest.fixture
-def sent_flow(tmp_path: Path) -> tuple[Config, FlowRow]:
+def sent_flow(tmp_path: Path) -> SentFlow:
     bucket = f"returns-{next(_buckets)}"
     memory.BUCKETS.pop(bucket, None)
     config = memory_config(tmp_path, bucket)
@@ -67,7 +70,7 @@ def sent_flow(tmp_path: Path) -> tuple[Config, FlowRow]:
 
 
 def test_rejected_invoice_is_copied_to_rejected_with_its_reasons(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, row = sent_flow
     ret = tmp_path / "FEN1200A_1.xml"
@@ -96,7 +99,7 @@ def test_rejected_invoice_is_copied_to_rejected_with_its_reasons(
 
 
 def test_the_same_return_twice_is_applied_once(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, row = sent_flow
     assert row.remote_name is not None
@@ -119,7 +122,7 @@ def test_the_same_return_twice_is_applied_once(
 
 
 def test_a_return_for_no_known_flow_is_kept_and_listed(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, _ = sent_flow
     ret = tmp_path / "stray.xml"
@@ -134,7 +137,7 @@ def test_a_return_for_no_known_flow_is_kept_and_listed(
 
 
 def test_an_import_that_is_no_return_flow_is_refused_and_said(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """By hand, a file that is no return flow is a mistake to say, not a return to keep (a
     partner's unreadable return, fetched by the daemon, is still kept)."""
@@ -160,7 +163,7 @@ def test_an_import_that_is_no_return_flow_is_refused_and_said(
 
 
 def test_a_return_interrupted_while_applying_is_applied_again(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     config, _ = sent_flow
     layout = Layout(config.gateway.data_dir)
@@ -179,7 +182,7 @@ def test_a_return_interrupted_while_applying_is_applied_again(
 
 
 def test_the_daemon_finishes_returns_interrupted_by_a_stop(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
@@ -197,7 +200,7 @@ def test_the_daemon_finishes_returns_interrupted_by_a_stop(
 
 
 def test_a_rejection_interrupted_after_its_path_was_chosen_is_written_once(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
@@ -218,7 +221,7 @@ def test_a_rejection_interrupted_after_its_path_was_chosen_is_written_once(
 
 
 def test_a_return_id_already_used_is_never_reused(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sent_flow: SentFlow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, _ = sent_flow
     layout = Layout(config.gateway.data_dir)
@@ -243,7 +246,7 @@ def test_a_return_id_already_used_is_never_reused(
 
 
 def test_a_return_stored_but_not_journaled_before_a_crash_is_applied_at_start(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
@@ -298,7 +301,7 @@ def current(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> l
 
 
 def test_a_stale_status_arriving_after_payment_never_replaces_it(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """11 (mise en paiement, h+5) then 01 (déposée, h+0) in a later file: the invoice stays paid
     in status.json and `raccord flows`; the 01 is in the history."""
@@ -320,7 +323,7 @@ def test_a_stale_status_arriving_after_payment_never_replaces_it(
 
 
 def test_a_stale_status_after_a_rejection_keeps_it_rejected_and_listed(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, row = sent_flow
     assert row.remote_name is not None
@@ -336,7 +339,7 @@ def test_a_stale_status_after_a_rejection_keeps_it_rejected_and_listed(
 
 
 def test_a_payment_after_a_rejection_is_an_anomaly_not_applied(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """11 after 05: kept in the history, logged as return.anomaly, the rejection stands."""
     config, row = sent_flow
@@ -363,7 +366,7 @@ def test_a_payment_after_a_rejection_is_an_anomaly_not_applied(
 
 
 def test_a_rejection_after_payment_is_an_anomaly_and_files_nothing(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     config, row = sent_flow
     assert row.remote_name is not None
@@ -381,9 +384,7 @@ def test_a_rejection_after_payment_is_an_anomaly_and_files_nothing(
     assert not list(Layout(config.gateway.data_dir).rejected("qualif-mem").iterdir())
 
 
-def test_aife_statut_rejection_is_applied(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
-) -> None:
+def test_aife_statut_rejection_is_applied(tmp_path: Path, sent_flow: SentFlow) -> None:
     """A FEN1201A rejection used to be journaled `applied` and change nothing."""
     config, row = sent_flow
     document = (
@@ -398,7 +399,7 @@ def test_aife_statut_rejection_is_applied(
 
 
 def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, row = sent_flow
     path = tmp_path / "FEN1201A.xml"
@@ -412,7 +413,7 @@ def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
 
 
 def test_metrics_count_invoices_by_current_status_and_returns_by_state(
-    tmp_path: Path, sent_flow: tuple[Config, FlowRow]
+    tmp_path: Path, sent_flow: SentFlow
 ) -> None:
     """Metrics read the current status (11 after a stale 01), and count every return's
     outcome, unmatched and unrecognised ones included."""
