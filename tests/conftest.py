@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +14,9 @@ from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+Write = Callable[[str, bytes], Path]
+"""The type of the ``write`` fixture, for tests that take it."""
 
 
 def sample(name: str) -> bytes:
@@ -31,7 +34,7 @@ def _logs_where_the_daemon_writes_them() -> Iterator[None]:
 
 
 @pytest.fixture
-def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write(tmp_path: Path) -> Write:
     """write(name, data) -> Path: a file in a fresh folder."""
 
     def _write(name: str, data: bytes) -> Path:

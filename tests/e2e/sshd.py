@@ -118,8 +118,8 @@ class Sshd:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                log = (self.folder / "sshd.log").read_text()
-                raise RuntimeError(f"sshd exited with {self._process.returncode}: {log}")
+                said = (self.folder / "sshd.log").read_text()
+                raise RuntimeError(f"sshd exited with {self._process.returncode}: {said}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

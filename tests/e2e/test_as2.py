@@ -20,7 +20,7 @@ from gateway.ops.httpserver import serve
 from gateway.sandbox import pki
 from protocols.as2.sender import As2Sender
 from protocols.as2.settings import As2Settings
-from protocols.base import Outbound
+from protocols.base import Outbound, Receipt
 from protocols.certs import KeyPair
 from protocols.errors import ConnectError, ReceiptInvalid, RemoteRejected
 from tests.as2_config import write_as2_config
@@ -53,7 +53,7 @@ def outbound(tmp_path: Path, flow_id: str, data: bytes, *, resend: bool = False)
     return Outbound(flow_id, path, f"FSO1100A_{flow_id}.xml", "FSO1100A", len(data), "", resend)
 
 
-async def send(settings: As2Settings, flow: Outbound):  # type: ignore[no-untyped-def]
+async def send(settings: As2Settings, flow: Outbound) -> Receipt:
     async with As2Sender(settings) as sender:
         return await sender.send(flow)
 
@@ -72,12 +72,12 @@ async def send(settings: As2Settings, flow: Outbound):  # type: ignore[no-untype
 def test_django_pyas2_receives_intact_and_its_mdn_is_verified(
     tmp_path: Path,
     partner: DjangoPyas2,
-    as2_settings,
-    encryption,
-    signature,
-    compress,
-    mdn,
-) -> None:  # type: ignore[no-untyped-def]
+    as2_settings: As2Settings,
+    encryption: str,
+    signature: str,
+    compress: bool,
+    mdn: str,
+) -> None:
     settings = replace(
         as2_settings,
         url=partner.url,
@@ -162,11 +162,11 @@ HOP = {"content-length", "transfer-encoding", "connection", "host", "keep-alive"
 
 
 def test_a_resend_after_a_lost_answer_is_a_duplicate_for_django_pyas2(
-    tmp_path: Path, partner: DjangoPyas2, as2_settings
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, partner: DjangoPyas2, as2_settings: As2Settings
+) -> None:
     data = INVOICE.encode()
 
-    async def scenario():  # type: ignore[no-untyped-def]
+    async def scenario() -> tuple[ConnectError, Receipt, int]:
         async with Proxy(partner.url) as proxy:
             proxy.drop_answers = 1
             settings = replace(as2_settings, url=proxy.url, timeout=30)
@@ -189,8 +189,8 @@ def test_a_resend_after_a_lost_answer_is_a_duplicate_for_django_pyas2(
 
 
 def test_the_same_message_id_without_a_resend_is_refused_not_hidden(
-    tmp_path: Path, partner: DjangoPyas2, as2_settings
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, partner: DjangoPyas2, as2_settings: As2Settings
+) -> None:
     settings = replace(as2_settings, url=partner.url, timeout=30)
     asyncio.run(send(settings, outbound(tmp_path, "f-0003", INVOICE.encode())))
 
@@ -213,8 +213,8 @@ def _change_mic(payload: bytes) -> bytes:
     ],
 )
 def test_a_tampered_mdn_fails_the_flow(
-    tmp_path: Path, partner: DjangoPyas2, as2_settings, mdn, expected
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, partner: DjangoPyas2, as2_settings: As2Settings, mdn: str, expected: str
+) -> None:
     async def scenario() -> None:
         async with Proxy(partner.url) as proxy:
             proxy.bend = _change_mic
@@ -229,8 +229,8 @@ def test_a_tampered_mdn_fails_the_flow(
 
 
 def test_an_http_400_after_storing_is_refused_with_a_warning(
-    tmp_path: Path, our_keys, partner_keys, as2_settings
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair, as2_settings: As2Settings
+) -> None:
     trap = DjangoPyas2(tmp_path / "trap", partner_keys, our_keys)
     trap.configure()
     trap.start(PARTNER_DATA_DIR_TRAP="1")
@@ -252,8 +252,14 @@ def test_an_http_400_after_storing_is_refused_with_a_warning(
     ],
 )
 def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
-    tmp_path: Path, our_keys, partner_keys, encryption, signature, mdn_mode, mdn_sign
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    encryption: str,
+    signature: str,
+    mdn_mode: str,
+    mdn_sign: str | None,
+) -> None:
     port = free_port()
     server = DjangoPyas2(tmp_path / "partner", partner_keys, our_keys)
     config = write_as2_config(
@@ -300,8 +306,8 @@ def test_django_pyas2_sends_to_the_gateway_and_accepts_its_mdn(
 
 
 def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, partner: DjangoPyas2, our_keys: KeyPair, partner_keys: KeyPair
+) -> None:
     config = write_as2_config(tmp_path, our_keys, partner_keys, url=partner.url)
     invoice = sample("ubl-invoice.xml")
 
@@ -321,8 +327,8 @@ def test_the_gateway_delivers_over_as2_and_files_the_mdn_in_the_receipt(
 
 @pytest.mark.parametrize("mdn", ["async-signed", "async"])
 def test_django_pyas2_posts_its_mdn_later_and_the_waiting_flow_is_sent(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, mdn
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, partner: DjangoPyas2, our_keys: KeyPair, partner_keys: KeyPair, mdn: str
+) -> None:
     port = free_port()
     config = write_as2_config(
         tmp_path,
@@ -358,8 +364,12 @@ def test_django_pyas2_posts_its_mdn_later_and_the_waiting_flow_is_sent(
 
 
 def test_check_connect_reaches_the_partner_and_reports_expired_certificates(
-    tmp_path: Path, partner: DjangoPyas2, our_keys, partner_keys, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    partner: DjangoPyas2,
+    our_keys: KeyPair,
+    partner_keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     config = write_as2_config(tmp_path, our_keys, partner_keys, url=partner.url)
     assert main(["check", "--connect", "--config", str(config.path)]) == 0
     reached = capsys.readouterr().out

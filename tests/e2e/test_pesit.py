@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_invoices_dropped_in_the_outbox_arrive_over_pesit(tmp_path: Path) -> Non
             held = {p.read_bytes() for p in responder.deposits.iterdir()}
             assert held == set(invoices.values())
             for row in rows(config):
-                assert row.state == "sent", row.last_error
+                assert row.state == "sent", row
                 receipt = sidecar(row, ".receipt.json")
                 assert receipt["protocol"] == "pesit"
                 assert receipt["partner_answer"]["file_name"] == "FSO1100A"
@@ -95,7 +96,7 @@ def test_a_transfer_broken_mid_file_is_resumed_by_the_retry(tmp_path: Path) -> N
                 drop(config, "big.xml", data, CONNECTION)
                 await until(filed(config, 1), what="the invoice filed")
             (row,) = rows(config)
-            assert row.state == "sent", row.last_error
+            assert row.state == "sent", row
             assert row.attempts == 2
             ((_, point),) = responder.restarts
             assert point > 0
@@ -210,7 +211,7 @@ def _just_past_a_sync_point(number: str, points: int, extra: int) -> bytes:
     return invoice
 
 
-def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, dict[str, object]]:
+def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, dict[str, Any]]:
     """A TLS server context demanding a client certificate, and the connection keys for it."""
     from gateway.sandbox import pki
 
@@ -223,7 +224,7 @@ def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, dict[str, object]]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
     context.load_cert_chain(str(server_cert), str(server_key))
     context.verify_mode = ssl.CERT_REQUIRED
-    keys: dict[str, object] = {
+    keys: dict[str, Any] = {
         "tls": True,
         "ca_bundle": ca_file,
         "client_certificate": pki.write_certificates(
@@ -272,7 +273,7 @@ def test_files_ending_just_past_a_sync_point_are_stored_exactly_once(
             held = {p.read_bytes() for p in responder.deposits.iterdir()}
             assert held == set(invoices.values())
             for row in rows(config):
-                assert row.state == "sent", row.last_error
+                assert row.state == "sent", row
                 assert row.attempts == 1
 
     asyncio.run(scenario())

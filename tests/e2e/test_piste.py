@@ -133,6 +133,7 @@ def test_ubl_and_cii_invoices_are_deposited_and_reported_integrated(
         sent = {r.original_name: r for r in rows(config) if r.connection == CONNECTION}
         assert {r.state for r in sent.values()} == {"sent"}
         syntaxes = {d.name: d.syntax for d in chorus.deposits.values()}
+        assert sent["u.xml"].remote_name is not None and sent["c.xml"].remote_name is not None
         assert syntaxes[sent["u.xml"].remote_name] == "IN_DP_E1_UBL_INVOICE"
         assert syntaxes[sent["c.xml"].remote_name] == "IN_DP_E1_CII_16B"
         for row in sent.values():

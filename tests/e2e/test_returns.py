@@ -5,8 +5,10 @@ gateway fetches the answer over SFTP and applies Complète or Partielle."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,9 @@ def number(i: int) -> str:
     return f"F-REJ-{i:03}" if i == BAD else f"F-{i:03}"
 
 
-def setup(tmp_path: Path, sshd: Sshd, mode: str, *, resubmit: bool = False, after: str = "delete"):  # type: ignore[no-untyped-def]
+def setup(
+    tmp_path: Path, sshd: Sshd, mode: str, *, resubmit: bool = False, after: str = "delete"
+) -> tuple[Config, Desk]:
     path = write_sftp_config(
         tmp_path,
         sshd,
@@ -71,7 +75,9 @@ def applied(config: Config, lot: FlowRow) -> bool:
         return any(s["position"] is None for s in db.statuses(lot.flow_id))
 
 
-async def run_until(config: Config, desk: Desk, predicate, what: str, drops: int = 20) -> None:  # type: ignore[no-untyped-def]
+async def run_until(
+    config: Config, desk: Desk, predicate: Callable[[], bool], what: str, drops: int = 20
+) -> None:
     stopping = asyncio.Event()
     answering = asyncio.create_task(desk.run(stopping))
     try:
@@ -108,6 +114,7 @@ def test_complete_lot_with_one_bad_invoice_is_rejected_and_the_19_resubmitted(
     assert len(resent) == 19 and {i["status_code"] for i in resent} == {"01"}
     assert number(BAD) not in {i["invoice_number"] for i in resent}
     # Both lots went up once each; both answers were fetched and removed from the partner.
+    assert first.remote_name is not None and again.remote_name is not None
     assert sorted(sshd.uploaded()) == sorted([first.remote_name, again.remote_name])
     assert list(sshd.download_dir.iterdir()) == []
     rejected = Layout(config.gateway.data_dir).rejected(CONN)
@@ -228,7 +235,7 @@ def test_returns_written_outside_raccord_out_of_order_and_contradictory_under_pa
                 (sshd.download_dir / f"FEN120{n}.xml.part").rename(
                     sshd.download_dir / f"FEN120{n}.xml"
                 )
-                await until(lambda n=n: returns_done(n), what=f"return {n} applied")
+                await until(functools.partial(returns_done, n), what=f"return {n} applied")
             return lot
 
     lot = asyncio.run(scenario())

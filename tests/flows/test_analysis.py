@@ -11,11 +11,11 @@ import pytest
 from flows.analysis import Problem, analyze
 from flows.codes import Format
 from gateway.sandbox.demo import facturx_pdf
-from tests.conftest import sample
+from tests.conftest import Write, sample
 from tests.invoices import pdf_attaching
 
 
-def test_ubl_invoice_facts_are_extracted(write) -> None:  # type: ignore[no-untyped-def]
+def test_ubl_invoice_facts_are_extracted(write: Write) -> None:
     result = analyze(write("f.xml", sample("ubl-invoice.xml")))
     assert result.ok
     assert result.format is Format.UBL_INVOICE
@@ -29,7 +29,7 @@ def test_ubl_invoice_facts_are_extracted(write) -> None:  # type: ignore[no-unty
     assert result.currency == "EUR"
 
 
-def test_ubl_credit_note_with_prefixed_root_and_leading_comment(write) -> None:  # type: ignore[no-untyped-def]
+def test_ubl_credit_note_with_prefixed_root_and_leading_comment(write: Write) -> None:
     result = analyze(write("c.xml", sample("ubl-creditnote.xml")))
     assert result.format is Format.UBL_CREDIT_NOTE
     assert result.interface_code == "FSO1100A"
@@ -39,7 +39,7 @@ def test_ubl_credit_note_with_prefixed_root_and_leading_comment(write) -> None: 
     assert result.supplier_id == "123456782"
 
 
-def test_cii_d16b_facts_and_date_normalised(write) -> None:  # type: ignore[no-untyped-def]
+def test_cii_d16b_facts_and_date_normalised(write: Write) -> None:
     result = analyze(write("i.xml", sample("cii-invoice.xml")))
     assert result.format is Format.CII_D16B
     assert result.interface_code == "FSO1106A"
@@ -50,12 +50,12 @@ def test_cii_d16b_facts_and_date_normalised(write) -> None:  # type: ignore[no-u
     assert result.buyer_id == "11000201100044"
 
 
-def test_cii_credit_note_keeps_its_type_code(write) -> None:  # type: ignore[no-untyped-def]
+def test_cii_credit_note_keeps_its_type_code(write: Write) -> None:
     data = sample("cii-invoice.xml").replace(b"<ram:TypeCode>380", b"<ram:TypeCode>381")
     assert analyze(write("a.xml", data)).type_code == "381"
 
 
-def test_facturx_is_recognised_by_its_embedded_cii(write) -> None:  # type: ignore[no-untyped-def]
+def test_facturx_is_recognised_by_its_embedded_cii(write: Write) -> None:
     result = analyze(write("fx.pdf", facturx_pdf(sample("cii-invoice.xml"))))
     assert result.format is Format.FACTURX
     assert result.interface_code == "FSO1117A"
@@ -63,7 +63,7 @@ def test_facturx_is_recognised_by_its_embedded_cii(write) -> None:  # type: igno
     assert result.invoice_number == "DEMO-CII-0001"
 
 
-def test_pdf_without_xml_attachment_is_unknown_format(write) -> None:  # type: ignore[no-untyped-def]
+def test_pdf_without_xml_attachment_is_unknown_format(write: Write) -> None:
     from pypdf import PdfWriter
 
     buffer = io.BytesIO()
@@ -75,31 +75,31 @@ def test_pdf_without_xml_attachment_is_unknown_format(write) -> None:  # type: i
     assert "factur-x.xml" in (result.message or "")
 
 
-def test_pdf_embedding_ubl_is_not_facturx(write) -> None:  # type: ignore[no-untyped-def]
+def test_pdf_embedding_ubl_is_not_facturx(write: Write) -> None:
     result = analyze(write("x.pdf", pdf_attaching(sample("ubl-invoice.xml"))))
     assert result.problem is Problem.UNKNOWN_FORMAT
     assert "not a CII" in (result.message or "")
 
 
-def test_truncated_pdf_is_a_clear_error(write) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_pdf_is_a_clear_error(write: Write) -> None:
     result = analyze(write("t.pdf", b"%PDF-1.7\n1 0 obj\n<<"))
     assert result.problem is Problem.UNKNOWN_FORMAT
     assert result.message
 
 
-def test_utf8_bom_is_accepted(write) -> None:  # type: ignore[no-untyped-def]
+def test_utf8_bom_is_accepted(write: Write) -> None:
     result = analyze(write("b.xml", b"\xef\xbb\xbf" + sample("ubl-invoice.xml")))
     assert result.ok and result.invoice_number == "DEMO-UBL-0001"
 
 
-def test_utf16_document_is_decoded(write) -> None:  # type: ignore[no-untyped-def]
+def test_utf16_document_is_decoded(write: Write) -> None:
     text = sample("cii-invoice.xml").decode().replace('encoding="UTF-8"', 'encoding="UTF-16"')
     result = analyze(write("u16.xml", text.encode("utf-16")))
     assert result.ok and result.invoice_number == "DEMO-CII-0001"
     assert result.buyer_name == "Ministère de l'Exemple"
 
 
-def test_latin1_declared_document_is_decoded(write) -> None:  # type: ignore[no-untyped-def]
+def test_latin1_declared_document_is_decoded(write: Write) -> None:
     text = sample("ubl-invoice.xml").decode().replace('encoding="UTF-8"', 'encoding="ISO-8859-1"')
     result = analyze(write("l1.xml", text.encode("latin-1")))
     assert result.ok and result.buyer_name == "Ministère de l'Exemple"
@@ -117,23 +117,23 @@ def test_latin1_declared_document_is_decoded(write) -> None:  # type: ignore[no-
         ),
     ],
 )
-def test_other_chorus_formats_are_named(write, root: str, fmt: Format) -> None:  # type: ignore[no-untyped-def]
+def test_other_chorus_formats_are_named(write: Write, root: str, fmt: Format) -> None:
     assert analyze(write("d.xml", root.encode())).format is fmt
 
 
-def test_return_flow_has_no_outbound_interface_code(write) -> None:  # type: ignore[no-untyped-def]
+def test_return_flow_has_no_outbound_interface_code(write: Write) -> None:
     result = analyze(write("s.xml", b"<CPPStatut/>"))
     assert result.problem is Problem.NO_INTERFACE_CODE
     assert result.interface_code is None
 
 
-def test_unknown_root_is_unknown_format_naming_the_root(write) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_root_is_unknown_format_naming_the_root(write: Write) -> None:
     result = analyze(write("o.xml", b"<Order xmlns='urn:example'/>"))
     assert result.problem is Problem.UNKNOWN_FORMAT
     assert "{urn:example}Order" in (result.message or "")
 
 
-def test_invoice_local_name_in_wrong_namespace_is_not_ubl(write) -> None:  # type: ignore[no-untyped-def]
+def test_invoice_local_name_in_wrong_namespace_is_not_ubl(write: Write) -> None:
     assert analyze(write("w.xml", b"<Invoice xmlns='urn:other'/>")).format is Format.UNKNOWN
 
 
@@ -151,20 +151,20 @@ def test_invoice_local_name_in_wrong_namespace_is_not_ubl(write) -> None:  # typ
         (b"<?xml version='1.0'?>", Problem.MALFORMED_XML),
     ],
 )
-def test_bad_inputs_get_a_reason(write, data: bytes, problem: Problem) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inputs_get_a_reason(write: Write, data: bytes, problem: Problem) -> None:
     result = analyze(write("bad.xml", data))
     assert result.problem is problem
     assert result.message
 
 
-def test_truncated_invoice_is_malformed_with_line_number(write) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_invoice_is_malformed_with_line_number(write: Write) -> None:
     data = sample("ubl-invoice.xml")[:1500]
     result = analyze(write("cut.xml", data))
     assert result.problem is Problem.MALFORMED_XML
     assert "line" in (result.message or "")
 
 
-def test_external_entity_is_refused_and_not_read(write, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_external_entity_is_refused_and_not_read(write: Write, tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET")
     data = (
@@ -179,7 +179,7 @@ def test_external_entity_is_refused_and_not_read(write, tmp_path: Path) -> None:
     assert "TOP-SECRET" not in str(result.to_dict())
 
 
-def test_billion_laughs_is_refused_without_expanding(write) -> None:  # type: ignore[no-untyped-def]
+def test_billion_laughs_is_refused_without_expanding(write: Write) -> None:
     entities = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
     data = (f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY l0 "lol">{entities}]><r>&l9;</r>').encode()
     tracemalloc.start()
@@ -190,7 +190,7 @@ def test_billion_laughs_is_refused_without_expanding(write) -> None:  # type: ig
     assert peak < 20_000_000
 
 
-def test_large_invoice_is_scanned_in_bounded_memory(write) -> None:  # type: ignore[no-untyped-def]
+def test_large_invoice_is_scanned_in_bounded_memory(write: Write) -> None:
     line = (
         b"<cac:InvoiceLine><cbc:ID>1</cbc:ID><cbc:Note>" + b"x" * 900 + b"</cbc:Note>"
         b"</cac:InvoiceLine>\n"
@@ -207,7 +207,7 @@ def test_large_invoice_is_scanned_in_bounded_memory(write) -> None:  # type: ign
     assert peak < 10_000_000, f"peak traced memory {peak} for a {len(body)}-byte file"
 
 
-def test_to_dict_is_stable_and_json_ready(write) -> None:  # type: ignore[no-untyped-def]
+def test_to_dict_is_stable_and_json_ready(write: Write) -> None:
     import json
 
     data = analyze(write("f.xml", sample("ubl-invoice.xml"))).to_dict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from flows import cppstatut
 from flows.returns import Kind, parse
@@ -46,8 +47,11 @@ def test_the_document_has_the_shape_of_the_cpp_statut_schema() -> None:
     root = etree.fromstring(cppstatut.build(statut))
     assert root.tag == "CPPStatut" and root.get("Version") == "1.20"
 
-    def at(path: str) -> list[str]:
-        return [e.text for e in root.xpath(path)]
+    def elements(path: str) -> list[etree._Element]:
+        return cast("list[etree._Element]", root.xpath(path))
+
+    def at(path: str) -> list[str | None]:
+        return [e.text for e in elements(path)]
 
     params = "Enveloppe/EnveloppeUnitaire/Parametres/ParametreIndiv"
     assert at(f"{params}/Code") == ["DtPrd", "IdFlx"]
@@ -59,7 +63,7 @@ def test_the_document_has_the_shape_of_the_cpp_statut_schema() -> None:
     unit = "CPPFactureStatuts/CPPFactureStatutUnitaire"
     assert at(f"{unit}/Fournisseur/TypeIdentifiant") == ["1"]
     assert at(f"{unit}/Fournisseur/Identifiant") == ["S"]
-    assert [e.tag for e in root.xpath(f"{unit}/DonneesStatut/*")] == [
+    assert [e.tag for e in elements(f"{unit}/DonneesStatut/*")] == [
         "IdStatut",
         "IdFacture",
         "Horodatage",

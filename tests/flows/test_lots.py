@@ -148,10 +148,10 @@ def test_packed_lots_are_plain_readable_files_with_fixed_metadata(tmp_path: Path
     zipped = tmp_path / "lot.zip"
     lots.pack([("a.xml", b"<a/>" * 100)], zipped, "zip")
     with zipfile.ZipFile(zipped) as archive:
-        (info,) = archive.infolist()
-        assert info.date_time == (1980, 1, 1, 0, 0, 0)
-        assert info.external_attr >> 16 == 0o644
-        assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size < 400
+        (entry,) = archive.infolist()
+        assert entry.date_time == (1980, 1, 1, 0, 0, 0)
+        assert entry.external_attr >> 16 == 0o644
+        assert entry.compress_type == zipfile.ZIP_DEFLATED and entry.compress_size < 400
 
 
 def test_lot_names_are_recognised_for_their_flow_only() -> None:

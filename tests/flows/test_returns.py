@@ -435,6 +435,7 @@ def test_a_junk_entry_in_a_piste_invoice_search_never_drops_the_invoices_after_i
 
 
 def test_a_piste_invoice_search_with_no_invoice_says_so(tmp_path: Path) -> None:
+    answer: object
     for answer in ({"listeFactures": []}, {"listeFactures": "x"}, "x"):
         ret = _piste(tmp_path, {"format": SEARCH, "answer": answer})
         assert ret.invoice_statuses == ()

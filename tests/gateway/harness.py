@@ -8,10 +8,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway import config as config_module
-from gateway.batching import WorkerBatches
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
@@ -223,7 +222,13 @@ def answer_lost_after(*functions: Callable[..., Any], times: int | None = None) 
     return AnswerLost
 
 
-W = TypeVar("W", bound=WorkerBatches[Any, Any])
+class Closable(Protocol):
+    """A pool of worker processes (WorkerBatches, the Analyser…): ended with ``close()``."""
+
+    async def close(self) -> None: ...
+
+
+W = TypeVar("W", bound=Closable)
 Item = TypeVar("Item")
 R = TypeVar("R")
 

@@ -16,6 +16,7 @@ from gateway.journal import (
     TERMINAL,
     UNFILED,
     Call,
+    FlowRow,
     Journal,
     JournalDB,
     JournalUnavailable,
@@ -71,7 +72,7 @@ def half_done(db: JournalDB) -> None:
 
 
 def test_a_call_that_fails_after_writing_is_undone_and_the_others_kept(tmp_path: Path) -> None:
-    async def main() -> list[object]:
+    async def main() -> tuple[object, object, object]:
         journal = Journal(tmp_path / "j.sqlite")
         await journal.open()
         try:
@@ -218,7 +219,7 @@ def test_a_call_that_cannot_travel_fails_alone_at_its_caller(tmp_path: Path) -> 
 def test_the_journal_process_dying_fails_its_batch_and_the_next_call_gets_a_new_one(
     tmp_path: Path,
 ) -> None:
-    async def main() -> tuple[list[object], object]:
+    async def main() -> tuple[tuple[object, object], FlowRow | None]:
         journal = Journal(tmp_path / "j.sqlite")
         await journal.open()
         try:
@@ -269,7 +270,7 @@ def test_rows_travel_between_processes_unchanged(tmp_path: Path) -> None:
     assert again == row and repr(again) == repr(row)
     assert dataclasses.asdict(again)["remote_name"] == "R.xml" and again.attempts == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
-        again.state = "sent"  # type: ignore[misc]
+        again.state = "sent"
     db.close()
 
 

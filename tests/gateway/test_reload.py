@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def rewrite(config: Config, bucket: str, extra: str = "", **overrides: Any) -> N
     config.path.write_text(text + extra)
 
 
-async def reload(gateway: Gateway) -> list[dict[str, Any]]:
+async def reload(gateway: Gateway) -> list[MutableMapping[str, Any]]:
     """SIGHUP's effect: request a reload, wait for its outcome, return the config.* events."""
     with capture_logs() as events:
         gateway.request_reload()
@@ -63,7 +64,7 @@ async def reload(gateway: Gateway) -> list[dict[str, Any]]:
 def test_an_invalid_configuration_is_logged_and_the_running_one_kept(tmp_path: Path) -> None:
     [bucket] = buckets("reload-invalid", "a")
     config = memory_config(tmp_path, bucket)
-    outcomes: list[list[dict[str, Any]]] = []
+    outcomes: list[list[MutableMapping[str, Any]]] = []
 
     async def scenario() -> None:
         async with running(config) as gateway:
@@ -96,7 +97,7 @@ def test_an_added_connection_is_watched_and_carries_files(tmp_path: Path) -> Non
     first, second = buckets("reload-add", "a", "b")
     config = memory_config(tmp_path, first)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with running(config) as gateway:
             rewrite(config, first, second_connection(second))
             events = await reload(gateway)
@@ -128,7 +129,7 @@ def test_a_transfer_under_way_finishes_on_its_sender_which_closes_after_it(
     old, new = buckets("reload-change", "old", "new")
     config = memory_config(tmp_path, old)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with running(config) as gateway:
             gate = memory.hold(old)
             drop(config, "slow.xml", invoice("R-4"))
@@ -163,7 +164,7 @@ def test_a_removed_connection_finishes_its_transfer_and_files_waiting_invoices_i
     rewrite(config, first, lots)
     config = config_module.load(config.path)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with running(config) as gateway:
             gate = memory.hold(second)
             drop(config, "one.xml", invoice("R-6"), connection="second-mem")

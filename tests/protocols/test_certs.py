@@ -9,10 +9,14 @@ import pytest
 
 from gateway.sandbox import pki
 from protocols import certs
+from protocols.certs import KeyPair
+
+Authority = tuple[KeyPair, KeyPair, KeyPair]
+"""A root, an intermediate it signed and a leaf the intermediate signed."""
 
 
 @pytest.fixture(scope="module")
-def authority() -> tuple[pki.KeyPair, pki.KeyPair, pki.KeyPair]:
+def authority() -> Authority:
     root = pki.issue("Root CA", ca=True, days=3650)
     intermediate = pki.issue("Issuing CA", root, ca=True, days=1825)
     leaf = pki.issue("partner.example", intermediate)
@@ -20,7 +24,9 @@ def authority() -> tuple[pki.KeyPair, pki.KeyPair, pki.KeyPair]:
 
 
 @pytest.mark.parametrize("form", ["pem", "p7b", "p7b-der"])
-def test_a_chain_reads_back_in_every_bundle_form(tmp_path: Path, authority, form) -> None:  # type: ignore[no-untyped-def]
+def test_a_chain_reads_back_in_every_bundle_form(
+    tmp_path: Path, authority: Authority, form: str
+) -> None:
     root, intermediate, leaf = authority
     chain = [leaf.certificate, intermediate.certificate, root.certificate]
     path = pki.write_certificates(chain, tmp_path / f"chain.{form}", form)
@@ -35,7 +41,9 @@ def test_a_chain_reads_back_in_every_bundle_form(tmp_path: Path, authority, form
     assert certs.chain_problems(certs.order_chain(loaded)) == []
 
 
-def test_a_der_certificate_and_a_pkcs12_file_read_back(tmp_path: Path, authority) -> None:  # type: ignore[no-untyped-def]
+def test_a_der_certificate_and_a_pkcs12_file_read_back(
+    tmp_path: Path, authority: Authority
+) -> None:
     _, intermediate, leaf = authority
     der = pki.write_certificates([leaf.certificate], tmp_path / "leaf.cer", "der")
     p12 = pki.write_pkcs12(leaf, tmp_path / "leaf.p12", "s3cret")
@@ -49,7 +57,7 @@ def test_a_der_certificate_and_a_pkcs12_file_read_back(tmp_path: Path, authority
 
 def test_a_key_and_its_certificate_are_paired_and_a_stranger_is_refused(
     tmp_path: Path,
-    authority,  # type: ignore[no-untyped-def]
+    authority: Authority,
 ) -> None:
     _, _, leaf = authority
     other = pki.issue("someone else")
@@ -80,7 +88,7 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
         certs.load_certificates(tmp_path / "missing.pem")
 
 
-def test_chain_problems_name_disorder_gaps_strangers_and_expiry(authority) -> None:  # type: ignore[no-untyped-def]
+def test_chain_problems_name_disorder_gaps_strangers_and_expiry(authority: Authority) -> None:
     root, intermediate, leaf = authority
     stranger = pki.issue("stranger")
 
@@ -105,7 +113,7 @@ def test_chain_problems_name_disorder_gaps_strangers_and_expiry(authority) -> No
     ]
 
 
-def test_trusted_roots_decide_when_given(authority) -> None:  # type: ignore[no-untyped-def]
+def test_trusted_roots_decide_when_given(authority: Authority) -> None:
     root, intermediate, leaf = authority
     other_root = pki.issue("Other Root", ca=True)
 

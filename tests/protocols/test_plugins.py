@@ -56,7 +56,7 @@ def raccord(site: Path | None, *args: str, **kwargs: object) -> subprocess.Popen
     env = dict(os.environ)
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return subprocess.Popen(
+    process: subprocess.Popen[str] = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
@@ -64,6 +64,7 @@ def raccord(site: Path | None, *args: str, **kwargs: object) -> subprocess.Popen
         text=True,
         **kwargs,  # type: ignore[call-overload]
     )
+    return process
 
 
 def write_config(tmp_path: Path, protocol: str = "folder") -> tuple[Path, Path]:

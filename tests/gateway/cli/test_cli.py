@@ -19,7 +19,7 @@ from gateway.cli.commands import main
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from protocols import memory
-from tests.conftest import sample
+from tests.conftest import Write, sample
 from tests.gateway.cli.test_check import sftp_config
 from tests.gateway.harness import drop, filed, memory_config, rows, running, until
 
@@ -27,8 +27,8 @@ EXAMPLE = Path(__file__).parents[3] / "config" / "raccord.example.toml"
 
 
 def test_analyze_json_gives_a_stable_object_per_file(
-    write, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
     ubl = write("ubl.xml", sample("ubl-invoice.xml"))
     cii = write("cii.xml", sample("cii-invoice.xml"))
     assert main(["analyze", "--format", "json", str(ubl), str(cii)]) == 0
@@ -41,8 +41,8 @@ def test_analyze_json_gives_a_stable_object_per_file(
 
 
 def test_analyze_with_config_names_the_carrier_or_why_not(
-    write, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
     pdf_like = write("pes.xml", b"<PES_Aller/>")
     ubl = write("ubl.xml", sample("ubl-invoice.xml"))
     status = main(
@@ -56,7 +56,7 @@ def test_analyze_with_config_names_the_carrier_or_why_not(
     assert bad["problem"] == "no_interface_code"
 
 
-def test_analyze_table_is_readable(write, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_analyze_table_is_readable(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
     path = write("ubl.xml", sample("ubl-invoice.xml"))
     assert main(["analyze", "--format", "table", str(path)]) == 0
     out = capsys.readouterr().out
@@ -235,8 +235,8 @@ def test_version_names_raccord_and_its_components(capsys: pytest.CaptureFixture[
 
 
 def test_analyze_validates_each_file_and_exits_1_for_an_invalid_invoice(
-    write, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The JSON contract: a validation object per file; the table names rule, text, place."""
     from tests import invoices
 
@@ -268,7 +268,9 @@ def test_analyze_validates_each_file_and_exits_1_for_an_invalid_invoice(
     assert "BR-10  An Invoice shall contain the Buyer postal address (BG-8).  /Invoice" in table
 
 
-def test_analyze_refuses_an_unknown_rule_set(write, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_analyze_refuses_an_unknown_rule_set(
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write("ubl.xml", sample("ubl-invoice.xml"))
     assert main(["analyze", "--rules", "en16931,xrechnung", str(path)]) == 2
     assert "unknown rule set 'xrechnung'" in capsys.readouterr().err

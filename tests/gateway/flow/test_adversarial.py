@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.folders import Layout, is_candidate
+from gateway.journal import FlowRow
 from protocols import memory
 from tests.conftest import sample
 from tests.gateway.harness import filed, memory_config, rows, running, until
@@ -143,7 +144,7 @@ def _make(entry: Entry, where: Path, secret: Path) -> None:
         os.mkdir(path)
 
 
-def _drop_all(batch: list[Entry], tmp: Path) -> dict[str, object]:
+def _drop_all(batch: list[Entry], tmp: Path) -> dict[str, FlowRow]:
     """Run a gateway, drop every entry (made beside, renamed in), wait until all are filed;
     return the rows by original name and the secret's state."""
     bucket = f"adversarial-{os.getpid()}-{id(batch)}"

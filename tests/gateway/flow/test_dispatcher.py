@@ -180,15 +180,16 @@ def test_a_file_offered_several_times_at_once_is_one_flow(tmp_path: Path, bucket
 
     async def main() -> None:
         async with running(config) as gateway:
-            assert gateway.dispatcher is not None
+            dispatcher = gateway.dispatcher
+            assert dispatcher is not None
             outbox.mkdir(parents=True, exist_ok=True)
             path = outbox / ".f.xml.part"  # not a candidate: the watcher leaves it to us
             path.write_bytes(invoice("F-4"))
             with capture_logs() as logs:
-                ids = [await gateway.dispatcher.claim("qualif-mem", path) for _ in range(3)]
+                ids = [await dispatcher.claim("qualif-mem", path) for _ in range(3)]
                 assert len(set(ids)) == 3
                 await until(filed(config, 1))
-                await until(lambda: gateway.dispatcher.busy == 0, what="the other claims ended")
+                await until(lambda: dispatcher.busy == 0, what="the other claims ended")
             assert [e["event"] for e in logs if e["log_level"] in ("error", "warning")] == []
             assert len([e for e in logs if e["event"] == "flow.claimed"]) == 1
 
@@ -399,9 +400,10 @@ def test_partial_and_hidden_names_are_never_picked_up(tmp_path: Path, bucket: st
         async with running(config) as gateway:
             (outbox / "f.xml.part").rename(outbox / "f.xml")
             await until(filed(config, 1))
-            assert gateway.watcher is not None
-            scans = gateway.watcher.scans
-            await until(lambda: gateway.watcher.scans > scans, what="a rescan of the outbox")
+            watcher = gateway.watcher
+            assert watcher is not None
+            scans = watcher.scans
+            await until(lambda: watcher.scans > scans, what="a rescan of the outbox")
             assert len(rows(config)) == 1
 
     asyncio.run(main())
@@ -588,8 +590,9 @@ def test_flow_delivered_but_not_filed_is_never_put_in_error(tmp_path: Path, buck
         async with running(config, now=lambda: day) as gateway:
             drop(config, "f.xml", invoice("F-60"))
             await until(lambda: [r.state for r in rows(config)] == ["delivered"])
-            assert gateway.dispatcher is not None
-            await until(lambda: gateway.dispatcher.busy == 0, what="flow task finished")
+            dispatcher = gateway.dispatcher
+            assert dispatcher is not None
+            await until(lambda: dispatcher.busy == 0, what="flow task finished")
 
     asyncio.run(first())
     (row,) = rows(config)

@@ -8,7 +8,7 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,9 @@ def check(worker: _Worker, path: Path, rules: tuple[str, ...] = ("en16931",)) ->
         ("facturx.pdf", invoices.facturx_pdf),
     ],
 )
-def test_known_valid_invoices_pass(worker: _Worker, tmp_path: Path, name: str, make) -> None:  # type: ignore[no-untyped-def]
+def test_known_valid_invoices_pass(
+    worker: _Worker, tmp_path: Path, name: str, make: Callable[[], bytes]
+) -> None:
     path = tmp_path / name
     path.write_bytes(make())
     checked = check(worker, path)
@@ -66,8 +68,8 @@ def test_known_valid_invoices_pass(worker: _Worker, tmp_path: Path, name: str, m
         ("fx-profile.pdf", lambda: invoices.facturx_pdf(level="basic"), "FX-PROFILE"),
     ],
 )
-def test_known_invalid_invoices_are_caught_with_their_rule(  # type: ignore[no-untyped-def]
-    worker: _Worker, tmp_path: Path, name: str, make, rule: str
+def test_known_invalid_invoices_are_caught_with_their_rule(
+    worker: _Worker, tmp_path: Path, name: str, make: Callable[[], bytes], rule: str
 ) -> None:
     path = tmp_path / name
     path.write_bytes(make())

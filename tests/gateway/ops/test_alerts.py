@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def test_a_flow_filed_in_error_reaches_the_webhook_and_the_mailbox(
     bucket = f"alerts-{time.monotonic_ns()}"
     hook, mailbox = Webhook(), Mailbox()
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         url, port = await hook.start(), await mailbox.start()
         config = memory_config(tmp_path, bucket)
         config.path.write_text(config.path.read_text() + alerts_section(url, port))
@@ -52,7 +53,7 @@ def test_a_flow_filed_in_error_reaches_the_webhook_and_the_mailbox(
                 async with running(config):
                     drop(config, "notes.txt", b"not an invoice at all")
                     await until(filed(config, 1), what="the file filed in error/")
-                    await until(lambda: hook.received and mailbox.messages, what="the alerts")
+                    await until(lambda: bool(hook.received and mailbox.messages), what="the alerts")
         finally:
             await hook.stop()
             await mailbox.stop()
@@ -163,7 +164,7 @@ def test_a_connection_failing_longer_than_failing_for_alerts_once_then_recovers(
 def test_a_failing_channel_is_logged_and_the_other_still_delivers() -> None:
     hook, mailbox = Webhook(status=500), Mailbox()
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         url, port = await hook.start(), await mailbox.start()
         from gateway.config import SmtpSettings
 
@@ -192,7 +193,7 @@ def test_an_unreachable_mail_server_is_an_error_in_the_log_not_a_crash() -> None
     smtp = SmtpSettings("127.0.0.1", free_port(), "raccord@gateway.test", ("ops@company.test",))
     alerter = Alerter(AlertSettings(smtp=smtp))
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         with capture_logs() as events:
             alerter.certificate(
                 {

@@ -5,6 +5,7 @@ outside its validity period."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def test_a_certificate_expiring_while_the_daemon_runs_blocks_it_from_then_on(
     assert row.message.startswith("connection qualif-as2 is blocked: its own certificate CN=")
 
 
-def logged(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def logged(events: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in events if e["event"] == name]
 
 

@@ -214,7 +214,7 @@ def test_a_body_over_the_limit_is_refused_while_it_streams_in(
         for at in range(0, len(huge), 65536):
             yield huge[at : at + 65536]
 
-    async def scenario() -> tuple[int, bytes, Any]:
+    async def scenario() -> tuple[tuple[int, bytes], tuple[int, dict[str, str], bytes]]:
         assert config.as2_receiver is not None
         url = f"http://127.0.0.1:{config.as2_receiver.port}/as2"
         async with running(config), aiohttp.ClientSession() as client:

@@ -7,16 +7,19 @@ import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Journal, JournalDB
+from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.ops.alerts import Alert, Alerter
 from gateway.returns import pipeline as returns
 from gateway.returns.polling import Poller, sources
 from gateway.sandbox.pesit_partner import Account, PesitResponder
 from protocols import memory
+from protocols.base import RemoteFile
 from protocols.errors import ConnectError, RemotePermissionDenied, TransferTimeout
 from protocols.pesit.sender import PesitSender, PesitSettings
 from tests.gateway.harness import deliver, memory_config, running, until
@@ -26,7 +29,7 @@ _buckets = itertools.count()
 CONN = "qualif-mem"
 
 
-def setup(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-def]
+def setup(tmp_path: Path, **overrides: str) -> tuple[Config, str, FlowRow]:
     bucket = f"poll-{next(_buckets)}"
     memory.BUCKETS.pop(bucket, None)
     config = memory_config(tmp_path, bucket, delay='0s"\npoll_interval = "50ms', **overrides)
@@ -34,7 +37,7 @@ def setup(tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-def]
     return config, bucket, row
 
 
-def journal(config):  # type: ignore[no-untyped-def]
+def journal(config: Config) -> JournalDB:
     return JournalDB(Layout(config.gateway.data_dir).journal)
 
 
@@ -63,7 +66,7 @@ def test_a_return_waiting_at_the_partner_is_fetched_applied_and_removed(tmp_path
 
 def test_a_failed_download_is_fetched_again_at_the_next_poll(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, bucket, row = setup(tmp_path)
     offered = memory.bucket(bucket).returns
@@ -85,7 +88,7 @@ def test_a_failed_download_is_fetched_again_at_the_next_poll(
 
 def test_a_return_over_the_size_limit_is_left_and_reported_once(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, bucket, _ = setup(tmp_path, gateway_extra='max_file_size = "5KB"')
     offered = memory.bucket(bucket).returns
@@ -151,7 +154,7 @@ def _pesit(tmp_path: Path, responder: PesitResponder) -> PesitSender:
     return PesitSender(settings)
 
 
-async def _rounds(config, source, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+async def _rounds(config: Config, source: PesitSender, count: int) -> list[int]:
     journal_ = Journal(Layout(config.gateway.data_dir).journal)
     await journal_.open()
     try:
@@ -190,13 +193,15 @@ def test_a_queue_is_drained_and_each_file_acknowledged_once_stored(tmp_path: Pat
     assert not list(Layout(config.gateway.data_dir).inbox(CONN).glob(".*"))  # no temp left
 
 
-def test_a_queue_file_not_stored_stays_with_the_partner(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_queue_file_not_stored_stays_with_the_partner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, _, _ = setup(tmp_path)
     data = cpp_statut(invoices=(("F-100", "05"),))
     real = returns.receive_download
     failures = iter([OSError(28, "No space left on device")])
 
-    def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def full_disk(*args: Any, **kwargs: Any) -> returns.Outcome:
         for exc in failures:
             raise exc
         return real(*args, **kwargs)
@@ -234,7 +239,7 @@ def test_a_lost_acknowledgement_hands_the_file_out_again_and_it_is_applied_once(
                 acknowledge = source.acknowledge_return
                 lost = iter([True])
 
-                async def flaky(remote):  # type: ignore[no-untyped-def]
+                async def flaky(remote: RemoteFile) -> str:
                     if next(lost, False):  # the connection drops before TRANS.END goes out
                         await source.release_return(remote)
                         raise ConnectError("connection lost")
@@ -258,7 +263,7 @@ def test_a_lost_acknowledgement_hands_the_file_out_again_and_it_is_applied_once(
 
 def test_a_queue_file_over_the_limit_is_reported_once_and_left(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, _, _ = setup(tmp_path, gateway_extra='max_file_size = "5KB"')
 

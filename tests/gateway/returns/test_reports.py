@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flows.returns import PISTE_INVOICES_FORMAT, PISTE_REPORT_FORMAT
+from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Journal, JournalDB
+from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.ops.alerts import Alert, Alerter
 from gateway.returns.reports import Reporter, journal_resend
 from protocols import memory
@@ -55,7 +58,7 @@ def final(state: str, remote_name: str, errors: tuple[str, ...] = ()) -> Report:
     return Report(state, True, text, f"CR_{state}.json", resend=state == "IN_INCIDENTE")
 
 
-def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+def setup(tmp_path: Path) -> tuple[Config, FlowRow]:
     bucket = f"rep-{next(_buckets)}"
     memory.BUCKETS.pop(bucket, None)
     config = memory_config(tmp_path, bucket)
@@ -74,8 +77,8 @@ class Recorded(Alerter):
         self.raised.append(alert)
 
 
-async def rounds(  # type: ignore[no-untyped-def]
-    config,
+async def rounds(
+    config: Config,
     source: Scripted,
     count: int,
     alerts: Alerter | None = None,
@@ -84,16 +87,16 @@ async def rounds(  # type: ignore[no-untyped-def]
     journal = journal_type(Layout(config.gateway.data_dir).journal)
     await journal.open()
     try:
-        reporter = Reporter(config, journal, {CONN: source}, alerts)  # type: ignore[dict-item]
+        reporter = Reporter(config, journal, {CONN: source}, alerts)
         done = []
         for _ in range(count):
-            done.append(await reporter.round(CONN, source))  # type: ignore[arg-type]
+            done.append(await reporter.round(CONN, source))
         return done
     finally:
         await journal.close()
 
 
-def deposit(config, flow_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def deposit(config: Config, flow_id: str) -> dict[str, Any]:
     db = JournalDB(Layout(config.gateway.data_dir).journal)
     try:
         found = db.deposit(flow_id)
@@ -103,7 +106,7 @@ def deposit(config, flow_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-
         db.close()
 
 
-def due_now(config, flow_id: str) -> None:  # type: ignore[no-untyped-def]
+def due_now(config: Config, flow_id: str) -> None:
     """Let the wait before the next question pass."""
     db = JournalDB(Layout(config.gateway.data_dir).journal)
     try:
@@ -168,7 +171,7 @@ def test_a_rejected_report_rejects_the_invoice_it_names(tmp_path: Path) -> None:
 
 def test_a_deposit_never_final_is_given_up_after_the_deadline(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, row = setup(tmp_path)
     for answer in (Report("IN_RECU", False), RemoteBusy("HTTP 503")):
@@ -187,7 +190,7 @@ def test_a_deposit_never_final_is_given_up_after_the_deadline(
 
 def test_an_incident_is_sent_again_once_only(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, row = setup(tmp_path)
     source = Scripted(final("IN_INCIDENTE", row.remote_name or ""))
@@ -242,7 +245,7 @@ def test_a_flow_sent_over_another_protocol_is_looked_at_once_and_never_asked_abo
 
 def test_an_incident_whose_sent_copy_is_gone_says_so_and_sends_nothing(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, row = setup(tmp_path)
     Path(row.final_path or "").unlink()  # removed from sent/ by hand
@@ -263,7 +266,7 @@ def test_an_incident_whose_sent_copy_is_gone_says_so_and_sends_nothing(
 
 def test_a_resend_journaled_whose_answer_was_lost_keeps_its_copy(
     tmp_path: Path,
-    capsys,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The journal process died after recording the resend: the new flow needs its copy."""
     config, row = setup(tmp_path)
@@ -308,12 +311,12 @@ def test_invoices_are_followed_until_final_and_then_never_asked_about(tmp_path: 
         journal = Journal(Layout(config.gateway.data_dir).journal)
         await journal.open()
         try:
-            reporter = Reporter(config, journal, {CONN: source})  # type: ignore[dict-item]
-            await reporter.round(CONN, source)  # type: ignore[arg-type]
+            reporter = Reporter(config, journal, {CONN: source})
+            await reporter.round(CONN, source)
             applied = []
             for _ in range(3):
                 due_later(config, row.flow_id)
-                applied.append(await reporter.lifecycles(CONN, source))  # type: ignore[arg-type]
+                applied.append(await reporter.lifecycles(CONN, source))
             return applied
         finally:
             await journal.close()
@@ -333,7 +336,7 @@ def test_invoices_are_followed_until_final_and_then_never_asked_about(tmp_path: 
         db.close()
 
 
-def due_later(config, flow_id: str) -> None:  # type: ignore[no-untyped-def]
+def due_later(config: Config, flow_id: str) -> None:
     """Let the wait before the next life-cycle question pass."""
     db = JournalDB(Layout(config.gateway.data_dir).journal)
     try:

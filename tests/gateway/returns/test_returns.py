@@ -6,13 +6,15 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows import cppstatut
 from gateway.cli.commands import main
+from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import FlowRow, JournalDB
 from gateway.ops.metrics import JournalCollector
 from gateway.returns import pipeline as returns
 from protocols import memory
@@ -20,6 +22,9 @@ from tests.conftest import sample
 from tests.gateway.harness import deliver, memory_config, rows, sidecar
 
 _buckets = itertools.count()
+
+SentFlow = tuple[Config, FlowRow]
+"""The ``sent_flow`` fixture: a configuration and its one flow, sent."""
 
 
 def invoice(number: str) -> bytes:
@@ -55,7 +60,7 @@ def cpp_statut(
 
 
 @pytest.fixture
-def sent_flow(tmp_path: Path):  # type: ignore[no-untyped-def]
+def sent_flow(tmp_path: Path) -> SentFlow:
     bucket = f"returns-{next(_buckets)}"
     memory.BUCKETS.pop(bucket, None)
     config = memory_config(tmp_path, bucket)
@@ -65,8 +70,8 @@ def sent_flow(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_rejected_invoice_is_copied_to_rejected_with_its_reasons(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, row = sent_flow
     ret = tmp_path / "FEN1200A_1.xml"
     ret.write_bytes(cpp_statut(invoices=(("F-100", "05"),)))
@@ -94,9 +99,10 @@ def test_rejected_invoice_is_copied_to_rejected_with_its_reasons(
 
 
 def test_the_same_return_twice_is_applied_once(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, row = sent_flow
+    assert row.remote_name is not None
     ret = tmp_path / "status.xml"
     ret.write_bytes(cpp_statut(flow_ref=row.remote_name, flow_code="90"))
     again = tmp_path / "status-again.xml"
@@ -116,8 +122,8 @@ def test_the_same_return_twice_is_applied_once(
 
 
 def test_a_return_for_no_known_flow_is_kept_and_listed(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, _ = sent_flow
     ret = tmp_path / "stray.xml"
     ret.write_bytes(cpp_statut(flow_ref="FSO1100A_X_20250101T000000Z-abcdef.xml", flow_code="93"))
@@ -131,8 +137,8 @@ def test_a_return_for_no_known_flow_is_kept_and_listed(
 
 
 def test_an_import_that_is_no_return_flow_is_refused_and_said(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     """By hand, a file that is no return flow is a mistake to say, not a return to keep (a
     partner's unreadable return, fetched by the daemon, is still kept)."""
     config, _ = sent_flow
@@ -156,7 +162,9 @@ def test_an_import_that_is_no_return_flow_is_refused_and_said(
     assert not list(Layout(config.gateway.data_dir).inbox("qualif-mem").iterdir())
 
 
-def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_return_interrupted_while_applying_is_applied_again(
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     config, _ = sent_flow
     layout = Layout(config.gateway.data_dir)
     db = JournalDB(layout.journal)
@@ -173,7 +181,9 @@ def test_a_return_interrupted_while_applying_is_applied_again(tmp_path: Path, se
     assert rows(config)[0].state == "sent"
 
 
-def test_the_daemon_finishes_returns_interrupted_by_a_stop(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_finishes_returns_interrupted_by_a_stop(
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
     stored = layout.inbox("qualif-mem") / "20261123T100000Z-000002--late.xml"
@@ -190,8 +200,8 @@ def test_the_daemon_finishes_returns_interrupted_by_a_stop(tmp_path: Path, sent_
 
 
 def test_a_rejection_interrupted_after_its_path_was_chosen_is_written_once(
-    tmp_path: Path, sent_flow
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
     db = JournalDB(layout.journal)
@@ -211,8 +221,8 @@ def test_a_rejection_interrupted_after_its_path_was_chosen_is_written_once(
 
 
 def test_a_return_id_already_used_is_never_reused(
-    tmp_path: Path, sent_flow, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, _ = sent_flow
     layout = Layout(config.gateway.data_dir)
     taken, fresh = "20261123T100000Z-00000a", "20261123T100000Z-00000b"
@@ -236,8 +246,8 @@ def test_a_return_id_already_used_is_never_reused(
 
 
 def test_a_return_stored_but_not_journaled_before_a_crash_is_applied_at_start(
-    tmp_path: Path, sent_flow
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     config, row = sent_flow
     layout = Layout(config.gateway.data_dir)
     data = cpp_statut(invoices=(("F-100", "05"),))
@@ -276,25 +286,27 @@ def stamped(flow_ref: str, *lines: tuple[str, str, str]) -> bytes:
     )
 
 
-def import_returns(config, tmp_path: Path, *documents: bytes) -> None:  # type: ignore[no-untyped-def]
+def import_returns(config: Config, tmp_path: Path, *documents: bytes) -> None:
     for n, data in enumerate(documents):
         path = tmp_path / f"FEN1200A_{n}.xml"
         path.write_bytes(data)
         assert main(["import", "--config", str(config.path), str(path)]) == 0
 
 
-def current(config, capsys: pytest.CaptureFixture[str], *args: str) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+def current(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
     capsys.readouterr()
     assert main(["flows", "--config", str(config.path), "--format", "json", *args]) == 0
-    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+    listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return listed
 
 
 def test_a_stale_status_arriving_after_payment_never_replaces_it(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     """11 (mise en paiement, h+5) then 01 (déposée, h+0) in a later file: the invoice stays paid
     in status.json and `raccord flows`; the 01 is in the history."""
     config, row = sent_flow
+    assert row.remote_name is not None
     import_returns(
         config,
         tmp_path,
@@ -311,9 +323,10 @@ def test_a_stale_status_arriving_after_payment_never_replaces_it(
 
 
 def test_a_stale_status_after_a_rejection_keeps_it_rejected_and_listed(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, row = sent_flow
+    assert row.remote_name is not None
     import_returns(
         config,
         tmp_path,
@@ -326,10 +339,11 @@ def test_a_stale_status_after_a_rejection_keeps_it_rejected_and_listed(
 
 
 def test_a_payment_after_a_rejection_is_an_anomaly_not_applied(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     """11 after 05: kept in the history, logged as return.anomaly, the rejection stands."""
     config, row = sent_flow
+    assert row.remote_name is not None
     import_returns(
         config, tmp_path, stamped(row.remote_name, ("F-100", "05", "2026-11-23T10:00:00"))
     )
@@ -352,9 +366,10 @@ def test_a_payment_after_a_rejection_is_an_anomaly_not_applied(
 
 
 def test_a_rejection_after_payment_is_an_anomaly_and_files_nothing(
-    tmp_path: Path, sent_flow
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     config, row = sent_flow
+    assert row.remote_name is not None
     import_returns(
         config,
         tmp_path,
@@ -369,7 +384,7 @@ def test_a_rejection_after_payment_is_an_anomaly_and_files_nothing(
     assert not list(Layout(config.gateway.data_dir).rejected("qualif-mem").iterdir())
 
 
-def test_aife_statut_rejection_is_applied(tmp_path: Path, sent_flow) -> None:  # type: ignore[no-untyped-def]
+def test_aife_statut_rejection_is_applied(tmp_path: Path, sent_flow: SentFlow) -> None:
     """A FEN1201A rejection used to be journaled `applied` and change nothing."""
     config, row = sent_flow
     document = (
@@ -384,8 +399,8 @@ def test_aife_statut_rejection_is_applied(tmp_path: Path, sent_flow) -> None:  #
 
 
 def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
-    tmp_path: Path, sent_flow, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, row = sent_flow
     path = tmp_path / "FEN1201A.xml"
     path.write_bytes(f"<AIFEStatut><Truc>{row.remote_name}</Truc></AIFEStatut>".encode())
@@ -398,11 +413,12 @@ def test_a_return_with_nothing_readable_is_unrecognised_never_applied(
 
 
 def test_metrics_count_invoices_by_current_status_and_returns_by_state(
-    tmp_path: Path, sent_flow
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, sent_flow: SentFlow
+) -> None:
     """Metrics read the current status (11 after a stale 01), and count every return's
     outcome, unmatched and unrecognised ones included."""
     config, row = sent_flow
+    assert row.remote_name is not None
     import_returns(
         config,
         tmp_path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows import lots
-from flows.returns import parse
+from flows.returns import ReturnFlow, parse
 from gateway.sandbox.chorus import Desk, Rules, answer
 from tests.gateway.returns.test_returns import invoice
 
@@ -21,7 +21,7 @@ def lot(tmp_path: Path, numbers: list[str]) -> bytes:
     return target.read_bytes()
 
 
-def read(tmp_path: Path, data: bytes):  # type: ignore[no-untyped-def]
+def read(tmp_path: Path, data: bytes) -> ReturnFlow:
     path = tmp_path / "answer.xml"
     path.write_bytes(data)
     return parse(path)

@@ -62,8 +62,13 @@ def _judge(settings: As2Settings, sent: message.Outgoing, raw: bytes) -> message
     ],
 )
 def test_the_partner_decrypts_verifies_and_confirms_our_mic(
-    as2_settings, partner_keys, our_keys, encryption, signature, compress
-) -> None:  # type: ignore[no-untyped-def]
+    as2_settings: As2Settings,
+    partner_keys: KeyPair,
+    our_keys: KeyPair,
+    encryption: str,
+    signature: str,
+    compress: bool,
+) -> None:
     settings = replace(as2_settings, encryption=encryption, signature=signature, compress=compress)
     sent = _send(settings)
 
@@ -75,11 +80,14 @@ def test_the_partner_decrypts_verifies_and_confirms_our_mic(
     assert received.encrypted and received.signed and received.compressed == compress
     assert sent.message_id == "flow-0001@raccord.test"
     assert report.outcome == "processed" and report.signed
+    assert report.mic_algorithm is not None
     assert (report.mic, report.mic_algorithm.replace("-", "")) == (sent.mic, signature)
     assert sent.headers["AS2-From"] == "MYCOMPANY" and sent.headers["AS2-To"] == "CTAIFEP"
 
 
-def test_a_signed_mdn_with_another_mic_is_a_failure(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
+def test_a_signed_mdn_with_another_mic_is_a_failure(
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     received, _, _ = _partner_receives(as2_settings, partner_keys, our_keys, sent)
     received.mic = base64.b64encode(b"\0" * 32)  # the partner hashed other bytes
@@ -90,7 +98,9 @@ def test_a_signed_mdn_with_another_mic_is_a_failure(as2_settings, partner_keys, 
         _judge(as2_settings, sent, _mdn_raw(lying))
 
 
-def test_a_signed_mdn_without_a_mic_proves_nothing(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
+def test_a_signed_mdn_without_a_mic_proves_nothing(
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     received, _, _ = _partner_receives(as2_settings, partner_keys, our_keys, sent)
     received.mic = None
@@ -102,11 +112,12 @@ def test_a_signed_mdn_without_a_mic_proves_nothing(as2_settings, partner_keys, o
 
 
 def test_an_mdn_altered_in_transit_fails_its_signature(
-    as2_settings, partner_keys, our_keys
-) -> None:  # type: ignore[no-untyped-def]
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     _, _, mdn = _partner_receives(as2_settings, partner_keys, our_keys, sent)
     raw = _mdn_raw(mdn)
+    assert sent.mic is not None
     tampered = raw.replace(sent.mic.encode(), base64.b64encode(b"\1" * 32), 1)
     assert tampered != raw
 
@@ -114,7 +125,9 @@ def test_an_mdn_altered_in_transit_fails_its_signature(
         _judge(as2_settings, sent, tampered)
 
 
-def test_an_mdn_signed_by_someone_else_is_refused(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
+def test_an_mdn_signed_by_someone_else_is_refused(
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     from gateway.sandbox import pki
 
     impostor = pki.issue("CTAIFEP AS2")  # same name, other key
@@ -129,8 +142,8 @@ def test_an_mdn_signed_by_someone_else_is_refused(as2_settings, partner_keys, ou
 
 
 def test_an_unsigned_mdn_is_refused_when_a_signed_one_was_asked(
-    as2_settings, partner_keys, our_keys
-) -> None:  # type: ignore[no-untyped-def]
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     received, _, _ = _partner_receives(as2_settings, partner_keys, our_keys, sent)
     del received.payload["disposition-notification-options"]
@@ -141,7 +154,9 @@ def test_an_unsigned_mdn_is_refused_when_a_signed_one_was_asked(
         _judge(as2_settings, sent, _mdn_raw(plain))
 
 
-def test_an_mdn_for_another_message_is_refused(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
+def test_an_mdn_for_another_message_is_refused(
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     other = build_message(as2_settings, INVOICE, "flow-0002", mime_type="application/xml")
     _, _, mdn = _partner_receives(as2_settings, partner_keys, our_keys, other)
@@ -150,7 +165,7 @@ def test_an_mdn_for_another_message_is_refused(as2_settings, partner_keys, our_k
         _judge(as2_settings, sent, _mdn_raw(mdn))
 
 
-def test_an_answer_that_is_no_mdn_is_refused(as2_settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_answer_that_is_no_mdn_is_refused(as2_settings: As2Settings) -> None:
     sent = _send(as2_settings)
     html = message.raw_http({"Content-Type": "text/html"}, b"<html>Bad Gateway</html>")
 
@@ -158,7 +173,9 @@ def test_an_answer_that_is_no_mdn_is_refused(as2_settings) -> None:  # type: ign
         _judge(as2_settings, sent, html)
 
 
-def test_negative_and_duplicate_dispositions_are_read(as2_settings, partner_keys, our_keys) -> None:  # type: ignore[no-untyped-def]
+def test_negative_and_duplicate_dispositions_are_read(
+    as2_settings: As2Settings, partner_keys: KeyPair, our_keys: KeyPair
+) -> None:
     sent = _send(as2_settings)
     received, _, _ = _partner_receives(as2_settings, partner_keys, our_keys, sent)
     refused = pyas2lib.Mdn(mdn_mode="SYNC", digest_alg="sha256")

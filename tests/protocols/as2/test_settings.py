@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from tests.as2_config import write_as2_config
 def test_the_message_id_domain_defaults_to_a_usable_host_name(
     monkeypatch: pytest.MonkeyPatch, host: str, expected: str
 ) -> None:
-    monkeypatch.setattr(settings.socket, "getfqdn", lambda: host)
+    monkeypatch.setattr(socket, "getfqdn", lambda: host)  # the module settings uses
 
     assert settings._domain() == expected
 

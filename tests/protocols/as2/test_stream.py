@@ -8,6 +8,7 @@ import io
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 
@@ -134,7 +135,12 @@ def test_the_payload_is_never_held_in_memory(tmp_path: Path, as2_settings: As2Se
     tracemalloc.start()
     try:
         built = stream.build(
-            as2_settings, source, sink, message_id="big", filename="big.xml", subject="big"
+            as2_settings,
+            source,
+            cast(BinaryIO, sink),
+            message_id="big",
+            filename="big.xml",
+            subject="big",
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
