@@ -260,8 +260,9 @@ def test_an_incident_is_sent_again_once_and_said(
     finally:
         db.close()
     assert sorted(d.state for d in chorus.deposits.values()) == ["IN_INCIDENTE", "IN_INTEGRE"]
-    resent = [line for line in capsys.readouterr().out.splitlines() if "report.resent" in line]
-    assert len(resent) == 1 and f"resubmit_of={first.flow_id}" in resent[0]
+    lines = capsys.readouterr().out.splitlines()
+    resent = [json.loads(line) for line in lines if '"report.resent"' in line]
+    assert len(resent) == 1 and resent[0]["resubmit_of"] == first.flow_id
 
 
 def test_check_connect_gets_a_token_and_names_bad_credentials(
