@@ -5,95 +5,57 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from flows.lifecycle import UNFILED
 from gateway.journal.base import Queries
 from gateway.journal.rows import FlowRow
 
 
+class Filters(TypedDict, total=False):
+    """The filters of a flow listing; each one given narrows it.
+
+    ``invoice`` also finds the lots and dropped files carrying that invoice; ``status`` is an
+    invoice status code (``05``), ``rejected`` or ``collateral``; ``since``/``until`` compare
+    with the flow's creation time (ISO 8601, UTC); ``newest_first`` with ``limit``: the latest
+    ``limit`` flows."""
+
+    connection: str | None
+    state: str | None
+    since: str | None
+    until: str | None
+    invoice: str | None
+    flow: str | None
+    status: str | None
+    limit: int | None
+    newest_first: bool
+
+
 class ListingQueries(Queries):
     """Listings (streamed: a million flows hold one row at a time) and counts."""
 
-    def search(
-        self,
-        *,
-        connection: str | None = None,
-        state: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        invoice: str | None = None,
-        flow: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-    ) -> list[FlowRow]:
-        """Flows matching every filter given, oldest first; ``invoice`` also finds the lots and
-        dropped files carrying that invoice; ``status`` is an invoice status code (``05``),
-        ``rejected`` or ``collateral``."""
-        return list(
-            self.each(
-                connection=connection,
-                state=state,
-                since=since,
-                until=until,
-                invoice=invoice,
-                flow=flow,
-                status=status,
-                limit=limit,
-            )
-        )
+    def search(self, **filters: Unpack[Filters]) -> list[FlowRow]:
+        """Flows matching every filter given, oldest first (see :class:`Filters`)."""
+        return list(self.each(**filters))
 
-    def each(
-        self,
-        *,
-        connection: str | None = None,
-        state: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        invoice: str | None = None,
-        flow: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-    ) -> Iterator[FlowRow]:
-        """:meth:`search`, one row at a time (a listing of a million flows holds one row);
-        ``newest_first`` with ``limit``: the latest ``limit`` flows."""
-        for row in self.each_row(
-            connection=connection,
-            state=state,
-            since=since,
-            until=until,
-            invoice=invoice,
-            flow=flow,
-            status=status,
-            limit=limit,
-            newest_first=newest_first,
-        ):
+    def each(self, **filters: Unpack[Filters]) -> Iterator[FlowRow]:
+        """:meth:`search`, one row at a time (a listing of a million flows holds one row)."""
+        for row in self.each_row(**filters):
             yield FlowRow.of(row)
 
-    def each_row(
-        self,
-        *,
-        connection: str | None = None,
-        state: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        invoice: str | None = None,
-        flow: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-    ) -> Iterator[sqlite3.Row]:
+    def each_row(self, **filters: Unpack[Filters]) -> Iterator[sqlite3.Row]:
         """:meth:`each` as the database's rows (the listings: a FlowRow per row of a
         million-flow export costs more than the export itself)."""
+        invoice, status = filters.get("invoice"), filters.get("status")
+        limit, newest_first = filters.get("limit"), filters.get("newest_first", False)
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in (
-            ("connection", "=", connection),
-            ("state", "=", state),
-            ("created_at", ">=", since),
-            ("created_at", "<", until),
-            ("flow_id", "=", flow),
+            ("connection", "=", filters.get("connection")),
+            ("state", "=", filters.get("state")),
+            ("created_at", ">=", filters.get("since")),
+            ("created_at", "<", filters.get("until")),
+            ("flow_id", "=", filters.get("flow")),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
