@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cli.commands import main
 from protocols import memory
-from tests.gateway.flow.test_dispatcher import invoice
+from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import deliver, memory_config
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,15 +12,13 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from flows import naming
-from gateway.cli import commands as cli
 from gateway.flow import dispatcher as dispatcher_module
-from gateway.flow.dispatcher import Dispatcher, requeue
-from gateway.folders import Layout, spool_name
-from gateway.journal import Call, FlowRow, Journal, JournalDB
+from gateway.folders import Layout
+from gateway.journal import Call, Journal, JournalDB
 from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
 from tests.conftest import sample
+from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (
     answer_lost_after,
     deliver,
@@ -35,19 +30,6 @@ from tests.gateway.harness import (
     sidecar,
     until,
 )
-
-_buckets = itertools.count()
-
-
-@pytest.fixture
-def bucket() -> str:
-    name = f"test-{next(_buckets)}"
-    memory.BUCKETS.pop(name, None)
-    return name
-
-
-def invoice(number: str) -> bytes:
-    return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
 
 
 def test_dropped_invoice_is_sent_with_receipt(tmp_path: Path, bucket: str) -> None:
@@ -335,59 +317,6 @@ def test_retries_stop_at_the_limit(tmp_path: Path, bucket: str) -> None:
     assert "gave up after 3 attempts" in (row.message or "")
 
 
-def test_retry_command_sends_a_failed_flow_again(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket, attempts=1)
-    memory.fail_next(bucket, ConnectError("down"))
-    layout = Layout(config.gateway.data_dir)
-
-    async def main() -> None:
-        async with running(config):
-            drop(config, "f.xml", invoice("F-8"))
-            await until(filed(config, 1))
-            (row,) = rows(config)
-            assert row.state == "error"
-            db = JournalDB(layout.journal)
-            try:
-                requeue(db, row.flow_id, force=False)
-            finally:
-                db.close()
-            await until(lambda: rows(config)[0].state == "sent", what="retried flow sent")
-
-    asyncio.run(main())
-    (row,) = rows(config)
-    # The retried flow keeps its remote name: a resend after an unknown outcome is recognisable.
-    assert list(memory.bucket(bucket).files) == [row.remote_name]
-    assert not list(layout.error("qualif-mem").iterdir())
-
-
-def test_forced_retry_sends_a_duplicate(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket)
-    layout = Layout(config.gateway.data_dir)
-
-    async def main() -> None:
-        async with running(config):
-            drop(config, "a.xml", invoice("F-9"))
-            await until(filed(config, 1))
-            drop(config, "b.xml", invoice("F-9"))
-            await until(filed(config, 2))
-            dup = next(r for r in rows(config) if r.reason == "duplicate")
-            db = JournalDB(layout.journal)
-            try:
-                with pytest.raises(LookupError, match="only flows in error"):
-                    requeue(
-                        db,
-                        next(r.flow_id for r in rows(config) if r.state == "sent"),
-                        force=True,
-                    )
-                requeue(db, dup.flow_id, force=True)
-            finally:
-                db.close()
-            await until(lambda: all(r.state == "sent" for r in rows(config)), what="both sent")
-
-    asyncio.run(main())
-    assert len(memory.bucket(bucket).files) == 2
-
-
 def test_partial_and_hidden_names_are_never_picked_up(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket)
     outbox = Layout(config.gateway.data_dir).outbox("qualif-mem")
@@ -432,19 +361,6 @@ def test_file_written_in_place_is_claimed_only_once_complete(tmp_path: Path, buc
     assert memory.bucket(bucket).files[row.remote_name or ""] == data
 
 
-def test_files_dropped_while_stopped_are_sent_at_start(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket)
-    for i in range(3):
-        drop(config, f"f{i}.xml", invoice(f"F-1{i}"))
-
-    async def main() -> None:
-        async with running(config):
-            await until(filed(config, 3))
-
-    asyncio.run(main())
-    assert [r.state for r in rows(config)] == ["sent"] * 3
-
-
 def test_the_sender_is_told_a_file_is_coming_once_a_second_before_its_send(
     tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -487,56 +403,6 @@ def test_unexpected_sender_crash_files_the_flow_and_keeps_running(
     assert by_name["b.xml"].state == "sent"
 
 
-def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: str) -> None:
-    """A crash can leave a spool file without a row, or a row in "sending" or "delivered"."""
-    config = memory_config(tmp_path, bucket)
-    layout = Layout(config.gateway.data_dir)
-    layout.create(["qualif-mem"])
-    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
-
-    # 1. claimed by rename, crash before the journal row.
-    orphan = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000001", "orphan.xml")
-    orphan.write_bytes(invoice("F-30"))
-    db = JournalDB(layout.journal)
-    # 2. in "sending" when the daemon died, and the partner had in fact received it.
-    sending = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000002", "sending.xml")
-    sending.write_bytes(invoice("F-31"))
-    db.insert("20261123T120000Z-000002", "qualif-mem", "sending.xml", str(sending))
-    db.transition(
-        "20261123T120000Z-000002", "queued", remote_name="R-31.xml", size=len(invoice("F-31"))
-    )
-    db.transition("20261123T120000Z-000002", "sending", attempts=1, unknown_outcome=1)
-    memory.bucket(bucket).files["R-31.xml"] = invoice("F-31")
-    # 3. delivered and journaled, crash before the file moved to sent/.
-    delivered = layout.spool("qualif-mem") / spool_name("20261123T120000Z-000003", "done.xml")
-    delivered.write_bytes(invoice("F-32"))
-    db.insert("20261123T120000Z-000003", "qualif-mem", "done.xml", str(delivered))
-    target = layout.sent("qualif-mem", now.date()) / "done.xml"
-    db.transition("20261123T120000Z-000003", "queued")
-    db.transition("20261123T120000Z-000003", "sending", attempts=1)
-    db.transition(
-        "20261123T120000Z-000003",
-        "delivered",
-        final_path=str(target),
-        receipt='{"remote_name": "R-32.xml"}',
-        remote_name="R-32.xml",
-    )
-    db.close()
-
-    async def main() -> None:
-        async with running(config):
-            await until(filed(config, 3))
-
-    asyncio.run(main())
-    by_name = {row.original_name: row for row in rows(config)}
-    assert all(row.state == "sent" for row in by_name.values())
-    assert sidecar(by_name["sending.xml"], ".receipt.json")["already_delivered"] is True
-    assert target.read_bytes() == invoice("F-32")
-    assert memory.bucket(bucket).sends == 2  # orphan + the resend check; not the delivered one
-    assert set(memory.bucket(bucket).files) == {"R-31.xml", by_name["orphan.xml"].remote_name}
-    assert not os.listdir(layout.spool("qualif-mem"))
-
-
 def test_flow_context_is_bound_in_logs(tmp_path: Path, bucket: str) -> None:
     config = memory_config(tmp_path, bucket)
 
@@ -576,91 +442,6 @@ def test_same_name_in_flight_twice_never_overwrites_in_sent(tmp_path: Path, buck
     assert filed_bytes == sorted([invoice("F-50"), invoice("F-51")])
 
 
-def test_flow_delivered_but_not_filed_is_never_put_in_error(tmp_path: Path, bucket: str) -> None:
-    """Filing in sent/ fails (here a file stands where the day's folder goes; say, a full disk):
-    the flow stays delivered, then is filed at the next start."""
-    config = memory_config(tmp_path, bucket)
-    layout = Layout(config.gateway.data_dir)
-    day = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-    blocker = layout.sent("qualif-mem", day.date())
-    blocker.parent.mkdir(parents=True)
-    blocker.write_bytes(b"")
-
-    async def first() -> None:
-        async with running(config, now=lambda: day) as gateway:
-            drop(config, "f.xml", invoice("F-60"))
-            await until(lambda: [r.state for r in rows(config)] == ["delivered"])
-            dispatcher = gateway.dispatcher
-            assert dispatcher is not None
-            await until(lambda: dispatcher.busy == 0, what="flow task finished")
-
-    asyncio.run(first())
-    (row,) = rows(config)
-    assert row.state == "delivered"
-    assert not list(layout.error("qualif-mem").iterdir())
-    assert Path(row.spool_path).exists()
-
-    blocker.unlink()
-
-    async def restart() -> None:  # nothing new: reconciliation files it
-        async with running(config, now=lambda: day):
-            await until(filed(config, 1))
-
-    asyncio.run(restart())
-    (row,) = rows(config)
-    assert row.state == "sent"
-    assert Path(row.final_path or "").read_bytes() == invoice("F-60")
-    assert memory.bucket(bucket).sends == 1
-
-
-def test_retry_interrupted_by_a_crash_is_finished_at_start(tmp_path: Path, bucket: str) -> None:
-    """raccord retry moved the file back to the spool, then died before journaling it."""
-    config = memory_config(tmp_path, bucket, attempts=1)
-    memory.fail_next(bucket, ConnectError("down"))
-    (row,) = deliver(config, {"f.xml": invoice("F-70")})
-    assert row.state == "error"
-    from gateway.folders import move
-
-    move(Path(row.final_path or ""), Path(row.spool_path))  # the first half of requeue
-    (row,) = deliver(config, {})
-    assert row.state == "sent"
-    assert list(memory.bucket(bucket).files) == [row.remote_name]
-
-
-def test_identifier_already_in_the_journal_gives_the_file_a_new_one(
-    tmp_path: Path, bucket: str
-) -> None:
-    """A clock set back across a restart could reissue a flow id: the file is not lost."""
-    config = memory_config(tmp_path, bucket)
-    when = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-    taken = naming.FlowIds(start=7).new(when)
-    layout = Layout(config.gateway.data_dir)
-    layout.journal.parent.mkdir(parents=True)
-    db = JournalDB(layout.journal)
-    db.insert(taken, "qualif-mem", "earlier.xml", "/nowhere/earlier.xml")
-    db.transition(taken, "error", reason="lost", message="for the test")
-    db.close()
-
-    async def main() -> None:
-        async with running(config, now=lambda: when) as gateway:
-            assert gateway.dispatcher is not None
-            gateway.dispatcher._flow_ids = naming.FlowIds(start=7)
-            drop(config, "f.xml", invoice("F-80"))
-            await until(filed(config, 2), what="the dropped file filed")
-
-    with capture_logs() as logs:
-        asyncio.run(main())
-    earlier, new = sorted(rows(config), key=lambda r: r.original_name)
-    assert (earlier.flow_id, earlier.state, earlier.original_name) == (
-        taken,
-        "error",
-        "earlier.xml",
-    )
-    assert new.flow_id != taken and new.state == "sent" and new.original_name == "f.xml"
-    assert Path(new.final_path or "").read_bytes() == invoice("F-80")
-    assert [e["flow_id"] for e in logs if e["event"] == "flow.id_taken"] == [taken]
-
-
 def test_a_burst_in_one_second_gets_distinct_flows(tmp_path: Path, bucket: str) -> None:
     """300 files claimed within the same (frozen) second: 300 flows, 300 sends."""
     config = memory_config(tmp_path, bucket)
@@ -678,215 +459,3 @@ def test_a_burst_in_one_second_gets_distinct_flows(tmp_path: Path, bucket: str) 
     assert {r.state for r in filed_rows} == {"sent"}
     assert memory.bucket(bucket).sends == 300
     assert not list(Layout(config.gateway.data_dir).spool("qualif-mem").iterdir())
-
-
-def _awaiting(config_rows: list[FlowRow]) -> bool:
-    return bool(config_rows) and all(r.state == "awaiting_receipt" for r in config_rows)
-
-
-def test_late_acknowledgement_files_the_flow_in_sent(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
-    layout = Layout(config.gateway.data_dir)
-
-    async def main() -> None:
-        async with running(config) as gateway:
-            assert gateway.dispatcher is not None
-            drop(config, "late.xml", invoice("F-60"))
-            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
-            (row,) = rows(config)
-            # Taken by the partner, not yet acknowledged: the file waits in the spool.
-            assert Path(row.spool_path).read_bytes() == invoice("F-60")
-            assert not list(layout.sent("qualif-mem", datetime.now(UTC).date()).glob("*"))
-            assert row.receipt_key == f"memory:{row.flow_id}"
-            due = datetime.fromisoformat(row.receipt_due or "")
-            assert 3500 < (due - datetime.now(UTC)).total_seconds() <= 3600
-            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "sent"
-            # A second copy of the acknowledgement changes nothing.
-            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "settled"
-            assert await gateway.dispatcher.settle("memory:nobody", b"ok") == "unknown"
-
-    asyncio.run(main())
-    (row,) = rows(config)
-    assert row.state == "sent" and memory.bucket(bucket).sends == 1
-    receipt = sidecar(row, ".receipt.json")
-    assert receipt["partner_answer"] == {"bucket": bucket, "acknowledged": "ok"}
-    assert receipt["sent_at"] < receipt["acknowledged_at"]
-    assert Path(row.final_path or "").read_bytes() == invoice("F-60")
-
-
-def test_refusing_acknowledgement_files_the_flow_in_error(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
-
-    async def main() -> None:
-        async with running(config) as gateway:
-            assert gateway.dispatcher is not None
-            drop(config, "no.xml", invoice("F-61"))
-            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
-            key = rows(config)[0].receipt_key or ""
-            assert await gateway.dispatcher.settle(key, b"unknown buyer") == "failed"
-
-    asyncio.run(main())
-    (row,) = rows(config)
-    assert (row.state, row.reason) == ("error", "refused")
-    assert "unknown buyer" in sidecar(row, ".error.json")["message"]
-
-
-def test_unacknowledged_flow_goes_to_error_and_retry_is_recognised(
-    tmp_path: Path, bucket: str
-) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "300ms"')
-
-    async def main() -> None:
-        async with running(config):
-            drop(config, "mute.xml", invoice("F-62"))
-            await until(filed(config, 1), what="wait over")
-            (row,) = rows(config)
-            assert (row.state, row.reason) == ("error", "receipt_timeout")
-            error = sidecar(row, ".error.json")
-            assert f"raccord retry {row.flow_id}" in error["message"]
-            # As the message says, with the daemon running.
-            assert cli.main(["retry", "--config", str(config.path), row.flow_id]) == 0
-            await until(lambda: rows(config)[0].state == "sent", what="resent, recognised")
-
-    asyncio.run(main())
-    (row,) = rows(config)
-    assert sidecar(row, ".receipt.json")["already_delivered"] is True
-    assert len(memory.bucket(bucket).files) == 1
-
-
-def test_flow_awaiting_its_receipt_waits_across_a_restart(tmp_path: Path, bucket: str) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
-
-    async def first() -> None:
-        async with running(config):
-            drop(config, "r.xml", invoice("F-63"))
-            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
-
-    async def second() -> None:
-        async with running(config) as gateway:
-            assert gateway.dispatcher is not None
-            (row,) = rows(config)
-            # Reconciled (before ready) and left waiting: no task resends it.
-            assert row.state == "awaiting_receipt" and gateway.dispatcher.busy == 0
-            assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
-
-    asyncio.run(first())
-    asyncio.run(second())
-    (row,) = rows(config)
-    assert row.state == "sent" and memory.bucket(bucket).sends == 1
-
-
-def test_an_acknowledgement_that_cannot_be_processed_leaves_the_flow_waiting(
-    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
-
-    async def broken(self: memory.MemorySender, pending: object, answer: bytes) -> None:
-        raise KeyError("a bug")
-
-    async def main() -> None:
-        async with running(config) as gateway:
-            assert gateway.dispatcher is not None
-            drop(config, "bug.xml", invoice("F-64"))
-            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
-            key = rows(config)[0].receipt_key or ""
-            with monkeypatch.context() as patch:
-                patch.setattr(memory.MemorySender, "settle", broken)
-                assert await gateway.dispatcher.settle(key, b"ok") == "error"
-            assert _awaiting(rows(config))
-            assert await gateway.dispatcher.settle(key, b"ok") == "sent"
-
-    asyncio.run(main())
-    assert rows(config)[0].state == "sent"
-
-
-def test_a_failure_while_expiring_a_wait_does_not_stop_the_gateway(
-    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "200ms"')
-    original = Dispatcher._file_error
-    failures = [OSError(28, "No space left on device")]
-
-    async def file_error(self: Dispatcher, row: FlowRow) -> None:
-        if failures:
-            raise failures.pop()
-        await original(self, row)
-
-    monkeypatch.setattr(Dispatcher, "_file_error", file_error)
-
-    async def main() -> None:
-        with capture_logs() as logs:
-            async with running(config):
-                drop(config, "a.xml", invoice("F-65"))
-                await until(lambda: not failures, what="the expiry to fail once")
-                drop(config, "b.xml", invoice("F-66"))
-                await until(
-                    lambda: any(
-                        r.reason == "receipt_timeout" and r.state == "error"
-                        for r in rows(config)
-                        if r.original_name == "b.xml"
-                    ),
-                    what="the next flow expired and filed",
-                )
-        assert any(e["event"] == "flow.expire_failed" for e in logs)
-
-    asyncio.run(main())
-    # Decided but not filed: the next start files it.
-    assert {r.original_name: r.state for r in rows(config)}["a.xml"] == "failing"
-
-    async def restart() -> None:
-        async with running(config):
-            await until(filed(config, 2), what="a.xml filed at the next start")
-
-    asyncio.run(restart())
-    assert all(r.state == "error" for r in rows(config))
-
-
-def test_a_failing_housekeeping_round_does_not_stop_the_gateway(
-    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = memory_config(tmp_path, bucket)
-    original = Dispatcher.pick_up_requeued
-    failures = [sqlite3.OperationalError("database or disk is full")]
-
-    async def pick_up(self: Dispatcher) -> int:
-        if failures:
-            raise failures.pop()
-        return await original(self)
-
-    monkeypatch.setattr(Dispatcher, "pick_up_requeued", pick_up)
-
-    async def main() -> None:
-        with capture_logs() as logs:
-            async with running(config):
-                await until(lambda: not failures, what="one failed round")
-                drop(config, "after.xml", invoice("F-67"))
-                await until(filed(config, 1), what="the next file sent")
-        assert any(e["event"] == "gateway.housekeeping_failed" for e in logs)
-
-    asyncio.run(main())
-    assert rows(config)[0].state == "sent"
-
-
-def test_an_acknowledgement_that_overtakes_its_send_waits_for_it(
-    tmp_path: Path, bucket: str
-) -> None:
-    """The partner may post its MDN before we have read its HTTP answer."""
-    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
-
-    async def main() -> None:
-        gate = memory.hold(bucket)
-        async with running(config) as gateway:
-            assert gateway.dispatcher is not None
-            drop(config, "fast.xml", invoice("F-68"))
-            await until(lambda: memory.bucket(bucket).sends == 1, what="the send under way")
-            (row,) = rows(config)
-            assert row.state == "sending"
-            early = asyncio.create_task(gateway.dispatcher.settle(f"memory:{row.flow_id}", b"ok"))
-            await asyncio.sleep(0)
-            assert not early.done()  # it waits for the send, rather than refusing
-            gate.set()
-            assert await early == "sent"
-
-    asyncio.run(main())
-    assert rows(config)[0].state == "sent"

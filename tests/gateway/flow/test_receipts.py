@@ -1,0 +1,240 @@
+"""Acknowledgements that come later (an asynchronous MDN): a flow waits for its receipt, across
+restarts, and is filed by it; a wait that ends, or cannot be processed, never stops the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.cli import commands as cli
+from gateway.flow.dispatcher import Dispatcher
+from gateway.folders import Layout
+from gateway.journal import FlowRow
+from protocols import memory
+from tests.gateway.flow.conftest import invoice
+from tests.gateway.harness import (
+    drop,
+    filed,
+    memory_config,
+    rows,
+    running,
+    sidecar,
+    until,
+)
+
+
+def _awaiting(config_rows: list[FlowRow]) -> bool:
+    return bool(config_rows) and all(r.state == "awaiting_receipt" for r in config_rows)
+
+
+def test_late_acknowledgement_files_the_flow_in_sent(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+    layout = Layout(config.gateway.data_dir)
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "late.xml", invoice("F-60"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            (row,) = rows(config)
+            # Taken by the partner, not yet acknowledged: the file waits in the spool.
+            assert Path(row.spool_path).read_bytes() == invoice("F-60")
+            assert not list(layout.sent("qualif-mem", datetime.now(UTC).date()).glob("*"))
+            assert row.receipt_key == f"memory:{row.flow_id}"
+            due = datetime.fromisoformat(row.receipt_due or "")
+            assert 3500 < (due - datetime.now(UTC)).total_seconds() <= 3600
+            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "sent"
+            # A second copy of the acknowledgement changes nothing.
+            assert await gateway.dispatcher.settle(row.receipt_key, b"ok") == "settled"
+            assert await gateway.dispatcher.settle("memory:nobody", b"ok") == "unknown"
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and memory.bucket(bucket).sends == 1
+    receipt = sidecar(row, ".receipt.json")
+    assert receipt["partner_answer"] == {"bucket": bucket, "acknowledged": "ok"}
+    assert receipt["sent_at"] < receipt["acknowledged_at"]
+    assert Path(row.final_path or "").read_bytes() == invoice("F-60")
+
+
+def test_refusing_acknowledgement_files_the_flow_in_error(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "no.xml", invoice("F-61"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            key = rows(config)[0].receipt_key or ""
+            assert await gateway.dispatcher.settle(key, b"unknown buyer") == "failed"
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert (row.state, row.reason) == ("error", "refused")
+    assert "unknown buyer" in sidecar(row, ".error.json")["message"]
+
+
+def test_unacknowledged_flow_goes_to_error_and_retry_is_recognised(
+    tmp_path: Path, bucket: str
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "300ms"')
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "mute.xml", invoice("F-62"))
+            await until(filed(config, 1), what="wait over")
+            (row,) = rows(config)
+            assert (row.state, row.reason) == ("error", "receipt_timeout")
+            error = sidecar(row, ".error.json")
+            assert f"raccord retry {row.flow_id}" in error["message"]
+            # As the message says, with the daemon running.
+            assert cli.main(["retry", "--config", str(config.path), row.flow_id]) == 0
+            await until(lambda: rows(config)[0].state == "sent", what="resent, recognised")
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert sidecar(row, ".receipt.json")["already_delivered"] is True
+    assert len(memory.bucket(bucket).files) == 1
+
+
+def test_flow_awaiting_its_receipt_waits_across_a_restart(tmp_path: Path, bucket: str) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def first() -> None:
+        async with running(config):
+            drop(config, "r.xml", invoice("F-63"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+
+    async def second() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            (row,) = rows(config)
+            # Reconciled (before ready) and left waiting: no task resends it.
+            assert row.state == "awaiting_receipt" and gateway.dispatcher.busy == 0
+            assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
+
+    asyncio.run(first())
+    asyncio.run(second())
+    (row,) = rows(config)
+    assert row.state == "sent" and memory.bucket(bucket).sends == 1
+
+
+def test_an_acknowledgement_that_cannot_be_processed_leaves_the_flow_waiting(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def broken(self: memory.MemorySender, pending: object, answer: bytes) -> None:
+        raise KeyError("a bug")
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "bug.xml", invoice("F-64"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            key = rows(config)[0].receipt_key or ""
+            with monkeypatch.context() as patch:
+                patch.setattr(memory.MemorySender, "settle", broken)
+                assert await gateway.dispatcher.settle(key, b"ok") == "error"
+            assert _awaiting(rows(config))
+            assert await gateway.dispatcher.settle(key, b"ok") == "sent"
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
+
+
+def test_a_failure_while_expiring_a_wait_does_not_stop_the_gateway(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "200ms"')
+    original = Dispatcher._file_error
+    failures = [OSError(28, "No space left on device")]
+
+    async def file_error(self: Dispatcher, row: FlowRow) -> None:
+        if failures:
+            raise failures.pop()
+        await original(self, row)
+
+    monkeypatch.setattr(Dispatcher, "_file_error", file_error)
+
+    async def main() -> None:
+        with capture_logs() as logs:
+            async with running(config):
+                drop(config, "a.xml", invoice("F-65"))
+                await until(lambda: not failures, what="the expiry to fail once")
+                drop(config, "b.xml", invoice("F-66"))
+                await until(
+                    lambda: any(
+                        r.reason == "receipt_timeout" and r.state == "error"
+                        for r in rows(config)
+                        if r.original_name == "b.xml"
+                    ),
+                    what="the next flow expired and filed",
+                )
+        assert any(e["event"] == "flow.expire_failed" for e in logs)
+
+    asyncio.run(main())
+    # Decided but not filed: the next start files it.
+    assert {r.original_name: r.state for r in rows(config)}["a.xml"] == "failing"
+
+    async def restart() -> None:
+        async with running(config):
+            await until(filed(config, 2), what="a.xml filed at the next start")
+
+    asyncio.run(restart())
+    assert all(r.state == "error" for r in rows(config))
+
+
+def test_a_failing_housekeeping_round_does_not_stop_the_gateway(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = memory_config(tmp_path, bucket)
+    original = Dispatcher.pick_up_requeued
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    async def pick_up(self: Dispatcher) -> int:
+        if failures:
+            raise failures.pop()
+        return await original(self)
+
+    monkeypatch.setattr(Dispatcher, "pick_up_requeued", pick_up)
+
+    async def main() -> None:
+        with capture_logs() as logs:
+            async with running(config):
+                await until(lambda: not failures, what="one failed round")
+                drop(config, "after.xml", invoice("F-67"))
+                await until(filed(config, 1), what="the next file sent")
+        assert any(e["event"] == "gateway.housekeeping_failed" for e in logs)
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
+
+
+def test_an_acknowledgement_that_overtakes_its_send_waits_for_it(
+    tmp_path: Path, bucket: str
+) -> None:
+    """The partner may post its MDN before we have read its HTTP answer."""
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+
+    async def main() -> None:
+        gate = memory.hold(bucket)
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "fast.xml", invoice("F-68"))
+            await until(lambda: memory.bucket(bucket).sends == 1, what="the send under way")
+            (row,) = rows(config)
+            assert row.state == "sending"
+            early = asyncio.create_task(gateway.dispatcher.settle(f"memory:{row.flow_id}", b"ok"))
+            await asyncio.sleep(0)
+            assert not early.done()  # it waits for the send, rather than refusing
+            gate.set()
+            assert await early == "sent"
+
+    asyncio.run(main())
+    assert rows(config)[0].state == "sent"
