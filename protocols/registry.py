@@ -41,7 +41,7 @@ BUILTINS = {
     "pesit": "protocols.pesit.sender",
     "pesit-cft": "protocols.pesit.cft",
     "piste": "protocols.piste.sender",
-    "memory": "protocols.memory",
+    "memory": "protocols.testing.memory",
 }
 
 

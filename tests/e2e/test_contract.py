@@ -1,5 +1,5 @@
-"""The sender contract (protocols.contract) run against every built-in sender — SFTP to a real
-sshd, AS2 to the partner simulator, the memory sender — and the plugin example."""
+"""The sender contract (protocols.testing.contract) run against every built-in sender — SFTP to
+a real sshd, AS2 to the partner simulator, the memory sender — and the plugin example."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_module
-from protocols import contract, memory
 from protocols.base import Outbound, Receipt
 from protocols.errors import ConnectError
 from protocols.sftp.sender import SftpSender
+from protocols.testing import contract, memory
 from tests.e2e.conftest import write_sftp_config
 from tests.e2e.sshd import Sshd, free_port
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from gateway import config as config_module
 from gateway.config import Config
 from gateway.daemon import Gateway
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import sample
 from tests.gateway.harness import (
     connection_toml,

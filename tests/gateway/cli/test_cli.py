@@ -18,7 +18,7 @@ from gateway import config as config_module
 from gateway.cli.commands import main
 from gateway.folders import Layout
 from gateway.journal import JournalDB
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import Write, sample
 from tests.gateway.cli.test_check import sftp_config
 from tests.gateway.harness import drop, filed, memory_config, rows, running, until

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.commands import main
-from protocols import memory
+from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import deliver, memory_config
 

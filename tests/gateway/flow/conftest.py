@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import sample
 
 _buckets = itertools.count()

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.folders import Layout, is_candidate
 from gateway.journal import FlowRow
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import sample
 from tests.gateway.harness import filed, memory_config, rows, running, until
 

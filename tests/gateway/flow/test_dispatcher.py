@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 from gateway.flow import dispatcher as dispatcher_module
 from gateway.folders import Layout
 from gateway.journal import Call, Journal, JournalDB
-from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError, TransferTimeout
+from protocols.testing import memory
 from tests.conftest import sample
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (

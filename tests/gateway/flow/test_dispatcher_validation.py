@@ -16,7 +16,7 @@ from gateway import config as config_module
 from gateway.cli.commands import main
 from gateway.config import Config
 from gateway.journal import FlowRow
-from protocols import memory
+from protocols.testing import memory
 from tests import invoices
 from tests.gateway.harness import drop, memory_config_text, rows, running, sidecar, until
 

@@ -24,7 +24,7 @@ from gateway.flow.analyser import Analyser
 from gateway.flow.filer import Filer
 from gateway.folders import Layout, Placement
 from gateway.journal import Journal, JournalDB
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
 from tests.gateway.harness import deliver, drop, filed, memory_config, rows, running, sidecar, until

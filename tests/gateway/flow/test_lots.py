@@ -19,7 +19,7 @@ from gateway.flow.lots import journal_lot
 from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB
 from gateway.returns import pipeline as returns
-from protocols import memory
+from protocols.testing import memory
 from tests.gateway.harness import answer_lost_after, deliver, memory_config, rows, sidecar
 from tests.gateway.returns.test_returns import cpp_statut, invoice
 

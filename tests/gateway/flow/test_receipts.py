@@ -15,7 +15,7 @@ from gateway.cli import commands as cli
 from gateway.flow.dispatcher import Dispatcher
 from gateway.folders import Layout
 from gateway.journal import FlowRow
-from protocols import memory
+from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (
     drop,

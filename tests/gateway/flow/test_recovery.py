@@ -15,8 +15,8 @@ from flows import naming
 from gateway.flow.dispatcher import requeue
 from gateway.folders import Layout, spool_name
 from gateway.journal import JournalDB
-from protocols import memory
 from protocols.errors import ConnectError
+from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (
     deliver,

@@ -260,7 +260,7 @@ def test_the_commented_example_loads_once_uncommented(tmp_path: Path) -> None:
 
 
 def test_a_return_flow_rejecting_an_invoice_alerts(tmp_path: Path) -> None:
-    from protocols import memory
+    from protocols.testing import memory
     from tests.gateway.returns.test_returns import cpp_statut, invoice
 
     bucket = f"alerts-returns-{time.monotonic_ns()}"

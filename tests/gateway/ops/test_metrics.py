@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import Config, ConfigError
 from gateway.daemon import Gateway
 from gateway.journal import Call, JournalDB
-from protocols import memory
 from protocols.errors import AuthenticationError, ConnectError
+from protocols.testing import memory
 from tests.as2_config import write_as2_config
 from tests.conftest import sample
 from tests.e2e.sshd import free_port

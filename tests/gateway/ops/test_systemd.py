@@ -117,7 +117,7 @@ def test_a_watchdog_meant_for_another_process_is_ignored(monkeypatch: pytest.Mon
 def test_status_shows_the_queue_and_a_reload_is_reloading_then_ready(
     tmp_path: Path, listener: Systemd
 ) -> None:
-    from protocols import memory
+    from protocols.testing import memory
     from tests.conftest import sample
     from tests.gateway.harness import drop, until
 

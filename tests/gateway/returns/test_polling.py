@@ -18,10 +18,10 @@ from gateway.ops.alerts import Alert, Alerter
 from gateway.returns import pipeline as returns
 from gateway.returns.polling import Poller, sources
 from gateway.sandbox.pesit_partner import Account, PesitResponder
-from protocols import memory
 from protocols.base import RemoteFile
 from protocols.errors import ConnectError, RemotePermissionDenied, TransferTimeout
 from protocols.pesit.sender import PesitSender, PesitSettings
+from protocols.testing import memory
 from tests.gateway.harness import deliver, memory_config, running, until
 from tests.gateway.returns.test_returns import cpp_statut, invoice
 

@@ -19,9 +19,9 @@ from gateway.folders import Layout
 from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.ops.alerts import Alert, Alerter
 from gateway.returns.reports import Reporter, journal_resend
-from protocols import memory
 from protocols.base import Capabilities, Report
 from protocols.errors import RemoteBusy
+from protocols.testing import memory
 from tests.gateway.harness import answer_lost_after, deliver, memory_config
 from tests.gateway.returns.test_returns import invoice
 

@@ -17,7 +17,7 @@ from gateway.folders import Layout
 from gateway.journal import FlowRow, JournalDB
 from gateway.ops.metrics import JournalCollector
 from gateway.returns import pipeline as returns
-from protocols import memory
+from protocols.testing import memory
 from tests.conftest import sample
 from tests.gateway.harness import deliver, memory_config, rows, sidecar
 

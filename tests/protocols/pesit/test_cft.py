@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from protocols import contract
 from protocols.base import Outbound
 from protocols.errors import (
     AuthenticationError,
@@ -22,6 +21,7 @@ from protocols.errors import (
 )
 from protocols.pesit.cft import CftSender, CftSettings, parse_settings, read_catalog
 from protocols.settings import Section, SettingsError
+from protocols.testing import contract
 
 FAKE = Path(__file__).parents[2] / "fixtures" / "CFTUTIL"
 

@@ -3,7 +3,7 @@ senders and any plugin run (rclone's idea: one conformance suite, every backend)
 
 A plugin's test calls, with a partner it can look into::
 
-    from protocols import contract
+    from protocols.testing import contract
 
     checked = asyncio.run(contract.verify(make_sender, partner.delivered, tmp_path))
 
