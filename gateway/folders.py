@@ -4,6 +4,8 @@
 
     data_dir/journal.sqlite
     data_dir/spool/<connection>/<flow_id>--<name>     claimed, being processed
+    data_dir/spool/<connection>/.<flow_id>.unsure.json  a sender's marker: the partner may
+                                                      hold the flow (removed when it is filed)
     data_dir/outbox/<connection>/                     ops drop files here
     data_dir/sent/<connection>/YYYY-MM-DD/            + <name>.receipt.json
     data_dir/error/<connection>/                      + <name>.error.json
