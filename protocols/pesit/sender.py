@@ -290,8 +290,6 @@ class PesitSender(Closing):
                 except Broken as exc:
                     if exc.acknowledged:
                         unsure = broken_error(exc, where, resuming=False)
-                        # the reader may have taken an ACK(SYN) the session had not yet seen
-                        await asyncio.to_thread(acknowledged)
                     try:
                         used, restarts = (
                             restarts,
@@ -301,6 +299,10 @@ class PesitSender(Closing):
                         if unsure is not None:
                             self._remember_unsure(ident, unsure)
                         raise
+                    finally:  # the session is closed by now, whatever happens here
+                        if exc.acknowledged:
+                            # the reader may have taken an ACK(SYN) the session had not seen
+                            await asyncio.to_thread(acknowledged)
                     restart = restart or restarts > used  # resume what was sent
                     continue
                 except BaseException:
