@@ -547,3 +547,27 @@ def test_without_a_marker_a_resend_answered_214_is_sent_anew_and_marked_once(
             assert json.loads(marker.read_text())["transfer_id"] == transfer_id("flow-a")
 
     asyncio.run(scenario())
+
+
+def test_a_connection_lost_after_an_ack_sync_leaves_the_marker_and_is_resumed(
+    tmp_path: Path,
+) -> None:
+    """The partner acknowledged sync points, then the connection drops mid-file (no TRANS.END):
+    the marker is on disk already, and a restarted daemon's resend resumes the transfer from the
+    secured point (no 214): stored once, intact."""
+    data = os.urandom(40_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing="overwrite") as responder:
+            responder.faults.drop_after = 20_000
+            settings = _settings(responder, restarts=0)
+            flow = _flow(tmp_path, data)
+            with pytest.raises(ConnectError):
+                await _send(settings, flow)
+            assert outcome_marker(flow.path, flow.flow_id).is_file()
+            receipt = await _send(settings, replace(flow, resend=True))
+            assert receipt.details["restart_point"] > 0
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
