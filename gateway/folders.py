@@ -4,6 +4,8 @@
 
     data_dir/journal.sqlite
     data_dir/spool/<connection>/<flow_id>--<name>     claimed, being processed
+    data_dir/spool/<connection>/.<flow_id>.unsure.json  a sender's marker: the partner may
+                                                      hold the flow (removed when it is filed)
     data_dir/outbox/<connection>/                     ops drop files here
     data_dir/sent/<connection>/YYYY-MM-DD/            + <name>.receipt.json
     data_dir/error/<connection>/                      + <name>.error.json
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import naming
+from protocols.base import MARKER_SUFFIX, outcome_marker
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".filepart")
 SPOOL_SEPARATOR = "--"
@@ -228,6 +231,7 @@ def place_all(placements: list[Placement]) -> list[Exception | None]:
                 raise FileNotFoundError(
                     f"{item.spool} vanished before it was filed to {item.target}"
                 )
+            forget_marker(item.spool)
         except OSError as exc:
             outcomes[index] = exc
     for folder, indexes in touched.items():
@@ -237,6 +241,29 @@ def place_all(placements: list[Placement]) -> list[Exception | None]:
             for index in indexes:
                 outcomes[index] = outcomes[index] or exc
     return outcomes
+
+
+def forget_marker(spool: Path) -> None:
+    """Remove what a sender kept beside the spool file ``spool`` on the flow's outcome
+    (:func:`protocols.base.outcome_marker`): the flow is filed, its outcome settled. Not made
+    durable: one that comes back after a crash is removed at the next start
+    (:func:`stray_markers`)."""
+    parsed = parse_spool_name(spool.name)
+    if parsed is not None:
+        outcome_marker(spool, parsed[0]).unlink(missing_ok=True)
+
+
+def stray_markers(folder: Path, names: list[str]) -> list[Path]:
+    """The outcome markers among ``names`` (a spool folder's entries) whose flow has no file
+    left in ``folder``: filed, or removed by hand."""
+    flows = {parsed[0] for name in names if (parsed := parse_spool_name(name)) is not None}
+    return [
+        folder / name
+        for name in names
+        if name.startswith(".")
+        and name.endswith(MARKER_SUFFIX)
+        and name[1 : -len(MARKER_SUFFIX)] not in flows
+    ]
 
 
 @functools.cache

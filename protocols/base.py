@@ -55,7 +55,19 @@ __all__ = [
     "ReturnQueue",
     "ReturnSource",
     "Sender",
+    "outcome_marker",
 ]
+
+#: How a marker a sender keeps beside a flow's file ends (see :func:`outcome_marker`).
+MARKER_SUFFIX = ".unsure.json"
+
+
+def outcome_marker(path: Path, flow_id: str) -> Path:
+    """Where a sender keeps, beside a flow's local file ``path`` (in the gateway's spool),
+    that the partner may already hold the flow: a hidden name made of the flow id, which no
+    claim, recovery or listing takes for a flow. The sender writes it; the gateway removes it
+    when it files the flow (and, at start, any whose flow's file is no longer beside it)."""
+    return path.with_name(f".{flow_id}{MARKER_SUFFIX}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from flows import lots
 from flows.analysis import digest
 from gateway import logs
 from gateway.flow.context import Context
-from gateway.folders import move, parse_spool_name
+from gateway.folders import move, parse_spool_name, stray_markers
 from gateway.journal import OPEN, WAITING, Call, FlowRow, JournalDB
 
 log = logs.get()
@@ -95,7 +95,12 @@ class Recovery:
         found = []
         for connection in self._ctx.layout.spooled_connections():
             folder = self._ctx.layout.spool(connection)
-            found += [(connection, folder / entry) for entry in sorted(os.listdir(folder))]
+            names = sorted(os.listdir(folder))
+            for stray in stray_markers(folder, names):
+                # a sender's outcome marker whose flow was filed (a crash came in between)
+                stray.unlink(missing_ok=True)
+                names.remove(stray.name)
+            found += [(connection, folder / entry) for entry in names]
         return found
 
     async def pick_up_requeued(self) -> int:

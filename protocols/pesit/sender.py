@@ -16,8 +16,12 @@ attempt and across daemon restarts:
   point) or after the TRANS.END went is no proof of anything: the partner may have finished
   the transfer, and a partner that overwrites would store the file twice. The flow is then
   "possibly delivered": filed in ``error/`` with what to check, never sent again blindly.
-  (What this process saw is remembered between the dispatcher's attempts, not across a
-  daemon restart.)
+  That the partner acknowledged data survives a daemon restart: the first time it does (or
+  before the TRANS.END goes, at the latest) a marker is written and fsynced beside the flow's
+  file (:func:`protocols.base.outcome_marker`, ``.<flow_id>.unsure.json`` in the spool), and a
+  resend finding it treats a 214 as above. A 204 proving the delivery removes it; otherwise it
+  stays (a crash after ACK(TRANS.END) but before the gateway recorded the delivery must still
+  find it) until the gateway files the flow, which removes it.
 
 Once the partner's ACK(TRANS.END) is in, the delivery is done: nothing after it (a late
 ACK(SYN), a failed CRF) reopens it, and no ABORT is sent for it. A partner's IDT is answered
@@ -45,9 +49,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from protocols import certs
-from protocols.base import Capabilities, Closing, Outbound, ProtocolPlugin, Receipt, RemoteFile
+from protocols.base import (
+    Capabilities,
+    Closing,
+    Outbound,
+    ProtocolPlugin,
+    Receipt,
+    RemoteFile,
+    outcome_marker,
+)
 from protocols.errors import (
     CertificateError,
+    ConnectError,
     FileTooLarge,
     ProtocolError,
     TransferError,
@@ -211,10 +224,25 @@ class PesitSender(Closing):
         attributes = self.attributes(flow)
         ident = transfer_id(flow.flow_id)
         restart = flow.resend
-        # an earlier attempt lost the connection after the partner had acknowledged data
-        unsure = self._unsure.pop(ident, None) if restart else None
-        restarts = waits = 0
         where = f"{self.where} {flow.remote_name}"
+        marker = outcome_marker(flow.path, flow.flow_id)
+        # an earlier attempt lost the connection after the partner had acknowledged data: in
+        # this process (its error kept), or before a restart (its marker on disk)
+        unsure = self._unsure.pop(ident, None) if restart else None
+        marked = restart and await asyncio.to_thread(marker.exists)
+        if marked and unsure is None:
+            unsure = ConnectError(
+                f"{where}: an earlier attempt (before raccord restarted) ended after the "
+                f"partner had acknowledged data of transfer {ident}"
+            )
+
+        def acknowledged() -> None:
+            nonlocal marked
+            if not marked:
+                _save_marker(marker, flow.flow_id, ident)
+                marked = True
+
+        restarts = waits = 0
         async with self._slots:
             while True:
                 session, fresh = await self._session()
@@ -225,12 +253,15 @@ class PesitSender(Closing):
                         attributes,
                         ident,
                         restart=restart,
+                        on_acknowledged=acknowledged,
                     )
                 except Refused as exc:
                     await self._keep(session)
                     if exc.what is Kind.CREATE and exc.diagnostic == 214 and restart:
                         if unsure is not None:
-                            return await self._probe(session, flow, attributes, ident, unsure)
+                            receipt = await self._probe(session, flow, attributes, ident, unsure)
+                            await asyncio.to_thread(marker.unlink, missing_ok=True)
+                            return receipt
                         restart = False  # the partner knows nothing of it: send it anew
                         continue
                     if (
@@ -250,6 +281,7 @@ class PesitSender(Closing):
                         and (flow.resend or restarts)
                     ):
                         # an earlier attempt (of this send, or before) completed the delivery
+                        await asyncio.to_thread(marker.unlink, missing_ok=True)
                         return self._receipt(flow, attributes, ident, already=True)
                     raise refusal_error(exc, where) from None
                 except Interrupted as exc:
@@ -267,6 +299,10 @@ class PesitSender(Closing):
                         if unsure is not None:
                             self._remember_unsure(ident, unsure)
                         raise
+                    finally:  # the session is closed by now, whatever happens here
+                        if exc.acknowledged:
+                            # the reader may have taken an ACK(SYN) the session had not seen
+                            await asyncio.to_thread(acknowledged)
                     restart = restart or restarts > used  # resume what was sent
                     continue
                 except BaseException:
@@ -440,6 +476,23 @@ class PesitSender(Closing):
             self._held = None
             await asyncio.to_thread(side.unlink, missing_ok=True)
             await session.abort(312)  # the transfer is not ended: the partner keeps the file
+
+
+def _save_marker(marker: Path, flow_id: str, ident: int) -> None:
+    """Keep, durably, that the partner acknowledged data of transfer ``ident`` (written whole,
+    fsynced, renamed into place, the folder fsynced)."""
+    temp = marker.with_name(marker.name + ".tmp")
+    facts = {"flow_id": flow_id, "transfer_id": ident, "partner_acknowledged_data": True}
+    with temp.open("w", encoding="utf-8") as out:
+        json.dump(facts, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, marker)
+    folder = os.open(marker.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _progress_file(local: Path) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -144,9 +144,14 @@ class Session(Link):
         transfer_id: int,
         *,
         restart: bool,
+        on_acknowledged: Callable[[], None] | None = None,
     ) -> Written:
         """Send ``source`` (``size`` bytes); ``restart``: ask to resume transfer
         ``transfer_id`` (PI 15 = 1) from where the server secured it.
+
+        ``on_acknowledged`` is called (on a thread) once, as soon as the session sees that the
+        partner holds data of this transfer (a restart point, an ACK(SYN)), and in any case
+        before the TRANS.END is sent: from then on the partner may store the file.
 
         Once the server's ACK(TRANS.END) is in, the file is delivered, whatever else is
         queued or fails afterwards: closing the file (CRF, DESELECT) is housekeeping, and a
@@ -174,13 +179,25 @@ class Session(Link):
                 garbled=True,
             )
         self._acked = point
-        ending = False
+        ending = marked = False
+
+        async def acknowledged() -> None:
+            nonlocal marked
+            if not marked and on_acknowledged is not None:
+                await asyncio.to_thread(on_acknowledged)
+            marked = True
+
         try:  # from here on, part or all of the file may be at the partner
-            articles = await self._data(source, offset, size, entity, article, attributes)
+            if point:
+                await acknowledged()
+            articles = await self._data(
+                source, offset, size, entity, article, attributes, acknowledged
+            )
             await self._send(Kind.DTF_END, codec.diagnostic(0))
             # every sync point acknowledged (the data secured) before the transfer ends
             while self.machine.window and self._acked < self.machine.last_sync:
                 await self._heard(await self._next("ACK(SYN) of the last sync points"))
+            await acknowledged()
             ending = True
             await self._request(
                 Kind.TRANS_END,
@@ -253,9 +270,11 @@ class Session(Link):
         entity: int,
         article: int,
         attributes: FileAttributes,
+        acknowledged: Callable[[], Awaitable[None]],
     ) -> int:
         """DTFs from ``offset``, a SYN every ``sync_interval`` bytes of the file (so sync point
-        n always sits at byte n × interval: the restart offset follows from the point)."""
+        n always sits at byte n × interval: the restart offset follows from the point);
+        ``acknowledged`` is awaited at a sync point once the partner acknowledged one."""
         interval = self.sync_interval
         articles = 0
         with await asyncio.to_thread(source.open, "rb") as data:
@@ -263,6 +282,8 @@ class Session(Link):
             async for unit in _units(data, offset, size, interval, article, entity, attributes):
                 await self._room()
                 if unit is None:  # a sync point is due
+                    if self._acked or self.machine.last_acked:
+                        await acknowledged()
                     number = self.machine.last_sync + 1
                     await self._send(Kind.SYN, codec.number(PI.SYNC_NUMBER, number))
                     continue

@@ -5,7 +5,9 @@ responder (and resuming a broken transfer), ``raccord check --connect`` logging 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ from gateway import config as config_module
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.sandbox.pesit_partner import Account, PesitResponder
+from protocols.base import Outbound, outcome_marker
+from protocols.errors import ConnectError
+from protocols.pesit.sender import PLUGIN
 from tests.conftest import sample
 from tests.e2e.conftest import check_connect
 from tests.gateway.harness import (
@@ -275,6 +280,8 @@ def test_files_ending_just_past_a_sync_point_are_stored_exactly_once(
             for row in rows(config):
                 assert row.state == "sent", row
                 assert row.attempts == 1
+            # each transfer left a marker before its TRANS.END; filing removed them all
+            assert os.listdir(Layout(config.gateway.data_dir).spool(CONNECTION)) == []
 
     asyncio.run(scenario())
 
@@ -305,8 +312,48 @@ def test_a_possibly_delivered_invoice_is_filed_with_what_to_check_not_sent_twice
             assert "diagnostic 214" in error["message"]
             assert "may have stored it" in error["message"]
             assert f"raccord retry {row.flow_id}" in error["message"]
+            # filed: the sender's marker went with the file, nothing stays in the spool
+            assert os.listdir(Layout(config.gateway.data_dir).spool(CONNECTION)) == []
 
     asyncio.run(scenario())
+
+
+def test_a_daemon_restarted_after_the_partner_acknowledged_data_never_stores_it_twice(
+    tmp_path: Path,
+) -> None:
+    """The daemon is killed after the overwriting partner stored the invoice but before its
+    ACK(TRANS.END) reached raccord; the restarted daemon (a fresh sender: nothing in memory)
+    resends it and the partner answers the resume with 214. The marker beside the spool file
+    says the partner had acknowledged data: possibly delivered, stored exactly once."""
+    data = _just_past_a_sync_point("PES-RESTART", points=2, extra=5)
+    spool = tmp_path / "data" / "spool" / CONNECTION
+    spool.mkdir(parents=True)
+    path = spool / "0000000000000000000000abcd--a.xml"
+    path.write_bytes(data)
+    flow = Outbound("flow-restart", path, "FSO1100A_VFE057_a.xml", "FSO1100A", len(data), "")
+
+    async def scenario() -> None:
+        responder = PesitResponder(
+            tmp_path / "partner", {"VFE057": Account("pw")}, on_existing="overwrite"
+        )
+        async with responder:
+            config = config_module.load(_config(tmp_path, responder.port, restarts=0))
+            (connection,) = (c for c in config.connections if c.name == CONNECTION)
+            responder.faults.drop_at_end = True
+            async with PLUGIN.create_sender(connection.settings) as before:
+                with pytest.raises(ConnectError):
+                    await before.send(flow)
+            # restarted: a new sender, the flow's outcome unknown
+            async with PLUGIN.create_sender(connection.settings) as after:
+                with pytest.raises(ConnectError) as unsure:
+                    await after.send(replace(flow, resend=True))
+            assert not unsure.value.retryable
+            assert "may have stored it" in str(unsure.value)
+            assert list(responder.stores.values()) == [1]  # stored once, not twice
+            assert responder.violations == []
+
+    asyncio.run(scenario())
+    assert outcome_marker(path, flow.flow_id).is_file()
 
 
 def test_a_partner_interruption_puts_its_diagnostic_in_error_json(tmp_path: Path) -> None:

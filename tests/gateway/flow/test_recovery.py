@@ -15,6 +15,7 @@ from flows import naming
 from gateway.flow.dispatcher import requeue
 from gateway.folders import Layout, spool_name
 from gateway.journal import JournalDB
+from protocols.base import outcome_marker
 from protocols.errors import ConnectError
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
@@ -131,6 +132,10 @@ def test_restart_recovers_claims_and_unknown_outcomes(tmp_path: Path, bucket: st
         remote_name="R-32.xml",
     )
     db.close()
+    # 4. outcome markers a sender kept beside spool files: one of a flow still in the spool
+    # (removed when it is filed), one of a flow filed before the crash (removed at start).
+    outcome_marker(delivered, "20261123T120000Z-000003").write_text("{}")
+    outcome_marker(delivered, "20261123T120000Z-000009").write_text("{}")
 
     async def main() -> None:
         async with running(config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import ssl
 import time
@@ -16,7 +17,8 @@ import pytest
 
 from gateway.sandbox import pki
 from gateway.sandbox.pesit_partner import Account, PesitResponder
-from protocols.base import Outbound
+from protocols import base
+from protocols.base import Outbound, outcome_marker
 from protocols.errors import (
     AuthenticationError,
     CertificateError,
@@ -421,7 +423,9 @@ def test_a_partner_that_overwrites_never_gets_a_stored_file_twice(
                 assert "FSO1100A_VFE056_a.xml" in message
                 assert "raccord retry flow-a only if it does not" in message
                 assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
-                # the operator checked and retried: sent again, as asked
+                # filed in error/, the gateway removed the marker; the operator checked and
+                # retried: sent again, as asked
+                outcome_marker(flow.path, flow.flow_id).unlink()
                 receipt = await sender.send(replace(flow, resend=True))
                 assert not receipt.already_delivered
             assert responder.stores == {"FSO1100A_VFE056_a.xml": 2}
@@ -471,6 +475,99 @@ def test_a_partner_interruption_is_acknowledged_named_and_resumed_later(tmp_path
             assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
             assert responder.violations == []
             assert responder.connections == 1  # the session survived the interruption
+
+    asyncio.run(scenario())
+    assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
+
+
+@pytest.mark.parametrize("on_existing", ["overwrite", "refuse"])
+def test_a_restarted_daemon_finding_the_marker_never_resends_blindly(
+    tmp_path: Path, on_existing: str
+) -> None:
+    """The partner stores the file and the connection drops before its ACK(TRANS.END); the
+    daemon is then restarted (a fresh sender, nothing in memory) and resends. The marker left
+    beside the file makes the 214 "possibly delivered" (a partner that overwrites), or the probe
+    proves the delivery (204 from a partner that refuses to overwrite, marker removed)."""
+    data = os.urandom(3 * 4096 + 100)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing=on_existing) as responder:
+            settings = _settings(responder, restarts=0)
+            flow = _flow(tmp_path, data)
+            marker = outcome_marker(flow.path, flow.flow_id)
+            responder.faults.drop_at_end = True
+            with pytest.raises(ConnectError):
+                await _send(settings, flow)  # the daemon is killed here
+            assert marker.is_file()
+            resend = replace(flow, resend=True)
+            if on_existing == "overwrite":
+                with pytest.raises(ConnectError) as unsure:
+                    await _send(settings, resend)
+                assert not unsure.value.retryable
+                assert "before raccord restarted" in str(unsure.value)
+                assert "may have stored it" in str(unsure.value)
+                assert marker.is_file()  # kept until the gateway files the flow
+            else:
+                receipt = await _send(settings, resend)
+                assert receipt.already_delivered
+                assert not marker.exists()
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
+            assert responder.violations == []
+
+    asyncio.run(scenario())
+
+
+def test_without_a_marker_a_resend_answered_214_is_sent_anew_and_marked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No marker: the partner never acknowledged data of the transfer, so a 214 to the resume
+    is believed and the file sent in full. The marker is written once for the transfer (not at
+    every sync point), before the TRANS.END, and stays for the gateway to remove."""
+    from protocols.pesit import sender as module
+
+    written: list[Path] = []
+    save = module._save_marker
+
+    def counted(marker: Path, flow_id: str, ident: int) -> None:
+        written.append(marker)
+        save(marker, flow_id, ident)
+
+    monkeypatch.setattr(module, "_save_marker", counted)
+    data = os.urandom(5 * 4096 + 10)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing="overwrite") as responder:
+            flow = _flow(tmp_path, data, resend=True)
+            receipt = await _send(_settings(responder), flow)
+            assert not receipt.already_delivered
+            assert receipt.details["sync_points"] == 5
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
+            marker = base.outcome_marker(flow.path, flow.flow_id)
+            assert written == [marker]
+            assert json.loads(marker.read_text())["transfer_id"] == transfer_id("flow-a")
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_lost_after_an_ack_sync_leaves_the_marker_and_is_resumed(
+    tmp_path: Path,
+) -> None:
+    """The partner acknowledged sync points, then the connection drops mid-file (no TRANS.END):
+    the marker is on disk already, and a restarted daemon's resend resumes the transfer from the
+    secured point (no 214): stored once, intact."""
+    data = os.urandom(40_000)
+
+    async def scenario() -> None:
+        async with _responder(tmp_path, on_existing="overwrite") as responder:
+            responder.faults.drop_after = 20_000
+            settings = _settings(responder, restarts=0)
+            flow = _flow(tmp_path, data)
+            with pytest.raises(ConnectError):
+                await _send(settings, flow)
+            assert outcome_marker(flow.path, flow.flow_id).is_file()
+            receipt = await _send(settings, replace(flow, resend=True))
+            assert receipt.details["restart_point"] > 0
+            assert responder.stores == {"FSO1100A_VFE056_a.xml": 1}
 
     asyncio.run(scenario())
     assert (tmp_path / "partner" / "depot" / "FSO1100A_VFE056_a.xml").read_bytes() == data
