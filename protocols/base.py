@@ -41,6 +41,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from protocols.settings import Section
 
 __all__ = [
+    "MARKER_SUFFIX",
     "AsyncReceipts",
     "Capabilities",
     "Closing",
