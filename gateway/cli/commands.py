@@ -1,4 +1,4 @@
-"""The ``raccord`` command (CONTRACT.md, "Commands"): its parser and :func:`main`.
+"""The ``raccord`` command (docs/operations.md, "Commands"): its parser and :func:`main`.
 
 Exit status: 0 success; 1 the thing checked is not right (invalid file, failed connection);
 2 usage or configuration error. Operator mistakes are one sentence on stderr, never a traceback.

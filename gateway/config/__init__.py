@@ -1,4 +1,5 @@
-"""raccord's configuration: a TOML file (CONTRACT.md) validated into typed, frozen objects.
+"""raccord's configuration: a TOML file (docs/configuration.md) validated into typed, frozen
+objects.
 
 Every error names the file and the dotted key at fault (``connection[qualif-sftp].sftp.hots``)
 and, for a typo, the nearest valid key. Protocol sections are read by the protocol itself

@@ -1,4 +1,4 @@
-"""The raccord command: outputs and exit statuses as CONTRACT.md fixes them."""
+"""The raccord command: outputs and exit statuses as docs/operations.md fixes them."""
 
 from __future__ import annotations
 
