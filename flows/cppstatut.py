@@ -1,8 +1,9 @@
 """Writing CPP Statut (FEN1200A) documents, as the partner simulator answers deposits.
 
 The shape is the one :mod:`flows.returns` reads (docs/returns.md, "The CPP Statut document"):
-an envelope with parameters (``DtPrd``, ``IdFlx``), then flow-level statuses (90–96, with error details) and
-invoice-level statuses (01–41, with supplier, invoice number, time and comment).
+an envelope with parameters (``DtPrd``, ``IdFlx``), then flow-level statuses (90–96, with
+error details) and invoice-level statuses (01–41, with supplier, invoice number, time and
+comment).
 """
 
 from __future__ import annotations
