@@ -26,6 +26,7 @@ from gateway.config.model import (
     ConfigError,
     Connection,
     GatewaySettings,
+    JournalSettings,
     Lot,
     Mode,
     Retry,
@@ -38,6 +39,7 @@ from gateway.config.sections import (
     alert_settings,
     as2_receiver_settings,
     gateway_settings,
+    journal_settings,
     web_settings,
     web_warnings,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "ConfigError",
     "Connection",
     "GatewaySettings",
+    "JournalSettings",
     "Lot",
     "Mode",
     "Retry",
@@ -113,6 +116,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     as2_receiver = as2_receiver_settings(top.table("as2_receiver"))
     alerts = alert_settings(top.table("alerts"))
     web = web_settings(top.table("web"))
+    journal = journal_settings(top.table("journal"))
     top.finish()
     rules.one_connection_per_as2_pair(connections)
     rules.async_mdns_need_the_receiver(connections, as2_receiver)
@@ -127,4 +131,5 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         rules.production_without_qualification(connections)
         + rules.over_deposit_limit(gateway, connections)
         + web_warnings(web),
+        journal=journal,
     )

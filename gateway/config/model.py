@@ -113,6 +113,17 @@ class GatewaySettings:
     retention: float | None = None  # seconds; flows filed longer ago are purged (None: never)
     retention_files: bool = False  # also delete their files in sent/ and inbox/
     validation_workers: int = 0  # processes running the rule sets; 0: one per two cores
+    node_name: str = ""  # this node in the journal ("which node did what"); "": the host name
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """``[journal]``: where the journal lives (docs/configuration.md). Absent: SQLite in
+    data_dir, one node."""
+
+    url: str | None = None  # "postgresql://user@host/db": several nodes share that database
+    password: Secret | None = None
+    lease_timeout: float = 30.0  # a node silent this long loses its flows and duties
 
 
 @dataclass(frozen=True)
@@ -172,6 +183,7 @@ class Config:
     #: Things that are allowed but probably wrong, one sentence each (``raccord check`` prints
     #: them, the daemon logs them as ``config.warning``).
     warnings: tuple[str, ...] = ()
+    journal: JournalSettings = field(default_factory=JournalSettings)
 
     def connection(self, name: str) -> Connection:
         for conn in self.connections:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from gateway.config.model import (
     AlertSettings,
     As2ReceiverSettings,
     GatewaySettings,
+    JournalSettings,
     Retry,
     SmtpSettings,
     WebSettings,
@@ -42,6 +44,34 @@ def gateway_settings(section: Section) -> GatewaySettings:
         retention=_retention(section),
         retention_files=section.boolean("retention_files", False),
         validation_workers=section.integer("validation_workers", 0, minimum=0, maximum=64),
+        node_name=_node_name(section),
+    )
+    section.finish()
+    return settings
+
+
+def _node_name(section: Section) -> str:
+    """``node_name``: how this node is named in the journal; absent: the host name."""
+    name = section.optional_str("node_name") or socket.gethostname()
+    if not name.isprintable() or len(name) > 64:
+        raise SettingsError(section.key("node_name"), "printable, at most 64 characters")
+    return name
+
+
+def journal_settings(section: Section | None) -> JournalSettings:
+    """``[journal]``: absent, SQLite in data_dir; ``url = "postgresql://…"``: shared."""
+    if section is None:
+        return JournalSettings()
+    url = section.optional_str("url")
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(section.key("url"), 'a "postgresql://user@host/database" URL')
+    lease_timeout = section.duration("lease_timeout", "30s")
+    if lease_timeout < 5:
+        raise SettingsError(section.key("lease_timeout"), "at least 5s")
+    settings = JournalSettings(
+        url=url,
+        password=section.secret("password", required=False),
+        lease_timeout=lease_timeout,
     )
     section.finish()
     return settings

@@ -363,3 +363,30 @@ def test_validation_mistakes_are_named_precisely(
 ) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_text(tmp_path, with_change(old, new))
+
+
+def test_node_name_defaults_to_the_host_name_and_journal_to_sqlite(tmp_path: Path) -> None:
+    """Promise: a single node needs no [journal] section; its node is named after its host."""
+    import socket
+
+    loaded = load_text(tmp_path, '[gateway]\ndata_dir = "/tmp/x"\n')
+    assert loaded.gateway.node_name == socket.gethostname()
+    assert loaded.journal.url is None
+
+
+def test_journal_section_reads_url_secret_and_lease(tmp_path: Path) -> None:
+    """Promise: [journal] names the shared database; a wrong URL or lease is named precisely."""
+    loaded = load_text(
+        tmp_path,
+        '[gateway]\nnode_name = "node-a"\n[journal]\nurl = "postgresql://raccord@db/raccord"\n'
+        'password = "s3cret"\nlease_timeout = "45s"\n',
+    )
+    assert loaded.gateway.node_name == "node-a"
+    assert loaded.journal.url == "postgresql://raccord@db/raccord"
+    assert loaded.journal.password is not None
+    assert "s3cret" not in repr(loaded.journal)
+    assert loaded.journal.lease_timeout == 45.0
+    with pytest.raises(ConfigError, match=r"journal\.url"):
+        load_text(tmp_path, '[journal]\nurl = "mysql://db/x"\n')
+    with pytest.raises(ConfigError, match=r"journal\.lease_timeout"):
+        load_text(tmp_path, '[journal]\nurl = "postgresql://db/x"\nlease_timeout = "1s"\n')
