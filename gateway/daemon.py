@@ -163,7 +163,7 @@ class Gateway:
                 f"({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
                 "make it writable by the daemon's user (under systemd: ReadWritePaths=)"
             ) from None
-        journal = Journal(self.layout.journal)
+        journal = Journal(self.layout.journal, node=self.config.gateway.node_name)
         try:
             await journal.open()
         except Exception as exc:

@@ -34,6 +34,8 @@ class Queries:
     they all run on its one connection."""
 
     _db: sqlite3.Connection
+    #: The node these queries record as the one that moved a flow (``[gateway] node_name``).
+    node: str
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """A write transaction; inside one already open, part of it (the outer one decides)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -21,7 +22,9 @@ class JournalDB(FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, List
     CLI commands use one directly.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, node: str | None = None) -> None:
+        # The node recorded with each move; a command run by hand records its host.
+        self.node = node or socket.gethostname()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row

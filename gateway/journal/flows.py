@@ -43,7 +43,7 @@ def _update_sql(columns: tuple[str, ...], expected: int | None) -> str:
     # Column names come from FlowRow's fields (asserted above), values are parameters.
     assignments = "".join(f", {name}=?" for name in columns)
     return (
-        f"UPDATE flows SET state=?, updated_at=?, detail=?{assignments} WHERE {where}"  # noqa: S608
+        f"UPDATE flows SET state=?, updated_at=?, detail=?, node=?{assignments} WHERE {where}"  # noqa: S608
         " RETURNING *"
     )
 
@@ -64,9 +64,9 @@ class FlowQueries(InvoiceQueries):
         marks = ", ?" * len(values)
         row = self._db.execute(
             "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
-            f" state, created_at, updated_at{names}) VALUES (?, ?, ?, ?, 'claimed', ?, ?{marks})"
-            " RETURNING *",
-            (flow_id, connection, original_name, spool_path, now, now, *values.values()),
+            f" state, created_at, updated_at, node{names})"
+            f" VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?{marks}) RETURNING *",
+            (flow_id, connection, original_name, spool_path, now, now, self.node, *values.values()),
         ).fetchone()
         return FlowRow.of(row) if row else None
 
@@ -97,7 +97,7 @@ class FlowQueries(InvoiceQueries):
             # A call site may narrow the table, never widen it.
             assert all(state in TRANSITIONS[FlowState(e)] for e in expected), (expected, state)
         sql = _update_sql(tuple(values), len(expected))
-        params = (to_state, timestamp(), detail, *values.values(), flow_id, *expected)
+        params = (to_state, timestamp(), detail, self.node, *values.values(), flow_id, *expected)
         row = self._db.execute(sql, params).fetchone()
         if row is None:
             current = self._db.execute(
@@ -253,7 +253,8 @@ class FlowQueries(InvoiceQueries):
 
     def transitions(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT from_state, to_state, at, detail FROM transitions WHERE flow_id=? ORDER BY id",
+            "SELECT from_state, to_state, at, detail, node FROM transitions WHERE flow_id=?"
+            " ORDER BY id",
             (flow_id,),
         ).fetchall()
         return [dict(row) for row in rows]

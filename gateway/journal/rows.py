@@ -46,6 +46,8 @@ class FlowRow:
     receipt_key: str | None = None  # what a late acknowledgement refers to (set when sending)
     receipt_due: str | None = None  # awaiting_receipt: when waiting ends (ISO 8601 UTC)
     validation: str | None = None  # the validation object (JSON) when the invoice was checked
+    node: str | None = None  # the node that last moved the flow (``[gateway] node_name``)
+    lease_until: str | None = None  # the node works on the flow until then (ISO 8601 UTC)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

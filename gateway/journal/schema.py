@@ -12,7 +12,7 @@ import sqlite3
 from gateway.journal.base import transaction
 from gateway.journal.rows import COLUMNS
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS flows (
     resubmit_of     TEXT,
     receipt_key     TEXT,
     receipt_due     TEXT,
-    validation      TEXT
+    validation      TEXT,
+    node            TEXT,
+    lease_until     TEXT
 );
 CREATE INDEX IF NOT EXISTS flows_state ON flows(state);
 CREATE INDEX IF NOT EXISTS flows_sha256 ON flows(sha256);
@@ -68,7 +70,8 @@ CREATE TABLE IF NOT EXISTS transitions (
     from_state  TEXT,
     to_state    TEXT NOT NULL,
     at          TEXT NOT NULL,
-    detail      TEXT
+    detail      TEXT,
+    node        TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_flow ON transitions(flow_id);
 -- The invoices a flow carries (one, or the members of a lot), with their latest return status.
@@ -162,13 +165,20 @@ CREATE TABLE IF NOT EXISTS deposits (
     lifecycle_outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS deposits_due ON deposits(connection, outcome, next_at);
+-- Duties one node at a time does (return polling of a connection, housekeeping...): held by
+-- ``node`` until ``until``, then free for any node.
+CREATE TABLE IF NOT EXISTS duties (
+    name            TEXT PRIMARY KEY,
+    node            TEXT NOT NULL,
+    until           TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
-    INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
-    VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail);
+    INSERT INTO transitions (flow_id, from_state, to_state, at, detail, node)
+    VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail, NEW.node);
 END;
 CREATE TRIGGER IF NOT EXISTS flows_transition AFTER UPDATE OF state ON flows BEGIN
-    INSERT INTO transitions (flow_id, from_state, to_state, at, detail)
-    VALUES (NEW.flow_id, OLD.state, NEW.state, NEW.updated_at, NEW.detail);
+    INSERT INTO transitions (flow_id, from_state, to_state, at, detail, node)
+    VALUES (NEW.flow_id, OLD.state, NEW.state, NEW.updated_at, NEW.detail, NEW.node);
 END;
 """
 
@@ -232,12 +242,16 @@ def migrate(db: sqlite3.Connection) -> None:
     for table, wanted in (
         ("flows", COLUMNS),
         ("invoices", ("source_flow", "flow_not_received")),
+        ("transitions", ("node",)),
     ):
         columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
         if columns:  # an existing journal: add the (nullable) columns later schemas brought
             for name in wanted:
                 if name not in columns:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
+    if version and version < 10:  # the history triggers now record the node
+        db.execute("DROP TRIGGER IF EXISTS flows_claimed")
+        db.execute("DROP TRIGGER IF EXISTS flows_transition")
     db.executescript(SCHEMA)
     if version and version < 4:  # one dropped file, one flow: it is its own source
         db.execute("UPDATE invoices SET source_flow=flow_id WHERE source_flow IS NULL")

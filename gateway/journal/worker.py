@@ -69,10 +69,10 @@ class Journal:
     next batch starts a new one.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, node: str | None = None) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._worker = WorkerProcess("raccord-journal", serve, path)
+        self._worker = WorkerProcess("raccord-journal", serve, path, node)
         self._open = False
         self._batcher: Batcher[bytes, Any] = Batcher(self._run_batch, executor=self._executor)
 
@@ -133,10 +133,10 @@ def _unpickled(answer: bytes) -> Any:
         return JournalUnavailable(f"unreadable answer from the journal process: {exc!r}")
 
 
-def serve(path: Path, pipe: Any) -> None:
+def serve(path: Path, node: str | None, pipe: Any) -> None:
     """The journal process: open ``path``, then run the batches that come through ``pipe``."""
     try:
-        db = JournalDB(path)
+        db = JournalDB(path, node=node)
         # Statement journals in memory: each UPDATE with its history trigger, inside a batch's
         # transaction, saved the pages it changes to a temporary file first, several writes
         # per flow. Only here: the CLI's listings may sort more than memory should hold.

@@ -425,3 +425,23 @@ def test_the_metrics_counts_follow_every_insert_transition_and_old_journal(tmp_p
         assert db.metrics() == truth()
     finally:
         db.close()
+
+
+def test_every_move_records_the_node_that_made_it(tmp_path: Path) -> None:
+    """Promise: with several nodes, the history says which node did what (also after an
+    upgrade from a journal whose history triggers did not know the node)."""
+    path = tmp_path / "j.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(V1_SCHEMA)
+    old.close()
+    db = JournalDB(path, node="node-a")
+    db.transition("20261101T080000Z-00000a", "queued", expect=("sending",))
+    db.close()
+    db = JournalDB(path, node="node-b")
+    db.insert("20261101T080001Z-00000b", "c", "new.xml", "/s/new")
+    row = db.transition("20261101T080000Z-00000a", "sending")
+    assert row.node == "node-b"
+    nodes = [t["node"] for t in db.transitions("20261101T080000Z-00000a")]
+    assert nodes == [None, "node-a", "node-b"]  # the first move predates the node column
+    assert [t["node"] for t in db.transitions("20261101T080001Z-00000b")] == ["node-b"]
+    db.close()
