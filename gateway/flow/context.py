@@ -52,12 +52,12 @@ class Context:
         """The connection called ``name``, or None if a reload removed it."""
         return next((c for c in self.config.connections if c.name == name), None)
 
-    async def transition(
-        self, row: FlowRow, state: str, *, expect: tuple[str, ...] | None = None, **values: Any
-    ) -> FlowRow:
-        """Journal ``row``'s move to ``state`` (from one of ``expect``) with ``values``."""
+    async def transition(self, row: FlowRow, state: str, **values: Any) -> FlowRow:
+        """Journal ``row``'s move to ``state`` with ``values``, if the flow is still in the
+        state ``row`` holds (compare-and-set; the journal's table says whether the move is
+        legal)."""
         return await self.journal.call(
-            Call(JournalDB.transition, row.flow_id, state, expect=expect, **values)
+            Call(JournalDB.transition, row.flow_id, state, current=row.state, **values)
         )
 
     async def pause(self, delay: float) -> None:

@@ -109,9 +109,7 @@ class Delivery:
                 if isinstance(next_attempt, Refusal):
                     return await self._filing.refuse(row, next_attempt.reason, next_attempt.message)
                 attempt = next_attempt
-                row = await ctx.transition(
-                    row, "sending", expect=("queued", "sending"), **attempt.values
-                )
+                row = await ctx.transition(row, "sending", **attempt.values)
             conn, sender, resend = attempt.conn, attempt.sender, attempt.resend
             unknown_before = attempt.unknown_before
             attempt = None  # a retry starts another
@@ -138,7 +136,6 @@ class Delivery:
                     row = await ctx.transition(
                         row,
                         "queued",
-                        expect=("sending",),
                         reason=exc.reason,
                         message=str(exc),
                         **known,
@@ -158,9 +155,7 @@ class Delivery:
                 ctx.alerts.transfer_failed(row.connection, exc.reason, message)
                 if exc.retryable:
                     message += f" (gave up after {row.attempts} attempts)"
-                return await self._filing.refuse(
-                    row, exc.reason, message, expect=("sending",), **known
-                )
+                return await self._filing.refuse(row, exc.reason, message, **known)
             ctx.metrics.transferred(row.connection, time.monotonic() - started, outbound.size)
             ctx.alerts.transfer_succeeded(row.connection)
             if receipt.awaiting:

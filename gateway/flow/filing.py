@@ -28,16 +28,10 @@ class Filing:
         self._ctx = ctx
         self.filer = filer
 
-    async def refuse(
-        self,
-        row: FlowRow,
-        reason: str,
-        message: str,
-        *,
-        expect: tuple[str, ...] | None = None,
-        **facts: Any,
-    ) -> FlowRow:
-        """Journal the flow ``failing`` for ``reason``, to be filed in its ``error/``."""
+    async def refuse(self, row: FlowRow, reason: str, message: str, **facts: Any) -> FlowRow:
+        """Journal the flow ``failing`` for ``reason``, to be filed in its ``error/``, if it
+        is still in the state ``row`` holds (compare-and-set, as :meth:`Context.transition
+        <gateway.flow.context.Context.transition>`)."""
         folder = self._ctx.layout.error(row.connection)
         return await self._ctx.journal.call(
             Call(
@@ -46,7 +40,7 @@ class Filing:
                 "failing",
                 folder,
                 row.original_name,
-                expect=expect,
+                current=row.state,
                 reason=reason,
                 message=message,
                 **facts,
@@ -59,7 +53,7 @@ class Filing:
         target = Path(row.final_path)
         receipt = json.loads(row.receipt) | filed_as(row.original_name, target)
         await self.filer.place(Placement(Path(row.spool_path), target, ".receipt.json", receipt))
-        await self._ctx.transition(row, "sent", expect=("delivered",), unknown_outcome=0)
+        await self._ctx.transition(row, "sent", unknown_outcome=0)
         self._ctx.metrics.sent.labels(row.connection).inc()
         log.info(
             "flow.sent",
@@ -93,7 +87,7 @@ class Filing:
         if row.packaging is not None:
             document["invoices"] = await self.lot_invoices(row)
         await self.filer.place(Placement(Path(row.spool_path), target, ".error.json", document))
-        await ctx.transition(row, "error", expect=("failing",))
+        await ctx.transition(row, "error")
         ctx.metrics.failed.labels(row.connection, row.reason or "unknown").inc()
         log.error("flow.failed", reason=row.reason, error=row.message, path=str(target))
         ctx.alerts.flow_failed(

@@ -135,7 +135,7 @@ def journal_lot(
         if row is None:
             raise RuntimeError(f"flow id {lot_id} is already in the journal")
         for flow_id in members:
-            db.transition(flow_id, "packed", expect=("batched",), lot_id=lot_id)
+            db.transition(flow_id, "packed", lot_id=lot_id)  # the table: from batched only
         db.add_invoices(lot_id, invoices)
     return row
 

@@ -71,15 +71,9 @@ class Receipts:
             "validation": json.loads(row.validation) if row.validation else None,
         }
 
-    async def delivered(
-        self,
-        row: FlowRow,
-        conn: Connection,
-        receipt: Receipt,
-        *,
-        expect: tuple[str, ...] = ("sending",),
-    ) -> FlowRow:
-        """Journal the flow ``delivered``, its receipt and its place in ``sent/`` decided."""
+    async def delivered(self, row: FlowRow, conn: Connection, receipt: Receipt) -> FlowRow:
+        """Journal the flow ``delivered`` (from the ``sending`` or ``awaiting_receipt`` that
+        ``row`` holds: compare-and-set), its receipt and its place in ``sent/`` decided."""
         ctx = self._ctx
         document = self.document(row, conn, receipt)
         if row.state in WAITING:
@@ -94,7 +88,7 @@ class Receipts:
                 "delivered",
                 folder,
                 row.original_name,
-                expect=expect,
+                current=row.state,
                 receipt=json.dumps(document, default=str),
                 reason=None,
                 message=None,
@@ -109,7 +103,6 @@ class Receipts:
         row = await self._ctx.transition(
             row,
             "awaiting_receipt",
-            expect=("sending",),
             receipt=json.dumps(document, default=str),
             receipt_due=due.isoformat(timespec="milliseconds"),
             unknown_outcome=0,
@@ -194,8 +187,8 @@ class Receipts:
             log.error("flow.receipt_foreign", error=str(exc), action="ignored; still waiting")
             return "foreign", None
         except TransferError as exc:
-            return "failed", await self._filing.refuse(row, exc.reason, str(exc), expect=WAITING)
-        return "sent", await self.delivered(row, conn, receipt, expect=WAITING)
+            return "failed", await self._filing.refuse(row, exc.reason, str(exc))
+        return "sent", await self.delivered(row, conn, receipt)
 
     async def expire(self) -> int:
         """File in ``error/`` the flows whose acknowledgement did not come in time."""
@@ -218,9 +211,7 @@ class Receipts:
                     )
                     try:
                         await self._advance(
-                            await self._filing.refuse(
-                                row, "receipt_timeout", message, expect=WAITING
-                            )
+                            await self._filing.refuse(row, "receipt_timeout", message)
                         )
                         expired += 1
                     except Exception:  # the others, and the daemon, go on

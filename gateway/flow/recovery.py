@@ -212,7 +212,7 @@ def _back_to_claimed(db: JournalDB, row: FlowRow, detail: str, *, forced: bool) 
     db.transition(
         row.flow_id,
         "claimed",
-        expect=("error",),
+        current=row.state,  # still in error as read: a concurrent retry is refused
         detail=detail,
         forced=int(forced),
         reason=None,

@@ -183,7 +183,6 @@ class Router:
         queued = await self._ctx.transition(
             row,
             "queued",
-            expect=("claimed",),
             size=size,
             sha256=sha256,
             format="lot",

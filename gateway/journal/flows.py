@@ -1,8 +1,10 @@
 """The ``flows`` table: recording a flow, moving it between states, finding it again.
 
-Every move is one ``UPDATE … RETURNING`` guarded by the states the flow may come from (the
-table in :mod:`flows.lifecycle`); the ``transitions`` history is written by the schema's
-triggers, not here.
+Every move is one ``UPDATE … RETURNING`` guarded by the states the flow may come from: the
+table in :mod:`flows.lifecycle` alone says which those are, and a caller that read the flow
+names the state it read (``current``), so that a move made meanwhile by someone else is refused
+rather than overwritten (compare-and-set). The ``transitions`` history is written by the
+schema's triggers, not here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.lifecycle import TRANSITIONS, FlowState, predecessors
+from flows.lifecycle import FlowState, predecessors
 from gateway.folders import free_name
 from gateway.journal.base import timestamp
 from gateway.journal.invoices import InvoiceQueries
@@ -76,38 +78,44 @@ class FlowQueries(InvoiceQueries):
         flow_id: str,
         to_state: str,
         *,
+        current: str | None = None,
         expect: Iterable[str] | None = None,
         detail: str | None = None,
         **values: Any,
     ) -> FlowRow:
         """Move a flow to ``to_state``, setting ``values`` in the same statement; return it.
 
-        ``expect`` narrows the states the flow may come from; by default, every state from
-        which :data:`flows.lifecycle.TRANSITIONS` allows the move.
+        The flow may come from any state from which :data:`flows.lifecycle.TRANSITIONS`
+        allows the move. ``current`` is the state the caller read the flow in: the move is
+        made only if the flow is still in it (compare-and-set: a step holding a row that
+        someone else has moved on since is refused, not obeyed). Without it, ``expect`` narrows
+        to several states (the journal's own compound moves and its tests use it).
 
         Raises:
-            StateConflict: the flow is unknown, or in none of the expected states (nothing is
-                written then).
+            StateConflict: the flow is unknown, in none of the expected states, or the table
+                does not allow the move from ``current`` (nothing is written then).
         """
         state = FlowState(to_state)
-        if expect is None:
-            expected: tuple[str, ...] = predecessors(state)
-        else:
-            expected = tuple(expect)
-            # A call site may narrow the table, never widen it.
-            assert all(state in TRANSITIONS[FlowState(e)] for e in expected), (expected, state)
+        expected: tuple[str, ...] = predecessors(state)
+        if current is not None or expect is not None:
+            wanted = (current,) if current is not None else tuple(expect or ())
+            illegal = sorted(set(wanted) - set(expected))
+            if illegal:  # a refusal, not an assert: it must hold under python -O too
+                raise StateConflict(
+                    f"flow {flow_id}: the lifecycle has no move from {', '.join(illegal)} "
+                    f"to {to_state}"
+                )
+            expected = tuple(dict.fromkeys(wanted))
         sql = _update_sql(tuple(values), len(expected))
         params = (to_state, timestamp(), detail, self.node, *values.values(), flow_id, *expected)
         row = self._db.execute(sql, params).fetchone()
         if row is None:
-            current = self._db.execute(
+            found = self._db.execute(
                 "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
             ).fetchone()
-            if current is None:
+            if found is None:
                 raise StateConflict(f"flow {flow_id} is not in the journal")
-            raise StateConflict(
-                f"flow {flow_id} is {current['state']}, expected {sorted(expected)}"
-            )
+            raise StateConflict(f"flow {flow_id} is {found['state']}, expected {sorted(expected)}")
         return FlowRow.of(row)
 
     def file_to(
@@ -118,10 +126,12 @@ class FlowQueries(InvoiceQueries):
         folder: Path,
         name: str,
         *,
+        current: str | None = None,
         expect: Iterable[str] | None = None,
         **values: Any,
     ) -> FlowRow:
-        """Decide where a flow's file goes (``final_path``) and move it to ``to_state``.
+        """Decide where a flow's file goes (``final_path``) and move it to ``to_state``
+        (from ``current``, if given: see :meth:`transition`).
 
         The name is ``folder/name`` unless a file is there or another flow already holds that
         path (then the flow id is inserted before the extension). Choosing and recording run
@@ -141,7 +151,12 @@ class FlowQueries(InvoiceQueries):
         with self.transaction():
             target = free_name(folder, name, flow_id, taken)
             return self.transition(
-                flow_id, to_state, expect=expect, final_path=str(target), **values
+                flow_id,
+                to_state,
+                current=current,
+                expect=expect,
+                final_path=str(target),
+                **values,
             )
 
     def get(self, flow_id: str) -> FlowRow | None:
