@@ -228,7 +228,20 @@ def test_the_daemon_keeps_answering_and_logging_during_a_hostile_parse(
             assert gateway.metrics_server is not None
             url = f"http://127.0.0.1:{gateway.metrics_server.port}/healthz"
             drop(config, "hostile.xml", hostile)
-            await asyncio.sleep(0.5)  # the hostile parse has begun
+            # The hostile parse has begun: its flow is journaled claimed (the state whose
+            # step is the analysis) and its task is in flight.
+            dispatcher = gateway.dispatcher
+            assert dispatcher is not None
+            await until(
+                lambda: (
+                    dispatcher.busy > 0
+                    and any(
+                        (r.original_name, r.state) == ("hostile.xml", "claimed")
+                        for r in rows(config)
+                    )
+                ),
+                what="the hostile file's analysis",
+            )
             drop(config, "after.xml", invoice("F-after"))
             statuses: list[int] = []
             widest = 0.0
