@@ -15,6 +15,7 @@ from typing import Any
 from gateway import logs
 from gateway.flow.context import Context
 from gateway.flow.filer import Filer
+from gateway.flow.recovery import HEALS, local_fault
 from gateway.folders import Placement
 from gateway.journal import TERMINAL, Call, FlowRow, JournalDB
 
@@ -112,9 +113,15 @@ class Filing:
             for i in invoices
         ]
 
-    async def fail_safely(self, flow_id: str, message: str) -> None:
+    async def fail_safely(
+        self, flow_id: str, message: str, cause: BaseException | None = None
+    ) -> None:
         """File a flow in ``error/`` after an unexpected error (``internal_error``), unless
-        it is filed already or the partner has it; never raises."""
+        it is filed already or the partner has it; never raises.
+
+        A ``cause`` that is a fault of data_dir's own file system (full, read-only, not
+        writable: :func:`~gateway.flow.recovery.local_fault`) is filed under its own reason
+        with what to do, since that is what the operator must fix, not a bug to report."""
         try:
             row = await self._ctx.journal.call(Call(JournalDB.get, flow_id))
             if row is None or row.state in TERMINAL:
@@ -130,10 +137,21 @@ class Filing:
                 )
                 return
             if row.state != "failing":
-                row = await self.refuse(row, "internal_error", message)
+                row = await self.refuse(row, *failure(flow_id, message, cause))
             await self.file_error(row)
         except Exception:
             log.exception("flow.unfiled", flow_id=flow_id)
+
+
+def failure(flow_id: str, message: str, cause: BaseException | None) -> tuple[str, str]:
+    """The reason and message a flow that met ``cause`` is filed in ``error/`` with."""
+    fault = local_fault(cause) if cause is not None else None
+    if fault is None:
+        return "internal_error", message
+    reason, action = fault
+    # In error/ the flow no longer heals by itself: the operator retries it once fixed.
+    fix = action.removesuffix(HEALS)
+    return reason, f"{message}; {fix}, then raccord retry {flow_id}"
 
 
 def filed_as(original: str, target: Path) -> dict[str, str]:

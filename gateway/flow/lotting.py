@@ -24,6 +24,7 @@ from gateway.config import Connection, Lot, Mode
 from gateway.flow.context import Context
 from gateway.flow.filing import Filing
 from gateway.flow.lots import Assembler, journal_lot, remove_members, write_lot
+from gateway.flow.recovery import local_fault
 from gateway.flow.refusals import duplicate_message, unknown_connection
 from gateway.folders import spool_name
 from gateway.journal import Call, FlowRow, JournalDB, JournalUnavailable
@@ -161,10 +162,12 @@ class Lotting:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("lot.pack_failed", connection=connection, interface_code=code)
+            fault = local_fault(exc)  # named, without a traceback: ops can fix it
+            failed = log.error if fault else log.exception
+            failed("lot.pack_failed", connection=connection, interface_code=code, error=str(exc))
             for row in rows:
                 await self._filing.fail_safely(
-                    row.flow_id, f"could not be packed in a lot: {exc!r}"
+                    row.flow_id, f"could not be packed in a lot: {exc!r}", exc
                 )
             return
         # Journaled: the invoices travel in the lot now, whatever happens to their spool copies

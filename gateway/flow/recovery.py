@@ -117,6 +117,10 @@ class Recovery:
         return started
 
 
+#: How every action of :func:`local_fault` ends.
+HEALS = "; raccord tries again by itself"
+
+
 def local_fault(exc: BaseException) -> tuple[str, str] | None:
     """``(reason, what to do)`` when ``exc`` is a fault of data_dir's own file system that
     ops can heal (and raccord then gets over by itself: the flow is tried again), else None."""
@@ -125,19 +129,18 @@ def local_fault(exc: BaseException) -> tuple[str, str] | None:
     if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
         return (
             "local_disk_full",
-            "data_dir's file system is full: free space there; raccord tries again by itself",
+            "data_dir's file system is full: free space there" + HEALS,
         )
     if code == errno.EROFS or "readonly" in text or "read-only" in text:
         return (
             "local_read_only",
-            "data_dir's file system is read-only: remount it read-write; raccord tries again "
-            "by itself",
+            "data_dir's file system is read-only: remount it read-write" + HEALS,
         )
     if code in (errno.EACCES, errno.EPERM):
         return (
             "local_permission_denied",
             f"raccord may not write {getattr(exc, 'filename', None) or 'in data_dir'}: give "
-            "raccord's user write permission on data_dir; raccord tries again by itself",
+            "raccord's user write permission on data_dir" + HEALS,
         )
     return None
 

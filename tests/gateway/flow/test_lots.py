@@ -3,12 +3,14 @@ that rejects a lot, resubmission of the collateral invoices, and recovery after 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from flows import lots
 from gateway import config as config_module
@@ -16,6 +18,7 @@ from gateway.cli.commands import main
 from gateway.config import Config
 from gateway.flow import lotting as dispatcher
 from gateway.flow.lots import journal_lot
+from gateway.flow.lots import write_lot as write_lot_for_real
 from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB
 from gateway.returns import pipeline as returns
@@ -392,3 +395,44 @@ def test_an_invoice_history_across_lots_and_resubmission_in_table_form(
     assert "01 déposée" in lines[2] and "03 mise à disposition" in lines[4]
     assert main([*listing, "--format", "csv", "--status", "03"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3  # header, the invoice, its status
+
+
+def test_a_lot_that_cannot_be_written_on_a_full_disk_says_so_in_error_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Packing on a full data_dir files the invoices in error/ as local_disk_full, saying to
+    free space and retry (not internal_error, no traceback); once retried, they leave."""
+    config, bucket = lot_config(tmp_path, max_invoices=2)
+    real = write_lot_for_real
+    full = {"left": 1}
+
+    def write_lot(*args: Any) -> None:
+        if full["left"]:
+            full["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+        real(*args)
+
+    monkeypatch.setattr(dispatcher, "write_lot", write_lot)
+    with capture_logs() as events:
+        found = deliver(config, {"a.xml": invoice("F-000"), "b.xml": invoice("F-001")})
+    assert {(r.state, r.reason) for r in found} == {("error", "local_disk_full")}
+    for row in found:
+        report = sidecar(row, ".error.json")
+        assert report["reason"] == "local_disk_full"
+        assert "No space left on device" in report["message"]
+        assert "file system is full: free space there" in report["message"]
+        assert report["message"].endswith(f"then raccord retry {row.flow_id}")
+        assert "by itself" not in report["message"]  # in error/, it waits for the operator
+    (packing,) = [e for e in events if e["event"] == "lot.pack_failed"]
+    assert "exc_info" not in packing and "No space left" in packing["error"]
+    assert not [e for e in events if e["event"] == "flow.internal_error"]
+    capsys.readouterr()
+    shown = ["flows", "--config", str(config.path), "--format", "json", "--flow"]
+    assert main([*shown, found[0].flow_id]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["reason"] == "local_disk_full"
+
+    for row in found:
+        assert main(["retry", "--config", str(config.path), row.flow_id]) == 0
+    (lot,) = lots_of(deliver(config, {}))
+    assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
