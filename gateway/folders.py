@@ -125,17 +125,64 @@ class Layout:
         root = self.data_dir / "spool"
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
+    def folders(self, connection: str) -> tuple[Path, ...]:
+        """The folders raccord reads and writes for ``connection``."""
+        return (
+            self.outbox(connection),
+            self.spool(connection),
+            self.error(connection),
+            self.rejected(connection),
+            self.inbox(connection),
+            self.data_dir / "sent" / connection,
+        )
+
     def create(self, connections: list[str]) -> None:
         for name in connections:
-            for folder in (
-                self.outbox(name),
-                self.spool(name),
-                self.error(name),
-                self.rejected(name),
-                self.inbox(name),
-                self.data_dir / "sent" / name,
-            ):
+            for folder in self.folders(name):
                 folder.mkdir(parents=True, exist_ok=True)
+
+    def refuse_links(self, connections: list[str]) -> None:
+        """Refuse a folder of the layout that is a symbolic link or lies under one.
+
+        Through a link, the outbox would hand raccord files from outside data_dir (whoever can
+        point it elsewhere chooses what is sent to Chorus Pro), and sent/ or error/ would put
+        invoices outside it. Resolving the link once at start would still follow a link
+        changed later, so raccord takes no link at all below data_dir; data_dir itself may be
+        one (it is the root the operator chose).
+
+        Raises:
+            LinkedFolder: naming the connection, the link and where it points.
+        """
+        for name in connections:
+            for folder in self.folders(name):
+                link = _first_link(self.data_dir, folder)
+                if link is not None:
+                    raise LinkedFolder(self, name, folder, link)
+
+
+class LinkedFolder(ValueError):
+    """A folder of the layout is a symbolic link, or lies under one."""
+
+    def __init__(self, layout: Layout, connection: str, folder: Path, link: Path) -> None:
+        whose = f"the {folder.relative_to(layout.data_dir).parts[0]}/ folder of {connection}"
+        what = f"{whose}, {link}," if link == folder else f"{link}, above {whose},"
+        super().__init__(
+            f"{what} is a symbolic link (to {os.readlink(link)}); raccord reads and writes only "
+            f"real folders inside data_dir ({layout.data_dir}), so that no file is taken from "
+            "or put outside it: replace the link with a folder (for another disk, move "
+            "data_dir there)"
+        )
+        self.connection, self.folder, self.link = connection, folder, link
+
+
+def _first_link(root: Path, folder: Path) -> Path | None:
+    """The first component of ``folder`` below ``root`` that is a symbolic link, or None."""
+    here = root
+    for part in folder.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
 
 
 def fsync_dir(path: Path) -> None:

@@ -44,6 +44,7 @@ from gateway.config.sections import (
     web_warnings,
 )
 from gateway.config.sheets import connection
+from gateway.folders import Layout, LinkedFolder
 from protocols.settings import Section, SettingsError
 
 __all__ = [
@@ -90,9 +91,14 @@ def load(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return parse(raw, path)
+        config = parse(raw, path)
+        # On disk, not in the text: checked at each load (start, reload, raccord check).
+        Layout(config.gateway.data_dir).refuse_links([c.name for c in config.connections])
     except SettingsError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except LinkedFolder as exc:
+        raise ConfigError(f"{path}: connection[{exc.connection}]: {exc}") from None
+    return config
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
