@@ -31,6 +31,7 @@ from gateway.ops import certificates
 from gateway.ops.httpserver import serve
 from gateway.web import auth, charts, queries
 from gateway.web.i18n import LANGUAGES, Words, choose
+from gateway.web.throttle import Throttle
 
 log = logs.get()
 
@@ -81,6 +82,7 @@ class Console:
         self.layout = Layout(config.gateway.data_dir)
         self.health = health or {}
         self.sessions = auth.Sessions()
+        self.throttle = Throttle()  # failed sign-ins: kept across reloads
         self.reader = queries.Reader(self.layout.journal)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -254,6 +256,16 @@ class Console:
         form = await request.post()
         name, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _local(str(form.get("next", "/")))
+        # Not X-Forwarded-For: anyone can write it. Behind a proxy, the name still counts.
+        keys = (f"address:{request.remote}", f"user:{name[:256]}")
+        wait = self.throttle.wait(keys)
+        if wait:  # refused before the password is looked at: a guess costs nothing here
+            log.warning("web.login_throttled", user=name[:64], address=request.remote, wait=wait)
+            values = {"next": target, "name": name, "throttled": wait}
+            response = self._page(request, "login.html", values, 429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        self.throttle.attempt(keys)
         known = self.settings.users.get(name)
         # Checked off the loop (scrypt takes tens of ms), and as long for an unknown user.
         ok = await asyncio.to_thread(auth.verify_password, password, known or auth.dummy_hash())
@@ -262,6 +274,7 @@ class Console:
             return self._page(
                 request, "login.html", {"next": target, "failed": True, "name": name}, 401
             )
+        self.throttle.succeeded(keys)
         self.sessions.end(request[_SESSION])
         request[_SESSION] = self.sessions.new(name)  # a new token: no fixation
         request[_NEW_SESSION] = True

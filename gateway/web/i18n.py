@@ -20,6 +20,11 @@ _WORDS: dict[str, tuple[str, str]] = {
     "user": ("User", "Utilisateur"),
     "password": ("Password", "Mot de passe"),
     "bad_credentials": ("Wrong user name or password.", "Utilisateur ou mot de passe incorrect."),
+    "sign_in_throttled": (
+        "Too many failed sign-ins from this address or for this user: try again in {seconds} s.",
+        "Trop d'échecs de connexion depuis cette adresse ou pour cet utilisateur : réessayez "
+        "dans {seconds} s.",
+    ),
     "signed_in_as": ("Signed in as", "Connecté en tant que"),
     "sign_in_needed": (
         "Sign in to see the flows.",
