@@ -328,27 +328,13 @@ class _Worker:
         return answer
 
     def ask_all(self, batch: Sequence[Request], timeout: float) -> tuple[list[Any], bool]:
-        """The answers for a batch (blocking): :meth:`send`, then :meth:`receive`."""
-        with contextlib.suppress(OSError):  # the worker is gone: receive() says how
-            self.send(batch)
-        return self.receive(batch, timeout)
-
-    def send(self, batch: Sequence[Request]) -> None:
-        """Hand a batch to the worker, which takes it up after the batches before it.
-
-        Raises:
-            OSError: the worker is gone (:meth:`receive` then says how).
-        """
-        self.pipe.send([(str(path), wanted) for path, wanted in batch])
-
-    def receive(self, batch: Sequence[Request], timeout: float) -> tuple[list[Any], bool]:
-        """The answers for a batch sent before (and after the batches sent before it), in order
-        (blocking), each within ``timeout`` seconds of the one before, and whether the worker is
-        gone. A file over its budget gets a ValidationTimeout (the worker is killed), a file the
-        worker died on a ValidationCrashed; the files after it get no answer (fewer answers
-        than files)."""
+        """The answers for a batch, in order (blocking), each within ``timeout`` seconds of the
+        one before, and whether the worker is gone. A file over its budget gets a
+        ValidationTimeout (the worker is killed), a file the worker died on a
+        ValidationCrashed; the files after it get no answer (fewer answers than files)."""
         answers: list[Any] = []
         try:
+            self.pipe.send([(str(path), wanted) for path, wanted in batch])
             for path, _ in batch:
                 if not self.pipe.poll(timeout):
                     self.kill()
@@ -404,9 +390,6 @@ def default_workers() -> int:
 #: groups, so that the steps after validation (journal, filing, uploads) still work in batches;
 #: a lone file goes at once.
 MAX_BATCH = 64
-#: Batches handed to a worker ahead of its answers: two, so that it never waits for the daemon
-#: between batches, and no more, so that a file killed by its time budget sends few back.
-AHEAD = 2
 
 
 class Validator:
@@ -488,73 +471,45 @@ class Validator:
                 task.add_done_callback(self._drainers.discard)
 
     async def _drain(self, slot: int) -> None:
-        """Feed the worker of ``slot`` batches while files wait, keeping :data:`AHEAD` batches
-        in its pipe: the worker takes up the next batch the moment it answers the last file of
-        one, instead of idling while the daemon hands the answers out and sends another."""
-        sent: collections.deque[list[tuple[Request, asyncio.Future[Any]]]] = collections.deque()
+        """Feed the worker of ``slot`` batches while files wait."""
+        batch: list[tuple[Request, asyncio.Future[Any]]] = []
         try:
-            while True:
+            while self._pending:
+                batch = []
+                while self._pending and len(batch) < MAX_BATCH:
+                    item = self._pending.popleft()
+                    if not item[1].done():  # its flow was cancelled meanwhile
+                        batch.append(item)
+                if not batch:
+                    continue
                 worker = self._slots[slot]
-                while self._pending and len(sent) < AHEAD:
-                    batch = self._take()
-                    if not batch:
+                if worker is None:
+                    try:
+                        worker = await self._run(self._start)
+                    except Exception as exc:
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_result(exc)
                         continue
-                    if worker is None:
-                        worker = await self._replace(slot, batch)
-                        if worker is None:
-                            continue
-                    sent.append(batch)
-                    with contextlib.suppress(OSError):  # gone: receive() says how
-                        await self._run(worker.send, [request for request, _ in batch])
-                if not sent or worker is None:
-                    return
-                batch = sent[0]
+                    with self._lock:
+                        self._slots[slot] = worker
                 requests = [request for request, _ in batch]
-                answers, gone = await self._run(worker.receive, requests, self.timeout)
-                sent.popleft()
-                for (_, future), answer in zip(batch, answers, strict=False):
-                    if not future.done():
-                        future.set_result(answer)
+                answers, gone = await self._run(worker.ask_all, requests, self.timeout)
                 if gone:
                     with self._lock:
                         self._slots[slot] = None  # a fresh one is started for the next batch
                     log.warning("validation.worker_replaced", pid=worker.pid)
-                    # The files after the one that ended the worker, and the batches sent
-                    # behind it, go back first in line, in their order.
-                    left = batch[len(answers) :] + [item for later in sent for item in later]
-                    sent.clear()
-                    self._pending.extendleft(reversed(left))
+                for (_, future), answer in zip(batch, answers, strict=False):
+                    if not future.done():
+                        future.set_result(answer)
+                # Files after one that killed the worker go back first in line.
+                self._pending.extendleft(reversed(batch[len(answers) :]))
+                batch = []
         finally:
             self._busy.discard(slot)
-            for batch in sent:  # only if this task was cancelled mid-batch
-                for _, future in batch:
-                    if not future.done():
-                        future.cancel()
-
-    def _take(self) -> list[tuple[Request, asyncio.Future[Any]]]:
-        """The next batch from the queue, without the files whose flow was cancelled."""
-        batch: list[tuple[Request, asyncio.Future[Any]]] = []
-        while self._pending and len(batch) < MAX_BATCH:
-            item = self._pending.popleft()
-            if not item[1].done():
-                batch.append(item)
-        return batch
-
-    async def _replace(
-        self, slot: int, batch: list[tuple[Request, asyncio.Future[Any]]]
-    ) -> _Worker | None:
-        """Start the worker of ``slot``; if it cannot start, each file of ``batch`` gets the
-        reason (and None is returned)."""
-        try:
-            worker: _Worker = await self._run(self._start)
-        except Exception as exc:
-            for _, future in batch:
+            for _, future in batch:  # only if this task was cancelled mid-batch
                 if not future.done():
-                    future.set_result(exc)
-            return None
-        with self._lock:
-            self._slots[slot] = worker
-        return worker
+                    future.cancel()
 
     async def close(self) -> None:
         """End the workers (a later file starts them again). Called once the flows are done
