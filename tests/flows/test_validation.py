@@ -141,6 +141,35 @@ def test_any_bytes_as_a_report_either_read_or_refused_with_valueerror(data: byte
         v.read_svrl(data)
 
 
+_REPORT_ELEMENTS = ("failed-assert", "successful-report", "fired-rule", "active-pattern")
+
+
+@given(
+    st.sampled_from(["svrl:", "s:", ""]),
+    st.lists(
+        st.tuples(st.sampled_from(_REPORT_ELEMENTS), st.sampled_from(["fatal", "warning", None])),
+        max_size=5,
+    ),
+)
+def test_a_report_with_a_finding_is_never_skipped_unread(
+    prefix: str, elements: list[tuple[str, str | None]]
+) -> None:
+    """The worker skips parsing the reports that cannot hold a finding (most invoices pass):
+    whatever the namespace prefix, a report with a broken rule is read, and one without none
+    is found."""
+    declared = f"xmlns:{prefix[:-1]}" if prefix else "xmlns"
+    body = "".join(
+        f'<{prefix}{name} id="R-{i}" location="/x"{f" flag={flag!r}" if flag else ""}>'
+        f"<{prefix}text>rule {i}</{prefix}text></{prefix}{name}>"
+        for i, (name, flag) in enumerate(elements)
+    )
+    report = f'<{prefix}schematron-output {declared}="{v.SVRL}">{body}</{prefix}schematron-output>'
+    errors, warnings = v.read_svrl(report)
+    findings = [name for name, _ in elements if name in ("failed-assert", "successful-report")]
+    assert len(errors) + len(warnings) == len(findings)
+    assert v.may_have_findings(report) is bool(findings)
+
+
 @given(st.binary(max_size=400))
 def test_any_bytes_as_xmp_give_a_profile_or_none(data: bytes) -> None:
     assert v.profile_of_xmp(data) is None or isinstance(v.profile_of_xmp(data), str)
