@@ -31,7 +31,7 @@ from gateway.ops import certificates
 from gateway.ops.httpserver import serve
 from gateway.web import auth, charts, queries
 from gateway.web.i18n import LANGUAGES, Words, choose
-from gateway.web.throttle import Throttle
+from gateway.web.throttle import Throttle, address_key
 
 log = logs.get()
 
@@ -257,7 +257,7 @@ class Console:
         name, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _local(str(form.get("next", "/")))
         # Not X-Forwarded-For: anyone can write it. Behind a proxy, the name still counts.
-        keys = (f"address:{request.remote}", f"user:{name[:256]}")
+        keys = (address_key(request.remote), f"user:{name[:256]}")
         wait = self.throttle.wait(keys)
         if wait:  # refused before the password is looked at: a guess costs nothing here
             log.warning("web.login_throttled", user=name[:64], address=request.remote, wait=wait)
