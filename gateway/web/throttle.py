@@ -77,6 +77,17 @@ class Throttle:
     def __len__(self) -> int:
         return len(self._records)
 
+    def check(self, remote: str | None, user: str) -> tuple[tuple[str, str], int]:
+        """A sign-in as ``user`` from the peer address ``remote``: its keys, and the whole
+        seconds it must wait (0: let through, and counted as an attempt). The address is the
+        TCP peer's, never X-Forwarded-For, which anyone can write; behind a reverse proxy
+        every visitor shares the proxy's, and the count per name still holds."""
+        keys = (address_key(remote), f"user:{user[:256]}")
+        wait = self.wait(keys)
+        if not wait:
+            self.attempt(keys)
+        return keys, wait
+
     def wait(self, keys: Sequence[str]) -> int:
         """Whole seconds before ``keys`` may try again (0: now)."""
         now = self.clock()
