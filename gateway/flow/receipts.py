@@ -160,6 +160,7 @@ class Receipts:
             with structlog.contextvars.bound_contextvars(
                 connection=row.connection, flow_id=row.flow_id, file=row.original_name
             ):
+                decided: FlowRow | None = None
                 try:
                     outcome, decided = await self._judge(row, answer)
                     if decided is not None:
@@ -171,10 +172,10 @@ class Receipts:
                         # The flow goes on waiting (and expires if this keeps happening).
                         log.exception("flow.receipt_failed", receipt_key=receipt_key)
                         return "error"
-                    # It came: kept, and judged again once the fault heals, not expired.
-                    self._unrecorded[receipt_key] = answer
-                    if len(self._unrecorded) > UNRECORDED:
-                        self._unrecorded.popitem(last=False)
+                    if decided is None:  # it came, not journaled: judged again once healed
+                        self._unrecorded[receipt_key] = answer
+                        if len(self._unrecorded) > UNRECORDED:
+                            self._unrecorded.popitem(last=False)
                     log.error(
                         "flow.local_fault",
                         reason=fault[0],
