@@ -176,12 +176,19 @@ class LinkedFolder(ValueError):
 
 
 def _first_link(root: Path, folder: Path) -> Path | None:
-    """The first component of ``folder`` below ``root`` that is a symbolic link, or None."""
+    """The first component of ``folder`` below ``root`` that is a symbolic link, or None.
+
+    A component this user may not look into ends the search: a command run by someone
+    without access to data_dir cannot read through it either, and the daemon, which can,
+    checks it at its start."""
     here = root
     for part in folder.relative_to(root).parts:
         here = here / part
-        if here.is_symlink():
-            return here
+        try:
+            if here.is_symlink():
+                return here
+        except PermissionError:
+            return None
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from gateway import logs
 from gateway.config import Connection
 from gateway.flow.context import Context, Running
 from gateway.flow.filing import Filing
+from gateway.flow.recovery import local_fault
 from gateway.flow.senders import SenderPool
 from gateway.journal import WAITING, Call, FlowRow, JournalDB
 from protocols.base import AsyncReceipts, Receipt
@@ -31,6 +33,8 @@ log = logs.get()
 
 #: Seconds an acknowledgement that overtook its send waits for that send to be journaled.
 SETTLE_PATIENCE = 5.0
+#: Acknowledgements kept, at most, until a fault of data_dir lets them be journaled.
+UNRECORDED = 1000
 
 
 class Receipts:
@@ -49,6 +53,9 @@ class Receipts:
         self._filing = filing
         self._running = running
         self._advance = advance  # files a decided flow, as its state says
+        # receipt key → answer: acknowledgements a fault of data_dir (disk full…) kept from
+        # being journaled, judged again at each expiry round (the partner may not post again)
+        self._unrecorded: OrderedDict[str, bytes] = OrderedDict()
 
     def document(self, row: FlowRow, conn: Connection, receipt: Receipt) -> dict[str, Any]:
         """The ``.receipt.json`` of a flow the partner took (``sent_at``: when it took it)."""
@@ -153,14 +160,29 @@ class Receipts:
             with structlog.contextvars.bound_contextvars(
                 connection=row.connection, flow_id=row.flow_id, file=row.original_name
             ):
+                decided: FlowRow | None = None
                 try:
                     outcome, decided = await self._judge(row, answer)
                     if decided is not None:
                         await self._advance(decided)
                     return outcome
-                except Exception:
-                    # The flow goes on waiting (and expires if this keeps happening).
-                    log.exception("flow.receipt_failed", receipt_key=receipt_key)
+                except Exception as exc:
+                    fault = local_fault(exc)
+                    if fault is None:
+                        # The flow goes on waiting (and expires if this keeps happening).
+                        log.exception("flow.receipt_failed", receipt_key=receipt_key)
+                        return "error"
+                    if decided is None:  # it came, not journaled: judged again once healed
+                        self._unrecorded[receipt_key] = answer
+                        if len(self._unrecorded) > UNRECORDED:
+                            self._unrecorded.popitem(last=False)
+                    log.error(
+                        "flow.local_fault",
+                        reason=fault[0],
+                        error=str(exc),
+                        action=fault[1],
+                        receipt_key=receipt_key,
+                    )
                     return "error"
         finally:
             running.active.discard(row.flow_id)
@@ -191,12 +213,17 @@ class Receipts:
         return "sent", await self.delivered(row, conn, receipt)
 
     async def expire(self) -> int:
-        """File in ``error/`` the flows whose acknowledgement did not come in time."""
+        """File in ``error/`` the flows whose acknowledgement did not come in time; first,
+        journal the acknowledgements that came but could not be journaled then."""
+        for key, answer in list(self._unrecorded.items()):
+            del self._unrecorded[key]
+            if await self.settle(key, answer) == "busy":  # kept again if the fault lasts
+                self._unrecorded[key] = answer
         now = self._ctx.now().isoformat(timespec="milliseconds")
         rows = await self._ctx.journal.call(Call(JournalDB.receipts_due, now))
         expired = 0
         for row in rows:
-            if row.flow_id in self._running.active:
+            if row.flow_id in self._running.active or row.receipt_key in self._unrecorded:
                 continue
             self._running.active.add(row.flow_id)
             try:

@@ -256,24 +256,18 @@ class Console:
         form = await request.post()
         name, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _local(str(form.get("next", "/")))
-        # Not X-Forwarded-For: anyone can write it. Behind a proxy, the name still counts.
-        keys = (f"address:{request.remote}", f"user:{name[:256]}")
-        wait = self.throttle.wait(keys)
+        page: dict[str, Any] = {"next": target, "name": name}
+        keys, wait = self.throttle.check(request.remote, name)
         if wait:  # refused before the password is looked at: a guess costs nothing here
             log.warning("web.login_throttled", user=name[:64], address=request.remote, wait=wait)
-            values = {"next": target, "name": name, "throttled": wait}
-            response = self._page(request, "login.html", values, 429)
-            response.headers["Retry-After"] = str(wait)
-            return response
-        self.throttle.attempt(keys)
+            refused = self._page(request, "login.html", page | {"throttled": wait}, 429)
+            return _retry_after(refused, wait)
         known = self.settings.users.get(name)
         # Checked off the loop (scrypt takes tens of ms), and as long for an unknown user.
         ok = await asyncio.to_thread(auth.verify_password, password, known or auth.dummy_hash())
         if not (ok and known):
             log.warning("web.sign_in_failed", user=name[:64])
-            return self._page(
-                request, "login.html", {"next": target, "failed": True, "name": name}, 401
-            )
+            return self._page(request, "login.html", page | {"failed": True}, 401)
         self.throttle.succeeded(keys)
         self.sessions.end(request[_SESSION])
         request[_SESSION] = self.sessions.new(name)  # a new token: no fixation
@@ -505,6 +499,11 @@ def _requeue(journal: Path, flow_id: str, force: bool) -> str:
         return requeue(db, flow_id, force=force)
     finally:
         db.close()
+
+
+def _retry_after(response: web.Response, seconds: int) -> web.Response:
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 def _see(location: str) -> web.Response:

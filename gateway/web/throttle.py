@@ -16,13 +16,14 @@ for :data:`FORGET` seconds starts afresh.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CAPACITY", "FIRST", "FORGET", "FREE", "LONGEST", "Throttle"]
+__all__ = ["CAPACITY", "FIRST", "FORGET", "FREE", "LONGEST", "Throttle", "address_key"]
 
 #: Failures let through before the first wait.
 FREE = 5
@@ -40,6 +41,20 @@ class _Record:
     failures: int = 0
     until: float = 0.0  # no attempt before this instant
     last: float = 0.0  # the last failure
+
+
+def address_key(remote: str | None) -> str:
+    """The key of a peer's address. An IPv6 address counts by its /64: one subscriber or host
+    usually holds a whole /64, and would otherwise get fresh tries from each of its addresses."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return f"address:{remote}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"address:{address.ipv4_mapped}"
+        return f"address:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"address:{address}"
 
 
 class Throttle:
@@ -61,6 +76,17 @@ class Throttle:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def check(self, remote: str | None, user: str) -> tuple[tuple[str, str], int]:
+        """A sign-in as ``user`` from the peer address ``remote``: its keys, and the whole
+        seconds it must wait (0: let through, and counted as an attempt). The address is the
+        TCP peer's, never X-Forwarded-For, which anyone can write; behind a reverse proxy
+        every visitor shares the proxy's, and the count per name still holds."""
+        keys = (address_key(remote), f"user:{user[:256]}")
+        wait = self.wait(keys)
+        if not wait:
+            self.attempt(keys)
+        return keys, wait
 
     def wait(self, keys: Sequence[str]) -> int:
         """Whole seconds before ``keys`` may try again (0: now)."""

@@ -147,3 +147,21 @@ def test_a_reload_adding_a_connection_whose_outbox_is_a_link_is_refused(tmp_path
     assert [p.name for p in outside.iterdir()] == ["private.xml"]
     with pytest.raises(ConfigError, match="is a symbolic link"):
         config_module.load(path)
+
+
+def test_a_folder_this_user_may_not_look_into_is_no_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`raccord check` by a user who may not enter data_dir loads the configuration (the
+    daemon, which may, checks the links). Simulated: the tests run as root, whom permissions
+    do not stop."""
+    path = configured(tmp_path)
+    real = Path.is_symlink
+
+    def is_symlink(self: Path) -> bool:
+        if self.name == "outbox":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_symlink", is_symlink)
+    assert config_module.load(path).connections[0].name == CONN

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 from gateway.cli import commands as cli
 from gateway.flow.dispatcher import Dispatcher
 from gateway.folders import Layout
-from gateway.journal import FlowRow
+from gateway.journal import FlowRow, Journal, JournalDB
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (
@@ -238,3 +239,41 @@ def test_an_acknowledgement_that_overtakes_its_send_waits_for_it(
 
     asyncio.run(main())
     assert rows(config)[0].state == "sent"
+
+
+def test_an_acknowledgement_a_full_disk_kept_from_the_journal_is_recorded_once_it_heals(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partner's acknowledgement came, but the journal's disk was full: the flow is not
+    left to expire as unacknowledged; the fault is logged by name (no traceback) and the
+    acknowledgement is journaled by the next housekeeping round, without the partner posting
+    it again."""
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+    real_call = Journal.call
+    full = {"left": 1}
+
+    async def call(self: Journal, method: Any) -> Any:
+        if getattr(method, "function", None) is JournalDB.file_to and full["left"]:
+            full["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real_call(self, method)
+
+    async def main() -> str:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "full.xml", invoice("F-full-ack"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            key = rows(config)[0].receipt_key or ""
+            monkeypatch.setattr(Journal, "call", call)
+            outcome = await gateway.dispatcher.settle(key, b"ok")
+            assert _awaiting(rows(config))
+            await until(filed(config, 1), what="the acknowledgement journaled once healed")
+            return outcome
+
+    with capture_logs() as events:
+        assert asyncio.run(main()) == "error"  # the partner is told to post it again
+    (row,) = rows(config)
+    assert row.state == "sent" and sidecar(row, ".receipt.json")["acknowledged_at"]
+    (fault,) = [e for e in events if e["event"] == "flow.local_fault"]
+    assert fault["reason"] == "local_disk_full" and "free space" in fault["action"]
+    assert not [e for e in events if e["event"] in ("flow.receipt_failed", "flow.failed")]

@@ -4,6 +4,7 @@ address and per user name, answered 429 with a sentence; memory bounded."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.daemon import Gateway
-from gateway.web.throttle import FIRST, FREE, LONGEST, Throttle
+from gateway.web.throttle import FIRST, FREE, LONGEST, Throttle, address_key
 from tests.gateway.harness import running
 from tests.gateway.web.test_app import PASSWORD, Browser, console, csrf_of, web_config
 
@@ -154,3 +155,17 @@ def test_a_burst_of_simultaneous_guesses_gets_no_more_tries_than_one_after_the_o
 
     statuses = asyncio.run(main())
     assert sorted(statuses) == [401] * FREE + [429] * (20 - FREE)
+
+
+@given(st.ip_addresses(v=6), st.integers(0, 2**64 - 1))
+def test_an_ipv6_host_counts_as_its_64_whichever_of_its_addresses_it_uses(
+    address: ipaddress.IPv6Address, low: int
+) -> None:
+    """Every address of one /64 has the same key (a host holds them all); an IPv4 address
+    and its IPv4-mapped IPv6 form have the same key too."""
+    other = ipaddress.IPv6Address((int(address) >> 64 << 64) | low)
+    if address.ipv4_mapped is None and other.ipv4_mapped is None:
+        assert address_key(str(address)) == address_key(str(other))
+    assert address_key("::ffff:192.0.2.1") == address_key("192.0.2.1") == "address:192.0.2.1"
+    assert address_key("fe80::1%eth0") == address_key("fe80::2") == "address:fe80::/64"
+    assert address_key(None) == "address:None"
