@@ -8,7 +8,8 @@ run by :mod:`gateway.flow.validator`. This module holds what is pure about them:
   rule sets a connection asks for;
 - reading their Schematron output (SVRL, :func:`read_svrl`): each ``svrl:failed-assert`` is a
   :class:`Finding` (the rule's ``id``, its text, where in the document); ``flag="warning"`` (or
-  ``information``) is a warning, anything else (``fatal``, or no flag) an error;
+  ``information``) is a warning, anything else (``fatal``, or no flag) an error
+  :func:`may_have_findings` spares the parse of a report that cannot hold one;
 - the Factur-X profile named by the PDF's XMP metadata and by the XML itself, which must agree;
 - the :class:`Validation` every caller shows: ``valid``, ``invalid`` or ``not_checked``, the
   rule sets run, errors and warnings, as the fixed JSON object of ``raccord analyze``.
@@ -285,6 +286,17 @@ def profile_mismatch(xmp_label: str | None, xml_profile: Profile | None) -> Find
 # -- SVRL ------------------------------------------------------------------------------------
 
 
+#: The local names of the report's elements that are findings (see :func:`read_svrl`).
+_FINDINGS = ("failed-assert", "successful-report")
+
+
+def may_have_findings(svrl: str) -> bool:
+    """Whether a Schematron report may hold a finding: one cannot without the name of its
+    element in the text, whatever the prefix. A valid invoice's report (only the rules that
+    fired) then needs no parse, most of what reading it costs."""
+    return any(name in svrl for name in _FINDINGS)
+
+
 def read_svrl(svrl: bytes | str) -> tuple[list[Finding], list[Finding]]:
     """(errors, warnings) of a Schematron report: each ``failed-assert`` (and
     ``successful-report``, which Schematron uses for "must not" rules).
@@ -310,17 +322,6 @@ def read_svrl(svrl: bytes | str) -> tuple[list[Finding], list[Finding]]:
         flag = (element.get("flag") or "fatal").lower()
         (warnings if flag in ("warning", "information", "info") else errors).append(finding)
     return errors, warnings
-
-
-#: The local names of the report's elements that are findings (see :func:`read_svrl`).
-_FINDINGS = ("failed-assert", "successful-report")
-
-
-def may_have_findings(svrl: str) -> bool:
-    """Whether a Schematron report may hold a finding: one cannot without the name of its
-    element in the text, whatever the prefix. A valid invoice's report (only the rules that
-    fired, ~9 KB for EN 16931) then needs no parse: that parse was 7 % of a validation."""
-    return any(name in svrl for name in _FINDINGS)
 
 
 def _without_rule_prefix(text: str, rule: str) -> str:
