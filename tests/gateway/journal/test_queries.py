@@ -1,0 +1,126 @@
+"""gateway.journal: the queries, their history triggers and counts, on both databases."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+
+from gateway.journal import (
+    JournalDB,
+    JournalTarget,
+    StateConflict,
+)
+
+
+def flow_id(i: int) -> str:
+    return f"20261123T120000Z-{i:06x}"
+
+
+def test_every_state_change_is_recorded_with_its_detail(target: JournalTarget) -> None:
+    db = JournalDB(target)
+    db.insert(flow_id(1), "c", "a.xml", "/s/a")
+    db.transition(flow_id(1), "error", reason="lost")
+    db.transition(flow_id(1), "claimed", expect=("error",), detail="raccord retry --force")
+    history = db.transitions(flow_id(1))
+    assert [(t["from_state"], t["to_state"], t["detail"]) for t in history] == [
+        (None, "claimed", None),
+        ("claimed", "error", None),
+        ("error", "claimed", "raccord retry --force"),
+    ]
+    with pytest.raises(StateConflict, match="not in the journal"):
+        db.transition(flow_id(9), "queued")
+    db.close()
+
+
+def test_rows_travel_between_processes_unchanged(target: JournalTarget) -> None:
+    """A FlowRow that travels to or from the journal process arrives equal and still frozen."""
+    db = JournalDB(target)
+    db.insert(flow_id(1), "qualif", "f.xml", "/spool/f.xml")
+    row = db.transition(flow_id(1), "queued", attempts=2, remote_name="R.xml")
+    again = pickle.loads(pickle.dumps(row, pickle.HIGHEST_PROTOCOL))  # noqa: S301 - our own
+    assert again == row and repr(again) == repr(row)
+    assert dataclasses.asdict(again)["remote_name"] == "R.xml" and again.attempts == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.state = "sent"
+    db.close()
+
+
+def test_a_flows_table_with_foreign_columns_is_refused_clearly(target: JournalTarget) -> None:
+    db = JournalDB(target)
+    db.insert(flow_id(2), "qualif", "f.xml", "/spool/f.xml")
+    db._db.execute("ALTER TABLE flows ADD COLUMN surprise TEXT")
+    db.close()
+    db = JournalDB(target)
+    with pytest.raises(RuntimeError, match="surprise"):
+        db.get(flow_id(2))
+    db.close()
+
+
+def test_spools_in_names_the_flows_of_one_state_oldest_first(target: JournalTarget) -> None:
+    db = JournalDB(target)
+    for i, claimed_at in (
+        (1, "2026-11-23T12:00:02"),
+        (2, "2026-11-23T12:00:03"),
+        (3, "2026-11-23T12:00:01"),
+    ):
+        db.insert(flow_id(i), "qualif", f"f{i}.xml", f"/spool/f{i}.xml")
+        # claimed at that time (a claimed flow cannot move to claimed: set the column itself)
+        db._db.execute("UPDATE flows SET created_at=? WHERE flow_id=?", (claimed_at, flow_id(i)))
+    db.transition(flow_id(2), "queued")
+    assert db.spools_in("claimed") == [(flow_id(3), "/spool/f3.xml"), (flow_id(1), "/spool/f1.xml")]
+    db.close()
+
+
+def test_a_move_the_lifecycle_table_does_not_allow_is_refused_and_writes_nothing(
+    target: JournalTarget,
+) -> None:
+    """The journal checks every transition against flows.lifecycle: a claimed flow cannot be
+    marked sent (it was never delivered), and the refused move leaves no trace."""
+    db = JournalDB(target)
+    db.insert(flow_id(1), "c", "f.xml", "/s/1")
+    with pytest.raises(StateConflict, match="is claimed"):
+        db.transition(flow_id(1), "sent")
+    row = db.get(flow_id(1))
+    assert row is not None and row.state == "claimed"
+    assert [t["to_state"] for t in db.transitions(flow_id(1))] == ["claimed"]
+    # The retry edge exists: error -> claimed is allowed by the table.
+    db.transition(flow_id(1), "failing")
+    db.transition(flow_id(1), "error")
+    assert db.transition(flow_id(1), "claimed").state == "claimed"
+    db.close()
+
+
+def test_the_metrics_counts_follow_every_insert_transition_and_purge(target: JournalTarget) -> None:
+    """The counts /metrics reads (kept by triggers, not a GROUP BY at each scrape) are those of
+    the flows themselves, through inserts, moves and deletions."""
+    db = JournalDB(target)
+    for index in range(6):
+        db.insert(f"f{index}", "a" if index % 2 else "b", "x.xml", "/spool/x")
+    db.transition("f0", "queued")
+    db.transition("f1", "queued")
+    db.transition("f1", "sending")
+    db._db.execute(
+        "INSERT INTO returns (return_id, connection, file, inbox_path, sha256, state, received_at)"
+        " VALUES ('r', 'a', 'r.xml', '/inbox/r.xml', 'h', 'applied', 'now')"
+    )
+    db._db.execute("INSERT INTO statuses (return_id, flow_id, code) VALUES ('r', 'f1', '05')")
+
+    def truth() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        flows = db._db.execute(
+            "SELECT connection, state, COUNT(*) FROM flows GROUP BY connection, state"
+        ).fetchall()
+        statuses = db._db.execute(
+            "SELECT f.connection, s.code, COUNT(*) FROM statuses s JOIN flows f USING (flow_id)"
+            " GROUP BY f.connection, s.code"
+        ).fetchall()
+        return ({(r[0], r[1]): r[2] for r in flows}, {(r[0], r[1]): r[2] for r in statuses})
+
+    assert db.metrics() == truth()
+    assert db.metrics()[0][("a", "sending")] == 1
+    db._db.execute("DELETE FROM statuses WHERE flow_id='f1'")  # as the purge does
+    db._db.execute("DELETE FROM flows WHERE flow_id IN ('f1', 'f2')")
+    assert db.metrics() == truth()
+    assert ("a", "sending") not in db.metrics()[0] and db.metrics()[1] == {}
+    db.close()
