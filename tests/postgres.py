@@ -78,6 +78,18 @@ class PostgresServer:
             admin.execute(sql.encode())
 
 
+def cut_connections(server: PostgresServer, url: str) -> None:
+    """End every session on ``url``'s database, as a server restart or a network cut would."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (url.rsplit("/", 1)[1],),
+        )
+
+
 def _as_owner(command: str) -> list[str]:
     if os.geteuid() == 0:
         return ["su", OWNER, "-s", "/bin/sh", "-c", command]

@@ -12,8 +12,8 @@ Differences, and why:
 * the version is the row of ``schema_version`` (SQLite's ``PRAGMA user_version``).
 
 Several nodes may start at once against an empty or older database: :func:`migrate` runs
-under a transaction-scoped advisory lock, so one node migrates and the others, once it
-committed, find the schema current.
+under an advisory lock, so one node migrates and the others, once it committed, find the
+schema current.
 """
 
 from __future__ import annotations
@@ -268,6 +268,10 @@ def version(db: Connection) -> int:
 def migrate(db: Connection) -> None:
     """Create the schema, or bring an older one up to date; one node at a time.
 
+    The advisory lock is the session's, taken before the transaction rather than inside it:
+    a transaction that waited for it inside would read the catalog as it was when the
+    transaction began (tables another node created meanwhile unseen), and create them twice.
+
     Raises:
         RuntimeError: the database's schema is newer than this raccord knows.
     """
@@ -276,21 +280,22 @@ def migrate(db: Connection) -> None:
         raise too_new(found)
     if found == SCHEMA_VERSION:  # the usual case, without taking the lock
         return
-    with transaction(db):
-        # Held until the commit: a node starting at the same time waits here, then finds
-        # the work done.
-        db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-        current = version(db)
-        if current > SCHEMA_VERSION:
-            raise too_new(current)
-        if current == SCHEMA_VERSION:
-            return
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        for step, script in STEPS:
-            if current < step:
-                db.executescript(script)
-        db.execute("DELETE FROM schema_version")
-        db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    db.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
+    try:
+        with transaction(db):
+            current = version(db)  # another node may have migrated while we waited
+            if current > SCHEMA_VERSION:
+                raise too_new(current)
+            if current == SCHEMA_VERSION:
+                return
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            for step, script in STEPS:
+                if current < step:
+                    db.executescript(script)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    finally:
+        db.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
 
 
 def too_new(found: int) -> RuntimeError:

@@ -186,8 +186,8 @@ class PostgresConnection:
         try:
             cursor = self._connection.execute(statement, parameters)
         except psycopg.OperationalError as exc:
-            if statement.lstrip().upper().startswith("COMMIT"):
-                self._began = False
+            if statement.lstrip().upper().startswith(("BEGIN", "COMMIT")):
+                self._began = False  # no transaction is left open for a ROLLBACK to end
             self._lost(exc)
             raise
         self._after(statement, cursor)

@@ -14,9 +14,11 @@ from gateway.journal import (
     JournalDB,
     JournalTarget,
     JournalUnavailable,
+    PostgresTarget,
     StateConflict,
 )
 from tests.gateway.journal.conftest import set_version
+from tests.postgres import PostgresServer, cut_connections
 
 
 def flow_id(i: int) -> str:
@@ -158,3 +160,59 @@ def test_a_journal_newer_than_this_raccord_is_refused_at_open(target: JournalTar
 
     with pytest.raises(RuntimeError, match="newer than this raccord knows"):
         asyncio.run(main())
+
+
+def _bad_statement(db: JournalDB) -> None:
+    db._db.execute("SELECT no_such_column FROM flows")
+
+
+def test_a_call_whose_statement_fails_fails_alone_and_the_batch_is_kept(
+    target: JournalTarget,
+) -> None:
+    """Promise: a call whose SQL fails (on PostgreSQL, that spoils the whole transaction) fails
+    alone: the calls grouped with it are applied."""
+
+    async def main() -> tuple[object, ...]:
+        journal = Journal(target)
+        await journal.open()
+        try:
+            return await asyncio.gather(
+                journal.call(Call(JournalDB.insert, flow_id(1), "c", "a.xml", "/s/a")),
+                journal.call(Call(_bad_statement)),
+                journal.call(Call(JournalDB.insert, flow_id(2), "c", "b.xml", "/s/b")),
+                return_exceptions=True,
+            )
+        finally:
+            await journal.close()
+
+    first, failed, second = asyncio.run(main())
+    assert isinstance(failed, Exception) and "no_such_column" in str(failed)
+    assert isinstance(first, FlowRow) and isinstance(second, FlowRow)
+    db = JournalDB(target)
+    assert db.get(flow_id(1)) is not None and db.get(flow_id(2)) is not None
+    db.close()
+
+
+def test_the_journal_process_survives_a_lost_database_server_connection(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Promise: the daemon survives the journal's server going away a moment: the calls under
+    way fail as JournalUnavailable (as when the journal process dies), the next ones work."""
+    target = PostgresTarget(postgres_url)
+
+    async def main() -> tuple[object, FlowRow | None]:
+        journal = Journal(target)
+        await journal.open()
+        try:
+            await journal.call(Call(JournalDB.insert, flow_id(1), "c", "a.xml", "/s/a"))
+            cut_connections(postgres_server, postgres_url)
+            lost = await asyncio.gather(
+                journal.call(Call(JournalDB.get, flow_id(1))), return_exceptions=True
+            )
+            return lost[0], await journal.call(Call(JournalDB.get, flow_id(1)))
+        finally:
+            await journal.close()
+
+    lost, after = asyncio.run(main())
+    assert isinstance(lost, JournalUnavailable), lost
+    assert after is not None and after.state == "claimed"
