@@ -215,6 +215,15 @@ class PostgresConnection:
             self._lost(exc)
             raise
 
+    def stream(self, sql: str, size: int = 2000) -> Iterator[Any]:
+        """The rows of ``sql`` (no parameters), ``size`` at a time from a server-side cursor:
+        inside a transaction, a table of millions of rows without holding them all."""
+        self._usable(sql)
+        with self._connection.cursor(name="raccord_stream") as cursor:
+            cursor.itersize = size
+            cursor.execute(sql.encode())
+            yield from cursor
+
     def close(self) -> None:
         self._connection.close()
 
