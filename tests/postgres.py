@@ -103,8 +103,11 @@ def _free_port() -> int:
         return port
 
 
-def start_server() -> PostgresServer:
-    """Initialise and start a cluster in a new temporary folder (about two seconds)."""
+def start_server(settings: str = "-c fsync=off") -> PostgresServer:
+    """Initialise and start a cluster in a new temporary folder (about two seconds).
+
+    ``settings``: server options; the tests' default skips fsync (a throw-away cluster), a
+    benchmark passes ``""`` to measure a server as installed."""
     folder = Path(tempfile.mkdtemp(prefix="raccord-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, OWNER)
@@ -122,7 +125,7 @@ def start_server() -> PostgresServer:
         started = subprocess.run(
             _as_owner(
                 f"{BIN}/pg_ctl -D {data} -l {folder}/log -w -t 60 -o"
-                f" '-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off'"
+                f" '-c listen_addresses=127.0.0.1 -p {port} -k {folder} {settings}'"
                 " start >/dev/null"
             ),
             check=False,

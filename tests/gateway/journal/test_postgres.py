@@ -36,6 +36,9 @@ def test_parameters_become_psycopgs_outside_literals_and_percent_signs_are_doubl
         "WHERE a < %(cutoff)s AND b::text = %(b_1)s"
     )
     assert translate("BEGIN IMMEDIATE") == "BEGIN"
+    assert translate("WHERE (? IS NULL OR a=?) AND ? is not null") == (
+        "WHERE (%s::text IS NULL OR a=%s) AND %s::text is not null"
+    )
 
 
 def test_the_two_schemas_have_the_same_tables_and_columns(
