@@ -5,7 +5,8 @@ The query classes are written once, in SQLite's spelling; this adapter runs them
 * ``?`` and ``:name`` parameters become psycopg's ``%s`` and ``%(name)s`` (outside string
   literals, quoted names and comments), and a literal ``%`` is doubled;
 * rows answer by column name and by position, with ``keys()``, like ``sqlite3.Row``;
-* ``BEGIN IMMEDIATE`` (SQLite's write transaction) is PostgreSQL's ``BEGIN``;
+* ``BEGIN IMMEDIATE`` (SQLite's write transaction) is PostgreSQL's ``BEGIN``, and SQLite's
+  index hints (``INDEXED BY``) are left to PostgreSQL's planner;
 * ``in_transaction`` and ``total_changes`` mean what they mean on ``sqlite3``.
 
 Parameters are bound by the server, and the statements a connection runs often are prepared
@@ -82,11 +83,15 @@ def translate(sql: str, named: bool = False) -> str:
         else:
             out.append(char)
             i += 1
-    text = "".join(out)
+    text = _INDEX_HINT.sub("", "".join(out))
     if text.strip().upper() == "BEGIN IMMEDIATE":
         return "BEGIN"
     return text
 
+
+#: SQLite's index hints (``INDEXED BY name``, ``NOT INDEXED``): PostgreSQL has none, its planner
+#: chooses. Only the journal's own SQL reaches here: values are parameters, never SQL text.
+_INDEX_HINT = re.compile(r"\s+(?:INDEXED\s+BY\s+\w+|NOT\s+INDEXED)\b", re.IGNORECASE)
 
 _NULL_TEST = re.compile(r"\s+IS\s+(NOT\s+)?NULL\b", re.IGNORECASE)
 

@@ -36,6 +36,9 @@ def test_parameters_become_psycopgs_outside_literals_and_percent_signs_are_doubl
         "WHERE a < %(cutoff)s AND b::text = %(b_1)s"
     )
     assert translate("BEGIN IMMEDIATE") == "BEGIN"
+    assert translate("SELECT 1 FROM flows m INDEXED BY flows_lot WHERE m.x=?") == (
+        "SELECT 1 FROM flows m WHERE m.x=%s"
+    )
     assert translate("WHERE (? IS NULL OR a=?) AND ? is not null") == (
         "WHERE (%s::text IS NULL OR a=%s) AND %s::text is not null"
     )

@@ -124,3 +124,27 @@ def test_the_metrics_counts_follow_every_insert_transition_and_purge(target: Jou
     assert db.metrics() == truth()
     assert ("a", "sending") not in db.metrics()[0] and db.metrics()[1] == {}
     db.close()
+
+
+def test_the_purge_reads_and_deletes_the_same_on_both_databases(target: JournalTarget) -> None:
+    """Promise: the retention purge (SQL of its own, with SQLite's index hints and named
+    parameters, run on the journal's connection) forgets old filed flows on either database,
+    and their counts with them."""
+    from gateway.ops.retention import START, purge_batch
+
+    db = JournalDB(target)
+    try:
+        for i in range(5):
+            db.insert(flow_id(i), "c", "a.xml", "/s/a")
+            db.transition(flow_id(i), "failing")
+            db.transition(flow_id(i), "error")
+        db.insert(flow_id(9), "c", "new.xml", "/s/new")
+        db._db.execute(
+            "UPDATE flows SET created_at='2020-01-01', updated_at='2020-01-01' WHERE flow_id<>?",
+            (flow_id(9),),
+        )
+        batch = purge_batch(db, "2021-01-01", START, False)
+        assert batch.flows == 5 and db.counts() == {"claimed": 1}
+        assert db.metrics()[0] == {("c", "claimed"): 1} and db.transitions(flow_id(0)) == []
+    finally:
+        db.close()
