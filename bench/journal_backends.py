@@ -16,6 +16,7 @@ database. SQLite: WAL, synchronous=NORMAL, as the daemon runs it.
 
 Usage (repository root, with the venv, as root for the throw-away cluster):
     .venv/bin/python bench/journal_backends.py [--flows N] [--rounds R] [--url URL]
+        [--server-settings "-c synchronous_commit=off"]
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--url", help="an empty PostgreSQL database (default: a throw-away one)")
+    parser.add_argument(
+        "--server-settings",
+        default="",
+        metavar="OPTIONS",
+        help='the throw-away server\'s options, e.g. "-c synchronous_commit=off"',
+    )
     args = parser.parse_args()
 
     from tests import postgres
@@ -90,7 +97,7 @@ def main() -> None:
     if args.url:
         url = args.url
     else:
-        server = postgres.start_server(settings="")
+        server = postgres.start_server(settings=args.server_settings)
         postgres.wait_until_ready(server)
         url = server.create_database()
     rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}

@@ -215,6 +215,8 @@ class PostgresConnection:
 
     def executemany(self, sql: str, parameters: Iterable[Params], /) -> Any:
         rows = list(parameters)
+        if len(rows) == 1:  # one round trip, where executemany enters and leaves a pipeline
+            return self.execute(sql, rows[0])
         statement = translate(sql, bool(rows) and isinstance(rows[0], Mapping))
         self._usable(statement)
         cursor = self._connection.cursor()
