@@ -77,9 +77,12 @@ class ListingQueries(Queries):
         sql = f"SELECT * FROM flows{where} ORDER BY created_at {order}"  # noqa: S608 - fixed
         if limit:
             sql += f" LIMIT {int(limit)}"
+        # PostgreSQL's ordinary cursor would fetch every row at once: a cursor of the server's.
+        stream = getattr(self._db, "stream", None)
+        rows = stream(sql, params) if stream is not None else self._db.execute(sql, params)
         # Not ``yield from``: closing this generator (a reader that stopped) would close the
         # cursor, which fails once the journal itself is closed.
-        for row in self._db.execute(sql, params):  # noqa: UP028 - see above
+        for row in rows:  # noqa: UP028 - see above
             yield row
 
     def has_connection(self, connection: str) -> bool:

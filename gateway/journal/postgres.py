@@ -157,6 +157,7 @@ class PostgresConnection:
         self._target = target
         self._began = False  # a transaction of ours is open (or was, when the server vanished)
         self._changes = 0
+        self._streams = 0  # server-side cursors opened, to name each anew
         self._connection = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -237,13 +238,19 @@ class PostgresConnection:
             self._lost(exc)
             raise
 
-    def stream(self, sql: str, size: int = 2000) -> Iterator[Any]:
-        """The rows of ``sql`` (no parameters), ``size`` at a time from a server-side cursor:
-        inside a transaction, a table of millions of rows without holding them all."""
-        self._usable(sql)
-        with self._connection.cursor(name="raccord_stream") as cursor:
+    def stream(self, sql: str, parameters: Params = (), /, size: int = 1000) -> Iterator[Any]:
+        """The rows of ``sql``, ``size`` at a time from a cursor on the server: a listing of a
+        million flows holds a thousand rows, not a million (psycopg's ordinary cursor fetches
+        every row at once, where SQLite's steps through them). Outside a transaction the
+        cursor is held over commits, so that other statements may run between the rows."""
+        statement = translate(sql, isinstance(parameters, Mapping))
+        self._usable(statement)
+        self._streams += 1
+        with self._connection.cursor(
+            name=f"raccord_stream_{self._streams}", withhold=not self.in_transaction
+        ) as cursor:
             cursor.itersize = size
-            cursor.execute(sql.encode())
+            cursor.execute(statement, parameters)
             yield from cursor
 
     def close(self) -> None:

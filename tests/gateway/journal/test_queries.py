@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import types
 
 import pytest
 
@@ -19,6 +20,8 @@ def flow_id(i: int) -> str:
 
 
 def test_every_state_change_is_recorded_with_its_detail(target: JournalTarget) -> None:
+    """Promise: every move of a flow is in its history, in order, with what the move said; a
+    move of an unknown flow is refused."""
     db = JournalDB(target)
     db.insert(flow_id(1), "c", "a.xml", "/s/a")
     db.transition(flow_id(1), "error", reason="lost")
@@ -48,6 +51,8 @@ def test_rows_travel_between_processes_unchanged(target: JournalTarget) -> None:
 
 
 def test_a_flows_table_with_foreign_columns_is_refused_clearly(target: JournalTarget) -> None:
+    """Promise: a journal whose flows table has columns this raccord does not know is refused
+    with the columns named, not misread."""
     db = JournalDB(target)
     db.insert(flow_id(2), "qualif", "f.xml", "/spool/f.xml")
     db._db.execute("ALTER TABLE flows ADD COLUMN surprise TEXT")
@@ -59,6 +64,7 @@ def test_a_flows_table_with_foreign_columns_is_refused_clearly(target: JournalTa
 
 
 def test_spools_in_names_the_flows_of_one_state_oldest_first(target: JournalTarget) -> None:
+    """Promise: the flows of a state are resumed oldest first (the order they were claimed in)."""
     db = JournalDB(target)
     for i, claimed_at in (
         (1, "2026-11-23T12:00:02"),
@@ -146,5 +152,31 @@ def test_the_purge_reads_and_deletes_the_same_on_both_databases(target: JournalT
         batch = purge_batch(db, "2021-01-01", START, False)
         assert batch.flows == 5 and db.counts() == {"claimed": 1}
         assert db.metrics()[0] == {("c", "claimed"): 1} and db.transitions(flow_id(0)) == []
+    finally:
+        db.close()
+
+
+def test_a_listing_streams_while_other_queries_run_between_its_rows(target: JournalTarget) -> None:
+    """Promise: a listing reads the flows a batch at a time (a million flows never held at
+    once) and the reader may query the journal between rows (the CLI reads each page's
+    invoices), on both databases."""
+    db = JournalDB(target)
+    try:
+        with db.transaction():
+            for i in range(2500):
+                db.insert(flow_id(i), "c", f"f{i}.xml", f"/s/{i}")
+        seen = []
+        for row in db.each():
+            seen.append(row.flow_id)
+            if len(seen) % 1000 == 1:  # another statement while the listing is open
+                assert db.get(row.flow_id) == row
+                db.transition(row.flow_id, "queued")
+        assert sorted(seen) == sorted(flow_id(i) for i in range(2500))
+        assert db.counts() == {"claimed": 2497, "queued": 3}
+        listing = db.each()
+        next(listing)
+        assert isinstance(listing, types.GeneratorType)
+        listing.close()  # a reader that stopped early
+        assert db.queue_depth() == 2500
     finally:
         db.close()

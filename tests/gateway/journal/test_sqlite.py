@@ -47,6 +47,8 @@ PRAGMA user_version=1;
 
 
 def test_a_journal_of_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Promise: an old SQLite journal is upgraded in place at open, its flows and history kept
+    and movable."""
     path = tmp_path / "j.sqlite"
     old = sqlite3.connect(path)
     old.executescript(V1_SCHEMA)
@@ -78,6 +80,8 @@ PRAGMA user_version=3;
 def test_a_journal_of_schema_3_learns_lots_and_keeps_rejected_invoices_resendable(
     tmp_path: Path,
 ) -> None:
+    """Promise: the schema 3 upgrade gives each invoice its source flow, and an invoice the
+    partner rejected may be sent again without being a duplicate."""
     path = tmp_path / "j.sqlite"
     old = sqlite3.connect(path)
     old.executescript(V1_SCHEMA.replace("PRAGMA user_version=1;", "") + V3_INVOICES)
@@ -97,6 +101,7 @@ def test_a_journal_of_schema_3_learns_lots_and_keeps_rejected_invoices_resendabl
 
 
 def test_a_journal_from_a_newer_raccord_is_refused(tmp_path: Path) -> None:
+    """Promise: an older raccord never writes a SQLite journal a newer one migrated."""
     path = tmp_path / "j.sqlite"
     newer = sqlite3.connect(path)
     newer.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")

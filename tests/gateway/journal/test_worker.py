@@ -28,6 +28,9 @@ def flow_id(i: int) -> str:
 def test_concurrent_calls_each_get_their_answer_and_a_conflict_fails_alone(
     target: JournalTarget,
 ) -> None:
+    """Promise: hundreds of calls grouped in batches each get their own answer, and a move
+    refused for its state fails alone: the flows around it still move."""
+
     async def main() -> list[object]:
         journal = Journal(target)
         await journal.open()
@@ -72,6 +75,9 @@ def half_done(db: JournalDB) -> None:
 def test_a_call_that_fails_after_writing_is_undone_and_the_others_kept(
     target: JournalTarget,
 ) -> None:
+    """Promise: a call applies entirely or not at all: one that fails after writing is undone,
+    the calls grouped with it are kept."""
+
     async def main() -> tuple[object, object, object]:
         journal = Journal(target)
         await journal.open()
@@ -104,6 +110,9 @@ def _exit_process(_: JournalDB) -> None:
 
 
 def test_a_call_that_cannot_travel_fails_alone_at_its_caller(target: JournalTarget) -> None:
+    """Promise: a call that cannot be sent to the journal process fails at its caller, alone;
+    the journal goes on."""
+
     async def main() -> object:
         journal = Journal(target)
         await journal.open()
@@ -122,6 +131,9 @@ def test_a_call_that_cannot_travel_fails_alone_at_its_caller(target: JournalTarg
 def test_the_journal_process_dying_fails_its_batch_and_the_next_call_gets_a_new_one(
     target: JournalTarget,
 ) -> None:
+    """Promise: the daemon survives its journal process dying: the batch under way fails as
+    JournalUnavailable (never committed), the next call gets a new process on the same journal."""
+
     async def main() -> tuple[tuple[object, object], FlowRow | None]:
         journal = Journal(target)
         await journal.open()
