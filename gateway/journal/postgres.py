@@ -274,7 +274,10 @@ class PostgresConnection:
                 f"the connection to the journal database {self._target.where} was lost"
                 " during a transaction; whether it was applied is unknown"
             )
-        self._connection = self._connect()
+        try:
+            self._connection = self._connect()
+        except JournalUnreachable as exc:  # still gone: this call fails, the next one tries
+            raise JournalUnavailable(str(exc)) from None
         if word.startswith("BEGIN"):
             self._began = True
         return True

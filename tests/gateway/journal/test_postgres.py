@@ -17,7 +17,7 @@ from gateway.journal import (
     JournalUnreachable,
     PostgresTarget,
 )
-from gateway.journal.postgres import translate
+from gateway.journal.postgres import PostgresConnection, translate
 from protocols.settings import Secret
 from tests.postgres import PostgresServer, cut_connections
 
@@ -227,5 +227,30 @@ def test_the_sqlite_journal_says_skip_locked_is_nothing(tmp_path: Path) -> None:
     try:
         assert db.skip_locked == ""
         db._db.execute(f"SELECT * FROM flows WHERE state='queued' LIMIT 1{db.skip_locked}")  # noqa: S608
+    finally:
+        db.close()
+
+
+def test_a_server_still_gone_fails_each_call_until_it_is_back(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Promise: while the journal's server stays away, each call fails as JournalUnavailable
+    (the daemon's journal process lives on), and the first call after its return works."""
+    db = JournalDB(PostgresTarget(postgres_url))
+    try:
+        db.insert("f1", "c", "a.xml", "/s/a")
+        adapter = db._db
+        assert isinstance(adapter, PostgresConnection)
+        with socketless_port() as port:  # the server "moves away": nothing answers there
+            adapter._target = PostgresTarget(f"postgresql://postgres@127.0.0.1:{port}/x")
+            cut_connections(postgres_server, postgres_url)
+            with pytest.raises(JournalUnavailable, match="was lost"):
+                db.get("f1")  # the call that finds the connection gone
+            for _ in range(2):  # the next ones try to connect again, and fail alike
+                with pytest.raises(JournalUnavailable, match=f"127.0.0.1:{port}/x cannot be"):
+                    db.get("f1")
+        adapter._target = PostgresTarget(postgres_url)  # it is back
+        row = db.get("f1")
+        assert row is not None and row.state == "claimed"
     finally:
         db.close()
