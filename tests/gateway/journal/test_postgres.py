@@ -254,3 +254,45 @@ def test_a_server_still_gone_fails_each_call_until_it_is_back(
         assert row is not None and row.state == "claimed"
     finally:
         db.close()
+
+
+def test_two_nodes_moving_flows_at_once_both_succeed_and_the_counts_stay_true(
+    postgres_url: str,
+) -> None:
+    """Promise: two nodes writing the shared journal at the same time each see every one of
+    their calls applied (their batches touch the same count rows, in different orders), and
+    the counts /metrics reads are still those of the flows."""
+    from gateway.journal import Call, run_batch
+
+    errors: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def node(name: str) -> None:
+        db = JournalDB(PostgresTarget(postgres_url), node=name)
+        try:
+            ids = [f"{name}-{i:04d}" for i in range(200)]
+            barrier.wait(timeout=30)
+            # One node moves its flows forward, the other back and forth: their batches update
+            # the same (connection, state) count rows in opposite orders.
+            steps = ["queued", "sending", "failing", "error"]
+            if name == "node-b":
+                steps = ["failing", "error", "claimed", "queued"]
+            outcomes = run_batch(db, [Call(JournalDB.insert, f, "c", "a.xml", "/s") for f in ids])
+            for state in steps:
+                outcomes += run_batch(db, [Call(JournalDB.transition, f, state) for f in ids])
+            errors.extend(o for o in outcomes if isinstance(o, BaseException))
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=node, args=(n,)) for n in ("node-a", "node-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    db = JournalDB(PostgresTarget(postgres_url))
+    try:
+        assert db.counts() == {"error": 200, "queued": 200}
+        assert db.metrics()[0] == {("c", "error"): 200, ("c", "queued"): 200}
+    finally:
+        db.close()
