@@ -17,11 +17,13 @@ from gateway.cli.common import NOT_RIGHT, OK, UsageError, load_config
 from gateway.daemon import LOCK_FILE, DataDirLocked, lock_data_dir
 from gateway.folders import Layout
 from gateway.journal import JournalUnreachable, PostgresTarget
-from gateway.journal.copy import CopyMismatch, CopyRefused, copy_journal
 
 
 def cmd_migrate_journal(args: argparse.Namespace) -> int:
     """``raccord migrate-journal --to URL``: copy, check, and say what was copied."""
+    # Here, not at the top: every other command would import psycopg for nothing.
+    from gateway.journal.copy import CopyMismatch, CopyRefused, copy_journal
+
     config = load_config(args)
     url: str = args.to
     if not url.startswith(("postgresql://", "postgres://")):
