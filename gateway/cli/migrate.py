@@ -16,12 +16,14 @@ import sys
 from gateway.cli.common import NOT_RIGHT, OK, UsageError, load_config
 from gateway.daemon import LOCK_FILE, DataDirLocked, lock_data_dir
 from gateway.folders import Layout
-from gateway.journal import JournalUnreachable, PostgresTarget
+from gateway.journal import JournalUnavailable, JournalUnreachable, PostgresTarget
 
 
 def cmd_migrate_journal(args: argparse.Namespace) -> int:
     """``raccord migrate-journal --to URL``: copy, check, and say what was copied."""
     # Here, not at the top: every other command would import psycopg for nothing.
+    import psycopg
+
     from gateway.journal.copy import CopyMismatch, CopyRefused, copy_journal
 
     config = load_config(args)
@@ -46,6 +48,17 @@ def cmd_migrate_journal(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except CopyMismatch as exc:
         print(f"raccord: {exc}", file=sys.stderr)
+        return NOT_RIGHT
+    except JournalUnavailable as exc:  # the server went away during the copy
+        print(f"raccord: {exc}; nothing was kept: run migrate-journal again", file=sys.stderr)
+        return NOT_RIGHT
+    except psycopg.Error as exc:  # e.g. the role may not alter the tables it did not create
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(
+            f"raccord: the copy into PostgreSQL {target.where} failed ({first}); nothing was"
+            " kept: the [journal] role must own the database (docs/multi-node.md)",
+            file=sys.stderr,
+        )
         return NOT_RIGHT
     finally:
         os.close(lock)

@@ -13,6 +13,7 @@ from gateway.cli.commands import main
 from gateway.daemon import lock_data_dir
 from gateway.journal import SCHEMA_VERSION, JournalDB, PostgresTarget
 from tests.gateway.harness import memory_config_text
+from tests.postgres import PostgresServer
 
 
 def configured(tmp_path: Path, url: str | None = None) -> Path:
@@ -155,3 +156,28 @@ def test_check_connect_says_when_the_shared_journal_cannot_be_reached(
         status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
     assert status == 1
     assert f"journal: FAILED — the journal database raccord@127.0.0.1:{port}/raccord" in out
+
+
+def test_a_role_that_may_not_alter_the_tables_gets_one_sentence_and_nothing_kept(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Promise: a copy the database refuses halfway (here the role does not own the tables
+    another role created) says why in one sentence, exit 1, and leaves the database empty."""
+    JournalDB(PostgresTarget(postgres_url)).close()  # the tables, owned by the superuser
+    postgres_server.psql(
+        postgres_url.rsplit("/", 1)[1],
+        "CREATE ROLE other LOGIN; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO other;",
+    )
+    config = configured(tmp_path)
+    a_journal_with_history(tmp_path / "data")
+    url = postgres_url.replace("postgres@", "other@")
+    status, out, err = run(capsys, "migrate-journal", "--config", str(config), "--to", url)
+    assert (status, out) == (1, "")
+    assert err.startswith("raccord: the copy into PostgreSQL other@127.0.0.1:")
+    assert "must be owner of table" in err and "nothing was kept" in err
+    assert err.count("\n") == 1
+    with psycopg.connect(postgres_url) as check:
+        assert check.execute("SELECT COUNT(*) FROM flows").fetchone() == (0,)
