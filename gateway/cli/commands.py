@@ -33,7 +33,7 @@ from gateway.cli.migrate import cmd_migrate_journal
 from gateway.cli.retry import cmd_import, cmd_retry
 from gateway.cli.run import cmd_demo, cmd_run, cmd_simulate, cmd_web_passwd
 from gateway.config import ConfigError, Mode, State
-from gateway.journal import STATES
+from gateway.journal import STATES, JournalUnavailable
 
 __all__ = [
     "CERT_COLUMNS",
@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, flowlist.FilterError) as exc:
         print(f"raccord: {exc}", file=sys.stderr)
         return USAGE
+    except JournalUnavailable as exc:  # the journal's database went away during the command
+        print(f"raccord: {exc}", file=sys.stderr)
+        return NOT_RIGHT
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
