@@ -7,6 +7,10 @@ sent invoice lives in the journal: claimed (insert), checked for duplicates and 
 sending (with its invoice), filed as delivered (``file_to``), sent. Calls are issued as the
 dispatcher issues them, all flows of a step at once, so batches form as under load.
 
+With ``--daemon``, the whole daemon instead (in this process, the journal in its own, as
+``raccord run`` has it): N invoices dropped at once into a memory connection's outbox, timed
+until the journal says every one is sent.
+
 Runs alternate (SQLite, PostgreSQL, SQLite, …) so that the machine's load falls on both
 alike; prints each run, the medians in flows/s and their ratio (target: PostgreSQL ≥ 0.7×).
 
@@ -15,7 +19,7 @@ server's default durability: fsync and synchronous_commit on), or ``--url`` of a
 database. SQLite: WAL, synchronous=NORMAL, as the daemon runs it.
 
 Usage (repository root, with the venv, as root for the throw-away cluster):
-    .venv/bin/python bench/journal_backends.py [--flows N] [--rounds R] [--url URL]
+    .venv/bin/python bench/journal_backends.py [--flows N] [--rounds R] [--url URL] [--daemon]
         [--server-settings "-c synchronous_commit=off"]
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -78,6 +83,37 @@ async def life(target: JournalTarget, flows: int, run: int, folder: Path) -> flo
         await journal.close()
 
 
+async def through_the_daemon(target: JournalTarget, flows: int, run: int, work: Path) -> float:
+    """Seconds for ``flows`` invoices dropped at once to be sent by a gateway whose journal
+    is ``target``."""
+    from gateway import config as config_module
+    from tests.gateway.flow.conftest import invoice
+    from tests.gateway.harness import drop, memory_config_text, running, until
+
+    folder = work / f"daemon-{run}-{'pg' if isinstance(target, PostgresTarget) else 'sqlite'}"
+    folder.mkdir()
+    text = memory_config_text(folder / "data", f"bench-{folder.name}")
+    if isinstance(target, PostgresTarget):
+        text += f'\n[journal]\nurl = "{target.url}"\n'
+    path = folder / "raccord.toml"
+    path.write_text(text)
+    config = config_module.load(path)
+    journal = target if isinstance(target, PostgresTarget) else folder / "data" / "journal.sqlite"
+    async with running(config):
+        db = JournalDB(journal)  # one connection for the polling, opened once
+        try:
+            before = db.counts().get("sent", 0)
+            started = time.perf_counter()
+            for i in range(flows):
+                drop(config, f"b{run}-{i}.xml", invoice(f"B{run}-{folder.name}-{i}"))
+            await until(
+                lambda: db.counts().get("sent", 0) >= before + flows, timeout=900, what="sent"
+            )
+            return time.perf_counter() - started
+        finally:
+            db.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flows", type=int, default=3000)
@@ -89,7 +125,12 @@ def main() -> None:
         metavar="OPTIONS",
         help='the throw-away server\'s options, e.g. "-c synchronous_commit=off"',
     )
+    parser.add_argument("--daemon", action="store_true", help="through the whole daemon")
     args = parser.parse_args()
+    if args.daemon:
+        from gateway import logs
+
+        logs.configure(open(os.devnull, "w"))  # noqa: SIM115 - the gateways' logs, for the run
 
     from tests import postgres
 
@@ -112,7 +153,12 @@ def main() -> None:
                 JournalDB(target).close()
             for run in range(args.rounds):
                 for name, target in targets.items():
-                    seconds = asyncio.run(life(target, args.flows, run, folder))
+                    if args.daemon:
+                        seconds = asyncio.run(
+                            through_the_daemon(target, args.flows, run, Path(work))
+                        )
+                    else:
+                        seconds = asyncio.run(life(target, args.flows, run, folder))
                     rates[name].append(args.flows / seconds)
                     print(f"round {run + 1} {name:>10}: {args.flows / seconds:8.0f} flows/s")
     finally:
