@@ -8,7 +8,9 @@ Differences, and why:
 * integers are ``BIGINT`` (SQLite's integers are 64-bit);
 * ``transitions.id`` is an identity column, and ``statuses`` has a ``rowid`` of its own (SQLite
   gives every table one): the order in which statuses were recorded;
-* the triggers (history, metrics counts) are plpgsql functions;
+* the triggers (history, metrics counts) are plpgsql functions, and the counts change by
+  deltas added at each commit (``count_deltas``, a table of PostgreSQL's alone): a
+  transaction sees the counts as they were before it, where SQLite's see their own moves;
 * the version is the row of ``schema_version`` (SQLite's ``PRAGMA user_version``).
 
 Several nodes may start at once against an empty or older database: :func:`migrate` runs
@@ -188,12 +190,55 @@ CREATE TABLE status_counts (
     PRIMARY KEY (connection, code)
 );
 
+-- The counts change by deltas: each move appends its own (no row is rewritten at every move:
+-- in one transaction PostgreSQL keeps each version of a row it updates, and the thousandth
+-- update of a count walked past the 999 before it; other nodes waited on the count rows until
+-- the commit). One deferred trigger adds a transaction's deltas to the counts at its commit.
+CREATE TABLE count_deltas (
+    kind       TEXT NOT NULL,  -- 'flow' (key: a state) or 'status' (key: a code)
+    connection TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    n          BIGINT NOT NULL,
+    first      BOOLEAN NOT NULL  -- the transaction's first delta: the one that applies them
+);
+
+-- Whether this is the transaction's first delta (then it remembers that it was).
+CREATE FUNCTION raccord_first_delta() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('raccord.deltas', true) IS NOT DISTINCT FROM txid_current()::text THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('raccord.deltas', txid_current()::text, true);
+    RETURN true;
+END $$;
+
+CREATE FUNCTION raccord_deltas_applied() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    FOR d IN
+        WITH taken AS (DELETE FROM count_deltas RETURNING kind, connection, key, n)
+        SELECT kind, connection, key, SUM(n) AS n FROM taken GROUP BY kind, connection, key
+    LOOP
+        IF d.kind = 'flow' THEN
+            INSERT INTO flow_counts AS c (connection, state, n) VALUES (d.connection, d.key, d.n)
+            ON CONFLICT (connection, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+        ELSE
+            INSERT INTO status_counts AS c (connection, code, n) VALUES (d.connection, d.key, d.n)
+            ON CONFLICT (connection, code) DO UPDATE SET n = c.n + EXCLUDED.n;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER count_deltas_applied AFTER INSERT ON count_deltas
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.first)
+EXECUTE FUNCTION raccord_deltas_applied();
+
 CREATE FUNCTION raccord_flow_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail, node)
     VALUES (NEW.flow_id, NULL, NEW.state, NEW.updated_at, NEW.detail, NEW.node);
-    INSERT INTO flow_counts AS c (connection, state, n) VALUES (NEW.connection, NEW.state, 1)
-    ON CONFLICT (connection, state) DO UPDATE SET n = c.n + 1;
+    INSERT INTO count_deltas VALUES ('flow', NEW.connection, NEW.state, 1, raccord_first_delta());
     RETURN NULL;
 END $$;
 CREATE TRIGGER flows_claimed AFTER INSERT ON flows
@@ -211,9 +256,9 @@ FOR EACH ROW EXECUTE FUNCTION raccord_flow_moved();
 
 CREATE FUNCTION raccord_flow_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE flow_counts SET n = n - 1 WHERE connection = OLD.connection AND state = OLD.state;
-    INSERT INTO flow_counts AS c (connection, state, n) VALUES (NEW.connection, NEW.state, 1)
-    ON CONFLICT (connection, state) DO UPDATE SET n = c.n + 1;
+    INSERT INTO count_deltas VALUES
+        ('flow', OLD.connection, OLD.state, -1, raccord_first_delta()),
+        ('flow', NEW.connection, NEW.state, 1, false);
     RETURN NULL;
 END $$;
 CREATE TRIGGER flows_recounted AFTER UPDATE OF state, connection ON flows
@@ -223,7 +268,7 @@ EXECUTE FUNCTION raccord_flow_recounted();
 
 CREATE FUNCTION raccord_flow_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE flow_counts SET n = n - 1 WHERE connection = OLD.connection AND state = OLD.state;
+    INSERT INTO count_deltas VALUES ('flow', OLD.connection, OLD.state, -1, raccord_first_delta());
     RETURN NULL;
 END $$;
 CREATE TRIGGER flows_uncounted AFTER DELETE ON flows
@@ -231,9 +276,9 @@ FOR EACH ROW EXECUTE FUNCTION raccord_flow_deleted();
 
 CREATE FUNCTION raccord_status_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO status_counts AS c (connection, code, n)
-    SELECT connection, NEW.code, 1 FROM flows WHERE flow_id = NEW.flow_id
-    ON CONFLICT (connection, code) DO UPDATE SET n = c.n + 1;
+    INSERT INTO count_deltas
+    SELECT 'status', connection, NEW.code, 1, raccord_first_delta()
+    FROM flows WHERE flow_id = NEW.flow_id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER statuses_counted AFTER INSERT ON statuses
@@ -241,8 +286,9 @@ FOR EACH ROW EXECUTE FUNCTION raccord_status_inserted();
 
 CREATE FUNCTION raccord_status_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE status_counts SET n = n - 1 WHERE code = OLD.code
-    AND connection = (SELECT connection FROM flows WHERE flow_id = OLD.flow_id);
+    INSERT INTO count_deltas
+    SELECT 'status', connection, OLD.code, -1, raccord_first_delta()
+    FROM flows WHERE flow_id = OLD.flow_id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER statuses_uncounted AFTER DELETE ON statuses
