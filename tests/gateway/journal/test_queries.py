@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 import types
@@ -178,5 +179,30 @@ def test_a_listing_streams_while_other_queries_run_between_its_rows(target: Jour
         assert isinstance(listing, types.GeneratorType)
         listing.close()  # a reader that stopped early
         assert db.queue_depth() == 2500
+    finally:
+        db.close()
+
+
+def test_the_counts_follow_whole_transactions_and_ignore_rolled_back_ones(
+    target: JournalTarget,
+) -> None:
+    """Promise: the /metrics counts are those of the flows after a batch's transaction moved
+    the same flows many times, and a transaction rolled back leaves them as they were."""
+    db = JournalDB(target)
+    try:
+        with db.transaction():  # as a batch of the journal process
+            for i in range(60):
+                db.insert(flow_id(i), "a" if i % 2 else "b", "x.xml", "/s")
+                db.transition(flow_id(i), "queued")
+                if i % 3 == 0:
+                    db.transition(flow_id(i), "sending")
+        expected = {("a", "queued"): 20, ("a", "sending"): 10}
+        expected |= {("b", "queued"): 20, ("b", "sending"): 10}
+        assert db.metrics()[0] == expected
+        with contextlib.suppress(RuntimeError), db.transaction():
+            db.transition(flow_id(1), "sending")
+            db.insert(flow_id(99), "a", "y.xml", "/s")
+            raise RuntimeError("undone")
+        assert db.metrics()[0] == expected
     finally:
         db.close()
