@@ -28,6 +28,7 @@ from typing import Any
 from gateway import config as config_module
 from gateway import logs
 from gateway.config import Config, ConfigError, Connection
+from gateway.duties import Duties
 from gateway.flow.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.flow.intake import Watcher
 from gateway.folders import Layout
@@ -110,7 +111,8 @@ class Gateway:
         self._sleep = sleep
         self.dispatcher: Dispatcher | None = None
         self.watcher: Watcher | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.gateway.node_name)
+        self.duties: Duties | None = None  # once the journal is open
         self.alerts = Alerter(config.alerts, now=now)
         self.servers = Servers(self.metrics, self.alerts, self.layout.journal)
         self.housekeeping = Housekeeping(
@@ -173,6 +175,9 @@ class Gateway:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(journal.close)
             stack.push_async_callback(self._close_senders)
+            duties = self.duties = Duties(
+                journal, lease=config.journal.lease_timeout, now=self._now, metrics=self.metrics
+            )
             for conn in config.connections:
                 self._senders[conn.name] = await _open_sender(conn)
             dispatcher = Dispatcher(
@@ -208,8 +213,8 @@ class Gateway:
                     chores = self.housekeeping
                     group.create_task(chores.requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
-                    group.create_task(chores.certificate_loop(stopping))
-                    group.create_task(chores.retention_loop(journal, stopping))
+                    group.create_task(chores.certificate_loop(stopping, duties))
+                    group.create_task(chores.retention_loop(journal, stopping, duties))
                     group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
@@ -249,8 +254,8 @@ class Gateway:
             on_ignored=lambda where: self.metrics.ignored.labels(where).inc(),
         )
         self.watcher = watcher
-        poller = Poller(config, journal, sources(self._senders), self.alerts)
-        reporter = Reporter(config, journal, reporters(self._senders), self.alerts)
+        poller = Poller(config, journal, sources(self._senders), self.alerts, self.duties)
+        reporter = Reporter(config, journal, reporters(self._senders), self.alerts, self.duties)
         intake = _Intake(watcher, poller, reporter)
         intake.start(group)
         return intake

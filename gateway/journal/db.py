@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway.journal.deposits import DepositQueries
+from gateway.journal.duties import DutyQueries
 from gateway.journal.flows import FlowQueries
 from gateway.journal.invoices import InvoiceQueries
 from gateway.journal.listing import ListingQueries
@@ -14,7 +15,9 @@ from gateway.journal.returns import ReturnQueries
 from gateway.journal.schema import add_counters, migrate
 
 
-class JournalDB(FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries):
+class JournalDB(
+    FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries, DutyQueries
+):
     """Synchronous access; one instance per thread.
 
     Opening migrates the schema; the queries come from one class per table or group of tables
