@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 from gateway import config as config_module
 from gateway import logs
 from gateway.config import Config, ConfigError, Connection
+from gateway.datadir import LOCK_FILE, NODES_DIR, DataDirLock, DataDirLocked, lock_data_dir
 from gateway.duties import Duties
 from gateway.flow.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.flow.intake import Watcher
@@ -55,8 +53,10 @@ from protocols.base import Sender
 __all__ = [
     "CERTIFICATE_CHECK",
     "LOCK_FILE",
+    "NODES_DIR",
     "REQUEUE_POLL",
     "RETENTION_PERIOD",
+    "DataDirLock",
     "DataDirLocked",
     "Gateway",
     "StartupError",
@@ -64,43 +64,6 @@ __all__ = [
 ]
 
 log = logs.get()
-
-#: The file in data_dir that the running gateway holds locked, with its pid in it.
-LOCK_FILE = "raccord.lock"
-
-
-class DataDirLocked(ConfigError):
-    """Another gateway already runs on this data_dir; the message names its pid."""
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """Lock ``data_dir`` for this process (an exclusive ``flock`` on its lock file, which then
-    holds this pid) and return the lock's descriptor: closing it, or the end of the process
-    however it ends (kill -9 too), releases the lock. The descriptor is close-on-exec and the
-    workers are forked from a fork server that never had it: an orphaned worker cannot keep a
-    dead daemon's lock.
-
-    Raises:
-        DataDirLocked: another process holds it.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirLocked(
-            f"another raccord run (pid {holder}) is already working on {data_dir}; stop it "
-            "first (two daemons on one data_dir would claim and send the same files)"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class Gateway:
@@ -137,7 +100,10 @@ class Gateway:
             StartupError: data_dir cannot be created or locked.
         """
         try:
-            lock = lock_data_dir(self.layout.data_dir)
+            shared = self.config.journal.url is not None
+            lock = lock_data_dir(
+                self.layout.data_dir, self.config.gateway.node_name if shared else None
+            )
         except OSError as exc:
             raise StartupError(
                 f"gateway.data_dir: cannot create the folders in {self.layout.data_dir} "
@@ -147,7 +113,7 @@ class Gateway:
         try:
             await self._run(stopping, on_ready)
         finally:
-            os.close(lock)
+            lock.close()
 
     async def _run(
         self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
