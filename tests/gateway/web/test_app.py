@@ -244,6 +244,39 @@ def test_pages_speak_the_browsers_language_and_the_switch_wins(tmp_path: Path) -
     asyncio.run(main())
 
 
+def test_a_flows_story_says_which_node_made_each_move_in_both_languages(
+    tmp_path: Path,
+) -> None:
+    """Several nodes may share a journal: the flow's page names the node that last moved it
+    and the node of each step of its story (in French and in English), and the CSV export
+    has a node column."""
+    path = tmp_path / "raccord.toml"
+    path.write_text(
+        web_config(tmp_path, public_read=True)
+        .path.read_text()
+        .replace("[gateway]\n", '[gateway]\nnode_name = "node-web-1"\n', 1)
+    )
+    config = config_module.load(path)
+
+    async def main() -> None:
+        async with console(config) as (_, browser):
+            drop(config, "a.xml", invoice("WEB-0003"))
+            await until(lambda: any(r.state == "sent" for r in rows(config)), what="sent")
+            (row,) = rows(config)
+            for lang, word in (("fr", "Nœud"), ("en", "Node")):
+                await browser.get(f"/lang/{lang}?next=/")
+                status, html, _ = await browser.get(f"/flows/{row.flow_id}")
+                assert status == 200 and f"<dt>{word}</dt><dd>node-web-1</dd>" in html
+                story = html.split("<tbody>")[1].split("</tbody>")[0]
+                steps = story.count("<tr>")
+                assert steps >= 4 and story.count('<td class="small">node-web-1</td>') == steps
+            _, body, _ = await browser.get("/flows.csv")
+            header, line = body.splitlines()[:2]
+            assert header.endswith(",node") and line.endswith(",node-web-1")
+
+    asyncio.run(main())
+
+
 def test_a_file_outside_the_data_folder_is_never_served(tmp_path: Path) -> None:
     """Even if the journal named one (a damaged or tampered journal): 404, not its bytes."""
     config = web_config(tmp_path)
