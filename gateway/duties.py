@@ -82,6 +82,8 @@ class Duty:
         self.duties = duties
         self.name = name
         self._until: datetime | None = None  # this node's lease, as far as it knows
+        self._renewed: datetime | None = None  # when this node last took or renewed it
+        self._step = timedelta(seconds=duties.lease / 3)
 
     @property
     def holding(self) -> bool:
@@ -89,10 +91,15 @@ class Duty:
         return self._until is not None and self.duties.now() < self._until
 
     async def held(self) -> bool:
-        """Take or renew the duty now: True if this node holds it. A journal that does not
-        answer counts as not held (once the lease this node knows of has run out)."""
+        """Take or renew the duty: True if this node holds it. A lease renewed less than a
+        third of a lease ago is not renewed again (no other node can take it before it runs
+        out, and loops with short intervals would otherwise write at each turn). A journal
+        that does not answer counts as not held once the lease this node knows of has run
+        out."""
         duties = self.duties
         now = duties.now()
+        if self._renewed is not None and self.holding and now - self._renewed < self._step:
+            return True
         until = now + timedelta(seconds=duties.lease)
         was = self.holding
         try:
@@ -105,6 +112,7 @@ class Duty:
             if self.holding:
                 return True
         self._until = until if took else None
+        self._renewed = now if took else None
         if took and not was:
             self._changed(True)
             log.info("duty.taken", duty=self.name)
@@ -156,7 +164,7 @@ class Duty:
         """Give the duty up (if held) so that another node takes it at once."""
         if self._until is None:
             return
-        self._until = None
+        self._until = self._renewed = None
         self._changed(False)
         log.info("duty.released", duty=self.name)
         try:

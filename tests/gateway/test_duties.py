@@ -173,3 +173,63 @@ def test_a_dead_holders_duty_is_taken_over_once_its_lease_has_run_out(tmp_path: 
     fetched = asyncio.run(main())
     assert datetime.now(UTC) > dead_until  # not before the dead node's lease ran out
     assert sorted(name for _, name in fetched) == sorted(f"FEN1200A_{i}.xml" for i in range(3))
+
+
+@asynccontextmanager
+async def journals(config: Config, *names: str) -> AsyncIterator[list[Journal]]:
+    opened = [Journal(Layout(config.gateway.data_dir).journal, node=name) for name in names]
+    try:
+        for journal in opened:
+            await journal.open()
+        yield opened
+    finally:
+        for journal in opened:
+            await journal.close()
+
+
+def test_a_round_longer_than_the_lease_keeps_its_duty_by_its_heartbeat(tmp_path: Path) -> None:
+    """A long round (a big download) outlasts the lease: its heartbeat renews the duty, so the
+    other node never takes it meanwhile; once the holder stops, it can."""
+    config, _ = setup(tmp_path)
+
+    async def main() -> tuple[list[bool], bool]:
+        async with journals(config, "node-a", "node-b") as (a, b):
+            mine = Duties(a, lease=0.9)
+            theirs = Duties(b, lease=0.9)
+            tried: list[bool] = []
+            async with mine.duty("returns:x") as holder, theirs.duty("returns:x") as other:
+                assert await holder.held()
+                async with holder.heartbeat():
+                    end = time.monotonic() + 3 * 0.9  # three leases
+                    while time.monotonic() < end:
+                        tried.append(await other.held())
+                        await asyncio.sleep(0.1)
+                await holder.release()
+                return tried, await other.held()
+
+    tried, after = asyncio.run(main())
+    assert len(tried) > 10 and not any(tried)
+    assert after
+
+
+def test_a_waiting_node_runs_a_round_as_soon_as_it_takes_the_duty_over(tmp_path: Path) -> None:
+    """The pause between rounds tries for the duty every third of a lease and ends when it is
+    taken over: the new holder does not wait a whole (possibly long) interval first."""
+    config, _ = setup(tmp_path)
+    db = JournalDB(Layout(config.gateway.data_dir).journal, node="dead-node")
+    now = datetime.now(UTC)
+    assert db.take_duty("retention", now.isoformat(), (now + timedelta(seconds=1)).isoformat())
+    db.close()
+
+    async def main() -> float:
+        async with (
+            journals(config, "node-b") as (b,),
+            Duties(b, lease=0.6).duty("retention") as duty,
+        ):
+            assert not await duty.held()
+            began = time.monotonic()
+            await duty.pause(asyncio.Event(), 3600)
+            assert duty.holding
+            return time.monotonic() - began
+
+    assert asyncio.run(main()) < 10  # not the hour asked for
