@@ -84,6 +84,7 @@ class Duty:
         self._until: datetime | None = None  # this node's lease, as far as it knows
         self._renewed: datetime | None = None  # when this node last took or renewed it
         self._step = timedelta(seconds=duties.lease / 3)
+        self._held = False  # as the logs and the gauge last said
 
     @property
     def holding(self) -> bool:
@@ -96,12 +97,17 @@ class Duty:
         out, and loops with short intervals would otherwise write at each turn). A journal
         that does not answer counts as not held once the lease this node knows of has run
         out."""
+        renewed = self._renewed
+        if renewed is not None and self.holding and self.duties.now() - renewed < self._step:
+            return True
+        return await self._take()
+
+    async def _take(self) -> bool:
+        """One take-or-renew in the journal (see :meth:`held`)."""
         duties = self.duties
         now = duties.now()
-        if self._renewed is not None and self.holding and now - self._renewed < self._step:
-            return True
         until = now + timedelta(seconds=duties.lease)
-        was = self.holding
+        why = "another node took it over after this node's lease ran out"
         try:
             took = await duties.journal.call(
                 Call(JournalDB.take_duty, self.name, _iso(now), _iso(until))
@@ -111,18 +117,15 @@ class Duty:
             took = False
             if self.holding:
                 return True
+            why = "the journal did not answer for a whole lease"
         self._until = until if took else None
         self._renewed = now if took else None
-        if took and not was:
+        if took and not self._held:
             self._changed(True)
             log.info("duty.taken", duty=self.name)
-        elif was and not took:
+        elif self._held and not took:
             self._changed(False)
-            log.warning(
-                "duty.lost",
-                duty=self.name,
-                why="another node took it over after this node's lease ran out",
-            )
+            log.warning("duty.lost", duty=self.name, why=why)
         return took
 
     async def pause(self, stopping: asyncio.Event, seconds: float) -> None:
@@ -140,8 +143,8 @@ class Duty:
                 await asyncio.wait_for(stopping.wait(), min(step, left))
             if stopping.is_set() or loop.time() >= end:
                 return
-            was = self.holding
-            if await self.held() and not was:
+            was = self._held
+            if await self._take() and not was:
                 return
 
     @contextlib.asynccontextmanager
@@ -158,21 +161,24 @@ class Duty:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.duties.lease / 3)
-            await self.held()
+            await self._take()
 
     async def release(self) -> None:
         """Give the duty up (if held) so that another node takes it at once."""
         if self._until is None:
             return
         self._until = self._renewed = None
-        self._changed(False)
-        log.info("duty.released", duty=self.name)
+        if self._held:
+            self._changed(False)
+            log.info("duty.released", duty=self.name)
         try:
             await self.duties.journal.call(Call(JournalDB.release_duty, self.name))
         except Exception as exc:  # the lease then runs out by itself
             log.warning("duty.release_failed", duty=self.name, error=str(exc))
 
     def _changed(self, held: bool) -> None:
+        """This node now holds the duty, or no longer: the gauge says so."""
+        self._held = held
         metrics = self.duties.metrics
         if metrics is not None:
             metrics.duty_held.labels(self.name).set(1 if held else 0)
