@@ -11,7 +11,9 @@ is what reads the configuration — intake, the senders of added or changed conn
 servers whose address moved; the journal and the dispatcher (with its flows) stay.
 
 The listening servers are :mod:`gateway.servers`, the periodic duties (requeued flows,
-retention, certificates) :mod:`gateway.housekeeping`.
+retention, certificates) :mod:`gateway.housekeeping`. What one node at a time does when several
+share the journal (return polling, reports, retention, alerts) runs under :mod:`gateway.duties`;
+the lock on data_dir is :mod:`gateway.datadir`.
 """
 
 from __future__ import annotations
