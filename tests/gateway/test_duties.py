@@ -19,7 +19,7 @@ from gateway.ops.metrics import Metrics
 from gateway.returns.polling import Poller, poll_duty
 from protocols.base import RemoteFile
 from protocols.testing import memory
-from tests.gateway.harness import memory_config, until
+from tests.gateway.harness import memory_config, running, until
 from tests.gateway.returns.test_returns import cpp_statut
 
 CONN = "qualif-mem"
@@ -233,3 +233,23 @@ def test_a_waiting_node_runs_a_round_as_soon_as_it_takes_the_duty_over(tmp_path:
             return time.monotonic() - began
 
     assert asyncio.run(main()) < 10  # not the hour asked for
+
+
+def test_alone_a_daemon_restarted_after_a_crash_takes_its_duties_back_at_once(
+    tmp_path: Path,
+) -> None:
+    """One node: its previous run died holding its duties for a long lease (kill -9, no
+    release); the restarted daemon, under the same node name, polls at once all the same."""
+    config, bucket = setup(tmp_path)
+    db = JournalDB(Layout(config.gateway.data_dir).journal, node=config.gateway.node_name)
+    now = datetime.now(UTC)
+    assert db.take_duty(poll_duty(CONN), now.isoformat(), (now + timedelta(hours=1)).isoformat())
+    db.close()
+    offer(bucket, 0, 2)
+
+    async def main() -> None:
+        async with running(config):
+            await until(lambda: not bucket.returns, timeout=10, what="returns fetched")
+
+    asyncio.run(main())
+    assert len(applied(config)) == 2
