@@ -78,7 +78,7 @@ class Gateway:
         self.watcher: Watcher | None = None
         self.metrics = Metrics(config.gateway.node_name)
         self.duties: Duties | None = None  # once the journal is open
-        self.alerts = Alerter(config.alerts, now=now)
+        self.alerts = Alerter(config.alerts, now=now, node=config.gateway.node_name)
         self.servers = Servers(self.metrics, self.alerts, self.layout.journal)
         self.housekeeping = Housekeeping(
             lambda: self.config, now=now, metrics=self.metrics, alerts=self.alerts

@@ -110,7 +110,12 @@ class Housekeeping:
         async with duties.duty(RETENTION_DUTY) as duty:
             while not stopping.is_set():
                 settings = self._config().gateway
-                if settings.retention is not None and await duty.held():
+                if settings.retention is None:  # off: no duty to hold (a reload may turn it on)
+                    await duty.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+                    continue
+                if await duty.held():
                     try:
                         async with duty.heartbeat():
                             await self._purge(journal, settings.retention, settings.retention_files)
