@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.sandbox import pki
+from gateway.web.app import Console
 from gateway.web.auth import hash_password
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
@@ -368,3 +370,29 @@ def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> 
     err = done.stderr
     assert f"web.listen 127.0.0.1:{port}: cannot listen there" in err
     assert "Traceback" not in err
+
+
+def test_with_a_shared_journal_the_flows_table_has_a_node_column(tmp_path: Path) -> None:
+    """Several nodes share the journal ([journal] url): the flows table names the node that
+    last moved each flow; alone, it has no such column."""
+    config = web_config(tmp_path, public_read=True)
+    db = JournalDB(Layout(config.gateway.data_dir).journal, node="node-b")
+    db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
+    db.close()
+    shared = replace(config, journal=replace(config.journal, url="postgresql://db/raccord"))
+
+    async def table(seen: Config) -> str:
+        console = Console(config)  # reading the SQLite journal here, whatever the url says
+        console.config = seen
+        await console.start()
+        try:
+            url = f"http://127.0.0.1:{console.port}/flows"
+            headers = {"Accept-Language": "fr"}
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as page:
+                return (await page.text()).split("<thead>")[1].split("</table>")[0]
+        finally:
+            await console.stop()
+
+    alone, together = asyncio.run(table(config)), asyncio.run(table(shared))
+    assert "Nœud" not in alone and "node-b" not in alone
+    assert '<th scope="col">Nœud</th>' in together and ">node-b</td>" in together
