@@ -44,6 +44,12 @@ log = logs.get()
 TICK = 1.0
 
 _ids = naming.FlowIds()
+#: The alert each unsettled-deposit event raises.
+_ALERTS = {
+    "report.expired": "report_expired",
+    "report.incident": "report_incident",
+    "report.resend_failed": "report_incident",
+}
 
 
 def report_duty(connection: str) -> str:
@@ -185,9 +191,8 @@ class Reporter:
     ) -> None:
         """Log ``event`` and alert: a deposit whose outcome a person must now find out."""
         log.error(event, connection=connection, flow_id=flow_id, state=state, action=action)
-        kind = "report_expired" if event == "report.expired" else "report_incident"
         self.alerts.deposit_unsettled(
-            connection, flow_id, kind, f"deposit of flow {flow_id} ({state}): {action}"
+            connection, flow_id, _ALERTS[event], f"deposit of flow {flow_id} ({state}): {action}"
         )
 
     async def _ask(
