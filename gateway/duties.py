@@ -82,7 +82,7 @@ class Duty:
         self.duties = duties
         self.name = name
         self._until: datetime | None = None  # this node's lease, as far as it knows
-        self._renewed: datetime | None = None  # when this node last took or renewed it
+        self._asked: datetime | None = None  # when this node last took, renewed or tried it
         self._step = timedelta(seconds=duties.lease / 3)
         self._held = False  # as the logs and the gauge last said
 
@@ -92,20 +92,22 @@ class Duty:
         return self._until is not None and self.duties.now() < self._until
 
     async def held(self) -> bool:
-        """Take or renew the duty: True if this node holds it. A lease renewed less than a
-        third of a lease ago is not renewed again (no other node can take it before it runs
-        out, and loops with short intervals would otherwise write at each turn). A journal
+        """Take or renew the duty: True if this node holds it. The journal is asked at most
+        once a third of a lease: a lease renewed since is still this node's (no other node can
+        take it before it runs out), a duty refused since is still another's for all this node
+        needs to know (loops with short intervals would otherwise ask at each turn). A journal
         that does not answer counts as not held once the lease this node knows of has run
         out."""
-        renewed = self._renewed
-        if renewed is not None and self.holding and self.duties.now() - renewed < self._step:
-            return True
+        now = self.duties.now()
+        if self._asked is not None and now - self._asked < self._step:
+            return self.holding
         return await self._take()
 
     async def _take(self) -> bool:
         """One take-or-renew in the journal (see :meth:`held`)."""
         duties = self.duties
         now = duties.now()
+        self._asked = now
         until = now + timedelta(seconds=duties.lease)
         why = "another node took it over after this node's lease ran out"
         try:
@@ -119,7 +121,6 @@ class Duty:
                 return True
             why = "the journal did not answer for a whole lease"
         self._until = until if took else None
-        self._renewed = now if took else None
         if took and not self._held:
             self._changed(True)
             log.info("duty.taken", duty=self.name)
@@ -167,7 +168,7 @@ class Duty:
         """Give the duty up (if held) so that another node takes it at once."""
         if self._until is None:
             return
-        self._until = self._renewed = None
+        self._until = self._asked = None
         if self._held:
             self._changed(False)
             log.info("duty.released", duty=self.name)

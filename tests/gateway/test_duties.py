@@ -136,22 +136,25 @@ def test_a_clean_stop_hands_the_duty_over_at_once(tmp_path: Path) -> None:
     before a lease would have run out, and polls what arrives next."""
     config, bucket = setup(tmp_path)
 
+    lease = 9.0  # the holder's last renewal was at most 3 s before its stop: without the
+    # release its lease would run 6 s more at least; the other node asks every 3 s.
+
     async def main() -> tuple[float, list[tuple[str, str]]]:
-        async with nodes(config, "node-a", "node-b") as (both, fetched):
+        async with nodes(config, "node-a", "node-b", lease=lease) as (both, fetched):
             await until(lambda: any(n.holds() for n in both), what="a holder")
             (holder,) = [n for n in both if n.holds()]
             (other,) = [n for n in both if n is not holder]
-            began = time.monotonic()
             await holder.stop()
+            released = time.monotonic()
             await until(other.holds, what="the other node takes over")
-            handed = time.monotonic() - began
+            handed = time.monotonic() - released
             offer(bucket, 0, 5)
             await until(lambda: not bucket.returns, what="returns fetched by the new holder")
             return handed, [f for f in fetched if f[0] == holder.name]
 
     handed, by_old = asyncio.run(main())
     assert by_old == []
-    assert handed < LEASE  # a step of the waiting node (a third of a lease), not a lease
+    assert handed < lease * 2 / 3  # the other node's next try, before the lease could end
 
 
 def test_a_dead_holders_duty_is_taken_over_once_its_lease_has_run_out(tmp_path: Path) -> None:
@@ -205,7 +208,8 @@ def test_a_round_longer_than_the_lease_keeps_its_duty_by_its_heartbeat(tmp_path:
                         tried.append(await other.held())
                         await asyncio.sleep(0.1)
                 await holder.release()
-                return tried, await other.held()
+                await other.pause(asyncio.Event(), 2.0)  # ends once it takes the duty over
+                return tried, other.holding
 
     tried, after = asyncio.run(main())
     assert len(tried) > 10 and not any(tried)
