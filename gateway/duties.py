@@ -98,9 +98,10 @@ class Duty:
         needs to know (loops with short intervals would otherwise ask at each turn). A journal
         that does not answer counts as not held once the lease this node knows of has run
         out."""
-        now = self.duties.now()
-        if self._asked is not None and now - self._asked < self._step:
-            return self.holding
+        asked = self._asked
+        fresh = asked is not None and self.duties.now() - asked < self._step
+        if fresh and self.holding == self._held:  # else a lease ran out: ask, and say so
+            return self._held
         return await self._take()
 
     async def _take(self) -> bool:

@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from gateway.config import Config
 from gateway.duties import Duties
 from gateway.folders import Layout
@@ -257,3 +259,33 @@ def test_alone_a_daemon_restarted_after_a_crash_takes_its_duties_back_at_once(
 
     asyncio.run(main())
     assert len(applied(config)) == 2
+
+
+def test_a_holder_cut_off_from_the_journal_gives_the_duty_up_when_its_lease_ends(
+    tmp_path: Path,
+) -> None:
+    """The journal stops answering: the holder keeps counting on the lease it has (no other
+    node can take the duty before it ends), then counts itself out, says why, and its gauge
+    drops to 0."""
+    config, _ = setup(tmp_path)
+    start = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+    clock = [start]
+    metrics = Metrics("node-a")
+
+    async def main() -> list[bool]:
+        async with journals(config, "node-a") as (journal,):
+            duty = Duties(journal, lease=30.0, now=lambda: clock[0], metrics=metrics).duty
+            async with duty("retention") as held:
+                seen = [await held.held()]
+                await journal.close()  # from now on every call fails
+                for seconds in (11, 29, 31):
+                    clock[0] = start + timedelta(seconds=seconds)
+                    seen.append(await held.held())
+                return seen
+
+    with capture_logs() as logs:
+        seen = asyncio.run(main())
+    assert seen == [True, True, True, False]
+    (lost,) = [e for e in logs if e["event"] == "duty.lost"]
+    assert lost["why"] == "the journal did not answer for a whole lease"
+    assert metrics.registry.get_sample_value("raccord_duty_held", {"duty": "retention"}) == 0
