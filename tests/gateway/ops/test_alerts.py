@@ -39,6 +39,8 @@ to = ["ops@company.test", "oncall@company.test"]
 def test_a_flow_filed_in_error_reaches_the_webhook_and_the_mailbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A flow filed in error/ reaches a person by webhook and e-mail, with what to do and the
+    node that raised it."""
     monkeypatch.setenv("RACCORD_TEST_HOOK_TOKEN", "s3cret-token")
     bucket = f"alerts-{time.monotonic_ns()}"
     hook, mailbox = Webhook(), Mailbox()

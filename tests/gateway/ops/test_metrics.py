@@ -51,6 +51,8 @@ def parse(text: str) -> Samples:
 
 
 def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    """/metrics counts what happened (received, sent, failed, retried), what the journal holds,
+    which build and which node this is, and the duties it holds."""
     bucket = f"metrics-{time.monotonic_ns()}"
     memory.BUCKETS.pop(bucket, None)
     config = metered(tmp_path, bucket)
