@@ -51,6 +51,8 @@ def parse(text: str) -> Samples:
 
 
 def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    """/metrics counts what happened (received, sent, failed, retried), what the journal holds,
+    which build and which node this is, and the duties it holds."""
     bucket = f"metrics-{time.monotonic_ns()}"
     memory.BUCKETS.pop(bucket, None)
     config = metered(tmp_path, bucket)
@@ -89,6 +91,9 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert samples[("process_start_time_seconds", ())] > 0
     [(name, labels)] = [key for key in samples if key[0] == "raccord_build_info"]
     assert dict(labels)["version"] and samples[(name, labels)] == 1
+    # Which node this is, and the duties it holds (alone, every one).
+    assert dict(labels)["node"] == config.gateway.node_name
+    assert samples[("raccord_duty_held", (("duty", "returns:qualif-mem"),))] == 1
     assert not [key for key in samples if key[0].endswith("_created")]
 
 
