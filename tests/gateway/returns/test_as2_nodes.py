@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Journal, JournalDB, journal_target
 from gateway.returns.as2_receiver import CLAIM_PATIENCE, As2Receiver
 from protocols.certs import KeyPair
 from tests.as2_config import write_as2_config
@@ -39,16 +39,18 @@ PARTNER = "CTAIFEP"  # its AS2 name in tests/as2_config.py
 
 
 @pytest.fixture
-def config(tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair) -> Config:
+def config(tmp_path: Path, our_keys: KeyPair, partner_keys: KeyPair, postgres_url: str) -> Config:
+    """The nodes' configuration: their journal is a real PostgreSQL database."""
     config = write_as2_config(tmp_path, our_keys, partner_keys, receiver_port=free_port())
     Layout(config.gateway.data_dir).create([CONN])
-    return config
+    return replace(config, journal=replace(config.journal, url=postgres_url))
 
 
 def node_config(config: Config, shared: bool) -> Config:
-    """``config`` on a port of its own; ``shared``: as a node of a shared journal."""
+    """``config`` on a port of its own; ``shared``: as a node of the shared journal, else
+    alone on its SQLite journal."""
     assert config.as2_receiver is not None
-    journal = replace(config.journal, url="postgresql://raccord@db/raccord" if shared else None)
+    journal = config.journal if shared else replace(config.journal, url=None)
     receiver = replace(config.as2_receiver, port=free_port())
     return replace(config, as2_receiver=receiver, journal=journal)
 
@@ -57,14 +59,17 @@ def node_config(config: Config, shared: bool) -> Config:
 async def receivers(
     config: Config, *nodes: str, shared: bool = True
 ) -> AsyncIterator[list[Config]]:
-    """One receiver per node, each on a port of its own: the configurations to post to. The
-    journal is the one SQLite file here, whatever ``[journal] url`` says."""
-    journals = [Journal(Layout(config.gateway.data_dir).journal, node=n) for n in nodes]
+    """One receiver per node, each on a port of its own: the configurations to post to."""
+    configs = [node_config(config, shared) for _ in nodes]
+    journals = [
+        Journal(journal_target(c, Layout(c.gateway.data_dir)), node=n)
+        for c, n in zip(configs, nodes, strict=True)
+    ]
     started: list[As2Receiver] = []
     try:
-        for journal in journals:
+        for journal, node in zip(journals, configs, strict=True):
             await journal.open()
-            receiver = As2Receiver(node_config(config, shared), journal)
+            receiver = As2Receiver(node, journal)
             await receiver.start()
             started.append(receiver)
         yield [r.config for r in started]
@@ -77,7 +82,7 @@ async def receivers(
 
 def claim(config: Config, node: str, message_id: str, *, age: float = 0.0) -> None:
     """A node's claim on a message, ``age`` seconds old, that it never stored (it died)."""
-    db = JournalDB(Layout(config.gateway.data_dir).journal, node=node)
+    db = JournalDB(journal_target(config, Layout(config.gateway.data_dir)), node=node)
     try:
         assert db.claim_as2_message(PARTNER, message_id, CONN, "") == "claimed"
         at = (datetime.now(UTC) - timedelta(seconds=age)).isoformat(timespec="milliseconds")
@@ -163,11 +168,12 @@ def test_alone_a_claim_left_by_a_crash_does_not_hold_the_resend(
     at start, so the partner's resend is stored at once."""
     view = partner_view(config, partner_keys, our_keys)
     sent = build(view, STATUS, "m-crash")
-    claim(config, config.gateway.node_name, "m-crash@partner.test")
+    alone = node_config(config, shared=False)
+    claim(alone, config.gateway.node_name, "m-crash@partner.test")
 
     async def scenario() -> Any:
-        async with receivers(config, config.gateway.node_name, shared=False) as (alone,):
-            return await post(alone, sent)
+        async with receivers(config, config.gateway.node_name, shared=False) as (node,):
+            return await post(node, sent)
 
     assert judged(view, sent, asyncio.run(scenario())).outcome == "processed"
-    assert len(stored(config)) == 1
+    assert len(stored(alone)) == 1

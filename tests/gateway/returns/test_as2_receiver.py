@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, journal_target
 from gateway.returns.as2_receiver import ENVELOPE
 from gateway.sandbox import pki
 from protocols.as2 import message
@@ -68,9 +68,10 @@ def judged(view: As2Settings, sent: message.Outgoing, answer: Any) -> message.Md
 
 
 def stored(config: Config) -> list[dict[str, Any]]:
-    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    db = JournalDB(journal_target(config, Layout(config.gateway.data_dir)))
     try:
-        return [dict(r) for r in db._db.execute("SELECT * FROM returns ORDER BY received_at")]
+        rows = db._db.execute("SELECT * FROM returns ORDER BY received_at").fetchall()
+        return [dict(zip(row.keys(), row, strict=True)) for row in rows]
     finally:
         db.close()
 
