@@ -38,7 +38,7 @@ from gateway.housekeeping import (
     Housekeeping,
     journal_health,
 )
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Journal, JournalDB, JournalUnreachable, journal_target
 from gateway.ops import certificates
 from gateway.ops.alerts import Alerter
 from gateway.ops.metrics import Metrics, MetricsServer
@@ -112,7 +112,8 @@ class Gateway:
         self.watcher: Watcher | None = None
         self.metrics = Metrics()
         self.alerts = Alerter(config.alerts, now=now)
-        self.servers = Servers(self.metrics, self.alerts, self.layout.journal)
+        self.journal_target = journal_target(config, self.layout)
+        self.servers = Servers(self.metrics, self.alerts, self.journal_target)
         self.housekeeping = Housekeeping(
             lambda: self.config, now=now, metrics=self.metrics, alerts=self.alerts
         )
@@ -163,9 +164,11 @@ class Gateway:
                 f"({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
                 "make it writable by the daemon's user (under systemd: ReadWritePaths=)"
             ) from None
-        journal = Journal(self.layout.journal, node=self.config.gateway.node_name)
+        journal = Journal(self.journal_target, node=self.config.gateway.node_name)
         try:
             await journal.open()
+        except JournalUnreachable as exc:  # the shared database: where, and what to check
+            raise StartupError(f"journal.url: {exc}") from None
         except Exception as exc:
             raise StartupError(
                 f"gateway.data_dir: the journal {self.layout.journal} cannot be opened ({exc})"
@@ -350,7 +353,7 @@ class Gateway:
         """Apply return flows a stop or crash interrupted (worker thread, own connection)."""
         from gateway.returns import pipeline as returns
 
-        db = JournalDB(self.layout.journal)
+        db = JournalDB(self.journal_target, node=self.config.gateway.node_name)
         try:
             names = [conn.name for conn in self.config.connections]
             returns.recover(db, self.layout, names)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from gateway.config import Config
 from gateway.flow.dispatcher import Dispatcher
-from gateway.journal import Journal
+from gateway.journal import Journal, JournalTarget
 from gateway.ops.alerts import Alerter
 from gateway.ops.metrics import Metrics, MetricsServer
 from gateway.returns.as2_receiver import As2Receiver
@@ -46,7 +45,7 @@ class Servers:
     """The servers ``[as2_receiver]``, ``[gateway] metrics`` and ``[web]`` ask for, each None
     while its section is absent."""
 
-    def __init__(self, metrics: Metrics, alerts: Alerter, journal_path: Path) -> None:
+    def __init__(self, metrics: Metrics, alerts: Alerter, journal_path: JournalTarget) -> None:
         self.metrics = metrics
         self.alerts = alerts
         self.journal_path = journal_path

@@ -12,6 +12,8 @@ from gateway import logs
 from gateway.sandbox import pki
 from protocols.as2.settings import As2Settings
 from protocols.certs import KeyPair
+from tests.postgres import postgres_server as postgres_server  # a real PostgreSQL, any package
+from tests.postgres import postgres_url as postgres_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

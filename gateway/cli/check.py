@@ -12,6 +12,7 @@ from flows import codes
 from gateway.cli import output
 from gateway.cli.common import NOT_RIGHT, OK, UsageError, load_config, output_format
 from gateway.config import Connection, Mode
+from gateway.journal import SCHEMA_VERSION, JournalUnreachable, PostgresTarget
 from protocols import registry
 from protocols.errors import TransferError
 from protocols.settings import nearest
@@ -38,6 +39,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"  warning: {warning}")
     status = NOT_RIGHT if problems else OK
+    if args.connect and config.journal.url:
+        ok, message = journal_reachable(PostgresTarget(config.journal.url, config.journal.password))
+        print(f"  journal: {'ok' if ok else 'FAILED'} — {message}")
+        if not ok:
+            status = NOT_RIGHT
     for conn in config.connections:
         unusable = conn.unusable_reason(today)
         own = [p for p in problems if p.key.startswith(f"connection[{conn.name}].")]
@@ -59,6 +65,37 @@ def cmd_check(args: argparse.Namespace) -> int:
             if not ok:
                 status = NOT_RIGHT
     return status
+
+
+def journal_reachable(target: PostgresTarget) -> tuple[bool, str]:
+    """Whether the shared journal's database answers, and its schema version against ours;
+    nothing is written (the next start creates or migrates the schema)."""
+    from gateway.journal import pgschema
+    from gateway.journal.postgres import PostgresConnection
+
+    try:
+        connection = PostgresConnection(target)
+    except JournalUnreachable as exc:
+        return False, str(exc)
+    try:
+        found = pgschema.version(connection)
+    except Exception as exc:  # e.g. the role may not read the tables
+        return False, f"PostgreSQL {target.where} answers, but its schema cannot be read ({exc})"
+    finally:
+        connection.close()
+    where = f"PostgreSQL {target.where}"
+    if found > SCHEMA_VERSION:
+        return False, (
+            f"{where} holds journal schema {found}, newer than this raccord knows"
+            f" ({SCHEMA_VERSION}): run the newer raccord on this node"
+        )
+    if found == 0:
+        return True, f"{where} answers; empty: the first start creates the journal's schema"
+    if found < SCHEMA_VERSION:
+        return True, (
+            f"{where} holds journal schema {found}: the next start migrates it to {SCHEMA_VERSION}"
+        )
+    return True, f"{where} holds journal schema {found}, current"
 
 
 async def _connect(conn: Connection) -> tuple[bool, str]:

@@ -3,7 +3,8 @@
 Exit status: 0 success; 1 the thing checked is not right (invalid file, failed connection);
 2 usage or configuration error. Operator mistakes are one sentence on stderr, never a traceback.
 Each command lives in a module of its own: check.py (check, connections, certs), analyze.py,
-flows.py (flows, purge), retry.py (retry, import), run.py (run, simulate, demo, web-passwd).
+flows.py (flows, purge), retry.py (retry, import), run.py (run, simulate, demo, web-passwd),
+migrate.py (migrate-journal).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.cli.check import (
 )
 from gateway.cli.common import NOT_RIGHT, OK, USAGE, UsageError
 from gateway.cli.flows_command import RETURN_COLUMNS, cmd_flows, cmd_purge
+from gateway.cli.migrate import cmd_migrate_journal
 from gateway.cli.retry import cmd_import, cmd_retry
 from gateway.cli.run import cmd_demo, cmd_run, cmd_simulate, cmd_web_passwd
 from gateway.config import ConfigError, Mode, State
@@ -49,6 +51,7 @@ __all__ = [
     "cmd_demo",
     "cmd_flows",
     "cmd_import",
+    "cmd_migrate_journal",
     "cmd_purge",
     "cmd_retry",
     "cmd_run",
@@ -93,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("check", parents=[common], help="validate the configuration")
-    p.add_argument("--connect", action="store_true", help="also log in to every usable connection")
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in to every usable connection, and to the [journal] database",
+    )
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser(
         "connections", parents=[common, listing], help="the connection sheets and their state"
@@ -181,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--files", action="store_true", help="also delete their files in sent/ and inbox/"
     )
     p.set_defaults(handler=cmd_purge)
+    p = sub.add_parser(
+        "migrate-journal",
+        parents=[common],
+        help="copy this node's SQLite journal into PostgreSQL (daemon stopped; docs/multi-node.md)",
+    )
+    p.add_argument(
+        "--to", required=True, metavar="URL", help="the empty database: postgresql://user@host/db"
+    )
+    p.set_defaults(handler=cmd_migrate_journal)
     p = sub.add_parser(
         "web-passwd", help="print a password hash for [web.users.<name>] password_hash"
     )

@@ -10,8 +10,7 @@ from pathlib import Path
 from gateway import config as config_module
 from gateway.cli import output
 from gateway.config import Config
-from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, JournalUnreachable, describe, journal_target
 
 #: Exit statuses: success; the thing checked is not right; usage or configuration error.
 OK, NOT_RIGHT, USAGE = 0, 1, 2
@@ -33,11 +32,14 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def open_journal(config: Config) -> JournalDB:
-    """The journal of ``config``'s data_dir, for reading; a usage error if there is none."""
-    layout = Layout(config.gateway.data_dir)
-    if not layout.journal.exists():
-        raise UsageError(f"no journal at {layout.journal}: has raccord run with this data_dir?")
+    """The journal ``config`` names (``[journal] url``, else the SQLite file in data_dir), for
+    reading; a usage error if there is none or it cannot be opened."""
+    target = journal_target(config)
+    if isinstance(target, Path) and not target.exists():
+        raise UsageError(f"no journal at {target}: has raccord run with this data_dir?")
     try:
-        return JournalDB(layout.journal)
+        return JournalDB(target)
+    except JournalUnreachable as exc:  # says where and what to check
+        raise UsageError(str(exc)) from None
     except (sqlite3.Error, OSError, RuntimeError) as exc:  # unreadable, damaged, too new
-        raise UsageError(f"the journal {layout.journal} cannot be opened: {exc}") from None
+        raise UsageError(f"the journal {describe(target)} cannot be opened: {exc}") from None

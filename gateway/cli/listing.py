@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from typing import Any, TextIO
 
 from gateway.cli import output
 from gateway.journal import FlowRow, JournalDB
+from gateway.journal.connection import Row
 from protocols.settings import nearest
 
 #: Flows a table shows when no --limit is given: what a terminal can usefully show.
@@ -127,7 +127,7 @@ def checked(validation: dict[str, Any] | None) -> str | None:
     return f"{status} {errors[0]['rule']}{more}"
 
 
-def records(db: JournalDB, rows: Iterable[sqlite3.Row]) -> Iterator[dict[str, Any]]:
+def records(db: JournalDB, rows: Iterable[Row]) -> Iterator[dict[str, Any]]:
     """Each flow as listed (:meth:`FlowRow.to_dict`'s keys), with its return status: a page of
     rows in memory at a time."""
     iterator = iter(rows)
@@ -144,7 +144,7 @@ def records(db: JournalDB, rows: Iterable[sqlite3.Row]) -> Iterator[dict[str, An
 
 def write_table(
     db: JournalDB,
-    rows: Iterator[sqlite3.Row],
+    rows: Iterator[Row],
     limit: int,
     stream: TextIO,
     *,

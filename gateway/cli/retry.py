@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway import logs
 from gateway.cli.common import NOT_RIGHT, OK, UsageError, load_config, open_journal
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, journal_target
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     layout = Layout(config.gateway.data_dir)
     layout.create([connection])
     logs.configure("stderr")
-    db = JournalDB(layout.journal)
+    db = JournalDB(journal_target(config, layout))
     status = OK
     try:
         for name in args.files:

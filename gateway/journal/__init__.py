@@ -1,4 +1,5 @@
-"""The journal: SQLite (WAL), the single source of truth about every flow.
+"""The journal: SQLite (WAL), or PostgreSQL shared by several nodes; the single source of
+truth about every flow.
 
 One row per flow, one state at a time, every transition recorded with its time in
 ``transitions``. The states and the moves allowed between them are the table in
@@ -24,8 +25,13 @@ triggers. The synchronous :class:`JournalDB` is also used directly by CLI comman
 The modules, in reading order:
 
 * :mod:`~gateway.journal.rows` — :class:`FlowRow`, the columns of ``flows``, :class:`StateConflict`;
+* :mod:`~gateway.journal.target` — where the journal lives: the SQLite file or the PostgreSQL
+  database;
+* :mod:`~gateway.journal.connection` — what the queries need of a connection, and the SQL that
+  differs between the two databases; :mod:`~gateway.journal.postgres`, psycopg made to look
+  like ``sqlite3``;
 * :mod:`~gateway.journal.schema` — the tables, the migration of an older journal, the counters'
-  triggers;
+  triggers; :mod:`~gateway.journal.pgschema`, the same tables on PostgreSQL;
 * :mod:`~gateway.journal.base` — what every group of queries shares (connection, transaction);
 * :mod:`~gateway.journal.flows`, :mod:`~gateway.journal.invoices`,
   :mod:`~gateway.journal.returns`, :mod:`~gateway.journal.deposits` — one class of queries per
@@ -50,15 +56,20 @@ from flows.lifecycle import TERMINAL as TERMINAL
 from flows.lifecycle import UNFILED as UNFILED
 from flows.lifecycle import WAITING as WAITING
 from gateway.journal.db import JournalDB as JournalDB
+from gateway.journal.errors import JournalUnavailable as JournalUnavailable
+from gateway.journal.errors import JournalUnreachable as JournalUnreachable
 from gateway.journal.flows import ACTIVE_FOR_DUPLICATES as ACTIVE_FOR_DUPLICATES
 from gateway.journal.rows import STATES as STATES
 from gateway.journal.rows import FlowRow as FlowRow
 from gateway.journal.rows import StateConflict as StateConflict
 from gateway.journal.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from gateway.journal.target import JournalTarget as JournalTarget
+from gateway.journal.target import PostgresTarget as PostgresTarget
+from gateway.journal.target import describe as describe
+from gateway.journal.target import journal_target as journal_target
 from gateway.journal.worker import Call as Call
 from gateway.journal.worker import Journal as Journal
 from gateway.journal.worker import JournalCall as JournalCall
-from gateway.journal.worker import JournalUnavailable as JournalUnavailable
 from gateway.journal.worker import run_batch as run_batch
 from gateway.journal.worker import serve as serve
 
@@ -75,8 +86,13 @@ __all__ = [
     "Journal",
     "JournalCall",
     "JournalDB",
+    "JournalTarget",
     "JournalUnavailable",
+    "JournalUnreachable",
+    "PostgresTarget",
     "StateConflict",
+    "describe",
+    "journal_target",
     "run_batch",
     "serve",
 ]

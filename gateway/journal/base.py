@@ -4,9 +4,10 @@ the clock."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
+
+from gateway.journal.connection import Connection, Dialect
 
 
 def timestamp() -> str:
@@ -15,12 +16,12 @@ def timestamp() -> str:
 
 
 @contextlib.contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[None]:
+def transaction(db: Connection) -> Iterator[None]:
     """A write transaction; inside one already open, part of it (the outer one decides)."""
     if db.in_transaction:
         yield
         return
-    db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")  # PostgreSQL's adapter reads it as BEGIN
     try:
         yield
     except BaseException:
@@ -31,11 +32,21 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 class Queries:
     """The base of each group of queries that :class:`~gateway.journal.db.JournalDB` combines:
-    they all run on its one connection."""
+    they all run on its one connection, SQLite's or PostgreSQL's (see
+    :mod:`gateway.journal.connection`): write portable SQL with ``?`` parameters."""
 
-    _db: sqlite3.Connection
+    _db: Connection
     #: The node these queries record as the one that moved a flow (``[gateway] node_name``).
     node: str
+    #: The SQL fragments that differ between the two databases.
+    dialect: Dialect
+
+    @property
+    def skip_locked(self) -> str:
+        """Append to a ``SELECT`` of rows that several nodes may claim at once: ``" FOR UPDATE
+        SKIP LOCKED"`` on PostgreSQL (a row locked by another node's transaction is passed
+        over, not waited for), ``""`` on SQLite (one writer at a time)."""
+        return self.dialect.skip_locked
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """A write transaction; inside one already open, part of it (the outer one decides)."""

@@ -34,8 +34,8 @@ class DepositQueries(Queries):
             sent_at = str(document.get("sent_at") or timestamp())
             first = datetime.fromisoformat(sent_at) + timedelta(seconds=first_after)
             self._db.execute(
-                "INSERT OR IGNORE INTO deposits (flow_id, connection, receipt, sent_at, next_at,"
-                " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deposits (flow_id, connection, receipt, sent_at, next_at,"
+                " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     row["flow_id"],
                     connection,

@@ -65,9 +65,9 @@ class FlowQueries(InvoiceQueries):
         names = "".join(f", {name}" for name in values)
         marks = ", ?" * len(values)
         row = self._db.execute(
-            "INSERT OR IGNORE INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
+            "INSERT INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
             f" state, created_at, updated_at, node{names})"
-            f" VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?{marks}) RETURNING *",
+            f" VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?{marks}) ON CONFLICT DO NOTHING RETURNING *",
             (flow_id, connection, original_name, spool_path, now, now, self.node, *values.values()),
         ).fetchone()
         return FlowRow.of(row) if row else None

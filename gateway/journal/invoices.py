@@ -18,8 +18,8 @@ class InvoiceQueries(Queries):
         """Record the invoices a flow carries, in order: (file, invoice number, supplier id,
         source flow: the flow of the dropped file, i.e. the flow itself unless it is a lot)."""
         self._db.executemany(
-            "INSERT OR IGNORE INTO invoices (flow_id, position, file, invoice_number, supplier_id,"
-            " source_flow) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO invoices (flow_id, position, file, invoice_number, supplier_id,"
+            " source_flow) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(flow_id, i, *invoice) for i, invoice in enumerate(invoices)],
         )
 

@@ -3,12 +3,12 @@ counts behind the metrics and the health check."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 
 from flows.lifecycle import UNFILED
 from gateway.journal.base import Queries
+from gateway.journal.connection import Row
 from gateway.journal.rows import FlowRow
 
 
@@ -43,7 +43,7 @@ class ListingQueries(Queries):
         for row in self.each_row(**filters):
             yield FlowRow.of(row)
 
-    def each_row(self, **filters: Unpack[Filters]) -> Iterator[sqlite3.Row]:
+    def each_row(self, **filters: Unpack[Filters]) -> Iterator[Row]:
         """:meth:`each` as the database's rows (the listings: a FlowRow per row of a
         million-flow export costs more than the export itself)."""
         invoice, status = filters.get("invoice"), filters.get("status")
@@ -77,9 +77,12 @@ class ListingQueries(Queries):
         sql = f"SELECT * FROM flows{where} ORDER BY created_at {order}"  # noqa: S608 - fixed
         if limit:
             sql += f" LIMIT {int(limit)}"
+        # PostgreSQL's ordinary cursor would fetch every row at once: a cursor of the server's.
+        stream = getattr(self._db, "stream", None)
+        rows = stream(sql, params) if stream is not None else self._db.execute(sql, params)
         # Not ``yield from``: closing this generator (a reader that stopped) would close the
         # cursor, which fails once the journal itself is closed.
-        for row in self._db.execute(sql, params):  # noqa: UP028 - see above
+        for row in rows:  # noqa: UP028 - see above
             yield row
 
     def has_connection(self, connection: str) -> bool:
@@ -90,7 +93,7 @@ class ListingQueries(Queries):
         ).fetchone()
         return row is not None
 
-    def invoices_of(self, rows: Sequence[sqlite3.Row]) -> dict[str, list[dict[str, Any]]]:
+    def invoices_of(self, rows: Sequence[Row]) -> dict[str, list[dict[str, Any]]]:
         """For a page of listed flows: a lot's invoices, or a dropped file's own invoice where
         it travelled last (as :meth:`invoices` and ``carried(...)[-1:]``), in two queries."""
         lots = [row["flow_id"] for row in rows if row["packaging"]]

@@ -23,8 +23,8 @@ class ReturnQueries(Queries):
         """Journal a received return flow; ``(row, True)`` if new, ``(earlier row, False)`` if
         the same bytes already came on this connection."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO returns (return_id, connection, file, inbox_path, sha256,"
-            " state, received_at) VALUES (?, ?, ?, ?, ?, 'received', ?)",
+            "INSERT INTO returns (return_id, connection, file, inbox_path, sha256,"
+            " state, received_at) VALUES (?, ?, ?, ?, ?, 'received', ?) ON CONFLICT DO NOTHING",
             (return_id, connection, file, inbox_path, sha256, timestamp()),
         )
         row = self._db.execute(
@@ -72,14 +72,16 @@ class ReturnQueries(Queries):
         detail: str | None,
     ) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO statuses (return_id, flow_id, position, code, label, at, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO statuses (return_id, flow_id, position, code, label, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (return_id, flow_id, -1 if position is None else position, code, label, at, detail),
         )
 
     def statuses(self, flow_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT s.*, r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"
+            # rowid: the order the statuses were recorded in (a column of its own on PostgreSQL)
+            "SELECT s.return_id, s.flow_id, s.position, s.code, s.label, s.at, s.detail,"
+            " r.file AS return_file FROM statuses s JOIN returns r USING (return_id)"
             " WHERE s.flow_id=? ORDER BY r.received_at, s.rowid",
             (flow_id,),
         ).fetchall()
@@ -110,7 +112,8 @@ class ReturnQueries(Queries):
         ``done``, or ``refused`` (never fetched; the log said why)."""
         self._db.execute(
             "INSERT INTO downloads (connection, remote_name, size, mtime, return_id, outcome, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET outcome=excluded.outcome,"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection, remote_name, size, mtime)"
+            " DO UPDATE SET outcome=excluded.outcome,"
             " return_id=coalesce(excluded.return_id, return_id), at=excluded.at",
             (connection, name, size, mtime, return_id, outcome, timestamp()),
         )
@@ -132,4 +135,4 @@ class ReturnQueries(Queries):
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (as2_from, message_id, connection, return_id, timestamp()),
         )
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any
 
 from flows.lifecycle import FlowState
+from gateway.journal.connection import Row
 
 STATES = tuple(FlowState)
 
@@ -56,7 +56,7 @@ class FlowRow:
         return data
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> FlowRow:
+    def of(cls, row: Row) -> FlowRow:
         """A row of ``flows`` (its columns are the fields: the schema is migrated at open).
 
         Raises:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
 from gateway.journal.db import JournalDB
+from gateway.journal.errors import JournalUnavailable
+from gateway.journal.target import JournalTarget
 
 T = TypeVar("T")
 
@@ -52,10 +52,6 @@ class Call(Generic[T]):
         return self.function(db, *self.args, **self.kwargs)
 
 
-class JournalUnavailable(RuntimeError):
-    """The journal process could not be reached; whether the calls were applied is unknown."""
-
-
 class Journal:
     """Async façade: the calls run in the journal's own process, group-committed.
 
@@ -69,10 +65,10 @@ class Journal:
     next batch starts a new one.
     """
 
-    def __init__(self, path: Path, *, node: str | None = None) -> None:
-        self._path = path
+    def __init__(self, target: JournalTarget, *, node: str | None = None) -> None:
+        self.target = target
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._worker = WorkerProcess("raccord-journal", serve, path, node)
+        self._worker = WorkerProcess("raccord-journal", serve, target, node)
         self._open = False
         self._batcher: Batcher[bytes, Any] = Batcher(self._run_batch, executor=self._executor)
 
@@ -133,14 +129,16 @@ def _unpickled(answer: bytes) -> Any:
         return JournalUnavailable(f"unreadable answer from the journal process: {exc!r}")
 
 
-def serve(path: Path, node: str | None, pipe: Any) -> None:
-    """The journal process: open ``path``, then run the batches that come through ``pipe``."""
+def serve(target: JournalTarget, node: str | None, pipe: Any) -> None:
+    """The journal process: open ``target``, then run the batches that come through ``pipe``."""
     try:
-        db = JournalDB(path, node=node)
-        # Statement journals in memory: each UPDATE with its history trigger, inside a batch's
-        # transaction, saved the pages it changes to a temporary file first, several writes
-        # per flow. Only here: the CLI's listings may sort more than memory should hold.
-        db._db.execute("PRAGMA temp_store=MEMORY")
+        db = JournalDB(target, node=node)
+        if not db.postgres:
+            # Statement journals in memory: each UPDATE with its history trigger, inside a
+            # batch's transaction, saved the pages it changes to a temporary file first,
+            # several writes per flow. Only here: the CLI's listings may sort more than memory
+            # should hold.
+            db._db.execute("PRAGMA temp_store=MEMORY")
     except Exception as exc:
         pipe.send(exc)
         return
@@ -187,13 +185,19 @@ def run_batch(db: JournalDB, calls: list[JournalCall]) -> list[Any]:
                 before = db.changes
                 try:
                     outcomes.append(method(db))
+                except JournalUnavailable:  # the database server went away: see below
+                    raise
                 except Exception as exc:
-                    if db.changes != before:
+                    # On PostgreSQL a failed statement spoils the whole transaction: the
+                    # others must run again, each alone, as after a call that wrote.
+                    if db.changes != before or db.aborted:
                         raise _Dirty from exc
                     outcomes.append(exc)
     except _Dirty:
         return [_run_alone(db, method) for method in calls]
-    except sqlite3.Error as exc:  # the commit itself failed (disk full, I/O): none applied
+    except JournalUnavailable as exc:  # none applied, or unknown: the next batch reconnects
+        return [exc] * len(calls)
+    except db.dialect.errors as exc:  # the commit itself failed (disk full, I/O): none applied
         return [exc] * len(calls)
     return outcomes
 

@@ -18,7 +18,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -37,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import logs
-from gateway.journal import TERMINAL, JournalDB
+from gateway.journal import TERMINAL, JournalDB, JournalTarget
 from gateway.ops import version
 from gateway.ops.httpserver import serve
 
@@ -165,7 +164,7 @@ class Metrics:
 class JournalCollector(Collector):
     """Flows by state, queue depth and return statuses, read from the journal at each scrape."""
 
-    def __init__(self, journal: Path) -> None:
+    def __init__(self, journal: JournalTarget) -> None:
         self.journal = journal
 
     def collect(self) -> Iterator[Metric]:
@@ -223,7 +222,7 @@ class MetricsServer:
         host: str,
         port: int,
         metrics: Metrics,
-        journal: Path,
+        journal: JournalTarget,
         checks: dict[str, Callable[[], Awaitable[str | None]]],
     ) -> None:
         self.host = host

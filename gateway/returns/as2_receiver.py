@@ -32,7 +32,7 @@ from aiohttp import web
 from gateway import logs
 from gateway.config import As2ReceiverSettings, Config
 from gateway.folders import Layout
-from gateway.journal import Call, Journal, JournalDB
+from gateway.journal import Call, Journal, JournalDB, journal_target
 from gateway.ops.alerts import Alerter
 from gateway.ops.httpserver import serve
 from gateway.returns import pipeline as returns
@@ -321,6 +321,7 @@ class As2Receiver:
             inbound.payload_file,
             name=name,
             resubmit=self._resubmit,
+            journal=journal_target(self.config, self.layout),
         )
 
     def _answer(self, inbound: Inbound, refusal: str | None) -> web.Response:

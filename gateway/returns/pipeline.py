@@ -57,7 +57,7 @@ from gateway.folders import (
     write_bytes,
     write_json,
 )
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, JournalTarget
 
 log = logs.get()
 
@@ -148,11 +148,18 @@ def receive(
 
 
 def receive_download(
-    layout: Layout, connection: str, source: Path, *, name: str, resubmit: Container[str] = ()
+    layout: Layout,
+    connection: str,
+    source: Path,
+    *,
+    name: str,
+    resubmit: Container[str] = (),
+    journal: JournalTarget | None = None,
 ) -> Outcome:
     """:func:`receive` for a file just downloaded or pushed (moved into the inbox), on a journal
-    connection of its own: for worker threads, which cannot share the daemon's."""
-    db = JournalDB(layout.journal)
+    connection of its own: for worker threads, which cannot share the daemon's. ``journal``:
+    the ``[journal]`` the configuration names (default: the SQLite file in data_dir)."""
+    db = JournalDB(layout.journal if journal is None else journal)
     try:
         return receive(db, layout, connection, source, move=True, name=name, resubmit=resubmit)
     finally:

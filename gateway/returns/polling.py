@@ -42,7 +42,7 @@ from flows import naming
 from gateway import logs
 from gateway.config import Config
 from gateway.folders import Layout
-from gateway.journal import Call, Journal, JournalDB
+from gateway.journal import Call, Journal, JournalDB, JournalTarget, journal_target
 from gateway.ops.alerts import Alerter
 from gateway.returns import pipeline as returns
 from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
@@ -79,13 +79,24 @@ def sources(senders: dict[str, Sender]) -> dict[str, Source]:
 
 
 async def store(
-    layout: Layout, connection: str, temp: Path, name: str, resubmit: Container[str]
+    layout: Layout,
+    connection: str,
+    temp: Path,
+    name: str,
+    resubmit: Container[str],
+    journal: JournalTarget | None = None,
 ) -> returns.Outcome:
     """Move the fetched file ``temp`` into the connection's inbox as the return ``name``,
     journal it and apply it (on a worker thread, with its own journal connection)."""
     return await asyncio.to_thread(
         functools.partial(
-            returns.receive_download, layout, connection, temp, name=name, resubmit=resubmit
+            returns.receive_download,
+            layout,
+            connection,
+            temp,
+            name=name,
+            resubmit=resubmit,
+            journal=journal,
         )
     )
 
@@ -239,7 +250,14 @@ class Poller:
         temp = inbox / f".{naming.safe(remote.name)}.download"
         try:
             await source.fetch_return(remote, temp)
-            outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
+            outcome = await store(
+                self.layout,
+                connection,
+                temp,
+                remote.name,
+                self._resubmit,
+                journal_target(self.config, self.layout),
+            )
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
@@ -265,7 +283,14 @@ class Poller:
             if remote is None:
                 break
             try:
-                outcome = await store(self.layout, connection, temp, remote.name, self._resubmit)
+                outcome = await store(
+                    self.layout,
+                    connection,
+                    temp,
+                    remote.name,
+                    self._resubmit,
+                    journal_target(self.config, self.layout),
+                )
             except BaseException:
                 await source.release_return(remote)
                 raise

@@ -26,7 +26,7 @@ from aiohttp import web
 from gateway import logs
 from gateway.config import Config, ConfigError, WebSettings
 from gateway.folders import Layout
-from gateway.journal import STATES, JournalDB
+from gateway.journal import STATES, JournalDB, JournalTarget, journal_target
 from gateway.ops import certificates
 from gateway.ops.httpserver import serve
 from gateway.web import auth, charts, queries
@@ -422,7 +422,8 @@ class Console:
         force = form.get("force") == "yes"
         try:
             # The very function `raccord retry` calls, with a connection of its own in a thread.
-            done = await asyncio.to_thread(_requeue, self.layout.journal, flow_id, force)
+            target = journal_target(self.config, self.layout)
+            done = await asyncio.to_thread(_requeue, target, flow_id, force)
         except LookupError as exc:
             log.warning("web.retry", user=user, flow_id=flow_id, force=force, refused=exc.args[0])
             data = await self.reader.run(queries.flow, flow_id)
@@ -491,7 +492,7 @@ def _csv(db: sqlite3.Connection, filters: queries.Filters) -> str:
     return out.getvalue()
 
 
-def _requeue(journal: Path, flow_id: str, force: bool) -> str:
+def _requeue(journal: JournalTarget, flow_id: str, force: bool) -> str:
     from gateway.flow.dispatcher import requeue
 
     db = JournalDB(journal)

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Benchmark: one node's journal on SQLite against the same node's on PostgreSQL.
+
+The same workload through the daemon's own path, :class:`~gateway.journal.Journal` (the
+journal process, group-committed batches), on each database: N flows each live the life a
+sent invoice lives in the journal: claimed (insert), checked for duplicates and queued then
+sending (with its invoice), filed as delivered (``file_to``), sent. Calls are issued as the
+dispatcher issues them, all flows of a step at once, so batches form as under load.
+
+Runs alternate (SQLite, PostgreSQL, SQLite, …) so that the machine's load falls on both
+alike; prints each run, the medians in flows/s and their ratio (target: PostgreSQL ≥ 0.7×).
+
+PostgreSQL: a throw-away cluster started here (Debian's postgresql 15, loopback TCP, the
+server's default durability: fsync and synchronous_commit on), or ``--url`` of an empty
+database. SQLite: WAL, synchronous=NORMAL, as the daemon runs it.
+
+Usage (repository root, with the venv, as root for the throw-away cluster):
+    .venv/bin/python bench/journal_backends.py [--flows N] [--rounds R] [--url URL]
+        [--server-settings "-c synchronous_commit=off"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.journal import Call, Journal, JournalDB, JournalTarget, PostgresTarget
+
+
+def steps(folder: Path) -> list[Callable[[str], Call[Any]]]:
+    """A sent flow's life, as the dispatcher's calls."""
+    return [
+        lambda f: Call(JournalDB.insert, f, "qualif", f"{f}.xml", f"/spool/{f}.xml", size=2048),
+        lambda f: Call(
+            JournalDB.queue_unless_duplicate,
+            f,
+            (f"sha-{f}", "SUP", f"N-{f}"),
+            check=True,
+            invoice=(f"{f}.xml", f"N-{f}", "SUP", f),
+            sending={"attempts": 1, "unknown_outcome": 1, "remote_name": f"R-{f}.xml"},
+            sha256=f"sha-{f}",
+            supplier_id="SUP",
+            invoice_number=f"N-{f}",
+        ),
+        lambda f: Call(
+            JournalDB.file_to,
+            f,
+            "delivered",
+            folder,
+            f"{f}.xml",
+            receipt='{"protocol": "sftp"}',
+            unknown_outcome=0,
+        ),
+        lambda f: Call(JournalDB.transition, f, "sent", expect=("delivered",)),
+    ]
+
+
+async def life(target: JournalTarget, flows: int, run: int, folder: Path) -> float:
+    """Seconds for ``flows`` flows' lives through the journal process."""
+    journal = Journal(target, node="bench")
+    await journal.open()
+    try:
+        ids = [f"20261207T080000Z-{run:02d}{i:06x}" for i in range(flows)]
+        started = time.perf_counter()
+        for step in steps(folder):
+            await asyncio.gather(*(journal.call(step(f)) for f in ids))
+        return time.perf_counter() - started
+    finally:
+        await journal.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flows", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--url", help="an empty PostgreSQL database (default: a throw-away one)")
+    parser.add_argument(
+        "--server-settings",
+        default="",
+        metavar="OPTIONS",
+        help='the throw-away server\'s options, e.g. "-c synchronous_commit=off"',
+    )
+    args = parser.parse_args()
+
+    from tests import postgres
+
+    server = None
+    if args.url:
+        url = args.url
+    else:
+        server = postgres.start_server(settings=args.server_settings)
+        postgres.wait_until_ready(server)
+        url = server.create_database()
+    rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            folder = Path(work) / "sent"
+            targets: dict[str, JournalTarget] = {
+                "sqlite": Path(work) / "journal.sqlite",
+                "postgresql": PostgresTarget(url),
+            }
+            for target in targets.values():  # create both schemas outside the timing
+                JournalDB(target).close()
+            for run in range(args.rounds):
+                for name, target in targets.items():
+                    seconds = asyncio.run(life(target, args.flows, run, folder))
+                    rates[name].append(args.flows / seconds)
+                    print(f"round {run + 1} {name:>10}: {args.flows / seconds:8.0f} flows/s")
+    finally:
+        if server is not None:
+            postgres.stop_server(server)
+    sqlite, pg = (statistics.median(rates[name]) for name in ("sqlite", "postgresql"))
+    print(f"median: SQLite {sqlite:.0f} flows/s, PostgreSQL {pg:.0f} flows/s")
+    print(f"ratio PostgreSQL/SQLite: {pg / sqlite:.2f} (target >= 0.70)")
+
+
+if __name__ == "__main__":
+    main()
