@@ -11,23 +11,24 @@ is what reads the configuration — intake, the senders of added or changed conn
 servers whose address moved; the journal and the dispatcher (with its flows) stay.
 
 The listening servers are :mod:`gateway.servers`, the periodic duties (requeued flows,
-retention, certificates) :mod:`gateway.housekeeping`.
+retention, certificates) :mod:`gateway.housekeeping`. What one node at a time does when several
+share the journal (return polling, reports, retention, alerts) runs under :mod:`gateway.duties`;
+the lock on data_dir is :mod:`gateway.datadir`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 from gateway import config as config_module
 from gateway import logs
 from gateway.config import Config, ConfigError, Connection
+from gateway.datadir import LOCK_FILE, NODES_DIR, DataDirLock, DataDirLocked, lock_data_dir
+from gateway.duties import Duties
 from gateway.flow.dispatcher import Dispatcher, Now, Sleep, utc_now
 from gateway.flow.intake import Watcher
 from gateway.folders import Layout
@@ -54,8 +55,10 @@ from protocols.base import Sender
 __all__ = [
     "CERTIFICATE_CHECK",
     "LOCK_FILE",
+    "NODES_DIR",
     "REQUEUE_POLL",
     "RETENTION_PERIOD",
+    "DataDirLock",
     "DataDirLocked",
     "Gateway",
     "StartupError",
@@ -63,43 +66,6 @@ __all__ = [
 ]
 
 log = logs.get()
-
-#: The file in data_dir that the running gateway holds locked, with its pid in it.
-LOCK_FILE = "raccord.lock"
-
-
-class DataDirLocked(ConfigError):
-    """Another gateway already runs on this data_dir; the message names its pid."""
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """Lock ``data_dir`` for this process (an exclusive ``flock`` on its lock file, which then
-    holds this pid) and return the lock's descriptor: closing it, or the end of the process
-    however it ends (kill -9 too), releases the lock. The descriptor is close-on-exec and the
-    workers are forked from a fork server that never had it: an orphaned worker cannot keep a
-    dead daemon's lock.
-
-    Raises:
-        DataDirLocked: another process holds it.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirLocked(
-            f"another raccord run (pid {holder}) is already working on {data_dir}; stop it "
-            "first (two daemons on one data_dir would claim and send the same files)"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class Gateway:
@@ -110,8 +76,9 @@ class Gateway:
         self._sleep = sleep
         self.dispatcher: Dispatcher | None = None
         self.watcher: Watcher | None = None
-        self.metrics = Metrics()
-        self.alerts = Alerter(config.alerts, now=now)
+        self.metrics = Metrics(config.gateway.node_name)
+        self.duties: Duties | None = None  # once the journal is open
+        self.alerts = Alerter(config.alerts, now=now, node=config.gateway.node_name)
         self.journal_target = journal_target(config, self.layout)
         self.servers = Servers(self.metrics, self.alerts, self.journal_target)
         self.housekeeping = Housekeeping(
@@ -136,7 +103,10 @@ class Gateway:
             StartupError: data_dir cannot be created or locked.
         """
         try:
-            lock = lock_data_dir(self.layout.data_dir)
+            shared = self.config.journal.url is not None
+            lock = lock_data_dir(
+                self.layout.data_dir, self.config.gateway.node_name if shared else None
+            )
         except OSError as exc:
             raise StartupError(
                 f"gateway.data_dir: cannot create the folders in {self.layout.data_dir} "
@@ -146,7 +116,7 @@ class Gateway:
         try:
             await self._run(stopping, on_ready)
         finally:
-            os.close(lock)
+            lock.close()
 
     async def _run(
         self, stopping: asyncio.Event, on_ready: Callable[[], None] | None = None
@@ -176,6 +146,9 @@ class Gateway:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(journal.close)
             stack.push_async_callback(self._close_senders)
+            duties = self.duties = Duties(
+                journal, lease=config.journal.lease_timeout, now=self._now, metrics=self.metrics
+            )
             for conn in config.connections:
                 self._senders[conn.name] = await _open_sender(conn)
             dispatcher = Dispatcher(
@@ -211,8 +184,8 @@ class Gateway:
                     chores = self.housekeeping
                     group.create_task(chores.requeue_loop(dispatcher, stopping))
                     group.create_task(keep_alive(stopping))
-                    group.create_task(chores.certificate_loop(stopping))
-                    group.create_task(chores.retention_loop(journal, stopping))
+                    group.create_task(chores.certificate_loop(stopping, duties))
+                    group.create_task(chores.retention_loop(journal, stopping, duties))
                     group.create_task(self.alerts.run(stopping))
                     while not stopping.is_set():
                         await _first(stopping, self._reload_requested)
@@ -252,8 +225,8 @@ class Gateway:
             on_ignored=lambda where: self.metrics.ignored.labels(where).inc(),
         )
         self.watcher = watcher
-        poller = Poller(config, journal, sources(self._senders), self.alerts)
-        reporter = Reporter(config, journal, reporters(self._senders), self.alerts)
+        poller = Poller(config, journal, sources(self._senders), self.alerts, self.duties)
+        reporter = Reporter(config, journal, reporters(self._senders), self.alerts, self.duties)
         intake = _Intake(watcher, poller, reporter)
         intake.start(group)
         return intake

@@ -7,6 +7,10 @@
 
 A round that fails is logged and tried again at the next: housekeeping never ends the daemon.
 The configuration is read afresh at each round, so a reload applies at the next one.
+
+Retention and the certificate alerts are duties (:mod:`gateway.duties`): with several nodes
+sharing a journal, one node purges and one alerts. Every node still checks its certificates
+for its own gauges and log. The requeue round is the dispatcher's, on every node.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from gateway import logs
 from gateway.config import Config
+from gateway.duties import Duties, Duty
 from gateway.flow.dispatcher import Dispatcher, Now
 from gateway.journal import Call, Journal, JournalDB
 from gateway.ops import certificates
@@ -37,6 +42,9 @@ REQUEUE_POLL = 2.0
 RETENTION_PERIOD = 3600.0
 #: How often certificates are checked against ``[gateway] warn_days`` (and logged).
 CERTIFICATE_CHECK = 24 * 3600.0
+#: The duties' names.
+RETENTION_DUTY = "retention"
+CERTIFICATE_DUTY = "certificates"
 
 
 class Housekeeping:
@@ -49,6 +57,7 @@ class Housekeeping:
         self._now = now
         self.metrics = metrics
         self.alerts = alerts
+        self._certificate_duty: Duty | None = None  # None: alone, this node alerts
         self._housekept_at = time.monotonic()
         self._problem: str | None = None
 
@@ -92,18 +101,27 @@ class Housekeeping:
 
     # -- retention ---------------------------------------------------------------------------
 
-    async def retention_loop(self, journal: Journal, stopping: asyncio.Event) -> None:
+    async def retention_loop(
+        self, journal: Journal, stopping: asyncio.Event, duties: Duties | None = None
+    ) -> None:
         """``[gateway] retention``: purge flows filed longer ago, hourly, batch by batch (see
-        :mod:`gateway.ops.retention`)."""
-        while not stopping.is_set():
-            settings = self._config().gateway
-            if settings.retention is not None:
-                try:
-                    await self._purge(journal, settings.retention, settings.retention_files)
-                except Exception:  # the disk, a bug: never the end of the daemon
-                    log.exception("journal.purge_failed", action="trying again in an hour")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+        :mod:`gateway.ops.retention`), by the node holding the duty."""
+        duties = duties or Duties(journal, lease=self._config().journal.lease_timeout)
+        async with duties.duty(RETENTION_DUTY) as duty:
+            while not stopping.is_set():
+                settings = self._config().gateway
+                if settings.retention is None:  # off: no duty to hold (a reload may turn it on)
+                    await duty.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), RETENTION_PERIOD)
+                    continue
+                if await duty.held():
+                    try:
+                        async with duty.heartbeat():
+                            await self._purge(journal, settings.retention, settings.retention_files)
+                    except Exception:  # the disk, a bug: never the end of the daemon
+                        log.exception("journal.purge_failed", action="trying again in an hour")
+                await duty.pause(stopping, RETENTION_PERIOD)
 
     async def _purge(self, journal: Journal, retention: float, with_files: bool) -> None:
         cutoff = (self._now() - timedelta(seconds=retention)).isoformat(timespec="milliseconds")
@@ -127,19 +145,38 @@ class Housekeeping:
 
     # -- certificates ------------------------------------------------------------------------
 
-    async def certificate_loop(self, stopping: asyncio.Event) -> None:
+    async def certificate_loop(self, stopping: asyncio.Event, duties: Duties | None = None) -> None:
+        """Daily: every node checks (its gauges, its log); the duty's holder alerts."""
+        if duties is None:
+            return await self._certificate_rounds(stopping)
+        async with duties.duty(CERTIFICATE_DUTY) as duty:
+            self._certificate_duty = duty
+            try:
+                await self._certificate_rounds(stopping)
+            finally:
+                self._certificate_duty = None
+
+    async def _certificate_rounds(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             await self.check_certificates_now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), CERTIFICATE_CHECK)
+            duty = self._certificate_duty
+            if duty is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), CERTIFICATE_CHECK)
+            else:
+                await duty.pause(stopping, CERTIFICATE_CHECK)
 
     async def check_certificates_now(self) -> None:
-        """:meth:`check_certificates` in a thread, alerting for each that needs a person."""
+        """:meth:`check_certificates` in a thread, alerting for each that needs a person (on
+        the node holding the certificates duty, when there is one)."""
         try:
             records = await asyncio.to_thread(self.check_certificates)
         except Exception:  # e.g. a TLS certificate file gone: say so, try again tomorrow
             log.exception("certificate.check_failed")
             return
+        duty = self._certificate_duty
+        if duty is not None and not await duty.held():
+            return  # another node alerts
         for record in records:
             if record["state"] != "valid":
                 self.alerts.certificate(record)

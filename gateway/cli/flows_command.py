@@ -51,16 +51,23 @@ def cmd_flows(args: argparse.Namespace) -> int:
                 raise UsageError(f"--flow {args.flow}: no such flow in the journal")
             flowlist.write_flow(db, row, sys.stdout)
             return OK
-        _list_flows(args, db, fmt, since, until)
+        _list_flows(args, db, fmt, since, until, nodes=config.journal.url is not None)
     finally:
         db.close()
     return OK
 
 
 def _list_flows(
-    args: argparse.Namespace, db: JournalDB, fmt: str, since: str | None, until: str | None
+    args: argparse.Namespace,
+    db: JournalDB,
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    *,
+    nodes: bool,
 ) -> None:
-    """The flows matching the filters: streamed as JSON or CSV, the latest in a table."""
+    """The flows matching the filters: streamed as JSON or CSV, the latest in a table (with
+    the node column when ``nodes``: several nodes share the journal)."""
     implicit = args.limit is None and fmt == "table"
     limit = flowlist.TABLE_LIMIT if implicit else (args.limit or 0)
     filters: dict[str, Any] = {
@@ -74,7 +81,7 @@ def _list_flows(
     }
     if fmt == "table":
         rows = db.each_row(**filters, limit=limit + 1 if limit else None, newest_first=True)
-        flowlist.write_table(db, rows, limit, sys.stdout, implicit=implicit)
+        flowlist.write_table(db, rows, limit, sys.stdout, implicit=implicit, nodes=nodes)
         return
     # Oldest first, as exports always were; with --limit, the latest N (still oldest first).
     if limit:
@@ -93,6 +100,7 @@ def _with_history(db: JournalDB, record: dict[str, Any]) -> dict[str, Any]:
     assert row is not None
     record["invoices"] = db.invoices(flow_id) if row.packaging else db.carried(flow_id)[-1:]
     record["statuses"] = db.statuses(flow_id)
+    record["transitions"] = db.transitions(flow_id)  # each with the node that made it
     return record
 
 

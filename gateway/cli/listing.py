@@ -45,7 +45,11 @@ FLOW_COLUMNS = [
     "checked",
     "return_status",
     "updated_at",
+    "node",
 ]
+#: The table's columns: ``node`` (which node last moved the flow) only when several nodes
+#: share the journal; alone, it would repeat the host name on every line.
+TABLE_COLUMNS = [column for column in FLOW_COLUMNS if column != "node"]
 
 
 class FilterError(ValueError):
@@ -149,13 +153,15 @@ def write_table(
     stream: TextIO,
     *,
     implicit: bool,
+    nodes: bool = False,
 ) -> None:
     """The latest ``limit`` rows (``rows`` newest first, one more than ``limit`` asked), oldest
-    first, and a line saying when more matched."""
+    first, and a line saying when more matched; ``nodes``: with the node column."""
     page = list(itertools.islice(rows, limit + 1)) if limit else list(rows)
     cut = bool(limit) and len(page) > limit
     shown = list(reversed(page[:limit] if limit else page))
-    output.render(list(records(db, shown)), FLOW_COLUMNS, "table", stream)
+    columns = FLOW_COLUMNS if nodes else TABLE_COLUMNS
+    output.render(list(records(db, shown)), columns, "table", stream)
     if cut:
         how = "--limit N" if implicit else "a larger --limit"
         stream.write(
@@ -165,8 +171,8 @@ def write_table(
 
 
 def write_flow(db: JournalDB, row: FlowRow, stream: TextIO) -> None:
-    """One flow in table form: its fields, its invoices, and its history (state transitions
-    and the statuses return flows gave it)."""
+    """One flow in table form: its fields, its invoices, and its history (state transitions,
+    each with the node that made it, and the statuses return flows gave it)."""
     data = row.to_dict()
     invoices = db.invoices(row.flow_id) if row.packaging else db.carried(row.flow_id)[-1:]
     data["checked"] = checked(data["validation"])
@@ -187,6 +193,7 @@ def write_flow(db: JournalDB, row: FlowRow, stream: TextIO) -> None:
             "at": t["at"],
             "what": f"{t['from_state'] or '—'} → {t['to_state']}",
             "detail": t["detail"],
+            "node": t["node"],
         }
         for t in db.transitions(row.flow_id)
     ]
@@ -201,4 +208,4 @@ def write_flow(db: JournalDB, row: FlowRow, stream: TextIO) -> None:
     ]
     history.sort(key=lambda item: str(item["at"]))
     stream.write("\nHISTORY\n")
-    output.render(history, ["at", "what", "detail"], "table", stream)
+    output.render(history, ["at", "what", "node", "detail"], "table", stream)

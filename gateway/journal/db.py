@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.journal import pgschema
 from gateway.journal.connection import SQLITE, Connection, open_sqlite
 from gateway.journal.deposits import DepositQueries
+from gateway.journal.duties import DutyQueries
 from gateway.journal.flows import FlowQueries
 from gateway.journal.invoices import InvoiceQueries
 from gateway.journal.listing import ListingQueries
@@ -17,7 +18,9 @@ from gateway.journal.schema import add_counters, migrate
 from gateway.journal.target import JournalTarget, PostgresTarget
 
 
-class JournalDB(FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries):
+class JournalDB(
+    FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries, DutyQueries
+):
     """Synchronous access; one instance per thread.
 
     ``target`` is the SQLite file, or the PostgreSQL database (see

@@ -119,20 +119,55 @@ class ReturnQueries(Queries):
         )
 
     def as2_message(self, as2_from: str, message_id: str) -> dict[str, Any] | None:
-        """The AS2 message ``as2_from`` sent us with that Message-ID, if it was stored."""
+        """The AS2 message ``as2_from`` sent us with that Message-ID, if it was claimed
+        (``return_id`` None: being stored, or its claimer died) or stored."""
         row = self._db.execute(
             "SELECT * FROM as2_messages WHERE as2_from=? AND message_id=?",
             (as2_from, message_id),
         ).fetchone()
         return dict(row) if row else None
 
+    def claim_as2_message(
+        self, as2_from: str, message_id: str, connection: str, stale_before: str
+    ) -> str:
+        """Claim an inbound AS2 message before storing it, so that one node only stores it:
+        ``claimed`` (ours now: new, or a claim older than ``stale_before`` whose claimer
+        never stored it), ``stored`` (stored already), or ``busy`` (another claim, fresh)."""
+        row = self._db.execute(
+            "INSERT INTO as2_messages (as2_from, message_id, connection, return_id, at)"
+            " VALUES (?, ?, ?, NULL, ?) ON CONFLICT (as2_from, message_id) DO UPDATE"
+            " SET connection = excluded.connection, at = excluded.at"
+            " WHERE as2_messages.return_id IS NULL AND as2_messages.at < ?"
+            " RETURNING at",
+            (as2_from, message_id, connection, timestamp(), stale_before),
+        ).fetchone()
+        if row is not None:
+            return "claimed"
+        known = self.as2_message(as2_from, message_id)
+        return "stored" if known is not None and known["return_id"] is not None else "busy"
+
     def record_as2_message(
         self, as2_from: str, message_id: str, connection: str, return_id: str | None
     ) -> bool:
-        """Remember a stored inbound AS2 message; False if it was already known."""
+        """Remember a stored inbound AS2 message (finishing its claim); False if it was
+        already stored."""
         cursor = self._db.execute(
             "INSERT INTO as2_messages (as2_from, message_id, connection, return_id, at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (as2_from, message_id) DO UPDATE"
+            " SET connection = excluded.connection, return_id = excluded.return_id,"
+            " at = excluded.at WHERE as2_messages.return_id IS NULL",
             (as2_from, message_id, connection, return_id, timestamp()),
         )
         return bool(cursor.rowcount == 1)
+
+    def drop_as2_claim(self, as2_from: str, message_id: str) -> None:
+        """Give up an unfinished claim (the store failed: the partner's resend may claim it)."""
+        self._db.execute(
+            "DELETE FROM as2_messages WHERE as2_from=? AND message_id=? AND return_id IS NULL",
+            (as2_from, message_id),
+        )
+
+    def drop_as2_claims(self) -> int:
+        """Forget every unfinished claim (one node alone, at its start: they are its own dead
+        run's; the partner resends those messages). Returns how many."""
+        return self._db.execute("DELETE FROM as2_messages WHERE return_id IS NULL").rowcount

@@ -12,7 +12,7 @@ import sqlite3
 from gateway.journal.base import transaction
 from gateway.journal.rows import COLUMNS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 12
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -170,7 +170,8 @@ CREATE INDEX IF NOT EXISTS deposits_due ON deposits(connection, outcome, next_at
 CREATE TABLE IF NOT EXISTS duties (
     name            TEXT PRIMARY KEY,
     node            TEXT NOT NULL,
-    until           TEXT NOT NULL
+    until           TEXT NOT NULL,
+    mark            TEXT  -- the duty's progress, for the node that takes it over (v12)
 );
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail, node)
@@ -243,6 +244,7 @@ def migrate(db: sqlite3.Connection) -> None:
         ("flows", COLUMNS),
         ("invoices", ("source_flow", "flow_not_received")),
         ("transitions", ("node",)),
+        ("duties", ("mark",)),
     ):
         columns = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
         if columns:  # an existing journal: add the (nullable) columns later schemas brought

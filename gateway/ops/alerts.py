@@ -66,10 +66,14 @@ class Alert:
     summary: str  # one sentence a person can act on
     details: Mapping[str, Any] = field(default_factory=dict)
 
-    def document(self, at: datetime) -> dict[str, Any]:
+    def document(self, at: datetime, node: str = "") -> dict[str, Any]:
+        """The alert as posted and mailed; ``node``: the node that raised it (several nodes
+        may share the work; default the host name)."""
+        host = socket.gethostname()
         return {
             "source": "raccord",
-            "host": socket.gethostname(),
+            "host": host,
+            "node": node or host,
             "time": at.isoformat(timespec="seconds"),
             "kind": self.kind,
             "connection": self.connection,
@@ -94,8 +98,10 @@ class Alerter:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        node: str = "",
     ) -> None:
         self.settings = settings
+        self.node = node  # ``[gateway] node_name``, said in every alert
         self._clock = clock
         self._now = now
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(QUEUE_SIZE)
@@ -318,7 +324,7 @@ class Alerter:
         settings = self.settings
         if settings is None:
             return
-        document = alert.document(self._now())
+        document = alert.document(self._now(), self.node)
         channels: list[str] = []
         if settings.webhook_url is not None:
             channels.append("webhook")
@@ -370,7 +376,8 @@ def _send_mail(smtp: SmtpSettings, document: dict[str, Any]) -> None:
     message["To"] = ", ".join(smtp.recipients)
     lines = [document["summary"], ""]
     lines += [f"{key}: {value}" for key, value in document["details"].items()]
-    lines += ["", f"host: {document['host']}  time: {document['time']}", "", "JSON:"]
+    lines += ["", f"host: {document['host']}  node: {document['node']}  time: {document['time']}"]
+    lines += ["", "JSON:"]
     lines.append(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     message.set_content("\n".join(lines))
     with smtplib.SMTP(smtp.host, smtp.port, timeout=DELIVERY_TIMEOUT) as client:

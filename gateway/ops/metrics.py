@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -54,9 +55,12 @@ disable_created_metrics()  # type: ignore[no-untyped-call] # the library's own, 
 class Metrics:
     """The counters and histograms the gateway feeds, in a registry of their own, with the
     process' own series (``process_*``: CPU, memory, open files, start time), the Python
-    runtime's and ``raccord_build_info``."""
+    runtime's and ``raccord_build_info`` (whose ``node`` label names this node).
 
-    def __init__(self) -> None:
+    These are this node's own figures; the :class:`JournalCollector`'s are the journal's, the
+    same on every node sharing it (see docs/operations.md)."""
+
+    def __init__(self, node: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -64,11 +68,13 @@ class Metrics:
         self.build_info = Gauge(
             "raccord_build_info",
             "Always 1; the labels say which raccord (and components) this is.",
-            ["version", *(name for name, _ in version.components())],
+            ["version", "node", *(name for name, _ in version.components())],
             registry=r,
         )
         self.build_info.labels(
-            version.raccord(), *(value for _, value in version.components())
+            version.raccord(),
+            node or socket.gethostname(),
+            *(value for _, value in version.components()),
         ).set(1)
         self.received = Counter(
             "raccord_files_received", "Files claimed from an outbox.", ["connection"], registry=r
@@ -132,6 +138,13 @@ class Metrics:
             "1 when a certificate of the configuration is expired, not yet valid or expires "
             "within [gateway] warn_days; else 0.",
             ["connection", "role", "subject"],
+            registry=r,
+        )
+        self.duty_held = Gauge(
+            "raccord_duty_held",
+            "1 while this node holds the duty (return polling of a connection, retention...), "
+            "0 once it let it go or lost it; one node at a time holds each.",
+            ["duty"],
             registry=r,
         )
         self._transfers: dict[str, tuple[Any, Any, Any]] = {}

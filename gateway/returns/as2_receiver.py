@@ -2,11 +2,19 @@
 
 For each POST: the body (bounded by ``max_file_size``) is streamed to a scratch file and read by
 :func:`protocols.as2.receiver.open_file` in a worker thread, which writes a good payload into
-``inbox/<connection>/`` without holding it in memory; the payload is fsynced, journaled as a
-return flow and applied (:func:`gateway.returns.pipeline.receive`), its Message-ID recorded —
-and only then is the MDN sent.
-A message already stored (same sender, same Message-ID) is answered "duplicate-document" and
-stored nothing twice. Unknown partners, bad signatures, undecryptable bodies get the negative
+``inbox/<connection>/`` without holding it in memory; then the message is *claimed* in the
+journal (its sender and Message-ID, a row only one node can insert), and only the claimer
+stores it: the payload is fsynced, journaled as a return flow and applied
+(:func:`gateway.returns.pipeline.receive`), the claim marked stored — and only then is the MDN
+sent.
+
+Several nodes may run this receiver behind a load balancer, over one journal. A message already
+stored (same sender, same Message-ID), on this node or another, is answered
+"duplicate-document" and stored nothing twice; one stored by another node while this one read
+it gets the positive MDN it built, without a second store. A message another node is storing
+right now is answered 503 (the partner resends). A claim never marked stored (its node died in
+between) is taken over by a resend after :data:`CLAIM_PATIENCE`; one node alone drops its dead
+run's claims at start. Unknown partners, bad signatures, undecryptable bodies get the negative
 MDN pyas2lib builds (or an HTTP error when no MDN was asked), an ``as2.refused`` event, and
 nothing stored; the endpoint keeps serving.
 
@@ -18,11 +26,13 @@ told "received" only once that decision is journaled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,6 +69,9 @@ CHUNK = 1 << 20
 MDN_LIMIT = 1 << 20
 #: Attempts to post an asynchronous MDN (1 s, 2 s, 4 s… apart).
 ASYNC_MDN_ATTEMPTS = 5
+#: Seconds after which a message claimed but not stored counts as abandoned (its node died):
+#: a resend then claims and stores it. Storing a payload takes far less.
+CLAIM_PATIENCE = 120.0
 
 #: Hands an MDN (its Message-ID reference, the raw request) to the flow awaiting it; returns
 #: what became of the flow (see :meth:`gateway.flow.dispatcher.Dispatcher.settle`).
@@ -111,6 +124,8 @@ class As2Receiver:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._clean)
+        if self.config.journal.url is None:  # alone: unfinished claims are a dead run's
+            await self.journal.call(Call(JournalDB.drop_as2_claims))
         limit = self.config.gateway.max_file_size * 2 + ENVELOPE
         app = web.Application(client_max_size=limit)
         app.router.add_post("/{tail:.*}", self._handle)
@@ -200,12 +215,13 @@ class As2Receiver:
         scratch: Path,
     ) -> web.Response:
         known = await self.journal.call(Call(JournalDB.as2_message, as2_from, message_id))
+        stored = known is not None and known["return_id"] is not None
         inbound = await asyncio.to_thread(
             open_file,
             headers,
             body,
             self._find,
-            lambda _mid, _sender: known is not None,
+            lambda _mid, _sender: stored,
             payload_dir=self.layout.inbox,
             scratch=scratch,
         )
@@ -238,6 +254,8 @@ class As2Receiver:
                 reader="pyas2lib" if inbound.fallback else "headers",
                 fallback=inbound.fallback,
             )
+        if isinstance(refusal, web.Response):
+            return refusal
         return self._answer(inbound, refusal)
 
     async def _mdn(
@@ -274,8 +292,9 @@ class As2Receiver:
     def _find(self, as2_to: str, as2_from: str) -> Party | None:
         return self.parties.get((as2_to, as2_from))
 
-    async def _keep(self, inbound: Inbound) -> str | None:
-        """Make a good payload durable and journal it; a refusal message if it cannot be."""
+    async def _keep(self, inbound: Inbound) -> str | web.Response | None:
+        """Claim a good message, then make its payload durable and journal it; a refusal
+        message if it cannot be, or the answer when another node has it."""
         assert inbound.payload_file is not None and inbound.connection is not None
         limit = self.config.gateway.max_file_size
         size = (await asyncio.to_thread(inbound.payload_file.stat)).st_size
@@ -289,10 +308,40 @@ class As2Receiver:
                 action=f"not stored: over max_file_size ({limit} bytes)",
             )
             return "payload over max_file_size"
-        outcome = await asyncio.to_thread(self._store, inbound)
         sender, message_id, connection = inbound.as2_from, inbound.message_id, inbound.connection
         assert sender is not None and message_id is not None and connection is not None
-        # Stored first: a crash in between stores the resent message's bytes once (same sha256).
+        stale = datetime.now(UTC) - timedelta(seconds=CLAIM_PATIENCE)
+        claim = await self.journal.call(
+            Call(
+                JournalDB.claim_as2_message,
+                sender,
+                message_id,
+                connection,
+                stale.isoformat(timespec="milliseconds"),
+            )
+        )
+        if claim != "claimed":
+            log.info(
+                "as2.duplicate",
+                connection=connection,
+                as2_from=sender,
+                message_id=message_id,
+                claim=claim,
+            )
+            if claim == "stored":  # by another node while this one read it: the same answer
+                return None
+            return web.Response(
+                status=503,
+                text="this message is being stored by another node; send it again later\n",
+            )
+        try:
+            outcome = await asyncio.to_thread(self._store, inbound)
+        except BaseException:
+            with contextlib.suppress(Exception):  # else the claim goes stale by itself
+                await self.journal.call(Call(JournalDB.drop_as2_claim, sender, message_id))
+            raise
+        # The claim marked stored last: a crash before leaves it unfinished, and the resent
+        # message is stored then (its bytes are recognised: applied once).
         await self.journal.call(
             Call(JournalDB.record_as2_message, sender, message_id, connection, outcome.return_id)
         )

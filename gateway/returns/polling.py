@@ -25,14 +25,18 @@ same one) and leaves the held file with the partner.
 
 Every connection, whatever brings its returns (polled, pushed over AS2, imported by hand): a
 flow sent longer than ``return_deadline`` ago (default 3 days) that no return has spoken of is
-logged ``return.overdue`` and alerted ``return_overdue``.
+logged ``return.overdue`` and alerted ``return_overdue``, once: how far the check has gone is
+kept in the journal with its duty, so neither a restart nor another node alerts it again.
+
+Each connection's polling and the overdue check are duties (:mod:`gateway.duties`): with several
+nodes sharing a journal, one node at a time does each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import json
 from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,8 +45,9 @@ from typing import cast
 from flows import naming
 from gateway import logs
 from gateway.config import Config
+from gateway.duties import Duties
 from gateway.folders import Layout
-from gateway.journal import Call, Journal, JournalDB, JournalTarget, journal_target
+from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalTarget, journal_target
 from gateway.ops.alerts import Alerter
 from gateway.returns import pipeline as returns
 from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
@@ -65,6 +70,14 @@ PULL_LIMIT = 500
 PULL_FILE = ".pull.download"  # in inbox/<connection>/: where a ReturnQueue's file is received
 #: Seconds between two looks for sent flows whose return is overdue (deadlines are in days).
 OVERDUE_CHECK = 600.0
+#: The duty of the overdue check; its mark holds each connection's last cutoff.
+OVERDUE_DUTY = "returns.overdue"
+
+
+def poll_duty(connection: str) -> str:
+    """The name of the duty of polling ``connection`` for return flows."""
+    return f"returns:{connection}"
+
 
 Source = ReturnSource | ReturnQueue
 
@@ -108,15 +121,16 @@ class Poller:
         journal: Journal,
         sources: dict[str, Source],
         alerts: Alerter | None = None,
+        duties: Duties | None = None,
     ) -> None:
         self.config = config
         self.alerts = alerts or Alerter(None)
         self.layout = Layout(config.gateway.data_dir)
         self.journal = journal
         self.sources = sources
+        self.duties = duties or Duties(journal, lease=config.journal.lease_timeout)
         self._resubmit = returns.resubmitting(config)
         self._too_large: set[str] = set()  # queue files over the limit, already reported
-        self._overdue: set[str] = set()  # flows already reported overdue by this process
 
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.to_thread(self._clean)
@@ -128,18 +142,26 @@ class Poller:
     # -- returns that never come ----------------------------------------------------------
 
     async def _overdue_loop(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.check_overdue()
-            except Exception:  # e.g. the journal's disk is full: try again next round
-                log.exception("return.overdue_check_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), OVERDUE_CHECK)
+        async with self.duties.duty(OVERDUE_DUTY) as duty:
+            while not stopping.is_set():
+                try:
+                    await self.check_overdue(held=await duty.held())
+                except Exception:  # e.g. the journal's disk is full: try again next round
+                    log.exception("return.overdue_check_failed")
+                await duty.pause(stopping, OVERDUE_CHECK)
 
-    async def check_overdue(self, now: datetime | None = None) -> dict[str, list[str]]:
+    async def check_overdue(
+        self, now: datetime | None = None, *, held: bool | None = None
+    ) -> dict[str, list[str]]:
         """Flows sent longer than their connection's ``return_deadline`` ago with no return
-        status: logged (``return.overdue``) and alerted (``return_overdue``) once each per run
-        of the gateway. Returns the flow ids newly found overdue, by connection."""
+        status: logged (``return.overdue``) and alerted (``return_overdue``) once each, by the
+        node holding the duty (``held``; None: take it now). Returns the flow ids newly found
+        overdue, by connection."""
+        if held is None:
+            async with self.duties.duty(OVERDUE_DUTY) as duty:
+                return await self.check_overdue(now, held=await duty.held())
+        if not held:
+            return {}
         now = now or datetime.now(UTC)
         found: dict[str, list[str]] = {}
         for conn in self.config.connections:
@@ -148,11 +170,9 @@ class Poller:
             before = (now - timedelta(seconds=conn.return_deadline)).isoformat(
                 timespec="milliseconds"
             )
-            late = await self.journal.call(Call(JournalDB.overdue, conn.name, before))
-            fresh = [row for row in late if row.flow_id not in self._overdue]
+            fresh = await self.journal.call(Call(newly_overdue, conn.name, before))
             if not fresh:
                 continue
-            self._overdue.update(row.flow_id for row in fresh)
             found[conn.name] = [row.flow_id for row in fresh]
             for row in fresh:
                 log.warning(
@@ -170,21 +190,26 @@ class Poller:
         return found
 
     async def _loop(self, connection: str, source: Source, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.poll(connection, source, stopping)
-            except TransferError as exc:
-                log.warning(
-                    "returns.poll_failed",
-                    connection=connection,
-                    reason=exc.reason,
-                    error=str(exc),
-                    retry_in=source.poll_interval,
-                )
-            except Exception:  # a bug must not stop the other connections or the gateway
-                log.exception("returns.poll_error", connection=connection)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), source.poll_interval)
+        async with self.duties.duty(poll_duty(connection)) as duty:
+            while not stopping.is_set():
+                if await duty.held():
+                    async with duty.heartbeat():
+                        await self._round(connection, source, stopping)
+                await duty.pause(stopping, source.poll_interval)
+
+    async def _round(self, connection: str, source: Source, stopping: asyncio.Event) -> None:
+        try:
+            await self.poll(connection, source, stopping)
+        except TransferError as exc:
+            log.warning(
+                "returns.poll_failed",
+                connection=connection,
+                reason=exc.reason,
+                error=str(exc),
+                retry_in=source.poll_interval,
+            )
+        except Exception:  # a bug must not stop the other connections or the gateway
+            log.exception("returns.poll_error", connection=connection)
 
     async def poll(
         self, connection: str, source: Source, stopping: asyncio.Event | None = None
@@ -327,3 +352,16 @@ class Poller:
                 return_id=return_id,
             )
         )
+
+
+def newly_overdue(db: JournalDB, connection: str, sent_before: str) -> list[FlowRow]:
+    """The overdue flows of ``connection`` (sent before ``sent_before``, no return status) not
+    reported by an earlier check, this node's or another's: the duty's mark keeps each
+    connection's last cutoff, moved on here in the same transaction (one journal call)."""
+    marks: dict[str, str] = json.loads(db.duty_mark(OVERDUE_DUTY) or "{}")
+    since = marks.get(connection)
+    late = db.overdue(connection, sent_before)
+    marks[connection] = max(sent_before, since or "")
+    if not db.set_duty_mark(OVERDUE_DUTY, json.dumps(marks, sort_keys=True)):
+        return []  # the duty moved to another node: it reports them
+    return [row for row in late if since is None or row.updated_at >= since]

@@ -12,13 +12,13 @@ For every connection whose sender reports on deposits
                            new flow (``report.resent``)
 
 A report stored but not yet marked done (a crash in between) is asked for and stored again;
-the same bytes are applied once.
+the same bytes are applied once. Each connection's rounds are a duty (:mod:`gateway.duties`):
+with several nodes sharing a journal, one node at a time asks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ from typing import Any, cast
 from flows import naming
 from gateway import folders, logs
 from gateway.config import Config
+from gateway.duties import Duties
 from gateway.flow.lots import journal_lot
 from gateway.folders import Layout, spool_name
 from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable
@@ -43,6 +44,17 @@ log = logs.get()
 TICK = 1.0
 
 _ids = naming.FlowIds()
+#: The alert each unsettled-deposit event raises.
+_ALERTS = {
+    "report.expired": "report_expired",
+    "report.incident": "report_incident",
+    "report.resend_failed": "report_incident",
+}
+
+
+def report_duty(connection: str) -> str:
+    """The name of the duty of asking ``connection``'s partner for reports and life-cycles."""
+    return f"reports:{connection}"
 
 
 def reporters(senders: dict[str, Sender]) -> dict[str, IntegrationReports]:
@@ -61,11 +73,13 @@ class Reporter:
         journal: Journal,
         sources: dict[str, IntegrationReports],
         alerts: Alerter | None = None,
+        duties: Duties | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.sources = sources
         self.alerts = alerts or Alerter(None)
+        self.duties = duties or Duties(journal, lease=config.journal.lease_timeout)
         self.layout = Layout(config.gateway.data_dir)
         self._resubmit = returns.resubmitting(config)
         #: the connections that also follow each invoice after integration
@@ -91,16 +105,24 @@ class Reporter:
     async def _loop(
         self, connection: str, source: IntegrationReports, stopping: asyncio.Event
     ) -> None:
-        while not stopping.is_set():
-            try:
-                await self.round(connection, source, stopping)
-                follower = self._lifecycle.get(connection)
-                if follower is not None:
-                    await self.lifecycles(connection, follower)
-            except Exception:  # a bug must not stop the other connections or the gateway
-                log.exception("report.round_failed", connection=connection)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), _tick(source))
+        async with self.duties.duty(report_duty(connection)) as duty:
+            while not stopping.is_set():
+                if await duty.held():
+                    async with duty.heartbeat():
+                        await self._rounds(connection, source, stopping)
+                await duty.pause(stopping, _tick(source))
+
+    async def _rounds(
+        self, connection: str, source: IntegrationReports, stopping: asyncio.Event
+    ) -> None:
+        """The deposits' reports, then the integrated invoices' life-cycles."""
+        try:
+            await self.round(connection, source, stopping)
+            follower = self._lifecycle.get(connection)
+            if follower is not None:
+                await self.lifecycles(connection, follower)
+        except Exception:  # a bug must not stop the other connections or the gateway
+            log.exception("report.round_failed", connection=connection)
 
     async def round(
         self, connection: str, source: IntegrationReports, stopping: asyncio.Event | None = None
@@ -132,39 +154,46 @@ class Reporter:
                     error=str(exc),
                     retry_in=wait,
                 )
-                if not await self._expired(connection, source, deposit, polls, deposit["state"]):
-                    await self._later(deposit["flow_id"], polls, wait, deposit["state"])
+                await self._not_final(connection, source, deposit, polls, deposit["state"])
                 if exc.retryable:
                     break  # the partner is unwell: the others wait for the next round too
         return applied
 
-    async def _expired(
+    async def _not_final(
         self,
         connection: str,
         source: IntegrationReports,
         deposit: dict[str, Any],
         polls: int,
         state: str | None,
-    ) -> bool:
-        """Give up on a deposit asked about for longer than ``report_deadline``."""
+    ) -> None:
+        """No final report yet (or no answer): ask again after a doubling wait, or give up on
+        a deposit asked about for longer than ``report_deadline``."""
+        flow_id = str(deposit["flow_id"])
         sent_at = datetime.fromisoformat(str(deposit["sent_at"]))
         if datetime.now(UTC) - sent_at <= timedelta(seconds=source.report_deadline):
-            return False
-        flow_id = str(deposit["flow_id"])
+            await self._later(flow_id, polls, _wait(source, polls), state)
+            return
         await self.journal.call(
             Call(JournalDB.update_deposit, flow_id, polls=polls, state=state, outcome="expired")
         )
-        action = (
+        self._unsettled(
+            "report.expired",
+            connection,
+            flow_id,
+            state,
             "no final state within report_deadline: look the deposit up in Chorus Pro "
-            "(suivi des flux); its invoices' outcome is not known"
+            "(suivi des flux); its invoices' outcome is not known",
         )
-        log.error(
-            "report.expired", connection=connection, flow_id=flow_id, state=state, action=action
-        )
+
+    def _unsettled(
+        self, event: str, connection: str, flow_id: str, state: str | None, action: str
+    ) -> None:
+        """Log ``event`` and alert: a deposit whose outcome a person must now find out."""
+        log.error(event, connection=connection, flow_id=flow_id, state=state, action=action)
         self.alerts.deposit_unsettled(
-            connection, flow_id, "report_expired", f"deposit of flow {flow_id} ({state}): {action}"
+            connection, flow_id, _ALERTS[event], f"deposit of flow {flow_id} ({state}): {action}"
         )
-        return True
 
     async def _ask(
         self, connection: str, source: IntegrationReports, deposit: dict[str, Any]
@@ -182,8 +211,7 @@ class Reporter:
                 final=report.final,
             )
         if not report.final:
-            if not await self._expired(connection, source, deposit, polls, report.state):
-                await self._later(flow_id, polls, _wait(source, polls), report.state)
+            await self._not_final(connection, source, deposit, polls, report.state)
             return 0
         outcome = await self._store(connection, report.document, report.name)
         await self.journal.call(
@@ -293,19 +321,13 @@ class Reporter:
         """Send the flow again once, as a new flow carrying a copy of what was sent."""
         flow = await self.journal.call(Call(resendable, flow_id))
         if flow is None:
-            action = (
-                "Chorus Pro could not process this flow, and raccord already sent it again "
-                "once: ask the AIFE support, then drop the file again if they say so"
-            )
-            log.error(
+            self._unsettled(
                 "report.incident",
-                connection=connection,
-                flow_id=flow_id,
-                state=state,
-                action=action,
-            )
-            self.alerts.deposit_unsettled(
-                connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
+                connection,
+                flow_id,
+                state,
+                "Chorus Pro could not process this flow, and raccord already sent it again "
+                "once: ask the AIFE support, then drop the file again if they say so",
             )
             return
         new_id = _ids.new(datetime.now(UTC))
@@ -321,12 +343,12 @@ class Reporter:
             # journal says whether the new flow was recorded, and needs its copy if so.
             if not (isinstance(exc, JournalUnavailable) and await self.journal.knows(new_id)):
                 await asyncio.to_thread(functools.partial(target.unlink, missing_ok=True))
-                action = f"the flow could not be sent again ({exc}): drop its file again by hand"
-                log.error(
-                    "report.resend_failed", connection=connection, flow_id=flow_id, action=action
-                )
-                self.alerts.deposit_unsettled(
-                    connection, flow_id, "report_incident", f"flow {flow_id} ({state}): {action}"
+                self._unsettled(
+                    "report.resend_failed",
+                    connection,
+                    flow_id,
+                    state,
+                    f"the flow could not be sent again ({exc}): drop its file again by hand",
                 )
                 return
         log.warning(

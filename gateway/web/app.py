@@ -67,6 +67,7 @@ CSV_COLUMNS = (
     "attempts",
     "reason",
     "message",
+    "node",
 )
 #: How many rows a CSV download holds at most (a filter narrows it).
 CSV_LIMIT = 100_000
@@ -358,6 +359,8 @@ class Console:
                 "csv": urlencode(query),
                 "states": STATES,
                 "connection_names": [c.name for c in self.config.connections],
+                # which node last moved each flow: a column when several nodes share the journal
+                "nodes": self.config.journal.url is not None,
             },
         )
         response.headers["Server-Timing"] = f"query;dur={elapsed * 1000:.1f}"

@@ -58,6 +58,7 @@ _WORDS: dict[str, tuple[str, str]] = {
     "to_state": ("To", "Vers"),
     "at": ("At", "Le"),
     "detail": ("Detail", "Détail"),
+    "node": ("Node", "Nœud"),
     "receipt": ("Receipt", "Accusé de réception"),
     "invoices": ("Invoices", "Factures"),
     "invoice": ("Invoice", "Facture"),

@@ -32,7 +32,7 @@ _FEW = 5_000
 _LISTED = (
     "flow_id, connection, original_name, state, interface_code, invoice_number, remote_name,"
     " attempts, reason, message, created_at, updated_at, lot_id, packaging, resubmit_of,"
-    " duplicate_of, final_path"
+    " duplicate_of, final_path, node"
 )
 
 
@@ -212,7 +212,7 @@ def flow(db: sqlite3.Connection, flow_id: str) -> dict[str, Any] | None:
     data["transitions"] = [
         dict(r)
         for r in db.execute(
-            "SELECT from_state, to_state, at, detail FROM transitions WHERE flow_id = ?"
+            "SELECT from_state, to_state, at, detail, node FROM transitions WHERE flow_id = ?"
             " ORDER BY id",
             (flow_id,),
         )

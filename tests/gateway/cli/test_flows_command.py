@@ -3,6 +3,7 @@ the table says when it cuts; exports stream; a reader that stops reading is no e
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli.commands import main
-from gateway.cli.listing import TABLE_LIMIT, FilterError, parse_when
+from gateway.cli.listing import TABLE_LIMIT, FilterError, parse_when, write_table
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import JournalDB
@@ -190,3 +191,36 @@ def test_a_negative_limit_is_exit_2(config: Config, capsys: pytest.CaptureFixtur
     status, out, err = flows(config, capsys, "--limit", "-1")
     assert (status, out) == (2, "")
     assert err == "raccord: --limit -1: expected 0 (all) or a positive number\n"
+
+
+def test_which_node_did_what_is_in_every_listing(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several nodes share a journal: each flow says which node last moved it (JSON, CSV, and
+    the table when the journal is shared), and its history which node made each move."""
+    for node, state in (("node-a", "queued"), ("node-b", "sending")):
+        db = JournalDB(Layout(config.gateway.data_dir).journal, node=node)
+        try:
+            db.transition("f0001", state, detail=f"by {node}")
+        finally:
+            db.close()
+    _, out, _ = flows(config, capsys, "--format", "json", "--flow", "f0001")
+    (record,) = json.loads(out)
+    assert record["node"] == "node-b"
+    assert [t["node"] for t in record["transitions"]][-2:] == ["node-a", "node-b"]
+    _, out, _ = flows(config, capsys, "--format", "csv")
+    header, *lines = out.splitlines()
+    assert header.split(",")[-1] == "node" and lines[1].endswith(",node-b")
+    _, out, _ = flows(config, capsys, "--format", "table")
+    assert "NODE" not in out  # alone (no [journal] url): the table stays narrow
+    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    try:
+        shown = io.StringIO()
+        write_table(db, db.each_row(newest_first=True), 0, shown, implicit=False, nodes=True)
+    finally:
+        db.close()
+    assert "NODE" in shown.getvalue() and "node-b" in shown.getvalue()
+    _, out, _ = flows(config, capsys, "--format", "table", "--flow", "f0001")
+    history = out.split("\nHISTORY\n")[1]
+    assert "NODE" in history
+    assert [line.split()[-3] for line in history.splitlines() if "→ sending" in line] == ["node-b"]

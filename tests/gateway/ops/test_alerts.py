@@ -63,6 +63,7 @@ def test_a_flow_filed_in_error_reaches_the_webhook_and_the_mailbox(
     [row] = rows(config_module.load(tmp_path / "raccord.toml"))
     [document] = hook.received
     assert document["kind"] == "flow_failed" and document["connection"] == "qualif-mem"
+    assert document["node"] == config_module.load(tmp_path / "raccord.toml").gateway.node_name
     assert document["details"]["flow_id"] == row.flow_id
     assert document["details"]["reason"] == row.reason == "unknown_format"
     assert document["details"]["retry"] == f"raccord retry {row.flow_id}"

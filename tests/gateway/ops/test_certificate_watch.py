@@ -14,6 +14,12 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from gateway.daemon import Gateway
+from gateway.duties import Duties
+from gateway.folders import Layout
+from gateway.housekeeping import Housekeeping
+from gateway.journal import Journal
+from gateway.ops.alerts import Alert, Alerter
+from gateway.ops.metrics import Metrics
 from gateway.sandbox import pki
 from protocols.certs import KeyPair
 from tests.as2_config import write_as2_config
@@ -101,3 +107,59 @@ def test_the_check_logs_and_flags_what_needs_a_person_and_nothing_else(
     assert {e["role"] for e in expired} == {"ours", "partner"}
     assert all(e["log_level"] == "error" for e in expired)
     assert all("carries nothing" in e["consequence"] for e in expired)
+
+
+class Kept(Alerter):
+    """Alerts kept instead of delivered."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.kept: list[Alert] = []
+
+    def alert(self, alert: Alert) -> None:
+        self.kept.append(alert)
+
+
+def test_with_two_nodes_each_checks_its_certificates_and_one_alerts(
+    tmp_path: Path, our_keys: KeyPair
+) -> None:
+    """Both nodes check the certificates (their own gauges and log), but the alert goes out
+    from the node holding the certificates duty only: a person is told once."""
+    past = datetime.now(UTC) - timedelta(days=400)
+    config = write_as2_config(tmp_path, our_keys, pki.issue("CTAIFEP old", valid_from=past))
+    path = Layout(config.gateway.data_dir).journal
+    nodes = {name: (Metrics(name), Kept()) for name in ("node-a", "node-b")}
+
+    def flagged(metrics: Metrics) -> bool:
+        return any(s.value == 1 for m in metrics.certificate_attention.collect() for s in m.samples)
+
+    async def main() -> None:
+        journals = [Journal(path, node=name) for name in nodes]
+        stopping = asyncio.Event()
+        for journal in journals:
+            await journal.open()
+        try:
+            loops = [
+                asyncio.create_task(
+                    Housekeeping(
+                        lambda: config, now=lambda: datetime.now(UTC), metrics=m, alerts=a
+                    ).certificate_loop(stopping, Duties(journal, lease=5.0))
+                )
+                for journal, (m, a) in zip(journals, nodes.values(), strict=True)
+            ]
+            await until(
+                lambda: (
+                    all(flagged(m) for m, _ in nodes.values())
+                    and any(a.kept for _, a in nodes.values())
+                ),
+                what="both nodes checked, one alerted",
+            )
+            stopping.set()
+            await asyncio.gather(*loops)
+        finally:
+            for journal in journals:
+                await journal.close()
+
+    asyncio.run(main())
+    alerted = sorted(len(a.kept) for _, a in nodes.values())
+    assert alerted[0] == 0 and alerted[1] >= 1

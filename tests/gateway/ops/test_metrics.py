@@ -89,6 +89,9 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert samples[("process_start_time_seconds", ())] > 0
     [(name, labels)] = [key for key in samples if key[0] == "raccord_build_info"]
     assert dict(labels)["version"] and samples[(name, labels)] == 1
+    # Which node this is, and the duties it holds (alone, every one).
+    assert dict(labels)["node"] == config.gateway.node_name
+    assert samples[("raccord_duty_held", (("duty", "returns:qualif-mem"),))] == 1
     assert not [key for key in samples if key[0].endswith("_created")]
 
 

@@ -366,3 +366,24 @@ def test_return_deadline_zero_turns_the_check_off(tmp_path: Path) -> None:
             await journal_.close()
 
     assert asyncio.run(check()) == {}
+
+
+def test_an_overdue_flow_is_alerted_once_across_restarts_and_nodes(tmp_path: Path) -> None:
+    """With several nodes (or a restart), the overdue check must not alert a flow again: how
+    far it went is kept in the journal with its duty, whichever node runs it next."""
+    config, _, row = setup(tmp_path)
+    sent_at = datetime.fromisoformat(row.updated_at)
+    recorder = Recorder()
+
+    async def check(node: str, offset: timedelta) -> dict[str, list[str]]:
+        journal_ = Journal(Layout(config.gateway.data_dir).journal, node=node)
+        await journal_.open()
+        try:
+            return await Poller(config, journal_, {}, recorder).check_overdue(sent_at + offset)
+        finally:
+            await journal_.close()
+
+    assert asyncio.run(check("node-a", timedelta(days=3, seconds=1))) == {CONN: [row.flow_id]}
+    assert asyncio.run(check("node-b", timedelta(days=3, seconds=2))) == {}
+    assert asyncio.run(check("node-a", timedelta(days=4))) == {}
+    assert len(recorder.sent) == 1

@@ -15,6 +15,7 @@ import pytest
 
 from flows.returns import PISTE_INVOICES_FORMAT, PISTE_REPORT_FORMAT
 from gateway.config import Config
+from gateway.duties import Duties
 from gateway.folders import Layout
 from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.ops.alerts import Alert, Alerter
@@ -22,7 +23,7 @@ from gateway.returns.reports import Reporter, journal_resend
 from protocols.base import Capabilities, Report
 from protocols.errors import RemoteBusy
 from protocols.testing import memory
-from tests.gateway.harness import answer_lost_after, deliver, memory_config
+from tests.gateway.harness import answer_lost_after, deliver, memory_config, until
 from tests.gateway.returns.test_returns import invoice
 
 _buckets = itertools.count()
@@ -346,3 +347,42 @@ def due_later(config: Config, flow_id: str) -> None:
         )
     finally:
         db.close()
+
+
+def test_two_nodes_ask_about_each_deposit_from_one_node_only(tmp_path: Path) -> None:
+    """Both nodes run the report loop of the connection over one journal: the duty's holder
+    asks, the other never does (PISTE is not asked twice per round)."""
+    config, row = setup(tmp_path)
+    sources = {node: Scripted(Report("IN_RECU", False)) for node in ("node-a", "node-b")}
+
+    async def main() -> None:
+        path = Layout(config.gateway.data_dir).journal
+        journals = {node: Journal(path, node=node) for node in sources}
+        stopping = asyncio.Event()
+        for journal in journals.values():
+            await journal.open()
+        try:
+            loops = [
+                asyncio.create_task(
+                    Reporter(
+                        config,
+                        journals[node],
+                        {CONN: source},
+                        duties=Duties(journals[node], lease=5.0),
+                    ).run(stopping)
+                )
+                for node, source in sources.items()
+            ]
+            await until(
+                lambda: sum(len(s.asked) for s in sources.values()) >= 5, what="five questions"
+            )
+            stopping.set()
+            await asyncio.gather(*loops)
+        finally:
+            for journal in journals.values():
+                await journal.close()
+
+    asyncio.run(main())
+    asked = sorted(len(source.asked) for source in sources.values())
+    assert asked[0] == 0 and asked[1] >= 5
+    assert deposit(config, row.flow_id)["state"] == "IN_RECU"

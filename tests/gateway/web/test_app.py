@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.daemon import Gateway
 from gateway.folders import Layout
 from gateway.journal import JournalDB
 from gateway.sandbox import pki
+from gateway.web.app import Console
 from gateway.web.auth import hash_password
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
@@ -244,6 +246,39 @@ def test_pages_speak_the_browsers_language_and_the_switch_wins(tmp_path: Path) -
     asyncio.run(main())
 
 
+def test_a_flows_story_says_which_node_made_each_move_in_both_languages(
+    tmp_path: Path,
+) -> None:
+    """Several nodes may share a journal: the flow's page names the node that last moved it
+    and the node of each step of its story (in French and in English), and the CSV export
+    has a node column."""
+    path = tmp_path / "raccord.toml"
+    path.write_text(
+        web_config(tmp_path, public_read=True)
+        .path.read_text()
+        .replace("[gateway]\n", '[gateway]\nnode_name = "node-web-1"\n', 1)
+    )
+    config = config_module.load(path)
+
+    async def main() -> None:
+        async with console(config) as (_, browser):
+            drop(config, "a.xml", invoice("WEB-0003"))
+            await until(lambda: any(r.state == "sent" for r in rows(config)), what="sent")
+            (row,) = rows(config)
+            for lang, word in (("fr", "Nœud"), ("en", "Node")):
+                await browser.get(f"/lang/{lang}?next=/")
+                status, html, _ = await browser.get(f"/flows/{row.flow_id}")
+                assert status == 200 and f"<dt>{word}</dt><dd>node-web-1</dd>" in html
+                story = html.split("<tbody>")[1].split("</tbody>")[0]
+                steps = story.count("<tr>")
+                assert steps >= 4 and story.count('<td class="small">node-web-1</td>') == steps
+            _, body, _ = await browser.get("/flows.csv")
+            header, line = body.splitlines()[:2]
+            assert header.endswith(",node") and line.endswith(",node-web-1")
+
+    asyncio.run(main())
+
+
 def test_a_file_outside_the_data_folder_is_never_served(tmp_path: Path) -> None:
     """Even if the journal named one (a damaged or tampered journal): 404, not its bytes."""
     config = web_config(tmp_path)
@@ -335,3 +370,29 @@ def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> 
     err = done.stderr
     assert f"web.listen 127.0.0.1:{port}: cannot listen there" in err
     assert "Traceback" not in err
+
+
+def test_with_a_shared_journal_the_flows_table_has_a_node_column(tmp_path: Path) -> None:
+    """Several nodes share the journal ([journal] url): the flows table names the node that
+    last moved each flow; alone, it has no such column."""
+    config = web_config(tmp_path, public_read=True)
+    db = JournalDB(Layout(config.gateway.data_dir).journal, node="node-b")
+    db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
+    db.close()
+    shared = replace(config, journal=replace(config.journal, url="postgresql://db/raccord"))
+
+    async def table(seen: Config) -> str:
+        console = Console(config)  # reading the SQLite journal here, whatever the url says
+        console.config = seen
+        await console.start()
+        try:
+            url = f"http://127.0.0.1:{console.port}/flows"
+            headers = {"Accept-Language": "fr"}
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as page:
+                return (await page.text()).split("<thead>")[1].split("</table>")[0]
+        finally:
+            await console.stop()
+
+    alone, together = asyncio.run(table(config)), asyncio.run(table(shared))
+    assert "Nœud" not in alone and "node-b" not in alone
+    assert '<th scope="col">Nœud</th>' in together and ">node-b</td>" in together

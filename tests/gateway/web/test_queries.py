@@ -89,6 +89,32 @@ def test_a_flow_page_has_its_story_and_invoices(journal: sqlite3.Connection) -> 
     assert queries.flow(journal, "nope") is None
 
 
+def test_the_listing_and_the_story_name_the_node_of_each_move(tmp_path: Path) -> None:
+    """With several nodes on one journal, the console shows which node did what: the node
+    that last moved each listed flow, and the node of each step of a flow's story."""
+    path = tmp_path / "journal.sqlite"
+    for node, state in (("node-a", None), ("node-b", "queued")):
+        db = JournalDB(path, node=node)
+        if state is None:
+            db.insert("F", "qualif", "f.xml", "/spool/f.xml")
+        else:
+            db.transition("F", state)
+        db.close()
+    reader = sqlite3.connect(path)
+    reader.row_factory = sqlite3.Row
+    try:
+        (row,) = queries.flows(reader, Filters())
+        flow = queries.flow(reader, "F")
+    finally:
+        reader.close()
+    assert row["node"] == "node-b"
+    assert flow is not None
+    assert [(s["to_state"], s["node"]) for s in flow["transitions"]] == [
+        ("claimed", "node-a"),
+        ("queued", "node-b"),
+    ]
+
+
 def test_the_overview_counts_states_and_draws_30_days_and_48_hours(
     journal: sqlite3.Connection,
 ) -> None:
