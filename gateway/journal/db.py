@@ -9,12 +9,15 @@ from pathlib import Path
 from gateway.journal.deposits import DepositQueries
 from gateway.journal.flows import FlowQueries
 from gateway.journal.invoices import InvoiceQueries
+from gateway.journal.leases import LeaseQueries
 from gateway.journal.listing import ListingQueries
 from gateway.journal.returns import ReturnQueries
 from gateway.journal.schema import add_counters, migrate
 
 
-class JournalDB(FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries):
+class JournalDB(
+    FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries, LeaseQueries
+):
     """Synchronous access; one instance per thread.
 
     Opening migrates the schema; the queries come from one class per table or group of tables
