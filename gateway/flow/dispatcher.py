@@ -376,15 +376,20 @@ class Dispatcher:
     # -- supervision ----------------------------------------------------------------------
 
     def start(
-        self, flow_id: str, *, claimed: Claim | None = None, lost: int = 0, leased: bool = False
+        self,
+        flow_id: str,
+        *,
+        claimed: Claim | None = None,
+        lost: int = 0,
+        leased: FlowRow | None = None,
     ) -> None:
         """Run the flow in the background, once (a no-op if it is already running), in a
         place of the window.
 
         ``claimed``: a file to claim first; the flow is not journaled yet. ``lost``: how many
         times the journal's answer was lost for this flow (it is resumed from the journal).
-        ``leased``: the window leased it already; else the flow's first step leases it (and
-        stops there if another node holds it).
+        ``leased``: its row, leased by the window already; else the flow's first step leases
+        it (and stops there if another node holds it).
         """
         if flow_id in self._active:
             return
@@ -410,7 +415,12 @@ class Dispatcher:
         await self.window.release_all()
 
     async def _run_flow(
-        self, flow_id: str, claimed: Claim | None, lost: int = 0, *, leased: bool = False
+        self,
+        flow_id: str,
+        claimed: Claim | None,
+        lost: int = 0,
+        *,
+        leased: FlowRow | None = None,
     ) -> None:
         resume = False
         try:
@@ -424,8 +434,8 @@ class Dispatcher:
                     log.error("flow.id_taken", flow_id=flow_id, file=claimed.name)
                     self._claim_as(claimed.connection, claimed.spool, claimed.name)
                     return
-            elif leased:
-                row = await self.journal.call(Call(JournalDB.get, flow_id))
+            elif leased is not None:
+                row = leased
             else:
                 row = await self.journal.call(Call(JournalDB.take, flow_id, self.window.until()))
                 if row is None and claimed is not None:  # resumed: the claim was not journaled
@@ -561,7 +571,22 @@ class Dispatcher:
         resumed = await self.recovery.reconcile()
         self.running.spawn(self.window.feed(self.recovery.resume), "window-feed")
         self.running.spawn(self.window.beat(), "window-beat")
+        if self.recovery.orphan_age > 0:
+            self.running.spawn(self._adopt_orphans(), "orphans")
         return resumed
+
+    async def _adopt_orphans(self) -> None:
+        """With a shared journal: every ``lease_timeout``, adopt the spool files left with no
+        journal row by a node that died between its claim's rename and its insert (too young
+        to be adopted at start)."""
+        while not self.stopping.is_set():
+            await self.ctx.pause(self.recovery.orphan_age)
+            if self.stopping.is_set():
+                break
+            try:
+                await self.recovery.adopt_orphans()
+            except Exception as exc:  # the journal or the disk: tried again next time
+                log.error("recovery.orphans_failed", error=str(exc), action="tried again later")
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, unleased), and any whose

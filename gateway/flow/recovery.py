@@ -36,7 +36,7 @@ class Start(Protocol):
     """Runs a flow from its journaled state (:meth:`Dispatcher.start
     <gateway.flow.dispatcher.Dispatcher.start>`)."""
 
-    def __call__(self, flow_id: str, *, leased: bool = False) -> None: ...
+    def __call__(self, flow_id: str, *, leased: FlowRow | None = None) -> None: ...
 
 
 class Recovery:
@@ -52,7 +52,7 @@ class Recovery:
     ) -> None:
         self._ctx = ctx
         self._start = start  # runs a flow from its journaled state
-        self._orphan_age = orphan_age  # seconds before a spool file with no row is adopted
+        self.orphan_age = orphan_age  # seconds before a spool file with no row is adopted
         self._window = window
 
     async def reconcile(self) -> int:
@@ -96,7 +96,7 @@ class Recovery:
                 log.warning(
                     "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
                 )
-            self._start(row.flow_id, leased=True)
+            self._start(row.flow_id, leased=row)
             started += 1
         return started
 
@@ -152,14 +152,14 @@ class Recovery:
         return adopted
 
     async def _old_enough(self, path: Path) -> bool:
-        if self._orphan_age <= 0:
+        if self.orphan_age <= 0:
             return True
         try:
             # ctime: a rename into the spool sets it (mtime is when the file was written).
             changed = (await asyncio.to_thread(os.lstat, path)).st_ctime
         except FileNotFoundError:
             return False
-        return time.time() - changed >= self._orphan_age
+        return time.time() - changed >= self.orphan_age
 
     def _spooled(self) -> list[tuple[str, Path]]:
         """(connection, path) of every file in the spool folders, also those of connections no

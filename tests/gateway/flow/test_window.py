@@ -5,6 +5,7 @@ are resumed by another as a restart would resume them: never sent twice, never l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -188,3 +189,33 @@ def test_a_live_nodes_flows_are_not_taken(tmp_path: Path, bucket: str) -> None:
     asyncio.run(main())
     assert memory.bucket(bucket).sends == len(ids)
     assert all(moved_by(config, flow_id) == {"a"} for flow_id in ids)
+
+
+def test_on_a_shared_journal_a_young_orphan_waits_and_is_adopted_once(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A spool file with no journal row may be another live node's claim between its rename
+    and its insert: on a shared journal it is adopted only once older than lease_timeout, and
+    two nodes adopting it record it once; it is then sent once."""
+    config = memory_config(tmp_path, bucket)
+    shared = dataclasses.replace(config.journal, url="postgresql://raccord@db.example/raccord")
+    config = dataclasses.replace(config, journal=shared)
+    layout = Layout(config.gateway.data_dir)
+    layout.create(["qualif-mem"])
+    flow_id = "20261207T080000Z-00abcd"
+    spool = layout.spool("qualif-mem") / spool_name(flow_id, "orphan.xml")
+    spool.write_bytes(invoice("O-1"))
+
+    async def main() -> None:
+        async with node(config, "a", window=10) as a, node(config, "b", window=10) as b:
+            assert a.recovery.orphan_age == config.journal.lease_timeout
+            assert rows(config) == []  # too young: maybe being claimed by a live node
+            # lease_timeout passes (simulated: the age required drops to nothing)
+            a.recovery.orphan_age = b.recovery.orphan_age = 0.0
+            adopted = await asyncio.gather(a.recovery.adopt_orphans(), b.recovery.adopt_orphans())
+            assert sorted(adopted) == [0, 1]
+            await until(lambda: all_sent(config, 1), 60, "the orphan sent")
+
+    asyncio.run(main())
+    assert memory.bucket(bucket).sends == 1
+    assert [row.flow_id for row in rows(config)] == [flow_id]
