@@ -1,0 +1,188 @@
+"""Flow leases on one journal shared by several nodes: each flow is held by one node at a time,
+an expired lease passes to another node, a renewed one does not, none is lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.journal import JournalDB
+from gateway.journal.leases import WORKABLE, lease_end
+
+LATER = lease_end(3600)  # a lease still running when the test ends
+PAST = lease_end(-60)  # a lease already expired
+
+
+def flow_id(i: int) -> str:
+    return f"20261207T080000Z-{i:06x}"
+
+
+@contextmanager
+def nodes(path: Path, *names: str) -> Iterator[list[JournalDB]]:
+    """One JournalDB per node name, all on the SQLite file ``path``."""
+    dbs = [JournalDB(path, node=name) for name in names]
+    try:
+        yield dbs
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def backlog(db: JournalDB, count: int) -> list[str]:
+    """``count`` claimed flows nobody holds, oldest first."""
+    ids = [flow_id(i) for i in range(count)]
+    for i, fid in enumerate(ids):
+        db.insert(fid, "c", f"f{i}.xml", f"/spool/{fid}", created_at=f"2026-12-07T08:00:{i:02}")
+    return ids
+
+
+def test_two_nodes_never_get_the_same_flow_and_take_the_oldest_first(tmp_path: Path) -> None:
+    """Each flow goes to exactly one of two nodes leasing from one journal, oldest first."""
+    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+        ids = backlog(a, 10)
+        first = [row.flow_id for row in a.lease(6, LATER)]
+        second = [row.flow_id for row in b.lease(10, LATER)]
+        assert first == ids[:6]
+        assert second == ids[6:]
+        assert b.lease(10, LATER) == [] and a.lease(10, LATER) == []
+        holders = {fid: row.node for fid in ids if (row := a.get(fid)) is not None}
+        assert holders == {fid: ("a" if fid in first else "b") for fid in ids}
+
+
+def test_an_expired_lease_passes_to_another_node_a_running_one_does_not(tmp_path: Path) -> None:
+    """A node that stopped renewing loses its flows to the next node that leases."""
+    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+        ids = backlog(a, 4)
+        assert [r.flow_id for r in a.lease(3, PAST)] == ids[:3]
+        assert a.renew(ids[2:3], LATER) == ids[2:3]  # a renews one, then dies
+        taken = [r.flow_id for r in b.lease(10, LATER)]
+        assert taken == [ids[0], ids[1], ids[3]]
+        assert a.renew(ids[:3], LATER) == [ids[2]]  # a learns it lost the first two
+
+
+def test_renewing_keeps_a_flow_and_only_its_holder_renews(tmp_path: Path) -> None:
+    """Renewed in time, a lease stays; another node can neither take nor renew it."""
+    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+        ids = backlog(a, 3)
+        a.lease(3, lease_end(0.5))
+        assert sorted(a.renew(ids, LATER)) == ids
+        assert b.renew(ids, LATER) == []
+        assert b.lease(3, LATER) == []
+        assert b.take(ids[0], LATER) is None
+        row = a.take(ids[0], LATER)  # its own: a lot it packed, a flow it resumes
+        assert row is not None and row.node == "a"
+
+
+def test_released_flows_are_free_at_once_and_a_restart_takes_its_own_back(
+    tmp_path: Path,
+) -> None:
+    """A flow released (a clean stop) goes to the next node; a node restarting under its name
+    releases its dead incarnation's leases, so its flows are resumed without waiting."""
+    path = tmp_path / "j.sqlite"
+    with nodes(path, "a", "b") as (a, b):
+        ids = backlog(a, 4)
+        a.lease(4, LATER)
+        assert a.release(ids[:1]) == 1
+        assert [r.flow_id for r in b.lease(4, LATER)] == ids[:1]
+        assert b.release(ids[1:]) == 0  # not its leases
+    with nodes(path, "a", "b") as (a_again, b):
+        assert a_again.release_all() == 3
+        assert [r.flow_id for r in a_again.lease(10, LATER)] == ids[1:]
+
+
+def test_only_workable_flows_are_leased(tmp_path: Path) -> None:
+    """Flows waiting for their lot or an acknowledgement, and filed ones, are not leased."""
+    with nodes(tmp_path / "j.sqlite", "a") as (a,):
+        ids = backlog(a, 3)
+        a.transition(ids[0], "batched")
+        a.transition(ids[1], "failing")
+        assert {r.flow_id for r in a.lease(10, LATER)} == {ids[1], ids[2]}
+        assert "batched" not in WORKABLE and "awaiting_receipt" not in WORKABLE
+        assert a.workable() == 2
+
+
+def test_the_skip_locked_suffix_ends_the_inner_select(tmp_path: Path) -> None:
+    """The suffix a database that has it sets (PostgreSQL: FOR UPDATE SKIP LOCKED) goes at
+    the end of the inner SELECT, after its LIMIT."""
+    statements: list[str] = []
+
+    class Marked(JournalDB):
+        skip_locked = " /* skip locked */"
+
+    db = Marked(tmp_path / "j.sqlite", node="a")
+    try:
+        backlog(db, 2)
+        db._db.set_trace_callback(statements.append)
+        assert len(db.lease(1, LATER)) == 1
+    finally:
+        db.close()
+    (sql,) = [s for s in statements if s.startswith("UPDATE flows SET node")]
+    assert "LIMIT 1 /* skip locked */)" in sql
+    assert JournalDB.skip_locked == ""
+
+
+# -- interleavings ---------------------------------------------------------------------------
+
+NODES = ("a", "b", "c")
+operation = st.one_of(
+    st.tuples(st.just("lease"), st.sampled_from(NODES), st.integers(0, 6)),
+    st.tuples(st.just("renew"), st.sampled_from(NODES), st.just(0)),
+    st.tuples(st.just("expire"), st.sampled_from(NODES), st.just(0)),
+    st.tuples(st.just("release"), st.sampled_from(NODES), st.integers(0, 11)),
+    st.tuples(st.just("finish"), st.sampled_from(NODES), st.integers(0, 11)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(operation, max_size=30))
+def test_any_interleaving_holds_each_flow_by_one_node_and_loses_none(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    """Whatever 2-3 nodes lease, renew, let expire, release and finish, in any order: a lease
+    never hands out a flow another node validly holds, takes exactly the oldest free ones,
+    and at the end every unfinished flow can still be leased."""
+    with tempfile.TemporaryDirectory() as folder, nodes(Path(folder) / "j.sqlite", *NODES) as dbs:
+        db = dict(zip(NODES, dbs, strict=True))
+        ids = backlog(dbs[0], 12)
+        # The model: each flow's holder and whether the lease runs, or None (free).
+        owner: dict[str, tuple[str, bool] | None] = dict.fromkeys(ids)
+        finished: set[str] = set()
+        for action, node, n in steps:
+            mine = [f for f in ids if (o := owner[f]) is not None and o[0] == node]
+            if action == "lease":
+                free = [f for f in ids if f not in finished and not (owner[f] or ("", False))[1]]
+                got = [row.flow_id for row in db[node].lease(n, LATER)]
+                assert got == free[:n]
+                for f in got:
+                    owner[f] = (node, True)
+            elif action == "renew":
+                assert sorted(db[node].renew(mine, LATER)) == sorted(mine)
+                for f in mine:
+                    owner[f] = (node, True)
+            elif action == "expire":  # the node stops renewing: its leases run out
+                db[node].renew(mine, PAST)
+                for f in mine:
+                    owner[f] = (node, False)
+            elif action == "release":
+                db[node].release([ids[n]])
+                if ids[n] in mine:
+                    owner[ids[n]] = None
+            elif ids[n] in mine and ids[n] not in finished and owner[ids[n]] == (node, True):
+                db[node].transition(ids[n], "failing")  # decided by its holder
+                db[node].transition(ids[n], "error")
+                finished.add(ids[n])
+        for node in NODES:
+            db[node].renew([f for f in ids if (owner[f] or ("",))[0] == node], PAST)
+        rest = [row.flow_id for row in db["a"].lease(100, LATER)]
+        assert rest == [f for f in ids if f not in finished]
+
+
+def test_lease_needs_returning(tmp_path: Path) -> None:
+    """The SQLite under raccord has RETURNING (3.35), which the lease statement needs."""
+    assert sqlite3.sqlite_version_info >= (3, 35)
