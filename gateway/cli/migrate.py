@@ -10,7 +10,6 @@ was: until ``[journal] url`` names the database, nothing changes for the node.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from gateway.cli.common import NOT_RIGHT, OK, UsageError, load_config
@@ -46,7 +45,7 @@ def cmd_migrate_journal(args: argparse.Namespace) -> int:
         print(f"raccord: {exc}", file=sys.stderr)
         return NOT_RIGHT
     finally:
-        os.close(lock)
+        lock.close()
     for table in copied:
         print(f"  {table.table}: {table.rows} rows, identical (sha256 {table.digest[:16]}…)")
     rows = sum(table.rows for table in copied)

@@ -64,10 +64,6 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 class LeaseQueries(Queries):
     """Leasing flows to this node (:attr:`node`), renewing and releasing the leases."""
 
-    #: Appended to the inner SELECT of :meth:`lease`: ``" FOR UPDATE SKIP LOCKED"`` where the
-    #: database has it (PostgreSQL); SQLite has one writer at a time and needs none.
-    skip_locked: str = ""
-
     def lease(self, /, limit: int, until: str) -> list[FlowRow]:
         """Lease to this node up to ``limit`` flows in a :data:`WORKABLE` state whose lease
         is free, oldest first, until ``until``; return them, oldest first."""
@@ -130,10 +126,12 @@ class LeaseQueries(Queries):
         """Give up every lease held under this node's name: at start, those of its previous
         incarnation (dead: data_dir's lock proves it), so that a restart resumes its flows
         at once rather than after ``lease_timeout``."""
-        return self._db.execute(
-            "UPDATE flows SET lease_until=NULL WHERE node=? AND lease_until IS NOT NULL",
-            (self.node,),
-        ).rowcount
+        return int(
+            self._db.execute(
+                "UPDATE flows SET lease_until=NULL WHERE node=? AND lease_until IS NOT NULL",
+                (self.node,),
+            ).rowcount
+        )
 
     def workable(self) -> int:
         """How many flows wait to be worked on or are being worked on (any node)."""

@@ -170,4 +170,4 @@ class ReturnQueries(Queries):
     def drop_as2_claims(self) -> int:
         """Forget every unfinished claim (one node alone, at its start: they are its own dead
         run's; the partner resends those messages). Returns how many."""
-        return self._db.execute("DELETE FROM as2_messages WHERE return_id IS NULL").rowcount
+        return int(self._db.execute("DELETE FROM as2_messages WHERE return_id IS NULL").rowcount)

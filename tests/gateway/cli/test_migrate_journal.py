@@ -113,7 +113,7 @@ def test_the_copy_is_refused_while_the_daemon_runs(
             capsys, "migrate-journal", "--config", str(config), "--to", postgres_url
         )
     finally:
-        os.close(lock)
+        lock.close()
     assert (status, out) == (2, "")
     assert f"raccord runs on {tmp_path / 'data'} (pid {os.getpid()}): stop it first" in err
     with psycopg.connect(postgres_url) as check:
