@@ -252,7 +252,10 @@ SCHEMA_10 = _SCHEMA_10.replace(" TEXT", ' TEXT COLLATE "C"')
 
 #: Each version's script, in order: a database at version ``v`` runs those above ``v``.
 #: A change of schema adds a step here and one in :mod:`gateway.journal.schema` (SQLite).
-STEPS: tuple[tuple[int, str], ...] = ((10, SCHEMA_10),)
+STEPS: tuple[tuple[int, str], ...] = (
+    (10, SCHEMA_10),
+    (11, 'ALTER TABLE duties ADD COLUMN mark TEXT COLLATE "C";'),
+)
 assert STEPS[-1][0] == SCHEMA_VERSION, "the PostgreSQL schema lags SQLite's"
 
 

@@ -12,7 +12,7 @@ import sqlite3
 from gateway.journal.base import transaction
 from gateway.journal.rows import COLUMNS
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 11
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -171,7 +171,7 @@ CREATE TABLE IF NOT EXISTS duties (
     name            TEXT PRIMARY KEY,
     node            TEXT NOT NULL,
     until           TEXT NOT NULL,
-    mark            TEXT  -- the duty's progress, for the node that takes it over (v12)
+    mark            TEXT  -- the duty's progress, for the node that takes it over (v11)
 );
 CREATE TRIGGER IF NOT EXISTS flows_claimed AFTER INSERT ON flows BEGIN
     INSERT INTO transitions (flow_id, from_state, to_state, at, detail, node)
