@@ -1,19 +1,28 @@
 """Flow leases on one journal shared by several nodes: each flow is held by one node at a time,
-an expired lease passes to another node, a renewed one does not, none is lost."""
+an expired lease passes to another node, a renewed one does not, none is lost.
+
+Each test runs on both databases (the ``target`` and ``fresh`` fixtures); the last ones run
+nodes at once from threads on PostgreSQL, where leasing takes row locks (FOR UPDATE SKIP
+LOCKED) rather than SQLite's one writer at a time."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
-import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
-from hypothesis import given, settings
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, JournalTarget, PostgresTarget
 from gateway.journal.leases import WORKABLE, lease_end
 
 LATER = lease_end(3600)  # a lease still running when the test ends
@@ -25,9 +34,9 @@ def flow_id(i: int) -> str:
 
 
 @contextmanager
-def nodes(path: Path, *names: str) -> Iterator[list[JournalDB]]:
-    """One JournalDB per node name, all on the SQLite file ``path``."""
-    dbs = [JournalDB(path, node=name) for name in names]
+def nodes(target: JournalTarget, *names: str) -> Iterator[list[JournalDB]]:
+    """One JournalDB (one connection) per node name, all on the journal ``target``."""
+    dbs = [JournalDB(target, node=name) for name in names]
     try:
         yield dbs
     finally:
@@ -43,9 +52,9 @@ def backlog(db: JournalDB, count: int) -> list[str]:
     return ids
 
 
-def test_two_nodes_never_get_the_same_flow_and_take_the_oldest_first(tmp_path: Path) -> None:
+def test_two_nodes_never_get_the_same_flow_and_take_the_oldest_first(target: JournalTarget) -> None:
     """Each flow goes to exactly one of two nodes leasing from one journal, oldest first."""
-    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+    with nodes(target, "a", "b") as (a, b):
         ids = backlog(a, 10)
         first = [row.flow_id for row in a.lease(6, LATER)]
         second = [row.flow_id for row in b.lease(10, LATER)]
@@ -56,9 +65,11 @@ def test_two_nodes_never_get_the_same_flow_and_take_the_oldest_first(tmp_path: P
         assert holders == {fid: ("a" if fid in first else "b") for fid in ids}
 
 
-def test_an_expired_lease_passes_to_another_node_a_running_one_does_not(tmp_path: Path) -> None:
+def test_an_expired_lease_passes_to_another_node_a_running_one_does_not(
+    target: JournalTarget,
+) -> None:
     """A node that stopped renewing loses its flows to the next node that leases."""
-    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+    with nodes(target, "a", "b") as (a, b):
         ids = backlog(a, 4)
         assert [r.flow_id for r in a.lease(3, PAST)] == ids[:3]
         assert a.renew(ids[2:3], LATER) == ids[2:3]  # a renews one, then dies
@@ -67,9 +78,9 @@ def test_an_expired_lease_passes_to_another_node_a_running_one_does_not(tmp_path
         assert a.renew(ids[:3], LATER) == [ids[2]]  # a learns it lost the first two
 
 
-def test_renewing_keeps_a_flow_and_only_its_holder_renews(tmp_path: Path) -> None:
+def test_renewing_keeps_a_flow_and_only_its_holder_renews(target: JournalTarget) -> None:
     """Renewed in time, a lease stays; another node can neither take nor renew it."""
-    with nodes(tmp_path / "j.sqlite", "a", "b") as (a, b):
+    with nodes(target, "a", "b") as (a, b):
         ids = backlog(a, 3)
         a.lease(3, lease_end(0.5))
         assert sorted(a.renew(ids, LATER)) == ids
@@ -81,25 +92,24 @@ def test_renewing_keeps_a_flow_and_only_its_holder_renews(tmp_path: Path) -> Non
 
 
 def test_released_flows_are_free_at_once_and_a_restart_takes_its_own_back(
-    tmp_path: Path,
+    target: JournalTarget,
 ) -> None:
     """A flow released (a clean stop) goes to the next node; a node restarting under its name
     releases its dead incarnation's leases, so its flows are resumed without waiting."""
-    path = tmp_path / "j.sqlite"
-    with nodes(path, "a", "b") as (a, b):
+    with nodes(target, "a", "b") as (a, b):
         ids = backlog(a, 4)
         a.lease(4, LATER)
         assert a.release(ids[:1]) == 1
         assert [r.flow_id for r in b.lease(4, LATER)] == ids[:1]
         assert b.release(ids[1:]) == 0  # not its leases
-    with nodes(path, "a", "b") as (a_again, b):
+    with nodes(target, "a", "b") as (a_again, b):
         assert a_again.release_all() == 3
         assert [r.flow_id for r in a_again.lease(10, LATER)] == ids[1:]
 
 
-def test_only_workable_flows_are_leased(tmp_path: Path) -> None:
+def test_only_workable_flows_are_leased(target: JournalTarget) -> None:
     """Flows waiting for their lot or an acknowledgement, and filed ones, are not leased."""
-    with nodes(tmp_path / "j.sqlite", "a") as (a,):
+    with nodes(target, "a") as (a,):
         ids = backlog(a, 3)
         a.transition(ids[0], "batched")
         a.transition(ids[1], "failing")
@@ -142,15 +152,17 @@ operation = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(operation, max_size=30))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(operation, max_size=30))
 def test_any_interleaving_holds_each_flow_by_one_node_and_loses_none(
-    steps: list[tuple[str, str, int]],
+    fresh: Callable[[], JournalTarget], steps: list[tuple[str, str, int]]
 ) -> None:
     """Whatever 2-3 nodes lease, renew, let expire, release and finish, in any order: a lease
     never hands out a flow another node validly holds, takes exactly the oldest free ones,
     and at the end every unfinished flow can still be leased."""
-    with tempfile.TemporaryDirectory() as folder, nodes(Path(folder) / "j.sqlite", *NODES) as dbs:
+    with nodes(fresh(), *NODES) as dbs:
         db = dict(zip(NODES, dbs, strict=True))
         ids = backlog(dbs[0], 12)
         # The model: each flow's holder and whether the lease runs, or None (free).
@@ -189,3 +201,67 @@ def test_any_interleaving_holds_each_flow_by_one_node_and_loses_none(
 def test_lease_needs_returning(tmp_path: Path) -> None:
     """The SQLite under raccord has RETURNING (3.35), which the lease statement needs."""
     assert sqlite3.sqlite_version_info >= (3, 35)
+
+
+# -- nodes at once, on PostgreSQL ------------------------------------------------------------
+
+
+def test_postgresql_leases_with_for_update_skip_locked(postgres_url: str) -> None:
+    """On PostgreSQL the lease statement's suffix is FOR UPDATE SKIP LOCKED, and it is in
+    effect: a flow another transaction has locked is skipped at once, not waited for."""
+    with nodes(PostgresTarget(postgres_url), "a", "b") as (a, b):
+        assert a.skip_locked == " FOR UPDATE SKIP LOCKED"
+        ids = backlog(a, 3)
+        with psycopg.connect(postgres_url) as other:  # a transaction holding the oldest row
+            other.execute("SELECT flow_id FROM flows WHERE flow_id = %s FOR UPDATE", (ids[0],))
+            with ThreadPoolExecutor(1) as pool:
+                leased = pool.submit(b.lease, 2, LATER).result(timeout=10)
+        assert [row.flow_id for row in leased] == ids[1:]
+        assert [row.flow_id for row in a.lease(5, LATER)] == ids[:1]  # free once unlocked
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_nodes_leasing_at_once_on_postgresql_never_share_a_flow(
+    postgres_url: str, rounds: int
+) -> None:
+    """Three nodes (three connections) leasing concurrently from threads, in batches of
+    random sizes, their leases expiring between rounds: within a round no flow is handed to
+    two nodes, and every flow is handed out."""
+    target = PostgresTarget(postgres_url)
+    with nodes(target, *NODES) as dbs:
+        ids = set(backlog(dbs[0], 240))
+        for turn in range(rounds):
+            start = threading.Barrier(len(dbs))
+            until = LATER if turn == rounds - 1 else lease_end(1.5)
+
+            def drain(
+                db: JournalDB, until: str = until, start: threading.Barrier = start
+            ) -> list[str]:
+                sizes = random.Random(db.node).choices(range(1, 12), k=1000)  # noqa: S311
+                got: list[str] = []
+                start.wait(timeout=10)
+                for size in sizes:
+                    rows = db.lease(size, until)
+                    if not rows:
+                        return got
+                    got += [row.flow_id for row in rows]
+                return got
+
+            with ThreadPoolExecutor(len(dbs)) as pool:
+                shares = list(pool.map(drain, dbs, timeout=60))
+            taken = [flow for share in shares for flow in share]
+            assert len(taken) == len(set(taken)), "a flow leased by two nodes at once"
+            assert set(taken) == ids
+            holders = {row.flow_id: row.node for row in dbs[0].search(limit=1000)}
+            for node, share in zip(NODES, shares, strict=True):
+                assert {holders[flow] for flow in share} == {node}
+            if turn < rounds - 1:
+                wait_for_expiry(dbs[0], until)
+
+
+def wait_for_expiry(db: JournalDB, until: str) -> None:
+    """Wait (with a deadline) until the leases given ``until`` have run out."""
+    deadline = time.monotonic() + 10
+    while lease_end(0) <= until:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
