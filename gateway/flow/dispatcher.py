@@ -32,11 +32,9 @@ healed.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -47,17 +45,26 @@ from gateway import logs
 from gateway.batching import Batcher
 from gateway.config import Checking, Config
 from gateway.flow.analyser import Analyser
+from gateway.flow.claims import Claim, rename_all
 from gateway.flow.context import Context, Now, Running, Sleep, utc_now
 from gateway.flow.delivery import Attempt, Delivery, backoff
 from gateway.flow.filer import Filer
 from gateway.flow.filing import Filing
 from gateway.flow.lotting import Lotting
 from gateway.flow.receipts import SETTLE_PATIENCE, Receipts
-from gateway.flow.recovery import FILE_REASONS, CannotSucceed, Recovery, local_fault, requeue
+from gateway.flow.recovery import (
+    FILE_REASONS,
+    CannotSucceed,
+    Recovery,
+    local_fault,
+    orphan_age,
+    requeue,
+)
 from gateway.flow.refusals import Refusal, unknown_connection
 from gateway.flow.routing import Router, route, route_code
 from gateway.flow.senders import SenderPool
 from gateway.flow.validator import Validator, ValidatorUnavailable
+from gateway.flow.window import Window
 from gateway.folders import Layout, display_name, spool_name
 from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable
 from gateway.ops import certificates
@@ -88,6 +95,11 @@ __all__ = [
 
 log = logs.get()
 
+#: Flows in flight at once on a node, by default (the others wait in the journal): measured,
+#: see docs/performance.md; SFTP's 32 uploads per connection and the batches of the analysis
+#: and journal workers need a few hundred flows in flight to be kept busy.
+WINDOW = 512
+
 #: Seconds between two "a file is coming" notices to a connection's sender (Prepares).
 PREPARE_EVERY = 1.0
 
@@ -107,38 +119,6 @@ NEEDS_CONNECTION = frozenset(
 Step = Callable[[FlowRow], Awaitable[FlowRow | None]]
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A dropped file to claim: moved from ``source`` (its outbox) to ``spool``."""
-
-    connection: str
-    name: str  # as ops named it (displayable)
-    source: Path
-    spool: Path
-
-
-def rename_all(moves: list[tuple[Path, Path]]) -> list[Exception | None]:
-    """Rename each (source, target); None or the error, per move (on a worker thread).
-
-    FileNotFoundError means the source is gone (claimed meanwhile, or removed); a target
-    folder that is missing is another error, so that it is reported rather than taken for
-    "already claimed" at every scan.
-    """
-    outcomes: list[Exception | None] = []
-    for source, target in moves:
-        try:
-            os.rename(source, target)
-            outcomes.append(None)
-        except FileNotFoundError as exc:
-            if not os.path.lexists(source):
-                outcomes.append(exc)
-            else:  # a plain OSError (no errno): not mistaken for a vanished source
-                outcomes.append(OSError(f"cannot move {source} to {target}: {exc.strerror}"))
-        except OSError as exc:
-            outcomes.append(exc)
-    return outcomes
-
-
 def _heal_delay(faults: int) -> float:
     return min(HEAL_MAX, HEAL_FIRST * 2.0 ** min(faults - 1, 10))
 
@@ -156,7 +136,7 @@ class Dispatcher:
         now: Now = utc_now,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        max_in_flight: int = 512,
+        max_in_flight: int | None = None,
         metrics: Metrics | None = None,
         alerts: Alerter | None = None,
     ) -> None:
@@ -171,12 +151,20 @@ class Dispatcher:
             now=now,
             sleep=sleep,
         )
-        # Flows past their claim (analysed, routed, sent, filed) at once. A flow holds its
-        # place for its batches' round trips, so this bounds the throughput (Little's law);
-        # docs/performance.md has the figures behind the default.
-        self._in_flight = asyncio.Semaphore(max_in_flight)
         self.running = Running()
         self._active = self.running.active  # flows being worked on here
+        # The flows in flight here, at most max_in_flight (the others wait in the journal).
+        # A flow holds its place for its batches' round trips, so this also bounds the
+        # throughput (Little's law); docs/performance.md has the figures behind the default.
+        self.window = Window(
+            self.ctx,
+            self.running,
+            size=max_in_flight or WINDOW,
+            lease_timeout=config.journal.lease_timeout,
+        )
+        # Files claimed beyond the window at once (renamed, not yet journaled): intake waits
+        # for a free one, so a backlog in the outboxes is claimed in bounded batches.
+        self._claiming = asyncio.Semaphore(self.window.size)
         self._healing: dict[str, int] = {}  # flow -> local faults met in a row (disk full...)
         self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._flow_ids = naming.FlowIds()
@@ -209,7 +197,9 @@ class Dispatcher:
                 timeout=config.gateway.analysis_timeout,
             ),
         )
-        self.recovery = Recovery(self.ctx, start=self.start, running=self._active.__contains__)
+        self.recovery = Recovery(
+            self.ctx, start=self.start, orphan_age=orphan_age(config), window=self.window
+        )
         #: What moves a flow on from each state; a state missing here waits (for its lot, its
         #: acknowledgement) or is final.
         self.steps: dict[FlowState, Step] = {
@@ -299,7 +289,41 @@ class Dispatcher:
         """
         if self.stopping.is_set():
             return None
-        return self._claim_as(connection, path, display_name(path.name))
+        name = display_name(path.name)
+        if self.window.direct():
+            return self._claim_as(connection, path, name)
+        # The window is full, or older flows wait: journal this one to wait its turn.
+        await self._claiming.acquire()
+        if self.stopping.is_set():
+            self._claiming.release()
+            return None
+        flow_id = self._new_flow_id()
+        target = self.ctx.layout.spool(connection) / spool_name(flow_id, name)
+        claim = Claim(connection, name, path, target)
+        self.running.spawn(self._claim_to_wait(flow_id, claim), f"claim-{flow_id}")
+        return flow_id
+
+    async def _claim_to_wait(self, flow_id: str, claim: Claim) -> None:
+        """Claim a file and journal it ``claimed`` without a lease: the window takes it from
+        the journal in its turn. A fault after the rename hands the flow to the ordinary path
+        (:meth:`start`), which knows how to get over it."""
+        taken = False
+        try:
+            taken = await self._take(flow_id, claim)
+            if taken:
+                row = await self._journal_claim(flow_id, claim, lease=False)
+                if row is None:  # the identifier is taken (see _run_flow)
+                    log.error("flow.id_taken", flow_id=flow_id, file=claim.name)
+                    self._claim_as(claim.connection, claim.spool, claim.name)
+                else:
+                    self.window.waiting()
+        except Exception:
+            if taken:
+                self.start(flow_id, claimed=claim, lost=1)
+            else:
+                log.exception("intake.claim_failed", connection=claim.connection, file=claim.name)
+        finally:
+            self._claiming.release()
 
     def _new_flow_id(self) -> str:
         return self._flow_ids.new(self.ctx.now())
@@ -351,16 +375,27 @@ class Dispatcher:
 
     # -- supervision ----------------------------------------------------------------------
 
-    def start(self, flow_id: str, *, claimed: Claim | None = None, lost: int = 0) -> None:
-        """Run the flow in the background, once (a no-op if it is already running).
+    def start(
+        self,
+        flow_id: str,
+        *,
+        claimed: Claim | None = None,
+        lost: int = 0,
+        leased: FlowRow | None = None,
+    ) -> None:
+        """Run the flow in the background, once (a no-op if it is already running), in a
+        place of the window.
 
         ``claimed``: a file to claim first; the flow is not journaled yet. ``lost``: how many
         times the journal's answer was lost for this flow (it is resumed from the journal).
+        ``leased``: its row, leased by the window already; else the flow's first step leases
+        it (and stops there if another node holds it).
         """
         if flow_id in self._active:
             return
         self._active.add(flow_id)
-        self.running.run_flow(flow_id, self._run_flow(flow_id, claimed, lost))
+        self.window.enter(flow_id)
+        self.running.run_flow(flow_id, self._run_flow(flow_id, claimed, lost, leased=leased))
 
     async def drain(self, grace: float) -> None:
         """Stop starting work; wait up to ``grace`` seconds, then cancel what still runs.
@@ -369,6 +404,7 @@ class Dispatcher:
         ``sending`` and the next start resends it under the same remote name.
         """
         self.stopping.set()
+        self.window.wake()
         self.lotting.assembler.close()
         if self.running.tasks:
             _, pending = await asyncio.wait(set(self.running.tasks), timeout=grace)
@@ -376,8 +412,16 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self.window.release_all()
 
-    async def _run_flow(self, flow_id: str, claimed: Claim | None, lost: int = 0) -> None:
+    async def _run_flow(
+        self,
+        flow_id: str,
+        claimed: Claim | None,
+        lost: int = 0,
+        *,
+        leased: FlowRow | None = None,
+    ) -> None:
         resume = False
         try:
             if claimed is not None and not lost:
@@ -390,17 +434,19 @@ class Dispatcher:
                     log.error("flow.id_taken", flow_id=flow_id, file=claimed.name)
                     self._claim_as(claimed.connection, claimed.spool, claimed.name)
                     return
+            elif leased is not None:
+                row = leased
             else:
-                row = await self.journal.call(Call(JournalDB.get, flow_id))
+                row = await self.journal.call(Call(JournalDB.take, flow_id, self.window.until()))
                 if row is None and claimed is not None:  # resumed: the claim was not journaled
                     row = await self._journal_claim(flow_id, claimed)
-            async with self._in_flight:
-                if row is None:
-                    return
-                with structlog.contextvars.bound_contextvars(
-                    connection=row.connection, flow_id=flow_id, file=row.original_name
-                ):
-                    await self._advance(row)
+            if row is None:
+                return  # another node holds it (or it is gone)
+            self.window.leased.add(flow_id)
+            with structlog.contextvars.bound_contextvars(
+                connection=row.connection, flow_id=flow_id, file=row.original_name
+            ):
+                await self._advance(row)
         except asyncio.CancelledError:
             raise
         except JournalUnavailable as exc:
@@ -433,6 +479,7 @@ class Dispatcher:
             self._healing.pop(flow_id, None)
         finally:
             self._active.discard(flow_id)
+            self.window.leave(flow_id, keep_lease=resume or flow_id in self._healing)
         if resume:
             self.start(flow_id, claimed=claimed, lost=lost + 1)
         elif flow_id in self._healing and not self.stopping.is_set():
@@ -450,9 +497,21 @@ class Dispatcher:
 
         self.running.spawn(later(), f"heal-{flow_id}")
 
-    async def _journal_claim(self, flow_id: str, claimed: Claim) -> FlowRow | None:
+    async def _journal_claim(
+        self, flow_id: str, claimed: Claim, *, lease: bool = True
+    ) -> FlowRow | None:
+        """Journal a claimed file, leased to this node (it is worked on here at once) or not
+        (it waits its turn in the journal)."""
+        values = {"lease_until": self.window.until()} if lease else {}
         return await self.journal.call(
-            Call(JournalDB.insert, flow_id, claimed.connection, claimed.name, str(claimed.spool))
+            Call(
+                JournalDB.insert,
+                flow_id,
+                claimed.connection,
+                claimed.name,
+                str(claimed.spool),
+                **values,
+            )
         )
 
     # -- the steps ------------------------------------------------------------------------
@@ -505,10 +564,32 @@ class Dispatcher:
     # -- restart --------------------------------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Make journal and spool agree after a stop or a crash; restart unfinished flows
-        (see :meth:`Recovery.reconcile <gateway.flow.recovery.Recovery.reconcile>`)."""
-        return await self.recovery.reconcile()
+        """Make journal and spool agree after a stop or a crash, then start the window: the
+        unfinished flows are taken from the journal as places free up (see
+        :meth:`Recovery.reconcile <gateway.flow.recovery.Recovery.reconcile>`). Returns the
+        number of flows to resume."""
+        resumed = await self.recovery.reconcile()
+        self.running.spawn(self.window.feed(self.recovery.resume), "window-feed")
+        self.running.spawn(self.window.beat(), "window-beat")
+        if self.recovery.orphan_age > 0:
+            self.running.spawn(self._adopt_orphans(), "orphans")
+        return resumed
+
+    async def _adopt_orphans(self) -> None:
+        """With a shared journal: every ``lease_timeout``, adopt the spool files left with no
+        journal row by a node that died between its claim's rename and its insert (too young
+        to be adopted at start)."""
+        while not self.stopping.is_set():
+            await self.ctx.pause(self.recovery.orphan_age)
+            if self.stopping.is_set():
+                break
+            try:
+                await self.recovery.adopt_orphans()
+            except Exception as exc:  # the journal or the disk: tried again next time
+                log.error("recovery.orphans_failed", error=str(exc), action="tried again later")
 
     async def pick_up_requeued(self) -> int:
-        """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
-        return await self.recovery.pick_up_requeued()
+        """Start flows put back by ``raccord retry`` (state claimed, unleased), and any whose
+        lease expired (a node that died), as far as the window has room."""
+        self.window.waiting()
+        return await self.window.fill()

@@ -66,6 +66,11 @@ log = logs.get()
 #: Candidates taken from the queue at once, at most.
 BATCH = 256
 
+#: Candidates one scan queues, at most: a backlog of 100,000 files in an outbox is listed and
+#: claimed a slice at a time (the next slice is scanned once the queue is empty), so intake
+#: holds a bounded number of paths whatever the backlog.
+SCAN_LIMIT = 4 * BATCH
+
 #: Called with (connection, path in the outbox) for every file ready to be claimed.
 OnCandidate = Callable[[str, Path], Awaitable[object]]
 
@@ -207,6 +212,8 @@ class Watcher:
         self._observer: InotifyObserver | None = None
         self.alive = False
         self.scans = 0  # completed scans of the outboxes, for health checks and tests
+        self._more = False  # the last scan stopped at SCAN_LIMIT: more files wait
+        self._deferred: dict[Path, str] = {}  # seen, still being written: looked at again
         self.started_at: float | None = None  # time.monotonic() of start()
         self.scanned_at: float | None = None  # time.monotonic() of the last scan
 
@@ -272,17 +279,29 @@ class Watcher:
             self._observer.join(timeout=5)
             self._observer = None
 
-    def _list(self) -> tuple[list[tuple[str, Path]], list[tuple[Path, str, str | None]]]:
-        """Every candidate now in the outboxes, whatever its kind (see the module's docstring),
-        and every misplaced entry not reported yet with where it lies and the connection it
+    def _list(
+        self, skip: frozenset[Path]
+    ) -> tuple[list[tuple[str, Path]], bool, list[tuple[Path, str, str | None]]]:
+        """The candidates now in the outboxes, whatever their kind (see the module's
+        docstring), but those in ``skip``, at most :data:`SCAN_LIMIT` (and whether more were
+        left); every misplaced entry not reported yet with where it lies and the connection it
         probably meant (blocking: runs on a worker thread)."""
-        found = []
+        found: list[tuple[str, Path]] = []
+        more = False
         for path, connection in self._outboxes.items():
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                for entry in os.scandir(path):
-                    if is_candidate(entry.name):
-                        found.append((connection, Path(entry.path)))
-        return found, self._misplaced()
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(path) as it:
+                for entry in it:
+                    if not is_candidate(entry.name):
+                        continue
+                    if len(found) >= SCAN_LIMIT:
+                        more = True
+                        break
+                    candidate = Path(entry.path)
+                    if candidate not in skip:
+                        found.append((connection, candidate))
+            if more:
+                break
+        return found, more, self._misplaced()
 
     def _misplaced(self) -> list[tuple[Path, str, str | None]]:
         if self._root is None:
@@ -326,8 +345,10 @@ class Watcher:
                 self._on_ignored(where)
 
     async def scan(self) -> int:
-        """Queue every candidate now in the outboxes; return how many were queued."""
-        found, misplaced = await asyncio.to_thread(self._list)
+        """Queue the candidates now in the outboxes, up to :data:`SCAN_LIMIT` (the rest at the
+        next scan, as soon as these are claimed); return how many were queued."""
+        skip = frozenset(self._deferred)
+        found, self._more, misplaced = await asyncio.to_thread(self._list, skip)
         self._report_ignored(misplaced)
         for connection, path in found:
             self._queue.put_nowait((connection, path, False))
@@ -365,8 +386,10 @@ class Watcher:
         off the event loop per batch rather than per file."""
         await self.scan()
         next_scan = time.monotonic() + self._rescan_interval
-        deferred: dict[Path, str] = {}
+        deferred = self._deferred
         while not stopping.is_set():
+            if self._more and self._queue.empty():
+                next_scan = time.monotonic()  # the next slice of a backlog
             timeout = max(0.0, min(next_scan - time.monotonic(), 0.5 if deferred else 5.0))
             try:
                 item = await asyncio.wait_for(self._queue.get(), timeout)

@@ -1,9 +1,11 @@
 """Recovery: getting over a stop, a crash, a local fault or an operator's ``raccord retry``.
 
 At start, :meth:`Recovery.reconcile` makes journal and spool agree (a crash between a decision
-and the file's move is finished where the journal says). :func:`requeue` is ``raccord retry``:
-it puts a flow in ``error`` back to ``claimed``, refusing retries whose outcome is known
-(:class:`CannotSucceed`); :meth:`Recovery.pick_up_requeued` starts them in the running daemon.
+and the file's move is finished where the journal says); :meth:`Recovery.resume` checks each
+flow the window leases from the journal as a restart would (also those of a dead node).
+:func:`requeue` is ``raccord retry``: it puts a flow in ``error`` back to ``claimed``,
+refusing retries whose outcome is known (:class:`CannotSucceed`); the running daemon's
+window takes them from the journal.
 :func:`local_fault` tells a fault of data_dir's own file system, which heals, from a bug.
 """
 
@@ -14,80 +16,150 @@ import errno
 import functools
 import os
 import sqlite3
-from collections.abc import Callable
+import time
 from pathlib import Path
+from typing import Protocol
 
 from flows import lots
 from flows.analysis import digest
 from gateway import logs
+from gateway.config import Config
 from gateway.flow.context import Context
+from gateway.flow.window import Window
 from gateway.folders import move, parse_spool_name, stray_markers
-from gateway.journal import OPEN, WAITING, Call, FlowRow, JournalDB
+from gateway.journal import WAITING, Call, FlowRow, JournalDB
 
 log = logs.get()
 
 
+class Start(Protocol):
+    """Runs a flow from its journaled state (:meth:`Dispatcher.start
+    <gateway.flow.dispatcher.Dispatcher.start>`)."""
+
+    def __call__(self, flow_id: str, *, leased: FlowRow | None = None) -> None: ...
+
+
 class Recovery:
-    """Resumes the flows a stop, a crash or ``raccord retry`` left unfinished."""
+    """Resumes the flows a stop, a crash, a dead node or ``raccord retry`` left unfinished."""
 
     def __init__(
-        self, ctx: Context, *, start: Callable[[str], None], running: Callable[[str], bool]
+        self,
+        ctx: Context,
+        *,
+        start: Start,
+        orphan_age: float,
+        window: Window,
     ) -> None:
         self._ctx = ctx
         self._start = start  # runs a flow from its journaled state
-        self._running = running  # whether a flow is being worked on here
+        self.orphan_age = orphan_age  # seconds before a spool file with no row is adopted
+        self._window = window
 
     async def reconcile(self) -> int:
-        """Make journal and spool agree after a stop or a crash; restart unfinished flows.
+        """Make journal and spool agree after a stop or a crash; return how many flows are
+        to be resumed.
 
-        Spool files unknown to the journal (claimed just before a crash) are journaled; rows
-        still open are resumed; those awaiting an acknowledgement go on waiting. Returns the
-        number of flows resumed.
+        The leases of this node's previous incarnation are released (it is dead: data_dir's
+        lock proves it), so its flows are resumed at once. Spool files unknown to the journal
+        (claimed just before a crash) are journaled. Invoices waiting for their lot go back
+        to it; flows awaiting an acknowledgement go on waiting. The other unfinished flows
+        are not loaded here: the window leases them from the journal, oldest first, as it
+        has room, and :meth:`resume` checks each as it comes.
         """
-        known = {
-            row.spool_path: row
-            for row in await self._ctx.journal.call(Call(JournalDB.in_states, OPEN + WAITING))
-        }
-        spooled = await asyncio.to_thread(self._spooled)
-        for connection, path in spooled:
-            parsed = parse_spool_name(path.name)
-            if parsed is None or str(path) in known:
+        journal = self._ctx.journal
+        await journal.call(Call(JournalDB.release_all))
+        await self.adopt_orphans()
+        waiting = await journal.call(Call(JournalDB.in_states, ("batched", *WAITING)))
+        present = await asyncio.to_thread(_present, [row.spool_path for row in waiting])
+        for row, here in zip(waiting, present, strict=True):
+            if not here:
+                await self._lost(row)
+            elif row.state == "batched":
+                self._start(row.flow_id)  # back to its lot
+        self._window.waiting()
+        workable: int = await journal.call(Call(JournalDB.workable))
+        return workable + sum(1 for row in waiting if row.state == "batched")
+
+    async def resume(self, rows: list[FlowRow]) -> int:
+        """Start the flows the window just leased (new, waiting their turn, left by a stop,
+        a crash or a dead node), each as a restart would: one whose spool file is gone is
+        filed in error (``lost``), one found ``sending`` is resent under the same remote name
+        after the partner is asked (``flow.unknown_outcome``). Returns how many started."""
+        present = await asyncio.to_thread(_present, [row.spool_path for row in rows])
+        started = 0
+        for row, here in zip(rows, present, strict=True):
+            if not here and row.state not in ("delivered", "failing"):
+                await self._lost(row)
+                self._window.leave(row.flow_id)
                 continue
-            flow_id, original = parsed
-            if lots.is_lot_name(flow_id, original) and not await self._ctx.journal.knows(flow_id):
-                # Packed, but the journal never recorded the lot: its invoices are still
-                # batched and will be packed again.
-                await asyncio.to_thread(functools.partial(path.unlink, missing_ok=True))
-                log.warning("lot.unfinished_removed", connection=connection, path=str(path))
-                continue
-            recovered = await self._ctx.journal.call(
-                functools.partial(
-                    _recover, flow_id=flow_id, connection=connection, name=original, spool=path
-                )
-            )
-            if recovered:
-                log.warning(recovered, connection=connection, flow_id=flow_id, file=original)
-                self._start(flow_id)
-        present = {str(path) for _, path in spooled}
-        for row in known.values():
-            if row.spool_path not in present and row.state not in ("delivered", "failing"):
-                await self._ctx.transition(
-                    row,
-                    "error",
-                    reason="lost",
-                    message=f"spool file {row.spool_path} is missing; it was removed by hand",
-                    final_path=None,
-                )
-                log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
-                continue
-            if row.state in WAITING:
-                continue  # settled by the partner's acknowledgement, or expired
             if row.state == "sending":
                 log.warning(
                     "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
                 )
-            self._start(row.flow_id)
-        return sum(1 for row in known.values() if row.state not in WAITING)
+            self._start(row.flow_id, leased=row)
+            started += 1
+        return started
+
+    async def _lost(self, row: FlowRow) -> None:
+        await self._ctx.transition(
+            row,
+            "error",
+            reason="lost",
+            message=f"spool file {row.spool_path} is missing; it was removed by hand",
+            final_path=None,
+        )
+        log.error("flow.lost", flow_id=row.flow_id, path=row.spool_path)
+
+    async def adopt_orphans(self) -> int:
+        """Journal the spool files the journal does not account for; return how many.
+
+        Read in chunks, so that a spool of 100,000 files costs no more memory than its
+        listing. With a shared journal a file is adopted only once older than the orphan age
+        (another node may be between its rename and its insert); the insert is idempotent
+        anyway, so two nodes adopting one file record it once.
+        """
+        journal = self._ctx.journal
+        spooled = await asyncio.to_thread(self._spooled)
+        adopted = 0
+        for chunk in _chunks(spooled):
+            parsed = {}
+            for connection, path in chunk:
+                found = parse_spool_name(path.name)
+                if found is not None:
+                    parsed[found[0]] = (connection, path, found[1])
+            states = await journal.call(Call(JournalDB.states_of, list(parsed)))
+            for flow_id, (connection, path, original) in parsed.items():
+                if states.get(flow_id, "error") not in ("error", "packed"):
+                    continue  # accounted for
+                if flow_id not in states and not await self._old_enough(path):
+                    continue  # maybe being claimed by another node: looked at again later
+                if lots.is_lot_name(flow_id, original) and flow_id not in states:
+                    # Packed, but the journal never recorded the lot: its invoices are still
+                    # batched and will be packed again.
+                    await asyncio.to_thread(functools.partial(path.unlink, missing_ok=True))
+                    log.warning("lot.unfinished_removed", connection=connection, path=str(path))
+                    continue
+                recovered = await journal.call(
+                    functools.partial(
+                        _recover, flow_id=flow_id, connection=connection, name=original, spool=path
+                    )
+                )
+                if recovered:
+                    log.warning(recovered, connection=connection, flow_id=flow_id, file=original)
+                    adopted += 1
+        if adopted:
+            self._window.waiting()
+        return adopted
+
+    async def _old_enough(self, path: Path) -> bool:
+        if self.orphan_age <= 0:
+            return True
+        try:
+            # ctime: a rename into the spool sets it (mtime is when the file was written).
+            changed = (await asyncio.to_thread(os.lstat, path)).st_ctime
+        except FileNotFoundError:
+            return False
+        return time.time() - changed >= self.orphan_age
 
     def _spooled(self) -> list[tuple[str, Path]]:
         """(connection, path) of every file in the spool folders, also those of connections no
@@ -103,18 +175,25 @@ class Recovery:
             found += [(connection, folder / entry) for entry in names]
         return found
 
-    async def pick_up_requeued(self) -> int:
-        """Start flows put back by ``raccord retry`` (state claimed, not running here)."""
-        claimed = await self._ctx.journal.call(Call(JournalDB.spools_in, "claimed"))
-        started = 0
-        for flow_id, spool_path in claimed:
-            if self._running(flow_id):
-                continue
-            # lexists: the entry itself (a link put back is refused by analysis, not skipped).
-            if await asyncio.to_thread(os.path.lexists, spool_path):
-                self._start(flow_id)
-                started += 1
-        return started
+
+def orphan_age(config: Config) -> float:
+    """Seconds a spool file with no journal row must have lain there before it is adopted.
+
+    With a journal of its own (SQLite, in the locked data_dir) no other node claims: the file
+    was claimed just before a crash, adopted at once. With a shared journal another node may
+    be between its rename and its insert: only a file older than ``lease_timeout`` is
+    clearly orphaned."""
+    return config.journal.lease_timeout if config.journal.url else 0.0
+
+
+def _present(paths: list[str]) -> list[bool]:
+    """Whether each spool path is there (the entry itself: a link put back is refused by the
+    analysis, not taken for lost)."""
+    return [os.path.lexists(path) for path in paths]
+
+
+def _chunks(items: list[tuple[str, Path]], size: int = 500) -> list[list[tuple[str, Path]]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 #: How every action of :func:`local_fault` ends.

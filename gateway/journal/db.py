@@ -12,6 +12,7 @@ from gateway.journal.deposits import DepositQueries
 from gateway.journal.duties import DutyQueries
 from gateway.journal.flows import FlowQueries
 from gateway.journal.invoices import InvoiceQueries
+from gateway.journal.leases import LeaseQueries
 from gateway.journal.listing import ListingQueries
 from gateway.journal.returns import ReturnQueries
 from gateway.journal.schema import add_counters, migrate
@@ -19,7 +20,13 @@ from gateway.journal.target import JournalTarget, PostgresTarget
 
 
 class JournalDB(
-    FlowQueries, InvoiceQueries, ReturnQueries, DepositQueries, ListingQueries, DutyQueries
+    FlowQueries,
+    InvoiceQueries,
+    ReturnQueries,
+    DepositQueries,
+    ListingQueries,
+    DutyQueries,
+    LeaseQueries,
 ):
     """Synchronous access; one instance per thread.
 

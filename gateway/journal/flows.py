@@ -62,13 +62,16 @@ class FlowQueries(InvoiceQueries):
         unknown = values.keys() - COLUMN_SET
         assert not unknown, unknown
         now = timestamp()
+        # ``values`` may set the defaults too (a test's created_at): each column named once,
+        # which PostgreSQL requires (SQLite let a repeated column pass).
+        values = {"created_at": now, "updated_at": now, "node": self.node, **values}
         names = "".join(f", {name}" for name in values)
         marks = ", ?" * len(values)
         row = self._db.execute(
             "INSERT INTO flows (flow_id, connection, original_name, spool_path,"  # noqa: S608 - names from FlowRow
-            f" state, created_at, updated_at, node{names})"
-            f" VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?{marks}) ON CONFLICT DO NOTHING RETURNING *",
-            (flow_id, connection, original_name, spool_path, now, now, self.node, *values.values()),
+            f" state{names}) VALUES (?, ?, ?, ?, 'claimed'{marks})"
+            " ON CONFLICT DO NOTHING RETURNING *",
+            (flow_id, connection, original_name, spool_path, *values.values()),
         ).fetchone()
         return FlowRow.of(row) if row else None
 

@@ -3,11 +3,14 @@ file, then a fresh PostgreSQL database (see tests/postgres.py)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.journal import JournalDB, JournalTarget, PostgresTarget
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -29,3 +32,14 @@ def set_version(target: JournalTarget, version: int) -> None:
             db._db.execute(f"PRAGMA user_version={version}")
     finally:
         db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JournalTarget]:
+    """A maker of empty journals, on each backend in turn: one per Hypothesis example (a
+    function-scoped fixture would be shared by the examples)."""
+    if request.param == "sqlite":
+        names = itertools.count()
+        return lambda: tmp_path / f"journal-{next(names)}.sqlite"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return lambda: PostgresTarget(server.create_database())

@@ -1,35 +1,35 @@
 """The duties table's queries, with several nodes (one JournalDB each, as several daemons
-would have) over one SQLite journal: one holder at a time, whatever the order of events."""
+would have) over one journal, SQLite then PostgreSQL: one holder at a time, whatever the order
+of events; on PostgreSQL also when the nodes ask at the same instant from threads."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, JournalTarget, PostgresTarget
 
 LEASE = timedelta(seconds=30)
 T0 = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
-_journals = itertools.count()
 
 
 def iso(at: datetime) -> str:
     return at.isoformat(timespec="milliseconds")
 
 
-def nodes(path: Path, *names: str) -> list[JournalDB]:
-    return [JournalDB(path, node=name) for name in names]
+def nodes(target: JournalTarget, *names: str) -> list[JournalDB]:
+    return [JournalDB(target, node=name) for name in names]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[list[JournalDB]]:
-    dbs = nodes(tmp_path / "journal.sqlite", "node-a", "node-b")
+def pair(target: JournalTarget) -> Iterator[list[JournalDB]]:
+    dbs = nodes(target, "node-a", "node-b")
     yield dbs
     for db in dbs:
         db.close()
@@ -75,14 +75,15 @@ def test_a_released_duty_is_taken_over_at_once_and_keeps_its_mark(
     assert not a.set_duty_mark("returns:sftp", "stale")
 
 
-def test_a_node_restarted_under_its_name_takes_its_duties_back_at_once(tmp_path: Path) -> None:
-    """One node and SQLite: a restart (a new connection, the same node name) does not wait for
-    its own lease to run out."""
-    path = tmp_path / "journal.sqlite"
-    (before,) = nodes(path, "solo")
+def test_a_node_restarted_under_its_name_takes_its_duties_back_at_once(
+    target: JournalTarget,
+) -> None:
+    """A restart (a new connection, the same node name) does not wait for its own lease to
+    run out."""
+    (before,) = nodes(target, "solo")
     assert take(before, T0)
     before.close()
-    (after,) = nodes(path, "solo")
+    (after,) = nodes(target, "solo")
     assert take(after, T0 + timedelta(seconds=1))
     after.close()
 
@@ -106,16 +107,16 @@ EVENTS = st.lists(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(events=EVENTS)
 def test_whatever_the_interleaving_never_two_holders(
-    tmp_path: Path, events: list[tuple[int, str, float]]
+    fresh: Callable[[], JournalTarget], events: list[tuple[int, str, float]]
 ) -> None:
     """Takes, renewals, expiries and releases by three nodes in any order: at no instant do
     two nodes each believe they hold the duty (a node believes it from a take that succeeded
     until that lease's end), and a free duty is always taken by the first node that asks."""
-    dbs = nodes(tmp_path / f"journal-{next(_journals)}.sqlite", "a", "b", "c")
+    dbs = nodes(fresh(), "a", "b", "c")
     believed: list[datetime | None] = [None, None, None]
     now = T0
     try:
@@ -138,6 +139,33 @@ def test_whatever_the_interleaving_never_two_holders(
             believed[index] = now + LEASE if took else None
             holders = [i for i, until in enumerate(believed) if until is not None and now < until]
             assert len(holders) <= 1
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def test_nodes_asking_at_the_same_instant_on_postgresql_get_one_holder(postgres_url: str) -> None:
+    """Three nodes (three connections) taking the same duties at once from threads, round
+    after round as each lease runs out: each round, each duty goes to exactly one node."""
+    dbs = nodes(PostgresTarget(postgres_url), "a", "b", "c")
+    duties = [f"returns:c{i}" for i in range(4)]
+    try:
+        with ThreadPoolExecutor(len(dbs)) as pool:
+            for turn in range(20):
+                at = T0 + turn * (LEASE + timedelta(milliseconds=1))  # the last lease ran out
+                start = threading.Barrier(len(dbs))
+
+                def ask(
+                    db: JournalDB, at: datetime = at, start: threading.Barrier = start
+                ) -> list[str]:
+                    start.wait(timeout=10)
+                    return [name for name in duties if take(db, at, name)]
+
+                won = list(pool.map(ask, dbs, timeout=60))
+                assert sorted(name for names in won for name in names) == duties, (turn, won)
+                holders = {d["name"]: d["node"] for d in dbs[0].duties()}
+                for db, names in zip(dbs, won, strict=True):
+                    assert all(holders[name] == db.node for name in names)
     finally:
         for db in dbs:
             db.close()

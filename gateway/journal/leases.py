@@ -1,0 +1,155 @@
+"""Flow leases: which node works on which flow, and until when.
+
+Several nodes may share one journal (and one data_dir). Each flow is worked on by one node at
+a time, the one whose name is in ``flows.node`` while ``flows.lease_until`` is in the future.
+A node *takes* the next flows to work on by leasing them (:meth:`LeaseQueries.lease`: one
+statement, oldest first), *renews* the leases of the flows it works on with a heartbeat
+(:meth:`LeaseQueries.renew`) and *releases* them when it is done with them or stops
+(:meth:`LeaseQueries.release`). A node that dies renews nothing: its leases expire after
+``[journal] lease_timeout`` and another node takes those flows as a restart would.
+
+The same statement is how a single node bounds its memory: it holds only a window of flows in
+flight and leases the next ones, in journal order, as capacity frees up.
+
+Why the SQL reads as it does:
+
+* ``UPDATE … WHERE flow_id IN (SELECT … LIMIT ?) AND <the lease is free> RETURNING *`` — the
+  condition is repeated in the outer WHERE because PostgreSQL, under READ COMMITTED, re-checks
+  only the outer condition of a row another transaction changed meanwhile; without it two
+  nodes could both take a flow. SQLite (≥ 3.35 for RETURNING) runs it as one write
+  transaction.
+* :attr:`LeaseQueries.skip_locked` is appended to the inner SELECT: empty on SQLite (one
+  writer at a time), ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so that two nodes leasing at
+  once take different rows instead of waiting for each other.
+* Times are the ISO 8601 UTC strings of :func:`~gateway.journal.base.timestamp`, written by the
+  node: they compare as text, and the nodes' clocks must agree within a few seconds (NTP),
+  well under ``lease_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from gateway.journal.base import Queries
+from gateway.journal.rows import FlowRow
+
+#: The states a node takes a flow in to work on it. ``batched`` invoices wait in their
+#: connection's lot, ``awaiting_receipt`` flows for the partner, and the others are done.
+WORKABLE = ("claimed", "queued", "sending", "delivered", "failing")
+
+#: Flow ids per statement when renewing or releasing many (well under SQLite's 32,766
+#: parameters and PostgreSQL's 65,535).
+CHUNK = 500
+
+#: The lease is free: never taken, released, or expired (``?`` is now).
+_FREE = "(lease_until IS NULL OR lease_until < ?)"
+
+
+def lease_end(seconds: float, now: datetime | None = None) -> str:
+    """The ``lease_until`` of a lease taken or renewed now for ``seconds``."""
+    moment = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+class LeaseQueries(Queries):
+    """Leasing flows to this node (:attr:`node`), renewing and releasing the leases."""
+
+    def lease(self, /, limit: int, until: str) -> list[FlowRow]:
+        """Lease to this node up to ``limit`` flows in a :data:`WORKABLE` state whose lease
+        is free, oldest first, until ``until``; return them, oldest first."""
+        if limit <= 0:
+            return []
+        states = ",".join("?" * len(WORKABLE))
+        now = _now()
+        rows = self._db.execute(
+            f"UPDATE flows SET node=?, lease_until=? WHERE flow_id IN"  # noqa: S608 - placeholders only
+            f" (SELECT flow_id FROM flows WHERE state IN ({states}) AND {_FREE}"
+            f" ORDER BY created_at, flow_id LIMIT ?{self.skip_locked})"
+            f" AND state IN ({states}) AND {_FREE} RETURNING *",
+            (self.node, until, *WORKABLE, now, limit, *WORKABLE, now),
+        ).fetchall()
+        taken = [FlowRow.of(row) for row in rows]
+        taken.sort(key=lambda row: (row.created_at, row.flow_id))
+        return taken
+
+    def take(self, /, flow_id: str, until: str) -> FlowRow | None:
+        """Lease one given flow to this node, if its lease is free or already this node's
+        (a flow this node starts by itself: a new lot, one resumed after a fault); return
+        it, or None if another node holds it."""
+        row = self._db.execute(
+            "UPDATE flows SET node=?, lease_until=? WHERE flow_id=?"
+            " AND (lease_until IS NULL OR lease_until < ? OR node=?) RETURNING *",
+            (self.node, until, flow_id, _now(), self.node),
+        ).fetchone()
+        return FlowRow.of(row) if row else None
+
+    def renew(self, /, flow_ids: Sequence[str], until: str) -> list[str]:
+        """Extend to ``until`` the leases this node still holds among ``flow_ids``; return
+        the ids renewed (a flow missing there was taken by another node: this one lost it)."""
+        renewed: list[str] = []
+        with self.transaction():
+            for chunk in _chunks(flow_ids):
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"UPDATE flows SET lease_until=? WHERE flow_id IN ({marks})"  # noqa: S608
+                    " AND node=? AND lease_until IS NOT NULL RETURNING flow_id",
+                    (until, *chunk, self.node),
+                ).fetchall()
+                renewed += [row[0] for row in rows]
+        return renewed
+
+    def release(self, /, flow_ids: Sequence[str]) -> int:
+        """Give up this node's leases of ``flow_ids`` (done with them, or stopping): any node
+        may take those still workable at once. Returns how many were released."""
+        released = 0
+        with self.transaction():
+            for chunk in _chunks(flow_ids):
+                marks = ",".join("?" * len(chunk))
+                released += self._db.execute(
+                    f"UPDATE flows SET lease_until=NULL WHERE flow_id IN ({marks})"  # noqa: S608
+                    " AND node=? AND lease_until IS NOT NULL",
+                    (*chunk, self.node),
+                ).rowcount
+        return released
+
+    def release_all(self) -> int:
+        """Give up every lease held under this node's name: at start, those of its previous
+        incarnation (dead: data_dir's lock proves it), so that a restart resumes its flows
+        at once rather than after ``lease_timeout``."""
+        return int(
+            self._db.execute(
+                "UPDATE flows SET lease_until=NULL WHERE node=? AND lease_until IS NOT NULL",
+                (self.node,),
+            ).rowcount
+        )
+
+    def workable(self) -> int:
+        """How many flows wait to be worked on or are being worked on (any node)."""
+        states = ",".join("?" * len(WORKABLE))
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM flows WHERE state IN ({states})",  # noqa: S608
+            WORKABLE,
+        ).fetchone()
+        return int(row[0])
+
+    def states_of(self, /, flow_ids: Sequence[str]) -> dict[str, str]:
+        """The state of each of ``flow_ids`` the journal has a row for."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(flow_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT flow_id, state FROM flows WHERE flow_id IN ({marks})",  # noqa: S608
+                tuple(chunk),
+            ).fetchall()
+            found.update((row[0], row[1]) for row in rows)
+        return found
