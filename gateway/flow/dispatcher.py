@@ -6,17 +6,19 @@ For one flow (see the state diagram in :mod:`flows.lifecycle`)::
           ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
     any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
 
-The dispatcher supervises: it claims files, runs one task per flow, and advances each flow by
-looking its state up in :attr:`Dispatcher.steps`, a table from :class:`FlowState` to the
-coroutine that moves it on, until the flow waits or is done. The work of each step is done by a
-collaborator, all sharing one :class:`~gateway.flow.context.Context`:
+The dispatcher supervises: it claims files, runs one task per flow in flight (at most its
+:mod:`~gateway.flow.window`, each flow under a lease; the others wait in the journal), and
+advances each flow by looking its state up in :attr:`Dispatcher.steps`, a table from
+:class:`FlowState` to the coroutine that moves it on, until the flow waits or is done. The
+work of each step is done by a collaborator, all sharing one :class:`Context`:
 
 * :mod:`~gateway.flow.routing` — analysis, validation, routing, remote name (``claimed``);
 * :mod:`~gateway.flow.lotting` — invoices waiting ``batched`` for their lot, and packing;
 * :mod:`~gateway.flow.delivery` — attempts and retries over the connection's sender;
 * :mod:`~gateway.flow.receipts` — what the partner answered, at once or later (``settle``);
 * :mod:`~gateway.flow.filing` — refusals, and filing in ``sent/`` or ``error/``;
-* :mod:`~gateway.flow.recovery` — reconciliation at start, ``raccord retry``, local faults.
+* :mod:`~gateway.flow.recovery` — reconciliation at start, resuming a flow taken from the
+  journal (also a dead node's), ``raccord retry``, local faults.
 
 A partner that acknowledges later (asynchronous AS2 MDN) leaves the flow ``awaiting_receipt``
 with no task running: :meth:`Dispatcher.settle` finishes it when the acknowledgement arrives,
@@ -183,7 +185,7 @@ class Dispatcher:
             self.ctx,
             self.filing,
             new_id=self._new_flow_id,
-            start=self.start,
+            start=self._start_lot,
             spawn=self.running.spawn,
         )
         self.router = Router(
@@ -382,9 +384,9 @@ class Dispatcher:
         claimed: Claim | None = None,
         lost: int = 0,
         leased: FlowRow | None = None,
-    ) -> None:
-        """Run the flow in the background, once (a no-op if it is already running), in a
-        place of the window.
+    ) -> bool:
+        """Run the flow in the background, once, in a place of the window; False if it is
+        being worked on here already (nothing is done then).
 
         ``claimed``: a file to claim first; the flow is not journaled yet. ``lost``: how many
         times the journal's answer was lost for this flow (it is resumed from the journal).
@@ -392,10 +394,15 @@ class Dispatcher:
         it (and stops there if another node holds it).
         """
         if flow_id in self._active:
-            return
+            return False
         self._active.add(flow_id)
         self.window.enter(flow_id)
         self.running.run_flow(flow_id, self._run_flow(flow_id, claimed, lost, leased=leased))
+        return True
+
+    def _start_lot(self, lot_id: str) -> None:
+        """A lot just packed starts at once, ahead of the backlog (it takes its lease)."""
+        self.start(lot_id)
 
     async def drain(self, grace: float) -> None:
         """Stop starting work; wait up to ``grace`` seconds, then cancel what still runs.
@@ -572,21 +579,8 @@ class Dispatcher:
         self.running.spawn(self.window.feed(self.recovery.resume), "window-feed")
         self.running.spawn(self.window.beat(), "window-beat")
         if self.recovery.orphan_age > 0:
-            self.running.spawn(self._adopt_orphans(), "orphans")
+            self.running.spawn(self.recovery.sweep_orphans(), "orphans")
         return resumed
-
-    async def _adopt_orphans(self) -> None:
-        """With a shared journal: every ``lease_timeout``, adopt the spool files left with no
-        journal row by a node that died between its claim's rename and its insert (too young
-        to be adopted at start)."""
-        while not self.stopping.is_set():
-            await self.ctx.pause(self.recovery.orphan_age)
-            if self.stopping.is_set():
-                break
-            try:
-                await self.recovery.adopt_orphans()
-            except Exception as exc:  # the journal or the disk: tried again next time
-                log.error("recovery.orphans_failed", error=str(exc), action="tried again later")
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, unleased), and any whose
