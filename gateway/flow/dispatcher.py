@@ -287,7 +287,9 @@ class Dispatcher:
         the event loop waits for the file system under load. A file claimed meanwhile by an
         earlier event or scan, or removed by ops, ends its flow there. The claimed file is
         journaled next; should the daemon die in between, reconciliation finds the spool file
-        and journals it then.
+        and journals it then. When the window is full (or older flows wait in the journal)
+        the file is only claimed and journaled, to wait its turn; at most a window's worth of
+        such claims run at once, and this waits for one of them to end (intake slows down).
         """
         if self.stopping.is_set():
             return None

@@ -213,6 +213,7 @@ class Watcher:
         self.alive = False
         self.scans = 0  # completed scans of the outboxes, for health checks and tests
         self._more = False  # the last scan stopped at SCAN_LIMIT: more files wait
+        self._slice: frozenset[Path] = frozenset()  # what the last scan queued
         self._deferred: dict[Path, str] = {}  # seen, still being written: looked at again
         self.started_at: float | None = None  # time.monotonic() of start()
         self.scanned_at: float | None = None  # time.monotonic() of the last scan
@@ -348,7 +349,12 @@ class Watcher:
         """Queue the candidates now in the outboxes, up to :data:`SCAN_LIMIT` (the rest at the
         next scan, as soon as these are claimed); return how many were queued."""
         skip = frozenset(self._deferred)
-        found, self._more, misplaced = await asyncio.to_thread(self._list, skip)
+        found, more, misplaced = await asyncio.to_thread(self._list, skip)
+        previous, self._slice = self._slice, frozenset(path for _, path in found)
+        # A slice that claimed nothing (the files cannot be moved: a permission, a folder
+        # missing in the spool) would be listed again at once, forever: the next slice then
+        # waits for the next rescan, as a whole scan used to.
+        self._more = more and not self._slice <= previous
         self._report_ignored(misplaced)
         for connection, path in found:
             self._queue.put_nowait((connection, path, False))
