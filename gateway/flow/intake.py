@@ -5,7 +5,9 @@ Two sources of candidates, because either alone loses files:
 * watchdog's inotify observer, subscribed with an event filter to close-write, moved-to and
   create events only (with the full event mask a burst of thousands of files overflows the
   inotify queue, and watchdog merely logs that events were lost);
-* a scan of every outbox at start and every ``rescan_interval``.
+* a scan of every outbox at start and every ``rescan_interval``; a backlog is listed a slice
+  of :data:`SCAN_LIMIT` files at a time, the next slice as soon as these are claimed, so that
+  intake holds a bounded number of paths however many files wait.
 
 A file is *ready* when it arrived by rename (moved-to), was closed after writing, or — seen by a
 scan or a bare create event — nobody has it open for writing. That last test takes a read
