@@ -6,17 +6,19 @@ For one flow (see the state diagram in :mod:`flows.lifecycle`)::
           ─▶ send (protocols/, retries with backoff) ─▶ delivered ─▶ sent/  (with receipt)
     any refusal or permanent failure                   ─▶ failing   ─▶ error/ (with error.json)
 
-The dispatcher supervises: it claims files, runs one task per flow, and advances each flow by
-looking its state up in :attr:`Dispatcher.steps`, a table from :class:`FlowState` to the
-coroutine that moves it on, until the flow waits or is done. The work of each step is done by a
-collaborator, all sharing one :class:`~gateway.flow.context.Context`:
+The dispatcher supervises: it claims files, runs one task per flow in flight (at most its
+:mod:`~gateway.flow.window`, each flow under a lease; the others wait in the journal), and
+advances each flow by looking its state up in :attr:`Dispatcher.steps`, a table from
+:class:`FlowState` to the coroutine that moves it on, until the flow waits or is done. The
+work of each step is done by a collaborator, all sharing one :class:`Context`:
 
 * :mod:`~gateway.flow.routing` — analysis, validation, routing, remote name (``claimed``);
 * :mod:`~gateway.flow.lotting` — invoices waiting ``batched`` for their lot, and packing;
 * :mod:`~gateway.flow.delivery` — attempts and retries over the connection's sender;
 * :mod:`~gateway.flow.receipts` — what the partner answered, at once or later (``settle``);
 * :mod:`~gateway.flow.filing` — refusals, and filing in ``sent/`` or ``error/``;
-* :mod:`~gateway.flow.recovery` — reconciliation at start, ``raccord retry``, local faults.
+* :mod:`~gateway.flow.recovery` — reconciliation at start, resuming a flow taken from the
+  journal (also a dead node's), ``raccord retry``, local faults.
 
 A partner that acknowledges later (asynchronous AS2 MDN) leaves the flow ``awaiting_receipt``
 with no task running: :meth:`Dispatcher.settle` finishes it when the acknowledgement arrives,
@@ -42,10 +44,9 @@ import structlog
 from flows import naming
 from flows.lifecycle import FlowState
 from gateway import logs
-from gateway.batching import Batcher
 from gateway.config import Checking, Config
 from gateway.flow.analyser import Analyser
-from gateway.flow.claims import Claim, rename_all
+from gateway.flow.claims import Claim, Claimer, rename_all
 from gateway.flow.context import Context, Now, Running, Sleep, utc_now
 from gateway.flow.delivery import Attempt, Delivery, backoff
 from gateway.flow.filer import Filer
@@ -162,12 +163,17 @@ class Dispatcher:
             size=max_in_flight or WINDOW,
             lease_timeout=config.journal.lease_timeout,
         )
-        # Files claimed beyond the window at once (renamed, not yet journaled): intake waits
-        # for a free one, so a backlog in the outboxes is claimed in bounded batches.
-        self._claiming = asyncio.Semaphore(self.window.size)
         self._healing: dict[str, int] = {}  # flow -> local faults met in a row (disk full...)
-        self._renames: Batcher[tuple[Path, Path], None] = Batcher(rename_all)
         self._flow_ids = naming.FlowIds()
+        self.claimer = Claimer(
+            self.ctx,
+            self.window,
+            self.running,
+            new_id=self._new_flow_id,
+            prepare=self._prepare_sender,
+            start=self.start,
+            claim_as=self._claim_as,
+        )
         self._prepared: dict[str, float] = {}  # connection -> when its sender was last told
         self.pool = SenderPool()
         self.filing = Filing(self.ctx, Filer())
@@ -183,7 +189,7 @@ class Dispatcher:
             self.ctx,
             self.filing,
             new_id=self._new_flow_id,
-            start=self.start,
+            start=self._start_lot,
             spawn=self.running.spawn,
         )
         self.router = Router(
@@ -285,7 +291,9 @@ class Dispatcher:
         the event loop waits for the file system under load. A file claimed meanwhile by an
         earlier event or scan, or removed by ops, ends its flow there. The claimed file is
         journaled next; should the daemon die in between, reconciliation finds the spool file
-        and journals it then.
+        and journals it then. When the window is full (or older flows wait in the journal)
+        the file is only claimed and journaled, to wait its turn; at most a window's worth of
+        such claims run at once, and this waits for one of them to end (intake slows down).
         """
         if self.stopping.is_set():
             return None
@@ -293,37 +301,7 @@ class Dispatcher:
         if self.window.direct():
             return self._claim_as(connection, path, name)
         # The window is full, or older flows wait: journal this one to wait its turn.
-        await self._claiming.acquire()
-        if self.stopping.is_set():
-            self._claiming.release()
-            return None
-        flow_id = self._new_flow_id()
-        target = self.ctx.layout.spool(connection) / spool_name(flow_id, name)
-        claim = Claim(connection, name, path, target)
-        self.running.spawn(self._claim_to_wait(flow_id, claim), f"claim-{flow_id}")
-        return flow_id
-
-    async def _claim_to_wait(self, flow_id: str, claim: Claim) -> None:
-        """Claim a file and journal it ``claimed`` without a lease: the window takes it from
-        the journal in its turn. A fault after the rename hands the flow to the ordinary path
-        (:meth:`start`), which knows how to get over it."""
-        taken = False
-        try:
-            taken = await self._take(flow_id, claim)
-            if taken:
-                row = await self._journal_claim(flow_id, claim, lease=False)
-                if row is None:  # the identifier is taken (see _run_flow)
-                    log.error("flow.id_taken", flow_id=flow_id, file=claim.name)
-                    self._claim_as(claim.connection, claim.spool, claim.name)
-                else:
-                    self.window.waiting()
-        except Exception:
-            if taken:
-                self.start(flow_id, claimed=claim, lost=1)
-            else:
-                log.exception("intake.claim_failed", connection=claim.connection, file=claim.name)
-        finally:
-            self._claiming.release()
+        return await self.claimer.claim_to_wait(connection, path, name)
 
     def _new_flow_id(self) -> str:
         return self._flow_ids.new(self.ctx.now())
@@ -333,32 +311,6 @@ class Dispatcher:
         target = self.ctx.layout.spool(connection) / spool_name(flow_id, name)
         self.start(flow_id, claimed=Claim(connection, name, path, target))
         return flow_id
-
-    async def _take(self, flow_id: str, claim: Claim) -> bool:
-        """Rename the claimed file into the spool; False if it is not there (any more)."""
-        try:
-            await self._renames.submit((claim.source, claim.spool))
-        except FileNotFoundError:
-            return False  # claimed by an earlier event or scan, or removed by ops
-        except OSError as exc:
-            # It stays in the outbox; the next scan offers it again.
-            reason, action = local_fault(exc) or (
-                "claim_failed",
-                "check the permissions of the outbox and spool folders; the next scan tries again",
-            )
-            log.error(
-                "intake.claim_failed",
-                connection=claim.connection,
-                file=claim.name,
-                reason=reason,
-                error=str(exc),
-                action=action,
-            )
-            return False
-        log.info("flow.claimed", connection=claim.connection, flow_id=flow_id, file=claim.name)
-        self.ctx.metrics.received.labels(claim.connection).inc()
-        self._prepare_sender(claim.connection)
-        return True
 
     def _prepare_sender(self, connection: str) -> None:
         """A file is coming: a sender that connects on first use (:class:`Prepares`) may
@@ -382,9 +334,9 @@ class Dispatcher:
         claimed: Claim | None = None,
         lost: int = 0,
         leased: FlowRow | None = None,
-    ) -> None:
-        """Run the flow in the background, once (a no-op if it is already running), in a
-        place of the window.
+    ) -> bool:
+        """Run the flow in the background, once, in a place of the window; False if it is
+        being worked on here already (nothing is done then).
 
         ``claimed``: a file to claim first; the flow is not journaled yet. ``lost``: how many
         times the journal's answer was lost for this flow (it is resumed from the journal).
@@ -392,10 +344,15 @@ class Dispatcher:
         it (and stops there if another node holds it).
         """
         if flow_id in self._active:
-            return
+            return False
         self._active.add(flow_id)
         self.window.enter(flow_id)
         self.running.run_flow(flow_id, self._run_flow(flow_id, claimed, lost, leased=leased))
+        return True
+
+    def _start_lot(self, lot_id: str) -> None:
+        """A lot just packed starts at once, ahead of the backlog (it takes its lease)."""
+        self.start(lot_id)
 
     async def drain(self, grace: float) -> None:
         """Stop starting work; wait up to ``grace`` seconds, then cancel what still runs.
@@ -425,9 +382,9 @@ class Dispatcher:
         resume = False
         try:
             if claimed is not None and not lost:
-                if not await self._take(flow_id, claimed):
+                if not await self.claimer.take(flow_id, claimed):
                     return
-                row = await self._journal_claim(flow_id, claimed)
+                row = await self.claimer.journal(flow_id, claimed)
                 if row is None:
                     # The identifier is already in the journal: only possible if the clock was
                     # set back across a restart. The file takes a new identity.
@@ -439,7 +396,7 @@ class Dispatcher:
             else:
                 row = await self.journal.call(Call(JournalDB.take, flow_id, self.window.until()))
                 if row is None and claimed is not None:  # resumed: the claim was not journaled
-                    row = await self._journal_claim(flow_id, claimed)
+                    row = await self.claimer.journal(flow_id, claimed)
             if row is None:
                 return  # another node holds it (or it is gone)
             self.window.leased.add(flow_id)
@@ -496,23 +453,6 @@ class Dispatcher:
                 self.start(flow_id, claimed=claimed, lost=lost)
 
         self.running.spawn(later(), f"heal-{flow_id}")
-
-    async def _journal_claim(
-        self, flow_id: str, claimed: Claim, *, lease: bool = True
-    ) -> FlowRow | None:
-        """Journal a claimed file, leased to this node (it is worked on here at once) or not
-        (it waits its turn in the journal)."""
-        values = {"lease_until": self.window.until()} if lease else {}
-        return await self.journal.call(
-            Call(
-                JournalDB.insert,
-                flow_id,
-                claimed.connection,
-                claimed.name,
-                str(claimed.spool),
-                **values,
-            )
-        )
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -572,21 +512,8 @@ class Dispatcher:
         self.running.spawn(self.window.feed(self.recovery.resume), "window-feed")
         self.running.spawn(self.window.beat(), "window-beat")
         if self.recovery.orphan_age > 0:
-            self.running.spawn(self._adopt_orphans(), "orphans")
+            self.running.spawn(self.recovery.sweep_orphans(), "orphans")
         return resumed
-
-    async def _adopt_orphans(self) -> None:
-        """With a shared journal: every ``lease_timeout``, adopt the spool files left with no
-        journal row by a node that died between its claim's rename and its insert (too young
-        to be adopted at start)."""
-        while not self.stopping.is_set():
-            await self.ctx.pause(self.recovery.orphan_age)
-            if self.stopping.is_set():
-                break
-            try:
-                await self.recovery.adopt_orphans()
-            except Exception as exc:  # the journal or the disk: tried again next time
-                log.error("recovery.orphans_failed", error=str(exc), action="tried again later")
 
     async def pick_up_requeued(self) -> int:
         """Start flows put back by ``raccord retry`` (state claimed, unleased), and any whose

@@ -5,7 +5,9 @@ Two sources of candidates, because either alone loses files:
 * watchdog's inotify observer, subscribed with an event filter to close-write, moved-to and
   create events only (with the full event mask a burst of thousands of files overflows the
   inotify queue, and watchdog merely logs that events were lost);
-* a scan of every outbox at start and every ``rescan_interval``.
+* a scan of every outbox at start and every ``rescan_interval``; a backlog is listed a slice
+  of :data:`SCAN_LIMIT` files at a time, the next slice as soon as these are claimed, so that
+  intake holds a bounded number of paths however many files wait.
 
 A file is *ready* when it arrived by rename (moved-to), was closed after writing, or — seen by a
 scan or a bare create event — nobody has it open for writing. That last test takes a read
@@ -213,6 +215,7 @@ class Watcher:
         self.alive = False
         self.scans = 0  # completed scans of the outboxes, for health checks and tests
         self._more = False  # the last scan stopped at SCAN_LIMIT: more files wait
+        self._slice: frozenset[Path] = frozenset()  # what the last scan queued
         self._deferred: dict[Path, str] = {}  # seen, still being written: looked at again
         self.started_at: float | None = None  # time.monotonic() of start()
         self.scanned_at: float | None = None  # time.monotonic() of the last scan
@@ -348,7 +351,12 @@ class Watcher:
         """Queue the candidates now in the outboxes, up to :data:`SCAN_LIMIT` (the rest at the
         next scan, as soon as these are claimed); return how many were queued."""
         skip = frozenset(self._deferred)
-        found, self._more, misplaced = await asyncio.to_thread(self._list, skip)
+        found, more, misplaced = await asyncio.to_thread(self._list, skip)
+        previous, self._slice = self._slice, frozenset(path for _, path in found)
+        # A slice that claimed nothing (the files cannot be moved: a permission, a folder
+        # missing in the spool) would be listed again at once, forever: the next slice then
+        # waits for the next rescan, as a whole scan used to.
+        self._more = more and not self._slice <= previous
         self._report_ignored(misplaced)
         for connection, path in found:
             self._queue.put_nowait((connection, path, False))

@@ -36,7 +36,7 @@ class Start(Protocol):
     """Runs a flow from its journaled state (:meth:`Dispatcher.start
     <gateway.flow.dispatcher.Dispatcher.start>`)."""
 
-    def __call__(self, flow_id: str, *, leased: FlowRow | None = None) -> None: ...
+    def __call__(self, flow_id: str, *, leased: FlowRow | None = None) -> bool: ...
 
 
 class Recovery:
@@ -96,8 +96,10 @@ class Recovery:
                 log.warning(
                     "flow.unknown_outcome", flow_id=row.flow_id, remote_name=row.remote_name
                 )
-            self._start(row.flow_id, leased=row)
-            started += 1
+            if self._start(row.flow_id, leased=row):
+                started += 1
+            else:  # worked on here already (a late acknowledgement being settled)
+                self._window.forget(row.flow_id)
         return started
 
     async def _lost(self, row: FlowRow) -> None:
@@ -150,6 +152,20 @@ class Recovery:
         if adopted:
             self._window.waiting()
         return adopted
+
+    async def sweep_orphans(self) -> None:
+        """With a shared journal: every orphan age (``lease_timeout``), adopt the spool files
+        a node that died between its claim's rename and its insert left with no journal row
+        (too young to be adopted at start), until stopping."""
+        stopping = self._ctx.stopping
+        while not stopping.is_set():
+            await self._ctx.pause(self.orphan_age)
+            if stopping.is_set():
+                break
+            try:
+                await self.adopt_orphans()
+            except Exception as exc:  # the journal or the disk: tried again next time
+                log.error("recovery.orphans_failed", error=str(exc), action="tried again later")
 
     async def _old_enough(self, path: Path) -> bool:
         if self.orphan_age <= 0:

@@ -84,6 +84,14 @@ class Window:
         if self._backlog:
             self._wake.set()
 
+    def forget(self, flow_id: str) -> None:
+        """A lease taken for a flow that is worked on here without a place (a late
+        acknowledgement being settled): released at the next beat, unless a task of the
+        flow holds it."""
+        if flow_id not in self.slots and flow_id in self.leased:
+            self.leased.discard(flow_id)
+            self._done.add(flow_id)
+
     def waiting(self) -> None:
         """Flows were journaled to wait (claimed beyond the window, requeued, or maybe freed
         by a dead node): look for them as soon as there is room."""

@@ -31,12 +31,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from flows.lifecycle import FlowState
 from gateway.journal.base import Queries
 from gateway.journal.rows import FlowRow
 
-#: The states a node takes a flow in to work on it. ``batched`` invoices wait in their
-#: connection's lot, ``awaiting_receipt`` flows for the partner, and the others are done.
-WORKABLE = ("claimed", "queued", "sending", "delivered", "failing")
+#: The states a node takes a flow in to work on it: every state but these. ``batched``
+#: invoices wait in their connection's lot, ``awaiting_receipt`` flows for the partner, the
+#: others are done.
+NOT_WORKABLE = ("batched", "packed", "awaiting_receipt", "sent", "error")
+WORKABLE = tuple(state.value for state in FlowState if state.value not in NOT_WORKABLE)
+
+#: The condition on ``state`` of a workable flow, word for word the WHERE of the schema's
+#: partial index ``flows_workable``: a database uses a partial index only for a query whose
+#: condition implies the index's, and literals (not parameters) let it prove so. As NOT IN,
+#: ``flows_state`` cannot serve it: SQLite would otherwise look the states up there and sort
+#: the whole backlog at every lease (68 ms at 75,000 flows waiting, against 0.01 ms).
+_WORKABLE_SQL = "state NOT IN ({})".format(", ".join(f"'{state}'" for state in NOT_WORKABLE))
 
 #: Flow ids per statement when renewing or releasing many (well under SQLite's 32,766
 #: parameters and PostgreSQL's 65,535).
@@ -69,14 +79,13 @@ class LeaseQueries(Queries):
         is free, oldest first, until ``until``; return them, oldest first."""
         if limit <= 0:
             return []
-        states = ",".join("?" * len(WORKABLE))
         now = _now()
         rows = self._db.execute(
-            f"UPDATE flows SET node=?, lease_until=? WHERE flow_id IN"  # noqa: S608 - placeholders only
-            f" (SELECT flow_id FROM flows WHERE state IN ({states}) AND {_FREE}"
+            f"UPDATE flows SET node=?, lease_until=? WHERE flow_id IN"  # noqa: S608 - constants
+            f" (SELECT flow_id FROM flows WHERE {_WORKABLE_SQL} AND {_FREE}"
             f" ORDER BY created_at, flow_id LIMIT ?{self.skip_locked})"
-            f" AND state IN ({states}) AND {_FREE} RETURNING *",
-            (self.node, until, *WORKABLE, now, limit, *WORKABLE, now),
+            f" AND {_WORKABLE_SQL} AND {_FREE} RETURNING *",
+            (self.node, until, now, limit, now),
         ).fetchall()
         taken = [FlowRow.of(row) for row in rows]
         taken.sort(key=lambda row: (row.created_at, row.flow_id))
@@ -135,10 +144,8 @@ class LeaseQueries(Queries):
 
     def workable(self) -> int:
         """How many flows wait to be worked on or are being worked on (any node)."""
-        states = ",".join("?" * len(WORKABLE))
         row = self._db.execute(
-            f"SELECT COUNT(*) FROM flows WHERE state IN ({states})",  # noqa: S608
-            WORKABLE,
+            f"SELECT COUNT(*) FROM flows WHERE {_WORKABLE_SQL}"  # noqa: S608 - constants
         ).fetchone()
         return int(row[0])
 

@@ -300,7 +300,12 @@ SCHEMA_10 = _SCHEMA_10.replace(" TEXT", ' TEXT COLLATE "C"')
 #: A change of schema adds a step here and one in :mod:`gateway.journal.schema` (SQLite).
 STEPS: tuple[tuple[int, str], ...] = (
     (10, SCHEMA_10),
-    (11, 'ALTER TABLE duties ADD COLUMN mark TEXT COLLATE "C";'),
+    (
+        11,
+        'ALTER TABLE duties ADD COLUMN mark TEXT COLLATE "C";'
+        " CREATE INDEX flows_workable ON flows(created_at, flow_id)"
+        " WHERE state NOT IN ('batched', 'packed', 'awaiting_receipt', 'sent', 'error');",
+    ),
 )
 assert STEPS[-1][0] == SCHEMA_VERSION, "the PostgreSQL schema lags SQLite's"
 

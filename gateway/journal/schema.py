@@ -64,6 +64,11 @@ CREATE INDEX IF NOT EXISTS flows_connection_created ON flows(connection, created
 CREATE INDEX IF NOT EXISTS flows_state_created ON flows(state, created_at);
 CREATE INDEX IF NOT EXISTS flows_name ON flows(original_name);
 CREATE INDEX IF NOT EXISTS flows_number ON flows(invoice_number);
+-- The flows a node may lease to work on, oldest first (gateway/journal/leases.py): written as
+-- NOT IN so that the query's condition, the same text, can only be served by this index, in
+-- order, without sorting a backlog (SQLite would otherwise look up flows_state and sort).
+CREATE INDEX IF NOT EXISTS flows_workable ON flows(created_at, flow_id)
+    WHERE state NOT IN ('batched', 'packed', 'awaiting_receipt', 'sent', 'error');
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY,
     flow_id     TEXT NOT NULL,

@@ -235,3 +235,59 @@ def test_a_burst_makes_no_search_of_watchdogs_queue(
 
     assert sorted(name for _, name in asyncio.run(main())) == names
     assert searches == []
+
+
+def test_a_backlog_is_scanned_in_slices_each_file_offered_once(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog of files waiting in the outbox at start is listed a slice at a time: intake
+    never holds more than a slice of paths, and every file is offered once."""
+    monkeypatch.setattr(intake, "SCAN_LIMIT", 8)
+    outbox, staging = folders
+    spool = staging.parent / "spool"
+    spool.mkdir()
+    names = {f"inv-{i:03}.xml" for i in range(45)}
+    for name in names:
+        (outbox / name).write_bytes(b"<Invoice/>")
+    queued: list[int] = []
+
+    async def main() -> Offers:
+        held: list[Watcher] = []
+
+        async def claim(connection: str, path: Path) -> None:
+            queued.append(held[0]._queue.qsize() if held else 0)
+            path.rename(spool / path.name)
+
+        async with watching(outbox, claim) as (watcher, offers):
+            held.append(watcher)
+            await until(lambda: len(list(spool.iterdir())) == len(names), what="every claim")
+            await settled(outbox, staging, offers)
+            return offers
+
+    offers = asyncio.run(main())
+    assert sorted(name for _, name in offers) == sorted(names)
+    assert max(queued) < 8
+
+
+def test_a_slice_that_cannot_be_claimed_waits_for_the_next_rescan(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files that stay in the outbox (their claim fails) are not listed again and again:
+    once a slice claimed nothing, the next waits for the periodic rescan."""
+    monkeypatch.setattr(intake, "SCAN_LIMIT", 4)
+    outbox, _ = folders
+    for i in range(10):
+        (outbox / f"stuck-{i}.xml").write_bytes(b"<Invoice/>")
+
+    async def fails(connection: str, path: Path) -> None:
+        """The claim fails: the file stays where it is."""
+
+    async def main() -> tuple[int, int]:
+        async with watching(outbox, fails) as (watcher, offers):
+            await until(lambda: watcher.scans >= 2 and not watcher._more, what="no more slices")
+            await settled(outbox, folders[1], offers)
+            return watcher.scans, len([o for o in offers if o[1].startswith("stuck-")])
+
+    scans, offered = asyncio.run(main())
+    assert scans == 2
+    assert offered == 8  # the first slice, offered again once

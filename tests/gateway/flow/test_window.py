@@ -219,3 +219,24 @@ def test_on_a_shared_journal_a_young_orphan_waits_and_is_adopted_once(
     asyncio.run(main())
     assert memory.bucket(bucket).sends == 1
     assert [row.flow_id for row in rows(config)] == [flow_id]
+
+
+def test_a_restart_under_the_same_node_name_resumes_its_flows_at_once(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A node killed with flows leased (an hour left on its leases) and started again under
+    the same node_name takes them back at once: its previous incarnation is dead."""
+    config = memory_config(tmp_path, bucket, gateway_extra='node_name = "a"')
+    ids = backlog(config, 5)
+    dead = JournalDB(Layout(config.gateway.data_dir).journal, node="a")
+    try:
+        assert len(dead.lease(5, lease_end(3600))) == len(ids)
+    finally:
+        dead.close()
+
+    async def main() -> None:
+        async with running(config):
+            await until(lambda: all_sent(config, len(ids)), 30, "its flows resumed")
+
+    asyncio.run(main())
+    assert memory.bucket(bucket).sends == len(ids)

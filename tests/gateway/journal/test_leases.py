@@ -265,3 +265,33 @@ def wait_for_expiry(db: JournalDB, until: str) -> None:
     while lease_end(0) <= until:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_leasing_reads_the_backlog_in_order_from_its_index_without_sorting(
+    tmp_path: Path,
+) -> None:
+    """Taking the next flows costs the same with 5 or 100,000 waiting: the statement is
+    served by the partial index flows_workable, in order, with no sort of the backlog."""
+    statements: list[str] = []
+    with nodes(tmp_path / "j.sqlite", "a") as (a,):
+        backlog(a, 5)
+        raw = cast(sqlite3.Connection, a._db)
+        raw.set_trace_callback(statements.append)
+        a.lease(2, LATER)
+        raw.set_trace_callback(None)
+        (sql,) = [s for s in statements if s.startswith("UPDATE flows SET node")]
+        plan = " | ".join(row[3] for row in a._db.execute("EXPLAIN QUERY PLAN " + sql))
+    assert "USING INDEX flows_workable" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_every_state_is_workable_or_not_and_the_index_says_the_same() -> None:
+    """A state added to the lifecycle is either leased or not, knowingly; the index's
+    condition is word for word the query's (else the index is not used)."""
+    from flows.lifecycle import FlowState
+    from gateway.journal import leases, schema
+
+    assert set(WORKABLE) | set(leases.NOT_WORKABLE) == {state.value for state in FlowState}
+    assert not set(WORKABLE) & set(leases.NOT_WORKABLE)
+    index = schema.SCHEMA.split("flows_workable ON flows(created_at, flow_id)")[1]
+    assert " ".join(index.split()).startswith(f"WHERE {leases._WORKABLE_SQL};")
