@@ -181,26 +181,37 @@ def flows(
     if filters.text:
         text = filters.text.strip()
         # Each alternative is an index search: the flow id, the invoice number (the flow's own
-        # or one its lot carries), and a file name that starts with the text. A prefix that
-        # many names share ("invoice-") is checked row by row along the date order instead
-        # (the unary + keeps SQLite from sorting every match): a page then fills quickly.
-        many = _at_least(
+        # or one its lot carries), and a file name that starts with the text; their few
+        # matches are looked up and sorted (as one IN of a UNION: PostgreSQL does not combine
+        # ORs of subqueries and would walk every flow). A prefix that many names share
+        # ("invoice-") is checked row by row along the date order instead (SQLite's unary +
+        # keeps it from sorting every match): a page then fills quickly.
+        if _at_least(
             db, "flows WHERE original_name >= ? AND original_name < ?", [text, text + _LAST]
-        )
-        p = dialect(db).unindexed if many else ""
-        clauses.append(
-            f"({p}flow_id = ? OR {p}invoice_number = ?"  # noqa: S608 - p is "" or "+"
-            f" OR ({p}original_name >= ? AND {p}original_name < ?)"
-            f" OR {p}flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
-            f" OR {p}flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
-        )
+        ):
+            p = dialect(db).unindexed
+            clauses.append(
+                f"({p}flow_id = ? OR {p}invoice_number = ?"  # noqa: S608 - p is "" or "+"
+                f" OR ({p}original_name >= ? AND {p}original_name < ?)"
+                f" OR {p}flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
+                f" OR {p}flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
+            )
+        else:
+            clauses.append(
+                "flow_id IN (SELECT flow_id FROM flows WHERE flow_id = ?"
+                " UNION ALL SELECT flow_id FROM flows WHERE invoice_number = ?"
+                " UNION ALL SELECT flow_id FROM flows WHERE original_name >= ?"
+                " AND original_name < ?"
+                " UNION ALL SELECT flow_id FROM invoices WHERE invoice_number = ?"
+                " UNION ALL SELECT source_flow FROM invoices WHERE invoice_number = ?)"
+            )
         params += [text, text, text, text + _LAST, text, text]
     if filters.status:
         match, values = _invoice_match(filters.status)
         if not _at_least(db, f"invoices WHERE {match}", values):
             clauses.append(
-                f"(flow_id IN (SELECT flow_id FROM invoices WHERE {match})"  # noqa: S608
-                f" OR flow_id IN (SELECT source_flow FROM invoices WHERE {match}))"
+                f"flow_id IN (SELECT flow_id FROM invoices WHERE {match}"  # noqa: S608
+                f" UNION ALL SELECT source_flow FROM invoices WHERE {match})"
             )
             params += values + values
         else:
