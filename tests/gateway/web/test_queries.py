@@ -230,3 +230,34 @@ def test_read_only_keeps_the_urls_own_options() -> None:
     url = "postgresql://raccord@db:5432/journal?options=-c%20search_path%3Draccord"
     options = conninfo_to_dict(queries.read_only_target(PostgresTarget(url)).url)["options"]
     assert options == "-c search_path=raccord -c default_transaction_read_only=on"
+
+
+def test_each_row_shows_its_latest_carriers_status_on_any_page_size(
+    target: JournalTarget,
+) -> None:
+    """A dropped file resubmitted in a second lot shows that lot's status, not the first's;
+    a CSV-sized page (more flows than one query reads) gets every row's status."""
+    db = JournalDB(target)
+    db.insert("A", "qualif", "a.xml", "/spool/a.xml", invoice_number="N-1")
+    walk(db, "A", "packed", lot_id="LOT1")
+    for lot, code in (("LOT1", "05"), ("LOT2", "01")):
+        db.insert(lot, "qualif", f"{lot}.tar.gz", f"/spool/{lot}", packaging="tar.gz")
+        walk(db, lot, "sent")
+        db.add_invoices(lot, [("a.xml", "N-1", None, "A")])
+        db.set_invoice_status(lot, 0, status_code=code, status_at="t")
+    with db.transaction():
+        for index in range(queries._CHUNK + 20):
+            flow_id = f"F{index:04d}"
+            db.insert(flow_id, "other", f"{flow_id}.xml", f"/spool/{flow_id}")
+            db.add_invoices(flow_id, [(f"{flow_id}.xml", flow_id, None, flow_id)])
+            db.set_invoice_status(flow_id, 0, status_code="01", status_at="t")
+    db.close()
+    reader = queries.open_read_only(target)
+    try:
+        (row,) = queries.flows(reader, Filters(text="a.xml"))
+        rows = queries.flows(reader, Filters(connection="other"), 0, 10_000)
+    finally:
+        reader.close()
+    assert row["status"] is not None and row["status"]["code"] == "01"
+    assert len(rows) == queries._CHUNK + 20
+    assert all(r["status"] is not None and r["status"]["code"] == "01" for r in rows)
