@@ -174,3 +174,33 @@ def test_healthz_names_what_is_not_alive(tmp_path: Path) -> None:
 def test_a_bad_metrics_address_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"gateway\.metrics: expected \"host:port\""):
         memory_config(tmp_path, "x", gateway_extra=f'metrics = "{value}"')
+
+
+def test_scrapes_of_a_postgresql_journal_share_one_session(postgres_url: str) -> None:
+    """Each scrape reads the shared journal over the same kept connection (not a new server
+    session per scrape); stopping the metrics server's collector ends it."""
+    import psycopg
+
+    from gateway.journal import PostgresTarget
+    from gateway.ops.metrics import JournalCollector
+
+    def sessions() -> list[int]:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            found = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'raccord'"
+            ).fetchall()
+        return [row[0] for row in found]
+
+    target = PostgresTarget(postgres_url)
+    db = JournalDB(target)
+    db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
+    db.close()
+    collector = JournalCollector(target)
+    first = {m.name: m.samples for m in collector.collect()}
+    (kept,) = sessions()
+    second = {m.name: m.samples for m in collector.collect()}
+    assert sessions() == [kept] and first == second
+    assert [s.value for s in first["raccord_flows"]] == [1]
+    collector.close()
+    assert sessions() == []
