@@ -64,9 +64,13 @@ class Dialect:
     skip_locked: str
     #: Errors of the database itself (a failed commit, a damaged file, a lost server).
     errors: tuple[type[Exception], ...]
+    #: Put before a column to keep the planner from searching its index for that term (a
+    #: listing that walks the date order and checks each row): SQLite's unary ``+``; nothing
+    #: on PostgreSQL, which has no such hint (and no unary ``+`` on text).
+    unindexed: str = ""
 
 
-SQLITE = Dialect("sqlite", "", (sqlite3.Error,))
+SQLITE = Dialect("sqlite", "", (sqlite3.Error,), unindexed="+")
 
 
 def open_sqlite(path: Path) -> sqlite3.Connection:

@@ -114,7 +114,7 @@ class ReturnQueries(Queries):
             "INSERT INTO downloads (connection, remote_name, size, mtime, return_id, outcome, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (connection, remote_name, size, mtime)"
             " DO UPDATE SET outcome=excluded.outcome,"
-            " return_id=coalesce(excluded.return_id, return_id), at=excluded.at",
+            " return_id=coalesce(excluded.return_id, downloads.return_id), at=excluded.at",
             (connection, name, size, mtime, return_id, outcome, timestamp()),
         )
 

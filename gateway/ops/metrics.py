@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -175,10 +176,38 @@ class Metrics:
 
 
 class JournalCollector(Collector):
-    """Flows by state, queue depth and return statuses, read from the journal at each scrape."""
+    """Flows by state, queue depth and return statuses, read from the journal at each scrape.
+
+    On a PostgreSQL journal the connection is kept from one scrape to the next (a new one was a
+    server session and a schema check per scrape); after a failed scrape it is closed and the
+    next one connects again. SQLite's file is opened per scrape: a scrape runs in whichever
+    thread is free, and a SQLite connection belongs to the thread that opened it."""
 
     def __init__(self, journal: JournalTarget) -> None:
         self.journal = journal
+        self._kept: JournalDB | None = None
+        self._lock = threading.Lock()  # one scrape at a time on the kept connection
+
+    def _counts(self) -> tuple[Any, Any]:
+        with self._lock:
+            db, self._kept = self._kept or JournalDB(self.journal), None
+            try:
+                counts = (db.metrics(), db.invoice_metrics())
+            except BaseException:
+                db.close()
+                raise
+            if db.postgres:
+                self._kept = db
+            else:
+                db.close()
+            return counts
+
+    def close(self) -> None:
+        """Close the kept connection, if any."""
+        with self._lock:
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
 
     def collect(self) -> Iterator[Metric]:
         flows = GaugeMetricFamily(
@@ -204,12 +233,7 @@ class JournalCollector(Collector):
             "Return flows received, by state (applied, unmatched, unreadable, unrecognised…).",
             labels=["connection", "state"],
         )
-        db = JournalDB(self.journal)
-        try:
-            by_state, by_code = db.metrics()
-            by_current, by_return_state = db.invoice_metrics()
-        finally:
-            db.close()
+        (by_state, by_code), (by_current, by_return_state) = self._counts()
         for (connection, code), count in sorted(by_current.items()):
             invoices.add_metric([connection, code], count)
         for (connection, state), count in sorted(by_return_state.items()):
@@ -262,6 +286,7 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
             self.registry.unregister(self._collector)
+            await asyncio.to_thread(self._collector.close)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:

@@ -18,10 +18,10 @@ receiver, ``raccord import``)::
   kept in the history and logged as ``return.anomaly``.
 * Applying is idempotent: the journal is written first (state ``applying``), then the files,
   then ``applied``; a return found ``received`` or ``applying`` at start is applied again.
-* A rejected invoice of a lot is copied out of the lot. A connection with
-  ``resubmit_collateral`` packs the innocent invoices of a rejected lot (collateral under
-  Complète, or not named by a flow-level failure under either mode) into a new lot, once
-  (never for a lot that is itself a resubmission); the daemon sends it like any claimed flow.
+* A rejected invoice of a lot is copied out of the lot. ``resubmit_collateral`` packs the
+  innocent invoices of a rejected lot (collateral under Complète, or not named by a flow-level
+  failure under either mode) into a new lot, once (never for a lot that is itself a
+  resubmission); the daemon sends it like any claimed flow.
 
 Synchronous on purpose (its own journal connection): the daemon runs it in a worker thread,
 the CLI directly.
@@ -58,6 +58,7 @@ from gateway.folders import (
     write_json,
 )
 from gateway.journal import JournalDB, JournalTarget
+from gateway.returns import kept
 
 log = logs.get()
 
@@ -156,14 +157,10 @@ def receive_download(
     resubmit: Container[str] = (),
     journal: JournalTarget | None = None,
 ) -> Outcome:
-    """:func:`receive` for a file just downloaded or pushed (moved into the inbox), on a journal
-    connection of its own: for worker threads, which cannot share the daemon's. ``journal``:
-    the ``[journal]`` the configuration names (default: the SQLite file in data_dir)."""
-    db = JournalDB(layout.journal if journal is None else journal)
-    try:
+    """:func:`receive` of a file just downloaded or pushed (moved into the inbox), for worker
+    threads: on a journal connection of their own (:mod:`gateway.returns.kept`)."""
+    with kept.connection(layout.journal if journal is None else journal) as db:
         return receive(db, layout, connection, source, move=True, name=name, resubmit=resubmit)
-    finally:
-        db.close()
 
 
 def apply(

@@ -29,7 +29,7 @@ from gateway import config as config_module
 from gateway import logs
 from gateway.daemon import Gateway
 from gateway.folders import Layout
-from gateway.journal import TERMINAL, JournalDB
+from gateway.journal import TERMINAL, JournalDB, JournalTarget
 from gateway.sandbox.chorus import DOWNLOAD_DIR, UPLOAD_DIR
 from gateway.sandbox.demo_report import summary
 from gateway.sandbox.demo_setup import (
@@ -123,10 +123,10 @@ def drop(outbox: Path, name: str, data: bytes) -> None:
     temp.rename(outbox / name)
 
 
-def _settled(journal: Path, dropped: int) -> bool:
+def _settled(journal: JournalTarget, dropped: int) -> bool:
     """Every dropped file filed or packed; every lot sent and answered; the rejected
     Complète lot's innocent invoices resubmitted, sent and answered."""
-    if not journal.exists():
+    if isinstance(journal, Path) and not journal.exists():
         return False
     db = JournalDB(journal)
     try:
@@ -146,7 +146,7 @@ def _settled(journal: Path, dropped: int) -> bool:
         db.close()
 
 
-def wait_until_settled(journal: Path, dropped: int, timeout: float) -> None:
+def wait_until_settled(journal: JournalTarget, dropped: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not _settled(journal, dropped) and time.monotonic() < deadline:
         time.sleep(0.2)

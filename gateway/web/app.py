@@ -12,7 +12,6 @@ import asyncio
 import csv
 import io
 import json
-import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -27,6 +26,7 @@ from gateway import logs
 from gateway.config import Config, ConfigError, WebSettings
 from gateway.folders import Layout
 from gateway.journal import STATES, JournalDB, JournalTarget, journal_target
+from gateway.journal.connection import Connection
 from gateway.ops import certificates
 from gateway.ops.httpserver import serve
 from gateway.web import auth, charts, queries
@@ -84,7 +84,7 @@ class Console:
         self.health = health or {}
         self.sessions = auth.Sessions()
         self.throttle = Throttle()  # failed sign-ins: kept across reloads
-        self.reader = queries.Reader(self.layout.journal)
+        self.reader = queries.Reader(journal_target(config, self.layout))
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self.templates = jinja2.Environment(
@@ -476,7 +476,7 @@ class Console:
         return self._page(request, "certificates.html", {"records": records, "problem": problem})
 
 
-def _csv(db: sqlite3.Connection, filters: queries.Filters) -> str:
+def _csv(db: Connection, filters: queries.Filters) -> str:
     """The flows ``filters`` select (up to :data:`CSV_LIMIT`) as CSV."""
     rows = queries.flows(db, filters, 0, CSV_LIMIT)
     out = io.StringIO()

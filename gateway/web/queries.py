@@ -1,9 +1,15 @@
-"""What the console reads from the journal: its own read-only SQLite connections, in threads of
+"""What the console reads from the journal: connections of its own, read-only, in threads of
 its own, so that a page never waits on (nor holds up) the journal process's writes.
 
 Every query the console makes is here, so that a change of the journal's schema has one place
-to follow. SQLite in WAL mode lets these readers run while the journal commits; a reader sees
-the journal as of its last commit.
+to follow. The journal is the configured one (:func:`~gateway.journal.journal_target`): the
+SQLite file of this node, opened read-only (WAL mode lets these readers run while the journal
+commits), or the PostgreSQL database several nodes share, whose console sessions refuse every
+write (``default_transaction_read_only``). A reader sees the journal as of its last commit.
+
+The SQL runs on both databases, written in SQLite's spelling as the journal's own queries are
+(:mod:`gateway.journal.connection`); where they must differ (an index hint) the
+:class:`~gateway.journal.connection.Dialect` gives the fragment.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.journal import STATES, UNFILED
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from gateway.journal import STATES, UNFILED, JournalTarget, PostgresTarget
+from gateway.journal.connection import SQLITE, Connection, Dialect
 
 T = TypeVar("T")
 
@@ -39,20 +47,20 @@ _LISTED = (
 class Reader:
     """Runs queries over the journal in a small pool of threads, one read-only connection each."""
 
-    def __init__(self, journal: Path, workers: int = 2) -> None:
-        self._path = journal
+    def __init__(self, journal: JournalTarget, workers: int = 2) -> None:
+        self._target = journal
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="web-read")
+        self._opened: list[Connection] = []
+        self._lock = threading.Lock()
 
-    def _connection(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def _connection(self) -> Connection:
+        db: Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                f"file:{self._path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False
-            )
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA query_only=ON")
+            db = open_read_only(self._target)
             self._local.db = db
+            with self._lock:
+                self._opened.append(db)
         return db
 
     async def run(self, query: Callable[..., T], *args: Any) -> T:
@@ -61,6 +69,45 @@ class Reader:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for db in opened:  # a PostgreSQL session is not left for the server to time out
+            db.close()
+
+
+def open_read_only(target: JournalTarget) -> Connection:
+    """A connection to the journal at ``target`` that cannot write: SQLite's file opened
+    read-only, or a PostgreSQL session whose transactions are all read-only (set as a
+    connection option, so that it holds again when the adapter reconnects after a lost
+    server)."""
+    if isinstance(target, PostgresTarget):
+        from gateway.journal.postgres import PostgresConnection
+
+        return PostgresConnection(read_only_target(target))
+    db = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA query_only=ON")
+    return db
+
+
+def read_only_target(target: PostgresTarget) -> PostgresTarget:
+    """``target`` with ``default_transaction_read_only`` on for its sessions (added to the
+    URL's own ``options``, if any). An unparsable URL is left as it is: connecting says so."""
+    try:
+        options = conninfo_to_dict(target.url).get("options") or ""
+    except Exception:  # psycopg's ProgrammingError; the connection names the fault
+        return target
+    options = f"{options} -c default_transaction_read_only=on".strip()
+    return PostgresTarget(make_conninfo(target.url, options=options), target.password)
+
+
+def dialect(db: Connection) -> Dialect:
+    """The SQL dialect of ``db``'s database."""
+    if isinstance(db, sqlite3.Connection):
+        return SQLITE
+    from gateway.journal.postgres import POSTGRES
+
+    return POSTGRES
 
 
 @dataclass(frozen=True)
@@ -90,15 +137,22 @@ class Filters:
 _LAST = "\U0010ffff"  # sorts after any character: "abc" to "abc" + _LAST is every "abc…"
 
 
-def _at_least(db: sqlite3.Connection, source: str, values: list[Any]) -> bool:
+def _at_least(db: Connection, source: str, values: list[Any]) -> bool:
     """Whether ``SELECT … FROM source`` has :data:`_FEW` rows or more (it stops counting there)."""
-    sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} LIMIT {_FEW})"  # noqa: S608
+    sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {source} LIMIT {_FEW}) AS few"  # noqa: S608
     return bool(db.execute(sql, values).fetchone()[0] >= _FEW)
 
 
+def _impossible(*values: str | None) -> bool:
+    """Whether a filter holds a NUL, which no name in the journal holds: it matches nothing
+    (and PostgreSQL refuses it as a parameter, where SQLite would search for it)."""
+    return any(value and "\x00" in value for value in values)
+
+
 def _invoice_match(status: str, plus: str = "") -> tuple[str, list[Any]]:
-    """The invoices clause of a status filter; ``plus="+"`` keeps SQLite from searching the
-    status index for it (in a per-flow check, the flow's own invoices are the few to read)."""
+    """The invoices clause of a status filter; ``plus`` (SQLite's ``+``) keeps the planner from
+    searching the status index for it (in a per-flow check, the flow's own invoices are the few
+    to read)."""
     if status == "rejected":
         return f"{plus}rejected = 1", []
     if status == "collateral":
@@ -107,10 +161,12 @@ def _invoice_match(status: str, plus: str = "") -> tuple[str, list[Any]]:
 
 
 def flows(
-    db: sqlite3.Connection, filters: Filters, page: int = 0, size: int = PAGE
+    db: Connection, filters: Filters, page: int = 0, size: int = PAGE
 ) -> list[dict[str, Any]]:
     """One page of ``size`` flows, newest first (or oldest); one row more when a next page
     exists. Each row has its invoices' current return status (``invoices``, ``status``)."""
+    if _impossible(filters.connection, filters.state, filters.status, filters.text):
+        return []
     clauses: list[str] = []
     params: list[Any] = []
     for column, op, value in (
@@ -125,30 +181,41 @@ def flows(
     if filters.text:
         text = filters.text.strip()
         # Each alternative is an index search: the flow id, the invoice number (the flow's own
-        # or one its lot carries), and a file name that starts with the text. A prefix that
-        # many names share ("invoice-") is checked row by row along the date order instead
-        # (the unary + keeps SQLite from sorting every match): a page then fills quickly.
-        many = _at_least(
+        # or one its lot carries), and a file name that starts with the text; their few
+        # matches are looked up and sorted (as one IN of a UNION: PostgreSQL does not combine
+        # ORs of subqueries and would walk every flow). A prefix that many names share
+        # ("invoice-") is checked row by row along the date order instead (SQLite's unary +
+        # keeps it from sorting every match): a page then fills quickly.
+        if _at_least(
             db, "flows WHERE original_name >= ? AND original_name < ?", [text, text + _LAST]
-        )
-        p = "+" if many else ""
-        clauses.append(
-            f"({p}flow_id = ? OR {p}invoice_number = ?"  # noqa: S608 - p is "" or "+"
-            f" OR ({p}original_name >= ? AND {p}original_name < ?)"
-            f" OR {p}flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
-            f" OR {p}flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
-        )
+        ):
+            p = dialect(db).unindexed
+            clauses.append(
+                f"({p}flow_id = ? OR {p}invoice_number = ?"  # noqa: S608 - p is "" or "+"
+                f" OR ({p}original_name >= ? AND {p}original_name < ?)"
+                f" OR {p}flow_id IN (SELECT flow_id FROM invoices WHERE invoice_number = ?)"
+                f" OR {p}flow_id IN (SELECT source_flow FROM invoices WHERE invoice_number = ?))"
+            )
+        else:
+            clauses.append(
+                "flow_id IN (SELECT flow_id FROM flows WHERE flow_id = ?"
+                " UNION ALL SELECT flow_id FROM flows WHERE invoice_number = ?"
+                " UNION ALL SELECT flow_id FROM flows WHERE original_name >= ?"
+                " AND original_name < ?"
+                " UNION ALL SELECT flow_id FROM invoices WHERE invoice_number = ?"
+                " UNION ALL SELECT source_flow FROM invoices WHERE invoice_number = ?)"
+            )
         params += [text, text, text, text + _LAST, text, text]
     if filters.status:
         match, values = _invoice_match(filters.status)
         if not _at_least(db, f"invoices WHERE {match}", values):
             clauses.append(
-                f"(flow_id IN (SELECT flow_id FROM invoices WHERE {match})"  # noqa: S608
-                f" OR flow_id IN (SELECT source_flow FROM invoices WHERE {match}))"
+                f"flow_id IN (SELECT flow_id FROM invoices WHERE {match}"  # noqa: S608
+                f" UNION ALL SELECT source_flow FROM invoices WHERE {match})"
             )
             params += values + values
         else:
-            match, values = _invoice_match(filters.status, "+")
+            match, values = _invoice_match(filters.status, dialect(db).unindexed)
             clauses.append(
                 "(EXISTS (SELECT 1 FROM invoices i WHERE i.flow_id = flows.flow_id"  # noqa: S608
                 f" AND {match})"
@@ -163,19 +230,49 @@ def flows(
         f" LIMIT {int(size) + 1} OFFSET {max(page, 0) * int(size)}"
     )
     rows = [dict(row) for row in db.execute(sql, params)]
+    carried = _carried(db, rows)
     for row in rows:
-        row["invoices"] = _carried(db, row)
+        row["invoices"] = carried.get(row["flow_id"], [])
         row["status"] = return_status(row["invoices"])
     return rows
 
 
-def _carried(db: sqlite3.Connection, flow: dict[str, Any]) -> list[dict[str, Any]]:
-    """A lot's invoices, or a dropped file's own invoice wherever it travelled (its latest)."""
-    if flow["packaging"]:
-        sql = "SELECT * FROM invoices WHERE flow_id = ? ORDER BY position"
-        return [dict(row) for row in db.execute(sql, (flow["flow_id"],))]
-    sql = "SELECT * FROM invoices WHERE source_flow = ? ORDER BY rowid DESC LIMIT 1"
-    return [dict(row) for row in db.execute(sql, (flow["flow_id"],))]
+#: The invoices of a dropped file, wherever it travelled: its own flow, then the lots that
+#: carried it or a resubmission, in the order their flows were created (the latest carrier last).
+_CARRIERS = (
+    "SELECT i.* FROM invoices i JOIN flows f ON f.flow_id = i.flow_id WHERE i.source_flow = ?"
+)
+
+
+#: Flows whose invoices one query reads (well under SQLite's limit of parameters).
+_CHUNK = 500
+
+
+def _carried(db: Connection, flows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each flow's invoices: a lot's own, or a dropped file's own invoice wherever it
+    travelled (its latest carrier's). A few queries for a whole page rather than one per row:
+    on PostgreSQL each query is a round trip to the server."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    lots = [flow["flow_id"] for flow in flows if flow["packaging"]]
+    files = [flow["flow_id"] for flow in flows if not flow["packaging"]]
+    for start in range(0, len(lots), _CHUNK):
+        chunk = lots[start : start + _CHUNK]
+        sql = (
+            f"SELECT * FROM invoices WHERE flow_id IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            " ORDER BY flow_id, position"
+        )
+        for row in db.execute(sql, chunk):
+            found.setdefault(row["flow_id"], []).append(dict(row))
+    for start in range(0, len(files), _CHUNK):
+        chunk = files[start : start + _CHUNK]
+        sql = (
+            "SELECT i.* FROM invoices i JOIN flows f ON f.flow_id = i.flow_id"  # noqa: S608
+            f" WHERE i.source_flow IN ({','.join('?' * len(chunk))})"
+            " ORDER BY f.created_at, i.flow_id"
+        )
+        for row in db.execute(sql, chunk):
+            found[row["source_flow"]] = [dict(row)]  # the latest carrier wins
+    return found
 
 
 def return_status(invoices: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -198,7 +295,7 @@ def return_status(invoices: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def flow(db: sqlite3.Connection, flow_id: str) -> dict[str, Any] | None:
+def flow(db: Connection, flow_id: str) -> dict[str, Any] | None:
     """Everything the journal knows of one flow: its row, transitions, receipt, invoices with
     their status history, the lot it travelled in and the resubmissions around it."""
     row = db.execute("SELECT * FROM flows WHERE flow_id = ?", (flow_id,)).fetchone()
@@ -220,7 +317,11 @@ def flow(db: sqlite3.Connection, flow_id: str) -> dict[str, Any] | None:
     invoices = (
         db.execute("SELECT * FROM invoices WHERE flow_id = ? ORDER BY position", (flow_id,))
         if data["packaging"]
-        else db.execute("SELECT * FROM invoices WHERE source_flow = ? ORDER BY rowid", (flow_id,))
+        else db.execute(
+            "SELECT i.* FROM invoices i JOIN flows f ON f.flow_id = i.flow_id"
+            " WHERE i.source_flow = ? ORDER BY f.created_at, i.flow_id",
+            (flow_id,),
+        )
     )
     data["invoices"] = []
     for invoice in invoices:
@@ -274,10 +375,12 @@ def flow(db: sqlite3.Connection, flow_id: str) -> dict[str, Any] | None:
 
 
 def rejected(
-    db: sqlite3.Connection, connection: str | None, since: str | None, until: str | None
+    db: Connection, connection: str | None, since: str | None, until: str | None
 ) -> list[dict[str, Any]]:
     """Rejected invoices, newest first: the guilty ones and the collateral ones told apart,
     each with the flow that carried it and the one it was resubmitted in, if any."""
+    if _impossible(connection, since, until):
+        return []
     clauses, params = ["i.rejected = 1"], []
     for clause, value in (
         ("f.connection = ?", connection),
@@ -304,7 +407,7 @@ def rejected(
     return found
 
 
-def connection_activity(db: sqlite3.Connection, name: str) -> dict[str, Any]:
+def connection_activity(db: Connection, name: str) -> dict[str, Any]:
     """A connection's last success and how many of its latest flows failed in a row (those it
     tried to send: a duplicate or a file that is no invoice says nothing of the connection)."""
     last = db.execute(
@@ -324,7 +427,7 @@ def connection_activity(db: sqlite3.Connection, name: str) -> dict[str, Any]:
     return {"last_success": last[0] if last else None, "failures": failures}
 
 
-def overview(db: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+def overview(db: Connection, now: datetime) -> dict[str, Any]:
     """Counts per state, queue depth, and files sent / failed / rejected per day (30 days) and
     per hour (48 hours), by the time they were dropped."""
     counts = {state: 0 for state in STATES}
@@ -339,7 +442,7 @@ def overview(db: sqlite3.Connection, now: datetime) -> dict[str, Any]:
     }
 
 
-def _series(db: sqlite3.Connection, now: datetime, *, days: bool) -> list[dict[str, Any]]:
+def _series(db: Connection, now: datetime, *, days: bool) -> list[dict[str, Any]]:
     width, count, step = (10, 30, timedelta(days=1)) if days else (13, 48, timedelta(hours=1))
     now = now.astimezone(UTC)
     last = now.replace(minute=0, second=0, microsecond=0)
@@ -367,7 +470,7 @@ def _series(db: sqlite3.Connection, now: datetime, *, days: bool) -> list[dict[s
     return list(series.values())
 
 
-def file_of_flow(db: sqlite3.Connection, flow_id: str) -> tuple[str, str] | None:
+def file_of_flow(db: Connection, flow_id: str) -> tuple[str, str] | None:
     """(path, name) of the flow's file where it was filed (sent/ or error/)."""
     row = db.execute(
         "SELECT final_path, original_name FROM flows WHERE flow_id = ?", (flow_id,)
@@ -375,13 +478,13 @@ def file_of_flow(db: sqlite3.Connection, flow_id: str) -> tuple[str, str] | None
     return (row[0], row[1]) if row and row[0] else None
 
 
-def file_of_return(db: sqlite3.Connection, return_id: str) -> tuple[str, str] | None:
+def file_of_return(db: Connection, return_id: str) -> tuple[str, str] | None:
     row = db.execute(
         "SELECT inbox_path, file FROM returns WHERE return_id = ?", (return_id,)
     ).fetchone()
     return (row[0], row[1]) if row else None
 
 
-def state_of(db: sqlite3.Connection, flow_id: str) -> str | None:
+def state_of(db: Connection, flow_id: str) -> str | None:
     row = db.execute("SELECT state FROM flows WHERE flow_id = ?", (flow_id,)).fetchone()
     return str(row[0]) if row else None

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, JournalTarget, PostgresTarget
 from gateway.sandbox.demo import (
     AS2_CONNECTION,
     CONNECTION,
@@ -96,7 +96,7 @@ def poll(what: str, done: object, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def state_of(journal: Path, flow_id: str) -> str | None:
+def state_of(journal: JournalTarget, flow_id: str) -> str | None:
     db = JournalDB(journal)
     try:
         row = db.get(flow_id)
@@ -105,17 +105,33 @@ def state_of(journal: Path, flow_id: str) -> str | None:
         db.close()
 
 
-def test_the_console_in_a_real_browser(tmp_path: Path, simulator: Path, chromium: object) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_console_in_a_real_browser(
+    tmp_path: Path,
+    simulator: Path,
+    chromium: object,
+    request: pytest.FixtureRequest,
+    database: str,
+) -> None:
+    """Once on the node's SQLite journal, once on a shared PostgreSQL journal (a real server),
+    where the flows table also names the node that moved each flow."""
     config = simulator / "raccord.toml"
     port = free_port()
+    text = config.read_text()
+    layout = Layout(simulator / "data")
+    journal: JournalTarget = layout.journal
+    if database == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        journal = PostgresTarget(url)
+        text = text.replace("[gateway]\n", '[gateway]\nnode_name = "node-e2e"\n', 1)
+        text += f'\n[journal]\nurl = "{url}"\n'
     config.write_text(
-        config.read_text()
+        text
         + f'\n[web]\nlisten = "127.0.0.1:{port}"\n'
         + f'\n[web.users.alice]\npassword_hash = "{hash_password(PASSWORD)}"\n'
     )
     base = f"http://127.0.0.1:{port}"
     pictures = shots(tmp_path)
-    layout = Layout(simulator / "data")
     token = secrets.token_hex(3).upper()
     documents = sample_documents(token)
     as2 = as2_documents(token)
@@ -126,13 +142,13 @@ def test_the_console_in_a_real_browser(tmp_path: Path, simulator: Path, chromium
             drop(layout.outbox(CONNECTION), name, data)
         for name, data in as2.items():
             drop(layout.outbox(AS2_CONNECTION), name, data)
-        wait_until_settled(layout.journal, len(documents) + len(as2), 120)
+        wait_until_settled(journal, len(documents) + len(as2), 120)
         # The same AS2 file again: refused as a duplicate, to error/ — the failed flow.
         name, data = next(iter(as2.items()))
         drop(layout.outbox(AS2_CONNECTION), "again-" + name, data)
 
         def duplicates() -> list[str]:
-            db = JournalDB(layout.journal)
+            db = JournalDB(journal)
             try:
                 return [r.flow_id for r in db.in_states(("error",)) if r.reason == "duplicate"]
             finally:
@@ -160,7 +176,11 @@ def test_the_console_in_a_real_browser(tmp_path: Path, simulator: Path, chromium
         assert "<svg" in page.content()
 
         page.goto(base + "/flows")
-        page.screenshot(path=pictures / "03-flows.png", full_page=True)
+        page.screenshot(path=pictures / f"03-flows-{database}.png", full_page=True)
+        headers = page.locator("table.flows thead th").all_inner_texts()
+        assert ("Node" in headers) == (database == "postgresql"), headers
+        if database == "postgresql":
+            assert "node-e2e" in page.locator("table.flows tbody").inner_text()
         page.fill("input[name=q]", rejected_number)
         page.keyboard.press("Enter")
         page.wait_for_url(re.compile(r".*q=.*"))
@@ -195,7 +215,7 @@ def test_the_console_in_a_real_browser(tmp_path: Path, simulator: Path, chromium
         # A POST without the CSRF token, from the signed-in browser itself: refused.
         refused = context.request.post(f"{base}/flows/{duplicate_id}/retry", form={"force": "yes"})
         assert refused.status == 403
-        assert state_of(layout.journal, duplicate_id) == "error"
+        assert state_of(journal, duplicate_id) == "error"
 
         page.goto(f"{base}/flows?state=error")
         page.click(f"text=again-{name}")
@@ -203,7 +223,7 @@ def test_the_console_in_a_real_browser(tmp_path: Path, simulator: Path, chromium
         page.screenshot(path=pictures / "10-retry.png", full_page=True)
         page.check("input[name=force]")
         page.click("button:has-text('Confirm')")
-        poll("the retried flow sent", lambda: state_of(layout.journal, duplicate_id) == "sent")
+        poll("the retried flow sent", lambda: state_of(journal, duplicate_id) == "sent")
         page.reload()
         page.screenshot(path=pictures / "11-retried.png", full_page=True)
         assert "raccord retry --force" in page.content()

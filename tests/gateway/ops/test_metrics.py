@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config, ConfigError
 from gateway.daemon import Gateway
-from gateway.journal import Call, JournalDB
+from gateway.journal import Call, JournalDB, journal_target
 from protocols.errors import AuthenticationError, ConnectError
 from protocols.testing import memory
 from tests.as2_config import write_as2_config
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import drop, filed, memory_config, running, until
+from tests.gateway.harness import drop, memory_config, running, until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -31,8 +32,25 @@ def invoice(number: str) -> bytes:
     return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
 
 
-def metered(tmp_path: Path, bucket: str) -> Config:
-    return memory_config(tmp_path, bucket, gateway_extra=f'metrics = "127.0.0.1:{free_port()}"')
+def metered(tmp_path: Path, bucket: str, journal: str = "") -> Config:
+    """A memory gateway serving /metrics; its journal on PostgreSQL if ``journal`` is a URL."""
+    extra = f'metrics = "127.0.0.1:{free_port()}"'
+    if journal:
+        extra += f'\nnode_name = "node-m"\n\n[journal]\nurl = "{journal}"'
+    return memory_config(tmp_path, bucket, gateway_extra=extra)
+
+
+def filed_in(config: Config, count: int) -> Callable[[], bool]:
+    """Whether ``count`` flows are filed in the journal ``config`` names (either database)."""
+
+    def done() -> bool:
+        db = JournalDB(journal_target(config))
+        try:
+            return len(db.in_states(("sent", "error"))) >= count
+        finally:
+            db.close()
+
+    return done
 
 
 async def get(gateway: Gateway, path: str) -> tuple[int, str]:
@@ -50,12 +68,17 @@ def parse(text: str) -> Samples:
     }
 
 
-def test_metrics_count_what_happened(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_metrics_count_what_happened(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
     """/metrics counts what happened (received, sent, failed, retried), what the journal holds,
-    which build and which node this is, and the duties it holds."""
+    which build and which node this is, and the duties it holds; the same on a journal shared
+    on PostgreSQL (the scrape reads the configured journal)."""
     bucket = f"metrics-{time.monotonic_ns()}"
     memory.BUCKETS.pop(bucket, None)
-    config = metered(tmp_path, bucket)
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else ""
+    config = metered(tmp_path, bucket, url)
     memory.fail_next(bucket, ConnectError("down"))  # the first try of one file, retried
     started = time.time()
     documents = {"a.xml": invoice("M-1"), "b.xml": invoice("M-2")}
@@ -64,10 +87,10 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
         async with running(config) as gateway:
             for name, data in documents.items():
                 drop(config, name, data)
-            await until(filed(config, 2))
+            await until(filed_in(config, 2))
             memory.fail_next(bucket, AuthenticationError("key refused"))
             drop(config, "c.xml", invoice("M-3"))
-            await until(filed(config, 3))
+            await until(filed_in(config, 3))
             status, text = await get(gateway, "/metrics")
             assert status == 200
             return text
@@ -151,3 +174,33 @@ def test_healthz_names_what_is_not_alive(tmp_path: Path) -> None:
 def test_a_bad_metrics_address_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"gateway\.metrics: expected \"host:port\""):
         memory_config(tmp_path, "x", gateway_extra=f'metrics = "{value}"')
+
+
+def test_scrapes_of_a_postgresql_journal_share_one_session(postgres_url: str) -> None:
+    """Each scrape reads the shared journal over the same kept connection (not a new server
+    session per scrape); stopping the metrics server's collector ends it."""
+    import psycopg
+
+    from gateway.journal import PostgresTarget
+    from gateway.ops.metrics import JournalCollector
+
+    def sessions() -> list[int]:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            found = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'raccord'"
+            ).fetchall()
+        return [row[0] for row in found]
+
+    target = PostgresTarget(postgres_url)
+    db = JournalDB(target)
+    db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
+    db.close()
+    collector = JournalCollector(target)
+    first = {m.name: m.samples for m in collector.collect()}
+    (kept,) = sessions()
+    second = {m.name: m.samples for m in collector.collect()}
+    assert sessions() == [kept] and first == second
+    assert [s.value for s in first["raccord_flows"]] == [1]
+    collector.close()
+    assert sessions() == []

@@ -12,7 +12,7 @@ import pytest
 from gateway.cli.commands import main
 from gateway.config import Config, ConfigError, load
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import JournalDB, journal_target
 from tests.gateway.harness import memory_config, memory_config_text, rows, running, until
 
 OLD = (datetime.now(UTC) - timedelta(days=500)).isoformat(timespec="milliseconds")
@@ -44,7 +44,7 @@ def a_journal(config: Config, tmp_path: Path) -> dict[str, Path]:
     files["error-kept"].write_text("x")
     files["return"] = layout.inbox("qualif-mem") / "old-return.xml"
     files["return"].write_text("<r/>")
-    db = JournalDB(layout.journal)
+    db = JournalDB(journal_target(config))
     try:
         flow(db, "old-sent", "sent", OLD, final_path=str(files["old-sent"]))
         flow(db, "recent-sent", "sent", RECENT)
@@ -90,20 +90,36 @@ KEPT = {
 }
 
 
+def listed(config: Config) -> set[str]:
+    """The flow ids in the journal ``config`` names (either database)."""
+    db = JournalDB(journal_target(config))
+    try:
+        return {row.flow_id for row in db.search()}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_purge_forgets_only_what_nothing_may_still_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    database: str,
 ) -> None:
-    config = memory_config(tmp_path, "purge")
+    """The same rule on a shared PostgreSQL journal as on SQLite."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else ""
+    extra = f'node_name = "node-r"\n\n[journal]\nurl = "{url}"' if url else ""
+    config = memory_config(tmp_path, "purge", gateway_extra=extra)
     files = a_journal(config, tmp_path)
     status = main(["purge", "--config", str(config.path), "--before", "400d", "--files"])
     out = capsys.readouterr().out
     assert status == 0
     assert out.startswith("purged 4 flow(s) and 1 return(s) filed before ")
     assert out.endswith("; 3 file(s) deleted\n")  # old-sent, its receipt, the old return
-    assert {row.flow_id for row in rows(config)} == KEPT
+    assert listed(config) == KEPT
     assert not files["old-sent"].exists() and not files["return"].exists()
     assert all(files[name].exists() for name in ("status-recent", "piste-followed", "error-kept"))
-    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    db = JournalDB(journal_target(config))
     try:
         assert [r["return_id"] for r in db.returns()] == ["r-recent"]
         assert (

@@ -12,24 +12,24 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
 from gateway import config as config_module
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
-from gateway.journal import JournalDB
+from gateway.journal import FlowRow, JournalDB, journal_target
 from gateway.sandbox import pki
 from gateway.web.app import Console
 from gateway.web.auth import hash_password
 from tests.conftest import sample
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import drop, memory_config_text, rows, running, until
+from tests.gateway.harness import drop, memory_config_text, running, until
 
 PASSWORD = "correct horse battery"
 HASH = hash_password(PASSWORD)
@@ -39,11 +39,14 @@ def invoice(number: str) -> bytes:
     return sample("ubl-invoice.xml").replace(b"DEMO-UBL-0001", number.encode())
 
 
-def web_config(tmp_path: Path, *, public_read: bool = False) -> Config:
+def web_config(tmp_path: Path, *, public_read: bool = False, journal: str = "") -> Config:
+    """A memory gateway with the console; its journal on PostgreSQL if ``journal`` is a URL."""
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "raccord.toml"
     bucket = f"web-{time.monotonic_ns()}"
+    shared = f'node_name = "node-a"\n\n[journal]\nurl = "{journal}"' if journal else ""
     path.write_text(
-        memory_config_text(tmp_path / "data", bucket)
+        memory_config_text(tmp_path / "data", bucket, gateway_extra=shared)
         + f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\npublic_read = {str(public_read).lower()}\n'
         + f'\n[web.users.alice]\npassword_hash = "{HASH}"\n'
     )
@@ -148,13 +151,28 @@ def test_a_post_without_the_csrf_token_is_refused(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def rows(config: Config) -> list[FlowRow]:
+    """The flows of the journal ``config`` names (SQLite or PostgreSQL)."""
+    target = journal_target(config)
+    if isinstance(target, Path) and not target.exists():
+        return []
+    db = JournalDB(target)
+    try:
+        return db.search()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_flows_are_found_by_invoice_number_and_a_duplicate_is_retried_with_force(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
 ) -> None:
     """The same file dropped twice: the second is refused as a duplicate (error/). In the
     console it is found by its invoice number, retried with --force, and goes out; the retry
-    is logged as web.retry with the user."""
-    config = web_config(tmp_path)
+    is logged as web.retry with the user. The same on a shared PostgreSQL journal, where the
+    table names the node of each flow."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else ""
+    config = web_config(tmp_path, journal=url)
 
     async def main() -> None:
         async with console(config) as (_, browser):
@@ -167,6 +185,7 @@ def test_flows_are_found_by_invoice_number_and_a_duplicate_is_retried_with_force
             assert await browser.sign_in() == 303
             status, html, _ = await browser.get("/flows?q=WEB-0001")
             assert status == 200 and "a.xml" in html and "again.xml" in html
+            assert (">node-a</td>" in html) == bool(url)
             status, html, _ = await browser.get("/flows?q=again")
             assert "again.xml" in html and ">a.xml<" not in html
             status, html, _ = await browser.get(f"/flows/{failed.flow_id}")
@@ -372,18 +391,20 @@ def test_a_taken_address_stops_raccord_run_with_one_sentence(tmp_path: Path) -> 
     assert "Traceback" not in err
 
 
-def test_with_a_shared_journal_the_flows_table_has_a_node_column(tmp_path: Path) -> None:
-    """Several nodes share the journal ([journal] url): the flows table names the node that
-    last moved each flow; alone, it has no such column."""
+def test_with_a_shared_journal_the_flows_table_has_a_node_column(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Several nodes share the journal ([journal] url, a real PostgreSQL): the flows table
+    names the node that last moved each flow; alone (SQLite), it has no such column."""
     config = web_config(tmp_path, public_read=True)
-    db = JournalDB(Layout(config.gateway.data_dir).journal, node="node-b")
-    db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
-    db.close()
-    shared = replace(config, journal=replace(config.journal, url="postgresql://db/raccord"))
+    shared = web_config(tmp_path / "shared", public_read=True, journal=postgres_url)
+    for seen in (config, shared):
+        db = JournalDB(journal_target(seen), node="node-b")
+        db.insert("F1", "qualif-mem", "f.xml", "/spool/f.xml")
+        db.close()
 
     async def table(seen: Config) -> str:
-        console = Console(config)  # reading the SQLite journal here, whatever the url says
-        console.config = seen
+        console = Console(seen)
         await console.start()
         try:
             url = f"http://127.0.0.1:{console.port}/flows"
