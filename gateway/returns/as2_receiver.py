@@ -371,6 +371,7 @@ class As2Receiver:
             name=name,
             resubmit=self._resubmit,
             journal=journal_target(self.config, self.layout),
+            node=self.config.gateway.node_name,
         )
 
     def _answer(self, inbound: Inbound, refusal: str | None) -> web.Response:

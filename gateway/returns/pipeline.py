@@ -38,14 +38,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows import lots, naming, statuses
+from flows import naming, statuses
 from flows.analysis import digest
 from flows.decision import InvoiceRef, Verdict, decide, normalise
 from flows.returns import InvoiceStatus, Kind, ReturnFlow, parse
 from flows.statuses import Entry, is_final, is_rejected, lifecycle
 from gateway import logs
 from gateway.config import Config
-from gateway.flow.lots import journal_lot, write_lot
 from gateway.folders import (
     Layout,
     copy,
@@ -59,6 +58,7 @@ from gateway.folders import (
 )
 from gateway.journal import JournalDB, JournalTarget
 from gateway.returns import kept
+from gateway.returns.resubmission import lot_members, resubmit_collateral
 
 log = logs.get()
 
@@ -156,10 +156,14 @@ def receive_download(
     name: str,
     resubmit: Container[str] = (),
     journal: JournalTarget | None = None,
+    node: str | None = None,
 ) -> Outcome:
     """:func:`receive` of a file just downloaded or pushed (moved into the inbox), for worker
-    threads: on a journal connection of their own (:mod:`gateway.returns.kept`)."""
+    threads: on a journal connection of their own (:mod:`gateway.returns.kept`), recording
+    ``node`` (the daemon's ``node_name``) with each move it makes."""
     with kept.connection(layout.journal if journal is None else journal) as db:
+        if node:
+            db.node = node
         return receive(db, layout, connection, source, move=True, name=name, resubmit=resubmit)
 
 
@@ -212,7 +216,7 @@ def apply(
         newly = _file_outputs(db, layout, flow_id, flow_verdicts)
         rejected += newly[0]
         collateral += newly[1]
-        if connection in resubmit and (again := resubmit_collateral(db, layout, flow_id)):
+        if connection in resubmit and (again := resubmit_collateral(db, layout, flow_id, _ids)):
             resubmitted.append(again)
     outcome = _finish(db, row, ret, "applied", verdicts, notes, rejected, collateral)
     return replace(outcome, resubmitted=tuple(resubmitted), anomalies=tuple(anomalies))
@@ -414,7 +418,7 @@ def _file_outputs(
                 copy(sent_file, target)
             else:
                 if members is None:
-                    members = _lot_members(flow.connection, flow_id, sent_file)
+                    members = lot_members(flow.connection, flow_id, sent_file)
                 if invoice["file"] in members:
                     write_bytes(target, members[invoice["file"]])
         write_json(target.with_name(target.name + REJECTION), document)
@@ -431,86 +435,6 @@ def _file_outputs(
             path=str(target),
         )
     return rejected, collateral
-
-
-def _lot_members(connection: str, flow_id: str, archive: Path) -> dict[str, bytes]:
-    """The invoices of a sent lot by name; none (logged) if the archive cannot be read: the
-    rejection reports are written all the same."""
-    try:
-        return dict(lots.read_members(archive.read_bytes()))
-    except (lots.LotError, OSError) as exc:
-        log.error(
-            "lot.unreadable",
-            connection=connection,
-            flow_id=flow_id,
-            path=str(archive),
-            error=str(exc),
-            action="rejected invoices are reported without their copy",
-        )
-        return {}
-
-
-def resubmit_collateral(db: JournalDB, layout: Layout, flow_id: str) -> str | None:
-    """Pack the collateral invoices of a rejected lot into a new lot (state ``claimed``, for
-    the daemon to send); return its flow id, or None if there is nothing to resubmit.
-
-    Once per lot: a lot already resubmitted, or itself a resubmission, is left alone.
-    """
-    flow = db.get(flow_id)
-    if flow is None or flow.packaging is None or flow.resubmit_of is not None:
-        return None
-    earlier = db.resubmission_of(flow_id)
-    if earlier is not None:
-        return earlier
-    # The innocent: collateral of a Complète rejection, or not named by a flow-level failure.
-    collateral = [i for i in db.invoices(flow_id) if i["collateral"] or i["flow_not_received"]]
-    if not collateral:
-        return None
-    if not flow.final_path or not Path(flow.final_path).exists():
-        log.error(
-            "lot.resubmit_failed",
-            connection=flow.connection,
-            flow_id=flow_id,
-            error=f"the sent lot {flow.final_path} is missing; its collateral invoices were "
-            "not resubmitted",
-        )
-        return None
-    contents = _lot_members(flow.connection, flow_id, Path(flow.final_path))
-    collateral = [i for i in collateral if i["file"] in contents]
-    if not collateral:
-        return None
-    lot_id = _ids.new(datetime.now(UTC))
-    name = lots.lot_name(lot_id, flow.packaging)
-    target = layout.spool(flow.connection) / spool_name(lot_id, name)
-    write_lot([(i["file"], contents[i["file"]]) for i in collateral], target, flow.packaging)
-    try:
-        journal_lot(
-            db,
-            lot_id=lot_id,
-            connection=flow.connection,
-            name=name,
-            spool=target,
-            packaging=flow.packaging,
-            interface_code=flow.interface_code or "",
-            invoices=[
-                (i["file"], i["invoice_number"], i["supplier_id"], i["source_flow"])
-                for i in collateral
-            ],
-            resubmit_of=flow_id,
-            detail=f"collateral invoices of rejected lot {flow_id}, sent again",
-        )
-    except Exception:  # rolled back: the archive is nobody's
-        target.unlink(missing_ok=True)
-        raise
-    log.warning(
-        "lot.resubmitted",
-        connection=flow.connection,
-        flow_id=lot_id,
-        resubmit_of=flow_id,
-        invoices=len(collateral),
-        action="the collateral invoices of a lot rejected under Complète are sent again",
-    )
-    return lot_id
 
 
 def _invoice_view(invoice: dict[str, Any]) -> dict[str, Any]:

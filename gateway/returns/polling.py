@@ -98,6 +98,7 @@ async def store(
     name: str,
     resubmit: Container[str],
     journal: JournalTarget | None = None,
+    node: str | None = None,
 ) -> returns.Outcome:
     """Move the fetched file ``temp`` into the connection's inbox as the return ``name``,
     journal it and apply it (on a worker thread, with its own journal connection)."""
@@ -110,6 +111,7 @@ async def store(
             name=name,
             resubmit=resubmit,
             journal=journal,
+            node=node,
         )
     )
 
@@ -282,6 +284,7 @@ class Poller:
                 remote.name,
                 self._resubmit,
                 journal_target(self.config, self.layout),
+                self.config.gateway.node_name,
             )
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
@@ -315,6 +318,7 @@ class Poller:
                     remote.name,
                     self._resubmit,
                     journal_target(self.config, self.layout),
+                    self.config.gateway.node_name,
                 )
             except BaseException:
                 await source.release_return(remote)

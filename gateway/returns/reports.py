@@ -31,7 +31,14 @@ from gateway.config import Config
 from gateway.duties import Duties
 from gateway.flow.lots import journal_lot
 from gateway.folders import Layout, spool_name
-from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable
+from gateway.journal import (
+    Call,
+    FlowRow,
+    Journal,
+    JournalDB,
+    JournalUnavailable,
+    journal_target,
+)
 from gateway.ops.alerts import Alerter
 from gateway.returns import pipeline as returns
 from gateway.returns import polling
@@ -307,7 +314,15 @@ class Reporter:
             await asyncio.to_thread(
                 functools.partial(folders.write_bytes, temp, document, sync_dir=False)
             )
-            return await polling.store(self.layout, connection, temp, name, self._resubmit)
+            return await polling.store(
+                self.layout,
+                connection,
+                temp,
+                name,
+                self._resubmit,
+                journal_target(self.config, self.layout),
+                self.config.gateway.node_name,
+            )
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
 
