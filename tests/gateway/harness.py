@@ -14,7 +14,15 @@ from gateway import config as config_module
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.folders import Layout
-from gateway.journal import TERMINAL, Call, FlowRow, Journal, JournalDB, JournalUnavailable
+from gateway.journal import (
+    TERMINAL,
+    Call,
+    FlowRow,
+    Journal,
+    JournalDB,
+    JournalUnavailable,
+    journal_target,
+)
 
 MEMORY_CONFIG = """\
 [gateway]
@@ -131,10 +139,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0, what: str 
 
 
 def rows(config: Config) -> list[FlowRow]:
+    """Every flow in the configured journal (SQLite in data_dir, or the shared database)."""
     layout = Layout(config.gateway.data_dir)
-    if not layout.journal.exists():
+    if config.journal.url is None and not layout.journal.exists():
         return []
-    db = JournalDB(layout.journal)
+    db = JournalDB(journal_target(config, layout))
     try:
         return db.search()
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from flows.returns import PISTE_INVOICES_FORMAT, PISTE_REPORT_FORMAT
 from gateway.config import Config
 from gateway.duties import Duties
 from gateway.folders import Layout
-from gateway.journal import FlowRow, Journal, JournalDB
+from gateway.journal import FlowRow, Journal, JournalDB, journal_target
 from gateway.ops.alerts import Alert, Alerter
 from gateway.returns.reports import Reporter, journal_resend
 from protocols.base import Capabilities, Report
@@ -386,3 +387,40 @@ def test_two_nodes_ask_about_each_deposit_from_one_node_only(tmp_path: Path) -> 
     asked = sorted(len(source.asked) for source in sources.values())
     assert asked[0] == 0 and asked[1] >= 5
     assert deposit(config, row.flow_id)["state"] == "IN_RECU"
+
+
+def test_on_a_shared_journal_a_report_is_stored_there_under_the_node(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """On a shared PostgreSQL journal the report a node fetched is journaled in that database
+    (every node sees it; nothing in data_dir's SQLite file)."""
+    bucket = f"rep-{next(_buckets)}"
+    memory.BUCKETS.pop(bucket, None)
+    shared = memory_config(tmp_path, bucket)
+    config = replace(
+        shared,
+        gateway=replace(shared.gateway, node_name="node-r"),
+        journal=replace(shared.journal, url=postgres_url),
+    )
+    (row,) = deliver(config, {"facture.xml": invoice("F-200")})
+    target = journal_target(config, Layout(config.gateway.data_dir))
+    source = Scripted(final("IN_REJETE", row.remote_name or "", errors=("F-200",)))
+
+    async def one_round() -> int:
+        journal = Journal(target, node="node-r")
+        await journal.open()
+        try:
+            return await Reporter(config, journal, {CONN: source}).round(CONN, source)
+        finally:
+            await journal.close()
+
+    assert asyncio.run(one_round()) == 1
+    db = JournalDB(target)
+    try:
+        (ret,) = db.returns()
+        assert ret["kind"] == "piste_report" and ret["state"] == "applied"
+        (invoice_row,) = db.invoices(row.flow_id)
+        assert invoice_row["rejected"] == 1
+    finally:
+        db.close()
+    assert not Layout(config.gateway.data_dir).journal.exists()
