@@ -158,3 +158,40 @@ def test_a_refused_filing_records_no_path(target: JournalTarget, tmp_path: Path)
         assert len(db.transitions("20261207T092000Z-000001")) == 1
     finally:
         db.close()
+
+
+def _queue_then_fail(db: JournalDB, flow: str) -> None:
+    db.queue_unless_duplicate(
+        flow, ("sha-failing", None, None), check=True, invoice=("f.xml", "N", "S", flow)
+    )
+    raise ValueError("the caller failed after queueing")
+
+
+def test_a_call_that_fails_after_queueing_leaves_neither_the_move_nor_the_invoice(
+    target: JournalTarget,
+) -> None:
+    """Promise: a journal call applies entirely or not at all, even in a batch that commits
+    others: a call that failed after queueing a flow with its invoice leaves the flow claimed
+    and without invoice; the batch's other call applies."""
+    from gateway.journal.worker import run_batch
+
+    db = JournalDB(target)
+    try:
+        for flow in ("20261207T093000Z-000001", "20261207T093000Z-000002"):
+            db.insert(flow, "c", f"{flow}.xml", f"/spool/{flow}")
+        outcomes = run_batch(
+            db,
+            [
+                lambda d: _queue_then_fail(d, "20261207T093000Z-000001"),
+                lambda d: d.queue_unless_duplicate(
+                    "20261207T093000Z-000002", ("sha-other", None, None), check=True
+                ),
+            ],
+        )
+        assert isinstance(outcomes[0], ValueError)
+        failed, other = db.get("20261207T093000Z-000001"), db.get("20261207T093000Z-000002")
+        assert failed is not None and failed.state == "claimed"
+        assert db.invoices("20261207T093000Z-000001") == []
+        assert other is not None and other.state == "queued"
+    finally:
+        db.close()
