@@ -11,6 +11,11 @@ With ``--daemon``, the whole daemon instead (in this process, the journal in its
 ``raccord run`` has it): N invoices dropped at once into a memory connection's outbox, timed
 until the journal says every one is sent.
 
+With ``--statements``, where the time goes on PostgreSQL instead: the lives run in this
+process through ``run_batch`` (as the journal process runs them), each statement timed in the
+adapter; prints the wall time, this process's CPU (psycopg and the journal's Python; the rest
+is waiting for the server), and per statement its count and mean time.
+
 Runs alternate (SQLite, PostgreSQL, SQLite, …) so that the machine's load falls on both
 alike; prints each run, the medians in flows/s and their ratio (target: PostgreSQL ≥ 0.7×).
 
@@ -20,7 +25,7 @@ database. SQLite: WAL, synchronous=NORMAL, as the daemon runs it.
 
 Usage (repository root, with the venv, as root for the throw-away cluster):
     .venv/bin/python bench/journal_backends.py [--flows N] [--rounds R] [--url URL] [--daemon]
-        [--server-settings "-c synchronous_commit=off"]
+        [--statements] [--server-settings "-c synchronous_commit=off"]
 """
 
 from __future__ import annotations
@@ -114,6 +119,40 @@ async def through_the_daemon(target: JournalTarget, flows: int, run: int, work: 
             db.close()
 
 
+def statements(url: str, flows: int, run: int, folder: Path) -> None:
+    """Print where ``flows`` lives spend their time on PostgreSQL, statement by statement."""
+    from gateway.journal.postgres import PostgresConnection
+    from gateway.journal.worker import run_batch
+
+    spent: dict[str, list[float]] = {}
+    execute = PostgresConnection.execute
+
+    def timed(self: PostgresConnection, sql: str, parameters: Any = (), /) -> Any:
+        started = time.perf_counter()
+        try:
+            return execute(self, sql, parameters)
+        finally:
+            spent.setdefault(" ".join(sql.split()), []).append(time.perf_counter() - started)
+
+    db = JournalDB(PostgresTarget(url), node="bench")
+    PostgresConnection.execute = timed  # type: ignore[method-assign]
+    try:
+        ids = [f"20261207T080000Z-S{run:02d}{i:06x}" for i in range(flows)]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for step in steps(folder):
+            failed = [o for o in run_batch(db, [step(f) for f in ids]) if isinstance(o, Exception)]
+            if failed:
+                raise SystemExit(f"a journal call failed: {failed[0]!r}")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        PostgresConnection.execute = execute  # type: ignore[method-assign]
+        db.close()
+    print(f"{flows} lives: wall {wall:.2f} s, client CPU {cpu:.2f} s")
+    for sql, times in sorted(spent.items(), key=lambda item: -sum(item[1])):
+        mean = statistics.mean(times) * 1e6
+        print(f"{len(times):7d} x {mean:6.0f} us = {sum(times):6.2f} s  {sql[:80]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flows", type=int, default=3000)
@@ -126,6 +165,9 @@ def main() -> None:
         help='the throw-away server\'s options, e.g. "-c synchronous_commit=off"',
     )
     parser.add_argument("--daemon", action="store_true", help="through the whole daemon")
+    parser.add_argument(
+        "--statements", action="store_true", help="PostgreSQL alone, each statement timed"
+    )
     args = parser.parse_args()
     if args.daemon:
         from gateway import logs
@@ -142,6 +184,16 @@ def main() -> None:
         postgres.wait_until_ready(server)
         url = server.create_database()
     rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    if args.statements:
+        try:
+            with tempfile.TemporaryDirectory() as work:
+                JournalDB(PostgresTarget(url)).close()  # the schema, outside the timing
+                for run in range(args.rounds):
+                    statements(url, args.flows, run, Path(work) / "sent")
+        finally:
+            if server is not None:
+                postgres.stop_server(server)
+        return
     try:
         with tempfile.TemporaryDirectory() as work:
             folder = Path(work) / "sent"

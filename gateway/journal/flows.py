@@ -5,6 +5,11 @@ table in :mod:`flows.lifecycle` alone says which those are, and a caller that re
 names the state it read (``current``), so that a move made meanwhile by someone else is refused
 rather than overwritten (compare-and-set). The ``transitions`` history is written by the
 schema's triggers, not here.
+
+A check that decides whether to move (no earlier flow makes this one a duplicate, no other
+flow holds the path a filing records) is folded into the move's ``WHERE``: the usual case is
+one statement, and only a refused move pays for finding out why. On PostgreSQL each statement
+is a round trip between two processes, and their number is most of a journal call's cost.
 """
 
 from __future__ import annotations
@@ -33,10 +38,35 @@ ACTIVE_FOR_DUPLICATES = (
 )
 
 
+#: An earlier flow ``f`` that makes flow ``?`` a duplicate (see
+#: :meth:`FlowQueries.find_duplicate`); parameters: the flow id, the active states, sha256,
+#: supplier, number, supplier, number.
+_ACTIVE_MARKS = ",".join("?" * len(ACTIVE_FOR_DUPLICATES))
+_DUPLICATE = (
+    f"f.flow_id<>? AND f.state IN ({_ACTIVE_MARKS})"  # noqa: S608 - placeholders only
+    " AND (f.sha256=? OR (? IS NOT NULL AND ? IS NOT NULL AND f.supplier_id=?"
+    " AND f.invoice_number=?))"
+    " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=f.flow_id"
+    " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
+    " WHERE i.source_flow=f.flow_id AND i.rejected=0))"
+)
+
+#: Guards folded into a move (:meth:`FlowQueries._move`), so that the usual case costs one
+#: statement rather than a check and a move: on PostgreSQL each statement is a round trip to
+#: the server, and their number is most of a journal call's cost there.
+_GUARDS = {
+    "": "",
+    # No earlier flow makes this one a duplicate.
+    "unique": f" AND NOT EXISTS (SELECT 1 FROM flows f WHERE {_DUPLICATE})",  # noqa: S608
+    # No other flow holds the final path this move records.
+    "free_path": " AND NOT EXISTS (SELECT 1 FROM flows h WHERE h.final_path=? AND h.flow_id<>?)",
+}
+
+
 @functools.lru_cache(maxsize=256)
-def _update_sql(columns: tuple[str, ...], expected: int | None) -> str:
-    """The statement of :meth:`FlowQueries.transition` that sets ``columns`` (remembered: the
-    calls are few shapes, made thousands of times)."""
+def _update_sql(columns: tuple[str, ...], expected: int | None, guard: str = "") -> str:
+    """The statement of :meth:`FlowQueries.transition` that sets ``columns``, guarded by
+    ``_GUARDS[guard]`` (remembered: the calls are few shapes, made thousands of times)."""
     unknown = set(columns) - COLUMN_SET
     assert not unknown, unknown
     where = "flow_id=?"
@@ -46,7 +76,7 @@ def _update_sql(columns: tuple[str, ...], expected: int | None) -> str:
     assignments = "".join(f", {name}=?" for name in columns)
     return (
         f"UPDATE flows SET state=?, updated_at=?, detail=?, node=?{assignments} WHERE {where}"  # noqa: S608
-        " RETURNING *"
+        f"{_GUARDS[guard]} RETURNING *"
     )
 
 
@@ -98,20 +128,8 @@ class FlowQueries(InvoiceQueries):
             StateConflict: the flow is unknown, in none of the expected states, or the table
                 does not allow the move from ``current`` (nothing is written then).
         """
-        state = FlowState(to_state)
-        expected: tuple[str, ...] = predecessors(state)
-        if current is not None or expect is not None:
-            wanted = (current,) if current is not None else tuple(expect or ())
-            illegal = sorted(set(wanted) - set(expected))
-            if illegal:  # a refusal, not an assert: it must hold under python -O too
-                raise StateConflict(
-                    f"flow {flow_id}: the lifecycle has no move from {', '.join(illegal)} "
-                    f"to {to_state}"
-                )
-            expected = tuple(dict.fromkeys(wanted))
-        sql = _update_sql(tuple(values), len(expected))
-        params = (to_state, timestamp(), detail, self.node, *values.values(), flow_id, *expected)
-        row = self._db.execute(sql, params).fetchone()
+        expected = _expected(flow_id, to_state, current, expect)
+        row = self._move(flow_id, to_state, expected, detail, values)
         if row is None:
             found = self._db.execute(
                 "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
@@ -120,6 +138,23 @@ class FlowQueries(InvoiceQueries):
                 raise StateConflict(f"flow {flow_id} is not in the journal")
             raise StateConflict(f"flow {flow_id} is {found['state']}, expected {sorted(expected)}")
         return FlowRow.of(row)
+
+    def _move(
+        self,
+        flow_id: str,
+        to_state: str,
+        expected: tuple[str, ...],
+        detail: str | None,
+        values: Mapping[str, Any],
+        guard: str = "",
+        guarded: tuple[Any, ...] = (),
+    ) -> Any:
+        """The row of the flow moved from one of ``expected`` to ``to_state`` if it was in one
+        and ``_GUARDS[guard]`` (with parameters ``guarded``) held, else None (nothing
+        written)."""
+        sql = _update_sql(tuple(values), len(expected), guard)
+        params = (to_state, timestamp(), detail, self.node, *values.values(), flow_id)
+        return self._db.execute(sql, (*params, *expected, *guarded)).fetchone()
 
     def file_to(
         self,
@@ -152,14 +187,23 @@ class FlowQueries(InvoiceQueries):
             return held is not None
 
         with self.transaction():
+            # Usually the name is free: one statement records it, if no flow holds it.
+            target = free_name(folder, name, flow_id, os.path.lexists)
+            values = {**values, "final_path": str(target)}
+            expected = _expected(flow_id, to_state, current, expect)
+            row = self._move(
+                flow_id, to_state, expected, None, values, "free_path", (str(target), flow_id)
+            )
+            if row is not None:
+                return FlowRow.of(row)
+            # Another flow holds it, or the move is refused (the transition says why).
             target = free_name(folder, name, flow_id, taken)
             return self.transition(
                 flow_id,
                 to_state,
                 current=current,
                 expect=expect,
-                final_path=str(target),
-                **values,
+                **{**values, "final_path": str(target)},
             )
 
     def get(self, flow_id: str) -> FlowRow | None:
@@ -191,23 +235,9 @@ class FlowQueries(InvoiceQueries):
         An invoice the partner rejected, and that no later flow carries again, is not a
         duplicate: it may be corrected and sent again under its number.
         """
-        states = ",".join("?" * len(ACTIVE_FOR_DUPLICATES))
         row = self._db.execute(
-            f"SELECT * FROM flows f WHERE flow_id<>? AND state IN ({states}) AND (sha256=?"  # noqa: S608 - placeholders only
-            " OR (? IS NOT NULL AND ? IS NOT NULL AND supplier_id=? AND invoice_number=?))"
-            " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=f.flow_id"
-            " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
-            " WHERE i.source_flow=f.flow_id AND i.rejected=0))"
-            " ORDER BY created_at LIMIT 1",
-            (
-                flow_id,
-                *ACTIVE_FOR_DUPLICATES,
-                sha256,
-                supplier_id,
-                invoice_number,
-                supplier_id,
-                invoice_number,
-            ),
+            f"SELECT * FROM flows f WHERE {_DUPLICATE} ORDER BY created_at LIMIT 1",  # noqa: S608 - placeholders only
+            _duplicate_params(flow_id, sha256, supplier_id, invoice_number),
         ).fetchone()
         return FlowRow.of(row) if row else None
 
@@ -235,11 +265,20 @@ class FlowQueries(InvoiceQueries):
         the flow carries, recorded with it (see :meth:`add_invoices`).
         """
         with self.transaction():
-            if check:
-                earlier = self.find_duplicate(flow_id, *identity)
-                if earlier is not None:
-                    return None, earlier
-            queued = self.transition(flow_id, to_state, expect=("claimed",), **values)
+            row = None
+            if check:  # usually no duplicate: one statement checks and moves
+                expected = _expected(flow_id, to_state, None, ("claimed",))
+                unique = _duplicate_params(flow_id, *identity)
+                row = self._move(flow_id, to_state, expected, None, values, "unique", unique)
+                if row is None:  # a duplicate, or the move is refused (the transition says)
+                    earlier = self.find_duplicate(flow_id, *identity)
+                    if earlier is not None:
+                        return None, earlier
+            queued = (
+                FlowRow.of(row)
+                if row is not None
+                else self.transition(flow_id, to_state, expect=("claimed",), **values)
+            )
             if invoice is not None:
                 self.add_invoices(flow_id, [invoice])
             if sending is not None:
@@ -287,3 +326,39 @@ class FlowQueries(InvoiceQueries):
             (connection, sent_before),
         ).fetchall()
         return [FlowRow.of(row) for row in rows]
+
+
+def _expected(
+    flow_id: str, to_state: str, current: str | None, expect: Iterable[str] | None
+) -> tuple[str, ...]:
+    """The states a move to ``to_state`` may come from: ``current``, or ``expect``, or every
+    state :data:`flows.lifecycle.TRANSITIONS` allows it from.
+
+    Raises:
+        StateConflict: the lifecycle has no move from ``current`` (or one of ``expect``).
+    """
+    expected: tuple[str, ...] = predecessors(FlowState(to_state))
+    if current is None and expect is None:
+        return expected
+    wanted = (current,) if current is not None else tuple(expect or ())
+    illegal = sorted(set(wanted) - set(expected))
+    if illegal:  # a refusal, not an assert: it must hold under python -O too
+        raise StateConflict(
+            f"flow {flow_id}: the lifecycle has no move from {', '.join(illegal)} to {to_state}"
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+def _duplicate_params(
+    flow_id: str, sha256: str, supplier_id: str | None, invoice_number: str | None
+) -> tuple[Any, ...]:
+    """The parameters of ``_DUPLICATE``."""
+    return (
+        flow_id,
+        *ACTIVE_FOR_DUPLICATES,
+        sha256,
+        supplier_id,
+        invoice_number,
+        supplier_id,
+        invoice_number,
+    )
