@@ -19,7 +19,7 @@ from gateway.daemon import _open_sender
 from gateway.flow import dispatcher as dispatcher_module
 from gateway.flow.dispatcher import Dispatcher
 from gateway.folders import Layout, spool_name
-from gateway.journal import Journal, JournalDB
+from gateway.journal import Journal, JournalDB, journal_target
 from gateway.journal.leases import lease_end
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
@@ -78,7 +78,7 @@ def backlog(config: Config, count: int) -> list[str]:
 async def node(config: Config, name: str, *, window: int) -> AsyncIterator[Dispatcher]:
     """A node: its own journal process (named ``name``) and dispatcher, on the shared
     data_dir and journal; stopped as ``raccord run`` stops."""
-    journal = Journal(Layout(config.gateway.data_dir).journal, node=name)
+    journal = Journal(journal_target(config, Layout(config.gateway.data_dir)), node=name)
     await journal.open()
     conn = config.connections[0]
     senders = {conn.name: await _open_sender(conn)}
@@ -96,7 +96,7 @@ async def node(config: Config, name: str, *, window: int) -> AsyncIterator[Dispa
 
 def moved_by(config: Config, flow_id: str) -> set[str]:
     """The nodes that moved ``flow_id`` after its claim."""
-    db = JournalDB(Layout(config.gateway.data_dir).journal)
+    db = JournalDB(journal_target(config, Layout(config.gateway.data_dir)))
     try:
         return {t["node"] for t in db.transitions(flow_id) if t["from_state"] is not None}
     finally:
@@ -192,13 +192,13 @@ def test_a_live_nodes_flows_are_not_taken(tmp_path: Path, bucket: str) -> None:
 
 
 def test_on_a_shared_journal_a_young_orphan_waits_and_is_adopted_once(
-    tmp_path: Path, bucket: str
+    tmp_path: Path, bucket: str, postgres_url: str
 ) -> None:
     """A spool file with no journal row may be another live node's claim between its rename
     and its insert: on a shared journal it is adopted only once older than lease_timeout, and
     two nodes adopting it record it once; it is then sent once."""
     config = memory_config(tmp_path, bucket)
-    shared = dataclasses.replace(config.journal, url="postgresql://raccord@db.example/raccord")
+    shared = dataclasses.replace(config.journal, url=postgres_url)
     config = dataclasses.replace(config, journal=shared)
     layout = Layout(config.gateway.data_dir)
     layout.create(["qualif-mem"])
