@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -47,7 +46,7 @@ from gateway import logs
 from gateway.config import Config
 from gateway.duties import Duties
 from gateway.folders import Layout
-from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalTarget, journal_target
+from gateway.journal import Call, FlowRow, Journal, JournalDB, journal_target
 from gateway.ops.alerts import Alerter
 from gateway.returns import pipeline as returns
 from protocols.base import RemoteFile, ReturnQueue, ReturnSource, Sender
@@ -92,16 +91,11 @@ def sources(senders: dict[str, Sender]) -> dict[str, Source]:
 
 
 async def store(
-    layout: Layout,
-    connection: str,
-    temp: Path,
-    name: str,
-    resubmit: Container[str],
-    journal: JournalTarget | None = None,
-    node: str | None = None,
+    config: Config, layout: Layout, connection: str, temp: Path, name: str
 ) -> returns.Outcome:
     """Move the fetched file ``temp`` into the connection's inbox as the return ``name``,
-    journal it and apply it (on a worker thread, with its own journal connection)."""
+    journal it in the configured journal under this node's name and apply it (on a worker
+    thread, with its own journal connection)."""
     return await asyncio.to_thread(
         functools.partial(
             returns.receive_download,
@@ -109,9 +103,9 @@ async def store(
             connection,
             temp,
             name=name,
-            resubmit=resubmit,
-            journal=journal,
-            node=node,
+            resubmit=returns.resubmitting(config),
+            journal=journal_target(config, layout),
+            node=config.gateway.node_name,
         )
     )
 
@@ -131,7 +125,6 @@ class Poller:
         self.journal = journal
         self.sources = sources
         self.duties = duties or Duties(journal, lease=config.journal.lease_timeout)
-        self._resubmit = returns.resubmitting(config)
         self._too_large: set[str] = set()  # queue files over the limit, already reported
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -277,15 +270,7 @@ class Poller:
         temp = inbox / f".{naming.safe(remote.name)}.download"
         try:
             await source.fetch_return(remote, temp)
-            outcome = await store(
-                self.layout,
-                connection,
-                temp,
-                remote.name,
-                self._resubmit,
-                journal_target(self.config, self.layout),
-                self.config.gateway.node_name,
-            )
+            outcome = await store(self.config, self.layout, connection, temp, remote.name)
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
         await self._remember(connection, remote, "stored", outcome.return_id)
@@ -311,15 +296,7 @@ class Poller:
             if remote is None:
                 break
             try:
-                outcome = await store(
-                    self.layout,
-                    connection,
-                    temp,
-                    remote.name,
-                    self._resubmit,
-                    journal_target(self.config, self.layout),
-                    self.config.gateway.node_name,
-                )
+                outcome = await store(self.config, self.layout, connection, temp, remote.name)
             except BaseException:
                 await source.release_return(remote)
                 raise

@@ -37,7 +37,6 @@ from gateway.journal import (
     Journal,
     JournalDB,
     JournalUnavailable,
-    journal_target,
 )
 from gateway.ops.alerts import Alerter
 from gateway.returns import pipeline as returns
@@ -88,7 +87,6 @@ class Reporter:
         self.alerts = alerts or Alerter(None)
         self.duties = duties or Duties(journal, lease=config.journal.lease_timeout)
         self.layout = Layout(config.gateway.data_dir)
-        self._resubmit = returns.resubmitting(config)
         #: the connections that also follow each invoice after integration
         self._lifecycle = {
             name: source
@@ -314,15 +312,7 @@ class Reporter:
             await asyncio.to_thread(
                 functools.partial(folders.write_bytes, temp, document, sync_dir=False)
             )
-            return await polling.store(
-                self.layout,
-                connection,
-                temp,
-                name,
-                self._resubmit,
-                journal_target(self.config, self.layout),
-                self.config.gateway.node_name,
-            )
+            return await polling.store(self.config, self.layout, connection, temp, name)
         finally:
             await asyncio.to_thread(functools.partial(temp.unlink, missing_ok=True))
 

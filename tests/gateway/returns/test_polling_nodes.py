@@ -5,12 +5,10 @@ stored and removed once, and it moves to the other node when the first stops."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
 from gateway import config as config_module
@@ -21,28 +19,14 @@ from gateway.journal import Journal, JournalDB
 from gateway.ops.metrics import Metrics
 from gateway.returns.polling import Poller, poll_duty, sources
 from protocols import registry
+from tests.e2e.conftest import sshd as sshd  # the fixture: a real OpenSSH server
 from tests.e2e.conftest import write_sftp_config
-from tests.e2e.sshd import SSHD, Sshd
+from tests.e2e.sshd import Sshd
 from tests.gateway.harness import until
 from tests.gateway.returns.test_returns import cpp_statut
 
 CONN = "qualif-sftp"
 DUTY = poll_duty(CONN)
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    if not SSHD.exists():
-        message = "OpenSSH sshd is not installed (Debian package openssh-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = Sshd(tmp_path / "sshd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def sftp_config(tmp_path: Path, sshd: Sshd) -> Config:
