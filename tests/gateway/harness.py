@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -255,3 +257,15 @@ def through(
             await worker.close()
 
     return asyncio.run(scenario())
+
+
+def run_raccord(config: Path) -> subprocess.CompletedProcess[str]:
+    """``raccord run --config CONFIG`` in a process of its own, as an operator starts it, for
+    the mistakes that must stop it at once (bounded by a timeout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

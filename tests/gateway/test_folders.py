@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from gateway.cli.commands import main
 from gateway.config import ConfigError
 from gateway.folders import Layout, LinkedFolder
 from tests.conftest import sample
-from tests.gateway.harness import connection_toml, memory_config_text, running, until
+from tests.gateway.harness import connection_toml, memory_config_text, run_raccord, running, until
 
 CONN = "qualif-mem"
 KINDS = ["outbox", "spool", "error", "rejected", "inbox", "sent"]
@@ -75,13 +73,7 @@ def test_raccord_run_refuses_a_linked_outbox_in_one_sentence_and_reads_nothing(
     outbox = tmp_path / "data" / "outbox" / CONN
     outbox.rmdir()
     outbox.symlink_to(outside)
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_raccord(path)
     assert done.returncode == 2
     assert done.stderr.startswith(
         f"raccord: {path}: connection[{CONN}]: the outbox/ folder of {CONN}, {outbox}, is a "

@@ -11,17 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.gateway.harness import memory_config_text
+from tests.gateway.harness import memory_config_text, run_raccord
 
 
 def run(config: Path) -> tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_raccord(config)
     return done.returncode, done.stdout, done.stderr
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from gateway import config as config_module
 from gateway.journal import JournalDB, PostgresTarget
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
-from tests.gateway.harness import drop, memory_config_text, running, until
+from tests.gateway.harness import drop, memory_config_text, run_raccord, running, until
 
 
 def test_a_gateway_on_postgresql_sends_and_records_every_flow(
@@ -70,13 +68,7 @@ def test_a_journal_database_that_cannot_be_reached_stops_the_start_in_one_senten
             + f'\n[journal]\nurl = "postgresql://raccord@127.0.0.1:{port}/raccord"\n'
             + 'password = "s3cret-pw"\n'
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_raccord(path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(
         f"raccord: {path}: journal.url: the journal database raccord@127.0.0.1:{port}/raccord"
