@@ -101,10 +101,6 @@ log = logs.get()
 #: and journal workers need a few hundred flows in flight to be kept busy.
 WINDOW = 512
 
-#: Flows in flight at once on a node sharing its journal with others (PostgreSQL): a burst
-#: beyond it is journaled unleased for the other nodes to take (see gateway.flow.window).
-SHARE = 256
-
 #: Seconds between two "a file is coming" notices to a connection's sender (Prepares).
 PREPARE_EVERY = 1.0
 
@@ -166,7 +162,6 @@ class Dispatcher:
             self.running,
             size=max_in_flight or WINDOW,
             lease_timeout=config.journal.lease_timeout,
-            share=SHARE if config.journal.url is not None else None,
         )
         self._healing: dict[str, int] = {}  # flow -> local faults met in a row (disk full...)
         self._flow_ids = naming.FlowIds()
@@ -350,9 +345,6 @@ class Dispatcher:
         """
         if flow_id in self._active:
             return False
-        if leased is not None and leased.state in NEEDS_CONNECTION:
-            # Claimed elsewhere (another node, a restart): its sender may log in meanwhile.
-            self._prepare_sender(leased.connection)
         self._active.add(flow_id)
         self.window.enter(flow_id)
         self.running.run_flow(flow_id, self._run_flow(flow_id, claimed, lost, leased=leased))

@@ -13,13 +13,6 @@ flows are free, and the next :meth:`Window.fill` of any node takes them and resu
 restart does. A flow whose lease another node took meanwhile (this node was silent too long)
 is stopped here at once (``flow.lease_lost``).
 
-Why a share: on a journal shared with other nodes (PostgreSQL), a node holds at most
-:attr:`Window.share` flows (fewer than its window), so that a burst dropped at once is not
-claimed whole by the node that saw it first: the files it claims beyond its share are journaled
-unleased, and every node with room looks for such flows every :data:`POLL` seconds (the
-intake of the others sees no file: it was renamed away). Alone on its journal (SQLite), a node
-uses its whole window and never polls.
-
 What holds a place and a lease: a flow's task (claimed here, leased from the journal, a new
 lot, a flow resumed after a fault). A flow stopped by a local fault keeps its lease (not its
 place) until it is tried again; a flow retried after a transfer failure keeps both while it
@@ -39,11 +32,6 @@ from gateway.journal.leases import lease_end
 
 log = logs.get()
 
-#: Seconds between two looks for free flows, on a shared journal, while a node has room: a
-#: burst claimed by another node beyond its share waits at most this long for a second node.
-#: One lease statement, served by the journal's index of workable flows.
-POLL = 0.2
-
 #: Resumes the flows just leased (checks, logs) and starts them; returns how many started.
 Resume = Callable[[list[FlowRow]], Awaitable[int]]
 
@@ -52,22 +40,10 @@ class Window:
     """The flows in flight here, the leases this node holds, and the two loops that keep
     them: :meth:`feed` (fills free places from the journal) and :meth:`beat` (renews)."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        running: Running,
-        *,
-        size: int,
-        lease_timeout: float,
-        share: int | None = None,
-    ) -> None:
+    def __init__(self, ctx: Context, running: Running, *, size: int, lease_timeout: float) -> None:
         self._ctx = ctx
         self._running = running
         self.size = size
-        #: The most flows in flight here: ``size`` alone on a journal; on a shared one, fewer
-        #: (the rest of a burst is left to the other nodes), and :meth:`feed` polls.
-        self.share = min(size, share) if share is not None else size
-        self.shared = share is not None
         self.lease_timeout = lease_timeout
         self.slots: set[str] = set()  # flows in flight here (a task each)
         self.leased: set[str] = set()  # flows whose lease this node holds
@@ -83,12 +59,12 @@ class Window:
 
     @property
     def room(self) -> int:
-        return self.share - len(self.slots)
+        return self.size - len(self.slots)
 
     def direct(self) -> bool:
-        """Whether a newly claimed flow may go on at once: a place is free (within the share)
-        and no older flow waits in the journal (it would overtake it)."""
-        return not self._backlog and len(self.slots) < self.share
+        """Whether a newly claimed flow may go on at once: a place is free and no older flow
+        waits in the journal (it would overtake it)."""
+        return not self._backlog and len(self.slots) < self.size
 
     def until(self) -> str:
         """The end of a lease taken or renewed now."""
@@ -144,9 +120,7 @@ class Window:
         return started
 
     async def feed(self, resume: Resume) -> None:
-        """Fill the window whenever a place frees up and flows may wait, until stopping; on a
-        shared journal, also every :data:`POLL` seconds while there is room (another node may
-        have journaled flows beyond its share)."""
+        """Fill the window whenever a place frees up and flows may wait, until stopping."""
         self._resume = resume
         stopping = self._ctx.stopping
         while not stopping.is_set():
@@ -154,13 +128,7 @@ class Window:
                 await self.fill()
             except Exception as exc:  # the journal or the disk: the next beat tries again
                 log.error("window.fill_failed", error=str(exc), action="tried again shortly")
-            if self.shared and self.room > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), POLL)
-                except TimeoutError:
-                    self._backlog = True  # look again: another node may have left flows
-            else:
-                await self._wake.wait()
+            await self._wake.wait()
             self._wake.clear()
 
     async def beat(self) -> None:
