@@ -319,6 +319,9 @@ def _back_to_claimed(db: JournalDB, row: FlowRow, detail: str, *, forced: bool) 
         attempts=0,
         # An earlier attempt may have reached the partner: the resend must check first.
         unknown_outcome=1 if row.attempts else 0,
+        # Free for any node at once: the lease the flow had when it failed may not have been
+        # released yet, and this move names the retrying command's node, not the holder's.
+        lease_until=None,
     )
 
 

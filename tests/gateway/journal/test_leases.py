@@ -295,3 +295,20 @@ def test_every_state_is_workable_or_not_and_the_index_says_the_same() -> None:
     assert not set(WORKABLE) & set(leases.NOT_WORKABLE)
     index = schema.SCHEMA.split("flows_workable ON flows(created_at, flow_id)")[1]
     assert " ".join(index.split()).startswith(f"WHERE {leases._WORKABLE_SQL};")
+
+
+def test_a_flow_retried_by_hand_is_free_for_any_node_at_once(target: JournalTarget) -> None:
+    """A flow filed in error while its node still held its lease (released at the next
+    heartbeat), then put back by ``raccord retry`` or the console (another node name): any
+    node may lease it at once, not only after the old lease runs out."""
+    from gateway.flow.recovery import _back_to_claimed
+
+    with nodes(target, "node-a", "console", "node-b") as (a, console, b):
+        (fid,) = backlog(a, 1)
+        assert [row.flow_id for row in a.lease(1, LATER)] == [fid]
+        a.transition(fid, "failing")
+        a.transition(fid, "error")
+        row = console.get(fid)
+        assert row is not None and row.lease_until == LATER  # not yet released by node-a
+        _back_to_claimed(console, row, "raccord retry", forced=False)
+        assert [row.flow_id for row in b.lease(1, LATER)] == [fid]
