@@ -11,6 +11,7 @@ flow back to the dispatcher's steps, which file it as its state says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from gateway.flow.filing import Filing
 from gateway.flow.recovery import local_fault
 from gateway.flow.senders import SenderPool
 from gateway.journal import WAITING, Call, FlowRow, JournalDB
+from gateway.journal.leases import lease_end
 from protocols.base import AsyncReceipts, Receipt
 from protocols.errors import ForeignAnswer, TransferError
 
@@ -155,6 +157,11 @@ class Receipts:
             return "busy" if row.state == "sending" else "settled"
         if row.flow_id in running.active:
             return "busy"
+        # Under the flow's lease, as any other work on it: on a shared journal another node's
+        # window could otherwise take the flow once delivered and file it at the same time.
+        lease = self._ctx.config.journal.lease_timeout
+        if await journal.call(Call(JournalDB.take, row.flow_id, lease_end(lease))) is None:
+            return "busy"  # another node is working on it (expiring its wait): send again
         running.active.add(row.flow_id)
         try:
             with structlog.contextvars.bound_contextvars(
@@ -186,6 +193,8 @@ class Receipts:
                     return "error"
         finally:
             running.active.discard(row.flow_id)
+            with contextlib.suppress(Exception):  # else it runs out by itself
+                await journal.call(Call(JournalDB.release, [row.flow_id]))
 
     async def _judge(self, row: FlowRow, answer: bytes) -> tuple[str, FlowRow | None]:
         """Judge the partner's late ``answer`` for the waiting ``row``: ``("sent", row

@@ -16,6 +16,7 @@ from gateway.cli import commands as cli
 from gateway.flow.dispatcher import Dispatcher
 from gateway.folders import Layout
 from gateway.journal import FlowRow, Journal, JournalDB
+from gateway.journal.leases import lease_end
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
 from tests.gateway.harness import (
@@ -277,3 +278,37 @@ def test_an_acknowledgement_a_full_disk_kept_from_the_journal_is_recorded_once_i
     (fault,) = [e for e in events if e["event"] == "flow.local_fault"]
     assert fault["reason"] == "local_disk_full" and "free space" in fault["action"]
     assert not [e for e in events if e["event"] in ("flow.receipt_failed", "flow.failed")]
+
+
+def test_a_late_acknowledgement_is_settled_under_the_flows_lease(
+    tmp_path: Path, bucket: str
+) -> None:
+    """On a shared journal another node may be working on the waiting flow (it holds its
+    lease): the acknowledgement is answered "busy" (the partner sends it again) and the flow
+    is left alone; once the lease is free it is settled, and the lease given back."""
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+    journal = Layout(config.gateway.data_dir).journal
+
+    async def main() -> None:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            drop(config, "late.xml", invoice("F-61"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            (row,) = rows(config)
+            other = JournalDB(journal, node="other-node")
+            try:
+                # another node holds the flow's lease (as when its window took it over)
+                other._db.execute(
+                    "UPDATE flows SET node=?, lease_until=? WHERE flow_id=?",
+                    (other.node, lease_end(3600), row.flow_id),
+                )
+                assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "busy"
+                assert [r.state for r in rows(config)] == ["awaiting_receipt"]
+                other.release([row.flow_id])
+            finally:
+                other.close()
+            assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
+
+    asyncio.run(main())
+    (row,) = rows(config)
+    assert row.state == "sent" and row.lease_until is None and memory.bucket(bucket).sends == 1
