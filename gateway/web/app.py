@@ -73,6 +73,18 @@ CSV_COLUMNS = (
 CSV_LIMIT = 100_000
 
 
+def _templates() -> jinja2.Environment:
+    """The console's pages: escaped, and failing on a name the page was not given."""
+    templates = jinja2.Environment(
+        loader=jinja2.PackageLoader("gateway.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    templates.filters["when"] = _when
+    templates.filters["plain"] = _plain
+    return templates
+
+
 class Console:
     """The web console of a running gateway (``[web]``); ``start()`` binds, ``stop()`` ends."""
 
@@ -87,13 +99,7 @@ class Console:
         self.reader = queries.Reader(journal_target(config, self.layout))
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
-        self.templates = jinja2.Environment(
-            loader=jinja2.PackageLoader("gateway.web", "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-        )
-        self.templates.filters["when"] = _when
-        self.templates.filters["plain"] = _plain
+        self.templates = _templates()
 
     def reconfigure(self, config: Config) -> None:
         """Users, ``public_read`` and connections as the reloaded configuration says (the
