@@ -105,6 +105,31 @@ class Lotting:
         conn = self._ctx.configured(connection)  # None: removed by a reload; _pack refuses them
         return conn.lot if conn is not None else Lot(max_invoices=1)
 
+    async def _taken_elsewhere(self, rows: list[FlowRow]) -> bool:
+        """Whether some of these invoices left ``batched`` while this lot was being packed
+        (on a shared journal, another node's start put them in its own lot: the journal let
+        that lot take them, and refused this one). If so, the invoices still waiting go back
+        to wait for a lot here, instead of being filed in error."""
+        try:
+            states = await self._ctx.journal.call(
+                Call(JournalDB.states_of, [row.flow_id for row in rows])
+            )
+        except Exception:  # cannot tell: filed as a failed packing, as before
+            return False
+        if all(states.get(row.flow_id) == "batched" for row in rows):
+            return False
+        waiting = [row for row in rows if states.get(row.flow_id) == "batched"]
+        log.warning(
+            "lot.members_taken",
+            connection=rows[0].connection,
+            taken=[row.flow_id for row in rows if states.get(row.flow_id) != "batched"],
+            waiting=len(waiting),
+            action="none: the other invoices wait for the next lot",
+        )
+        for row in waiting:
+            self.assembler.add(row)
+        return True
+
     def _on_lot(self, rows: list[FlowRow]) -> None:
         if self._ctx.stopping.is_set():
             return  # they stay batched and are packed at the next start
@@ -162,6 +187,8 @@ class Lotting:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if await self._taken_elsewhere(rows):
+                return
             fault = local_fault(exc)  # named, without a traceback: ops can fix it
             failed = log.error if fault else log.exception
             failed("lot.pack_failed", connection=connection, interface_code=code, error=str(exc))

@@ -3,6 +3,7 @@ that rejects a lot, resubmission of the collateral invoices, and recovery after 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import json
@@ -23,7 +24,16 @@ from gateway.folders import Layout, spool_name
 from gateway.journal import TERMINAL, FlowRow, JournalDB
 from gateway.returns import pipeline as returns
 from protocols.testing import memory
-from tests.gateway.harness import answer_lost_after, deliver, memory_config, rows, sidecar
+from tests.gateway.harness import (
+    answer_lost_after,
+    deliver,
+    drop,
+    memory_config,
+    rows,
+    running,
+    sidecar,
+    until,
+)
 from tests.gateway.returns.test_returns import cpp_statut, invoice
 
 _buckets = itertools.count()
@@ -436,3 +446,50 @@ def test_a_lot_that_cannot_be_written_on_a_full_disk_says_so_in_error_json(
         assert main(["retry", "--config", str(config.path), row.flow_id]) == 0
     (lot,) = lots_of(deliver(config, {}))
     assert lot.state == "sent" and len(memory.bucket(bucket).files) == 1
+
+
+def test_invoices_another_node_packed_first_leave_this_lot_and_the_rest_wait(
+    tmp_path: Path,
+) -> None:
+    """On a shared journal another node's start may pack invoices this node is assembling: the
+    journal lets one lot take an invoice (batched → packed once), so this node's lot is
+    refused; its other invoices go back to wait for a lot (not to error/), none is sent
+    twice."""
+    config, bucket = lot_config(tmp_path, max_invoices=3, max_wait='"1h"')
+    layout = Layout(config.gateway.data_dir)
+
+    def states() -> dict[str, str]:
+        return {row.original_name: row.state for row in rows(config) if not row.packaging}
+
+    async def main() -> None:
+        async with running(config):
+            drop(config, "a.xml", invoice("F-100"))
+            drop(config, "b.xml", invoice("F-101"))
+            await until(lambda: states() == {"a.xml": "batched", "b.xml": "batched"})
+            (taken,) = [row for row in rows(config) if row.original_name == "a.xml"]
+            other = JournalDB(layout.journal, node="node-x")  # its lot takes a.xml first
+            try:
+                target = layout.spool(CONN) / spool_name("20261207T090000Z-0000aa", "x.tar.gz")
+                write_lot_for_real([("a.xml", Path(taken.spool_path))], target, "tar.gz")
+                with other.transaction():
+                    journal_lot(
+                        other,
+                        lot_id="20261207T090000Z-0000aa",
+                        connection=CONN,
+                        name="x.tar.gz",
+                        spool=target,
+                        packaging="tar.gz",
+                        interface_code=taken.interface_code or "",
+                        invoices=[("a.xml", "F-100", taken.supplier_id, taken.flow_id)],
+                        members=[taken.flow_id],
+                    )
+            finally:
+                other.close()
+            with capture_logs() as logs:
+                drop(config, "c.xml", invoice("F-102"))
+                await until(lambda: any(e["event"] == "lot.members_taken" for e in logs))
+            assert states() == {"a.xml": "packed", "b.xml": "batched", "c.xml": "batched"}
+
+    asyncio.run(main())
+    assert "error" not in states().values()
+    assert memory.bucket(bucket).sends <= 1  # at most the other node's lot, once
