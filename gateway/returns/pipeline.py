@@ -57,7 +57,6 @@ from gateway.folders import (
     write_json,
 )
 from gateway.journal import JournalDB, JournalTarget
-from gateway.returns import kept
 from gateway.returns.resubmission import lot_members, resubmit_collateral
 
 log = logs.get()
@@ -159,12 +158,13 @@ def receive_download(
     node: str | None = None,
 ) -> Outcome:
     """:func:`receive` of a file just downloaded or pushed (moved into the inbox), for worker
-    threads: on a journal connection of their own (:mod:`gateway.returns.kept`), recording
-    ``node`` (the daemon's ``node_name``) with each move it makes."""
-    with kept.connection(layout.journal if journal is None else journal) as db:
-        if node:
-            db.node = node
+    threads: on a journal connection of their own, recording ``node`` (the daemon's
+    ``node_name``) with each move it makes."""
+    db = JournalDB(layout.journal if journal is None else journal, node=node)
+    try:
         return receive(db, layout, connection, source, move=True, name=name, resubmit=resubmit)
+    finally:
+        db.close()
 
 
 def apply(
