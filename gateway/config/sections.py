@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -53,9 +54,17 @@ def gateway_settings(section: Section) -> GatewaySettings:
 def _node_name(section: Section) -> str:
     """``node_name``: how this node is named in the journal; absent: the host name."""
     name = section.optional_str("node_name") or socket.gethostname()
-    if not name.isprintable() or len(name) > 64:
-        raise SettingsError(section.key("node_name"), "printable, at most 64 characters")
+    # It names the node's lock file in data_dir: two names may not end up as one file.
+    if not _NODE_NAME.fullmatch(name):
+        raise SettingsError(
+            section.key("node_name"),
+            f"{name!r}: 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or a digit "
+            "(set node_name when the host name is not one)",
+        )
     return name
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def journal_settings(section: Section | None) -> JournalSettings:

@@ -390,3 +390,13 @@ def test_journal_section_reads_url_secret_and_lease(tmp_path: Path) -> None:
         load_text(tmp_path, '[journal]\nurl = "mysql://db/x"\n')
     with pytest.raises(ConfigError, match=r"journal\.lease_timeout"):
         load_text(tmp_path, '[journal]\nurl = "postgresql://db/x"\nlease_timeout = "1s"\n')
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "node a", "-lead", "n" * 65, "nœud"])
+def test_a_node_name_that_could_not_name_its_lock_file_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """Promise: node_name names the node's lock file in data_dir (nodes/<name>.lock): a name
+    with a path in it, or one two nodes could share once made safe, is refused, named."""
+    with pytest.raises(ConfigError, match=r"gateway\.node_name"):
+        load_text(tmp_path, f'[gateway]\nnode_name = "{name}"\n')
