@@ -68,6 +68,10 @@ class Dialect:
     #: listing that walks the date order and checks each row): SQLite's unary ``+``; nothing
     #: on PostgreSQL, which has no such hint (and no unary ``+`` on text).
     unindexed: str = ""
+    #: A transaction the database ended to settle a conflict with another one (PostgreSQL's
+    #: deadlock and serialization failures): nothing of it was applied, and running it again
+    #: succeeds once the other has finished. None on SQLite, whose writers take turns.
+    conflicts: tuple[type[Exception], ...] = ()
 
 
 SQLITE = Dialect("sqlite", "", (sqlite3.Error,), unindexed="+")

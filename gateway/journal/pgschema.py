@@ -28,6 +28,32 @@ from gateway.journal.schema import SCHEMA_VERSION
 #: journal's database is raccord's own).
 MIGRATION_LOCK = 0x72616363_6F7264
 
+#: Adds a transaction's count deltas to the counts, at its commit. The count rows are taken in
+#: one order (sorted) by every transaction: two nodes committing at once, each taking them in
+#: its own order, deadlocked (one waited for the other's row while holding the row the other
+#: wanted), and PostgreSQL ended one of them after a second (version 12 brought the order).
+_DELTAS_APPLIED = """
+CREATE OR REPLACE FUNCTION raccord_deltas_applied() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    FOR d IN
+        WITH taken AS (DELETE FROM count_deltas RETURNING kind, connection, key, n)
+        SELECT kind, connection, key, SUM(n) AS n FROM taken GROUP BY kind, connection, key
+        ORDER BY kind, connection, key
+    LOOP
+        IF d.kind = 'flow' THEN
+            INSERT INTO flow_counts AS c (connection, state, n) VALUES (d.connection, d.key, d.n)
+            ON CONFLICT (connection, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+        ELSE
+            INSERT INTO status_counts AS c (connection, code, n) VALUES (d.connection, d.key, d.n)
+            ON CONFLICT (connection, code) DO UPDATE SET n = c.n + EXCLUDED.n;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+"""
+
 #: Version 10, the first on PostgreSQL: tables, indexes and triggers (text compared bytewise).
 _SCHEMA_10 = """
 CREATE TABLE flows (
@@ -212,25 +238,7 @@ BEGIN
     RETURN true;
 END $$;
 
-CREATE FUNCTION raccord_deltas_applied() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    d record;
-BEGIN
-    FOR d IN
-        WITH taken AS (DELETE FROM count_deltas RETURNING kind, connection, key, n)
-        SELECT kind, connection, key, SUM(n) AS n FROM taken GROUP BY kind, connection, key
-    LOOP
-        IF d.kind = 'flow' THEN
-            INSERT INTO flow_counts AS c (connection, state, n) VALUES (d.connection, d.key, d.n)
-            ON CONFLICT (connection, state) DO UPDATE SET n = c.n + EXCLUDED.n;
-        ELSE
-            INSERT INTO status_counts AS c (connection, code, n) VALUES (d.connection, d.key, d.n)
-            ON CONFLICT (connection, code) DO UPDATE SET n = c.n + EXCLUDED.n;
-        END IF;
-    END LOOP;
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER count_deltas_applied AFTER INSERT ON count_deltas
+{deltas_applied}CREATE CONSTRAINT TRIGGER count_deltas_applied AFTER INSERT ON count_deltas
 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.first)
 EXECUTE FUNCTION raccord_deltas_applied();
 
@@ -294,7 +302,9 @@ END $$;
 CREATE TRIGGER statuses_uncounted AFTER DELETE ON statuses
 FOR EACH ROW EXECUTE FUNCTION raccord_status_deleted();
 """
-SCHEMA_10 = _SCHEMA_10.replace(" TEXT", ' TEXT COLLATE "C"')
+SCHEMA_10 = _SCHEMA_10.replace("{deltas_applied}", _DELTAS_APPLIED.strip() + "\n").replace(
+    " TEXT", ' TEXT COLLATE "C"'
+)
 
 #: Each version's script, in order: a database at version ``v`` runs those above ``v``.
 #: A change of schema adds a step here and one in :mod:`gateway.journal.schema` (SQLite).
@@ -306,6 +316,7 @@ STEPS: tuple[tuple[int, str], ...] = (
         " CREATE INDEX flows_workable ON flows(created_at, flow_id)"
         " WHERE state NOT IN ('batched', 'packed', 'awaiting_receipt', 'sent', 'error');",
     ),
+    (12, _DELTAS_APPLIED),
 )
 assert STEPS[-1][0] == SCHEMA_VERSION, "the PostgreSQL schema lags SQLite's"
 

@@ -34,7 +34,12 @@ from gateway.journal.connection import Dialect, Params
 from gateway.journal.errors import JournalUnavailable, JournalUnreachable
 from gateway.journal.target import PostgresTarget
 
-POSTGRES = Dialect("postgresql", " FOR UPDATE SKIP LOCKED", (psycopg.Error,))
+POSTGRES = Dialect(
+    "postgresql",
+    " FOR UPDATE SKIP LOCKED",
+    (psycopg.Error,),
+    conflicts=(psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure),
+)
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
 

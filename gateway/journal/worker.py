@@ -3,7 +3,8 @@
 Calls made while a batch runs are *group-committed*: every pending call goes in the next
 batch, which runs in one transaction and commits once. A call that fails without writing (a
 state conflict) fails alone; one that fails after writing makes the batch roll back and run
-again one call per transaction, so each call applies entirely or not at all.
+again one call per transaction, so each call applies entirely or not at all. So does a batch
+that PostgreSQL ended to settle a conflict with another node's transaction (a deadlock).
 
 A call travels pickled: a :class:`JournalDB` method (pickled by reference, as the module and
 name of the class that defines it) or a module-level function of any module the journal
@@ -194,6 +195,8 @@ def run_batch(db: JournalDB, calls: list[JournalCall]) -> list[Any]:
                         raise _Dirty from exc
                     outcomes.append(exc)
     except _Dirty:
+        return [_run_alone(db, method) for method in calls]
+    except db.dialect.conflicts:  # the database ended it for another's sake: none applied
         return [_run_alone(db, method) for method in calls]
     except JournalUnavailable as exc:  # none applied, or unknown: the next batch reconnects
         return [exc] * len(calls)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -299,5 +302,146 @@ def test_two_nodes_moving_flows_at_once_both_succeed_and_the_counts_stay_true(
     try:
         assert db.counts() == {"error": 200, "queued": 200}
         assert db.metrics()[0] == {("c", "error"): 200, ("c", "queued"): 200}
+    finally:
+        db.close()
+
+
+def _recording(
+    url: str, ids: list[str], connections: list[str]
+) -> tuple[threading.Thread, list[Any]]:
+    """A node's batch recording flow ``ids[i]`` on ``connections[i]``, in a thread (started),
+    and the list its outcomes go to."""
+    from gateway.journal import Call, run_batch
+
+    outcomes: list[Any] = []
+
+    def batch() -> None:
+        db = JournalDB(PostgresTarget(url), node="node-a")
+        try:
+            calls: list[Callable[[JournalDB], Any]] = [
+                Call(JournalDB.insert, f, c, "a.xml", "/s")
+                for f, c in zip(ids, connections, strict=True)
+            ]
+            outcomes.extend(run_batch(db, calls))
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=batch)
+    thread.start()
+    return thread, outcomes
+
+
+def _waiting_for_a_lock(admin: psycopg.Connection[Any], application: str = "raccord") -> None:
+    """Wait (bounded) until a session of ``application`` waits for a row lock."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = admin.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (application,),
+        ).fetchone()
+        if found:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no journal session came to wait for the lock")
+
+
+@pytest.mark.parametrize("journal", ["new", "from schema 11"])
+def test_every_commit_takes_the_count_rows_in_one_order(postgres_url: str, journal: str) -> None:
+    """Promise: nodes committing at the same moment never deadlock on the count rows their
+    commits update (PostgreSQL would end one of them after a second): every commit takes
+    those rows in one order, the sorted one, also in a journal created by raccord at schema
+    11 (whose commits took them in no set order). A commit recording flows on twelve
+    connections (in no particular order) finds the last count row held by another session:
+    it then holds every row before it, and none after."""
+    if journal == "from schema 11":
+        JournalDB(PostgresTarget(postgres_url)).close()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            definition = admin.execute(
+                "SELECT pg_get_functiondef('raccord_deltas_applied'::regproc)"
+            ).fetchone()
+            assert definition is not None
+            admin.execute(definition[0].replace("ORDER BY kind, connection, key", ""))
+            admin.execute("UPDATE schema_version SET version = 11")
+    connections = [f"c{i:02d}" for i in range(12)]
+    order = [5, 11, 2, 7, 0, 9, 3, 10, 1, 6, 4, 8]
+    first, recorded = _recording(postgres_url, [f"seed-{c}" for c in connections], connections)
+    first.join(timeout=60)
+    assert recorded and not [o for o in recorded if isinstance(o, BaseException)]
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+        psycopg.connect(postgres_url) as holder,
+        psycopg.connect(postgres_url) as probe,
+    ):
+        holder.execute(
+            "SELECT n FROM flow_counts WHERE connection = %s AND state = 'claimed' FOR UPDATE",
+            (connections[-1],),
+        )
+        batch, outcomes = _recording(
+            postgres_url, [f"f-{i}" for i in order], [connections[i] for i in order]
+        )
+        try:
+            _waiting_for_a_lock(admin)
+            held = []
+            for connection in connections:
+                try:
+                    probe.execute(
+                        "SELECT n FROM flow_counts WHERE connection = %s AND state = 'claimed'"
+                        " FOR UPDATE NOWAIT",
+                        (connection,),
+                    )
+                except psycopg.errors.LockNotAvailable:
+                    held.append(connection)
+                probe.rollback()
+        finally:
+            holder.rollback()
+            batch.join(timeout=60)
+    assert held == connections, "the waiting commit holds every count row before the last"
+    assert outcomes and not [o for o in outcomes if isinstance(o, BaseException)]
+
+
+def test_a_batch_postgresql_ends_in_a_deadlock_runs_again_and_is_applied(
+    postgres_url: str,
+) -> None:
+    """Promise: when PostgreSQL ends a node's batch to break a deadlock with another session,
+    nothing of it was applied and the journal runs it again: each call is applied once, none
+    fails. The batch's commit waits for a count row another session holds, and that session
+    then waits for a flow the batch moved: the server ends the batch (its wait began first)."""
+    from gateway.journal import Call, run_batch
+
+    seed, _ = _recording(postgres_url, ["seed"], ["c"])
+    seed.join(timeout=60)
+    db = JournalDB(PostgresTarget(postgres_url), node="node-a")
+    try:
+        assert run_batch(db, [Call(JournalDB.insert, "moved", "c", "a.xml", "/s")])[0]
+        assert run_batch(db, [Call(JournalDB.transition, "seed", "queued")])[0]  # the count row
+        db._db.execute("SET deadlock_timeout = '200ms'")
+        with (
+            psycopg.connect(postgres_url, autocommit=True) as admin,
+            psycopg.connect(postgres_url) as other,
+        ):
+            other.execute("SET deadlock_timeout = '20s'")
+            other.execute(
+                "SELECT n FROM flow_counts WHERE connection = 'c' AND state = 'queued' FOR UPDATE"
+            )
+            outcomes: list[object] = []
+            batch = threading.Thread(
+                target=lambda: outcomes.extend(
+                    run_batch(db, [Call(JournalDB.transition, "moved", "queued")])
+                )
+            )
+            batch.start()
+            _waiting_for_a_lock(admin)
+            other.execute("UPDATE flows SET detail = 'other' WHERE flow_id = 'moved'")
+            other.rollback()
+            batch.join(timeout=60)
+        assert len(outcomes) == 1 and not isinstance(outcomes[0], BaseException), outcomes
+        row = db.get("moved")
+        assert row is not None and row.state == "queued"
+        assert db.metrics()[0][("c", "queued")] == 2
+        history = db._db.execute(
+            "SELECT to_state FROM transitions WHERE flow_id = 'moved' ORDER BY id"
+        ).fetchall()
+        assert [r[0] for r in history] == ["claimed", "queued"]
     finally:
         db.close()
