@@ -65,9 +65,9 @@ from gateway.flow.refusals import Refusal, unknown_connection
 from gateway.flow.routing import Router, route, route_code
 from gateway.flow.senders import SenderPool
 from gateway.flow.validator import Validator, ValidatorUnavailable
-from gateway.flow.window import Window
+from gateway.flow.window import LEASE_LOST, Window
 from gateway.folders import Layout, display_name, spool_name
-from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable
+from gateway.journal import Call, FlowRow, Journal, JournalDB, JournalUnavailable, LeaseLost
 from gateway.ops import certificates
 from gateway.ops.alerts import Alerter
 from gateway.ops.metrics import Metrics
@@ -406,6 +406,8 @@ class Dispatcher:
                 await self._advance(row)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as exc:  # this node was paused: the flow is another node's now
+            log.error("flow.lease_lost", flow_id=flow_id, error=str(exc), action=LEASE_LOST)
         except JournalUnavailable as exc:
             if lost < JOURNAL_LOST_RESUMES:
                 # Whether the call was applied is unknown; the journal (a new process) knows:

@@ -32,6 +32,12 @@ from gateway.journal.leases import lease_end
 
 log = logs.get()
 
+#: What ``flow.lease_lost`` tells the operator.
+LEASE_LOST = (
+    "another node took the flow over (this one was silent longer than lease_timeout); "
+    "stopped here, it goes on there"
+)
+
 #: Resumes the flows just leased (checks, logs) and starts them; returns how many started.
 Resume = Callable[[list[FlowRow]], Awaitable[int]]
 
@@ -160,12 +166,7 @@ class Window:
             if flow_id in renewed or flow_id not in self.leased:
                 continue  # renewed, or done with meanwhile
             self.leased.discard(flow_id)
-            log.error(
-                "flow.lease_lost",
-                flow_id=flow_id,
-                action="another node took the flow over (this one was silent longer than "
-                "lease_timeout); stopped here, it goes on there",
-            )
+            log.error("flow.lease_lost", flow_id=flow_id, action=LEASE_LOST)
             task = self._running.flow_tasks.get(flow_id)
             if task is not None:
                 task.cancel()

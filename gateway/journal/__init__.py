@@ -24,7 +24,8 @@ triggers. The synchronous :class:`JournalDB` is also used directly by CLI comman
 
 The modules, in reading order:
 
-* :mod:`~gateway.journal.rows` — :class:`FlowRow`, the columns of ``flows``, :class:`StateConflict`;
+* :mod:`~gateway.journal.rows` — :class:`FlowRow`, the columns of ``flows``, :class:`StateConflict`,
+  :class:`LeaseLost`;
 * :mod:`~gateway.journal.target` — where the journal lives: the SQLite file or the PostgreSQL
   database;
 * :mod:`~gateway.journal.connection` — what the queries need of a connection, and the SQL that
@@ -61,6 +62,7 @@ from gateway.journal.errors import JournalUnreachable as JournalUnreachable
 from gateway.journal.flows import ACTIVE_FOR_DUPLICATES as ACTIVE_FOR_DUPLICATES
 from gateway.journal.rows import STATES as STATES
 from gateway.journal.rows import FlowRow as FlowRow
+from gateway.journal.rows import LeaseLost as LeaseLost
 from gateway.journal.rows import StateConflict as StateConflict
 from gateway.journal.schema import SCHEMA_VERSION as SCHEMA_VERSION
 from gateway.journal.target import JournalTarget as JournalTarget
@@ -89,6 +91,7 @@ __all__ = [
     "JournalTarget",
     "JournalUnavailable",
     "JournalUnreachable",
+    "LeaseLost",
     "PostgresTarget",
     "StateConflict",
     "describe",

@@ -10,6 +10,11 @@ A check that decides whether to move (no earlier flow makes this one a duplicate
 flow holds the path a filing records) is folded into the move's ``WHERE``: the usual case is
 one statement, and only a refused move pays for finding out why. On PostgreSQL each statement
 is a round trip between two processes, and their number is most of a journal call's cost.
+
+Every move of a flow being worked on is also fenced by its lease: it is refused while another
+node holds the flow's lease (:class:`~gateway.journal.rows.LeaseLost`). A node paused longer
+than ``lease_timeout`` (a frozen VM, heavy swapping) whose flows another node took over
+cannot, once it wakes, record a step of a flow that is no longer its own.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from flows.lifecycle import FlowState, predecessors
 from gateway.folders import free_name
 from gateway.journal.base import timestamp
 from gateway.journal.invoices import InvoiceQueries
-from gateway.journal.rows import COLUMN_SET, FlowRow, StateConflict
+from gateway.journal.leases import NOT_WORKABLE, lease_end
+from gateway.journal.rows import COLUMN_SET, FlowRow, LeaseLost, StateConflict
 
 #: The states in which an earlier flow makes a new one a duplicate.
 ACTIVE_FOR_DUPLICATES = (
@@ -63,6 +69,14 @@ _GUARDS = {
 }
 
 
+#: The lease fence of every move (see the module's docstring): the flow is not being worked on
+#: (a state no lease covers), or its lease is this node's (``?``), or nobody's (never taken,
+#: released, or expired before ``?``, now).
+_FENCE = " AND (state IN ({}) OR node=? OR lease_until IS NULL OR lease_until < ?)".format(
+    ", ".join(f"'{state}'" for state in NOT_WORKABLE)
+)
+
+
 @functools.lru_cache(maxsize=256)
 def _update_sql(columns: tuple[str, ...], expected: int | None, guard: str = "") -> str:
     """The statement of :meth:`FlowQueries.transition` that sets ``columns``, guarded by
@@ -76,7 +90,7 @@ def _update_sql(columns: tuple[str, ...], expected: int | None, guard: str = "")
     assignments = "".join(f", {name}=?" for name in columns)
     return (
         f"UPDATE flows SET state=?, updated_at=?, detail=?, node=?{assignments} WHERE {where}"  # noqa: S608
-        f"{_GUARDS[guard]} RETURNING *"
+        f"{_GUARDS[guard]}{_FENCE} RETURNING *"
     )
 
 
@@ -132,10 +146,20 @@ class FlowQueries(InvoiceQueries):
         row = self._move(flow_id, to_state, expected, detail, values)
         if row is None:
             found = self._db.execute(
-                "SELECT state FROM flows WHERE flow_id=?", (flow_id,)
+                "SELECT state, node, lease_until FROM flows WHERE flow_id=?", (flow_id,)
             ).fetchone()
             if found is None:
                 raise StateConflict(f"flow {flow_id} is not in the journal")
+            if (
+                found["state"] not in NOT_WORKABLE
+                and found["node"] != self.node
+                and found["lease_until"] is not None
+                and found["lease_until"] >= lease_end(0)
+            ):
+                raise LeaseLost(
+                    f"flow {flow_id} is worked on by node {found['node']} (its lease runs until"
+                    f" {found['lease_until']}), not by this node ({self.node})"
+                )
             raise StateConflict(f"flow {flow_id} is {found['state']}, expected {sorted(expected)}")
         return FlowRow.of(row)
 
@@ -154,7 +178,8 @@ class FlowQueries(InvoiceQueries):
         written)."""
         sql = _update_sql(tuple(values), len(expected), guard)
         params = (to_state, timestamp(), detail, self.node, *values.values(), flow_id)
-        return self._db.execute(sql, (*params, *expected, *guarded)).fetchone()
+        fence = (self.node, lease_end(0))
+        return self._db.execute(sql, (*params, *expected, *guarded, *fence)).fetchone()
 
     def file_to(
         self,

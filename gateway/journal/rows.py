@@ -76,3 +76,9 @@ COLUMN_SET = frozenset(COLUMNS)
 
 class StateConflict(RuntimeError):
     """A transition was asked from a state the flow is no longer in."""
+
+
+class LeaseLost(StateConflict):
+    """A move of a flow another node now works on: its lease is that node's (this one was
+    silent longer than ``lease_timeout``, and the other took the flow over). Nothing was
+    written; the flow goes on there."""

@@ -240,3 +240,51 @@ def test_a_restart_under_the_same_node_name_resumes_its_flows_at_once(
 
     asyncio.run(main())
     assert memory.bucket(bucket).sends == len(ids)
+
+
+def test_a_paused_node_that_wakes_leaves_the_flows_another_took_over_alone(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A node frozen mid-transfer for longer than lease_timeout (nothing of it runs, its
+    heartbeat included) while another node takes its flows over: when it wakes and its
+    transfers end, it records no step of those flows and files none in error/ (each gets
+    ``flow.lease_lost``, naming the holder); the other node files every one sent. The peer is
+    the looser kind that overwrites a file sent twice under one name."""
+    config = memory_config(tmp_path, bucket)
+    ids = backlog(config, 4)
+    journal_path = Layout(config.gateway.data_dir).journal
+
+    async def main() -> list[MutableMapping[str, Any]]:
+        gate = memory.hold(bucket)  # every transfer hangs until the gate opens
+        with capture_logs() as logs:
+            async with node(config, "a", window=10):
+                await until(lambda: memory.bucket(bucket).sends == len(ids), 60, "a sending all")
+                frozen = JournalDB(journal_path, node="a")
+                try:  # a is frozen past lease_timeout (the clock is simulated)
+                    assert sorted(frozen.renew(ids, lease_end(-1))) == ids
+                finally:
+                    frozen.close()
+                async with node(config, "b", window=10):
+                    await until(
+                        lambda: memory.bucket(bucket).sends == 2 * len(ids), 60, "b resending"
+                    )
+                    gate.set()  # a wakes: its transfers end, and so do b's
+                    await until(lambda: all_sent(config, len(ids)), 60, "every flow sent")
+        return logs
+
+    logs = asyncio.run(main())
+    lost = [e for e in logs if e["event"] == "flow.lease_lost"]
+    assert sorted(e["flow_id"] for e in lost) == ids
+    assert all("node b" in e["error"] for e in lost)  # refused by the journal, not a heartbeat
+    failed = [e for e in logs if e["event"] in ("flow.internal_error", "flow.unfiled")]
+    assert failed == []
+    assert all(row.state == "sent" and row.node == "b" for row in rows(config))
+    for flow_id in ids:
+        db = JournalDB(journal_path)
+        try:
+            movers = [t["node"] for t in db.transitions(flow_id)]
+        finally:
+            db.close()
+        assert movers[movers.index("b") :] == ["b"] * (len(movers) - movers.index("b")), movers
+    assert len(memory.bucket(bucket).files) == len(ids)
+    assert not list(Layout(config.gateway.data_dir).error("qualif-mem").iterdir())

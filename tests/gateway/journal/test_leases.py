@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.journal import JournalDB, JournalTarget, PostgresTarget
+from gateway.journal import JournalDB, JournalTarget, LeaseLost, PostgresTarget
 from gateway.journal.leases import WORKABLE, lease_end
 
 LATER = lease_end(3600)  # a lease still running when the test ends
@@ -312,3 +312,43 @@ def test_a_flow_retried_by_hand_is_free_for_any_node_at_once(target: JournalTarg
         assert row is not None and row.lease_until == LATER  # not yet released by node-a
         _back_to_claimed(console, row, "raccord retry", forced=False)
         assert [row.flow_id for row in b.lease(1, LATER)] == [fid]
+
+
+def test_a_node_that_lost_a_flows_lease_cannot_move_it_and_the_holder_can(
+    target: JournalTarget, tmp_path: Path
+) -> None:
+    """Promise: a node paused longer than lease_timeout, whose flow another node took over,
+    cannot record a step of that flow once it wakes (any kind of move: it is refused with
+    LeaseLost naming the holder, and nothing is written), while the holder's moves go on; a
+    flow no lease covers (in error) may be moved by any node, as ``raccord retry`` does."""
+    with nodes(target, "a", "b") as (a, b):
+        a.insert(flow_id(1), "c", "x.xml", "/s")
+        assert a.take(flow_id(1), LATER) is not None
+        a.transition(flow_id(1), "queued", current="claimed")
+        assert a.renew([flow_id(1)], PAST) == [flow_id(1)]  # a is silent: its lease runs out
+        assert [row.flow_id for row in b.lease(10, LATER)] == [flow_id(1)]
+        with pytest.raises(LeaseLost, match="node b"):
+            a.transition(flow_id(1), "sending", current="queued", attempts=1)
+        b.transition(flow_id(1), "sending", current="queued", attempts=1)
+        with pytest.raises(LeaseLost, match="node b"):
+            a.file_to(flow_id(1), "delivered", tmp_path, "x.xml", current="sending")
+        with pytest.raises(LeaseLost, match="node b"):
+            a.transition(flow_id(1), "failing", current="sending", reason="internal_error")
+        row = a.get(flow_id(1))
+        assert row is not None and (row.state, row.node, row.attempts) == ("sending", "b", 1)
+        assert [t["node"] for t in a.transitions(flow_id(1))] == ["a", "a", "b"]
+        b.transition(flow_id(1), "error", current="sending", reason="internal_error")
+        retried = a.transition(flow_id(1), "claimed", current="error", lease_until=None)
+        assert (retried.state, retried.node) == ("claimed", "a")
+
+
+def test_a_duplicate_check_refused_by_the_lease_says_so(target: JournalTarget) -> None:
+    """Promise: the queueing move (with its duplicate check folded in) is fenced too: a node
+    that lost the flow's lease is told so, not that the flow is a duplicate or misplaced."""
+    with nodes(target, "a", "b") as (a, b):
+        a.insert(flow_id(2), "c", "x.xml", "/s")
+        assert b.take(flow_id(2), LATER) is not None
+        with pytest.raises(LeaseLost, match="node b"):
+            a.queue_unless_duplicate(flow_id(2), ("sha", "SUP", "N-2"), check=True)
+        row = a.get(flow_id(2))
+        assert row is not None and row.state == "claimed"
