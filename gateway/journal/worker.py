@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from gateway.batching import Batcher, WorkerDied, WorkerProcess, answer_batches
+from gateway.journal.bulk import coalesce
 from gateway.journal.db import JournalDB
 from gateway.journal.errors import JournalUnavailable
 from gateway.journal.target import JournalTarget
@@ -51,6 +52,10 @@ class Call(Generic[T]):
 
     def __call__(self, db: JournalDB) -> T:
         return self.function(db, *self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        arguments = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"Call({self.function.__qualname__}, {', '.join(arguments)})"
 
 
 class Journal:
@@ -182,7 +187,11 @@ def run_batch(db: JournalDB, calls: list[JournalCall]) -> list[Any]:
     outcomes: list[Any] = []
     try:
         with db.transaction():
-            for method in calls:
+            answered = _coalesced(db, calls)
+            for place, method in enumerate(calls):
+                if place in answered:
+                    outcomes.append(answered[place])
+                    continue
                 before = db.changes
                 try:
                     outcomes.append(method(db))
@@ -203,6 +212,18 @@ def run_batch(db: JournalDB, calls: list[JournalCall]) -> list[Any]:
     except db.dialect.errors as exc:  # the commit itself failed (disk full, I/O): none applied
         return [exc] * len(calls)
     return outcomes
+
+
+def _coalesced(db: JournalDB, calls: list[JournalCall]) -> dict[int, Any]:
+    """On PostgreSQL, the calls a bulk statement answered (:mod:`gateway.journal.bulk`)."""
+    if not db.postgres:
+        return {}
+    try:
+        return coalesce(db, calls)
+    except JournalUnavailable:
+        raise
+    except Exception as exc:  # the transaction is spoilt: every call runs again, alone
+        raise _Dirty from exc
 
 
 def _run_alone(db: JournalDB, method: JournalCall) -> Any:
