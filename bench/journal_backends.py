@@ -70,10 +70,11 @@ def steps(folder: Path) -> list[Callable[[str], Call[Any]]]:
             "delivered",
             folder,
             f"{f}.xml",
+            current="sending",
             receipt='{"protocol": "sftp"}',
             unknown_outcome=0,
         ),
-        lambda f: Call(JournalDB.transition, f, "sent", expect=("delivered",)),
+        lambda f: Call(JournalDB.transition, f, "sent", current="delivered"),
     ]
 
 

@@ -2,9 +2,10 @@
 """Benchmark: what a flow's move costs on PostgreSQL as one statement per flow, against one
 statement moving a whole batch of flows (``UPDATE … FROM unnest(…)``), in one transaction.
 
-The journal today moves each flow with its own ``UPDATE … RETURNING *`` (one round trip, one
-statement for the server to bind, run and answer); a batch's moves of one shape could be one
-statement. This measures the difference before anyone builds it: per moved row, the client's
+A move alone is its own ``UPDATE … RETURNING *`` (one round trip, one statement for the
+server to bind, run and answer); on PostgreSQL the journal runs a batch's moves of one shape
+as one statement (gateway/journal/bulk.py). This measures the two at the level of one
+statement, without the rest of the journal: per moved row, the client's
 CPU (this process: psycopg and the journal's row reading), the server's CPU (its backend
 process, from /proc) and the wall time. Rounds alternate the two ways, on the same flows
 moved back and forth between two states, with the journal's triggers (history, counts).

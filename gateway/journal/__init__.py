@@ -41,7 +41,8 @@ The modules, in reading order:
 * :mod:`~gateway.journal.db` — :class:`JournalDB`, which combines those classes over one
   connection;
 * :mod:`~gateway.journal.worker` — the journal process: :class:`Journal`, :class:`Call`,
-  :func:`serve`, the batching.
+  :func:`serve`, the batching; :mod:`~gateway.journal.bulk`, on PostgreSQL a batch's
+  same-shaped moves in one statement.
 
 Why mixin classes rather than functions taking the connection: every query stays a method of
 :class:`JournalDB`, so the callers' ``Call(JournalDB.get, flow_id)`` and ``db.get(flow_id)``
