@@ -5,6 +5,8 @@ batch, which runs in one transaction and commits once. A call that fails without
 state conflict) fails alone; one that fails after writing makes the batch roll back and run
 again one call per transaction, so each call applies entirely or not at all. So does a batch
 that PostgreSQL ended to settle a conflict with another node's transaction (a deadlock).
+On PostgreSQL, the batch's calls that make the same move for different flows run first, as
+one statement each (:mod:`gateway.journal.bulk`); the others run as before.
 
 A call travels pickled: a :class:`JournalDB` method (pickled by reference, as the module and
 name of the class that defines it) or a module-level function of any module the journal
