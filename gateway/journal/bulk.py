@@ -41,8 +41,8 @@ from typing import Any
 
 from gateway.folders import free_name
 from gateway.journal.base import timestamp
-from gateway.journal.flows import ACTIVE_FOR_DUPLICATES, FlowQueries, _expected
-from gateway.journal.leases import NOT_WORKABLE, lease_end
+from gateway.journal.flows import FlowQueries, _expected, duplicate_of, path_free
+from gateway.journal.leases import fence, lease_end
 from gateway.journal.rows import COLUMN_SET, FlowRow, StateConflict
 
 #: Fewer calls of one shape than this run one by one (nothing to save).
@@ -51,17 +51,6 @@ SMALLEST = 2
 #: The array type of each column of ``flows``, for ``unnest``.
 _TYPES = {f.name: "bigint" if str(f.type).startswith("int") else "text" for f in fields(FlowRow)}
 _TYPES.update(dup_sha256="text", dup_supplier="text", dup_number="text")
-
-#: The lease fence of :mod:`gateway.journal.flows`, on the updated table ``f``.
-_FENCE = " AND (f.state IN ({}) OR f.node=? OR f.lease_until IS NULL OR f.lease_until < ?)".format(
-    ", ".join(f"'{state}'" for state in NOT_WORKABLE)
-)
-
-#: A filing's path is free: no other flow holds it.
-_FREE_PATH = (
-    " AND NOT EXISTS (SELECT 1 FROM flows h WHERE h.final_path=v.final_path"
-    " AND h.flow_id<>v.flow_id)"
-)
 
 #: The columns an insert may not be given: the flow's identity and its first state.
 _SET_BY_INSERT = frozenset({"flow_id", "connection", "original_name", "spool_path", "state"})
@@ -85,7 +74,7 @@ def coalesce(db: FlowQueries, calls: Sequence[Callable[..., Any]]) -> dict[int, 
         shaped = _shape(call, paths, entangled)
         if shaped is None:
             continue
-        key, _, values = shaped
+        key, values = shaped
         group = groups.setdefault(key, _Group())
         group.places.append(place)
         group.rows.append(values)
@@ -129,12 +118,13 @@ def _marks(identity: Any) -> set[tuple[Any, ...]]:
     return marks
 
 
-Shaped = tuple[tuple[Any, ...], str, tuple[Any, ...]]
+#: A call's group key and its row of values (its flow first).
+Shaped = tuple[tuple[Any, ...], tuple[Any, ...]]
 
 
 def _shape(call: Callable[..., Any], paths: set[str], entangled: set[Any]) -> Shaped | None:
-    """The group key, flow and row of values of a call that a bulk statement can stand for,
-    else None."""
+    """The group key and row of values of a call that a bulk statement can stand for, else
+    None."""
     function = getattr(call, "function", None)
     args: tuple[Any, ...] = getattr(call, "args", ())
     kwargs: dict[str, Any] = dict(getattr(call, "kwargs", {}))
@@ -145,7 +135,7 @@ def _shape(call: Callable[..., Any], paths: set[str], entangled: set[Any]) -> Sh
             return None
         if not kwargs.keys() <= COLUMN_SET - _SET_BY_INSERT:
             return None
-        return ("insert", tuple(kwargs)), args[0], (*args, *kwargs.values())
+        return ("insert", tuple(kwargs)), (*args, *kwargs.values())
     if function is FlowQueries.queue_unless_duplicate:
         return _queue_shape(args, kwargs, entangled)
     current = kwargs.pop("current", None)
@@ -176,7 +166,7 @@ def _shape(call: Callable[..., Any], paths: set[str], entangled: set[Any]) -> Sh
         return None  # the lifecycle refuses it: alone, it says so
     guard = "free_path" if function is FlowQueries.file_to else ""
     key = ("move", to_state, current, detail, tuple(kwargs), guard)
-    return key, flow_id, (flow_id, *kwargs.values())
+    return key, (flow_id, *kwargs.values())
 
 
 def _queue_shape(
@@ -219,7 +209,7 @@ def _queue_shape(
         invoice is not None,
         tuple(then) if sending is not None else None,
     )
-    return key, flow_id, (flow_id, *identity, *kwargs.values(), *(invoice or ()), *then.values())
+    return key, (flow_id, *identity, *kwargs.values(), *(invoice or ()), *then.values())
 
 
 def _plain(values: dict[Any, Any]) -> bool:
@@ -272,9 +262,10 @@ def _insert_sql(columns: tuple[str, ...], extra: tuple[str, ...]) -> str:
 def _guard(name: str) -> str:
     """The condition a group's move adds (see :data:`gateway.journal.flows._GUARDS`)."""
     if name == "free_path":
-        return _FREE_PATH
+        return path_free("v.final_path", "v.flow_id")
     if name == "unique":
-        return f" AND NOT EXISTS (SELECT 1 FROM flows d WHERE {_DUPLICATE})"  # noqa: S608 - constants
+        duplicate = duplicate_of("v.flow_id", "v.dup_sha256", "v.dup_supplier", "v.dup_number")
+        return f" AND NOT EXISTS (SELECT 1 FROM flows d WHERE {duplicate})"  # noqa: S608
     return ""
 
 
@@ -288,23 +279,12 @@ def _update_sql(columns: tuple[str, ...], guard: str) -> str:
     return (
         f"UPDATE flows AS f SET state=?, updated_at=?, detail=?, node=?{sets}"  # noqa: S608 - names from FlowRow
         f" FROM unnest({unnest}) AS v({names})"
-        f" WHERE f.flow_id=v.flow_id AND f.state=?{_guard(guard)}{_FENCE}"
+        f" WHERE f.flow_id=v.flow_id AND f.state=?{_guard(guard)}{fence('f')}"
         " RETURNING f.*"
     )
 
 
-#: An earlier flow ``d`` that makes flow ``v.flow_id`` a duplicate: the condition of
-#: :meth:`~gateway.journal.flows.FlowQueries.find_duplicate`, on the arrays' columns.
-_DUPLICATE = (  # noqa: S608 - the states are constants
-    "d.flow_id<>v.flow_id AND d.state IN ({})"
-    " AND (d.sha256=v.dup_sha256 OR (v.dup_supplier IS NOT NULL AND v.dup_number IS NOT NULL"
-    " AND d.supplier_id=v.dup_supplier AND d.invoice_number=v.dup_number))"
-    " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=d.flow_id AND i.rejected=1)"
-    " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=d.flow_id AND i.rejected=0))"
-).format(", ".join(f"'{state}'" for state in ACTIVE_FOR_DUPLICATES))
-
 _IDENTITY = ("dup_sha256", "dup_supplier", "dup_number")
-_INVOICE = ("file", "invoice_number", "supplier_id", "source_flow")
 
 
 def _run_queue(

@@ -29,7 +29,7 @@ from flows.lifecycle import FlowState, predecessors
 from gateway.folders import free_name
 from gateway.journal.base import timestamp
 from gateway.journal.invoices import InvoiceQueries
-from gateway.journal.leases import NOT_WORKABLE, lease_end
+from gateway.journal.leases import NOT_WORKABLE, fence, lease_end
 from gateway.journal.rows import COLUMN_SET, FlowRow, LeaseLost, StateConflict
 
 #: The states in which an earlier flow makes a new one a duplicate.
@@ -44,18 +44,30 @@ ACTIVE_FOR_DUPLICATES = (
 )
 
 
-#: An earlier flow ``f`` that makes flow ``?`` a duplicate (see
-#: :meth:`FlowQueries.find_duplicate`); parameters: the flow id, the active states, sha256,
-#: supplier, number, supplier, number.
-_ACTIVE_MARKS = ",".join("?" * len(ACTIVE_FOR_DUPLICATES))
-_DUPLICATE = (
-    f"f.flow_id<>? AND f.state IN ({_ACTIVE_MARKS})"  # noqa: S608 - placeholders only
-    " AND (f.sha256=? OR (? IS NOT NULL AND ? IS NOT NULL AND f.supplier_id=?"
-    " AND f.invoice_number=?))"
-    " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=f.flow_id"
-    " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
-    " WHERE i.source_flow=f.flow_id AND i.rejected=0))"
-)
+def duplicate_of(flow: str, sha256: str, supplier: str, number: str) -> str:
+    """The condition on an earlier flow ``d`` that makes the flow ``flow`` a duplicate (see
+    :meth:`FlowQueries.find_duplicate`). The arguments are SQL: ``?`` parameters for one flow,
+    or columns for a batch's (:mod:`gateway.journal.bulk`)."""
+    states = ", ".join(f"'{state}'" for state in ACTIVE_FOR_DUPLICATES)
+    return (
+        f"d.flow_id<>{flow} AND d.state IN ({states})"  # noqa: S608 - this package's SQL
+        f" AND (d.sha256={sha256} OR ({supplier} IS NOT NULL AND {number} IS NOT NULL"
+        f" AND d.supplier_id={supplier} AND d.invoice_number={number}))"
+        " AND NOT (EXISTS (SELECT 1 FROM invoices i WHERE i.source_flow=d.flow_id"
+        " AND i.rejected=1) AND NOT EXISTS (SELECT 1 FROM invoices i"
+        " WHERE i.source_flow=d.flow_id AND i.rejected=0))"
+    )
+
+
+def path_free(path: str, flow: str) -> str:
+    """The condition that no flow but ``flow`` holds the final path ``path`` (SQL, as for
+    :func:`duplicate_of`)."""
+    held = f"SELECT 1 FROM flows h WHERE h.final_path={path} AND h.flow_id<>{flow}"  # noqa: S608
+    return f" AND NOT EXISTS ({held})"
+
+
+#: :func:`duplicate_of` for one flow; parameters: :func:`_duplicate_params`.
+_DUPLICATE = duplicate_of("?", "?", "?", "?")
 
 #: Guards folded into a move (:meth:`FlowQueries._move`), so that the usual case costs one
 #: statement rather than a check and a move: on PostgreSQL each statement is a round trip to
@@ -63,18 +75,13 @@ _DUPLICATE = (
 _GUARDS = {
     "": "",
     # No earlier flow makes this one a duplicate.
-    "unique": f" AND NOT EXISTS (SELECT 1 FROM flows f WHERE {_DUPLICATE})",  # noqa: S608
+    "unique": f" AND NOT EXISTS (SELECT 1 FROM flows d WHERE {_DUPLICATE})",  # noqa: S608
     # No other flow holds the final path this move records.
-    "free_path": " AND NOT EXISTS (SELECT 1 FROM flows h WHERE h.final_path=? AND h.flow_id<>?)",
+    "free_path": path_free("?", "?"),
 }
 
-
-#: The lease fence of every move (see the module's docstring): the flow is not being worked on
-#: (a state no lease covers), or its lease is this node's (``?``), or nobody's (never taken,
-#: released, or expired before ``?``, now).
-_FENCE = " AND (state IN ({}) OR node=? OR lease_until IS NULL OR lease_until < ?)".format(
-    ", ".join(f"'{state}'" for state in NOT_WORKABLE)
-)
+#: The lease fence of every move (see the module's docstring).
+_FENCE = fence()
 
 
 @functools.lru_cache(maxsize=256)
@@ -261,7 +268,7 @@ class FlowQueries(InvoiceQueries):
         duplicate: it may be corrected and sent again under its number.
         """
         row = self._db.execute(
-            f"SELECT * FROM flows f WHERE {_DUPLICATE} ORDER BY created_at LIMIT 1",  # noqa: S608 - placeholders only
+            f"SELECT * FROM flows d WHERE {_DUPLICATE} ORDER BY created_at LIMIT 1",  # noqa: S608 - placeholders only
             _duplicate_params(flow_id, sha256, supplier_id, invoice_number),
         ).fetchone()
         return FlowRow.of(row) if row else None
@@ -380,7 +387,6 @@ def _duplicate_params(
     """The parameters of ``_DUPLICATE``."""
     return (
         flow_id,
-        *ACTIVE_FOR_DUPLICATES,
         sha256,
         supplier_id,
         invoice_number,
