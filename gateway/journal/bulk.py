@@ -42,11 +42,25 @@ from typing import Any
 from gateway.folders import free_name
 from gateway.journal.base import timestamp
 from gateway.journal.flows import FlowQueries, _expected, duplicate_of, path_free
-from gateway.journal.leases import fence, lease_end
+from gateway.journal.leases import LeaseQueries, fence, lease_end
 from gateway.journal.rows import COLUMN_SET, FlowRow, StateConflict
 
 #: Fewer calls of one shape than this run one by one (nothing to save).
 SMALLEST = 2
+
+#: Calls that write nothing a move's guards read (reads, and leases, which the fence lets this
+#: node's moves through anyway): the groups may run before them.
+REORDERABLE = frozenset(
+    {
+        FlowQueries.get,
+        LeaseQueries.take,
+        LeaseQueries.lease,
+        LeaseQueries.renew,
+        LeaseQueries.release,
+        LeaseQueries.states_of,
+        LeaseQueries.workable,
+    }
+)
 
 #: The array type of each column of ``flows``, for ``unnest``.
 _TYPES = {f.name: "bigint" if str(f.type).startswith("int") else "text" for f in fields(FlowRow)}
@@ -73,7 +87,12 @@ def coalesce(db: FlowQueries, calls: Sequence[Callable[..., Any]]) -> dict[int, 
     for place, call in enumerate(calls):
         shaped = _shape(call, paths, entangled)
         if shaped is None:
-            continue
+            if getattr(call, "function", None) in REORDERABLE:
+                continue
+            # It may write what a later call's guards read (a flow moved into a state that
+            # makes another a duplicate, a path recorded): the groups run before the calls
+            # left alone, so nothing after it is grouped; the rest run alone, in order.
+            break
         key, values = shaped
         group = groups.setdefault(key, _Group())
         group.places.append(place)

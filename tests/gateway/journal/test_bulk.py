@@ -102,6 +102,20 @@ def batches(draw: st.DrawFn) -> tuple[list[tuple[str, str, str | None]], list[Jo
         to, current, detail = [("sent", "delivered", None), ("failing", "sending", "d")][shape % 2]
         return Call(JournalDB.transition, flow, to, current=current, detail=detail)
 
+    def queued_by_hand(flow: str, _: int) -> JournalCall:
+        """A move no group stands for (``expect``), into a state that makes a later
+        queueing of the same invoice a duplicate, and to a path a later filing may want."""
+        return Call(
+            JournalDB.transition,
+            flow,
+            "queued",
+            expect=("claimed",),
+            sha256="s1",
+            supplier_id="SUP",
+            invoice_number="N1",
+            final_path="/nonexistent/sent/x.xml",
+        )
+
     makers = [insert, queue, file_to, move]
     calls: list[JournalCall] = []
     for _ in range(draw(st.integers(1, 3))):
@@ -109,9 +123,10 @@ def batches(draw: st.DrawFn) -> tuple[list[tuple[str, str, str | None]], list[Jo
         shape = draw(st.integers(0, 1))
         chosen = draw(st.lists(st.sampled_from(FLOWS), min_size=2, max_size=8, unique=True))
         calls += [maker(flow, shape) for flow in chosen]
+    extras = [*makers, queued_by_hand]
     for _ in range(draw(st.integers(0, 3))):
         calls.append(
-            draw(st.sampled_from(makers))(draw(st.sampled_from(FLOWS)), draw(st.integers(0, 1)))
+            draw(st.sampled_from(extras))(draw(st.sampled_from(FLOWS)), draw(st.integers(0, 1)))
         )
     return starts, draw(st.permutations(calls))
 
@@ -182,14 +197,49 @@ def test_a_coalesced_batch_answers_and_writes_as_its_calls_one_at_a_time(
         reference.close()
 
 
-def test_a_batch_of_one_move_for_many_flows_is_one_statement(postgres_url: str) -> None:
-    """Promise (why the module exists): twenty flows moved alike in one batch cost one
-    statement on PostgreSQL, not twenty, and each call gets its own flow's row."""
+#: Each kind of call a group stands for: the state its flows start in, the call, and the
+#: statements a group of them costs.
+KINDS: dict[str, tuple[str, Callable[[str], JournalCall], int]] = {
+    "insert": ("absent", lambda f: Call(JournalDB.insert, f, "c", "a.xml", "/s"), 1),
+    "transition": (
+        "delivered",
+        lambda f: Call(JournalDB.transition, f, "sent", current="delivered"),
+        1,
+    ),
+    "file_to": (
+        "sending",
+        lambda f: Call(
+            JournalDB.file_to, f, "delivered", Path("/nonexistent"), f"{f}.xml", current="sending"
+        ),
+        1,
+    ),
+    "queue_unless_duplicate": (
+        "claimed",
+        lambda f: Call(
+            JournalDB.queue_unless_duplicate,
+            f,
+            (f"sha-{f}", None, None),
+            check=True,
+            invoice=(f"{f}.xml", None, None, f),
+            sending={"attempts": 1},
+        ),
+        3,  # the move, the invoices, the move on to sending
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_batch_of_one_move_for_many_flows_costs_a_group_s_statements(
+    postgres_url: str, kind: str
+) -> None:
+    """Promise (why the module exists): twenty flows moved alike in one batch cost one group's
+    statements on PostgreSQL, not twenty times a move's, and each call gets its own answer."""
+    state, make, statements = KINDS[kind]
     db = JournalDB(PostgresTarget(postgres_url), node="a")
     try:
         flows = [f"20261207T090000Z-{i:06x}" for i in range(20)]
         for flow in flows:
-            start(db, flow, "delivered", None)
+            start(db, flow, state, None)
         executed: list[str] = []
         execute = db._db.execute
 
@@ -198,11 +248,60 @@ def test_a_batch_of_one_move_for_many_flows_is_one_statement(postgres_url: str) 
             return execute(sql, parameters)
 
         db._db.execute = counted  # type: ignore[method-assign]
-        outcomes = run_batch(
-            db, [Call(JournalDB.transition, f, "sent", current="delivered") for f in flows]
-        )
-        moves = [sql for sql in executed if sql.startswith("UPDATE flows")]
-        assert len(moves) == 1, moves
-        assert [(o.flow_id, o.state) for o in outcomes] == [(f, "sent") for f in flows]
+        outcomes = run_batch(db, [make(flow) for flow in flows])
+        work = [sql for sql in executed if sql.split()[0] not in ("BEGIN", "COMMIT")]
+        assert len(work) == statements, work
+        rows = [o[0] if isinstance(o, tuple) else o for o in outcomes]
+        assert [row.flow_id for row in rows] == flows
     finally:
         db.close()
+
+
+def test_a_call_left_alone_keeps_its_place_before_the_groups_after_it(
+    databases: Callable[[], tuple[JournalDB, JournalDB]],
+) -> None:
+    """Promise: a call no group stands for still runs before the calls that came after it. A
+    flow queued by hand with an invoice's number, then two queueings, one of the same
+    invoice: as one at a time, the second copy is found a duplicate and only one is sent."""
+    y, z1, z2 = FLOWS[:3]
+
+    def queueing(flow: str, number: str) -> JournalCall:
+        return Call(
+            JournalDB.queue_unless_duplicate,
+            flow,
+            (f"sha-{flow}", "SUP", number),
+            check=True,
+            invoice=(f"{flow}.xml", number, "SUP", flow),
+            sending=None,
+            sha256=f"sha-{flow}",
+            supplier_id="SUP",
+            invoice_number=number,
+        )
+
+    calls: list[JournalCall] = [
+        Call(
+            JournalDB.transition,
+            y,
+            "queued",
+            expect=("claimed",),
+            sha256="sha-y",
+            supplier_id="SUP",
+            invoice_number="N1",
+        ),
+        queueing(z1, "N1"),
+        queueing(z2, "N2"),
+    ]
+    coalesced, reference = databases()
+    try:
+        for db in (coalesced, reference):
+            for flow in (y, z1, z2):
+                start(db, flow, "claimed", None)
+        together = run_batch(coalesced, calls)
+        alone = [run_batch(reference, [call])[0] for call in calls]
+        assert [outcome(o) for o in together] == [outcome(o) for o in alone]
+        queued, earlier = together[1]
+        assert queued is None and earlier is not None and earlier.flow_id == y
+        assert journal(coalesced) == journal(reference)
+    finally:
+        coalesced.close()
+        reference.close()
