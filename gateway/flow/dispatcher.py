@@ -399,7 +399,7 @@ class Dispatcher:
                     row = await self.claimer.journal(flow_id, claimed)
             if row is None:
                 return  # another node holds it (or it is gone)
-            self.window.leased.add(flow_id)
+            self.window.hold([flow_id])
             with structlog.contextvars.bound_contextvars(
                 connection=row.connection, flow_id=flow_id, file=row.original_name
             ):

@@ -23,7 +23,7 @@ another flow of the same failing partner.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from gateway import logs
 from gateway.flow.context import Context, Running
@@ -80,6 +80,14 @@ class Window:
         self.slots.add(flow_id)
         self.peak = max(self.peak, len(self.slots))
 
+    def hold(self, flow_ids: Iterable[str]) -> None:
+        """The journal just leased ``flow_ids`` to this node: renew them from now on. A flow
+        done with earlier and leased again before the beat released it is not released then
+        (its new lease would go, and the next beat would stop it as lost)."""
+        held = set(flow_ids)
+        self.leased |= held
+        self._done -= held
+
     def leave(self, flow_id: str, *, keep_lease: bool = False) -> None:
         """The flow's task ended: its place is free; its lease is released at the next beat
         unless ``keep_lease`` (it is tried again here later)."""
@@ -121,7 +129,7 @@ class Window:
                     self._backlog = False  # nothing more waits (until told otherwise)
                 if not rows:
                     break
-                self.leased.update(row.flow_id for row in rows)
+                self.hold(row.flow_id for row in rows)
                 started += await self._resume(rows)
         return started
 

@@ -288,3 +288,37 @@ def test_a_paused_node_that_wakes_leaves_the_flows_another_took_over_alone(
         assert movers[movers.index("b") :] == ["b"] * (len(movers) - movers.index("b")), movers
     assert len(memory.bucket(bucket).files) == len(ids)
     assert not list(Layout(config.gateway.data_dir).error("qualif-mem").iterdir())
+
+
+def test_a_flow_leased_again_before_the_beat_released_it_keeps_its_new_lease(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A flow done with here is released at the next beat; leased again here before that
+    beat (``raccord retry`` soon after its failure, then picked up), the beat must not release
+    its new lease: the beat after would find it gone and stop the flow, maybe mid-transfer,
+    as lost to another node."""
+    config = memory_config(tmp_path, bucket)
+    (flow_id,) = backlog(config, 1)
+    journal_path = Layout(config.gateway.data_dir).journal
+
+    async def main() -> list[MutableMapping[str, Any]]:
+        gate = memory.hold(bucket)
+        with capture_logs() as logs:
+            async with node(config, "a", window=10) as a:
+                await until(lambda: memory.bucket(bucket).sends == 1, 60, "a sending")
+                a.window.leave(flow_id)  # done with: its lease goes at the next beat
+                a.window.hold([flow_id])  # and leased here again before that beat
+                await a.window.renew()
+                await a.window.renew()
+                db = JournalDB(journal_path)
+                try:
+                    row = db.get(flow_id)
+                finally:
+                    db.close()
+                assert row is not None and row.node == "a" and row.lease_until is not None
+                gate.set()
+                await until(lambda: all_sent(config, 1), 60, "sent")
+        return logs
+
+    logs = asyncio.run(main())
+    assert [e for e in logs if e["event"] == "flow.lease_lost"] == []
