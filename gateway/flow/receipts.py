@@ -226,7 +226,12 @@ class Receipts:
         journal the acknowledgements that came but could not be journaled then."""
         for key, answer in list(self._unrecorded.items()):
             del self._unrecorded[key]
-            if await self.settle(key, answer) == "busy":  # kept again if the fault lasts
+            try:
+                outcome = await self.settle(key, answer)
+            except BaseException:  # the journal failed before judging it: the next round
+                self._unrecorded[key] = answer
+                raise
+            if outcome == "busy":  # kept again if the fault lasts
                 self._unrecorded[key] = answer
         now = self._ctx.now().isoformat(timespec="milliseconds")
         rows = await self._ctx.journal.call(Call(JournalDB.receipts_due, now))

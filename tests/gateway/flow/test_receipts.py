@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from gateway.cli import commands as cli
 from gateway.flow.dispatcher import Dispatcher
 from gateway.folders import Layout
-from gateway.journal import FlowRow, Journal, JournalDB
+from gateway.journal import FlowRow, Journal, JournalDB, JournalUnavailable
 from gateway.journal.leases import lease_end
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
@@ -242,21 +242,28 @@ def test_an_acknowledgement_that_overtakes_its_send_waits_for_it(
     assert rows(config)[0].state == "sent"
 
 
+@pytest.mark.parametrize("retry_fails_once", [False, True])
 def test_an_acknowledgement_a_full_disk_kept_from_the_journal_is_recorded_once_it_heals(
-    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, retry_fails_once: bool
 ) -> None:
     """The partner's acknowledgement came, but the journal's disk was full: the flow is not
     left to expire as unacknowledged; the fault is logged by name (no traceback) and the
     acknowledgement is journaled by the next housekeeping round, without the partner posting
-    it again."""
+    it again. Also when that round's first try fails too (the journal gone a moment): the
+    acknowledgement is kept for the round after, not dropped."""
     config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
     real_call = Journal.call
     full = {"left": 1}
+    gone = {"left": 1 if retry_fails_once else 0}
 
     async def call(self: Journal, method: Any) -> Any:
-        if getattr(method, "function", None) is JournalDB.file_to and full["left"]:
+        function = getattr(method, "function", None)
+        if function is JournalDB.file_to and full["left"]:
             full["left"] -= 1
             raise sqlite3.OperationalError("database or disk is full")
+        if function is JournalDB.take and not full["left"] and gone["left"]:
+            gone["left"] -= 1
+            raise JournalUnavailable("the journal process died during this call")
         return await real_call(self, method)
 
     async def main() -> str:
