@@ -228,12 +228,21 @@ def _coalesced(db: JournalDB, calls: list[JournalCall]) -> dict[int, Any]:
         raise _Dirty from exc
 
 
+#: How many times a call run alone is tried when the database ends it for a conflict.
+CONFLICT_TRIES = 3
+
+
 def _run_alone(db: JournalDB, method: JournalCall) -> Any:
-    try:
-        with db.transaction():
-            return method(db)
-    except Exception as exc:
-        return exc
+    outcome: Any = None
+    for _ in range(CONFLICT_TRIES):
+        try:
+            with db.transaction():
+                return method(db)
+        except db.dialect.conflicts as exc:  # nothing of it applied: again, after the other
+            outcome = exc
+        except Exception as exc:
+            return exc
+    return outcome
 
 
 class _Dirty(Exception):

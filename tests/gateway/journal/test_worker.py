@@ -228,3 +228,35 @@ def test_the_journal_process_survives_a_lost_database_server_connection(
     lost, after = asyncio.run(main())
     assert isinstance(lost, JournalUnavailable), lost
     assert after is not None and after.state == "claimed"
+
+
+def test_a_call_postgresql_ends_in_a_conflict_when_run_alone_is_tried_again(
+    postgres_url: str,
+) -> None:
+    """Promise: a call run alone (its batch undone by another call) that PostgreSQL ends for
+    a conflict with another transaction (a deadlock) is tried again, as the batch was, rather
+    than handing the database's error to its caller: nothing of it had been applied."""
+    import psycopg
+
+    from gateway.journal import run_batch
+
+    db = JournalDB(PostgresTarget(postgres_url), node="a")
+    tries = {"left": 1}
+
+    def conflicting(db: JournalDB) -> str:
+        if tries["left"]:
+            tries["left"] -= 1
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return db.insert("kept", "c", "k.xml", "/s").flow_id  # type: ignore[union-attr]
+
+    def dirty(db: JournalDB) -> None:
+        db.insert("undone", "c", "u.xml", "/s")
+        raise RuntimeError("fails after writing: the batch runs again call by call")
+
+    try:
+        outcomes = run_batch(db, [dirty, conflicting])
+        assert isinstance(outcomes[0], RuntimeError)
+        assert outcomes[1] == "kept"
+        assert db.get("kept") is not None and db.get("undone") is None
+    finally:
+        db.close()
