@@ -146,15 +146,12 @@ class Poller:
                 await duty.pause(stopping, OVERDUE_CHECK)
 
     async def check_overdue(
-        self, now: datetime | None = None, *, held: bool | None = None
+        self, now: datetime | None = None, *, held: bool
     ) -> dict[str, list[str]]:
         """Flows sent longer than their connection's ``return_deadline`` ago with no return
         status: logged (``return.overdue``) and alerted (``return_overdue``) once each, by the
-        node holding the duty (``held``; None: take it now). Returns the flow ids newly found
-        overdue, by connection."""
-        if held is None:
-            async with self.duties.duty(OVERDUE_DUTY) as duty:
-                return await self.check_overdue(now, held=await duty.held())
+        node holding the duty (``held``: the loop's own, so that no second holder of it here
+        gives it up). Returns the flow ids newly found overdue, by connection."""
         if not held:
             return {}
         now = now or datetime.now(UTC)

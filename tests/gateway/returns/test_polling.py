@@ -16,7 +16,7 @@ from gateway.folders import Layout
 from gateway.journal import FlowRow, Journal, JournalDB
 from gateway.ops.alerts import Alert, Alerter
 from gateway.returns import pipeline as returns
-from gateway.returns.polling import Poller, sources
+from gateway.returns.polling import OVERDUE_DUTY, Poller, sources
 from gateway.sandbox.pesit_partner import Account, PesitResponder
 from protocols.base import RemoteFile
 from protocols.errors import ConnectError, RemotePermissionDenied, TransferTimeout
@@ -319,6 +319,12 @@ class Recorder(Alerter):
         self.sent.append(alert)
 
 
+async def overdue(poller: Poller, now: datetime) -> dict[str, list[str]]:
+    """One overdue check, as the poller's loop makes it: under the duty."""
+    async with poller.duties.duty(OVERDUE_DUTY) as duty:
+        return await poller.check_overdue(now, held=await duty.held())
+
+
 def test_a_flow_with_no_return_after_return_deadline_is_overdue_once(tmp_path: Path) -> None:
     """A lot sent over SFTP, AS2 or PeSIT whose return never comes used to go unnoticed."""
     config, _, row = setup(tmp_path)
@@ -331,7 +337,7 @@ def test_a_flow_with_no_return_after_return_deadline_is_overdue_once(tmp_path: P
         await journal_.open()
         try:
             poller = Poller(config, journal_, {}, recorder)
-            return [await poller.check_overdue(sent_at + offset) for offset in offsets]
+            return [await overdue(poller, sent_at + offset) for offset in offsets]
         finally:
             await journal_.close()
 
@@ -361,7 +367,7 @@ def test_return_deadline_zero_turns_the_check_off(tmp_path: Path) -> None:
         await journal_.open()
         try:
             poller = Poller(config, journal_, {}, Recorder())
-            return await poller.check_overdue(datetime.now(UTC) + timedelta(days=365))
+            return await overdue(poller, datetime.now(UTC) + timedelta(days=365))
         finally:
             await journal_.close()
 
@@ -379,7 +385,7 @@ def test_an_overdue_flow_is_alerted_once_across_restarts_and_nodes(tmp_path: Pat
         journal_ = Journal(Layout(config.gateway.data_dir).journal, node=node)
         await journal_.open()
         try:
-            return await Poller(config, journal_, {}, recorder).check_overdue(sent_at + offset)
+            return await overdue(Poller(config, journal_, {}, recorder), sent_at + offset)
         finally:
             await journal_.close()
 
