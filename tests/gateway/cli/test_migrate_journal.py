@@ -129,10 +129,11 @@ def test_check_connect_reports_the_shared_journals_schema(
     what its start will do with the schema (create, migrate, or refuse a newer one)."""
     config = configured(tmp_path, postgres_url)
     status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+    assert status == 0, out
     assert "journal: ok — PostgreSQL postgres@127.0.0.1" in out and "empty: the first" in out
     JournalDB(PostgresTarget(postgres_url)).close()
     status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
-    assert f"holds journal schema {SCHEMA_VERSION}, current" in out
+    assert status == 0 and f"holds journal schema {SCHEMA_VERSION}, current" in out
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute("UPDATE schema_version SET version = version + 1")
     status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
@@ -140,7 +141,7 @@ def test_check_connect_reports_the_shared_journals_schema(
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute("UPDATE schema_version SET version = version - 2")
     status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
-    assert f"the next start migrates it to {SCHEMA_VERSION}" in out
+    assert status == 0 and f"the next start migrates it to {SCHEMA_VERSION}" in out
 
 
 def test_check_connect_says_when_the_shared_journal_cannot_be_reached(
