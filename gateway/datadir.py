@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flows import naming
@@ -46,35 +47,40 @@ def lock_data_dir(data_dir: Path, node: str | None = None) -> DataDirLock:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     if node is None:
-        fd = _flock(data_dir / LOCK_FILE, fcntl.LOCK_EX)
-        if isinstance(fd, str):
-            raise DataDirLocked(
-                f"another raccord run ({fd}) is already working on {data_dir}; stop it first "
-                "(two daemons on one data_dir would claim and send the same files; nodes "
-                "that share data_dir need a shared journal: [journal] url)"
-            )
-        return DataDirLock(_holding(fd))
-    shared = _flock(data_dir / LOCK_FILE, fcntl.LOCK_SH)
-    if isinstance(shared, str):
-        raise DataDirLocked(
-            f"a raccord run with its own SQLite journal ({shared}) is working on {data_dir}; "
-            "stop it first: nodes of a shared journal ([journal] url) cannot share data_dir "
-            "with it"
+        fd = _lock(
+            data_dir / LOCK_FILE,
+            fcntl.LOCK_EX,
+            lambda holder: (
+                f"another raccord run ({holder}) is already working on {data_dir}; "
+                "stop it first (two daemons on one data_dir would claim and send the same files; "
+                "nodes that share data_dir need a shared journal: [journal] url)"
+            ),
         )
-    os.ftruncate(shared, 0)  # no pid there: a daemon refused by it names no stale one
-    (data_dir / NODES_DIR).mkdir(exist_ok=True)
+        return DataDirLock(_holding(fd))
+    shared = _lock(
+        data_dir / LOCK_FILE,
+        fcntl.LOCK_SH,
+        lambda holder: (
+            f"a raccord run with its own SQLite journal ({holder}) is working on "
+            f"{data_dir}; stop it first: nodes of a shared journal ([journal] url) cannot share "
+            "data_dir with it"
+        ),
+    )
     try:
-        fd = _flock(data_dir / NODES_DIR / f"{naming.safe(node)}.lock", fcntl.LOCK_EX)
+        os.ftruncate(shared, 0)  # no pid there: a daemon refused by it names no stale one
+        (data_dir / NODES_DIR).mkdir(exist_ok=True)
+        fd = _lock(
+            data_dir / NODES_DIR / f"{naming.safe(node)}.lock",
+            fcntl.LOCK_EX,
+            lambda holder: (
+                f"another raccord run ({holder}) is already working on {data_dir} "
+                f"as node {node!r}; give each node its own [gateway] node_name (two daemons under "
+                "one name would take each other's flows and duties)"
+            ),
+        )
     except BaseException:
         os.close(shared)
         raise
-    if isinstance(fd, str):
-        os.close(shared)
-        raise DataDirLocked(
-            f"another raccord run ({fd}) is already working on {data_dir} as node {node!r}; "
-            "give each node its own [gateway] node_name (two daemons under one name would "
-            "take each other's flows and duties)"
-        )
     return DataDirLock(_holding(fd), shared)
 
 
@@ -89,15 +95,20 @@ class DataDirLock:
             os.close(fd)
 
 
-def _flock(path: Path, how: int) -> int | str:
-    """``path`` opened and locked (its descriptor), or who holds it (``pid N``)."""
+def _lock(path: Path, how: int, refusal: Callable[[str], str]) -> int:
+    """``path`` opened and locked (its descriptor).
+
+    Raises:
+        DataDirLocked: another process holds it: ``refusal`` of who does (``pid N``).
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, how | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        return f"pid {holder}" if holder else "a node of a shared journal"
+        holder = f"pid {pid}" if pid else "a node of a shared journal"
+        raise DataDirLocked(refusal(holder)) from None
     except BaseException:
         os.close(fd)
         raise
