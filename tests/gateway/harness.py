@@ -140,6 +140,17 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0, what: str 
         await asyncio.sleep(0.02)
 
 
+def raccord_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """``raccord argv…`` in this process: its exit status, stdout and stderr (``capsys``, the
+    pytest fixture, captures them); never a traceback."""
+    from gateway.cli import main
+
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return status, captured.out, captured.err
+
+
 def rows(config: Config) -> list[FlowRow]:
     """Every flow in the configured journal (SQLite in data_dir, or the shared database)."""
     layout = Layout(config.gateway.data_dir)

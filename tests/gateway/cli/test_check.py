@@ -13,22 +13,19 @@ import asyncssh
 import pytest
 
 from gateway.cli import preflight
-from gateway.cli.commands import main
 from gateway.sandbox import pki
 from protocols.certs import KeyPair
 from tests.as2_config import write_as2_config
 from tests.e2e.sshd import free_port
-from tests.gateway.harness import memory_config, running
+from tests.gateway.harness import memory_config, raccord_cli, running
 
 EXAMPLE = Path(__file__).parents[3] / "config" / "raccord.example.toml"
 
 
 def checked(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
     """Exit status, stdout, and the stderr lines of ``raccord check``; never a traceback."""
-    status = main(["check", "--config", str(path)])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err.splitlines()
+    status, out, err = raccord_cli(capsys, "check", "--config", str(path))
+    return status, out, err.splitlines()
 
 
 def sftp_config(tmp_path: Path, *, key: bytes | None = None, hosts_for: str = "127.0.0.1") -> Path:

@@ -14,12 +14,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.cli.commands import main
 from gateway.cli.listing import TABLE_LIMIT, FilterError, parse_when, write_table
 from gateway.config import Config
 from gateway.folders import Layout
 from gateway.journal import JournalDB
-from tests.gateway.harness import memory_config
+from tests.gateway.harness import memory_config, raccord_cli
 
 
 def journal_with(config: Config, ages: list[timedelta]) -> None:
@@ -38,10 +37,7 @@ def journal_with(config: Config, ages: list[timedelta]) -> None:
 
 
 def flows(config: Config, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(["flows", "--config", str(config.path), *args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
+    return raccord_cli(capsys, "flows", "--config", str(config.path), *args)
 
 
 @pytest.fixture

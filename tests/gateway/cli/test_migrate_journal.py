@@ -9,10 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway.cli.commands import main
 from gateway.daemon import lock_data_dir
 from gateway.journal import SCHEMA_VERSION, JournalDB, PostgresTarget
-from tests.gateway.harness import memory_config_text
+from tests.gateway.harness import memory_config_text, raccord_cli
 from tests.postgres import PostgresServer
 
 
@@ -48,13 +47,6 @@ def a_journal_with_history(data_dir: Path) -> None:
     db.close()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
-
-
 def test_a_journal_is_copied_checked_and_then_used_as_it_was(
     tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -62,7 +54,9 @@ def test_a_journal_is_copied_checked_and_then_used_as_it_was(
     returns and counts read the same, and the journal goes on from there."""
     config = configured(tmp_path)
     a_journal_with_history(tmp_path / "data")
-    status, out, err = run(capsys, "migrate-journal", "--config", str(config), "--to", postgres_url)
+    status, out, err = raccord_cli(
+        capsys, "migrate-journal", "--config", str(config), "--to", postgres_url
+    )
     assert (status, err) == (0, "")
     assert "  flows: 30 rows, identical" in out and "  transitions: 70 rows, identical" in out
     assert "checked row for row" in out
@@ -93,8 +87,13 @@ def test_a_database_already_holding_a_journal_is_refused(
     """Promise: migrate-journal never mixes two journals (a second run, another node's)."""
     config = configured(tmp_path)
     a_journal_with_history(tmp_path / "data")
-    assert run(capsys, "migrate-journal", "--config", str(config), "--to", postgres_url)[0] == 0
-    status, out, err = run(capsys, "migrate-journal", "--config", str(config), "--to", postgres_url)
+    assert (
+        raccord_cli(capsys, "migrate-journal", "--config", str(config), "--to", postgres_url)[0]
+        == 0
+    )
+    status, out, err = raccord_cli(
+        capsys, "migrate-journal", "--config", str(config), "--to", postgres_url
+    )
     assert (status, out) == (2, "")
     assert "already holds a journal (30 flows" in err and err.count("\n") == 1
     with psycopg.connect(postgres_url) as check:
@@ -110,7 +109,7 @@ def test_the_copy_is_refused_while_the_daemon_runs(
     a_journal_with_history(tmp_path / "data")
     lock = lock_data_dir(tmp_path / "data")  # as the running daemon holds it
     try:
-        status, out, err = run(
+        status, out, err = raccord_cli(
             capsys, "migrate-journal", "--config", str(config), "--to", postgres_url
         )
     finally:
@@ -128,19 +127,19 @@ def test_check_connect_reports_the_shared_journals_schema(
     """Promise: before a node starts, check --connect says whether the database answers and
     what its start will do with the schema (create, migrate, or refuse a newer one)."""
     config = configured(tmp_path, postgres_url)
-    status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+    status, out, _ = raccord_cli(capsys, "check", "--connect", "--config", str(config))
     assert status == 0, out
     assert "journal: ok — PostgreSQL postgres@127.0.0.1" in out and "empty: the first" in out
     JournalDB(PostgresTarget(postgres_url)).close()
-    status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+    status, out, _ = raccord_cli(capsys, "check", "--connect", "--config", str(config))
     assert status == 0 and f"holds journal schema {SCHEMA_VERSION}, current" in out
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute("UPDATE schema_version SET version = version + 1")
-    status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+    status, out, _ = raccord_cli(capsys, "check", "--connect", "--config", str(config))
     assert status == 1 and "journal: FAILED" in out and "newer than this raccord" in out
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute("UPDATE schema_version SET version = version - 2")
-    status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+    status, out, _ = raccord_cli(capsys, "check", "--connect", "--config", str(config))
     assert status == 0 and f"the next start migrates it to {SCHEMA_VERSION}" in out
 
 
@@ -154,7 +153,7 @@ def test_check_connect_says_when_the_shared_journal_cannot_be_reached(
         bound.bind(("127.0.0.1", 0))
         port = bound.getsockname()[1]
         config = configured(tmp_path, f"postgresql://raccord@127.0.0.1:{port}/raccord")
-        status, out, _ = run(capsys, "check", "--connect", "--config", str(config))
+        status, out, _ = raccord_cli(capsys, "check", "--connect", "--config", str(config))
     assert status == 1
     assert f"journal: FAILED — the journal database raccord@127.0.0.1:{port}/raccord" in out
 
@@ -175,7 +174,7 @@ def test_a_role_that_may_not_alter_the_tables_gets_one_sentence_and_nothing_kept
     config = configured(tmp_path)
     a_journal_with_history(tmp_path / "data")
     url = postgres_url.replace("postgres@", "other@")
-    status, out, err = run(capsys, "migrate-journal", "--config", str(config), "--to", url)
+    status, out, err = raccord_cli(capsys, "migrate-journal", "--config", str(config), "--to", url)
     assert (status, out) == (1, "")
     assert err.startswith("raccord: the copy into PostgreSQL other@127.0.0.1:")
     assert "must be owner of table" in err and "nothing was kept" in err

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.commands import main
 from gateway.config import Config
-from gateway.journal import FlowRow, JournalDB, journal_target
+from gateway.journal import JournalDB, journal_target
 from protocols.testing import memory
 from tests.e2e.sshd import free_port
 from tests.gateway.flow.conftest import invoice
-from tests.gateway.harness import drop, memory_config, running, until
+from tests.gateway.harness import drop, memory_config, raccord_cli, rows, running, until
 from tests.postgres import PostgresServer, cut_connections
 
 NODE = "node-p"
@@ -33,21 +32,6 @@ def shared_config(tmp_path: Path, url: str, bucket: str) -> Config:
     memory.BUCKETS.pop(bucket, None)
     extra = f'node_name = "{NODE}"\n\n[journal]\nurl = "{url}"'
     return memory_config(tmp_path, bucket, gateway_extra=extra)
-
-
-def rows(config: Config) -> list[FlowRow]:
-    db = JournalDB(journal_target(config))
-    try:
-        return db.search()
-    finally:
-        db.close()
-
-
-def raccord(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(list(args))
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
 
 
 @pytest.fixture
@@ -73,20 +57,20 @@ def test_flows_lists_the_shared_journal_with_its_nodes(
     """``raccord flows`` on PostgreSQL: every format lists the flows, filters select them, one
     flow shows its invoices and history; each names the node that moved it."""
     config = ["--config", str(delivered.path)]
-    status, out, _ = raccord(capsys, "flows", *config, "--format", "json")
+    status, out, _ = raccord_cli(capsys, "flows", *config, "--format", "json")
     listed = json.loads(out)
     assert status == 0 and [r["original_name"] for r in listed] == ["a.xml", "b.xml"]
     assert {r["node"] for r in listed} == {NODE}
-    status, out, _ = raccord(capsys, "flows", *config, "--format", "csv", "--state", "error")
+    status, out, _ = raccord_cli(capsys, "flows", *config, "--format", "csv", "--state", "error")
     (row,) = csv.DictReader(io.StringIO(out))
     assert (row["original_name"], row["reason"], row["node"]) == ("b.xml", "duplicate", NODE)
-    status, out, _ = raccord(capsys, "flows", *config, "--format", "table", "--since", "1h")
+    status, out, _ = raccord_cli(capsys, "flows", *config, "--format", "table", "--since", "1h")
     assert status == 0 and "NODE" in out.splitlines()[0] and out.count(NODE) == 2
     sent = listed[0]["flow_id"]
-    status, out, _ = raccord(capsys, "flows", *config, "--format", "table", "--flow", sent)
+    status, out, _ = raccord_cli(capsys, "flows", *config, "--format", "table", "--flow", sent)
     assert status == 0 and "\nINVOICES\n" in out and "PG-1" in out
     assert "→ sent" in out.split("\nHISTORY\n")[1]
-    status, out, _ = raccord(capsys, "flows", *config, "--format", "json", "--invoice", "PG-1")
+    status, out, _ = raccord_cli(capsys, "flows", *config, "--format", "json", "--invoice", "PG-1")
     assert status == 0 and [r["flow_id"] for r in json.loads(out)] == [sent]
 
 
@@ -97,10 +81,10 @@ def test_retry_on_the_shared_journal_keeps_its_rules(
     sentence), taken back with it (claimed, its file back in the spool for the daemon)."""
     (duplicate,) = [r for r in rows(delivered) if r.state == "error"]
     config = ["--config", str(delivered.path)]
-    status, out, err = raccord(capsys, "retry", *config, duplicate.flow_id)
+    status, out, err = raccord_cli(capsys, "retry", *config, duplicate.flow_id)
     assert (status, out) == (1, "") and err.count("\n") == 1
     assert err.startswith(f"raccord: flow {duplicate.flow_id} (b.xml) is a duplicate")
-    status, out, _ = raccord(capsys, "retry", *config, "--force", duplicate.flow_id)
+    status, out, _ = raccord_cli(capsys, "retry", *config, "--force", duplicate.flow_id)
     assert status == 0 and out.endswith("queued again (forced)\n")
     assert [r.state for r in rows(delivered) if r.flow_id == duplicate.flow_id] == ["claimed"]
 

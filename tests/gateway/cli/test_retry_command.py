@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.commands import main
 from protocols.testing import memory
 from tests.gateway.flow.conftest import invoice
-from tests.gateway.harness import deliver, memory_config
+from tests.gateway.harness import deliver, memory_config, raccord_cli
 
 
 def retry(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(["retry", "--config", str(path), *args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return status, captured.out, captured.err
+    return raccord_cli(capsys, "retry", "--config", str(path), *args)
 
 
 def test_a_duplicate_without_force_and_an_unchanged_bad_file_are_refused(
