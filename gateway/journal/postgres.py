@@ -251,12 +251,16 @@ class PostgresConnection:
         statement = translate(sql, isinstance(parameters, Mapping))
         self._usable(statement)
         self._streams += 1
-        with self._connection.cursor(
-            name=f"raccord_stream_{self._streams}", withhold=not self.in_transaction
-        ) as cursor:
-            cursor.itersize = size
-            cursor.execute(statement, parameters)
-            yield from cursor
+        try:
+            with self._connection.cursor(
+                name=f"raccord_stream_{self._streams}", withhold=not self.in_transaction
+            ) as cursor:
+                cursor.itersize = size
+                cursor.execute(statement, parameters)
+                yield from cursor
+        except psycopg.OperationalError as exc:  # the server went away mid-listing
+            self._lost(exc)
+            raise
 
     def close(self) -> None:
         self._connection.close()

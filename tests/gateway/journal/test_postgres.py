@@ -445,3 +445,21 @@ def test_a_batch_postgresql_ends_in_a_deadlock_runs_again_and_is_applied(
         assert [r[0] for r in history] == ["claimed", "queued"]
     finally:
         db.close()
+
+
+def test_a_listing_cut_by_a_lost_server_fails_as_the_journal_unavailable(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """Promise: a server lost in the middle of a long listing (the rows fetched a thousand at a
+    time) fails it as JournalUnavailable, one sentence, as any call; the next one works."""
+    connection = PostgresConnection(PostgresTarget(postgres_url))
+    try:
+        rows = connection.stream("SELECT n FROM generate_series(1, 100000) AS n", (), size=10)
+        assert next(rows)[0] == 1
+        cut_connections(postgres_server, postgres_url)
+        with pytest.raises(JournalUnavailable, match="was lost"):
+            for _ in rows:
+                pass
+        assert connection.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        connection.close()
