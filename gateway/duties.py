@@ -29,19 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from gateway import logs
+from gateway.flow.context import utc_now
 from gateway.journal import Call, Journal, JournalDB
 from gateway.ops.metrics import Metrics
 
 log = logs.get()
 
 Now = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(at: datetime) -> str:
@@ -56,7 +53,7 @@ class Duties:
         journal: Journal,
         *,
         lease: float = 30.0,
-        now: Now = _utc_now,
+        now: Now = utc_now,
         metrics: Metrics | None = None,
     ) -> None:
         self.journal = journal

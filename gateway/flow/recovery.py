@@ -28,6 +28,7 @@ from gateway.flow.context import Context
 from gateway.flow.window import Window
 from gateway.folders import move, parse_spool_name, stray_markers
 from gateway.journal import WAITING, Call, FlowRow, JournalDB
+from gateway.journal.leases import chunks
 
 log = logs.get()
 
@@ -123,7 +124,7 @@ class Recovery:
         journal = self._ctx.journal
         spooled = await asyncio.to_thread(self._spooled)
         adopted = 0
-        for chunk in _chunks(spooled):
+        for chunk in chunks(spooled):
             parsed = {}
             for connection, path in chunk:
                 found = parse_spool_name(path.name)
@@ -206,10 +207,6 @@ def _present(paths: list[str]) -> list[bool]:
     """Whether each spool path is there (the entry itself: a link put back is refused by the
     analysis, not taken for lost)."""
     return [os.path.lexists(path) for path in paths]
-
-
-def _chunks(items: list[tuple[str, Path]], size: int = 500) -> list[list[tuple[str, Path]]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 #: How every action of :func:`local_fault` ends.

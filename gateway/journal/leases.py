@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from flows.lifecycle import FlowState
 from gateway.journal.base import Queries
@@ -61,6 +62,8 @@ def fence(table: str = "") -> str:
     )
 
 
+T = TypeVar("T")
+
 #: Flow ids per statement when renewing or releasing many (well under SQLite's 32,766
 #: parameters and PostgreSQL's 65,535).
 CHUNK = 500
@@ -79,9 +82,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    """``items`` ``size`` at a time (a statement's parameters stay well under the limits)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class LeaseQueries(Queries):
@@ -120,7 +124,7 @@ class LeaseQueries(Queries):
         the ids renewed (a flow missing there was taken by another node: this one lost it)."""
         renewed: list[str] = []
         with self.transaction():
-            for chunk in _chunks(flow_ids):
+            for chunk in chunks(flow_ids):
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     f"UPDATE flows SET lease_until=? WHERE flow_id IN ({marks})"  # noqa: S608
@@ -135,7 +139,7 @@ class LeaseQueries(Queries):
         may take those still workable at once. Returns how many were released."""
         released = 0
         with self.transaction():
-            for chunk in _chunks(flow_ids):
+            for chunk in chunks(flow_ids):
                 marks = ",".join("?" * len(chunk))
                 released += self._db.execute(
                     f"UPDATE flows SET lease_until=NULL WHERE flow_id IN ({marks})"  # noqa: S608
@@ -165,7 +169,7 @@ class LeaseQueries(Queries):
     def states_of(self, /, flow_ids: Sequence[str]) -> dict[str, str]:
         """The state of each of ``flow_ids`` the journal has a row for."""
         found: dict[str, str] = {}
-        for chunk in _chunks(flow_ids):
+        for chunk in chunks(flow_ids):
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
                 f"SELECT flow_id, state FROM flows WHERE flow_id IN ({marks})",  # noqa: S608
