@@ -177,7 +177,9 @@ class Dispatcher:
         self._prepared: dict[str, float] = {}  # connection -> when its sender was last told
         self.pool = SenderPool()
         self.filing = Filing(self.ctx, Filer())
-        self.receipts = Receipts(self.ctx, self.pool, self.filing, self.running, self._advance)
+        self.receipts = Receipts(
+            self.ctx, self.pool, self.filing, self.running, self.window, self._advance
+        )
         self.delivery = Delivery(
             self.ctx,
             self.pool,

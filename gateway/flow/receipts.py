@@ -26,8 +26,8 @@ from gateway.flow.context import Context, Running
 from gateway.flow.filing import Filing
 from gateway.flow.recovery import local_fault
 from gateway.flow.senders import SenderPool
+from gateway.flow.window import Window
 from gateway.journal import WAITING, Call, FlowRow, JournalDB
-from gateway.journal.leases import lease_end
 from protocols.base import AsyncReceipts, Receipt
 from protocols.errors import ForeignAnswer, TransferError
 
@@ -48,9 +48,11 @@ class Receipts:
         pool: SenderPool,
         filing: Filing,
         running: Running,
+        window: Window,
         advance: Callable[[FlowRow], Awaitable[None]],
     ) -> None:
         self._ctx = ctx
+        self._window = window  # the leases this node holds for its flows' tasks
         self._pool = pool
         self._filing = filing
         self._running = running
@@ -159,8 +161,11 @@ class Receipts:
             return "busy"
         # Under the flow's lease, as any other work on it: on a shared journal another node's
         # window could otherwise take the flow once delivered and file it at the same time.
-        lease = self._ctx.config.journal.lease_timeout
-        if await journal.call(Call(JournalDB.take, row.flow_id, lease_end(lease))) is None:
+        # A flow healing here keeps its lease in the window (to be tried again): that lease
+        # is used, and left to the window; another is taken, and given back after.
+        kept = row.flow_id in self._window.leased
+        until = self._window.until()
+        if not kept and not await journal.call(Call(JournalDB.take, row.flow_id, until)):
             return "busy"  # another node is working on it (expiring its wait): send again
         running.active.add(row.flow_id)
         try:
@@ -193,8 +198,9 @@ class Receipts:
                     return "error"
         finally:
             running.active.discard(row.flow_id)
-            with contextlib.suppress(Exception):  # else it runs out by itself
-                await journal.call(Call(JournalDB.release, [row.flow_id]))
+            if not kept:
+                with contextlib.suppress(Exception):  # else it runs out by itself
+                    await journal.call(Call(JournalDB.release, [row.flow_id]))
 
     async def _judge(self, row: FlowRow, answer: bytes) -> tuple[str, FlowRow | None]:
         """Judge the partner's late ``answer`` for the waiting ``row``: ``("sent", row

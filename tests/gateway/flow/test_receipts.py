@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,36 @@ def test_a_late_acknowledgement_is_settled_under_the_flows_lease(
     asyncio.run(main())
     (row,) = rows(config)
     assert row.state == "sent" and row.lease_until is None and memory.bucket(bucket).sends == 1
+
+
+def test_a_late_acknowledgement_of_a_flow_healing_here_leaves_its_lease_to_the_window(
+    tmp_path: Path, bucket: str
+) -> None:
+    """A flow stopped here by a local fault keeps its lease in the window, to be tried again.
+    An acknowledgement settled meanwhile works under that lease and leaves it: giving it back
+    made the window's next beat find it gone and report the flow lost to another node."""
+    config = memory_config(tmp_path, bucket, memory_extra='receipt_wait = "1h"')
+    journal = Layout(config.gateway.data_dir).journal
+
+    async def main() -> list[MutableMapping[str, Any]]:
+        async with running(config) as gateway:
+            assert gateway.dispatcher is not None
+            window = gateway.dispatcher.window
+            drop(config, "healing.xml", invoice("F-heal"))
+            await until(lambda: _awaiting(rows(config)), what="flow awaiting its receipt")
+            (row,) = rows(config)
+            here = JournalDB(journal, node=config.gateway.node_name)
+            try:  # as a flow healing here holds it: leased, and kept by the window
+                assert here.take(row.flow_id, window.until()) is not None
+            finally:
+                here.close()
+            window.hold([row.flow_id])
+            with capture_logs() as logs:
+                assert await gateway.dispatcher.settle(row.receipt_key or "", b"ok") == "sent"
+                await window.renew()
+            return logs
+
+    logs = asyncio.run(main())
+    assert [e for e in logs if e["event"] == "flow.lease_lost"] == []
+    (row,) = rows(config)
+    assert row.state == "sent" and memory.bucket(bucket).sends == 1
