@@ -257,14 +257,19 @@ def test_a_crash_storm_across_both_nodes_loses_nothing_and_sends_nothing_twice(
         cluster.start(name)
     documents: dict[str, bytes] = {}
     rounds = ([NODES[0]], [NODES[1]], list(NODES), [NODES[1]], list(NODES))
+    in_hand = 0  # flows a killed node held unfinished just before its kill
     for wave, victims in enumerate(rounds):
         documents |= burst(cluster, f"storm{wave}", 60)  # a kill always lands mid-burst
         target = cluster.sent_events() + rng.randint(3, 25)
         cluster.wait("some flows sent", lambda: cluster.sent_events() >= target, 120)  # noqa: B023
+        in_hand += sum(
+            r.node in victims and r.state not in ("sent", "error") for r in cluster.rows()
+        )
         for name in victims:
             cluster.kill(name)
         for name in victims:
             cluster.start(name)
+    assert in_hand, "no kill came while its node had flows in hand: the storm tested nothing"
     cluster.wait("all 300 filed", lambda: cluster.filed() >= 300, timeout=240)
     cluster.stop_all()
     cluster.assert_each_delivered_once(sshd, documents)
